@@ -1,0 +1,67 @@
+//! Compiles every `.proto` under `proto/` with protox (no system `protoc`), generates the tonic
+//! clients and servers, writes the descriptor set that server reflection serves, and writes the
+//! per-method call policy (`idempotency_level`) that the client stack reads.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use prost::Message as _;
+use prost_types::method_options::IdempotencyLevel;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut protos = Vec::new();
+    find_protos(Path::new("proto"), &mut protos)?;
+    protos.sort();
+    println!("cargo:rerun-if-changed=proto");
+
+    let fds = protox::compile(&protos, ["proto"])?;
+    std::fs::write(out_dir.join("shopmesh_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(out_dir.join("call_policy.rs"), call_policy(&fds))?;
+
+    tonic_prost_build::configure().emit_rerun_if_changed(false).compile_fds(fds)?;
+    Ok(())
+}
+
+fn find_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            find_protos(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// One `(path, Idempotency)` row per RPC, sorted by path so lookups can binary-search.
+fn call_policy(fds: &prost_types::FileDescriptorSet) -> String {
+    let mut rows = Vec::new();
+    for file in fds.file.iter().filter(|f| f.package().starts_with("shopmesh.")) {
+        for service in &file.service {
+            for method in &service.method {
+                let level = method
+                    .options
+                    .as_ref()
+                    .map_or(IdempotencyLevel::IdempotencyUnknown, |o| o.idempotency_level());
+                let variant = match level {
+                    IdempotencyLevel::NoSideEffects => "NoSideEffects",
+                    IdempotencyLevel::Idempotent => "Idempotent",
+                    IdempotencyLevel::IdempotencyUnknown => "Unknown",
+                };
+                rows.push((format!("/{}.{}/{}", file.package(), service.name(), method.name()), variant));
+            }
+        }
+    }
+    rows.sort();
+    let mut src = String::from(
+        "/// Every RPC of the shopmesh API with the `idempotency_level` its proto declares.\n\
+         pub static CALL_POLICY: &[(&str, Idempotency)] = &[\n",
+    );
+    for (path, variant) in rows {
+        let _ = writeln!(src, "    ({path:?}, Idempotency::{variant}),");
+    }
+    src.push_str("];\n");
+    src
+}

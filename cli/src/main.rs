@@ -1,0 +1,271 @@
+//! `shopmesh`: with no subcommand, runs the user, payment and order services in one process,
+//! each on its own port and calling the others over gRPC exactly as separate processes would.
+//! `shopmesh serve <service>` runs one service, which is what a container runs.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use shopmesh::mesh::config::{MeshConfig, OrderConfig, PaymentConfig, UserConfig};
+use shopmesh::mesh::{health, shutdown};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A gRPC mesh of small services: user accounts, idempotent payments, and orders.
+///
+/// Every flag can also be set with the environment variable shown beside it.
+#[derive(Debug, Parser)]
+#[command(name = "shopmesh", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    all: AllArgs,
+}
+
+/// Settings of the all-in-one run.
+#[derive(Debug, clap::Args)]
+struct AllArgs {
+    #[command(flatten)]
+    mesh: MeshConfig,
+    #[command(flatten)]
+    user: UserConfig,
+    #[command(flatten)]
+    payment: PaymentConfig,
+    #[command(flatten)]
+    order: OrderConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one service (what a container runs).
+    Serve {
+        #[command(subcommand)]
+        service: Service,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Service {
+    /// The user service (accounts).
+    User {
+        #[command(flatten)]
+        mesh: MeshConfig,
+        #[command(flatten)]
+        config: UserConfig,
+    },
+    /// The order service (orders; calls user and payment).
+    Order {
+        #[command(flatten)]
+        mesh: MeshConfig,
+        #[command(flatten)]
+        config: OrderConfig,
+    },
+    /// The payment service (charges and refunds over a simulated processor).
+    Payment {
+        #[command(flatten)]
+        mesh: MeshConfig,
+        #[command(flatten)]
+        config: PaymentConfig,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => run_all(cli.all).await,
+            Some(Command::Serve { service }) => serve_one(service).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the {what} service: {e}"))
+}
+
+async fn serve_one(service: Service) -> anyhow::Result<()> {
+    match service {
+        Service::User { mesh, config } => {
+            let listener = bind(config.listen, "user").await?;
+            shopmesh_user::run(mesh, config, listener, shutdown::signal()).await?;
+        }
+        Service::Order { mesh, config } => {
+            let listener = bind(config.listen, "order").await?;
+            shopmesh_order::run(mesh, config, listener, shutdown::signal()).await?;
+        }
+        Service::Payment { mesh, config } => {
+            let listener = bind(config.listen, "payment").await?;
+            shopmesh_payment::run(mesh, config, listener, shutdown::signal()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The address a local client reaches a listener on: its own, with an unspecified IP (0.0.0.0,
+/// ::) replaced by loopback.
+fn local_url(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        }
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+async fn run_all(args: AllArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let AllArgs { mesh, user, payment, mut order } = args;
+    // Bind all three first: a port in use fails the start before anything runs, and the order
+    // service learns the real addresses of its dependencies.
+    let user_listener = bind(user.listen, "user").await?;
+    let payment_listener = bind(payment.listen, "payment").await?;
+    let order_listener = bind(order.listen, "order").await?;
+    let user_addr = user_listener.local_addr()?;
+    let payment_addr = payment_listener.local_addr()?;
+    let order_addr = order_listener.local_addr()?;
+    order.user_url = local_url(user_addr);
+    order.payment_url = local_url(payment_addr);
+
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(named(
+        "user",
+        shopmesh_user::run(mesh.clone(), user, user_listener, stop.clone().cancelled_owned()),
+    ));
+    tasks.spawn(named(
+        "payment",
+        shopmesh_payment::run(mesh.clone(), payment, payment_listener, stop.clone().cancelled_owned()),
+    ));
+    tasks.spawn(named(
+        "order",
+        shopmesh_order::run(mesh.clone(), order, order_listener, stop.clone().cancelled_owned()),
+    ));
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown::signal().await;
+            stop.cancel();
+        });
+    }
+
+    let ready = async {
+        for (addr, name) in [
+            (user_addr, shopmesh_user::SERVICE_NAME),
+            (payment_addr, shopmesh_payment::SERVICE_NAME),
+            (order_addr, shopmesh_order::SERVICE_NAME),
+        ] {
+            if !health::wait_serving(&local_url(addr), name, Duration::from_secs(60)).await {
+                return false;
+            }
+        }
+        true
+    };
+    let mut failure: Option<anyhow::Error> = None;
+    tokio::select! {
+        ok = ready => {
+            if ok {
+                print_banner(user_addr, order_addr, payment_addr, started.elapsed());
+            } else {
+                failure = Some(anyhow::anyhow!("the services did not become SERVING within 60s"));
+                stop.cancel();
+            }
+        }
+        Some(joined) = tasks.join_next() => {
+            failure = Some(task_error(joined).unwrap_or_else(|| anyhow::anyhow!("a service stopped during start")));
+            stop.cancel();
+        }
+    }
+    // Any service stopping takes the others down with it: a partial mesh is not useful locally.
+    while let Some(joined) = tasks.join_next().await {
+        if let Some(err) = task_error(joined) {
+            failure.get_or_insert(err);
+        }
+        stop.cancel();
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+async fn named<F>(name: &'static str, fut: F) -> (&'static str, Result<(), shopmesh::mesh::Error>)
+where
+    F: std::future::Future<Output = Result<(), shopmesh::mesh::Error>>,
+{
+    (name, fut.await)
+}
+
+fn task_error(
+    joined: Result<(&'static str, Result<(), shopmesh::mesh::Error>), tokio::task::JoinError>,
+) -> Option<anyhow::Error> {
+    match joined {
+        Ok((_, Ok(()))) => None,
+        Ok((name, Err(err))) => Some(anyhow::anyhow!("{name} service: {err}")),
+        Err(err) => Some(anyhow::anyhow!("a service task failed: {err}")),
+    }
+}
+
+fn print_banner(user: SocketAddr, order: SocketAddr, payment: SocketAddr, took: Duration) {
+    let (u, o) = (user, order);
+    println!(
+        "\nshopmesh is up in {took:.0?}: three services, each on its own port.\n\n  \
+         user     {user}   shopmesh.user.v1.UserService\n  \
+         order    {order}   shopmesh.order.v1.OrderService\n  \
+         payment  {payment}   shopmesh.payment.v1.PaymentService\n\n\
+         Try it (grpcurl and jq):\n\n  \
+         grpcurl -plaintext {o} list\n  \
+         USER_ID=$(grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"display_name\":\"Ada\"}}' \\\n      \
+         {u} shopmesh.user.v1.UserService/CreateUser | jq -r .id)\n  \
+         grpcurl -plaintext -d \"{{\\\"user_id\\\":\\\"$USER_ID\\\",\\\"request_id\\\":\\\"first-order\\\",\\\"line_items\\\":[{{\\\"sku\\\":\\\"BOOK-42\\\",\\\"quantity\\\":2,\\\"unit_price\\\":{{\\\"currency_code\\\":\\\"USD\\\",\\\"amount_minor\\\":1250}}}}]}}\" \\\n      \
+         {o} shopmesh.order.v1.OrderService/CreateOrder\n\n\
+         Ctrl-C stops all three.\n"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["shopmesh", "serve", "order", "--order-listen", "0.0.0.0:1"])
+            .expect("parses");
+        assert!(matches!(cli.command, Some(Command::Serve { service: Service::Order { .. } })));
+        assert!(Cli::try_parse_from(["shopmesh", "serve", "order", "--user-listen", "x"]).is_err());
+    }
+
+    #[test]
+    fn local_urls_replace_unspecified_ips() {
+        assert_eq!(local_url("0.0.0.0:5".parse().expect("addr")), "http://127.0.0.1:5");
+        assert_eq!(local_url("[::]:5".parse().expect("addr")), "http://[::1]:5");
+        assert_eq!(local_url("10.1.2.3:5".parse().expect("addr")), "http://10.1.2.3:5");
+    }
+}

@@ -1,0 +1,89 @@
+//! How an order-service call fails: one enum, each variant documenting its gRPC status.
+
+use shopmesh::mesh::{status, validation::Violations};
+use tonic::{Code, Status};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// INVALID_ARGUMENT, with a `google.rpc.BadRequest` violation per bad field.
+    #[error("invalid request: {0}")]
+    Invalid(Violations),
+    /// NOT_FOUND: no order has this id.
+    #[error("order {0} not found")]
+    NotFound(String),
+    /// NOT_FOUND: the ordering user does not exist.
+    #[error("user {0} not found")]
+    UserNotFound(String),
+    /// FAILED_PRECONDITION: the ordering user is deactivated.
+    #[error("user {0} is inactive and cannot order")]
+    UserInactive(String),
+    /// FAILED_PRECONDITION: the request id was already used for a different CreateOrder.
+    #[error("request_id {0} was already used with different fields")]
+    RequestIdReused(String),
+    /// FAILED_PRECONDITION: the order is already cancelled (by another request id).
+    #[error("order {0} is already cancelled")]
+    AlreadyCancelled(String),
+    /// FAILED_PRECONDITION: a CancelOrder while the order's payment outcome is not known yet.
+    #[error("order {0} has a payment in progress; cancel it once it is PAID or PAYMENT_DECLINED")]
+    PaymentPending(String),
+    /// UNAVAILABLE: the charge is still being processed; retrying with the same request id
+    /// returns the settled order.
+    #[error("the payment of order {0} is still processing; retry with the same request_id")]
+    PaymentInFlight(String),
+    /// The user service failed: UNAVAILABLE or DEADLINE_EXCEEDED pass through, the rest INTERNAL.
+    #[error("user service: {0}")]
+    User(Status),
+    /// The payment service failed: as for the user service. The order stays as it was
+    /// (PENDING_PAYMENT on create), so retrying with the same request id is safe.
+    #[error("payment service: {0}")]
+    Payment(Status),
+    /// ABORTED: a concurrent change got in the way; retrying the same request is safe.
+    #[error("{0}")]
+    Conflict(String),
+    /// UNAVAILABLE when the database cannot be reached in time, INTERNAL otherwise.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<Violations> for Error {
+    fn from(v: Violations) -> Self {
+        Self::Invalid(v)
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Invalid(v) => status::invalid_argument(&v),
+            Error::NotFound(_) | Error::UserNotFound(_) => Status::not_found(err.to_string()),
+            Error::UserInactive(ref id) => {
+                status::failed_precondition("USER_INACTIVE", &format!("users/{id}"), err.to_string())
+            }
+            Error::RequestIdReused(ref id) => {
+                status::failed_precondition("REQUEST_ID_REUSED", &format!("request_id/{id}"), err.to_string())
+            }
+            Error::AlreadyCancelled(ref id) => {
+                status::failed_precondition("ALREADY_CANCELLED", &format!("orders/{id}"), err.to_string())
+            }
+            Error::PaymentPending(ref id) => {
+                status::failed_precondition("PAYMENT_PENDING", &format!("orders/{id}"), err.to_string())
+            }
+            Error::PaymentInFlight(_) => Status::unavailable(err.to_string()),
+            Error::User(s) => status::upstream("user", &s),
+            Error::Payment(s) => {
+                let mapped = status::upstream("payment", &s);
+                if matches!(mapped.code(), Code::Unavailable | Code::DeadlineExceeded) {
+                    Status::new(
+                        mapped.code(),
+                        format!("{}; the order is kept, retry with the same request_id", mapped.message()),
+                    )
+                } else {
+                    mapped
+                }
+            }
+            Error::Conflict(_) => Status::aborted(err.to_string()),
+            Error::Database(e) => status::database(&e),
+        }
+    }
+}

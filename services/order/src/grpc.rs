@@ -1,0 +1,126 @@
+//! The generated `OrderService` trait's implementation: proto in, use case, proto out.
+
+use shopmesh::api::common::v1::Money;
+use shopmesh::api::order::v1::{
+    CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem as LineItemProto, ListOrdersRequest,
+    ListOrdersResponse, Order as OrderProto, OrderState, order_service_server::OrderService,
+};
+use shopmesh::mesh::{ids, validation};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{LineInput, NewOrder, Order, State};
+use crate::error::Error;
+use crate::service::Orders;
+
+/// The order service's gRPC API.
+#[derive(Debug, Clone)]
+pub struct OrderApi {
+    orders: Orders,
+}
+
+impl OrderApi {
+    /// The API over the use cases.
+    pub fn new(orders: Orders) -> Self {
+        Self { orders }
+    }
+}
+
+fn to_proto(o: Order) -> OrderProto {
+    let state = match o.state {
+        State::PendingPayment => OrderState::PendingPayment,
+        State::Paid => OrderState::Paid,
+        State::PaymentDeclined => OrderState::PaymentDeclined,
+        State::Cancelled => OrderState::Cancelled,
+    };
+    let line_items = o
+        .items
+        .into_iter()
+        .map(|i| LineItemProto {
+            sku: i.sku,
+            // Stored quantities passed validation (1..=10000), so they fit in i32.
+            quantity: i32::try_from(i.quantity).unwrap_or(i32::MAX),
+            unit_price: Some(Money {
+                currency_code: o.currency_code.clone(),
+                amount_minor: i.unit_price_minor,
+            }),
+        })
+        .collect();
+    OrderProto {
+        id: o.id,
+        user_id: o.user_id,
+        line_items,
+        total: Some(Money { currency_code: o.currency_code, amount_minor: o.total_minor }),
+        state: state.into(),
+        payment_id: o.payment_id.unwrap_or_default(),
+        decline_reason: o.decline_reason.unwrap_or_default(),
+        request_id: o.request_id.unwrap_or_default(),
+        create_time: Some(ids::timestamp(o.create_time_ms)),
+        update_time: Some(ids::timestamp(o.update_time_ms)),
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderApi {
+    async fn create_order(&self, req: Request<CreateOrderRequest>) -> Result<Response<OrderProto>, Status> {
+        let req = req.into_inner();
+        let lines: Vec<LineInput<'_>> = req
+            .line_items
+            .iter()
+            .map(|l| LineInput {
+                sku: &l.sku,
+                quantity: i64::from(l.quantity),
+                unit_price: l.unit_price.as_ref().map(|m| (m.amount_minor, m.currency_code.as_str())),
+            })
+            .collect();
+        let new = NewOrder::parse(&req.user_id, &lines, &req.request_id).map_err(Error::from)?;
+        Ok(Response::new(to_proto(self.orders.create(&new).await?)))
+    }
+
+    async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Response<OrderProto>, Status> {
+        let id = req.into_inner().id;
+        let mut v = validation::Violations::new();
+        validation::id(&mut v, "id", &id);
+        v.check(()).map_err(Error::from)?;
+        match self.orders.store().get(&id).await.map_err(Error::from)? {
+            Some(o) => Ok(Response::new(to_proto(o))),
+            None => Err(Error::NotFound(id).into()),
+        }
+    }
+
+    async fn list_orders(
+        &self,
+        req: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        let req = req.into_inner();
+        let mut v = validation::Violations::new();
+        validation::id(&mut v, "user_id", &req.user_id);
+        let size = validation::page_size(&mut v, "page_size", req.page_size);
+        let after = validation::page_token(&mut v, "page_token", &req.page_token);
+        v.check(()).map_err(Error::from)?;
+        let mut orders = self
+            .orders
+            .store()
+            .list_by_user(&req.user_id, after.as_deref(), size + 1)
+            .await
+            .map_err(Error::from)?;
+        let next_page_token = if orders.len() > size as usize {
+            orders.truncate(size as usize);
+            orders.last().map(|o| o.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListOrdersResponse {
+            orders: orders.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_order(&self, req: Request<CancelOrderRequest>) -> Result<Response<OrderProto>, Status> {
+        let req = req.into_inner();
+        let mut v = validation::Violations::new();
+        validation::id(&mut v, "id", &req.id);
+        let request_id = validation::request_id(&mut v, "request_id", &req.request_id, false);
+        v.check(()).map_err(Error::from)?;
+        Ok(Response::new(to_proto(self.orders.cancel(&req.id, request_id.as_deref()).await?)))
+    }
+}

@@ -1,0 +1,63 @@
+//! The order service: validates the user, charges the payment, keeps the order's state machine
+//! (PENDING_PAYMENT, then PAID or PAYMENT_DECLINED, then CANCELLED).
+//!
+//! [`run`] opens the service's database (migrating it) and lazy channels to the user and
+//! payment services, then serves `OrderService` with health and reflection until shutdown.
+//! Rules live in [`domain`], the use cases in `service`, calls to other services in `upstream`,
+//! every SQL statement in `store`, protobuf in `grpc`.
+
+pub mod domain;
+mod error;
+mod grpc;
+mod service;
+mod store;
+mod upstream;
+
+use std::future::Future;
+
+use shopmesh::api::order::v1::order_service_server::OrderServiceServer;
+use shopmesh::mesh::config::{MeshConfig, OrderConfig};
+use shopmesh::mesh::db::{self, Migrations, Pool};
+use shopmesh::mesh::{Error, client, server};
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+pub use error::Error as OrderError;
+
+/// The fully-qualified gRPC service name, also its health-check name.
+pub const SERVICE_NAME: &str = "shopmesh.order.v1.OrderService";
+
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The service's embedded migrations.
+pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+
+/// The service's routes over a migrated database, calling the services `config` names.
+pub fn routes(config: &OrderConfig, pool: Pool) -> Result<Routes, Error> {
+    let upstream = upstream::Upstream::new(
+        client::channel(&config.user_url, config.call_timeout)?,
+        client::channel(&config.payment_url, config.call_timeout)?,
+        config.call_timeout,
+    );
+    let orders = service::Orders::new(store::Store::new(pool), upstream);
+    Ok(Routes::new(OrderServiceServer::new(grpc::OrderApi::new(orders))))
+}
+
+/// Opens the database and the dependency channels, then serves on `listener` until `shutdown`.
+pub async fn run<F>(
+    mesh: MeshConfig,
+    config: OrderConfig,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), Error>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let pool = db::open(&config.database_url, &mesh, MIGRATIONS).await?;
+    let routes = routes(&config, pool.clone())?;
+    let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, shutdown).await;
+    pool.close().await;
+    result
+}

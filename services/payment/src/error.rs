@@ -1,0 +1,63 @@
+//! How a payment-service call fails: one enum, each variant documenting its gRPC status.
+
+use shopmesh::mesh::{status, validation::Violations};
+use tonic::Status;
+
+use crate::domain::State;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// INVALID_ARGUMENT, with a `google.rpc.BadRequest` violation per bad field.
+    #[error("invalid request: {0}")]
+    Invalid(Violations),
+    /// NOT_FOUND: no payment has this id.
+    #[error("payment {0} not found")]
+    NotFound(String),
+    /// FAILED_PRECONDITION: the request id was already used for a different request.
+    #[error("request_id {0} was already used with a different request")]
+    RequestIdReused(String),
+    /// FAILED_PRECONDITION: the payment was already refunded under another request id.
+    #[error("payment {0} is already refunded")]
+    AlreadyRefunded(String),
+    /// FAILED_PRECONDITION: only a SUCCEEDED payment can be refunded.
+    #[error("payment {id} is {} and cannot be refunded", state.as_str())]
+    NotRefundable {
+        /// The payment.
+        id: String,
+        /// Its state.
+        state: State,
+    },
+    /// ABORTED: a concurrent change got in the way; retrying the same request is safe.
+    #[error("{0}")]
+    Conflict(String),
+    /// UNAVAILABLE when the database cannot be reached in time, INTERNAL otherwise.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<Violations> for Error {
+    fn from(v: Violations) -> Self {
+        Self::Invalid(v)
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Invalid(v) => status::invalid_argument(&v),
+            Error::NotFound(_) => Status::not_found(err.to_string()),
+            Error::RequestIdReused(ref id) => {
+                status::failed_precondition("REQUEST_ID_REUSED", &format!("request_id/{id}"), err.to_string())
+            }
+            Error::AlreadyRefunded(ref id) => {
+                status::failed_precondition("ALREADY_REFUNDED", &format!("payments/{id}"), err.to_string())
+            }
+            Error::NotRefundable { ref id, .. } => {
+                status::failed_precondition("NOT_REFUNDABLE", &format!("payments/{id}"), err.to_string())
+            }
+            Error::Conflict(_) => Status::aborted(err.to_string()),
+            Error::Database(e) => status::database(&e),
+        }
+    }
+}

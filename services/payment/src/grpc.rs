@@ -1,0 +1,103 @@
+//! The generated `PaymentService` trait's implementation: proto in, use case, proto out.
+
+use shopmesh::api::common::v1::Money;
+use shopmesh::api::payment::v1::{
+    ChargeRequest, GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse, Payment as PaymentProto,
+    PaymentState, RefundRequest as RefundProto, payment_service_server::PaymentService,
+};
+use shopmesh::mesh::{ids, validation};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{NewCharge, Payment, RefundRequest, State};
+use crate::error::Error;
+use crate::service::Payments;
+
+/// The payment service's gRPC API.
+#[derive(Debug, Clone)]
+pub struct PaymentApi {
+    payments: Payments,
+}
+
+impl PaymentApi {
+    /// The API over the use cases.
+    pub fn new(payments: Payments) -> Self {
+        Self { payments }
+    }
+}
+
+fn to_proto(p: Payment) -> PaymentProto {
+    let state = match p.state {
+        State::Processing => PaymentState::Processing,
+        State::Succeeded => PaymentState::Succeeded,
+        State::Declined => PaymentState::Declined,
+        State::Refunded => PaymentState::Refunded,
+    };
+    PaymentProto {
+        id: p.id,
+        order_id: p.order_id,
+        user_id: p.user_id,
+        amount: Some(Money { currency_code: p.currency_code, amount_minor: p.amount_minor }),
+        state: state.into(),
+        decline_reason: p.decline_reason.unwrap_or_default(),
+        request_id: p.request_id,
+        refund_request_id: p.refund_request_id.unwrap_or_default(),
+        create_time: Some(ids::timestamp(p.create_time_ms)),
+        update_time: Some(ids::timestamp(p.update_time_ms)),
+    }
+}
+
+#[tonic::async_trait]
+impl PaymentService for PaymentApi {
+    async fn charge(&self, req: Request<ChargeRequest>) -> Result<Response<PaymentProto>, Status> {
+        let req = req.into_inner();
+        let amount = req.amount.as_ref().map(|m| (m.amount_minor, m.currency_code.as_str()));
+        let charge =
+            NewCharge::parse(&req.order_id, &req.user_id, amount, &req.request_id).map_err(Error::from)?;
+        Ok(Response::new(to_proto(self.payments.charge(&charge).await?)))
+    }
+
+    async fn get_payment(&self, req: Request<GetPaymentRequest>) -> Result<Response<PaymentProto>, Status> {
+        let id = req.into_inner().id;
+        let mut v = validation::Violations::new();
+        validation::id(&mut v, "id", &id);
+        v.check(()).map_err(Error::from)?;
+        match self.payments.store().get(&id).await.map_err(Error::from)? {
+            Some(p) => Ok(Response::new(to_proto(p))),
+            None => Err(Error::NotFound(id).into()),
+        }
+    }
+
+    async fn refund(&self, req: Request<RefundProto>) -> Result<Response<PaymentProto>, Status> {
+        let req = req.into_inner();
+        let refund = RefundRequest::parse(&req.payment_id, &req.request_id).map_err(Error::from)?;
+        Ok(Response::new(to_proto(self.payments.refund(&refund).await?)))
+    }
+
+    async fn list_payments(
+        &self,
+        req: Request<ListPaymentsRequest>,
+    ) -> Result<Response<ListPaymentsResponse>, Status> {
+        let req = req.into_inner();
+        let mut v = validation::Violations::new();
+        validation::id(&mut v, "order_id", &req.order_id);
+        let size = validation::page_size(&mut v, "page_size", req.page_size);
+        let after = validation::page_token(&mut v, "page_token", &req.page_token);
+        v.check(()).map_err(Error::from)?;
+        let mut payments = self
+            .payments
+            .store()
+            .list_by_order(&req.order_id, after.as_deref(), size + 1)
+            .await
+            .map_err(Error::from)?;
+        let next_page_token = if payments.len() > size as usize {
+            payments.truncate(size as usize);
+            payments.last().map(|p| p.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListPaymentsResponse {
+            payments: payments.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+}

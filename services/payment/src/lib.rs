@@ -1,0 +1,61 @@
+//! The payment service: idempotent charges and refunds over a simulated card processor.
+//!
+//! [`run`] opens the service's database (migrating it), then serves `PaymentService` with health
+//! and reflection until shutdown. Rules live in [`domain`], the processor in [`processor`], the
+//! idempotent use cases in `service`, every SQL statement in `store`, protobuf in `grpc`.
+
+pub mod domain;
+mod error;
+mod grpc;
+pub mod processor;
+mod service;
+mod store;
+
+use std::future::Future;
+
+use shopmesh::api::payment::v1::payment_service_server::PaymentServiceServer;
+use shopmesh::mesh::config::{MeshConfig, PaymentConfig};
+use shopmesh::mesh::db::{self, Migrations, Pool};
+use shopmesh::mesh::{Error, server};
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+pub use error::Error as PaymentError;
+
+/// The fully-qualified gRPC service name, also its health-check name.
+pub const SERVICE_NAME: &str = "shopmesh.payment.v1.PaymentService";
+
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The service's embedded migrations.
+pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+
+/// The service's routes over a migrated database.
+pub fn routes(config: &PaymentConfig, pool: Pool) -> Routes {
+    let processor = processor::Processor::new(
+        config.payment_limit_minor,
+        config.payment_currencies.clone(),
+        config.payment_latency,
+    );
+    let payments = service::Payments::new(store::Store::new(pool), processor);
+    Routes::new(PaymentServiceServer::new(grpc::PaymentApi::new(payments)))
+}
+
+/// Opens the database, then serves on `listener` until `shutdown` completes.
+pub async fn run<F>(
+    mesh: MeshConfig,
+    config: PaymentConfig,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), Error>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let pool = db::open(&config.database_url, &mesh, MIGRATIONS).await?;
+    let routes = routes(&config, pool.clone());
+    let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, shutdown).await;
+    pool.close().await;
+    result
+}

@@ -1,0 +1,156 @@
+//! Every SQL statement of the payment service, portable across SQLite and PostgreSQL.
+
+use shopmesh::mesh::db::Pool;
+use shopmesh::mesh::ids;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row as _};
+
+use crate::domain::{NewCharge, Payment, State};
+
+const COLUMNS: &str = "id, request_id, order_id, user_id, amount_minor, currency_code, state, \
+                       decline_reason, refund_request_id, create_time_ms, update_time_ms";
+
+/// The payment service's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// A store over a migrated pool.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// Records `charge` as PROCESSING unless its request id is taken; `None` if it was.
+    pub async fn insert_processing(&self, charge: &NewCharge) -> Result<Option<Payment>, sqlx::Error> {
+        let now = ids::now_ms();
+        let payment = Payment {
+            id: ids::new_id(),
+            request_id: charge.request_id.clone(),
+            order_id: charge.order_id.clone(),
+            user_id: charge.user_id.clone(),
+            amount_minor: charge.amount_minor,
+            currency_code: charge.currency_code.clone(),
+            state: State::Processing,
+            decline_reason: None,
+            refund_request_id: None,
+            create_time_ms: now,
+            update_time_ms: now,
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO payments (id, request_id, order_id, user_id, amount_minor, currency_code, \
+             state, create_time_ms, update_time_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(&payment.id)
+        .bind(&payment.request_id)
+        .bind(&payment.order_id)
+        .bind(&payment.user_id)
+        .bind(payment.amount_minor)
+        .bind(&payment.currency_code)
+        .bind(payment.state.as_str())
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok((inserted == 1).then_some(payment))
+    }
+
+    /// Stores the processor's answer on a PROCESSING payment. A payment some other call already
+    /// finished is left alone; either way the stored payment is returned.
+    pub async fn finish(
+        &self,
+        id: &str,
+        state: State,
+        decline_reason: Option<&str>,
+    ) -> Result<Option<Payment>, sqlx::Error> {
+        sqlx::query(
+            "UPDATE payments SET state = $1, decline_reason = $2, update_time_ms = $3 \
+             WHERE id = $4 AND state = 'PROCESSING'",
+        )
+        .bind(state.as_str())
+        .bind(decline_reason)
+        .bind(ids::now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.get(id).await
+    }
+
+    /// Marks a SUCCEEDED payment REFUNDED under `request_id`; `false` if it was not SUCCEEDED.
+    pub async fn mark_refunded(&self, id: &str, request_id: &str) -> Result<bool, sqlx::Error> {
+        let updated = sqlx::query(
+            "UPDATE payments SET state = 'REFUNDED', refund_request_id = $1, update_time_ms = $2 \
+             WHERE id = $3 AND state = 'SUCCEEDED'",
+        )
+        .bind(request_id)
+        .bind(ids::now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    /// The payment with `id`.
+    pub async fn get(&self, id: &str) -> Result<Option<Payment>, sqlx::Error> {
+        self.one("id", id).await
+    }
+
+    /// The payment created by the Charge with `request_id`.
+    pub async fn by_request_id(&self, request_id: &str) -> Result<Option<Payment>, sqlx::Error> {
+        self.one("request_id", request_id).await
+    }
+
+    /// The payment refunded by the Refund with `request_id`.
+    pub async fn by_refund_request_id(&self, request_id: &str) -> Result<Option<Payment>, sqlx::Error> {
+        self.one("refund_request_id", request_id).await
+    }
+
+    async fn one(&self, column: &'static str, value: &str) -> Result<Option<Payment>, sqlx::Error> {
+        let sql = AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE {column} = $1"));
+        let row = sqlx::query(sql).bind(value).fetch_optional(&self.pool).await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+
+    /// Up to `limit` payments of `order_id` after id `after`, oldest first.
+    pub async fn list_by_order(
+        &self,
+        order_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Payment>, sqlx::Error> {
+        let sql = AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM payments WHERE order_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(order_id)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+}
+
+fn from_row(row: &AnyRow) -> Result<Payment, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    Ok(Payment {
+        id: row.try_get("id")?,
+        request_id: row.try_get("request_id")?,
+        order_id: row.try_get("order_id")?,
+        user_id: row.try_get("user_id")?,
+        amount_minor: row.try_get("amount_minor")?,
+        currency_code: row.try_get("currency_code")?,
+        state: State::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "state".into(),
+            source: format!("unknown payment state {state:?}").into(),
+        })?,
+        decline_reason: row.try_get("decline_reason")?,
+        refund_request_id: row.try_get("refund_request_id")?,
+        create_time_ms: row.try_get("create_time_ms")?,
+        update_time_ms: row.try_get("update_time_ms")?,
+    })
+}

@@ -1,0 +1,105 @@
+//! The generated `UserService` trait's implementation: proto in, domain and store, proto out.
+
+use shopmesh::api::user::v1::{
+    CreateUserRequest, GetUserRequest, ListUsersRequest, ListUsersResponse, UpdateUserRequest,
+    User as UserProto, user_service_server::UserService,
+};
+use shopmesh::mesh::{ids, validation};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{NewUser, User, UserPatch};
+use crate::error::Error;
+use crate::store::{Created, Store};
+
+/// The user service's gRPC API over its store.
+#[derive(Debug, Clone)]
+pub struct UserApi {
+    store: Store,
+}
+
+impl UserApi {
+    /// The API over `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+fn to_proto(u: User) -> UserProto {
+    UserProto {
+        id: u.id,
+        email: u.email,
+        display_name: u.display_name,
+        active: u.active,
+        create_time: Some(ids::timestamp(u.create_time_ms)),
+        update_time: Some(ids::timestamp(u.update_time_ms)),
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UserApi {
+    async fn create_user(&self, req: Request<CreateUserRequest>) -> Result<Response<UserProto>, Status> {
+        let req = req.into_inner();
+        let new = NewUser::parse(&req.email, &req.display_name, &req.request_id).map_err(Error::from)?;
+        let user = match self.store.create(&new).await.map_err(Error::from)? {
+            Created::Inserted(user) => user,
+            Created::SameRequest(user) if new.matches(&user) => user,
+            Created::SameRequest(_) => {
+                return Err(Error::RequestIdReused(new.request_id.unwrap_or_default()).into());
+            }
+            Created::EmailTaken => return Err(Error::EmailTaken(new.email).into()),
+        };
+        Ok(Response::new(to_proto(user)))
+    }
+
+    async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<UserProto>, Status> {
+        let id = req.into_inner().id;
+        let mut v = validation::Violations::new();
+        validation::id(&mut v, "id", &id);
+        v.check(()).map_err(Error::from)?;
+        match self.store.get(&id).await.map_err(Error::from)? {
+            Some(user) => Ok(Response::new(to_proto(user))),
+            None => Err(Error::NotFound(id).into()),
+        }
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        let req = req.into_inner();
+        let mut v = validation::Violations::new();
+        let size = validation::page_size(&mut v, "page_size", req.page_size);
+        let after = validation::page_token(&mut v, "page_token", &req.page_token);
+        v.check(()).map_err(Error::from)?;
+        // One extra row tells whether another page follows without a second query.
+        let mut users = self.store.list(after.as_deref(), size + 1).await.map_err(Error::from)?;
+        let next_page_token = if users.len() > size as usize {
+            users.truncate(size as usize);
+            users.last().map(|u| u.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListUsersResponse {
+            users: users.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_user(&self, req: Request<UpdateUserRequest>) -> Result<Response<UserProto>, Status> {
+        let req = req.into_inner();
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let (id, patch) = match req.user {
+            Some(u) => UserPatch::parse(&u.id, &paths, &u.display_name, u.active),
+            None => {
+                let mut v = validation::Violations::new();
+                v.add("user", "is required");
+                Err(v)
+            }
+        }
+        .map_err(Error::from)?;
+        match self.store.update(&id, &patch).await.map_err(Error::from)? {
+            Some(user) => Ok(Response::new(to_proto(user))),
+            None => Err(Error::NotFound(id).into()),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The user service: accounts that place orders.
+//!
+//! [`run`] opens the service's database (migrating it), then serves `UserService` with health
+//! and reflection until shutdown. The rules live in [`domain`], every SQL statement in `store`,
+//! and the protobuf conversion in `grpc`.
+
+pub mod domain;
+mod error;
+mod grpc;
+mod store;
+
+use std::future::Future;
+
+use shopmesh::api::user::v1::user_service_server::UserServiceServer;
+use shopmesh::mesh::config::{MeshConfig, UserConfig};
+use shopmesh::mesh::db::{self, Migrations, Pool};
+use shopmesh::mesh::{Error, server};
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+pub use error::Error as UserError;
+
+/// The fully-qualified gRPC service name, also its health-check name.
+pub const SERVICE_NAME: &str = "shopmesh.user.v1.UserService";
+
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The service's embedded migrations.
+pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+
+/// The service's routes over a migrated database.
+pub fn routes(pool: Pool) -> Routes {
+    Routes::new(UserServiceServer::new(grpc::UserApi::new(store::Store::new(pool))))
+}
+
+/// Opens the database, then serves on `listener` until `shutdown` completes.
+pub async fn run<F>(
+    mesh: MeshConfig,
+    config: UserConfig,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), Error>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let pool = db::open(&config.database_url, &mesh, MIGRATIONS).await?;
+    let result = server::serve(&mesh, &[SERVICE_NAME], routes(pool.clone()), listener, shutdown).await;
+    pool.close().await;
+    result
+}

@@ -1,0 +1,126 @@
+//! Every SQL statement of the user service. Portable SQL: the same text runs on SQLite and
+//! PostgreSQL through sqlx `Any`.
+
+use shopmesh::mesh::db::Pool;
+use shopmesh::mesh::ids;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use crate::domain::{NewUser, User, UserPatch};
+
+const COLUMNS: &str = "id, email, display_name, active, request_id, create_time_ms, update_time_ms";
+
+/// What inserting a user led to.
+#[derive(Debug)]
+pub enum Created {
+    /// A new row.
+    Inserted(User),
+    /// A user already created with the same request id (a replay, or a reuse to reject).
+    SameRequest(User),
+    /// Another user has the email.
+    EmailTaken,
+}
+
+/// The user service's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// A store over a migrated pool.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// Inserts a user unless its email or request id is taken; says which.
+    pub async fn create(&self, new: &NewUser) -> Result<Created, sqlx::Error> {
+        let now = ids::now_ms();
+        let user = User {
+            id: ids::new_id(),
+            email: new.email.clone(),
+            display_name: new.display_name.clone(),
+            active: true,
+            request_id: new.request_id.clone(),
+            create_time_ms: now,
+            update_time_ms: now,
+        };
+        // ON CONFLICT DO NOTHING instead of catching the unique violation: both engines support
+        // it, and it leaves no aborted transaction behind on PostgreSQL.
+        let inserted = sqlx::query(
+            "INSERT INTO users (id, email, display_name, active, request_id, create_time_ms, update_time_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.display_name)
+        .bind(i64::from(user.active))
+        .bind(&user.request_id)
+        .bind(user.create_time_ms)
+        .bind(user.update_time_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Created::Inserted(user));
+        }
+        if let Some(request_id) = &new.request_id
+            && let Some(existing) = self.by_request_id(request_id).await?
+        {
+            return Ok(Created::SameRequest(existing));
+        }
+        Ok(Created::EmailTaken)
+    }
+
+    async fn by_request_id(&self, request_id: &str) -> Result<Option<User>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE request_id = $1"));
+        let row = sqlx::query(sql).bind(request_id).fetch_optional(&self.pool).await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+
+    /// The user with `id`, if any.
+    pub async fn get(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id = $1"));
+        let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+
+    /// Up to `limit` users with ids after `after`, in id (creation) order.
+    pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<User>, sqlx::Error> {
+        let sql =
+            sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2"));
+        let rows =
+            sqlx::query(sql).bind(after.unwrap_or("")).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Applies `patch` to user `id`; `None` if there is no such user.
+    pub async fn update(&self, id: &str, patch: &UserPatch) -> Result<Option<User>, sqlx::Error> {
+        // COALESCE keeps a column whose new value is NULL (not in the mask) as it was, so one
+        // statement covers every mask without building SQL.
+        let sql = sqlx::AssertSqlSafe(format!(
+            "UPDATE users SET display_name = COALESCE($1, display_name), \
+             active = COALESCE($2, active), update_time_ms = $3 WHERE id = $4 RETURNING {COLUMNS}"
+        ));
+        let row = sqlx::query(sql)
+            .bind(&patch.display_name)
+            .bind(patch.active.map(i64::from))
+            .bind(ids::now_ms())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+}
+
+fn from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        display_name: row.try_get("display_name")?,
+        active: row.try_get::<i64, _>("active")? != 0,
+        request_id: row.try_get("request_id")?,
+        create_time_ms: row.try_get("create_time_ms")?,
+        update_time_ms: row.try_get("update_time_ms")?,
+    })
+}

@@ -1,0 +1,87 @@
+//! The generated API: one module per protobuf package, mirroring `proto/shopmesh/<svc>/v1`.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
+
+/// Types shared by every service (`shopmesh.common.v1`).
+pub mod common {
+    pub mod v1 {
+        tonic::include_proto!("shopmesh.common.v1");
+    }
+}
+
+/// Accounts (`shopmesh.user.v1`).
+pub mod user {
+    pub mod v1 {
+        tonic::include_proto!("shopmesh.user.v1");
+    }
+}
+
+/// Orders (`shopmesh.order.v1`).
+pub mod order {
+    pub mod v1 {
+        tonic::include_proto!("shopmesh.order.v1");
+    }
+}
+
+/// Charges and refunds (`shopmesh.payment.v1`).
+pub mod payment {
+    pub mod v1 {
+        tonic::include_proto!("shopmesh.payment.v1");
+    }
+}
+
+/// Every file of `proto/` with its imports and comments, encoded: served by server reflection
+/// so that grpcurl and other tools need no `.proto` files.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shopmesh_descriptor.bin"));
+
+/// What a method's proto says about repeating it (`option idempotency_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Idempotency {
+    /// Not declared: the call may have side effects that a repeat would double.
+    Unknown,
+    /// A read: repeating it changes nothing.
+    NoSideEffects,
+    /// Repeating it leaves the same state as doing it once.
+    Idempotent,
+}
+
+include!(concat!(env!("OUT_DIR"), "/call_policy.rs"));
+
+/// The declared idempotency of a method given its gRPC path (`/package.Service/Method`), or
+/// `None` for a path outside the shopmesh API.
+pub fn idempotency(path: &str) -> Option<Idempotency> {
+    CALL_POLICY.binary_search_by(|(p, _)| (*p).cmp(path)).ok().map(|i| CALL_POLICY[i].1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_policy_follows_the_protos() {
+        assert_eq!(idempotency("/shopmesh.user.v1.UserService/GetUser"), Some(Idempotency::NoSideEffects));
+        assert_eq!(idempotency("/shopmesh.user.v1.UserService/UpdateUser"), Some(Idempotency::Idempotent));
+        assert_eq!(idempotency("/shopmesh.payment.v1.PaymentService/Charge"), Some(Idempotency::Unknown));
+        assert_eq!(idempotency("/shopmesh.order.v1.OrderService/Nope"), None);
+        // Every RPC of the three services is in the table (4 each).
+        assert_eq!(CALL_POLICY.len(), 12);
+    }
+
+    #[test]
+    fn descriptor_set_holds_every_service() {
+        use prost::Message as _;
+        let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("decodes");
+        let services: Vec<String> = fds
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter().map(move |s| format!("{}.{}", f.package(), s.name())))
+            .collect();
+        for name in [
+            "shopmesh.user.v1.UserService",
+            "shopmesh.order.v1.OrderService",
+            "shopmesh.payment.v1.PaymentService",
+        ] {
+            assert!(services.iter().any(|s| s == name), "{name} missing from {services:?}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Test helpers (feature `testing`): a database per test on each backend, and services spawned
+//! on 127.0.0.1:0 over real sockets.
+//!
+//! Every test runs on SQLite (a file in a fresh temporary directory). When
+//! `SHOPMESH_TEST_POSTGRES_URL` names a PostgreSQL server (any database on it; the role needs
+//! CREATEDB), every test also runs there, each in a database of its own. With `CI` set, a
+//! missing variable is an error rather than a silent skip.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::mesh::{Error, config::MeshConfig};
+
+/// The variable naming the PostgreSQL server that tests also run against.
+pub const POSTGRES_ENV: &str = "SHOPMESH_TEST_POSTGRES_URL";
+
+/// A database engine a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A fresh database on the server named by [`POSTGRES_ENV`].
+    Postgres,
+}
+
+/// The backends this run covers: SQLite always, PostgreSQL when [`POSTGRES_ENV`] is set.
+///
+/// # Panics
+/// Under CI (`CI` set) when [`POSTGRES_ENV`] is not: CI must prove both engines.
+pub fn backends() -> Vec<Backend> {
+    match std::env::var(POSTGRES_ENV) {
+        Ok(url) if !url.is_empty() => vec![Backend::Sqlite, Backend::Postgres],
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but {POSTGRES_ENV} is not: the PostgreSQL tests would be skipped"
+            );
+            vec![Backend::Sqlite]
+        }
+    }
+}
+
+/// A database that exists for one test. SQLite files go with the temporary directory; a
+/// PostgreSQL database is dropped by [`TestDb::drop_database`], or by the next `.ci/run`.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The URL a service connects with.
+    pub url: String,
+    /// Which engine it is on.
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Creates an empty database on `backend`, named after `label` for debugging.
+///
+/// # Panics
+/// When the database cannot be created: the test cannot run.
+pub async fn database(backend: Backend, label: &str) -> TestDb {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("create temporary directory");
+            let url = format!("sqlite://{}/{label}.db", dir.path().display());
+            TestDb { url, backend, _dir: Some(dir) }
+        }
+        Backend::Postgres => {
+            let admin = std::env::var(POSTGRES_ENV).expect("PostgreSQL URL for tests");
+            let name = format!("shopmesh_t_{label}_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::postgres::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {POSTGRES_ENV}: {e}"));
+            conn.execute(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                .await
+                .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+            let _ = conn.close().await;
+            TestDb { url: with_database(&admin, &name), backend, _dir: None }
+        }
+    }
+}
+
+impl TestDb {
+    /// Drops a PostgreSQL test database (SQLite files go with their directory on drop).
+    pub async fn drop_database(self) {
+        if self.backend == Backend::Postgres
+            && let Ok(admin) = std::env::var(POSTGRES_ENV)
+            && let Ok(mut conn) = sqlx::postgres::PgConnection::connect(&admin).await
+        {
+            let name = self.url.rsplit('/').next().unwrap_or_default().split('?').next();
+            if let Some(name) = name {
+                let _ = conn
+                    .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                    .await;
+            }
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// `url` with its database name replaced by `name`, keeping any query parameters.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Settings for services under test: short shutdown, small pools.
+pub fn mesh_config() -> MeshConfig {
+    MeshConfig {
+        shutdown_timeout: Duration::from_secs(2),
+        db_max_connections: 5,
+        db_acquire_timeout: Duration::from_secs(5),
+    }
+}
+
+/// A service running in this process on a real socket.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Spawned {
+    /// `http://addr`, for a client channel.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Asks the service to shut down and returns how its `run` ended.
+    ///
+    /// # Panics
+    /// If the service task panicked.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.stop.cancel();
+        self.task.await.expect("service task panicked")
+    }
+}
+
+/// Binds 127.0.0.1:0, runs `run(listener, shutdown)` on a task, and returns once the service
+/// answers health checks with SERVING for `service` (or panics after 30 s).
+pub async fn spawn<R, Fut>(service: &str, run: R) -> Spawned
+where
+    R: FnOnce(TcpListener, futures::future::BoxFuture<'static, ()>) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    let stop = CancellationToken::new();
+    let shutdown = Box::pin(stop.clone().cancelled_owned());
+    let task = tokio::spawn(run(listener, shutdown));
+    let spawned = Spawned { addr, stop, task };
+    wait_serving(addr, service).await;
+    spawned
+}
+
+/// Waits until `service` at `addr` is SERVING.
+///
+/// # Panics
+/// If it is not SERVING within 30 seconds.
+pub async fn wait_serving(addr: SocketAddr, service: &str) {
+    let ok =
+        crate::mesh::health::wait_serving(&format!("http://{addr}"), service, Duration::from_secs(30)).await;
+    assert!(ok, "{service} at {addr} not SERVING after 30s");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_are_replaced() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u:p@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+    }
+}

@@ -1,0 +1,164 @@
+//! Field-by-field validation results that domain code builds without knowing protobuf, and the
+//! checks every service shares (ids, idempotency keys, currency codes).
+
+use std::fmt;
+
+/// One invalid field: its path in the request (`line_items[2].quantity`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The field's path in the request message, as `google.rpc.BadRequest` expects.
+    pub field: String,
+    /// What is wrong with it, in words a caller can act on.
+    pub description: String,
+}
+
+/// Every problem found in one request; reported together so a caller can fix all at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Violations(Vec<Violation>);
+
+impl Violations {
+    /// No violations yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `field` is invalid.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(Violation { field: field.into(), description: description.into() });
+    }
+
+    /// Whether nothing was found wrong.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The violations found, in the order they were found.
+    pub fn iter(&self) -> impl Iterator<Item = &Violation> {
+        self.0.iter()
+    }
+
+    /// `Ok(value)` when nothing was found wrong, else these violations.
+    pub fn check<T>(self, value: T) -> Result<T, Self> {
+        if self.is_empty() { Ok(value) } else { Err(self) }
+    }
+
+    /// Whether `field` was found wrong (for tests and callers matching on a field).
+    pub fn has(&self, field: &str) -> bool {
+        self.0.iter().any(|v| v.field == field)
+    }
+}
+
+impl fmt::Display for Violations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", v.field, v.description)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Violations {}
+
+/// Longest idempotency key accepted; keys are stored and indexed.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Checks an idempotency key (AIP-155): 1 to 64 of `[A-Za-z0-9-_.:]`. `required` makes an empty
+/// key a violation; otherwise empty means "no key". Returns the key when there is a valid one.
+pub fn request_id(v: &mut Violations, field: &str, value: &str, required: bool) -> Option<String> {
+    if value.is_empty() {
+        if required {
+            v.add(field, "is required");
+        }
+        return None;
+    }
+    if value.len() > MAX_REQUEST_ID_LEN {
+        v.add(field, format!("must be at most {MAX_REQUEST_ID_LEN} characters"));
+        return None;
+    }
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+        v.add(field, "may contain only letters, digits and - _ . :");
+        return None;
+    }
+    Some(value.to_owned())
+}
+
+/// Checks that `value` is an id this mesh issued; NOT_FOUND is for well-formed ids only.
+pub fn id(v: &mut Violations, field: &str, value: &str) {
+    if value.is_empty() {
+        v.add(field, "is required");
+    } else if !crate::mesh::ids::is_id(value) {
+        v.add(field, "must be a UUID in canonical lower-case form");
+    }
+}
+
+/// Checks an ISO 4217 alphabetic currency code: three upper-case ASCII letters.
+pub fn currency_code(v: &mut Violations, field: &str, value: &str) {
+    if value.is_empty() {
+        v.add(field, "is required");
+    } else if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
+        v.add(field, "must be an ISO 4217 code of three upper-case letters, like USD");
+    }
+}
+
+/// Checks a page size; returns the effective one (see [`crate::mesh::ids::page_size`]).
+pub fn page_size(v: &mut Violations, field: &str, value: i32) -> u32 {
+    crate::mesh::ids::page_size(value).unwrap_or_else(|| {
+        v.add(field, "must not be negative");
+        0
+    })
+}
+
+/// Checks a page token; returns the id to continue after, if any.
+pub fn page_token(v: &mut Violations, field: &str, value: &str) -> Option<String> {
+    match crate::mesh::ids::parse_page_token(value) {
+        Some(after) => after.map(str::to_owned),
+        None => {
+            v.add(field, "is not a token returned by this service");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let mut v = Violations::new();
+        assert_eq!(request_id(&mut v, "request_id", "", false), None);
+        assert!(v.is_empty());
+        assert_eq!(request_id(&mut v, "request_id", "", true), None);
+        assert!(v.has("request_id"));
+
+        let mut v = Violations::new();
+        assert_eq!(request_id(&mut v, "r", "abc-1.2:3_", true).as_deref(), Some("abc-1.2:3_"));
+        assert_eq!(request_id(&mut v, "r", "a b", true), None);
+        assert_eq!(request_id(&mut v, "r", &"x".repeat(65), true), None);
+        assert_eq!(v.iter().count(), 2);
+    }
+
+    #[test]
+    fn currency_codes() {
+        let mut v = Violations::new();
+        currency_code(&mut v, "ok", "EUR");
+        currency_code(&mut v, "lower", "eur");
+        currency_code(&mut v, "long", "EURO");
+        currency_code(&mut v, "empty", "");
+        assert!(!v.has("ok"));
+        assert!(v.has("lower") && v.has("long") && v.has("empty"));
+    }
+
+    #[test]
+    fn display_lists_every_field() {
+        let mut v = Violations::new();
+        v.add("a", "is required");
+        v.add("b.c", "is too long");
+        assert_eq!(v.to_string(), "a: is required; b.c: is too long");
+        assert_eq!(v.clone().check(1), Err(v));
+        assert_eq!(Violations::new().check(1), Ok(1));
+    }
+}
