@@ -175,6 +175,25 @@ pub async fn wait_serving(addr: SocketAddr, service: &str) {
     assert!(ok, "{service} at {addr} not SERVING after 30s");
 }
 
+/// The fields named by a status's `google.rpc.BadRequest` details, in order.
+pub fn field_violations(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The `type` of a status's first `google.rpc.PreconditionFailure` violation, if any.
+pub fn precondition(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .precondition_failure()
+        .and_then(|p| p.violations.first().map(|v| v.r#type.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

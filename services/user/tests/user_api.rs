@@ -1,0 +1,265 @@
+//! The user service over real gRPC on 127.0.0.1:0, on SQLite and (when configured) PostgreSQL.
+
+use shopmesh::api::user::v1::{
+    CreateUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User,
+    user_service_client::UserServiceClient,
+};
+use shopmesh::mesh::config::UserConfig;
+use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Running {
+    service: Spawned,
+    db: TestDb,
+    client: UserServiceClient<Channel>,
+}
+
+async fn start(backend: Backend) -> Running {
+    let db = testing::database(backend, "user").await;
+    let config = UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
+    let service = testing::spawn(shopmesh_user::SERVICE_NAME, |listener, shutdown| {
+        shopmesh_user::run(testing::mesh_config(), config, listener, shutdown)
+    })
+    .await;
+    let client = UserServiceClient::connect(service.url()).await.expect("connect");
+    Running { service, db, client }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.service.stop().await.expect("clean shutdown");
+        self.db.drop_database().await;
+    }
+
+    async fn create(&mut self, email: &str, name: &str, request_id: &str) -> Result<User, tonic::Status> {
+        self.client
+            .create_user(CreateUserRequest {
+                email: email.into(),
+                display_name: name.into(),
+                request_id: request_id.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn count(&mut self) -> usize {
+        let page = ListUsersRequest { page_size: 1000, page_token: String::new() };
+        self.client.list_users(page).await.expect("list").into_inner().users.len()
+    }
+}
+
+#[tokio::test]
+async fn create_get_update() {
+    for backend in testing::backends() {
+        let mut t = start(backend).await;
+        let user = t.create("Ada@Example.com", " Ada Lovelace ", "").await.expect("create");
+        assert!(shopmesh::mesh::ids::is_id(&user.id), "{backend:?}: id {}", user.id);
+        assert_eq!(user.email, "ada@example.com", "{backend:?}");
+        assert_eq!(user.display_name, "Ada Lovelace", "{backend:?}");
+        assert!(user.active, "{backend:?}: new users are active");
+        assert!(user.create_time.is_some() && user.update_time.is_some());
+
+        let got = t.client.get_user(GetUserRequest { id: user.id.clone() }).await.expect("get").into_inner();
+        assert_eq!(got, user, "{backend:?}");
+
+        let deactivate = UpdateUserRequest {
+            user: Some(User { id: user.id.clone(), active: false, ..Default::default() }),
+            update_mask: Some(prost_types_mask(&["active"])),
+        };
+        let updated = t.client.update_user(deactivate).await.expect("update").into_inner();
+        assert!(!updated.active, "{backend:?}");
+        assert_eq!(updated.display_name, "Ada Lovelace", "{backend:?}: unmasked field kept");
+
+        let rename = UpdateUserRequest {
+            user: Some(User { id: user.id.clone(), display_name: "Countess".into(), ..Default::default() }),
+            update_mask: None,
+        };
+        let renamed = t.client.update_user(rename).await.expect("rename").into_inner();
+        assert_eq!(renamed.display_name, "Countess", "{backend:?}");
+        assert!(!renamed.active, "{backend:?}: implied mask leaves active alone");
+        t.stop().await;
+    }
+}
+
+fn prost_types_mask(paths: &[&str]) -> prost_types::FieldMask {
+    prost_types::FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() }
+}
+
+#[tokio::test]
+async fn invalid_input_is_rejected_with_every_field_and_writes_nothing() {
+    for backend in testing::backends() {
+        let mut t = start(backend).await;
+        let err = t.create("not-an-email", "", "has spaces").await.expect_err("invalid");
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+        assert_eq!(field_violations(&err), ["email", "display_name", "request_id"], "{backend:?}");
+
+        let err = t.client.get_user(GetUserRequest { id: "42".into() }).await.expect_err("bad id");
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+        assert_eq!(field_violations(&err), ["id"]);
+
+        let err = t
+            .client
+            .list_users(ListUsersRequest { page_size: -1, page_token: "garbage".into() })
+            .await
+            .expect_err("bad page");
+        assert_eq!(field_violations(&err), ["page_size", "page_token"], "{backend:?}");
+
+        let err = t
+            .client
+            .update_user(UpdateUserRequest { user: None, update_mask: None })
+            .await
+            .expect_err("no user");
+        assert_eq!(field_violations(&err), ["user"], "{backend:?}");
+        assert_eq!(t.count().await, 0, "{backend:?}: nothing written");
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn duplicates_and_unknown_ids() {
+    for backend in testing::backends() {
+        let mut t = start(backend).await;
+        let first = t.create("grace@example.com", "Grace", "").await.expect("create");
+        let err = t.create("GRACE@example.com", "Other Grace", "").await.expect_err("duplicate email");
+        assert_eq!(err.code(), Code::AlreadyExists, "{backend:?}");
+
+        let missing = shopmesh::mesh::ids::new_id();
+        let err = t.client.get_user(GetUserRequest { id: missing.clone() }).await.expect_err("unknown");
+        assert_eq!(err.code(), Code::NotFound, "{backend:?}");
+        let update = UpdateUserRequest {
+            user: Some(User { id: missing, display_name: "x".into(), ..Default::default() }),
+            update_mask: None,
+        };
+        assert_eq!(t.client.update_user(update).await.expect_err("unknown").code(), Code::NotFound);
+
+        let bad_mask = UpdateUserRequest {
+            user: Some(User { id: first.id.clone(), email: "new@example.com".into(), ..Default::default() }),
+            update_mask: Some(prost_types_mask(&["email"])),
+        };
+        let err = t.client.update_user(bad_mask).await.expect_err("immutable");
+        assert_eq!(field_violations(&err), ["update_mask"], "{backend:?}");
+        let still = t.client.get_user(GetUserRequest { id: first.id }).await.expect("get").into_inner();
+        assert_eq!(still.email, "grace@example.com", "{backend:?}: nothing changed");
+        assert_eq!(t.count().await, 1, "{backend:?}");
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn request_ids_make_create_idempotent() {
+    for backend in testing::backends() {
+        let mut t = start(backend).await;
+        let first = t.create("linus@example.com", "Linus", "signup-1").await.expect("create");
+        for _ in 0..3 {
+            let again = t.create("linus@example.com", "Linus", "signup-1").await.expect("replay");
+            assert_eq!(again, first, "{backend:?}: a replay returns the same user");
+        }
+        let err = t.create("other@example.com", "Other", "signup-1").await.expect_err("reused key");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
+        assert_eq!(precondition(&err).as_deref(), Some("REQUEST_ID_REUSED"));
+        assert_eq!(t.count().await, 1, "{backend:?}: nothing more written");
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn list_pages_through_every_user_once() {
+    for backend in testing::backends() {
+        let mut t = start(backend).await;
+        let mut created = Vec::new();
+        for i in 0..5 {
+            created
+                .push(t.create(&format!("u{i}@example.com"), &format!("U{i}"), "").await.expect("create").id);
+        }
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let page = t
+                .client
+                .list_users(ListUsersRequest { page_size: 2, page_token: token })
+                .await
+                .expect("list")
+                .into_inner();
+            pages += 1;
+            assert!(page.users.len() <= 2);
+            seen.extend(page.users.into_iter().map(|u| u.id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(pages, 3, "{backend:?}");
+        assert_eq!(seen, created, "{backend:?}: every user once, in creation order");
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn health_and_reflection() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let t = start(Backend::Sqlite).await;
+    let channel = Channel::from_shared(t.service.url()).expect("url").connect().await.expect("connect");
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", shopmesh_user::SERVICE_NAME] {
+        let status =
+            health.check(HealthCheckRequest { service: service.into() }).await.expect("check").into_inner();
+        assert_eq!(status.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let err = health
+        .check(HealthCheckRequest { service: "shopmesh.order.v1.OrderService".into() })
+        .await
+        .expect_err("not served here");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .expect("reflect")
+        .into_inner();
+    let reply = replies.message().await.expect("reply").expect("one reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reply {reply:?}");
+    };
+    let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "shopmesh.user.v1.UserService",
+        ]
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn replicas_migrating_at_once_both_start() {
+    use shopmesh::mesh::db;
+    for backend in testing::backends() {
+        let test_db = testing::database(backend, "migrate").await;
+        let mesh = testing::mesh_config();
+        let opens = (0..3).map(|_| db::open(&test_db.url, &mesh, shopmesh_user::MIGRATIONS));
+        let pools = futures::future::join_all(opens).await;
+        for pool in pools {
+            let pool = pool.unwrap_or_else(|e| panic!("{backend:?}: a replica failed to migrate: {e}"));
+            pool.close().await;
+        }
+        test_db.drop_database().await;
+    }
+}
