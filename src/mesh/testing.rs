@@ -156,6 +156,16 @@ where
     Fut: Future<Output = Result<(), Error>> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    spawn_on(listener, service, run).await
+}
+
+/// Like [`spawn`], on a listener the test bound itself (to bring a service up at an address
+/// its callers already use).
+pub async fn spawn_on<R, Fut>(listener: TcpListener, service: &str, run: R) -> Spawned
+where
+    R: FnOnce(TcpListener, futures::future::BoxFuture<'static, ()>) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
     let addr = listener.local_addr().expect("local addr");
     let stop = CancellationToken::new();
     let shutdown = Box::pin(stop.clone().cancelled_owned());

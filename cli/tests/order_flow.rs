@@ -1,0 +1,544 @@
+//! End to end: the user, payment and order services, each on its own 127.0.0.1 port and its own
+//! database, calling each other over real gRPC, on SQLite and (when configured) PostgreSQL.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shopmesh::api::common::v1::Money;
+use shopmesh::api::order::v1::{
+    CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem, ListOrdersRequest, Order, OrderState,
+    order_service_client::OrderServiceClient,
+};
+use shopmesh::api::payment::v1::{
+    GetPaymentRequest, ListPaymentsRequest, Payment, PaymentState,
+    payment_service_client::PaymentServiceClient,
+};
+use shopmesh::api::user::v1::{
+    CreateUserRequest, UpdateUserRequest, User, user_service_client::UserServiceClient,
+};
+use shopmesh::mesh::config::{OrderConfig, PaymentConfig, UserConfig};
+use shopmesh::mesh::ids::new_id;
+use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Charges above this many minor units are declined by the simulated processor.
+const LIMIT: i64 = 50_000;
+
+/// The three services and a client for each.
+struct Mesh {
+    backend: Backend,
+    user: Spawned,
+    payment: Option<Spawned>,
+    order: Spawned,
+    dbs: Vec<TestDb>,
+    payment_addr: SocketAddr,
+    users: UserServiceClient<Channel>,
+    payments: PaymentServiceClient<Channel>,
+    orders: OrderServiceClient<Channel>,
+}
+
+async fn start_payment(listener: TcpListener, db: &TestDb) -> Spawned {
+    let config = PaymentConfig {
+        listen: listener.local_addr().expect("addr"),
+        database_url: db.url.clone(),
+        payment_limit_minor: LIMIT,
+        payment_currencies: vec!["USD".into(), "EUR".into()],
+        payment_latency: Duration::from_millis(2),
+    };
+    testing::spawn_on(listener, shopmesh_payment::SERVICE_NAME, |listener, shutdown| {
+        shopmesh_payment::run(testing::mesh_config(), config, listener, shutdown)
+    })
+    .await
+}
+
+/// Starts the mesh; with `payment_up` false the order service points at an address where
+/// nothing listens yet (see [`Mesh::start_payment`]).
+async fn start(backend: Backend, payment_up: bool) -> Mesh {
+    let user_db = testing::database(backend, "user").await;
+    let payment_db = testing::database(backend, "payment").await;
+    let order_db = testing::database(backend, "order").await;
+
+    let config =
+        UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: user_db.url.clone() };
+    let user = testing::spawn(shopmesh_user::SERVICE_NAME, |listener, shutdown| {
+        shopmesh_user::run(testing::mesh_config(), config, listener, shutdown)
+    })
+    .await;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let payment_addr = listener.local_addr().expect("addr");
+    let payment = if payment_up {
+        Some(start_payment(listener, &payment_db).await)
+    } else {
+        // Closed, so connecting is refused until the payment service binds this address.
+        drop(listener);
+        None
+    };
+
+    let config = OrderConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        database_url: order_db.url.clone(),
+        user_url: user.url(),
+        payment_url: format!("http://{payment_addr}"),
+        call_timeout: Duration::from_secs(5),
+    };
+    let order = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {
+        shopmesh_order::run(testing::mesh_config(), config, listener, shutdown)
+    })
+    .await;
+
+    let users = UserServiceClient::connect(user.url()).await.expect("connect user");
+    let payments = PaymentServiceClient::new(
+        Channel::from_shared(format!("http://{payment_addr}")).expect("url").connect_lazy(),
+    );
+    let orders = OrderServiceClient::connect(order.url()).await.expect("connect order");
+    Mesh {
+        backend,
+        user,
+        payment,
+        order,
+        dbs: vec![user_db, payment_db, order_db],
+        payment_addr,
+        users,
+        payments,
+        orders,
+    }
+}
+
+fn usd(amount_minor: i64) -> Option<Money> {
+    Some(Money { currency_code: "USD".into(), amount_minor })
+}
+
+fn line(sku: &str, quantity: i32, unit_price: Option<Money>) -> LineItem {
+    LineItem { sku: sku.into(), quantity, unit_price }
+}
+
+fn order_of(user_id: &str, lines: Vec<LineItem>, request_id: &str) -> CreateOrderRequest {
+    CreateOrderRequest { user_id: user_id.into(), line_items: lines, request_id: request_id.into() }
+}
+
+impl Mesh {
+    async fn stop(self) {
+        self.order.stop().await.expect("order stops cleanly");
+        if let Some(payment) = self.payment {
+            payment.stop().await.expect("payment stops cleanly");
+        }
+        self.user.stop().await.expect("user stops cleanly");
+        for db in self.dbs {
+            db.drop_database().await;
+        }
+    }
+
+    /// Brings the payment service up at the address the order service calls.
+    async fn start_payment(&mut self) {
+        assert!(self.payment.is_none(), "payment is already up");
+        let listener = TcpListener::bind(self.payment_addr).await.expect("rebind the payment address");
+        self.payment = Some(start_payment(listener, &self.dbs[1]).await);
+    }
+
+    async fn new_user(&mut self, email: &str) -> User {
+        let req = CreateUserRequest {
+            email: email.into(),
+            display_name: "Test User".into(),
+            request_id: String::new(),
+        };
+        self.users.create_user(req).await.expect("create user").into_inner()
+    }
+
+    async fn create(&mut self, req: CreateOrderRequest) -> Result<Order, tonic::Status> {
+        self.orders.create_order(req).await.map(tonic::Response::into_inner)
+    }
+
+    async fn cancel(&mut self, id: &str, request_id: &str) -> Result<Order, tonic::Status> {
+        let req = CancelOrderRequest { id: id.into(), request_id: request_id.into() };
+        self.orders.cancel_order(req).await.map(tonic::Response::into_inner)
+    }
+
+    async fn get(&mut self, id: &str) -> Order {
+        self.orders.get_order(GetOrderRequest { id: id.into() }).await.expect("get order").into_inner()
+    }
+
+    /// Every order of `user_id`, following pages of `page_size`.
+    async fn orders_of(&mut self, user_id: &str, page_size: i32) -> Vec<Order> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = ListOrdersRequest { user_id: user_id.into(), page_size, page_token };
+            let page = self.orders.list_orders(req).await.expect("list orders").into_inner();
+            all.extend(page.orders);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    async fn payments_of(&mut self, order_id: &str) -> Vec<Payment> {
+        let req = ListPaymentsRequest { order_id: order_id.into(), page_size: 0, page_token: String::new() };
+        self.payments.list_payments(req).await.expect("list payments").into_inner().payments
+    }
+}
+
+#[tokio::test]
+async fn an_order_is_charged_and_paid() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let user = m.new_user("buyer@example.com").await;
+        let order = m
+            .create(order_of(
+                &user.id,
+                vec![line("tea-earl-grey", 3, usd(450)), line("mug", 1, usd(1_200))],
+                "",
+            ))
+            .await
+            .expect("create order");
+        assert_eq!(order.state(), OrderState::Paid, "{backend:?}");
+        assert_eq!(order.total, usd(3 * 450 + 1_200), "{backend:?}");
+        assert_eq!(order.user_id, user.id, "{backend:?}");
+        assert_eq!(order.line_items.len(), 2, "{backend:?}");
+        assert!(order.decline_reason.is_empty(), "{backend:?}");
+        assert!(order.create_time.is_some() && order.update_time.is_some(), "{backend:?}");
+        assert_eq!(m.get(&order.id).await, order, "{backend:?}: GetOrder returns what CreateOrder did");
+
+        let payment = m
+            .payments
+            .get_payment(GetPaymentRequest { id: order.payment_id.clone() })
+            .await
+            .expect("payment");
+        let payment = payment.into_inner();
+        assert_eq!(payment.state(), PaymentState::Succeeded, "{backend:?}");
+        assert_eq!(payment.order_id, order.id, "{backend:?}");
+        assert_eq!(payment.request_id, order.id, "{backend:?}: the charge is keyed by the order id");
+        assert_eq!(payment.amount, order.total, "{backend:?}");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn ten_replays_of_create_order_give_one_order_and_one_payment() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let user = m.new_user("replay@example.com").await;
+        let req = order_of(&user.id, vec![line("book", 2, usd(1_999))], "checkout-7f3a");
+        let first = m.create(req.clone()).await.expect("create");
+        assert_eq!(first.state(), OrderState::Paid, "{backend:?}");
+        assert_eq!(first.request_id, "checkout-7f3a", "{backend:?}");
+        for _ in 0..10 {
+            let again = m.create(req.clone()).await.expect("replay");
+            assert_eq!(again, first, "{backend:?}: a replay returns the same order");
+        }
+        // Replays racing each other land on the same order too.
+        let racing = futures::future::join_all((0..5).map(|_| {
+            let mut client = m.orders.clone();
+            let req = req.clone();
+            async move { client.create_order(req).await.map(tonic::Response::into_inner) }
+        }))
+        .await;
+        for r in racing {
+            assert_eq!(r.expect("concurrent replay"), first, "{backend:?}");
+        }
+        assert_eq!(m.orders_of(&user.id, 0).await, vec![first.clone()], "{backend:?}: one order");
+        let payments = m.payments_of(&first.id).await;
+        assert_eq!(payments.len(), 1, "{backend:?}: one payment");
+        assert_eq!(payments[0].id, first.payment_id, "{backend:?}");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_first_attempts_with_one_request_id_create_one_order() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let user = m.new_user("race@example.com").await;
+        let req = order_of(&user.id, vec![line("pen", 4, usd(250))], "race-1");
+        let results = futures::future::join_all((0..8).map(|_| {
+            let mut client = m.orders.clone();
+            let req = req.clone();
+            async move { client.create_order(req).await.map(tonic::Response::into_inner) }
+        }))
+        .await;
+        let orders = m.orders_of(&user.id, 0).await;
+        assert_eq!(orders.len(), 1, "{backend:?}: one order for one request id");
+        let payments = m.payments_of(&orders[0].id).await;
+        assert_eq!(payments.len(), 1, "{backend:?}: one payment");
+        for r in results {
+            match r {
+                Ok(order) => assert_eq!(order.id, orders[0].id, "{backend:?}"),
+                // A loser may find the winner's charge still in flight: retryable, nothing lost.
+                Err(status) => {
+                    assert!(
+                        matches!(status.code(), Code::Unavailable | Code::Aborted),
+                        "{backend:?}: {status:?}"
+                    );
+                }
+            }
+        }
+        let settled = m.create(req).await.expect("replay after the race");
+        assert_eq!(settled.state(), OrderState::Paid, "{backend:?}");
+        assert_eq!(settled.id, orders[0].id, "{backend:?}");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reusing_a_request_id_for_another_order_fails_and_changes_nothing() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let user = m.new_user("reuse@example.com").await;
+        let first =
+            m.create(order_of(&user.id, vec![line("a", 1, usd(100))], "key-1")).await.expect("create");
+        let err = m
+            .create(order_of(&user.id, vec![line("a", 2, usd(100))], "key-1"))
+            .await
+            .expect_err("same key, other order");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: {err:?}");
+        assert_eq!(precondition(&err).as_deref(), Some("REQUEST_ID_REUSED"), "{backend:?}");
+        assert_eq!(m.orders_of(&user.id, 0).await, vec![first.clone()], "{backend:?}: nothing written");
+        assert_eq!(m.payments_of(&first.id).await.len(), 1, "{backend:?}");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn declined_charges_leave_the_order_payment_declined() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let user = m.new_user("big-spender@example.com").await;
+        let over = m
+            .create(order_of(&user.id, vec![line("yacht", 1, usd(LIMIT + 1))], "over-1"))
+            .await
+            .expect("a decline is an outcome, not an error");
+        assert_eq!(over.state(), OrderState::PaymentDeclined, "{backend:?}");
+        assert_eq!(over.decline_reason, "amount_over_limit", "{backend:?}");
+        assert!(!over.payment_id.is_empty(), "{backend:?}: the declined payment is recorded");
+        let payment = m.payments.get_payment(GetPaymentRequest { id: over.payment_id.clone() }).await;
+        assert_eq!(payment.expect("payment").into_inner().state(), PaymentState::Declined, "{backend:?}");
+
+        let yen = Some(Money { currency_code: "JPY".into(), amount_minor: 500 });
+        let other = m.create(order_of(&user.id, vec![line("ramen", 1, yen)], "")).await.expect("create");
+        assert_eq!(other.state(), OrderState::PaymentDeclined, "{backend:?}");
+        assert_eq!(other.decline_reason, "currency_not_supported", "{backend:?}");
+
+        // A replay returns the declined order; it does not charge again.
+        let again = m.create(order_of(&user.id, vec![line("yacht", 1, usd(LIMIT + 1))], "over-1")).await;
+        assert_eq!(again.expect("replay"), over, "{backend:?}");
+        assert_eq!(m.payments_of(&over.id).await.len(), 1, "{backend:?}");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_and_inactive_users_cannot_order() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let stranger = new_id();
+        let err = m.create(order_of(&stranger, vec![line("a", 1, usd(100))], "")).await.expect_err("unknown");
+        assert_eq!(err.code(), Code::NotFound, "{backend:?}: {err:?}");
+        assert!(err.message().contains(&stranger), "{backend:?}: {}", err.message());
+        assert!(m.orders_of(&stranger, 0).await.is_empty(), "{backend:?}: nothing written");
+
+        let user = m.new_user("gone@example.com").await;
+        let deactivate = UpdateUserRequest {
+            user: Some(User { id: user.id.clone(), active: false, ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["active".into()] }),
+        };
+        m.users.update_user(deactivate).await.expect("deactivate");
+        let err =
+            m.create(order_of(&user.id, vec![line("a", 1, usd(100))], "k")).await.expect_err("inactive");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: {err:?}");
+        assert_eq!(precondition(&err).as_deref(), Some("USER_INACTIVE"), "{backend:?}");
+        assert!(m.orders_of(&user.id, 0).await.is_empty(), "{backend:?}: nothing written");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_orders_are_rejected_field_by_field_and_write_nothing() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let user = m.new_user("careless@example.com").await;
+        let u = user.id.as_str();
+        let eur = Some(Money { currency_code: "EUR".into(), amount_minor: 100 });
+        let cases: Vec<(&str, CreateOrderRequest, Vec<&str>)> = vec![
+            ("empty order", order_of(u, vec![], ""), vec!["line_items"]),
+            ("zero quantity", order_of(u, vec![line("a", 0, usd(100))], ""), vec!["line_items[0].quantity"]),
+            (
+                "negative quantity",
+                order_of(u, vec![line("a", 1, usd(100)), line("b", -2, usd(100))], ""),
+                vec!["line_items[1].quantity"],
+            ),
+            (
+                "mixed currencies",
+                order_of(u, vec![line("a", 1, usd(100)), line("b", 1, eur)], ""),
+                vec!["line_items[1].unit_price.currency_code"],
+            ),
+            (
+                "overflowing total",
+                order_of(
+                    u,
+                    vec![line("a", 10_000, usd(i64::MAX / 2)), line("b", 10_000, usd(i64::MAX / 2))],
+                    "",
+                ),
+                vec!["line_items"],
+            ),
+            (
+                "negative price",
+                order_of(u, vec![line("a", 1, usd(-1))], ""),
+                vec!["line_items[0].unit_price.amount_minor"],
+            ),
+            (
+                "missing price",
+                order_of(u, vec![line("a", 1, None)], ""),
+                vec!["line_items[0].unit_price", "line_items[0].unit_price.currency_code"],
+            ),
+            ("zero total", order_of(u, vec![line("free", 1, usd(0))], ""), vec!["line_items"]),
+            ("bad sku", order_of(u, vec![line("no spaces", 1, usd(1))], ""), vec!["line_items[0].sku"]),
+            ("bad user id", order_of("not-a-uuid", vec![line("a", 1, usd(1))], ""), vec!["user_id"]),
+            ("bad request id", order_of(u, vec![line("a", 1, usd(1))], "has space"), vec!["request_id"]),
+            (
+                "everything wrong",
+                order_of("", vec![line("", 0, None)], &"x".repeat(65)),
+                vec![
+                    "user_id",
+                    "request_id",
+                    "line_items[0].sku",
+                    "line_items[0].quantity",
+                    "line_items[0].unit_price",
+                    "line_items[0].unit_price.currency_code",
+                ],
+            ),
+        ];
+        for (what, req, fields) in cases {
+            let err = m.create(req).await.expect_err(what);
+            assert_eq!(err.code(), Code::InvalidArgument, "{backend:?} {what}: {err:?}");
+            assert_eq!(field_violations(&err), fields, "{backend:?} {what}");
+        }
+        assert!(m.orders_of(u, 0).await.is_empty(), "{backend:?}: nothing written");
+
+        let err = m.orders.get_order(GetOrderRequest { id: "nope".into() }).await.expect_err("bad id");
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+        assert_eq!(field_violations(&err), ["id"], "{backend:?}");
+        let err = m.orders.get_order(GetOrderRequest { id: new_id() }).await.expect_err("unknown id");
+        assert_eq!(err.code(), Code::NotFound, "{backend:?}");
+        let req = ListOrdersRequest { user_id: u.into(), page_size: -1, page_token: "garbage".into() };
+        let err = m.orders.list_orders(req).await.expect_err("bad page");
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+        assert_eq!(field_violations(&err), ["page_size", "page_token"], "{backend:?}");
+        let err = m.cancel(&new_id(), "").await.expect_err("unknown order");
+        assert_eq!(err.code(), Code::NotFound, "{backend:?}");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn orders_are_listed_per_user_a_page_at_a_time() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let alice = m.new_user("alice@example.com").await;
+        let bob = m.new_user("bob@example.com").await;
+        let mut created = Vec::new();
+        for i in 1..=5 {
+            created
+                .push(m.create(order_of(&alice.id, vec![line("a", i, usd(100))], "")).await.expect("create"));
+        }
+        m.create(order_of(&bob.id, vec![line("b", 1, usd(100))], "")).await.expect("bob's order");
+
+        let req = ListOrdersRequest { user_id: alice.id.clone(), page_size: 2, page_token: String::new() };
+        let first = m.orders.list_orders(req).await.expect("page 1").into_inner();
+        assert_eq!(first.orders, created[..2], "{backend:?}: oldest first");
+        assert!(!first.next_page_token.is_empty(), "{backend:?}");
+        assert_eq!(m.orders_of(&alice.id, 2).await, created, "{backend:?}: pages cover every order once");
+        assert_eq!(m.orders_of(&alice.id, 1000).await, created, "{backend:?}");
+        assert_eq!(m.orders_of(&bob.id, 2).await.len(), 1, "{backend:?}: only bob's");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_paid_order_refunds_it_exactly_once() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let user = m.new_user("regret@example.com").await;
+        let order =
+            m.create(order_of(&user.id, vec![line("lamp", 1, usd(4_000))], "")).await.expect("create");
+        assert_eq!(order.state(), OrderState::Paid, "{backend:?}");
+
+        let cancelled = m.cancel(&order.id, "cancel-1").await.expect("cancel");
+        assert_eq!(cancelled.state(), OrderState::Cancelled, "{backend:?}");
+        assert_eq!(cancelled.payment_id, order.payment_id, "{backend:?}");
+        let again = m.cancel(&order.id, "cancel-1").await.expect("repeat of the same cancel");
+        assert_eq!(again, cancelled, "{backend:?}");
+        let err = m.cancel(&order.id, "cancel-2").await.expect_err("cancel a cancelled order");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: {err:?}");
+        assert_eq!(precondition(&err).as_deref(), Some("ALREADY_CANCELLED"), "{backend:?}");
+        let err = m.cancel(&order.id, "").await.expect_err("cancel without a key");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
+
+        let payments = m.payments_of(&order.id).await;
+        assert_eq!(payments.len(), 1, "{backend:?}");
+        assert_eq!(payments[0].state(), PaymentState::Refunded, "{backend:?}");
+        assert_eq!(payments[0].refund_request_id, order.id, "{backend:?}: the refund is keyed by the order");
+        assert_eq!(m.get(&order.id).await, cancelled, "{backend:?}");
+
+        // A declined order has nothing to refund; it is simply cancelled.
+        let declined =
+            m.create(order_of(&user.id, vec![line("car", 1, usd(LIMIT * 2))], "")).await.expect("declined");
+        let cancelled = m.cancel(&declined.id, "").await.expect("cancel declined");
+        assert_eq!(cancelled.state(), OrderState::Cancelled, "{backend:?}");
+        let payments = m.payments_of(&declined.id).await;
+        assert_eq!(payments[0].state(), PaymentState::Declined, "{backend:?}: nothing refunded");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_order_survives_the_payment_service_being_down() {
+    for backend in testing::backends() {
+        let mut m = start(backend, false).await;
+        let user = m.new_user("patient@example.com").await;
+        let req = order_of(&user.id, vec![line("chair", 2, usd(3_000))], "while-down");
+        let err = m.create(req.clone()).await.expect_err("payment is down");
+        assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
+        assert!(err.message().contains("retry with the same request_id"), "{backend:?}: {}", err.message());
+
+        let kept = m.orders_of(&user.id, 0).await;
+        assert_eq!(kept.len(), 1, "{backend:?}: the order is kept");
+        assert_eq!(kept[0].state(), OrderState::PendingPayment, "{backend:?}");
+        let err = m.cancel(&kept[0].id, "").await.expect_err("cancel while the payment is unknown");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
+        assert_eq!(precondition(&err).as_deref(), Some("PAYMENT_PENDING"), "{backend:?}");
+
+        m.start_payment().await;
+        let paid = m.create(req).await.expect("the retry completes the order");
+        assert_eq!(paid.id, kept[0].id, "{backend:?}: the same order");
+        assert_eq!(paid.state(), OrderState::Paid, "{backend:?}");
+        assert_eq!(m.payments_of(&paid.id).await.len(), 1, "{backend:?}: charged once");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_user_service_being_down_is_unavailable_and_writes_nothing() {
+    for backend in testing::backends() {
+        let m = start(backend, true).await;
+        let Mesh { backend, user, payment, order, dbs, mut orders, .. } = m;
+        let user_id = new_id();
+        user.stop().await.expect("stop user");
+        let err = orders
+            .create_order(order_of(&user_id, vec![line("a", 1, usd(100))], "k"))
+            .await
+            .expect_err("user service down");
+        assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
+        let req = ListOrdersRequest { user_id, page_size: 0, page_token: String::new() };
+        assert!(orders.list_orders(req).await.expect("list").into_inner().orders.is_empty(), "{backend:?}");
+        order.stop().await.expect("order stops");
+        if let Some(p) = payment {
+            p.stop().await.expect("payment stops");
+        }
+        for db in dbs {
+            db.drop_database().await;
+        }
+    }
+}
