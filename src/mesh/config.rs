@@ -44,6 +44,7 @@ pub struct UserConfig {
     #[arg(
         id = "user_listen",
         long = "user-listen",
+        value_name = "ADDR",
         env = "SHOPMESH_USER_LISTEN",
         default_value = "127.0.0.1:50051"
     )]
@@ -53,6 +54,7 @@ pub struct UserConfig {
     #[arg(
         id = "user_database_url",
         long = "user-database-url",
+        value_name = "URL",
         env = "SHOPMESH_USER_DATABASE_URL",
         default_value = "sqlite://data/user.db"
     )]
@@ -66,6 +68,7 @@ pub struct PaymentConfig {
     #[arg(
         id = "payment_listen",
         long = "payment-listen",
+        value_name = "ADDR",
         env = "SHOPMESH_PAYMENT_LISTEN",
         default_value = "127.0.0.1:50053"
     )]
@@ -75,6 +78,7 @@ pub struct PaymentConfig {
     #[arg(
         id = "payment_database_url",
         long = "payment-database-url",
+        value_name = "URL",
         env = "SHOPMESH_PAYMENT_DATABASE_URL",
         default_value = "sqlite://data/payment.db"
     )]
@@ -102,6 +106,7 @@ pub struct OrderConfig {
     #[arg(
         id = "order_listen",
         long = "order-listen",
+        value_name = "ADDR",
         env = "SHOPMESH_ORDER_LISTEN",
         default_value = "127.0.0.1:50052"
     )]
@@ -111,6 +116,7 @@ pub struct OrderConfig {
     #[arg(
         id = "order_database_url",
         long = "order-database-url",
+        value_name = "URL",
         env = "SHOPMESH_ORDER_DATABASE_URL",
         default_value = "sqlite://data/order.db"
     )]

@@ -1,0 +1,200 @@
+"""Calls every method of the shopmesh mesh from Python stubs generated from proto/.
+
+This proves the contracts work for a client that shares no code with the Rust services: it
+generates its stubs with grpcio-tools, starts the `shopmesh` binary on free loopback ports with
+SQLite files in a temporary directory, checks health and server reflection (what grpcurl uses),
+calls all twelve methods, checks the error codes of bad calls, and stops the mesh with SIGTERM.
+
+Usage: python check.py PATH/TO/shopmesh   (run by scripts/check-python-client)
+"""
+
+import glob
+import importlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+
+import grpc
+import grpc_tools
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from grpc_tools import protoc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SERVICES = {
+    "user": "shopmesh.user.v1.UserService",
+    "order": "shopmesh.order.v1.OrderService",
+    "payment": "shopmesh.payment.v1.PaymentService",
+}
+
+
+def generate(out):
+    """Generates Python modules for every .proto under proto/ into `out`."""
+    protos = sorted(glob.glob(os.path.join(ROOT, "proto", "**", "*.proto"), recursive=True))
+    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    args = ["protoc", f"-I{os.path.join(ROOT, 'proto')}", f"-I{well_known}",
+            f"--python_out={out}", f"--grpc_python_out={out}", *protos]
+    if protoc.main(args) != 0:
+        sys.exit("protoc failed on proto/")
+    sys.path.insert(0, out)
+
+
+def start_mesh(binary, data):
+    """Starts `shopmesh` on free ports and returns (process, {service: address})."""
+    args = [binary]
+    for svc in SERVICES:
+        args += [f"--{svc}-listen=127.0.0.1:0", f"--{svc}-database-url=sqlite://{data}/{svc}.db"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn"})
+    timer = threading.Timer(60, proc.kill)
+    timer.start()
+    addrs = {}
+    for line in proc.stdout:
+        m = re.match(r"\s+(user|order|payment)\s+(\S+:\d+)\s", line)
+        if m:
+            addrs[m.group(1)] = m.group(2)
+        if "Ctrl-C stops all three" in line:
+            break
+    timer.cancel()
+    if set(addrs) != set(SERVICES):
+        proc.kill()
+        sys.exit(f"shopmesh did not print its endpoints (got {addrs})")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    return proc, addrs
+
+
+def expect_error(code, call, *args):
+    try:
+        call(*args, timeout=10)
+    except grpc.RpcError as err:
+        assert err.code() == code, f"{call}: expected {code}, got {err.code()}: {err.details()}"
+        return err
+    raise AssertionError(f"{call}: expected {code}, got success")
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    binary = sys.argv[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        gen = os.path.join(tmp, "gen")
+        os.makedirs(gen)
+        generate(gen)
+        money = importlib.import_module("shopmesh.common.v1.money_pb2")
+        user_pb = importlib.import_module("shopmesh.user.v1.user_pb2")
+        user_grpc = importlib.import_module("shopmesh.user.v1.user_pb2_grpc")
+        pay_pb = importlib.import_module("shopmesh.payment.v1.payment_pb2")
+        pay_grpc = importlib.import_module("shopmesh.payment.v1.payment_pb2_grpc")
+        order_pb = importlib.import_module("shopmesh.order.v1.order_pb2")
+        order_grpc = importlib.import_module("shopmesh.order.v1.order_pb2_grpc")
+        from google.protobuf import field_mask_pb2
+
+        proc, addrs = start_mesh(binary, tmp)
+        try:
+            channels = {svc: grpc.insecure_channel(addr) for svc, addr in addrs.items()}
+            called = set()
+
+            # Health and reflection, as Kubernetes probes and grpcurl use them.
+            for svc, name in SERVICES.items():
+                health = health_pb2_grpc.HealthStub(channels[svc])
+                for service in ("", name):
+                    resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                    assert resp.status == health_pb2.HealthCheckResponse.SERVING, (svc, service, resp)
+                db = ProtoReflectionDescriptorDatabase(channels[svc])
+                listed = set(db.get_services())
+                assert name in listed, (svc, listed)
+                assert not (set(SERVICES.values()) - {name}) & listed, f"{svc} lists only its own service"
+                methods = [m.name for m in db.FindFileContainingSymbol(name).service[0].method]
+                assert len(methods) == 4, (name, methods)
+
+            users = user_grpc.UserServiceStub(channels["user"])
+            payments = pay_grpc.PaymentServiceStub(channels["payment"])
+            orders = order_grpc.OrderServiceStub(channels["order"])
+
+            def usd(minor):
+                return money.Money(currency_code="USD", amount_minor=minor)
+
+            # UserService
+            user = users.CreateUser(user_pb.CreateUserRequest(
+                email="grace@example.com", display_name="Grace", request_id="py-user-1"), timeout=10)
+            again = users.CreateUser(user_pb.CreateUserRequest(
+                email="grace@example.com", display_name="Grace", request_id="py-user-1"), timeout=10)
+            assert again.id == user.id, "CreateUser replay returns the same user"
+            assert users.GetUser(user_pb.GetUserRequest(id=user.id), timeout=10) == user
+            listed = users.ListUsers(user_pb.ListUsersRequest(page_size=10), timeout=10)
+            assert [u.id for u in listed.users] == [user.id]
+            renamed = users.UpdateUser(user_pb.UpdateUserRequest(
+                user=user_pb.User(id=user.id, display_name="Grace Hopper"),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"])), timeout=10)
+            assert renamed.display_name == "Grace Hopper" and renamed.active
+            called |= {"CreateUser", "GetUser", "ListUsers", "UpdateUser"}
+            expect_error(grpc.StatusCode.ALREADY_EXISTS, users.CreateUser,
+                         user_pb.CreateUserRequest(email="GRACE@example.com", display_name="Other"))
+            err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, users.CreateUser,
+                               user_pb.CreateUserRequest(email="not-an-email", display_name=""))
+            details = dict(err.trailing_metadata() or ())
+            assert "grpc-status-details-bin" in details, "field violations ride in the status details"
+            expect_error(grpc.StatusCode.NOT_FOUND, users.GetUser, user_pb.GetUserRequest(id=str(uuid.uuid4())))
+
+            # OrderService (calls user and payment itself)
+            line = order_pb.LineItem(sku="BOOK-42", quantity=2, unit_price=usd(1250))
+            order = orders.CreateOrder(order_pb.CreateOrderRequest(
+                user_id=user.id, line_items=[line], request_id="py-order-1"), timeout=10)
+            assert order.state == order_pb.ORDER_STATE_PAID, order
+            assert order.total.amount_minor == 2500 and order.total.currency_code == "USD"
+            replay = orders.CreateOrder(order_pb.CreateOrderRequest(
+                user_id=user.id, line_items=[line], request_id="py-order-1"), timeout=10)
+            assert replay == order, "CreateOrder replay returns the same order"
+            assert orders.GetOrder(order_pb.GetOrderRequest(id=order.id), timeout=10) == order
+            page = orders.ListOrders(order_pb.ListOrdersRequest(user_id=user.id), timeout=10)
+            assert [o.id for o in page.orders] == [order.id]
+            expect_error(grpc.StatusCode.INVALID_ARGUMENT, orders.CreateOrder,
+                         order_pb.CreateOrderRequest(user_id=user.id, line_items=[]))
+
+            # PaymentService: the order's payment, then a charge and refund of its own.
+            paid = payments.GetPayment(pay_pb.GetPaymentRequest(id=order.payment_id), timeout=10)
+            assert paid.state == pay_pb.PAYMENT_STATE_SUCCEEDED and paid.order_id == order.id
+            of_order = payments.ListPayments(pay_pb.ListPaymentsRequest(order_id=order.id), timeout=10)
+            assert [p.id for p in of_order.payments] == [paid.id], "one payment despite the replay"
+            other_order = str(uuid.uuid4())
+            charge = pay_pb.ChargeRequest(order_id=other_order, user_id=user.id, amount=usd(700),
+                                          request_id="py-charge-1")
+            charged = payments.Charge(charge, timeout=10)
+            assert charged.state == pay_pb.PAYMENT_STATE_SUCCEEDED
+            assert payments.Charge(charge, timeout=10).id == charged.id, "Charge replay charges once"
+            refunded = payments.Refund(pay_pb.RefundRequest(payment_id=charged.id, request_id="py-refund-1"),
+                                       timeout=10)
+            assert refunded.state == pay_pb.PAYMENT_STATE_REFUNDED
+            called |= {"Charge", "GetPayment", "Refund", "ListPayments"}
+
+            cancelled = orders.CancelOrder(order_pb.CancelOrderRequest(id=order.id, request_id="py-cancel-1"),
+                                           timeout=10)
+            assert cancelled.state == order_pb.ORDER_STATE_CANCELLED
+            refunded = payments.GetPayment(pay_pb.GetPaymentRequest(id=order.payment_id), timeout=10)
+            assert refunded.state == pay_pb.PAYMENT_STATE_REFUNDED, "cancelling a paid order refunds it"
+            expect_error(grpc.StatusCode.FAILED_PRECONDITION, orders.CancelOrder,
+                         order_pb.CancelOrderRequest(id=order.id, request_id="py-cancel-2"))
+            called |= {"CreateOrder", "GetOrder", "ListOrders", "CancelOrder"}
+
+            for ch in channels.values():
+                ch.close()
+            assert len(called) == 12, called
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+        assert code == 0, f"shopmesh exited with {code} after SIGTERM"
+        print(f"python client: all {len(called)} methods of 3 services called; health, reflection and errors as documented")
+
+
+if __name__ == "__main__":
+    main()
