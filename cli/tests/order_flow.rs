@@ -151,6 +151,16 @@ impl Mesh {
         self.orders.create_order(req).await.map(tonic::Response::into_inner)
     }
 
+    /// `n` copies of `req` sent at once, on clones of one channel.
+    async fn race(&self, n: usize, req: &CreateOrderRequest) -> Vec<Result<Order, tonic::Status>> {
+        futures::future::join_all((0..n).map(|_| {
+            let mut client = self.orders.clone();
+            let req = req.clone();
+            async move { client.create_order(req).await.map(tonic::Response::into_inner) }
+        }))
+        .await
+    }
+
     async fn cancel(&mut self, id: &str, request_id: &str) -> Result<Order, tonic::Status> {
         let req = CancelOrderRequest { id: id.into(), request_id: request_id.into() };
         self.orders.cancel_order(req).await.map(tonic::Response::into_inner)
@@ -230,12 +240,7 @@ async fn ten_replays_of_create_order_give_one_order_and_one_payment() {
             assert_eq!(again, first, "{backend:?}: a replay returns the same order");
         }
         // Replays racing each other land on the same order too.
-        let racing = futures::future::join_all((0..5).map(|_| {
-            let mut client = m.orders.clone();
-            let req = req.clone();
-            async move { client.create_order(req).await.map(tonic::Response::into_inner) }
-        }))
-        .await;
+        let racing = m.race(5, &req).await;
         for r in racing {
             assert_eq!(r.expect("concurrent replay"), first, "{backend:?}");
         }
@@ -253,12 +258,7 @@ async fn concurrent_first_attempts_with_one_request_id_create_one_order() {
         let mut m = start(backend, true).await;
         let user = m.new_user("race@example.com").await;
         let req = order_of(&user.id, vec![line("pen", 4, usd(250))], "race-1");
-        let results = futures::future::join_all((0..8).map(|_| {
-            let mut client = m.orders.clone();
-            let req = req.clone();
-            async move { client.create_order(req).await.map(tonic::Response::into_inner) }
-        }))
-        .await;
+        let results = m.race(8, &req).await;
         let orders = m.orders_of(&user.id, 0).await;
         assert_eq!(orders.len(), 1, "{backend:?}: one order for one request id");
         let payments = m.payments_of(&orders[0].id).await;
