@@ -19,6 +19,17 @@ const INFRA_SERVICES: [&str; 3] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
+/// A reflection builder over every descriptor a client may need, advertising only `services`
+/// and the infrastructure services beside them.
+fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc.BadRequest and friends, so grpcurl can decode error details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+    services.iter().chain(&INFRA_SERVICES).fold(builder, |b, name| b.with_service_name(*name))
+}
+
 /// Serves `routes` on `listener` with `grpc.health.v1` and server reflection (v1 and v1alpha)
 /// beside them, until `shutdown` completes.
 ///
@@ -39,21 +50,10 @@ where
     let addr = listener.local_addr()?;
     let (reporter, health) = tonic_health::server::health_reporter();
 
-    let mut reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    for name in services.iter().chain(&INFRA_SERVICES) {
-        reflection = reflection.with_service_name(*name);
-    }
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    let reflection_v1alpha =
-        services.iter().chain(&INFRA_SERVICES).fold(reflection_v1alpha, |b, name| b.with_service_name(*name));
     let routes = routes
         .add_service(health)
-        .add_service(reflection.build_v1().map_err(|e| Error::Config(e.to_string()))?)
-        .add_service(reflection_v1alpha.build_v1alpha().map_err(|e| Error::Config(e.to_string()))?);
+        .add_service(reflection(services).build_v1().map_err(|e| Error::Config(e.to_string()))?)
+        .add_service(reflection(services).build_v1alpha().map_err(|e| Error::Config(e.to_string()))?);
 
     // The routes are complete and the caller has opened its database, so the service can serve.
     for name in services {
