@@ -221,19 +221,26 @@ async fn health_and_reflection() {
     assert_eq!(err.code(), Code::NotFound);
 
     let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
+    let requests = [
+        MessageRequest::ListServices(String::new()),
+        // Error details name this type; grpcurl resolves it here to print field violations.
+        MessageRequest::FileContainingSymbol("google.rpc.BadRequest".into()),
+    ]
+    .map(|m| ServerReflectionRequest { host: String::new(), message_request: Some(m) });
     let mut replies = reflection
-        .server_reflection_info(futures::stream::iter([request]))
+        .server_reflection_info(futures::stream::iter(requests))
         .await
         .expect("reflect")
         .into_inner();
-    let reply = replies.message().await.expect("reply").expect("one reply");
+    let reply = replies.message().await.expect("reply").expect("first reply");
     let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
         panic!("unexpected reply {reply:?}");
     };
+    let reply = replies.message().await.expect("reply").expect("second reply");
+    let Some(MessageResponse::FileDescriptorResponse(files)) = reply.message_response else {
+        panic!("google.rpc.BadRequest is not resolvable: {reply:?}");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
     let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     names.sort();
     assert_eq!(
