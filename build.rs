@@ -35,8 +35,19 @@ fn find_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One `(path, Idempotency)` row per RPC, sorted by path so lookups can binary-search.
+/// One `(path, CallPolicy)` row per RPC, sorted by path so lookups can binary-search: the
+/// method's `idempotency_level`, and the field number of its input's `request_id`, if any.
 fn call_policy(fds: &prost_types::FileDescriptorSet) -> String {
+    let request_id_fields: std::collections::HashMap<String, i32> = fds
+        .file
+        .iter()
+        .flat_map(|f| {
+            f.message_type.iter().filter_map(move |m| {
+                let field = m.field.iter().find(|fd| fd.name() == "request_id")?;
+                Some((format!(".{}.{}", f.package(), m.name()), field.number()))
+            })
+        })
+        .collect();
     let mut rows = Vec::new();
     for file in fds.file.iter().filter(|f| f.package().starts_with("shopmesh.")) {
         for service in &file.service {
@@ -50,17 +61,27 @@ fn call_policy(fds: &prost_types::FileDescriptorSet) -> String {
                     IdempotencyLevel::Idempotent => "Idempotent",
                     IdempotencyLevel::IdempotencyUnknown => "Unknown",
                 };
-                rows.push((format!("/{}.{}/{}", file.package(), service.name(), method.name()), variant));
+                let request_id = request_id_fields
+                    .get(method.input_type())
+                    .map_or_else(|| "None".to_owned(), |n| format!("Some({n})"));
+                rows.push((
+                    format!("/{}.{}/{}", file.package(), service.name(), method.name()),
+                    variant,
+                    request_id,
+                ));
             }
         }
     }
     rows.sort();
     let mut src = String::from(
         "/// Every RPC of the shopmesh API with the `idempotency_level` its proto declares.\n\
-         pub static CALL_POLICY: &[(&str, Idempotency)] = &[\n",
+         pub static CALL_POLICY: &[(&str, CallPolicy)] = &[\n",
     );
-    for (path, variant) in rows {
-        let _ = writeln!(src, "    ({path:?}, Idempotency::{variant}),");
+    for (path, variant, request_id) in rows {
+        let _ = writeln!(
+            src,
+            "    ({path:?}, CallPolicy {{ idempotency: Idempotency::{variant}, request_id_field: {request_id} }}),"
+        );
     }
     src.push_str("];\n");
     src

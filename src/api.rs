@@ -45,12 +45,27 @@ pub enum Idempotency {
     Idempotent,
 }
 
+/// What the proto says about repeating one method, for the retry layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallPolicy {
+    /// The method's `idempotency_level`.
+    pub idempotency: Idempotency,
+    /// The field number of the input message's `request_id` (AIP-155), if it has one: a call
+    /// that sets it may be repeated, since the server answers repeats from its record.
+    pub request_id_field: Option<u32>,
+}
+
 include!(concat!(env!("OUT_DIR"), "/call_policy.rs"));
 
-/// The declared idempotency of a method given its gRPC path (`/package.Service/Method`), or
-/// `None` for a path outside the shopmesh API.
-pub fn idempotency(path: &str) -> Option<Idempotency> {
+/// The call policy of a method given its gRPC path (`/package.Service/Method`), or `None` for
+/// a path outside the shopmesh API.
+pub fn call_policy(path: &str) -> Option<CallPolicy> {
     CALL_POLICY.binary_search_by(|(p, _)| (*p).cmp(path)).ok().map(|i| CALL_POLICY[i].1)
+}
+
+/// The declared idempotency of a method given its gRPC path, or `None` outside the API.
+pub fn idempotency(path: &str) -> Option<Idempotency> {
+    call_policy(path).map(|p| p.idempotency)
 }
 
 #[cfg(test)]
@@ -63,6 +78,10 @@ mod tests {
         assert_eq!(idempotency("/shopmesh.user.v1.UserService/UpdateUser"), Some(Idempotency::Idempotent));
         assert_eq!(idempotency("/shopmesh.payment.v1.PaymentService/Charge"), Some(Idempotency::Unknown));
         assert_eq!(idempotency("/shopmesh.order.v1.OrderService/Nope"), None);
+        let charge = call_policy("/shopmesh.payment.v1.PaymentService/Charge").expect("listed");
+        assert_eq!(charge.request_id_field, Some(4));
+        let get = call_policy("/shopmesh.user.v1.UserService/GetUser").expect("listed");
+        assert_eq!(get.request_id_field, None);
         // Every RPC of the three services is in the table (4 each).
         assert_eq!(CALL_POLICY.len(), 12);
     }

@@ -81,7 +81,6 @@ async fn start(backend: Backend, payment_up: bool) -> Mesh {
         database_url: order_db.url.clone(),
         user_url: user.url(),
         payment_url: format!("http://{payment_addr}"),
-        call_timeout: Duration::from_secs(5),
     };
     let order = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {
         shopmesh_order::run(testing::mesh_config(), config, listener, shutdown)

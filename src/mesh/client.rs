@@ -1,35 +1,61 @@
-//! Client bootstrap: channels to other services and requests that carry a deadline.
+//! Client bootstrap: the stack every call to another service goes through.
+//!
+//! Layers, outermost first:
+//! 1. [`ClientDeadline`]: the call's deadline (the handled request's remaining time minus a
+//!    margin, capped per method), sent as `grpc-timeout`; out of time means not sent at all.
+//! 2. [`Retry`]: repeats UNAVAILABLE answers of repeatable calls within the deadline and the
+//!    retry budget; below the deadline so each attempt is sent the time actually left.
+//! 3. [`Balanced`]: power-of-two-choices over every endpoint of the target, ejecting failing
+//!    ones; below the retries so a retry can land on another replica.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-use tonic::Request;
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::watch;
 
 use crate::mesh::Error;
+use crate::mesh::balance::{Balanced, Source};
+use crate::mesh::config::ClientConfig;
+use crate::mesh::deadline::{ClientDeadline, ClientDeadlineLayer};
+use crate::mesh::retry::{Retry, RetryLayer};
 
-/// A lazily connected channel to `url` (`http://host:port`). The first call connects; a
-/// dependency that is down at start therefore fails calls with UNAVAILABLE instead of stopping
-/// this service from starting.
+/// A channel to one service through the mesh's client stack; hand it to a generated client
+/// (`UserServiceClient::new(channel)`). Clones share connections, balancer and retry budget.
+pub type Channel = ClientDeadline<Retry<Balanced>>;
+
+/// A channel to `target`: `http://host:port`, or several comma-separated; DNS names are
+/// re-resolved every `resolve_interval` and calls spread over all addresses.
 ///
-/// `call_timeout` bounds every call on the channel on this side too, as a backstop for calls
-/// made without [`with_deadline`].
-pub fn channel(url: &str, call_timeout: Duration) -> Result<Channel, Error> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| Error::Config(format!("bad service URL {url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(call_timeout)
-        .tcp_nodelay(true)
-        // Detects a peer that vanished without closing (a killed pod) on an idle connection.
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+/// Connections are made lazily, so a dependency that is down at start fails calls with
+/// UNAVAILABLE instead of stopping this service from starting.
+///
+/// # Errors
+/// [`Error::Config`] for a malformed target or out-of-range retry settings.
+pub async fn channel(target: &str, config: &ClientConfig) -> Result<Channel, Error> {
+    let source = Source::parse(target)?;
+    build(target, source, config).await
 }
 
-/// A request for `message` that sends `grpc-timeout`, so the callee stops working on it when the
-/// caller has given up (`Endpoint::timeout` alone only stops waiting on this side).
-pub fn with_deadline<T>(message: T, timeout: Duration) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(timeout);
-    request
+/// A channel over an address list that the caller updates (its own discovery).
+///
+/// # Errors
+/// [`Error::Config`] for out-of-range retry settings.
+pub async fn channel_from_watch(
+    name: &str,
+    addresses: watch::Receiver<Vec<SocketAddr>>,
+    config: &ClientConfig,
+) -> Result<Channel, Error> {
+    build(name, Source::Watch(addresses), config).await
+}
+
+async fn build(name: &str, source: Source, config: &ClientConfig) -> Result<Channel, Error> {
+    let retry = RetryLayer::new(config).map_err(Error::Config)?;
+    let balanced = Balanced::new(name, source, config).await;
+    let stack = tower::ServiceBuilder::new()
+        // Outermost: the whole call, retries included, fits in the deadline.
+        .layer(ClientDeadlineLayer::new(Arc::new(config.clone())))
+        // Each attempt goes back through the balancer, which may pick another replica.
+        .layer(retry)
+        .service(balanced);
+    Ok(stack)
 }

@@ -10,7 +10,8 @@ fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
 
-/// Settings every service shares: shutdown and database pool behaviour.
+/// Settings every service shares: the server, calls to other services, shutdown and the
+/// database pool.
 #[derive(Debug, Clone, Args)]
 pub struct MeshConfig {
     /// Longest time in-flight calls get to finish after a shutdown signal before the server
@@ -22,9 +23,18 @@ pub struct MeshConfig {
     #[arg(long, env = "SHOPMESH_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 
-    /// Longest a request waits for a free database connection before failing UNAVAILABLE.
+    /// Longest a request waits for a free database connection before failing UNAVAILABLE
+    /// (less when the request's own deadline is nearer).
     #[arg(long, env = "SHOPMESH_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = duration)]
     pub db_acquire_timeout: Duration,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub server: ServerConfig,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientConfig,
 }
 
 impl Default for MeshConfig {
@@ -33,7 +43,169 @@ impl Default for MeshConfig {
             shutdown_timeout: Duration::from_secs(10),
             db_max_connections: 10,
             db_acquire_timeout: Duration::from_secs(3),
+            server: ServerConfig::default(),
+            client: ClientConfig::default(),
         }
+    }
+}
+
+/// Limits that protect a server from overload and hostile peers.
+#[derive(Debug, Clone, Args)]
+pub struct ServerConfig {
+    /// Calls a service handles at once; more are answered RESOURCE_EXHAUSTED at once instead
+    /// of queueing (health checks and reflection are never refused).
+    #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    pub max_concurrent_requests: usize,
+
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
+    /// Largest request message a service accepts, in bytes; larger ones are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SHOPMESH_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Interval of HTTP/2 pings on idle connections, to find peers that vanished.
+    #[arg(long, env = "SHOPMESH_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "SHOPMESH_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Age after which a connection is closed gracefully, so clients reconnect and spread
+    /// over replicas added since (scale-out).
+    #[arg(long, env = "SHOPMESH_MAX_CONNECTION_AGE", default_value = "5m", value_parser = duration)]
+    pub max_connection_age: Duration,
+
+    /// Time calls on a connection past its age get to finish before it is closed.
+    #[arg(long, env = "SHOPMESH_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = duration)]
+    pub max_connection_age_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 512,
+            max_concurrent_streams: 256,
+            max_message_bytes: 4 * 1024 * 1024,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(300),
+            max_connection_age_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A per-method deadline: `/package.Service/Method=duration`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodTimeout {
+    /// The gRPC path, `/shopmesh.payment.v1.PaymentService/Charge`.
+    pub path: String,
+    /// Its default deadline.
+    pub timeout: Duration,
+}
+
+fn method_timeout(s: &str) -> Result<MethodTimeout, String> {
+    let (path, timeout) = s.split_once('=').ok_or("expected /package.Service/Method=duration")?;
+    if !path.starts_with('/') || path.matches('/').count() != 2 {
+        return Err(format!("{path:?} is not a gRPC path like /package.Service/Method"));
+    }
+    let timeout = duration(timeout).map_err(|e| format!("{timeout:?}: {e}"))?;
+    Ok(MethodTimeout { path: path.to_owned(), timeout })
+}
+
+/// The hard cap on attempts of one call, whatever is configured.
+pub const MAX_ATTEMPTS_CAP: u32 = 5;
+
+/// How a service calls others: deadlines, retries, and client-side load balancing.
+#[derive(Debug, Clone, Args)]
+pub struct ClientConfig {
+    /// Deadline of an outgoing call when the request being handled has none, and the most
+    /// any call gets.
+    #[arg(long, env = "SHOPMESH_CALL_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub call_timeout: Duration,
+
+    /// Per-method deadlines instead of --call-timeout, comma-separated:
+    /// `/shopmesh.payment.v1.PaymentService/Charge=10s`.
+    #[arg(long, env = "SHOPMESH_METHOD_TIMEOUTS", value_delimiter = ',', value_parser = method_timeout)]
+    pub method_timeouts: Vec<MethodTimeout>,
+
+    /// Time kept back from the remaining budget on each hop, for the answer's way back.
+    #[arg(long, env = "SHOPMESH_DEADLINE_MARGIN", default_value = "5ms", value_parser = duration)]
+    pub deadline_margin: Duration,
+
+    /// Attempts per call, the first included (1 = no retries; at most 5). Only UNAVAILABLE
+    /// and connection failures are retried, and only for methods marked safe in the proto or
+    /// calls carrying a request_id.
+    #[arg(long, env = "SHOPMESH_RETRY_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ATTEMPTS_CAP)))]
+    pub retry_max_attempts: u32,
+
+    /// First retry backoff; it doubles on each retry, with random jitter.
+    #[arg(long, env = "SHOPMESH_RETRY_BACKOFF", default_value = "25ms", value_parser = duration)]
+    pub retry_backoff: Duration,
+
+    /// Longest retry backoff.
+    #[arg(long, env = "SHOPMESH_RETRY_BACKOFF_MAX", default_value = "1s", value_parser = duration)]
+    pub retry_backoff_max: Duration,
+
+    /// Retries allowed per call made, over the budget's window (0.2 = 20% extra load).
+    #[arg(long, env = "SHOPMESH_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f32,
+
+    /// Retries per second allowed whatever the traffic, so a quiet client can still retry.
+    #[arg(long, env = "SHOPMESH_RETRY_BUDGET_MIN_PER_SEC", default_value_t = 10)]
+    pub retry_budget_min_per_sec: u32,
+
+    /// The window over which calls earn retries (1s to 60s).
+    #[arg(long, env = "SHOPMESH_RETRY_BUDGET_TTL", default_value = "10s", value_parser = duration)]
+    pub retry_budget_ttl: Duration,
+
+    /// How often DNS names of other services are resolved again, to follow replicas.
+    #[arg(long, env = "SHOPMESH_RESOLVE_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub resolve_interval: Duration,
+
+    /// Consecutive failures (UNAVAILABLE, connection errors) after which an endpoint is taken
+    /// out of the balancer for a while (never the last one).
+    #[arg(long, env = "SHOPMESH_EJECT_AFTER_FAILURES", default_value_t = 5)]
+    pub eject_after_failures: u32,
+
+    /// How long an endpoint stays out the first time; doubled on each later ejection, up to
+    /// 5 minutes.
+    #[arg(long, env = "SHOPMESH_EJECT_TIME", default_value = "10s", value_parser = duration)]
+    pub eject_time: Duration,
+
+    /// Longest wait for a TCP connection to another service.
+    #[arg(long, env = "SHOPMESH_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(5),
+            method_timeouts: Vec::new(),
+            deadline_margin: Duration::from_millis(5),
+            retry_max_attempts: 3,
+            retry_backoff: Duration::from_millis(25),
+            retry_backoff_max: Duration::from_secs(1),
+            retry_budget_ratio: 0.2,
+            retry_budget_min_per_sec: 10,
+            retry_budget_ttl: Duration::from_secs(10),
+            resolve_interval: Duration::from_secs(5),
+            eject_after_failures: 5,
+            eject_time: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The default deadline of calls to `path`.
+    pub fn timeout_for(&self, path: &str) -> Duration {
+        self.method_timeouts.iter().find(|m| m.path == path).map_or(self.call_timeout, |m| m.timeout)
     }
 }
 
@@ -122,17 +294,15 @@ pub struct OrderConfig {
     )]
     pub database_url: String,
 
-    /// The user service (when all services run in one process, the local one is used).
+    /// The user service: `http://host:port`, or several comma-separated. A DNS name is
+    /// resolved to all its addresses (a Kubernetes headless Service) and re-resolved; calls
+    /// are balanced over them. When all services run in one process, the local one is used.
     #[arg(long, env = "SHOPMESH_USER_URL", default_value = "http://127.0.0.1:50051")]
     pub user_url: String,
 
-    /// The payment service (when all services run in one process, the local one is used).
+    /// The payment service, as for --user-url.
     #[arg(long, env = "SHOPMESH_PAYMENT_URL", default_value = "http://127.0.0.1:50053")]
     pub payment_url: String,
-
-    /// Deadline of each call to the user or payment service.
-    #[arg(long, env = "SHOPMESH_CALL_TIMEOUT", default_value = "5s", value_parser = duration)]
-    pub call_timeout: Duration,
 }
 
 #[cfg(test)]
@@ -170,5 +340,41 @@ mod tests {
         assert_eq!(all.mesh.shutdown_timeout, Duration::from_millis(250));
         assert_eq!(all.user.listen.port(), 50051);
         assert_eq!(all.payment.listen.port(), 50053);
+    }
+
+    #[derive(Debug, Parser)]
+    struct Mesh {
+        #[command(flatten)]
+        mesh: MeshConfig,
+    }
+
+    #[test]
+    fn defaults_of_flags_and_of_default_agree() {
+        // Tests build configs with Default; the binary with clap: they must not drift apart.
+        let parsed = Mesh::try_parse_from(["x"]).expect("parses").mesh;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", MeshConfig::default()));
+    }
+
+    #[test]
+    fn method_timeouts_and_attempt_cap_are_checked() {
+        let m = Mesh::try_parse_from([
+            "x",
+            "--method-timeouts",
+            "/shopmesh.payment.v1.PaymentService/Charge=10s,/a.B/C=1ms",
+        ])
+        .expect("parses")
+        .mesh;
+        assert_eq!(
+            m.client.timeout_for("/shopmesh.payment.v1.PaymentService/Charge"),
+            Duration::from_secs(10)
+        );
+        assert_eq!(m.client.timeout_for("/a.B/C"), Duration::from_millis(1));
+        assert_eq!(m.client.timeout_for("/a.B/D"), Duration::from_secs(5));
+        for bad in ["Charge=1s", "/a.B/C", "/a.B/C=soon", "/a/B/C=1s"] {
+            assert!(Mesh::try_parse_from(["x", "--method-timeouts", bad]).is_err(), "{bad:?}");
+        }
+        assert!(Mesh::try_parse_from(["x", "--retry-max-attempts", "5"]).is_ok());
+        assert!(Mesh::try_parse_from(["x", "--retry-max-attempts", "6"]).is_err(), "hard cap 5");
+        assert!(Mesh::try_parse_from(["x", "--retry-max-attempts", "0"]).is_err());
     }
 }

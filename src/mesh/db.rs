@@ -50,6 +50,25 @@ pub struct Migrations {
     pub postgres: &'static Migrator,
 }
 
+/// A pooled connection for the request being handled: the wait for it ends at the request's
+/// deadline if that is nearer than the pool's acquire timeout, so database work never runs on
+/// after the caller has given up. Out of time is reported as [`sqlx::Error::PoolTimedOut`],
+/// which [`crate::mesh::status::database`] answers with DEADLINE_EXCEEDED.
+pub async fn acquire(pool: &Pool) -> Result<sqlx::pool::PoolConnection<Any>, sqlx::Error> {
+    if crate::mesh::deadline::expired() {
+        return Err(sqlx::Error::PoolTimedOut);
+    }
+    crate::mesh::deadline::within(pool.acquire()).await.map_err(|_| sqlx::Error::PoolTimedOut)?
+}
+
+/// A transaction for the request being handled, bounded by its deadline as [`acquire`] is.
+pub async fn begin(pool: &Pool) -> Result<Tx, sqlx::Error> {
+    if crate::mesh::deadline::expired() {
+        return Err(sqlx::Error::PoolTimedOut);
+    }
+    crate::mesh::deadline::within(pool.begin()).await.map_err(|_| sqlx::Error::PoolTimedOut)?
+}
+
 /// How many times migrating is tried before giving up. Replicas starting at once on PostgreSQL
 /// serialize on sqlx's advisory lock; on SQLite (no such lock) the loser of the race fails on
 /// the tables the winner created and succeeds on the next try, seeing them applied.

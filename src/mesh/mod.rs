@@ -2,19 +2,29 @@
 //!
 //! A service builds its tonic routes and hands them to [`server::serve`], which adds health and
 //! reflection and serves until shutdown. Outgoing calls go through channels from
-//! [`client::channel`] with a deadline on every request ([`client::with_deadline`]). Its data lives
-//! in the database opened by [`db::open`], migrated before the first request.
+//! [`client::channel`]. Its data lives in the database opened by [`db::open`], migrated before
+//! the first request.
 //!
-//! Layers, outermost first, on the server: tonic's HTTP/2 server, the router (health, reflection,
-//! the service). Issue-tracked additions (deadline propagation, retries, tracing, metrics) slot in
-//! as tower layers in `server.rs` and `client.rs`.
+//! Server layers, outermost first: tonic's HTTP/2 server (stream limit, keepalive, connection
+//! age), [`load_shed`] (bounded concurrency, RESOURCE_EXHAUSTED at once), [`deadline`] (the
+//! caller's `grpc-timeout` becomes the handler's deadline), [`message_size`], the router
+//! (health, reflection, the service).
+//!
+//! Client layers, outermost first: [`deadline`] (remaining budget sent on), [`retry`]
+//! (UNAVAILABLE on repeatable calls, within a budget), [`balance`] (p2c over every endpoint,
+//! ejecting failing ones), one HTTP/2 connection per endpoint.
 
+pub mod balance;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod ids;
+pub mod load_shed;
+pub mod message_size;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -9,6 +9,9 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::mesh::deadline::ServerDeadlineLayer;
+use crate::mesh::load_shed::LoadShedLayer;
+use crate::mesh::message_size::MessageSizeLayer;
 use crate::mesh::{Error, config::MeshConfig};
 
 /// Names under which reflection advertises the infrastructure services served beside each
@@ -75,8 +78,23 @@ where
         }
     };
 
+    let limits = &mesh.server;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop);
+    let server = Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        // Closing old connections makes clients reconnect, and so spread over new replicas.
+        .max_connection_age(limits.max_connection_age)
+        .max_connection_age_grace(limits.max_connection_age_grace)
+        // Outermost: refusing an excess call must cost nothing else.
+        .layer(LoadShedLayer::new(limits.max_concurrent_requests))
+        // The deadline covers everything the handler does, and the oversize answer below it.
+        .layer(ServerDeadlineLayer)
+        // Innermost: sees the decoder's answer for an oversized request.
+        .layer(MessageSizeLayer)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop);
     tokio::pin!(server);
     let hard_stop = async {
         // Only a shutdown that has begun starts the clock; if the server ends on its own the

@@ -32,6 +32,10 @@ pub fn failed_precondition(kind: &str, subject: &str, description: String) -> St
 /// database that cannot be reached, is UNAVAILABLE (the caller may retry); anything else is
 /// INTERNAL. The cause is logged here and never sent to the caller.
 pub fn database(err: &sqlx::Error) -> Status {
+    if crate::mesh::deadline::expired() {
+        tracing::debug!(error = %err, "database work cut short by the request's deadline");
+        return Status::deadline_exceeded("deadline exceeded during database work");
+    }
     match err {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             tracing::warn!(error = %err, "database unavailable");

@@ -120,6 +120,7 @@ pub fn mesh_config() -> MeshConfig {
         shutdown_timeout: Duration::from_secs(2),
         db_max_connections: 5,
         db_acquire_timeout: Duration::from_secs(5),
+        ..MeshConfig::default()
     }
 }
 

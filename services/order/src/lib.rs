@@ -34,15 +34,18 @@ static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 /// The service's embedded migrations.
 pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-/// The service's routes over a migrated database, calling the services `config` names.
-pub fn routes(config: &OrderConfig, pool: Pool) -> Result<Routes, Error> {
+/// The service's routes over a migrated database, calling the services `config` names through
+/// the mesh's client stack (deadlines, retries, balancing).
+pub async fn routes(mesh: &MeshConfig, config: &OrderConfig, pool: Pool) -> Result<Routes, Error> {
     let upstream = upstream::Upstream::new(
-        client::channel(&config.user_url, config.call_timeout)?,
-        client::channel(&config.payment_url, config.call_timeout)?,
-        config.call_timeout,
+        client::channel(&config.user_url, &mesh.client).await?,
+        client::channel(&config.payment_url, &mesh.client).await?,
     );
     let orders = service::Orders::new(store::Store::new(pool), upstream);
-    Ok(Routes::new(OrderServiceServer::new(grpc::OrderApi::new(orders))))
+    Ok(Routes::new(
+        OrderServiceServer::new(grpc::OrderApi::new(orders))
+            .max_decoding_message_size(mesh.server.max_message_bytes),
+    ))
 }
 
 /// Opens the database and the dependency channels, then serves on `listener` until `shutdown`.
@@ -56,7 +59,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let pool = db::open(&config.database_url, &mesh, MIGRATIONS).await?;
-    let routes = routes(&config, pool.clone())?;
+    let routes = routes(&mesh, &config, pool.clone()).await?;
     let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, shutdown).await;
     pool.close().await;
     result

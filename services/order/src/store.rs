@@ -1,6 +1,6 @@
 //! Every SQL statement of the order service, portable across SQLite and PostgreSQL.
 
-use shopmesh::mesh::db::Pool;
+use shopmesh::mesh::db::{self, Pool};
 use shopmesh::mesh::ids;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row as _};
@@ -43,7 +43,7 @@ impl Store {
             create_time_ms: now,
             update_time_ms: now,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         // The insert comes first so SQLite takes its write lock at once rather than upgrading a
         // read transaction, which could fail with SQLITE_BUSY instead of waiting.
         let inserted = sqlx::query(
@@ -101,7 +101,7 @@ impl Store {
         .bind(decline_reason)
         .bind(ids::now_ms())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *db::acquire(&self.pool).await?)
         .await?;
         self.get(id).await
     }
@@ -116,7 +116,7 @@ impl Store {
         .bind(request_id)
         .bind(ids::now_ms())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *db::acquire(&self.pool).await?)
         .await?
         .rows_affected();
         Ok(updated == 1)
@@ -125,14 +125,14 @@ impl Store {
     /// The order with `id`.
     pub async fn get(&self, id: &str) -> Result<Option<Order>, sqlx::Error> {
         let sql = AssertSqlSafe(format!("{SELECT} WHERE o.id = $1 ORDER BY i.line_no"));
-        let rows = sqlx::query(sql).bind(id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql).bind(id).fetch_all(&mut *db::acquire(&self.pool).await?).await?;
         Ok(group(&rows)?.pop())
     }
 
     /// The order created with `request_id`.
     pub async fn by_request_id(&self, request_id: &str) -> Result<Option<Order>, sqlx::Error> {
         let sql = AssertSqlSafe(format!("{SELECT} WHERE o.request_id = $1 ORDER BY i.line_no"));
-        let rows = sqlx::query(sql).bind(request_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql).bind(request_id).fetch_all(&mut *db::acquire(&self.pool).await?).await?;
         Ok(group(&rows)?.pop())
     }
 
@@ -151,7 +151,7 @@ impl Store {
             .bind(user_id)
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *db::acquire(&self.pool).await?)
             .await?;
         group(&rows)
     }

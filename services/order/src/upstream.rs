@@ -1,15 +1,13 @@
-//! The order service's calls to its dependencies, through the generated clients. Each call
-//! carries a deadline; answers are reduced to what the order flow needs.
-
-use std::time::Duration;
+//! The order service's calls to its dependencies, through the generated clients over the
+//! mesh's client stack (which gives each call its deadline and retries); answers are reduced to
+//! what the order flow needs.
 
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::payment::v1::{
     ChargeRequest, PaymentState, RefundRequest, payment_service_client::PaymentServiceClient,
 };
 use shopmesh::api::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
-use shopmesh::mesh::client::with_deadline;
-use tonic::transport::Channel;
+use shopmesh::mesh::client::Channel;
 use tonic::{Code, Status};
 
 use crate::domain::Order;
@@ -41,18 +39,17 @@ pub enum Charged {
 pub struct Upstream {
     users: UserServiceClient<Channel>,
     payments: PaymentServiceClient<Channel>,
-    timeout: Duration,
 }
 
 impl Upstream {
-    /// Clients over the given channels; every call gets `timeout` as its deadline.
-    pub fn new(users: Channel, payments: Channel, timeout: Duration) -> Self {
-        Self { users: UserServiceClient::new(users), payments: PaymentServiceClient::new(payments), timeout }
+    /// Clients over the given channels.
+    pub fn new(users: Channel, payments: Channel) -> Self {
+        Self { users: UserServiceClient::new(users), payments: PaymentServiceClient::new(payments) }
     }
 
     /// Whether `user_id` may order.
     pub async fn check_user(&self, user_id: &str) -> Result<UserCheck, Status> {
-        let request = with_deadline(GetUserRequest { id: user_id.to_owned() }, self.timeout);
+        let request = GetUserRequest { id: user_id.to_owned() };
         match self.users.clone().get_user(request).await {
             Ok(reply) if reply.get_ref().active => Ok(UserCheck::Active),
             Ok(_) => Ok(UserCheck::Inactive),
@@ -63,18 +60,15 @@ impl Upstream {
 
     /// Charges `order`'s total with the order id as the idempotency key.
     pub async fn charge(&self, order: &Order) -> Result<Charged, Status> {
-        let request = with_deadline(
-            ChargeRequest {
-                order_id: order.id.clone(),
-                user_id: order.user_id.clone(),
-                amount: Some(Money {
-                    currency_code: order.currency_code.clone(),
-                    amount_minor: order.total_minor,
-                }),
-                request_id: order.id.clone(),
-            },
-            self.timeout,
-        );
+        let request = ChargeRequest {
+            order_id: order.id.clone(),
+            user_id: order.user_id.clone(),
+            amount: Some(Money {
+                currency_code: order.currency_code.clone(),
+                amount_minor: order.total_minor,
+            }),
+            request_id: order.id.clone(),
+        };
         let payment = self.payments.clone().charge(request).await?.into_inner();
         Ok(match payment.state() {
             // A REFUNDED payment was a success that a cancel already undid.
@@ -87,10 +81,7 @@ impl Upstream {
     /// Refunds `payment_id` with the order id as the idempotency key, so every CancelOrder of
     /// one order lands on the same refund.
     pub async fn refund(&self, order_id: &str, payment_id: &str) -> Result<(), Status> {
-        let request = with_deadline(
-            RefundRequest { payment_id: payment_id.to_owned(), request_id: order_id.to_owned() },
-            self.timeout,
-        );
+        let request = RefundRequest { payment_id: payment_id.to_owned(), request_id: order_id.to_owned() };
         self.payments.clone().refund(request).await.map(drop)
     }
 }

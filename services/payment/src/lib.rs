@@ -33,14 +33,17 @@ static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
 /// The service's routes over a migrated database.
-pub fn routes(config: &PaymentConfig, pool: Pool) -> Routes {
+pub fn routes(mesh: &MeshConfig, config: &PaymentConfig, pool: Pool) -> Routes {
     let processor = processor::Processor::new(
         config.payment_limit_minor,
         config.payment_currencies.clone(),
         config.payment_latency,
     );
     let payments = service::Payments::new(store::Store::new(pool), processor);
-    Routes::new(PaymentServiceServer::new(grpc::PaymentApi::new(payments)))
+    Routes::new(
+        PaymentServiceServer::new(grpc::PaymentApi::new(payments))
+            .max_decoding_message_size(mesh.server.max_message_bytes),
+    )
 }
 
 /// Opens the database, then serves on `listener` until `shutdown` completes.
@@ -54,7 +57,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let pool = db::open(&config.database_url, &mesh, MIGRATIONS).await?;
-    let routes = routes(&config, pool.clone());
+    let routes = routes(&mesh, &config, pool.clone());
     let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, shutdown).await;
     pool.close().await;
     result

@@ -31,8 +31,11 @@ static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
 /// The service's routes over a migrated database.
-pub fn routes(pool: Pool) -> Routes {
-    Routes::new(UserServiceServer::new(grpc::UserApi::new(store::Store::new(pool))))
+pub fn routes(mesh: &MeshConfig, pool: Pool) -> Routes {
+    Routes::new(
+        UserServiceServer::new(grpc::UserApi::new(store::Store::new(pool)))
+            .max_decoding_message_size(mesh.server.max_message_bytes),
+    )
 }
 
 /// Opens the database, then serves on `listener` until `shutdown` completes.
@@ -46,7 +49,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let pool = db::open(&config.database_url, &mesh, MIGRATIONS).await?;
-    let result = server::serve(&mesh, &[SERVICE_NAME], routes(pool.clone()), listener, shutdown).await;
+    let result = server::serve(&mesh, &[SERVICE_NAME], routes(&mesh, pool.clone()), listener, shutdown).await;
     pool.close().await;
     result
 }

@@ -1,7 +1,7 @@
 //! Every SQL statement of the user service. Portable SQL: the same text runs on SQLite and
 //! PostgreSQL through sqlx `Any`.
 
-use shopmesh::mesh::db::Pool;
+use shopmesh::mesh::db::{self, Pool};
 use shopmesh::mesh::ids;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -58,7 +58,7 @@ impl Store {
         .bind(&user.request_id)
         .bind(user.create_time_ms)
         .bind(user.update_time_ms)
-        .execute(&self.pool)
+        .execute(&mut *db::acquire(&self.pool).await?)
         .await?
         .rows_affected();
         if inserted == 1 {
@@ -74,14 +74,15 @@ impl Store {
 
     async fn by_request_id(&self, request_id: &str) -> Result<Option<User>, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE request_id = $1"));
-        let row = sqlx::query(sql).bind(request_id).fetch_optional(&self.pool).await?;
+        let row =
+            sqlx::query(sql).bind(request_id).fetch_optional(&mut *db::acquire(&self.pool).await?).await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
     /// The user with `id`, if any.
     pub async fn get(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id = $1"));
-        let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(sql).bind(id).fetch_optional(&mut *db::acquire(&self.pool).await?).await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
@@ -89,8 +90,11 @@ impl Store {
     pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<User>, sqlx::Error> {
         let sql =
             sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2"));
-        let rows =
-            sqlx::query(sql).bind(after.unwrap_or("")).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *db::acquire(&self.pool).await?)
+            .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -107,7 +111,7 @@ impl Store {
             .bind(patch.active.map(i64::from))
             .bind(ids::now_ms())
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *db::acquire(&self.pool).await?)
             .await?;
         row.map(|r| from_row(&r)).transpose()
     }
