@@ -1,0 +1,186 @@
+//! What the mesh's tower stacks cost: GetUser on the real user service (SQLite), through the
+//! full server stack (load shedding, deadline, message size) and client stack (deadline, retry,
+//! balancer), against the same handler served and called with the layers off (a bare tonic
+//! server and channel). Rounds alternate between the two so machine noise hits both alike.
+//!
+//! ```sh
+//! cargo run --release -p shopmesh-cli --example stack_cost -- [rate/s] [seconds] [rounds]
+//! ```
+//!
+//! Open loop at a fixed rate: each call is timed from when it was due, not from when it was
+//! sent, so a stall shows in the percentiles (no coordinated omission). Then a closed loop at
+//! 64 calls in flight gives the most each can do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use shopmesh::api::user::v1::{CreateUserRequest, GetUserRequest, user_service_client::UserServiceClient};
+use shopmesh::mesh::config::MeshConfig;
+use shopmesh::mesh::{client, db, server};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+type Stats = (f64, Histogram<u64>, u64);
+
+async fn open_loop<T>(client: &UserServiceClient<T>, id: &str, rate: u64, seconds: u64) -> Stats
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total = rate * seconds;
+    let period = Duration::from_nanos(1_000_000_000 / rate);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = start + period * u32::try_from(i).expect("small");
+        tokio::time::sleep_until(due).await;
+        let mut client = client.clone();
+        let (histogram, errors, id) = (histogram.clone(), errors.clone(), id.to_owned());
+        tasks.spawn(async move {
+            let ok = client.get_user(GetUserRequest { id }).await.is_ok();
+            let micros = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
+            if !ok {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            histogram.lock().await.saturating_record(micros);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let rps = total as f64 / start.elapsed().as_secs_f64();
+    let h = histogram.lock().await.clone();
+    (rps, h, errors.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+async fn closed_loop<T>(client: &UserServiceClient<T>, id: &str, in_flight: usize, seconds: u64) -> f64
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let mut client = client.clone();
+        let id = id.to_owned();
+        tasks.spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                if client.get_user(GetUserRequest { id: id.clone() }).await.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        });
+    }
+    let mut done = 0;
+    while let Some(n) = tasks.join_next().await {
+        done += n.unwrap_or(0);
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+fn line(name: &str, (rps, h, errors): &Stats) -> String {
+    format!(
+        "{name:<12} {rps:>9.0} req/s   p50 {:>6} µs   p90 {:>6} µs   p99 {:>6} µs   p99.9 {:>6} µs   max {:>7} µs   errors {errors}",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let rate = args.first().copied().unwrap_or(2000);
+    let seconds = args.get(1).copied().unwrap_or(10);
+    let rounds = args.get(2).copied().unwrap_or(3);
+
+    let dir = tempfile::tempdir()?;
+    let mut mesh = MeshConfig::default();
+    // The stack must not shed or throttle what the bare server would serve.
+    mesh.server.max_concurrent_requests = 10_000;
+    let url = format!("sqlite://{}/user.db", dir.path().display());
+    let pool = db::open(&url, &mesh, shopmesh_user::MIGRATIONS).await?;
+
+    // Layers on: the mesh's server::serve.
+    let on = TcpListener::bind("127.0.0.1:0").await?;
+    let on_url = format!("http://{}", on.local_addr()?);
+    let routes = shopmesh_user::routes(&mesh, pool.clone());
+    let mesh_for_server = mesh.clone();
+    tokio::spawn(async move {
+        server::serve(&mesh_for_server, &[shopmesh_user::SERVICE_NAME], routes, on, std::future::pending()).await
+    });
+    // Layers off: the same routes on a bare tonic server.
+    let off = TcpListener::bind("127.0.0.1:0").await?;
+    let off_url = format!("http://{}", off.local_addr()?);
+    let routes = shopmesh_user::routes(&mesh, pool.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(off).with_nodelay(Some(true))),
+    );
+    shopmesh::mesh::health::wait_serving(&on_url, shopmesh_user::SERVICE_NAME, Duration::from_secs(10)).await;
+
+    let mut stacked = UserServiceClient::new(client::channel(&on_url, &mesh.client).await?);
+    let bare = UserServiceClient::new(tonic::transport::Endpoint::from_shared(off_url)?.tcp_nodelay(true).connect().await?);
+    let user = stacked
+        .create_user(CreateUserRequest {
+            email: "bench@example.com".into(),
+            display_name: "Bench".into(),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    // Warm both paths (connections, SQLite page cache).
+    closed_loop(&stacked, &user.id, 16, 1).await;
+    closed_loop(&bare, &user.id, 16, 1).await;
+
+    println!("GetUser, open loop at {rate}/s for {seconds}s, {rounds} alternating rounds each:");
+    let mut on_all = Histogram::<u64>::new(3)?;
+    let mut off_all = Histogram::<u64>::new(3)?;
+    let (mut on_rps, mut off_rps) = (0.0, 0.0);
+    for round in 1..=rounds {
+        let off = open_loop(&bare, &user.id, rate, seconds).await;
+        println!("  round {round} {}", line("layers off", &off));
+        let on = open_loop(&stacked, &user.id, rate, seconds).await;
+        println!("  round {round} {}", line("layers on", &on));
+        off_all.add(&off.1)?;
+        on_all.add(&on.1)?;
+        off_rps += off.0;
+        on_rps += on.0;
+    }
+    let n = rounds as f64;
+    println!(
+        "all rounds: p99 off {} µs, on {} µs (ratio {:.2}); p50 off {} µs, on {} µs",
+        off_all.value_at_quantile(0.99),
+        on_all.value_at_quantile(0.99),
+        on_all.value_at_quantile(0.99) as f64 / off_all.value_at_quantile(0.99).max(1) as f64,
+        off_all.value_at_quantile(0.5),
+        on_all.value_at_quantile(0.5),
+    );
+    println!("achieved rate: off {:.0}/s, on {:.0}/s", off_rps / n, on_rps / n);
+
+    println!("closed loop, 64 in flight, {seconds}s each, alternating:");
+    let (mut off_max, mut on_max) = (0.0, 0.0);
+    for round in 1..=rounds {
+        let off = closed_loop(&bare, &user.id, 64, seconds).await;
+        let on = closed_loop(&stacked, &user.id, 64, seconds).await;
+        println!("  round {round}: layers off {off:.0} req/s, layers on {on:.0} req/s");
+        off_max += off;
+        on_max += on;
+    }
+    println!("max throughput ratio on/off: {:.3}", on_max / off_max);
+    Ok(())
+}
