@@ -67,29 +67,12 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 
 {{/*
-Recursive merge of .over onto .base that, unlike sprig's merge functions, lets `false`, 0 and ""
-override a default (mergo treats those as "not set"). Maps merge key by key; anything else is
-replaced. Returns YAML.
-*/}}
-{{- define "shopmesh.deepMerge" -}}
-{{- $out := deepCopy .base -}}
-{{- range $key, $over := .over -}}
-{{- $base := get $out $key -}}
-{{- if and (kindIs "map" $over) (kindIs "map" $base) -}}
-{{- $_ := set $out $key (include "shopmesh.deepMerge" (dict "base" $base "over" $over) | fromYaml) -}}
-{{- else -}}
-{{- $_ := set $out $key $over -}}
-{{- end -}}
-{{- end -}}
-{{- toYaml $out -}}
-{{- end -}}
-
-{{/*
 One service's settings: `defaults` merged with `services.<name>`, checked for consistency.
 Takes (dict "root" $ "name" "user"); returns YAML (use with fromYaml).
 */}}
 {{- define "shopmesh.settings" -}}
-{{- $svc := include "shopmesh.deepMerge" (dict "base" .root.Values.defaults "over" (get .root.Values.services .name)) | fromYaml -}}
+{{- /* mergeOverwrite: the service's keys win, `false` and 0 included; deepCopy keeps .Values intact. */ -}}
+{{- $svc := mergeOverwrite (deepCopy .root.Values.defaults) (deepCopy (get .root.Values.services .name)) -}}
 {{- $l := $svc.lifecycle -}}
 {{- /* 3 s after drain and shutdown: ~2 s to flush telemetry, 1 s for the signal and the exit. */ -}}
 {{- $needed := add $l.drainDelaySeconds $l.shutdownTimeoutSeconds 3 -}}
