@@ -1,0 +1,41 @@
+"""The small harness both deploy checks share: named checks, one summary line each, a total."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import Callable
+
+
+class Checks:
+    """Runs named checks; each prints one line, `ok` with a detail or `FAIL` with the reason."""
+
+    def __init__(self, suite: str) -> None:
+        self.suite = suite
+        self.passed = 0
+        self.failed = 0
+        self.failures: list[str] = []
+        self.started = time.monotonic()
+
+    def run(self, name: str, check: Callable[[], str | None]) -> None:
+        try:
+            detail = check()
+        except AssertionError as e:
+            self.failed += 1
+            self.failures.append(f"{name}: {e}")
+            print(f"FAIL  {name}: {e}")
+        except Exception:  # a crash in a check is a failure too, with its traceback
+            self.failed += 1
+            self.failures.append(f"{name}: unexpected error")
+            print(f"FAIL  {name}: unexpected error\n{traceback.format_exc()}")
+        else:
+            self.passed += 1
+            print(f"ok    {name}" + (f" ({detail})" if detail else ""))
+        sys.stdout.flush()
+
+    def finish(self) -> int:
+        print(f"{self.suite} checks took {time.monotonic() - self.started:.1f} s")
+        # The plain closing line CI reads: "<word>: N passed, N failed".
+        print(f"{self.suite}: {self.passed} passed, {self.failed} failed")
+        return 1 if self.failed else 0

@@ -1,0 +1,164 @@
+"""Proof that the chart checks can fail: each mutant breaks one thing in a copy of the chart, and
+check_chart.py must then report a failure naming it. A mutant that survives is a check that
+guards nothing. Run with `scripts/check-deploy --mutants` (slower than the checks themselves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from check_chart import CHART, run_checks
+from harness import Checks
+
+# (what breaks, file, old text, new text, text a failure must contain, validate against schemas)
+Edit = tuple[str, str, str, str, str, bool]
+MUTANTS: list[Edit] = [
+    ("startup probe asks the readiness name", "templates/deployment.yaml",
+     "          startupProbe:\n            grpc:\n              port: {{ $svc.port }}\n              service: liveness",
+     "          startupProbe:\n            grpc:\n              port: {{ $svc.port }}\n              service: {{ include \"shopmesh.grpcService\" $ctx }}",
+     "startupProbe asks health name", False),
+    ("liveness probe on another port", "templates/deployment.yaml",
+     "          livenessProbe:\n            grpc:\n              port: {{ $svc.port }}",
+     "          livenessProbe:\n            grpc:\n              port: 8080",
+     "livenessProbe asks port 8080", False),
+    ("readiness probe asks liveness", "templates/deployment.yaml",
+     "              service: {{ include \"shopmesh.grpcService\" $ctx }}", "              service: liveness",
+     "readinessProbe asks health name 'liveness'", False),
+    ("no readiness probe", "templates/deployment.yaml", "          readinessProbe:\n", "          x-readinessProbe:\n",
+     "no gRPC readinessProbe", False),
+    ("writable root filesystem", "templates/_helpers.tpl", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false",
+     "readOnlyRootFilesystem is not true", False),
+    ("privilege escalation allowed", "templates/_helpers.tpl", "allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true",
+     "allowPrivilegeEscalation is not false", False),
+    ("capabilities kept", "templates/_helpers.tpl", "  drop: [ALL]", "  drop: [NET_RAW]", "capabilities do not drop ALL", False),
+    ("pod may run as root", "templates/_helpers.tpl", "runAsNonRoot: true\n# The distroless", "runAsNonRoot: false\n# The distroless",
+     "pod securityContext.runAsNonRoot is not true", False),
+    ("no seccomp profile", "templates/_helpers.tpl", "type: RuntimeDefault", "type: Unconfined", "pod seccompProfile is not RuntimeDefault", False),
+    ("Service not headless", "templates/service.yaml", "  clusterIP: None\n", "", "is not headless", False),
+    ("no appProtocol grpc", "templates/service.yaml", "      appProtocol: grpc\n", "", "with appProtocol grpc", False),
+    ("HPA minReplicas 1", "templates/hpa.yaml", "minReplicas: {{ $as.minReplicas }}", "minReplicas: 1", "HPA minReplicas 1 < 2", False),
+    ("HPA targets nothing", "templates/hpa.yaml", "    name: {{ include \"shopmesh.componentName\" $ctx }}\n  minReplicas",
+     "    name: {{ include \"shopmesh.componentName\" $ctx }}-x\n  minReplicas", "0 HPAs target Deployment", False),
+    ("HPA without behaviour", "templates/hpa.yaml", "  behavior:\n    {{- toYaml $as.behavior | nindent 4 }}", "",
+     "no scale-up and scale-down behaviour", False),
+    ("in-flight metric always on", "templates/hpa.yaml", "{{- if $as.inFlightRequests.enabled }}", "{{- if true }}",
+     "in-flight metric disabled but the HPA has a Pods metric", False),
+    ("merge, where the defaults win, instead of mergeOverwrite", "templates/_helpers.tpl",
+     "{{- $svc := mergeOverwrite (deepCopy .root.Values.defaults) (deepCopy (get .root.Values.services .name)) -}}",
+     "{{- $svc := merge (deepCopy .root.Values.defaults) (deepCopy (get .root.Values.services .name)) -}}",
+     "payment: in-flight metric disabled but the HPA has a Pods metric", False),
+    ("PDB selects no pods", "templates/pdb.yaml",
+     "  selector:\n    matchLabels:\n      {{- include \"shopmesh.selectorLabels\" $ctx | nindent 6 }}",
+     "  selector:\n    matchLabels:\n      app: nothing", "0 PodDisruptionBudgets select its pods", False),
+    ("replicas set in the Deployment", "templates/deployment.yaml", "  revisionHistoryLimit: 5", "  replicas: 2\n  revisionHistoryLimit: 5",
+     "sets replicas", False),
+    ("services migrate on start", "templates/deployment.yaml",
+     "            - name: SHOPMESH_DB_MIGRATE\n              value: \"false\"", "            - name: SHOPMESH_DB_MIGRATE\n              value: \"true\"",
+     "SHOPMESH_DB_MIGRATE is not false", False),
+    ("grace period from the shutdown timeout alone", "templates/deployment.yaml",
+     "terminationGracePeriodSeconds: {{ $svc.lifecycle.terminationGracePeriodSeconds }}",
+     "terminationGracePeriodSeconds: {{ $svc.lifecycle.shutdownTimeoutSeconds }}", "terminationGracePeriodSeconds 10 < drain", False),
+    ("no render-time grace check", "templates/_helpers.tpl", "{{- if lt (int $l.terminationGracePeriodSeconds) (int $needed) -}}",
+     "{{- if false -}}", "rendered although it should fail", False),
+    ("listen address on another port", "templates/deployment.yaml", "value: \"0.0.0.0:{{ $svc.port }}\"", "value: \"0.0.0.0:8080\"",
+     "listen address does not match", False),
+    ("order calls a ClusterIP-style name", "templates/_helpers.tpl",
+     "printf \"http://%s.%s.svc.%s:%v\" (include \"shopmesh.headlessName\" .)",
+     "printf \"http://%s.%s.svc.%s:%v\" (include \"shopmesh.componentName\" .)", "not the headless Service", False),
+    ("pods see every database URL", "templates/deployment.yaml", "          env:\n            - name: SHOPMESH_{{ $upper }}_LISTEN",
+     "          env:\n            - name: SHOPMESH_X_DATABASE_URL\n              value: x\n            - name: SHOPMESH_{{ $upper }}_LISTEN",
+     "sees other services' database URLs", False),
+    ("no zone spread", "templates/deployment.yaml", "list \"topology.kubernetes.io/zone\" \"kubernetes.io/hostname\"",
+     "list \"kubernetes.io/hostname\"", "not spread over zones and nodes", False),
+    ("no resources", "templates/deployment.yaml", "            {{- toYaml $svc.resources | nindent 12 }}", "            {}",
+     "no cpu requests", False),
+    ("ServiceAccount token mounted", "templates/serviceaccount.yaml", "automountServiceAccountToken: false", "automountServiceAccountToken: true",
+     "mounts its token", False),
+    ("migrations after install", "templates/migrate-job.yaml", "    helm.sh/hook: pre-install,pre-upgrade\n    helm.sh/hook-weight: \"0\"",
+     "    helm.sh/hook: post-install,post-upgrade\n    helm.sh/hook-weight: \"0\"", "migrate Job hook is", False),
+    ("hook Secret created after the Job", "templates/migrate-job.yaml", "helm.sh/hook-weight: \"-10\"", "helm.sh/hook-weight: \"10\"",
+     "is not created before the migrate Job", False),
+    ("Job reads the release's Secret", "templates/migrate-job.yaml", "{{ else }}{{ $fullname }}-migrate{{ end }}",
+     "{{ else }}{{ include \"shopmesh.databaseSecret\" $ }}{{ end }}", "which is not a pre-install/pre-upgrade hook", False),
+    ("created Secret despite existingSecret", "templates/secret.yaml", "{{- if not .Values.database.existingSecret }}", "{{- if true }}",
+     "creates Secrets although database.existingSecret is set", False),
+    ("no checksum annotation", "templates/deployment.yaml", "checksum/database:", "checksum/other:", "do not roll when the database Secret changes", False),
+    ("OTEL variables without an endpoint", "templates/deployment.yaml", "{{- with $.Values.otel.endpoint }}", "{{- with \"http://x:4317\" }}",
+     "OTEL variables set with no endpoint", False),
+    ("NetworkPolicies always rendered", "templates/networkpolicy.yaml", "{{- if .Values.networkPolicy.enabled }}", "{{- if true }}",
+     "NetworkPolicies rendered with networkPolicy.enabled false", False),
+    ("user and payment open to user instead of order", "templates/networkpolicy.yaml",
+     "{{- include \"shopmesh.selectorLabels\" (dict \"root\" $ \"name\" \"order\") | nindent 14 }}",
+     "{{- include \"shopmesh.selectorLabels\" (dict \"root\" $ \"name\" \"user\") | nindent 14 }}", "not only order", False),
+    ("order may not call payment", "templates/networkpolicy.yaml", "{{- range $callee := list \"user\" \"payment\" }}",
+     "{{- range $callee := list \"user\" }}", "order may not call payment", False),
+    ("ServiceMonitors always rendered", "templates/servicemonitor.yaml", "{{- if .Values.serviceMonitor.enabled }}", "{{- if true }}",
+     "ServiceMonitors rendered with serviceMonitor.enabled false", False),
+    ("ServiceMonitor scrapes the gRPC port", "templates/servicemonitor.yaml", "    - port: metrics", "    - port: grpc",
+     "ServiceMonitor scrapes", False),
+    ("helm test asks liveness", "templates/tests/test-health.yaml", "        - {{ include \"shopmesh.grpcService\" $svcCtx }}",
+     "        - liveness", "helm test pod runs", False),
+    ("an unknown field in a Deployment (schema validation)", "templates/deployment.yaml", "  revisionHistoryLimit: 5",
+     "  revisionHistoryLimit: 5\n  replica: 2", "kubernetes-validate --strict", True),
+    ("a field of the wrong type in a PDB (schema validation)", "templates/pdb.yaml", "  unhealthyPodEvictionPolicy: AlwaysAllow",
+     "  unhealthyPodEvictionPolicy: [AlwaysAllow]", "kubernetes-validate --strict", True),
+    # trafficDistribution came in Kubernetes 1.30: valid for the newest version, not the oldest.
+    ("a field newer than the oldest supported Kubernetes (schema validation)", "templates/service.yaml",
+     "  publishNotReadyAddresses: false", "  publishNotReadyAddresses: false\n  trafficDistribution: PreferClose",
+     "against 1.27", True),
+]
+
+
+def schema_mutant(chart: Path) -> None:
+    """The per-service schema stops refusing unknown keys."""
+    path = chart / "values.schema.json"
+    schema = json.loads(path.read_text())
+    schema["definitions"]["service"]["additionalProperties"] = True
+    path.write_text(json.dumps(schema))
+
+
+FUNCTION_MUTANTS: list[tuple[str, Callable[[Path], None], str]] = [
+    ("schema accepts unknown service keys", schema_mutant, "rendered although it should fail with 'autoscalling'"),
+]
+
+
+def main() -> int:
+    results = Checks("mutants")
+    with tempfile.TemporaryDirectory() as tmp:
+        def attempt(label: str, mutate: Callable[[Path], None], expect: str, validate: bool) -> None:
+            def killed() -> str:
+                copy = Path(tmp) / "shopmesh"
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.copytree(CHART, copy)
+                mutate(copy)
+                with contextlib.redirect_stdout(io.StringIO()):
+                    outcome = run_checks(copy, validate_schemas=validate)
+                assert outcome.failures, "survived: every check passed"
+                matching = [f for f in outcome.failures if expect in f]
+                assert matching, f"failed, but not with {expect!r}: {outcome.failures[:3]}"
+                return f"{len(outcome.failures)} failing, e.g. {matching[0][:150]}"
+
+            results.run(f"killed: {label}", killed)
+
+        for label, file, old, new, expect, validate in MUTANTS:
+            def edit(chart: Path, file: str = file, old: str = old, new: str = new) -> None:
+                path = chart / file
+                text = path.read_text()
+                assert text.count(old) >= 1, f"mutant does not apply: {old!r} not in {file}"
+                path.write_text(text.replace(old, new))
+
+            attempt(label, edit, expect, validate)
+        for label, mutate, expect in FUNCTION_MUTANTS:
+            attempt(label, mutate, expect, False)
+    return results.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
