@@ -120,7 +120,15 @@ async fn main() -> anyhow::Result<()> {
     let routes = shopmesh_user::routes(&mesh, pool.clone());
     let mesh_for_server = mesh.clone();
     tokio::spawn(async move {
-        server::serve(&mesh_for_server, &[shopmesh_user::SERVICE_NAME], routes, on, std::future::pending()).await
+        server::serve(
+            &mesh_for_server,
+            &[shopmesh_user::SERVICE_NAME],
+            routes,
+            on,
+            None,
+            std::future::pending(),
+        )
+        .await
     });
     // Layers off: the same routes on a bare tonic server.
     let off = TcpListener::bind("127.0.0.1:0").await?;
@@ -134,7 +142,9 @@ async fn main() -> anyhow::Result<()> {
     shopmesh::mesh::health::wait_serving(&on_url, shopmesh_user::SERVICE_NAME, Duration::from_secs(10)).await;
 
     let mut stacked = UserServiceClient::new(client::channel(&on_url, &mesh.client).await?);
-    let bare = UserServiceClient::new(tonic::transport::Endpoint::from_shared(off_url)?.tcp_nodelay(true).connect().await?);
+    let bare = UserServiceClient::new(
+        tonic::transport::Endpoint::from_shared(off_url)?.tcp_nodelay(true).connect().await?,
+    );
     let user = stacked
         .create_user(CreateUserRequest {
             email: "bench@example.com".into(),

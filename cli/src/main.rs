@@ -1,6 +1,8 @@
 //! `shopmesh`: with no subcommand, runs the user, payment and order services in one process,
 //! each on its own port and calling the others over gRPC exactly as separate processes would.
-//! `shopmesh serve <service>` runs one service, which is what a container runs.
+//! `shopmesh serve <service>` runs one service, which is what a container runs;
+//! `shopmesh migrate <service>` applies a service's migrations (a deployment's one-off job);
+//! `shopmesh healthcheck <addr> [service]` asks a server's health (for images without a shell).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -45,6 +47,24 @@ enum Command {
         #[command(subcommand)]
         service: Service,
     },
+    /// Apply one service's database migrations and exit (a deployment's one-off job, before
+    /// replicas that run with `--db-migrate false` start).
+    Migrate {
+        #[command(subcommand)]
+        service: Service,
+    },
+    /// Ask a server's gRPC health; exit 0 if SERVING, 1 otherwise (for probes in images without
+    /// a shell).
+    Healthcheck {
+        /// The server: `host:port` or `http://host:port`.
+        addr: String,
+        /// The service to ask about; the whole server (`""`) when left out.
+        #[arg(default_value = "")]
+        service: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,10 +108,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Healthcheck { addr, service, timeout }) = &cli.command {
+        return runtime.block_on(healthcheck(addr, service, *timeout));
+    }
     let result = runtime.block_on(async {
         match cli.command {
             None => run_all(cli.all).await,
             Some(Command::Serve { service }) => serve_one(service).await,
+            Some(Command::Migrate { service }) => migrate(service).await,
+            Some(Command::Healthcheck { .. }) => Ok(()),
         }
     });
     match result {
@@ -125,6 +150,38 @@ async fn serve_one(service: Service) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn migrate(service: Service) -> anyhow::Result<()> {
+    let (name, url, mesh, migrations) = match &service {
+        Service::User { mesh, config } => ("user", &config.database_url, mesh, shopmesh_user::MIGRATIONS),
+        Service::Order { mesh, config } => ("order", &config.database_url, mesh, shopmesh_order::MIGRATIONS),
+        Service::Payment { mesh, config } => {
+            ("payment", &config.database_url, mesh, shopmesh_payment::MIGRATIONS)
+        }
+    };
+    let pool = shopmesh::mesh::db::open(url, mesh, migrations)
+        .await
+        .map_err(|e| anyhow::anyhow!("migrating the {name} database: {e}"))?;
+    pool.close().await;
+    tracing::info!(service = name, "migrations applied");
+    Ok(())
+}
+
+/// Exit 0 when `service` at `addr` is SERVING; otherwise say what it is and exit 1.
+async fn healthcheck(addr: &str, service: &str, timeout: Duration) -> ExitCode {
+    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    match health::check(&url, service, timeout).await {
+        Ok(tonic_health::pb::health_check_response::ServingStatus::Serving) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("{addr} {service:?}: {}", status.as_str_name());
+            ExitCode::FAILURE
+        }
+        Err(status) => {
+            eprintln!("{addr} {service:?}: {:?}: {}", status.code(), status.message());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The address a local client reaches a listener on: its own, with an unspecified IP (0.0.0.0,

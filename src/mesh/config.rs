@@ -14,10 +14,24 @@ fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
 /// database pool.
 #[derive(Debug, Clone, Args)]
 pub struct MeshConfig {
-    /// Longest time in-flight calls get to finish after a shutdown signal before the server
-    /// stops anyway.
+    /// After a shutdown signal, how long a service keeps serving with its health NOT_SERVING,
+    /// so load balancers (Kubernetes endpoints, DNS) stop sending before it stops accepting.
+    #[arg(long, env = "SHOPMESH_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
+    pub drain_delay: Duration,
+
+    /// Longest time in-flight calls get to finish once the server stops accepting (after the
+    /// drain delay) before it stops anyway.
     #[arg(long, env = "SHOPMESH_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub shutdown_timeout: Duration,
+
+    /// Whether a service applies its migrations on start. With `false` it waits, NOT_SERVING,
+    /// until `shopmesh migrate` (a deployment's one-off job) has applied them.
+    #[arg(long, env = "SHOPMESH_DB_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub db_migrate: bool,
+
+    /// How often a service checks that its database answers; its health follows the answer.
+    #[arg(long, env = "SHOPMESH_READINESS_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub readiness_interval: Duration,
 
     /// Largest number of database connections each service's pool opens.
     #[arg(long, env = "SHOPMESH_DB_MAX_CONNECTIONS", default_value_t = 10)]
@@ -40,7 +54,10 @@ pub struct MeshConfig {
 impl Default for MeshConfig {
     fn default() -> Self {
         Self {
+            drain_delay: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(10),
+            db_migrate: true,
+            readiness_interval: Duration::from_secs(5),
             db_max_connections: 10,
             db_acquire_timeout: Duration::from_secs(3),
             server: ServerConfig::default(),

@@ -50,6 +50,16 @@ pub struct Migrations {
     pub postgres: &'static Migrator,
 }
 
+impl Migrations {
+    /// The migrations for `backend`.
+    pub fn of(&self, backend: Backend) -> &'static Migrator {
+        match backend {
+            Backend::Sqlite => self.sqlite,
+            Backend::Postgres => self.postgres,
+        }
+    }
+}
+
 /// A pooled connection for the request being handled: the wait for it ends at the request's
 /// deadline if that is nearer than the pool's acquire timeout, so database work never runs on
 /// after the caller has given up. Out of time is reported as [`sqlx::Error::PoolTimedOut`],
@@ -69,14 +79,16 @@ pub async fn begin(pool: &Pool) -> Result<Tx, sqlx::Error> {
     crate::mesh::deadline::within(pool.begin()).await.map_err(|_| sqlx::Error::PoolTimedOut)?
 }
 
-/// How many times migrating is tried before giving up. Replicas starting at once on PostgreSQL
-/// serialize on sqlx's advisory lock; on SQLite (no such lock) the loser of the race fails on
-/// the tables the winner created and succeeds on the next try, seeing them applied.
+/// How many times migrating is tried before giving up (see [`migrate`]).
 const MIGRATE_ATTEMPTS: u32 = 5;
 
-/// Opens a pool on `url` and applies `migrations`. For SQLite the file and its directory are
-/// created if missing and the connection is set up for concurrent use (WAL, busy timeout).
-pub async fn open(url: &str, mesh: &MeshConfig, migrations: Migrations) -> Result<Pool, Error> {
+/// A pool on `url` that connects on first use, so a service can answer health checks (NOT
+/// SERVING) while its database is still unreachable. For SQLite the file and its directory are
+/// created if missing and each connection is set up for concurrent use (WAL, busy timeout).
+///
+/// # Errors
+/// [`Error::Config`] for an unsupported URL or a SQLite directory that cannot be created.
+pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of(url)?;
     let mut options = AnyPoolOptions::new()
@@ -100,15 +112,21 @@ pub async fn open(url: &str, mesh: &MeshConfig, migrations: Migrations) -> Resul
         }
         Backend::Postgres => url.to_owned(),
     };
-    let pool = options.connect(&url).await?;
-    let migrator = match backend {
-        Backend::Sqlite => migrations.sqlite,
-        Backend::Postgres => migrations.postgres,
-    };
+    Ok(options.connect_lazy(&url)?)
+}
+
+/// Applies `migrations` for `backend` to `pool`, retrying a few times: replicas starting at
+/// once on PostgreSQL serialize on sqlx's advisory lock; on SQLite (no such lock) the loser of
+/// the race fails on the tables the winner created and succeeds on the next try.
+///
+/// # Errors
+/// The last migration error.
+pub async fn migrate(pool: &Pool, backend: Backend, migrations: Migrations) -> Result<(), Error> {
+    let migrator = migrations.of(backend);
     let mut attempt = 1;
     loop {
-        match migrator.run(&pool).await {
-            Ok(()) => break,
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
             Err(err) if attempt < MIGRATE_ATTEMPTS => {
                 tracing::warn!(%err, attempt, "migrating failed, retrying (another replica may be migrating)");
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
@@ -117,7 +135,38 @@ pub async fn open(url: &str, mesh: &MeshConfig, migrations: Migrations) -> Resul
             Err(err) => return Err(err.into()),
         }
     }
-    tracing::info!(backend = ?backend, url = %redact(&url), "database ready");
+}
+
+/// Checks that every embedded migration is applied (when another process, such as a Helm
+/// hook's `shopmesh migrate`, owns migrating).
+///
+/// # Errors
+/// [`Error::Config`] naming the first missing migration, or the database error.
+pub async fn check_migrated(pool: &Pool, backend: Backend, migrations: Migrations) -> Result<(), Error> {
+    use sqlx::migrate::Migrate as _;
+    let migrator = migrations.of(backend);
+    let mut conn = pool.acquire().await?;
+    // Fails while the table does not exist yet: not migrated either.
+    let applied = conn.list_applied_migrations(&migrator.table_name).await?;
+    for migration in migrator.iter().filter(|m| m.migration_type.is_up_migration()) {
+        if !applied.iter().any(|a| a.version == migration.version) {
+            return Err(Error::Config(format!(
+                "migration {} ({}) is not applied; run `shopmesh migrate`",
+                migration.version, migration.description
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Opens a pool on `url` and applies `migrations`: what `shopmesh migrate` and tests use.
+///
+/// # Errors
+/// As [`connect`] and [`migrate`].
+pub async fn open(url: &str, mesh: &MeshConfig, migrations: Migrations) -> Result<Pool, Error> {
+    let pool = connect(url, mesh)?;
+    migrate(&pool, Backend::of(url)?, migrations).await?;
+    tracing::info!(url = %redact(url), "database ready");
     Ok(pool)
 }
 

@@ -18,11 +18,6 @@ use tower::{Layer, Service};
 
 use crate::mesh::deadline::status_response;
 
-/// Paths of the infrastructure services that are never shed.
-fn exempt(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
-}
-
 /// Bounds concurrent calls to `limit` across every connection of a server.
 #[derive(Debug, Clone)]
 pub struct LoadShedLayer {
@@ -65,7 +60,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if exempt(request.uri().path()) {
+        if crate::mesh::server::is_infrastructure(request.uri().path()) {
             return ResponseFuture::Admitted { inner: self.inner.call(request), _permit: None };
         }
         match self.permits.clone().try_acquire_owned() {

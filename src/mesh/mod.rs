@@ -24,6 +24,7 @@ pub mod health;
 pub mod ids;
 pub mod load_shed;
 pub mod message_size;
+pub mod readiness;
 pub mod retry;
 pub mod server;
 pub mod shutdown;

@@ -9,10 +9,27 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tonic_health::server::HealthReporter;
+
 use crate::mesh::deadline::ServerDeadlineLayer;
 use crate::mesh::load_shed::LoadShedLayer;
 use crate::mesh::message_size::MessageSizeLayer;
+use crate::mesh::readiness::{Readiness, ReadyGateLayer};
 use crate::mesh::{Error, config::MeshConfig};
+
+/// The health service name that is SERVING for as long as the process runs: for liveness
+/// probes, which must not fail (and restart the process) when only the database is down.
+pub const LIVENESS: &str = "liveness";
+
+/// Whether `path` is an infrastructure call (health, reflection), which overload shedding and
+/// the readiness gate always let through.
+pub fn is_infrastructure(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
 
 /// Names under which reflection advertises the infrastructure services served beside each
 /// service, so `grpcurl list` shows exactly what this port answers.
@@ -37,14 +54,17 @@ fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'s
 /// beside them, until `shutdown` completes.
 ///
 /// `services` are the fully-qualified names of the services in `routes`: each gets a health
-/// status, and reflection advertises only them. On shutdown every status turns NOT_SERVING
-/// first (so balancers stop sending), then the server stops accepting and in-flight calls get
-/// `shutdown_timeout` to finish before it stops anyway.
+/// status, and reflection advertises only them. They and `""` are NOT_SERVING until
+/// `readiness` (the service's database; `None` for none) is ready, then follow it;
+/// [`LIVENESS`] is SERVING throughout. On shutdown every status but liveness turns NOT_SERVING
+/// at once (so balancers stop sending), the server keeps serving for the drain delay, then
+/// stops accepting and gives in-flight calls `shutdown_timeout` to finish.
 pub async fn serve<F>(
     mesh: &MeshConfig,
     services: &[&'static str],
     routes: Routes,
     listener: TcpListener,
+    readiness: Option<Readiness>,
     shutdown: F,
 ) -> Result<(), Error>
 where
@@ -52,32 +72,43 @@ where
 {
     let addr = listener.local_addr()?;
     let (reporter, health) = tonic_health::server::health_reporter();
+    // tonic-health reports "" SERVING from the start; nothing is ready until the database is.
+    for name in services.iter().chain(&[""]) {
+        reporter.set_service_status(*name, ServingStatus::NotServing).await;
+    }
+    reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
 
     let routes = routes
         .add_service(health)
         .add_service(reflection(services).build_v1().map_err(|e| Error::Config(e.to_string()))?)
         .add_service(reflection(services).build_v1alpha().map_err(|e| Error::Config(e.to_string()))?);
 
-    // The routes are complete and the caller has opened its database, so the service can serve.
-    for name in services {
-        reporter.set_service_status(*name, ServingStatus::Serving).await;
-    }
-    tracing::info!(%addr, services = ?services, "serving");
+    let gate = Arc::new(AtomicBool::new(false));
+    let tracker = tokio::spawn(track_readiness(readiness, reporter.clone(), services.to_vec(), gate.clone()));
+    let tracker_handle = tracker.abort_handle();
+    tracing::info!(%addr, services = ?services, "listening");
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_delay = mesh.drain_delay;
     let stop = {
         let reporter = reporter.clone();
         let services = services.to_vec();
         async move {
             shutdown.await;
+            // Stopped first, so it cannot turn a status back to SERVING.
+            tracker.abort();
+            let _ = tracker.await;
             for name in services.iter().chain(&[""]) {
                 reporter.set_service_status(*name, ServingStatus::NotServing).await;
             }
-            tracing::info!(%addr, "draining in-flight calls");
+            if !drain_delay.is_zero() {
+                tracing::info!(%addr, ?drain_delay, "NOT_SERVING; still serving while balancers let go");
+                tokio::time::sleep(drain_delay).await;
+            }
+            tracing::info!(%addr, "no longer accepting; finishing in-flight calls");
             let _ = draining_tx.send(());
         }
     };
-
     let limits = &mesh.server;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
@@ -89,6 +120,8 @@ where
         .max_connection_age_grace(limits.max_connection_age_grace)
         // Outermost: refusing an excess call must cost nothing else.
         .layer(LoadShedLayer::new(limits.max_concurrent_requests))
+        // Before the database is ready, calls get UNAVAILABLE rather than "no such table".
+        .layer(ReadyGateLayer::new(gate))
         // The deadline covers everything the handler does, and the oversize answer below it.
         .layer(ServerDeadlineLayer)
         // Innermost: sees the decoder's answer for an oversized request.
@@ -113,6 +146,55 @@ where
             "in-flight calls did not finish within the shutdown timeout; stopping anyway"
         ),
     }
+    tracker_handle.abort();
     tracing::info!(%addr, "stopped");
     Ok(())
+}
+
+/// Sets the health of `services` and `""` from `readiness`: NOT_SERVING until the database is
+/// prepared (retrying with backoff), then whatever the periodic check says. Opens `gate` once.
+async fn track_readiness(
+    readiness: Option<Readiness>,
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    gate: Arc<AtomicBool>,
+) {
+    let set = |status: ServingStatus| {
+        let reporter = reporter.clone();
+        let services = services.clone();
+        async move {
+            for name in services.iter().chain(&[""]) {
+                reporter.set_service_status(*name, status).await;
+            }
+        }
+    };
+    let Some(readiness) = readiness else {
+        gate.store(true, Ordering::Release);
+        set(ServingStatus::Serving).await;
+        return;
+    };
+    let mut backoff = Duration::from_millis(50);
+    while let Err(err) = readiness.prepare().await {
+        tracing::warn!(error = %err, retry_in = ?backoff, "database not ready; NOT_SERVING");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    gate.store(true, Ordering::Release);
+    set(ServingStatus::Serving).await;
+    tracing::info!(services = ?services, "ready: SERVING");
+    let mut ready = true;
+    loop {
+        tokio::time::sleep(readiness.interval()).await;
+        let now = readiness.check().await;
+        if now != ready {
+            ready = now;
+            if ready {
+                tracing::info!(services = ?services, "database answers again: SERVING");
+                set(ServingStatus::Serving).await;
+            } else {
+                tracing::warn!(services = ?services, "database does not answer: NOT_SERVING");
+                set(ServingStatus::NotServing).await;
+            }
+        }
+    }
 }

@@ -114,10 +114,11 @@ fn with_database(url: &str, name: &str) -> String {
     out
 }
 
-/// Settings for services under test: short shutdown, small pools.
+/// Settings for services under test: short shutdown, small pools, frequent readiness checks.
 pub fn mesh_config() -> MeshConfig {
     MeshConfig {
         shutdown_timeout: Duration::from_secs(2),
+        readiness_interval: Duration::from_millis(50),
         db_max_connections: 5,
         db_acquire_timeout: Duration::from_secs(5),
         ..MeshConfig::default()
@@ -168,12 +169,23 @@ where
     Fut: Future<Output = Result<(), Error>> + Send + 'static,
 {
     let addr = listener.local_addr().expect("local addr");
+    let spawned = start_on(listener, run);
+    wait_serving(addr, service).await;
+    spawned
+}
+
+/// Runs `run(listener, shutdown)` on a task without waiting for it to be SERVING (to watch a
+/// service that is not ready).
+pub fn start_on<R, Fut>(listener: TcpListener, run: R) -> Spawned
+where
+    R: FnOnce(TcpListener, futures::future::BoxFuture<'static, ()>) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let addr = listener.local_addr().expect("local addr");
     let stop = CancellationToken::new();
     let shutdown = Box::pin(stop.clone().cancelled_owned());
     let task = tokio::spawn(run(listener, shutdown));
-    let spawned = Spawned { addr, stop, task };
-    wait_serving(addr, service).await;
-    spawned
+    Spawned { addr, stop, task }
 }
 
 /// Waits until `service` at `addr` is SERVING.

@@ -18,6 +18,7 @@ use std::future::Future;
 use shopmesh::api::order::v1::order_service_server::OrderServiceServer;
 use shopmesh::mesh::config::{MeshConfig, OrderConfig};
 use shopmesh::mesh::db::{self, Migrations, Pool};
+use shopmesh::mesh::readiness::Readiness;
 use shopmesh::mesh::{Error, client, server};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -48,7 +49,8 @@ pub async fn routes(mesh: &MeshConfig, config: &OrderConfig, pool: Pool) -> Resu
     ))
 }
 
-/// Opens the database and the dependency channels, then serves on `listener` until `shutdown`.
+/// Opens the dependency channels and serves on `listener` at once, NOT_SERVING until its
+/// database is migrated and answering, until `shutdown`.
 pub async fn run<F>(
     mesh: MeshConfig,
     config: OrderConfig,
@@ -58,9 +60,10 @@ pub async fn run<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let pool = db::open(&config.database_url, &mesh, MIGRATIONS).await?;
+    let pool = db::connect(&config.database_url, &mesh)?;
+    let readiness = Readiness::new(&config.database_url, pool.clone(), MIGRATIONS, &mesh)?;
     let routes = routes(&mesh, &config, pool.clone()).await?;
-    let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, shutdown).await;
+    let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, Some(readiness), shutdown).await;
     pool.close().await;
     result
 }

@@ -16,6 +16,7 @@ use std::future::Future;
 use shopmesh::api::payment::v1::payment_service_server::PaymentServiceServer;
 use shopmesh::mesh::config::{MeshConfig, PaymentConfig};
 use shopmesh::mesh::db::{self, Migrations, Pool};
+use shopmesh::mesh::readiness::Readiness;
 use shopmesh::mesh::{Error, server};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -46,7 +47,8 @@ pub fn routes(mesh: &MeshConfig, config: &PaymentConfig, pool: Pool) -> Routes {
     )
 }
 
-/// Opens the database, then serves on `listener` until `shutdown` completes.
+/// Serves on `listener` at once, NOT_SERVING until its database is migrated and answering,
+/// until `shutdown` completes.
 pub async fn run<F>(
     mesh: MeshConfig,
     config: PaymentConfig,
@@ -56,9 +58,10 @@ pub async fn run<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let pool = db::open(&config.database_url, &mesh, MIGRATIONS).await?;
+    let pool = db::connect(&config.database_url, &mesh)?;
+    let readiness = Readiness::new(&config.database_url, pool.clone(), MIGRATIONS, &mesh)?;
     let routes = routes(&mesh, &config, pool.clone());
-    let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, shutdown).await;
+    let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, Some(readiness), shutdown).await;
     pool.close().await;
     result
 }

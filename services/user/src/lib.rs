@@ -14,6 +14,7 @@ use std::future::Future;
 use shopmesh::api::user::v1::user_service_server::UserServiceServer;
 use shopmesh::mesh::config::{MeshConfig, UserConfig};
 use shopmesh::mesh::db::{self, Migrations, Pool};
+use shopmesh::mesh::readiness::Readiness;
 use shopmesh::mesh::{Error, server};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -38,7 +39,8 @@ pub fn routes(mesh: &MeshConfig, pool: Pool) -> Routes {
     )
 }
 
-/// Opens the database, then serves on `listener` until `shutdown` completes.
+/// Serves on `listener` at once, NOT_SERVING until its database is migrated and answering,
+/// until `shutdown` completes.
 pub async fn run<F>(
     mesh: MeshConfig,
     config: UserConfig,
@@ -48,8 +50,17 @@ pub async fn run<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let pool = db::open(&config.database_url, &mesh, MIGRATIONS).await?;
-    let result = server::serve(&mesh, &[SERVICE_NAME], routes(&mesh, pool.clone()), listener, shutdown).await;
+    let pool = db::connect(&config.database_url, &mesh)?;
+    let readiness = Readiness::new(&config.database_url, pool.clone(), MIGRATIONS, &mesh)?;
+    let result = server::serve(
+        &mesh,
+        &[SERVICE_NAME],
+        routes(&mesh, pool.clone()),
+        listener,
+        Some(readiness),
+        shutdown,
+    )
+    .await;
     pool.close().await;
     result
 }

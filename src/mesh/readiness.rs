@@ -1,0 +1,157 @@
+//! When a service may take calls. A service listens at once, so probes get an answer, but its
+//! health (`""` and its own name) stays NOT_SERVING, and its calls are answered UNAVAILABLE,
+//! until its database is migrated (or found migrated) and reachable. After that, readiness
+//! follows its own database, checked on an interval, and never its callees: a dependency being
+//! down must not take every caller out of its load balancer too (that cascades).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::mesh::config::MeshConfig;
+use crate::mesh::db::{self, Backend, Migrations, Pool};
+use crate::mesh::deadline::status_response;
+use crate::mesh::{Error, server};
+
+/// Longest a readiness check of the database may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What makes a service ready: its database, migrated and answering.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    pool: Pool,
+    backend: Backend,
+    migrations: Migrations,
+    migrate: bool,
+    interval: Duration,
+}
+
+impl Readiness {
+    /// Readiness of the service whose database `url` the `pool` connects to. With
+    /// `mesh.db_migrate` the service applies `migrations` itself; without, it waits until
+    /// someone else (`shopmesh migrate`) has.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unsupported URL.
+    pub fn new(url: &str, pool: Pool, migrations: Migrations, mesh: &MeshConfig) -> Result<Self, Error> {
+        Ok(Self {
+            pool,
+            backend: Backend::of(url)?,
+            migrations,
+            migrate: mesh.db_migrate,
+            interval: mesh.readiness_interval.max(Duration::from_millis(10)),
+        })
+    }
+
+    /// How often the database is checked once ready.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Brings the schema up to date, or checks that it is.
+    ///
+    /// # Errors
+    /// Why the database is not ready yet.
+    pub async fn prepare(&self) -> Result<(), Error> {
+        if self.migrate {
+            db::migrate(&self.pool, self.backend, self.migrations).await
+        } else {
+            db::check_migrated(&self.pool, self.backend, self.migrations).await
+        }
+    }
+
+    /// Whether the database answers now.
+    pub async fn check(&self) -> bool {
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(_)))
+    }
+}
+
+/// Answers the service's calls with UNAVAILABLE until it has become ready once (health and
+/// reflection pass). Later database outages are the handlers' to report, call by call.
+#[derive(Debug, Clone)]
+pub struct ReadyGateLayer {
+    open: Arc<AtomicBool>,
+}
+
+impl ReadyGateLayer {
+    /// A gate that opens when `open` becomes true.
+    pub fn new(open: Arc<AtomicBool>) -> Self {
+        Self { open }
+    }
+}
+
+impl<S> Layer<S> for ReadyGateLayer {
+    type Service = ReadyGate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ReadyGate { inner, open: self.open.clone() }
+    }
+}
+
+/// See [`ReadyGateLayer`].
+#[derive(Debug, Clone)]
+pub struct ReadyGate<S> {
+    inner: S,
+    open: Arc<AtomicBool>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ReadyGate<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = GateFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if self.open.load(Ordering::Acquire) || server::is_infrastructure(request.uri().path()) {
+            return GateFuture::Open { inner: self.inner.call(request) };
+        }
+        GateFuture::Closed {
+            response: Some(status_response(tonic::Status::unavailable(
+                "starting: the service's database is not ready yet",
+            ))),
+        }
+    }
+}
+
+pin_project! {
+    /// The response of a [`ReadyGate`] service.
+    #[project = GateFutureProj]
+    pub enum GateFuture<F, ResBody> {
+        /// Passed to the service.
+        Open { #[pin] inner: F },
+        /// Answered here: not ready.
+        Closed { response: Option<Response<ResBody>> },
+    }
+}
+
+impl<F, ResBody, E> Future for GateFuture<F, ResBody>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GateFutureProj::Open { inner } => inner.poll(cx),
+            GateFutureProj::Closed { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
