@@ -199,3 +199,128 @@ fn every_setting_has_an_environment_variable_in_help() {
         assert_eq!(help.matches("[env: SHOPMESH_").count(), flags, "{args:?}: a variable per flag\n{help}");
     }
 }
+
+/// Runs `shopmesh healthcheck` with `args`; its exit code.
+fn healthcheck(args: &[&str]) -> std::process::ExitStatus {
+    Command::new(env!("CARGO_BIN_EXE_shopmesh"))
+        .arg("healthcheck")
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run shopmesh healthcheck")
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the process under test).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+}
+
+#[tokio::test]
+async fn migrate_then_serve_with_healthcheck_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("--user-database-url=sqlite://{}/user.db", dir.path().display());
+    let addr = free_addr();
+    let a = addr.to_string();
+    // Replicas that do not migrate wait, alive but NOT_SERVING, for the one-off migration.
+    let _process =
+        Process::start(&["serve", "user", &format!("--user-listen={addr}"), "--db-migrate=false", &db]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !healthcheck(&[&a, "liveness"]).success() {
+        assert!(Instant::now() < deadline, "liveness never SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(healthcheck(&[&a]).code(), Some(1), "not ready before migrating");
+    assert_eq!(healthcheck(&[&a, "shopmesh.user.v1.UserService"]).code(), Some(1));
+
+    let migrated =
+        Command::new(env!("CARGO_BIN_EXE_shopmesh")).args(["migrate", "user", &db]).status().expect("run");
+    assert!(migrated.success(), "shopmesh migrate user: {migrated}");
+    // Readiness is re-checked every 5 s by default.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !healthcheck(&[&a, "shopmesh.user.v1.UserService"]).success() {
+        assert!(Instant::now() < deadline, "never SERVING after migrating");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthcheck(&[&format!("http://{addr}")]).success(), "URL form");
+    assert_eq!(healthcheck(&[&a, "no.such.Service"]).code(), Some(1), "unknown service");
+    assert_eq!(healthcheck(&[&free_addr().to_string()]).code(), Some(1), "nothing listening");
+}
+
+#[tokio::test]
+async fn sigterm_under_load_drops_no_call() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use shopmesh::api::user::v1::GetUserRequest;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("--user-database-url=sqlite://{}/user.db", dir.path().display());
+    let (a, b) = (free_addr(), free_addr());
+    let replica = |addr: SocketAddr| {
+        Process::start(&[
+            "serve",
+            "user",
+            &format!("--user-listen={addr}"),
+            "--drain-delay=500ms",
+            "--shutdown-timeout=3s",
+            &db,
+        ])
+    };
+    let first = replica(a);
+    testing::wait_serving(a, "shopmesh.user.v1.UserService").await;
+    let _second = replica(b);
+    testing::wait_serving(b, "shopmesh.user.v1.UserService").await;
+
+    // A client with the mesh's stack over both replicas, as the order service would have.
+    let config = shopmesh::mesh::config::ClientConfig::default();
+    let channel =
+        shopmesh::mesh::client::channel(&format!("http://{a},http://{b}"), &config).await.expect("channel");
+    let mut users = UserServiceClient::new(channel);
+    let user = users
+        .create_user(CreateUserRequest {
+            email: "load@example.com".into(),
+            display_name: "Load".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut users, stop, ok, failed, id) =
+                (users.clone(), stop.clone(), ok.clone(), failed.clone(), user.id.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match users.get_user(GetUserRequest { id: id.clone() }).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(status) => {
+                            eprintln!("call failed: {status:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = ok.load(Ordering::Relaxed);
+    let sent = Instant::now();
+    let status = first.terminate().await;
+    let took = sent.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert!(status.success(), "exit code 0 after SIGTERM, got {status}");
+    assert!(
+        took < Duration::from_millis(500 + 3000 + 1000),
+        "took {took:?}: past drain delay + hard timeout"
+    );
+    assert!(took >= Duration::from_millis(500), "left before the drain delay: {took:?}");
+    assert!(ok.load(Ordering::Relaxed) > before, "load kept flowing");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "calls failed across the shutdown");
+}

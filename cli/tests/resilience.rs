@@ -164,7 +164,7 @@ impl PaymentService for FakePayments {
 /// Serves `routes` (named `name`) on 127.0.0.1:0 through the mesh's server stack.
 async fn serve(name: &'static str, routes: Routes, mesh: MeshConfig) -> Spawned {
     testing::spawn(name, move |listener, shutdown| async move {
-        server::serve(&mesh, &[name], routes, listener, shutdown).await
+        server::serve(&mesh, &[name], routes, listener, None, shutdown).await
     })
     .await
 }
