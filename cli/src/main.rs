@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use shopmesh::mesh::config::{MeshConfig, OrderConfig, PaymentConfig, UserConfig};
+use shopmesh::mesh::telemetry::Telemetry;
 use shopmesh::mesh::{health, shutdown};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -94,13 +95,6 @@ enum Service {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -111,19 +105,49 @@ fn main() -> ExitCode {
     if let Some(Command::Healthcheck { addr, service, timeout }) = &cli.command {
         return runtime.block_on(healthcheck(addr, service, *timeout));
     }
-    let result = runtime.block_on(async {
-        match cli.command {
+    runtime.block_on(async {
+        // The resource's service.name when OTEL_SERVICE_NAME does not say otherwise.
+        let (name, mut telemetry) = match &cli.command {
+            None => ("shopmesh", cli.all.mesh.telemetry.clone()),
+            Some(Command::Serve { service } | Command::Migrate { service }) => {
+                let (name, mesh) = service.parts();
+                (name, mesh.telemetry.clone())
+            }
+            Some(Command::Healthcheck { .. }) => ("shopmesh", Default::default()),
+        };
+        if matches!(cli.command, Some(Command::Migrate { .. })) {
+            // A one-off job: nothing would scrape it, and it must not take a service's port.
+            telemetry.metrics_listen = shopmesh::mesh::telemetry::MetricsListen(None);
+        }
+        let telemetry = match Telemetry::init(name, &telemetry) {
+            Ok(t) => t,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = match cli.command {
             None => run_all(cli.all).await,
             Some(Command::Serve { service }) => serve_one(service).await,
             Some(Command::Migrate { service }) => migrate(service).await,
             Some(Command::Healthcheck { .. }) => Ok(()),
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        };
+        if let Err(err) = &result {
             tracing::error!("{err:#}");
-            ExitCode::FAILURE
+        }
+        // The last spans (the shutdown's) are exported before the process exits.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    })
+}
+
+impl Service {
+    /// The default service name for telemetry, and the shared settings.
+    fn parts(&self) -> (&'static str, &MeshConfig) {
+        match self {
+            Service::User { mesh, .. } => ("shopmesh-user", mesh),
+            Service::Order { mesh, .. } => ("shopmesh-order", mesh),
+            Service::Payment { mesh, .. } => ("shopmesh-payment", mesh),
         }
     }
 }

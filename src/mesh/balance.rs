@@ -377,7 +377,7 @@ impl Controller {
 
     async fn reconcile(&mut self, set: BTreeSet<SocketAddr>) {
         if set != self.resolved {
-            tracing::info!(target = %self.target, endpoints = ?set, "endpoints changed");
+            tracing::info!(upstream = %self.target, endpoints = ?set, "endpoints changed");
         }
         let gone: Vec<_> = self.resolved.difference(&set).copied().collect();
         for addr in gone {
@@ -401,13 +401,13 @@ impl Controller {
             return; // already out, or a newer service for the address
         }
         if self.active.len() <= 1 {
-            tracing::warn!(target = %self.target, addr = %eject.addr, "endpoint keeps failing but is the last one; not ejecting it");
+            tracing::warn!(upstream = %self.target, addr = %eject.addr, "endpoint keeps failing but is the last one; not ejecting it");
             return;
         }
         let times = self.ejections.entry(eject.addr).or_insert(0);
         *times += 1;
         let period = self.config.eject_time.saturating_mul(1 << (*times - 1).min(16)).min(MAX_EJECTION);
-        tracing::warn!(target = %self.target, addr = %eject.addr, ?period, "ejecting an endpoint after consecutive failures");
+        tracing::warn!(upstream = %self.target, addr = %eject.addr, ?period, "ejecting an endpoint after consecutive failures");
         metrics::counter!("shopmesh_client_ejections_total", "target" => self.target.to_string())
             .increment(1);
         self.ejected.insert(eject.addr, Instant::now() + period);
@@ -420,7 +420,7 @@ impl Controller {
         for addr in due {
             self.ejected.remove(&addr);
             if self.resolved.contains(&addr) {
-                tracing::info!(target = %self.target, %addr, "returning an ejected endpoint");
+                tracing::info!(upstream = %self.target, %addr, "returning an ejected endpoint");
                 self.insert(addr).await;
             }
         }

@@ -1,6 +1,8 @@
 //! Client bootstrap: the stack every call to another service goes through.
 //!
 //! Layers, outermost first:
+//! 0. [`ClientObserve`]: the call's span (sent on as `traceparent`) and its duration metric,
+//!    retries included.
 //! 1. [`ClientDeadline`]: the call's deadline (the handled request's remaining time minus a
 //!    margin, capped per method), sent as `grpc-timeout`; out of time means not sent at all.
 //! 2. [`Retry`]: repeats UNAVAILABLE answers of repeatable calls within the deadline and the
@@ -17,11 +19,12 @@ use crate::mesh::Error;
 use crate::mesh::balance::{Balanced, Source};
 use crate::mesh::config::ClientConfig;
 use crate::mesh::deadline::{ClientDeadline, ClientDeadlineLayer};
+use crate::mesh::observe::{ClientObserve, ClientObserveLayer};
 use crate::mesh::retry::{Retry, RetryLayer};
 
 /// A channel to one service through the mesh's client stack; hand it to a generated client
 /// (`UserServiceClient::new(channel)`). Clones share connections, balancer and retry budget.
-pub type Channel = ClientDeadline<Retry<Balanced>>;
+pub type Channel = ClientObserve<ClientDeadline<Retry<Balanced>>>;
 
 /// A channel to `target`: `http://host:port`, or several comma-separated; DNS names are
 /// re-resolved every `resolve_interval` and calls spread over all addresses.
@@ -52,7 +55,9 @@ async fn build(name: &str, source: Source, config: &ClientConfig) -> Result<Chan
     let retry = RetryLayer::new(config).map_err(Error::Config)?;
     let balanced = Balanced::new(name, source, config).await;
     let stack = tower::ServiceBuilder::new()
-        // Outermost: the whole call, retries included, fits in the deadline.
+        // Outermost: one span and one duration for the call as its caller sees it.
+        .layer(ClientObserveLayer)
+        // The whole call, retries included, fits in the deadline.
         .layer(ClientDeadlineLayer::new(Arc::new(config.clone())))
         // Each attempt goes back through the balancer, which may pick another replica.
         .layer(retry)

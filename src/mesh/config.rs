@@ -49,6 +49,10 @@ pub struct MeshConfig {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientConfig,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub telemetry: crate::mesh::telemetry::TelemetryConfig,
 }
 
 impl Default for MeshConfig {
@@ -62,6 +66,7 @@ impl Default for MeshConfig {
             db_acquire_timeout: Duration::from_secs(3),
             server: ServerConfig::default(),
             client: ClientConfig::default(),
+            telemetry: crate::mesh::telemetry::TelemetryConfig::default(),
         }
     }
 }

@@ -60,23 +60,192 @@ impl Migrations {
     }
 }
 
-/// A pooled connection for the request being handled: the wait for it ends at the request's
-/// deadline if that is nearer than the pool's acquire timeout, so database work never runs on
-/// after the caller has given up. Out of time is reported as [`sqlx::Error::PoolTimedOut`],
-/// which [`crate::mesh::status::database`] answers with DEADLINE_EXCEEDED.
-pub async fn acquire(pool: &Pool) -> Result<sqlx::pool::PoolConnection<Any>, sqlx::Error> {
+/// Waits for `get` (a connection or a transaction from `pool`) no longer than the request's
+/// deadline, counting the wait in the pool metrics.
+async fn bounded<T, F>(pool: &Pool, get: F) -> Result<T, sqlx::Error>
+where
+    F: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
     if crate::mesh::deadline::expired() {
         return Err(sqlx::Error::PoolTimedOut);
     }
-    crate::mesh::deadline::within(pool.acquire()).await.map_err(|_| sqlx::Error::PoolTimedOut)?
+    let started = tokio::time::Instant::now();
+    metrics::gauge!("db_client_connections_pending_requests").increment(1.0);
+    let got = crate::mesh::deadline::within(get).await;
+    metrics::gauge!("db_client_connections_pending_requests").decrement(1.0);
+    metrics::histogram!("db_client_connections_wait_time_seconds").record(started.elapsed().as_secs_f64());
+    let idle = pool.num_idle() as f64;
+    metrics::gauge!("db_client_connections_usage", "state" => "idle").set(idle);
+    metrics::gauge!("db_client_connections_usage", "state" => "used").set(f64::from(pool.size()) - idle);
+    got.map_err(|_| sqlx::Error::PoolTimedOut)?
+}
+
+/// A pooled connection for the request being handled, each of whose statements gets a span.
+/// The wait for it ends at the request's deadline if that is nearer than the pool's acquire
+/// timeout, so database work never runs on after the caller has given up. Out of time is
+/// reported as [`sqlx::Error::PoolTimedOut`], which [`crate::mesh::status::database`] answers
+/// with DEADLINE_EXCEEDED.
+pub async fn acquire(pool: &Pool) -> Result<Traced<sqlx::pool::PoolConnection<Any>>, sqlx::Error> {
+    bounded(pool, pool.acquire()).await.map(Traced)
 }
 
 /// A transaction for the request being handled, bounded by its deadline as [`acquire`] is.
-pub async fn begin(pool: &Pool) -> Result<Tx, sqlx::Error> {
-    if crate::mesh::deadline::expired() {
-        return Err(sqlx::Error::PoolTimedOut);
+pub async fn begin(pool: &Pool) -> Result<Traced<Tx>, sqlx::Error> {
+    bounded(pool, pool.begin()).await.map(Traced)
+}
+
+/// A connection (or transaction) whose every statement gets a child span following
+/// OpenTelemetry's database conventions: named `<operation> <table>`, with the engine and the
+/// SQL text (placeholders only, never values). Use `&mut traced` as the executor.
+#[derive(Debug)]
+pub struct Traced<C>(C);
+
+impl Traced<Tx> {
+    /// Commits the transaction.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.0.commit().await
     }
-    crate::mesh::deadline::within(pool.begin()).await.map_err(|_| sqlx::Error::PoolTimedOut)?
+
+    /// Rolls the transaction back.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.0.rollback().await
+    }
+}
+
+/// A statement taken apart so its SQL can be read before it runs.
+struct Statement {
+    sql: sqlx::SqlStr,
+    arguments: Option<Result<Option<sqlx::any::AnyArguments>, sqlx::error::BoxDynError>>,
+    persistent: bool,
+}
+
+impl<'q> sqlx::Execute<'q, Any> for Statement {
+    fn sql(self) -> sqlx::SqlStr {
+        self.sql
+    }
+
+    fn statement(&self) -> Option<&sqlx::any::AnyStatement> {
+        None
+    }
+
+    fn take_arguments(&mut self) -> Result<Option<sqlx::any::AnyArguments>, sqlx::error::BoxDynError> {
+        self.arguments.take().unwrap_or(Ok(None))
+    }
+
+    fn persistent(&self) -> bool {
+        self.persistent
+    }
+}
+
+/// `INSERT INTO orders …` → ("INSERT", "orders"): the operation and the first table named.
+fn operation_and_table(sql: &str) -> (&str, &str) {
+    let mut words = sql.split_whitespace();
+    let operation = words.next().unwrap_or("SQL");
+    let mut table = "";
+    let mut prev = operation;
+    for word in words {
+        if ["FROM", "INTO", "UPDATE"].iter().any(|k| prev.eq_ignore_ascii_case(k)) {
+            table = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+            break;
+        }
+        prev = word;
+    }
+    if operation.eq_ignore_ascii_case("UPDATE") {
+        table = sql.split_whitespace().nth(1).unwrap_or("");
+    }
+    (operation, table)
+}
+
+fn statement_span<'q, E: sqlx::Execute<'q, Any>>(
+    mut query: E,
+    conn: &sqlx::AnyConnection,
+) -> (Statement, tracing::Span) {
+    let arguments = Some(query.take_arguments());
+    let persistent = query.persistent();
+    let sql = query.sql();
+    let text = sql.as_str();
+    let (operation, table) = operation_and_table(text);
+    let system = match conn.backend_name() {
+        "PostgreSQL" => "postgresql",
+        "SQLite" => "sqlite",
+        other => other,
+    };
+    let span = tracing::info_span!(
+        "db",
+        otel.name = %format_args!("{operation} {table}"),
+        otel.kind = "client",
+        db.system.name = system,
+        db.operation.name = operation,
+        db.collection.name = table,
+        db.query.text = text,
+    );
+    (Statement { sql, arguments, persistent }, span)
+}
+
+impl<'c, C> sqlx::Executor<'c> for &'c mut Traced<C>
+where
+    C: std::ops::DerefMut<Target = sqlx::AnyConnection> + Send + std::fmt::Debug,
+{
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures::stream::BoxStream<
+        'e,
+        Result<sqlx::Either<sqlx::any::AnyQueryResult, sqlx::any::AnyRow>, sqlx::Error>,
+    >
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
+        let (statement, span) = statement_span(query, conn);
+        Box::pin(tracing_futures::Instrument::instrument(conn.fetch_many(statement), span))
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures::future::BoxFuture<'e, Result<Option<sqlx::any::AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
+        let (statement, span) = statement_span(query, conn);
+        Box::pin(tracing::Instrument::instrument(conn.fetch_optional(statement), span))
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [sqlx::any::AnyTypeInfo],
+    ) -> futures::future::BoxFuture<'e, Result<sqlx::any::AnyStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
+        conn.prepare_with(sql, parameters)
+    }
+
+    // Required because sqlx's `macros` feature turns on its `offline` feature.
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> futures::future::BoxFuture<'e, Result<sqlx::Describe<Any>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
+        conn.describe(sql)
+    }
 }
 
 /// How many times migrating is tried before giving up (see [`migrate`]).
@@ -112,6 +281,7 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
         }
         Backend::Postgres => url.to_owned(),
     };
+    metrics::gauge!("db_client_connections_max").set(f64::from(mesh.db_max_connections.max(1)));
     Ok(options.connect_lazy(&url)?)
 }
 

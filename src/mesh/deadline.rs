@@ -4,8 +4,9 @@
 //! the time left of the request being handled (minus a margin), capped by a per-method default,
 //! and fails fast, sending nothing, when no time is left.
 //!
-//! The deadline lives in a task-local, which `tokio::spawn` does not carry: spawn with
-//! [`spawn`] (or wrap the future in [`propagate`]) so spawned work keeps it.
+//! The deadline lives in a task-local, which `tokio::spawn` does not carry (nor the tracing
+//! span): spawn with [`spawn`] (or wrap the future in [`propagate`]) so spawned work keeps both
+//! its deadline and its parent span.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,12 +47,15 @@ pub fn scope<F: Future>(deadline: Option<Instant>, future: F) -> TaskLocalFuture
     DEADLINE.scope(deadline, future)
 }
 
-/// `future` carrying this task's deadline, for running on another task.
-pub fn propagate<F: Future>(future: F) -> TaskLocalFuture<Option<Instant>, F> {
-    scope(current(), future)
+/// `future` carrying this task's deadline and current span, for running on another task.
+pub fn propagate<F: Future>(
+    future: F,
+) -> TaskLocalFuture<Option<Instant>, tracing::instrument::Instrumented<F>> {
+    use tracing::Instrument as _;
+    scope(current(), future.instrument(tracing::Span::current()))
 }
 
-/// `tokio::spawn` that keeps this task's deadline in the spawned task.
+/// `tokio::spawn` that keeps this task's deadline and parent span in the spawned task.
 pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
@@ -364,16 +368,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn spawned_work_keeps_the_deadline() {
+    async fn spawned_work_keeps_the_deadline_and_the_span() {
+        use tracing::Instrument as _;
+        let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+        let parent = tracing::info_span!("handler");
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (plain, kept) = scope(Some(deadline), async {
-            let plain = tokio::spawn(async { current() }).await.expect("join");
-            let kept = spawn(async { current() }).await.expect("join");
-            (plain, kept)
-        })
+        let here = || (current(), tracing::Span::current().id());
+        let (plain, kept) = scope(
+            Some(deadline),
+            async move {
+                let plain = tokio::spawn(async move { here() }).await.expect("join");
+                let kept = spawn(async move { here() }).await.expect("join");
+                (plain, kept)
+            }
+            .instrument(parent.clone()),
+        )
         .await;
-        assert_eq!(plain, None, "tokio::spawn drops task-locals; this is why deadline::spawn exists");
-        assert_eq!(kept, Some(deadline));
+        assert_eq!(plain, (None, None), "tokio::spawn drops both; this is why deadline::spawn exists");
+        assert_eq!(kept, (Some(deadline), parent.id()));
+        assert!(parent.id().is_some());
         assert_eq!(current(), None);
     }
 

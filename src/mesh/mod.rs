@@ -6,11 +6,12 @@
 //! the first request.
 //!
 //! Server layers, outermost first: tonic's HTTP/2 server (stream limit, keepalive, connection
-//! age), [`load_shed`] (bounded concurrency, RESOURCE_EXHAUSTED at once), [`deadline`] (the
+//! age), [`observe`] (span continuing the caller's trace, RED metrics), [`load_shed`] (bounded concurrency, RESOURCE_EXHAUSTED at once), [`deadline`] (the
 //! caller's `grpc-timeout` becomes the handler's deadline), [`message_size`], the router
 //! (health, reflection, the service).
 //!
-//! Client layers, outermost first: [`deadline`] (remaining budget sent on), [`retry`]
+//! Client layers, outermost first: [`observe`] (span sent as `traceparent`, metrics),
+//! [`deadline`] (remaining budget sent on), [`retry`]
 //! (UNAVAILABLE on repeatable calls, within a budget), [`balance`] (p2c over every endpoint,
 //! ejecting failing ones), one HTTP/2 connection per endpoint.
 
@@ -24,11 +25,13 @@ pub mod health;
 pub mod ids;
 pub mod load_shed;
 pub mod message_size;
+pub mod observe;
 pub mod readiness;
 pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod status;
+pub mod telemetry;
 pub mod validation;
 
 #[cfg(feature = "testing")]

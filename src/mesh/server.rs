@@ -18,6 +18,7 @@ use tonic_health::server::HealthReporter;
 use crate::mesh::deadline::ServerDeadlineLayer;
 use crate::mesh::load_shed::LoadShedLayer;
 use crate::mesh::message_size::MessageSizeLayer;
+use crate::mesh::observe::ServerObserveLayer;
 use crate::mesh::readiness::{Readiness, ReadyGateLayer};
 use crate::mesh::{Error, config::MeshConfig};
 
@@ -118,7 +119,9 @@ where
         // Closing old connections makes clients reconnect, and so spread over new replicas.
         .max_connection_age(limits.max_connection_age)
         .max_connection_age_grace(limits.max_connection_age_grace)
-        // Outermost: refusing an excess call must cost nothing else.
+        // Outermost: every call, shed or not, is traced and counted.
+        .layer(ServerObserveLayer)
+        // Refusing an excess call must cost nothing beyond being counted.
         .layer(LoadShedLayer::new(limits.max_concurrent_requests))
         // Before the database is ready, calls get UNAVAILABLE rather than "no such table".
         .layer(ReadyGateLayer::new(gate))

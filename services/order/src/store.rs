@@ -59,7 +59,7 @@ impl Store {
         .bind(order.state.as_str())
         .bind(now)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?
         .rows_affected();
         if inserted == 0 {
@@ -76,7 +76,7 @@ impl Store {
             .bind(&item.sku)
             .bind(item.quantity)
             .bind(item.unit_price_minor)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         }
         tx.commit().await?;
@@ -101,7 +101,7 @@ impl Store {
         .bind(decline_reason)
         .bind(ids::now_ms())
         .bind(id)
-        .execute(&mut *db::acquire(&self.pool).await?)
+        .execute(&mut db::acquire(&self.pool).await?)
         .await?;
         self.get(id).await
     }
@@ -116,7 +116,7 @@ impl Store {
         .bind(request_id)
         .bind(ids::now_ms())
         .bind(id)
-        .execute(&mut *db::acquire(&self.pool).await?)
+        .execute(&mut db::acquire(&self.pool).await?)
         .await?
         .rows_affected();
         Ok(updated == 1)
@@ -125,14 +125,14 @@ impl Store {
     /// The order with `id`.
     pub async fn get(&self, id: &str) -> Result<Option<Order>, sqlx::Error> {
         let sql = AssertSqlSafe(format!("{SELECT} WHERE o.id = $1 ORDER BY i.line_no"));
-        let rows = sqlx::query(sql).bind(id).fetch_all(&mut *db::acquire(&self.pool).await?).await?;
+        let rows = sqlx::query(sql).bind(id).fetch_all(&mut db::acquire(&self.pool).await?).await?;
         Ok(group(&rows)?.pop())
     }
 
     /// The order created with `request_id`.
     pub async fn by_request_id(&self, request_id: &str) -> Result<Option<Order>, sqlx::Error> {
         let sql = AssertSqlSafe(format!("{SELECT} WHERE o.request_id = $1 ORDER BY i.line_no"));
-        let rows = sqlx::query(sql).bind(request_id).fetch_all(&mut *db::acquire(&self.pool).await?).await?;
+        let rows = sqlx::query(sql).bind(request_id).fetch_all(&mut db::acquire(&self.pool).await?).await?;
         Ok(group(&rows)?.pop())
     }
 
@@ -151,7 +151,7 @@ impl Store {
             .bind(user_id)
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(&mut *db::acquire(&self.pool).await?)
+            .fetch_all(&mut db::acquire(&self.pool).await?)
             .await?;
         group(&rows)
     }

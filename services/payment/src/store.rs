@@ -52,7 +52,7 @@ impl Store {
         .bind(payment.state.as_str())
         .bind(now)
         .bind(now)
-        .execute(&mut *db::acquire(&self.pool).await?)
+        .execute(&mut db::acquire(&self.pool).await?)
         .await?
         .rows_affected();
         Ok((inserted == 1).then_some(payment))
@@ -74,7 +74,7 @@ impl Store {
         .bind(decline_reason)
         .bind(ids::now_ms())
         .bind(id)
-        .execute(&mut *db::acquire(&self.pool).await?)
+        .execute(&mut db::acquire(&self.pool).await?)
         .await?;
         self.get(id).await
     }
@@ -88,7 +88,7 @@ impl Store {
         .bind(request_id)
         .bind(ids::now_ms())
         .bind(id)
-        .execute(&mut *db::acquire(&self.pool).await?)
+        .execute(&mut db::acquire(&self.pool).await?)
         .await?
         .rows_affected();
         Ok(updated == 1)
@@ -111,7 +111,7 @@ impl Store {
 
     async fn one(&self, column: &'static str, value: &str) -> Result<Option<Payment>, sqlx::Error> {
         let sql = AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE {column} = $1"));
-        let row = sqlx::query(sql).bind(value).fetch_optional(&mut *db::acquire(&self.pool).await?).await?;
+        let row = sqlx::query(sql).bind(value).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
@@ -129,7 +129,7 @@ impl Store {
             .bind(order_id)
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(&mut *db::acquire(&self.pool).await?)
+            .fetch_all(&mut db::acquire(&self.pool).await?)
             .await?;
         rows.iter().map(from_row).collect()
     }

@@ -58,7 +58,7 @@ impl Store {
         .bind(&user.request_id)
         .bind(user.create_time_ms)
         .bind(user.update_time_ms)
-        .execute(&mut *db::acquire(&self.pool).await?)
+        .execute(&mut db::acquire(&self.pool).await?)
         .await?
         .rows_affected();
         if inserted == 1 {
@@ -75,14 +75,14 @@ impl Store {
     async fn by_request_id(&self, request_id: &str) -> Result<Option<User>, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE request_id = $1"));
         let row =
-            sqlx::query(sql).bind(request_id).fetch_optional(&mut *db::acquire(&self.pool).await?).await?;
+            sqlx::query(sql).bind(request_id).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
     /// The user with `id`, if any.
     pub async fn get(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id = $1"));
-        let row = sqlx::query(sql).bind(id).fetch_optional(&mut *db::acquire(&self.pool).await?).await?;
+        let row = sqlx::query(sql).bind(id).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
@@ -93,7 +93,7 @@ impl Store {
         let rows = sqlx::query(sql)
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(&mut *db::acquire(&self.pool).await?)
+            .fetch_all(&mut db::acquire(&self.pool).await?)
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -111,7 +111,7 @@ impl Store {
             .bind(patch.active.map(i64::from))
             .bind(ids::now_ms())
             .bind(id)
-            .fetch_optional(&mut *db::acquire(&self.pool).await?)
+            .fetch_optional(&mut db::acquire(&self.pool).await?)
             .await?;
         row.map(|r| from_row(&r)).transpose()
     }

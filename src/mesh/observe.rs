@@ -1,0 +1,359 @@
+//! What every call leaves behind: a span (OpenTelemetry RPC conventions) and RED metrics, on
+//! both sides of a call. One layer per side does both, so a call is timed once and its path
+//! and status are read once.
+//!
+//! The server layer continues the caller's trace from the W3C `traceparent` / `tracestate` /
+//! `baggage` metadata; the client layer sends its own span's context the same way, so order,
+//! user and payment spans form one trace. Spans carry `trace_id` and `span_id` fields, which
+//! the log formatter prints on every line written inside them.
+//!
+//! Metric and label names follow OpenTelemetry's RPC conventions in their Prometheus form:
+//! `rpc_server_call_duration_seconds` and `rpc_client_call_duration_seconds` (histograms by
+//! `rpc_service`, `rpc_method`, `rpc_grpc_status_code`; their `_count` is the request count),
+//! and `rpc_server_active_requests` (a gauge per service).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+use tracing::Instrument as _;
+use tracing::instrument::Instrumented;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::mesh::retry::header_code;
+
+/// gRPC status codes as label values, by number.
+const CODES: [&str; 17] =
+    ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
+
+/// Infrastructure methods, named without allocating.
+const INFRA: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// `(full name, service, method)` of a gRPC path as static strings (the API's and the
+/// infrastructure's methods), so labels and span names cost no allocation.
+fn names(path: &str) -> (&'static str, &'static str, &'static str) {
+    let known = crate::api::CALL_POLICY
+        .binary_search_by(|(p, _)| (*p).cmp(path))
+        .ok()
+        .map(|i| crate::api::CALL_POLICY[i].0)
+        .or_else(|| INFRA.iter().find(|p| **p == path).copied());
+    match known.and_then(|p| p.rfind('/').map(|i| (p, i))) {
+        Some((p, i)) => (&p[1..], &p[1..i], &p[i + 1..]),
+        None => ("unknown", "unknown", "unknown"),
+    }
+}
+
+/// The status code of an answer: from the headers of a trailers-only answer (how errors of
+/// unary calls come), OK otherwise; an `Err` (no answer at all) is UNAVAILABLE.
+fn code_of<B, E>(result: &Result<Response<B>, E>) -> i32 {
+    match result {
+        Ok(response) => header_code(response).map_or(0, |c| c as i32),
+        Err(_) => tonic::Code::Unavailable as i32,
+    }
+}
+
+/// Codes that are the server's fault, which mark a server span as an error (OpenTelemetry's
+/// gRPC conventions); on the client every non-OK code is an error.
+fn server_error(code: i32) -> bool {
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+}
+
+fn record_ids(span: &tracing::Span) {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", tracing::field::display(span_context.trace_id()));
+        span.record("span_id", tracing::field::display(span_context.span_id()));
+    }
+}
+
+/// Registers help texts of the metrics this crate records.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        "rpc_server_call_duration_seconds",
+        Unit::Seconds,
+        "Duration of calls handled, by method and status code."
+    );
+    describe_histogram!(
+        "rpc_client_call_duration_seconds",
+        Unit::Seconds,
+        "Duration of calls made (retries included), by method and status code."
+    );
+    describe_gauge!("rpc_server_active_requests", "Calls being handled now.");
+    describe_counter!("shopmesh_client_retries_total", "Retry attempts made.");
+    describe_counter!(
+        "shopmesh_client_retries_refused_total",
+        "Retries not made because the retry budget was spent."
+    );
+    describe_counter!(
+        "shopmesh_client_ejections_total",
+        "Endpoints taken out of a balancer after consecutive failures."
+    );
+    describe_gauge!("shopmesh_client_endpoints", "Endpoints a client balances over.");
+    describe_counter!(
+        "shopmesh_server_shed_total",
+        "Calls refused with RESOURCE_EXHAUSTED because the server was at its limit."
+    );
+    describe_counter!(
+        "shopmesh_server_deadline_exceeded_total",
+        "Calls whose deadline passed while being handled."
+    );
+    describe_counter!("shopmesh_client_deadline_fail_fast_total", "Calls not sent because no time was left.");
+    describe_gauge!("db_client_connections_usage", "Database connections by state (idle, used).");
+    describe_gauge!("db_client_connections_max", "Largest number of database connections the pool opens.");
+    describe_gauge!("db_client_connections_pending_requests", "Requests waiting for a database connection.");
+    describe_histogram!(
+        "db_client_connections_wait_time_seconds",
+        Unit::Seconds,
+        "Time spent waiting for a database connection."
+    );
+}
+
+/// Server side: a span per call that continues the caller's trace, the call's duration by
+/// method and status, and the number of calls in progress.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerObserveLayer;
+
+impl<S> Layer<S> for ServerObserveLayer {
+    type Service = ServerObserve<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerObserve { inner }
+    }
+}
+
+/// See [`ServerObserveLayer`].
+#[derive(Debug, Clone)]
+pub struct ServerObserve<S> {
+    inner: S,
+}
+
+/// Decrements the in-progress gauge however the call ends (answered or dropped).
+struct Active(&'static str);
+
+impl Active {
+    fn start(service: &'static str) -> Self {
+        metrics::gauge!("rpc_server_active_requests", "rpc_service" => service).increment(1.0);
+        Self(service)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        metrics::gauge!("rpc_server_active_requests", "rpc_service" => self.0).decrement(1.0);
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ServerObserve<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ServerFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (name, service, method) = names(request.uri().path());
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr);
+        let span = tracing::info_span!(
+            "rpc.server",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            network.peer.address = peer.map(|p| tracing::field::display(p.ip())),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(request.headers()))
+        });
+        let _ = span.set_parent(parent);
+        record_ids(&span);
+        let active = Active::start(service);
+        ServerFuture {
+            inner: self.inner.call(request).instrument(span.clone()),
+            span,
+            start: Instant::now(),
+            service,
+            method,
+            _active: active,
+        }
+    }
+}
+
+pin_project! {
+    /// The response of a [`ServerObserve`] service.
+    pub struct ServerFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        span: tracing::Span,
+        start: Instant,
+        service: &'static str,
+        method: &'static str,
+        _active: Active,
+    }
+}
+
+impl<F, ResBody, E> Future for ServerFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let code = code_of(&result);
+        this.span.record("rpc.grpc.status_code", code);
+        if server_error(code) {
+            this.span.record("otel.status_code", "ERROR");
+        }
+        metrics::histogram!(
+            "rpc_server_call_duration_seconds",
+            "rpc_service" => *this.service,
+            "rpc_method" => *this.method,
+            "rpc_grpc_status_code" => CODES.get(code as usize).copied().unwrap_or("2"),
+        )
+        .record(this.start.elapsed().as_secs_f64());
+        Poll::Ready(result)
+    }
+}
+
+/// Client side: a span per call (its retries included) whose context is sent as
+/// `traceparent`, and the call's duration by method and status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientObserveLayer;
+
+impl<S> Layer<S> for ClientObserveLayer {
+    type Service = ClientObserve<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientObserve { inner }
+    }
+}
+
+/// See [`ClientObserveLayer`].
+#[derive(Debug, Clone)]
+pub struct ClientObserve<S> {
+    inner: S,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ClientObserve<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ClientFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let (name, service, method) = names(request.uri().path());
+        let span = tracing::info_span!(
+            "rpc.client",
+            otel.name = name,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            server.address = request.uri().authority().map(|a| tracing::field::display(a.host())),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        let context = span.context();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&context, &mut HeaderInjector(request.headers_mut()));
+        });
+        record_ids(&span);
+        ClientFuture {
+            inner: self.inner.call(request).instrument(span.clone()),
+            span,
+            start: Instant::now(),
+            service,
+            method,
+        }
+    }
+}
+
+pin_project! {
+    /// The response of a [`ClientObserve`] service.
+    pub struct ClientFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        span: tracing::Span,
+        start: Instant,
+        service: &'static str,
+        method: &'static str,
+    }
+}
+
+impl<F, ResBody, E> Future for ClientFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let code = code_of(&result);
+        this.span.record("rpc.grpc.status_code", code);
+        if code != 0 {
+            this.span.record("otel.status_code", "ERROR");
+        }
+        metrics::histogram!(
+            "rpc_client_call_duration_seconds",
+            "rpc_service" => *this.service,
+            "rpc_method" => *this.method,
+            "rpc_grpc_status_code" => CODES.get(code as usize).copied().unwrap_or("2"),
+        )
+        .record(this.start.elapsed().as_secs_f64());
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_service_and_method_without_allocating() {
+        assert_eq!(
+            names("/shopmesh.user.v1.UserService/GetUser"),
+            ("shopmesh.user.v1.UserService/GetUser", "shopmesh.user.v1.UserService", "GetUser")
+        );
+        assert_eq!(
+            names("/grpc.health.v1.Health/Check"),
+            ("grpc.health.v1.Health/Check", "grpc.health.v1.Health", "Check")
+        );
+        assert_eq!(names("/evil/../path"), ("unknown", "unknown", "unknown"));
+    }
+}

@@ -1,0 +1,178 @@
+//! A process's telemetry, set up once by the binary: logs, traces and metrics.
+//!
+//! - Logs: `tracing-subscriber`, JSON when stderr is not a terminal (containers), readable on
+//!   a terminal, filtered by `RUST_LOG`. Lines written inside a call carry the call's
+//!   `trace_id` and `span_id` (fields of the spans [`crate::mesh::observe`] creates).
+//! - Traces: `tracing` spans become OpenTelemetry spans (`tracing-opentelemetry`). They are
+//!   exported over OTLP/gRPC, batched on a background thread, only when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise
+//!   trace ids still flow (W3C `traceparent`) and reach the logs, and nothing is exported or
+//!   complained about. The standard `OTEL_*` variables configure the rest (service name,
+//!   resource attributes, sampler: parent-based always-on by default).
+//! - Metrics: the `metrics` facade, exposed in Prometheus text format at `/metrics` on an admin
+//!   port by `metrics-exporter-prometheus`.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+
+use clap::Args;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use crate::mesh::Error;
+
+/// Bucket bounds (seconds) of every duration histogram: fine enough around 0.5 ms–100 ms for
+/// p50 to p99.9 of calls on one machine, coarse out to the 10 s of a timed-out call.
+pub const DURATION_BUCKETS: [f64; 20] = [
+    0.000_25, 0.0005, 0.000_75, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Where metrics are served: an address, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+fn metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    match s {
+        "off" | "none" | "" => Ok(MetricsListen(None)),
+        addr => addr.parse().map(|a| MetricsListen(Some(a))).map_err(|e| format!("{addr:?}: {e} (or `off`)")),
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, text when it is.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Telemetry settings (the `OTEL_*` variables are read by OpenTelemetry itself).
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryConfig {
+    /// Address of the admin HTTP server with Prometheus metrics at `/metrics`; `off` for none.
+    #[arg(long, env = "SHOPMESH_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = metrics_listen)]
+    pub metrics_listen: MetricsListen,
+
+    /// Log format.
+    #[arg(long, env = "SHOPMESH_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { metrics_listen: MetricsListen("127.0.0.1:9464".parse().ok()), log_format: LogFormat::Auto }
+    }
+}
+
+/// The process's telemetry; [`Telemetry::shutdown`] flushes what is buffered.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+/// The OpenTelemetry resource: `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` when given,
+/// otherwise `default_service_name`; the version; an instance id unique to this process.
+fn resource(default_service_name: &str) -> Resource {
+    let attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    let mut builder = Resource::builder();
+    if !env_set("OTEL_SERVICE_NAME") && !attributes.contains("service.name=") {
+        builder = builder.with_service_name(default_service_name.to_owned());
+    }
+    builder = builder.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if !attributes.contains("service.instance.id=") {
+        builder =
+            builder.with_attribute(KeyValue::new("service.instance.id", uuid::Uuid::new_v4().to_string()));
+    }
+    builder.build()
+}
+
+impl Telemetry {
+    /// Installs logging, tracing and metrics for this process. Must run inside the tokio
+    /// runtime (the OTLP exporter and the metrics listener use it).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the exporter or the metrics listener cannot be set up.
+    pub fn init(default_service_name: &str, config: &TelemetryConfig) -> Result<Self, Error> {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry::propagation::TextMapCompositePropagator::new(vec![
+                Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
+                Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
+            ]),
+        );
+        let exporting =
+            env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        let mut provider = SdkTracerProvider::builder().with_resource(resource(default_service_name));
+        if exporting {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| Error::Config(format!("OTLP exporter: {e}")))?;
+            provider = provider.with_batch_exporter(exporter);
+        }
+        let provider = provider.build();
+        let tracer = provider.tracer("shopmesh");
+
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let json = match config.log_format {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => !std::io::stderr().is_terminal(),
+        };
+        let logs = if json {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_current_span(true)
+                .with_span_list(false)
+                .flatten_event(true)
+                .boxed()
+        } else {
+            tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr).boxed()
+        };
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(logs)
+            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .try_init()
+            .map_err(|e| Error::Config(format!("logging is already set up: {e}")))?;
+
+        if let MetricsListen(Some(addr)) = config.metrics_listen {
+            PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &DURATION_BUCKETS)
+                .map_err(|e| Error::Config(format!("metrics buckets: {e}")))?
+                .install()
+                .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+            crate::mesh::observe::describe_metrics();
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        }
+        if exporting {
+            tracing::info!("exporting traces over OTLP/gRPC");
+        }
+        Ok(Self { provider, exporting })
+    }
+
+    /// Exports every buffered span and stops the exporter (at the end of a graceful shutdown).
+    pub fn shutdown(self) {
+        if self.exporting
+            && let Err(err) = self.provider.shutdown()
+        {
+            tracing::warn!(%err, "flushing traces failed");
+        }
+    }
+}
