@@ -1,10 +1,8 @@
 //! The `shopmesh` binary as a user runs it: all three services from one command, then SIGTERM;
 //! and one service with `shopmesh serve`.
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shopmesh::api::common::v1::Money;
@@ -14,75 +12,8 @@ use shopmesh::api::order::v1::{
 use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::testing;
 
-/// A running `shopmesh` process whose stdout lines arrive on a channel.
-struct Process {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Process {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shopmesh"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start shopmesh");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// Stdout lines up to and including the first that contains `marker`.
-    fn read_until(&self, marker: &str) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let done = line.contains(marker);
-                    seen.push(line);
-                    if done {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("no {marker:?} on stdout within 60s; saw {seen:#?}"),
-            }
-        }
-    }
-
-    /// Sends SIGTERM and waits (at most 30 s) for the process to exit. Async, so that this
-    /// test's own client connections keep answering the server's HTTP/2 GOAWAY and PING.
-    async fn terminate(mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
-        assert!(sent.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "shopmesh did not exit within 30s of SIGTERM");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{Process, free_addr};
 
 /// The address printed on the banner line of `service` ("  order    127.0.0.1:41234   ...").
 fn address_of(banner: &[String], service: &str) -> SocketAddr {
@@ -208,11 +139,6 @@ fn healthcheck(args: &[&str]) -> std::process::ExitStatus {
         .stderr(Stdio::null())
         .status()
         .expect("run shopmesh healthcheck")
-}
-
-/// A free port on 127.0.0.1 (bound, then released for the process under test).
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
 }
 
 #[tokio::test]

@@ -1,0 +1,391 @@
+//! Telemetry end to end: the three services as separate `shopmesh serve` processes export
+//! their spans over OTLP/gRPC to a real trace receiver running in this test, write JSON logs
+//! with trace ids, and serve Prometheus metrics.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use shopmesh::api::common::v1::Money;
+use shopmesh::api::order::v1::{
+    CreateOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
+};
+use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
+use shopmesh::mesh::testing::{self, Backend};
+use tokio::io::AsyncBufReadExt as _;
+
+mod common;
+use common::{Process, free_addr};
+
+/// A span as received, with its service (from the resource) and attributes flattened.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    resource: HashMap<String, String>,
+    name: String,
+    kind: i32,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    attributes: HashMap<String, String>,
+    status: i32,
+}
+
+fn flatten(attributes: &[KeyValue]) -> HashMap<String, String> {
+    attributes
+        .iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.clone()) {
+                Some(Value::StringValue(s)) => s,
+                Some(Value::IntValue(i)) => i.to_string(),
+                Some(Value::BoolValue(b)) => b.to_string(),
+                Some(Value::DoubleValue(d)) => d.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An OTLP/gRPC trace receiver that keeps every span.
+#[derive(Debug, Clone, Default)]
+struct Receiver(Arc<Mutex<Vec<Received>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().expect("lock");
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = flatten(&resource_spans.resource.map(|r| r.attributes).unwrap_or_default());
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(Received {
+                        service: service.clone(),
+                        resource: resource.clone(),
+                        name: span.name.clone(),
+                        kind: span.kind,
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent: hex(&span.parent_span_id),
+                        attributes: flatten(&span.attributes),
+                        status: span.status.map_or(0, |s| s.code),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+impl Receiver {
+    fn spans(&self) -> Vec<Received> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
+fn find<'a>(spans: &'a [Received], service: &str, name: &str, kind: SpanKind) -> Vec<&'a Received> {
+    spans.iter().filter(|s| s.service == service && s.name == name && s.kind == kind as i32).collect()
+}
+
+fn one<'a>(spans: &'a [Received], service: &str, name: &str, kind: SpanKind) -> &'a Received {
+    let found = find(spans, service, name, kind);
+    assert_eq!(
+        found.len(),
+        1,
+        "{service} {name} {kind:?}: {found:#?}\nall: {:#?}",
+        spans.iter().map(|s| (&s.service, &s.name)).collect::<Vec<_>>()
+    );
+    found[0]
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
+    stream
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+/// The value of the sample line that starts with `series` (name and labels), if any.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().filter(|l| l.starts_with(name) && !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let has_all = labels.iter().all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")));
+        (series.starts_with(&format!("{name}{{")) && has_all).then(|| value.parse().ok()).flatten()
+    })
+}
+
+#[tokio::test]
+async fn one_order_is_one_trace_across_three_processes() {
+    for backend in testing::backends() {
+        one_trace(backend).await;
+    }
+}
+
+async fn one_trace(backend: Backend) {
+    // The receiver.
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let otlp = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    // The services, each its own process exporting to the receiver.
+    let (user_addr, payment_addr, order_addr) = (free_addr(), free_addr(), free_addr());
+    let order_metrics = free_addr();
+    let env = |metrics: Option<std::net::SocketAddr>| {
+        let mut env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            ("SHOPMESH_LOG_FORMAT", "json".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ];
+        if let Some(addr) = metrics {
+            env.push(("SHOPMESH_METRICS_LISTEN", addr.to_string()));
+        }
+        env
+    };
+    let mut dbs = Vec::new();
+    for svc in ["user", "payment", "order"] {
+        let db = testing::database(backend, svc).await;
+        dbs.push((svc, db));
+    }
+    let db = |svc: &str| {
+        let url = &dbs.iter().find(|(s, _)| *s == svc).expect("db").1.url;
+        format!("--{svc}-database-url={url}")
+    };
+    let system = if backend == Backend::Sqlite { "sqlite" } else { "postgresql" };
+    let user = Process::start_with(
+        &["serve", "user", &format!("--user-listen={user_addr}"), &db("user")],
+        &env(None),
+        Stdio::null(),
+    );
+    let payment = Process::start_with(
+        &["serve", "payment", &format!("--payment-listen={payment_addr}"), &db("payment")],
+        &env(None),
+        Stdio::null(),
+    );
+    let mut order = Process::start_with(
+        &[
+            "serve",
+            "order",
+            &format!("--order-listen={order_addr}"),
+            &db("order"),
+            &format!("--user-url=http://{user_addr}"),
+            &format!("--payment-url=http://{payment_addr}"),
+        ],
+        &env(Some(order_metrics)),
+        Stdio::piped(),
+    );
+    // The order service's log lines, as they come.
+    let stderr =
+        tokio::process::ChildStderr::from_std(order.child.stderr.take().expect("stderr")).expect("stderr");
+    let logs = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let logs = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                logs.lock().expect("lock").push(line);
+            }
+        });
+    }
+    testing::wait_serving(user_addr, "shopmesh.user.v1.UserService").await;
+    testing::wait_serving(payment_addr, "shopmesh.payment.v1.PaymentService").await;
+    testing::wait_serving(order_addr, "shopmesh.order.v1.OrderService").await;
+
+    let mut users = UserServiceClient::connect(format!("http://{user_addr}")).await.expect("connect");
+    let ada = users
+        .create_user(CreateUserRequest {
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("user")
+        .into_inner();
+
+    // A caller that is itself traced: its traceparent must be continued.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut orders = OrderServiceClient::connect(format!("http://{order_addr}")).await.expect("connect");
+    let order_of = |user_id: &str| CreateOrderRequest {
+        user_id: user_id.into(),
+        line_items: vec![LineItem {
+            sku: "BOOK-42".into(),
+            quantity: 2,
+            unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1250 }),
+        }],
+        request_id: String::new(),
+    };
+    let mut request = tonic::Request::new(order_of(&ada.id));
+    request
+        .metadata_mut()
+        .insert("traceparent", format!("00-{trace_id}-{caller_span}-01").parse().expect("ascii"));
+    let paid = orders.create_order(request).await.expect("order").into_inner();
+    assert_eq!(paid.state(), OrderState::Paid);
+    // And a call that fails downstream: no such user.
+    let missing = orders.create_order(order_of(&shopmesh::mesh::ids::new_id())).await.expect_err("no user");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // Metrics, before the processes go.
+    let metrics = scrape(order_metrics).await;
+    let server = [("rpc_service", "shopmesh.order.v1.OrderService"), ("rpc_method", "CreateOrder")];
+    assert_eq!(
+        sample(
+            &metrics,
+            "rpc_server_call_duration_seconds_count",
+            &[server[0], server[1], ("rpc_grpc_status_code", "0")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "rpc_server_call_duration_seconds_count",
+            &[server[0], server[1], ("rpc_grpc_status_code", "5")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    let get_user = [("rpc_service", "shopmesh.user.v1.UserService"), ("rpc_method", "GetUser")];
+    assert_eq!(
+        sample(
+            &metrics,
+            "rpc_client_call_duration_seconds_count",
+            &[get_user[0], get_user[1], ("rpc_grpc_status_code", "5")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "rpc_client_call_duration_seconds_count",
+            &[("rpc_method", "Charge"), ("rpc_grpc_status_code", "0")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    // Fine buckets for percentiles: the 1 ms bucket exists for the server histogram.
+    assert!(
+        sample(&metrics, "rpc_server_call_duration_seconds_bucket", &[server[0], server[1], ("le", "0.001")])
+            .is_some(),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "rpc_server_active_requests", &[("rpc_service", "shopmesh.order.v1.OrderService")]),
+        Some(0.0)
+    );
+    assert!(metrics.contains("db_client_connections_usage"), "{metrics}");
+
+    // SIGTERM flushes each process's spans.
+    for process in [order, payment, user] {
+        assert!(process.terminate().await.success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = receiver.spans();
+        let services: std::collections::BTreeSet<_> = spans.iter().map(|s| s.service.clone()).collect();
+        if services.len() >= 3 || Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let traced: Vec<Received> = spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+
+    // order server continues the caller's trace.
+    let order_server =
+        one(&traced, "shopmesh-order", "shopmesh.order.v1.OrderService/CreateOrder", SpanKind::Server);
+    assert_eq!(order_server.parent, caller_span);
+    for (key, want) in [
+        ("rpc.system", "grpc"),
+        ("rpc.service", "shopmesh.order.v1.OrderService"),
+        ("rpc.method", "CreateOrder"),
+        ("rpc.grpc.status_code", "0"),
+    ] {
+        assert_eq!(
+            order_server.attributes.get(key).map(String::as_str),
+            Some(want),
+            "{key}: {order_server:#?}"
+        );
+    }
+    for key in ["service.version", "service.instance.id"] {
+        assert!(order_server.resource.contains_key(key), "resource lacks {key}: {:?}", order_server.resource);
+    }
+    // order → user and order → payment: client span under the order server span, the callee's
+    // server span under the client span.
+    for (callee, name) in [
+        ("shopmesh-user", "shopmesh.user.v1.UserService/GetUser"),
+        ("shopmesh-payment", "shopmesh.payment.v1.PaymentService/Charge"),
+    ] {
+        let client = one(&traced, "shopmesh-order", name, SpanKind::Client);
+        assert_eq!(client.parent, order_server.span_id, "{name} client span's parent");
+        let server = one(&traced, callee, name, SpanKind::Server);
+        assert_eq!(server.parent, client.span_id, "{name} server span's parent");
+        // The callee's SQL statements sit under its server span.
+        let db: Vec<_> = traced
+            .iter()
+            .filter(|s| s.service == callee && s.attributes.contains_key("db.query.text"))
+            .collect();
+        assert!(!db.is_empty(), "{callee} has no database spans");
+        for span in db {
+            assert_eq!(span.parent, server.span_id, "{}: {span:#?}", span.name);
+            assert_eq!(span.attributes.get("db.system.name").map(String::as_str), Some(system));
+        }
+    }
+    let order_db: Vec<_> = traced
+        .iter()
+        .filter(|s| s.service == "shopmesh-order" && s.name.starts_with("INSERT orders"))
+        .collect();
+    assert_eq!(order_db.len(), 1, "{traced:#?}");
+    assert_eq!(order_db[0].parent, order_server.span_id);
+
+    // The failed call: its client span has error status and the gRPC code.
+    let failed: Vec<_> =
+        find(&spans, "shopmesh-order", "shopmesh.user.v1.UserService/GetUser", SpanKind::Client)
+            .into_iter()
+            .filter(|s| s.trace_id != trace_id)
+            .collect();
+    assert_eq!(failed.len(), 1, "{spans:#?}");
+    assert_eq!(failed[0].status, StatusCode::Error as i32);
+    assert_eq!(failed[0].attributes.get("rpc.grpc.status_code").map(String::as_str), Some("5"));
+
+    // A log line written inside the handler carries the trace id.
+    let logs = logs.lock().expect("lock").clone();
+    let stored: Vec<_> = logs.iter().filter(|l| l.contains("order stored")).collect();
+    assert!(
+        stored.iter().any(|l| l.contains(&format!("\"trace_id\":\"{trace_id}\""))),
+        "no 'order stored' line with trace id {trace_id}: {stored:#?}"
+    );
+    for (_, db) in dbs {
+        db.drop_database().await;
+    }
+}
