@@ -250,3 +250,48 @@ async fn sigterm_under_load_drops_no_call() {
     assert!(ok.load(Ordering::Relaxed) > before, "load kept flowing");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "calls failed across the shutdown");
 }
+
+#[test]
+fn every_variable_the_deployments_set_is_a_setting_of_the_binary() {
+    // The chart and the compose file configure the binary by environment; a misspelt or
+    // removed variable would be silently ignored there, so check them against `--help`.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = vec![root.join("docker-compose.yml")];
+    for dir in ["helm/shopmesh/templates", "helm/shopmesh/templates/tests"] {
+        for entry in std::fs::read_dir(root.join(dir)).expect("chart templates") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    let mut help = String::new();
+    for svc in ["user", "order", "payment"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_shopmesh"))
+            .args(["serve", svc, "--help"])
+            .output()
+            .expect("run");
+        help.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        for (i, _) in text.match_indices("SHOPMESH_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            // Names assembled by the template (SHOPMESH_{{ $upper }}_LISTEN) end in "_".
+            if name.ends_with('_') {
+                continue;
+            }
+            assert!(
+                help.contains(&format!("[env: {name}=")),
+                "{} sets {name}, which shopmesh does not read",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} variables found: did the chart move?");
+}
