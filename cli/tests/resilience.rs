@@ -244,6 +244,15 @@ async fn orders_client(order: &Spawned) -> OrderServiceClient<tonic::transport::
     OrderServiceClient::connect(order.url()).await.expect("connect order")
 }
 
+/// The orders of `user_id` as the order service has them stored.
+async fn stored_orders(
+    orders: &mut OrderServiceClient<tonic::transport::Channel>,
+    user_id: &str,
+) -> Vec<shopmesh::api::order::v1::Order> {
+    let req = ListOrdersRequest { user_id: user_id.into(), page_size: 10, page_token: String::new() };
+    orders.list_orders(req).await.expect("list").into_inner().orders
+}
+
 fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
@@ -311,16 +320,7 @@ async fn nothing_starts_after_the_deadline() {
         assert_eq!(err.code(), Code::DeadlineExceeded, "{backend:?}: {err:?}");
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(payments.calls(), 0, "payment must not be called after the deadline");
-        let stored = orders
-            .list_orders(ListOrdersRequest {
-                user_id: user_id.clone(),
-                page_size: 10,
-                page_token: String::new(),
-            })
-            .await
-            .expect("list")
-            .into_inner()
-            .orders;
+        let stored = stored_orders(&mut orders, &user_id).await;
         assert!(stored.is_empty(), "{backend:?}: an order was written: {stored:?}");
 
         // Now payment is slow: the order is stored before the charge (inside the deadline), and
@@ -334,16 +334,7 @@ async fn nothing_starts_after_the_deadline() {
         assert_eq!(err.code(), Code::DeadlineExceeded, "{backend:?}: {err:?}");
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert_eq!(payments.calls(), 1, "one charge attempt: no retry past the deadline");
-        let stored = orders
-            .list_orders(ListOrdersRequest {
-                user_id: user_id.clone(),
-                page_size: 10,
-                page_token: String::new(),
-            })
-            .await
-            .expect("list")
-            .into_inner()
-            .orders;
+        let stored = stored_orders(&mut orders, &user_id).await;
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].state(), OrderState::PendingPayment, "settled after the deadline");
 

@@ -69,6 +69,33 @@ fn server_error(code: i32) -> bool {
     matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
+/// A finished call, on either side.
+struct Call<'a> {
+    span: &'a tracing::Span,
+    start: Instant,
+    service: &'static str,
+    method: &'static str,
+}
+
+impl Call<'_> {
+    /// Records `code` on the span (an error status when `is_error` says so) and the duration
+    /// in the `histogram`.
+    fn finish(self, code: i32, histogram: &'static str, is_error: fn(i32) -> bool) {
+        self.span.record("rpc.grpc.status_code", code);
+        if is_error(code) {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        let code = usize::try_from(code).ok().and_then(|c| CODES.get(c)).copied().unwrap_or("2");
+        metrics::histogram!(
+            histogram,
+            "rpc_service" => self.service,
+            "rpc_method" => self.method,
+            "rpc_grpc_status_code" => code,
+        )
+        .record(self.start.elapsed().as_secs_f64());
+    }
+}
+
 fn record_ids(span: &tracing::Span) {
     let context = span.context();
     let span_context = context.span().span_context().clone();
@@ -226,18 +253,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let code = code_of(&result);
-        this.span.record("rpc.grpc.status_code", code);
-        if server_error(code) {
-            this.span.record("otel.status_code", "ERROR");
-        }
-        metrics::histogram!(
-            "rpc_server_call_duration_seconds",
-            "rpc_service" => *this.service,
-            "rpc_method" => *this.method,
-            "rpc_grpc_status_code" => CODES.get(code as usize).copied().unwrap_or("2"),
-        )
-        .record(this.start.elapsed().as_secs_f64());
+        let call = Call { span: this.span, start: *this.start, service: this.service, method: this.method };
+        call.finish(code_of(&result), "rpc_server_call_duration_seconds", server_error);
         Poll::Ready(result)
     }
 }
@@ -324,18 +341,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let code = code_of(&result);
-        this.span.record("rpc.grpc.status_code", code);
-        if code != 0 {
-            this.span.record("otel.status_code", "ERROR");
-        }
-        metrics::histogram!(
-            "rpc_client_call_duration_seconds",
-            "rpc_service" => *this.service,
-            "rpc_method" => *this.method,
-            "rpc_grpc_status_code" => CODES.get(code as usize).copied().unwrap_or("2"),
-        )
-        .record(this.start.elapsed().as_secs_f64());
+        let call = Call { span: this.span, start: *this.start, service: this.service, method: this.method };
+        call.finish(code_of(&result), "rpc_client_call_duration_seconds", |code| code != 0);
         Poll::Ready(result)
     }
 }
