@@ -320,6 +320,8 @@ async fn one_trace(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let traced: Vec<Received> = spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+    // Health checks (the test's own, like a kubelet's) are counted but not traced.
+    assert!(!spans.iter().any(|s| s.name.starts_with("grpc.health")), "health checks were traced");
 
     // order server continues the caller's trace.
     let order_server =

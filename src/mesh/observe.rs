@@ -197,28 +197,35 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (name, service, method) = names(request.uri().path());
-        let peer = request
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr);
-        let span = tracing::info_span!(
-            "rpc.server",
-            otel.name = name,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
-            rpc.grpc.status_code = tracing::field::Empty,
-            network.peer.address = peer.map(|p| tracing::field::display(p.ip())),
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
-        let parent = opentelemetry::global::get_text_map_propagator(|p| {
-            p.extract(&HeaderExtractor(request.headers()))
-        });
-        let _ = span.set_parent(parent);
-        record_ids(&span);
+        // Probes call health every few seconds on every pod: counted, but not traced, so
+        // traces show the calls people make.
+        let span = if crate::mesh::server::is_infrastructure(request.uri().path()) {
+            tracing::Span::none()
+        } else {
+            let peer = request
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(tonic::transport::server::TcpConnectInfo::remote_addr);
+            let span = tracing::info_span!(
+                "rpc.server",
+                otel.name = name,
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                rpc.system = "grpc",
+                rpc.service = service,
+                rpc.method = method,
+                rpc.grpc.status_code = tracing::field::Empty,
+                network.peer.address = peer.map(|p| tracing::field::display(p.ip())),
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            );
+            let parent = opentelemetry::global::get_text_map_propagator(|p| {
+                p.extract(&HeaderExtractor(request.headers()))
+            });
+            let _ = span.set_parent(parent);
+            record_ids(&span);
+            span
+        };
         let active = Active::start(service);
         ServerFuture {
             inner: self.inner.call(request).instrument(span.clone()),

@@ -93,7 +93,9 @@ fn resource(default_service_name: &str) -> Resource {
     if !env_set("OTEL_SERVICE_NAME") && !attributes.contains("service.name=") {
         builder = builder.with_service_name(default_service_name.to_owned());
     }
-    builder = builder.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if !attributes.contains("service.version=") {
+        builder = builder.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    }
     if !attributes.contains("service.instance.id=") {
         builder =
             builder.with_attribute(KeyValue::new("service.instance.id", uuid::Uuid::new_v4().to_string()));
