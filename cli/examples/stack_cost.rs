@@ -49,7 +49,7 @@ where
             if !ok {
                 errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            histogram.lock().await.saturating_record(micros);
+            let _ = histogram.lock().await.record(micros);
         });
     }
     while tasks.join_next().await.is_some() {}

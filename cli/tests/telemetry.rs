@@ -159,12 +159,13 @@ async fn one_trace(backend: Backend) {
     // The services, each its own process exporting to the receiver.
     let (user_addr, payment_addr, order_addr) = (free_addr(), free_addr(), free_addr());
     let order_metrics = free_addr();
+    // user and payment log only warnings: the log filter must not turn tracing off.
     let env = |metrics: Option<std::net::SocketAddr>| {
         let mut env = vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
             ("SHOPMESH_LOG_FORMAT", "json".to_owned()),
-            ("RUST_LOG", "info".to_owned()),
+            ("RUST_LOG", if metrics.is_some() { "info" } else { "warn" }.to_owned()),
         ];
         if let Some(addr) = metrics {
             env.push(("SHOPMESH_METRICS_LISTEN", addr.to_string()));

@@ -21,6 +21,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -146,10 +147,11 @@ impl Telemetry {
         } else {
             tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr).boxed()
         };
+        // RUST_LOG filters the log lines only: quieting logs must not switch tracing off, so the
+        // OpenTelemetry layer has its own filter (every span and event at INFO and above).
         tracing_subscriber::registry()
-            .with(filter)
-            .with(logs)
-            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .with(logs.with_filter(filter))
+            .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO))
             .try_init()
             .map_err(|e| Error::Config(format!("logging is already set up: {e}")))?;
 
