@@ -31,17 +31,29 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = |name: &str| format!("sqlite://{}/{name}.db", dir.path().display());
     let (user_db, payment_db, order_db) = (db("user"), db("payment"), db("order"));
-    let process = Process::start(&[
-        "--user-listen=127.0.0.1:0",
-        "--order-listen=127.0.0.1:0",
-        "--payment-listen=127.0.0.1:0",
-        // Far beyond terminate()'s 30 s: exiting in time proves the drain finished by itself
-        // (with idle client connections open) rather than by the hard timeout.
-        "--shutdown-timeout=120s",
-        &format!("--user-database-url={user_db}"),
-        &format!("--payment-database-url={payment_db}"),
-        &format!("--order-database-url={order_db}"),
-    ]);
+    // No trace exporter, JSON logs: the log lines of a call must still carry its trace id.
+    let logs_env = [("RUST_LOG", "info".to_owned()), ("SHOPMESH_LOG_FORMAT", "json".to_owned())];
+    let mut process = Process::start_with(
+        &[
+            "--user-listen=127.0.0.1:0",
+            "--order-listen=127.0.0.1:0",
+            "--payment-listen=127.0.0.1:0",
+            // Far beyond terminate()'s 30 s: exiting in time proves the drain finished by
+            // itself (with idle client connections open) rather than by the hard timeout.
+            "--shutdown-timeout=120s",
+            &format!("--user-database-url={user_db}"),
+            &format!("--payment-database-url={payment_db}"),
+            &format!("--order-database-url={order_db}"),
+        ],
+        &logs_env,
+        Stdio::piped(),
+    );
+    let mut stderr = process.child.stderr.take().expect("stderr");
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
     let banner = process.read_until("Ctrl-C stops all three");
     let text = banner.join("\n");
     assert!(text.contains("shopmesh is up"), "{text}");
@@ -85,6 +97,16 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
     for file in ["user.db", "payment.db", "order.db"] {
         assert!(dir.path().join(file).exists(), "{file} was created");
     }
+    let logs = logs.join().expect("stderr reader");
+    let stored = logs
+        .lines()
+        .find(|l| l.contains("\"order stored\""))
+        .unwrap_or_else(|| panic!("no 'order stored' line:\n{logs}"));
+    let trace_id = stored.split("\"trace_id\":\"").nth(1).and_then(|r| r.get(..32)).unwrap_or_default();
+    assert!(
+        trace_id.len() == 32 && trace_id.chars().all(|c| c.is_ascii_hexdigit()) && trace_id != "0".repeat(32),
+        "no trace id on a line written inside the call: {stored}"
+    );
 }
 
 #[tokio::test]

@@ -6,9 +6,9 @@
 //! - Traces: `tracing` spans become OpenTelemetry spans (`tracing-opentelemetry`). They are
 //!   exported over OTLP/gRPC, batched on a background thread, only when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise
-//!   trace ids still flow (W3C `traceparent`) and reach the logs, and nothing is exported or
-//!   complained about. The standard `OTEL_*` variables configure the rest (service name,
-//!   resource attributes, sampler: parent-based always-on by default).
+//!   trace ids still flow (W3C `traceparent`) and reach the logs, new traces are not recorded,
+//!   and nothing is exported or complained about. The standard `OTEL_*` variables configure
+//!   the rest (service name, resource attributes, sampler: parent-based always-on by default).
 //! - Metrics: the `metrics` facade, exposed in Prometheus text format at `/metrics` on an admin
 //!   port by `metrics-exporter-prometheus`.
 
@@ -120,6 +120,13 @@ impl Telemetry {
         let exporting =
             env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         let mut provider = SdkTracerProvider::builder().with_resource(resource(default_service_name));
+        if !exporting && !env_set("OTEL_TRACES_SAMPLER") {
+            // Nothing would receive the spans: keep ids (for logs and for callees that do
+            // export) but record only what a caller asked to sample.
+            provider = provider.with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                opentelemetry_sdk::trace::Sampler::AlwaysOff,
+            )));
+        }
         if exporting {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
