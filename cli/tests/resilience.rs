@@ -244,6 +244,39 @@ async fn orders_client(order: &Spawned) -> OrderServiceClient<tonic::transport::
     OrderServiceClient::connect(order.url()).await.expect("connect order")
 }
 
+/// The real order service calling fake user and payment services; the user service answers
+/// after `user_delay_ms`.
+struct FakedOrder {
+    users: Arc<Script>,
+    payments: Arc<Script>,
+    user: Spawned,
+    payment: Spawned,
+    order: Spawned,
+    db: TestDb,
+    orders: OrderServiceClient<tonic::transport::Channel>,
+    user_id: String,
+}
+
+impl FakedOrder {
+    async fn start(backend: Backend, user_delay_ms: u64) -> Self {
+        let users = Arc::new(Script::default());
+        users.delay_ms.store(user_delay_ms, Ordering::SeqCst);
+        let payments = Arc::new(Script::default());
+        let user = fake_users(&users).await;
+        let payment = fake_payments(&payments).await;
+        let (order, db) = order_service(backend, user.url(), payment.url()).await;
+        let orders = orders_client(&order).await;
+        Self { users, payments, user, payment, order, db, orders, user_id: shopmesh::mesh::ids::new_id() }
+    }
+
+    async fn stop(self) {
+        self.order.stop().await.expect("stops");
+        self.user.stop().await.expect("stops");
+        self.payment.stop().await.expect("stops");
+        self.db.drop_database().await;
+    }
+}
+
 /// The orders of `user_id` as the order service has them stored.
 async fn stored_orders(
     orders: &mut OrderServiceClient<tonic::transport::Channel>,
@@ -262,18 +295,13 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
 #[tokio::test]
 async fn every_hop_gets_less_time_than_its_caller_has_left() {
     for backend in testing::backends() {
-        let users = Arc::new(Script::default());
-        users.delay_ms.store(50, Ordering::SeqCst);
-        let payments = Arc::new(Script::default());
-        let user = fake_users(&users).await;
-        let payment = fake_payments(&payments).await;
-        let (order, db) = order_service(backend, user.url(), payment.url()).await;
-        let mut orders = orders_client(&order).await;
-        let user_id = shopmesh::mesh::ids::new_id();
+        let mut m = FakedOrder::start(backend, 50).await;
+        let (users, payments, user_id) = (m.users.clone(), m.payments.clone(), m.user_id.clone());
 
         let sent = Instant::now();
         let budget = Duration::from_millis(300);
-        let paid = orders.create_order(with_timeout(one_book(&user_id, "r-1"), budget)).await.expect("paid");
+        let paid =
+            m.orders.create_order(with_timeout(one_book(&user_id, "r-1"), budget)).await.expect("paid");
         assert_eq!(paid.get_ref().state(), OrderState::Paid, "{backend:?}");
 
         // Each callee's deadline (arrival + its grpc-timeout) ends before the client's did.
@@ -293,10 +321,7 @@ async fn every_hop_gets_less_time_than_its_caller_has_left() {
             "{payment_timeout:?} vs {user_timeout:?}"
         );
 
-        order.stop().await.expect("stops");
-        user.stop().await.expect("stops");
-        payment.stop().await.expect("stops");
-        db.drop_database().await;
+        m.stop().await;
     }
 }
 
@@ -305,43 +330,37 @@ async fn nothing_starts_after_the_deadline() {
     for backend in testing::backends() {
         // The user service answers after the caller's deadline: the order service must give up,
         // answer DEADLINE_EXCEEDED itself, and neither charge nor store anything.
-        let users = Arc::new(Script::default());
-        users.delay_ms.store(600, Ordering::SeqCst);
-        let payments = Arc::new(Script::default());
-        let user = fake_users(&users).await;
-        let payment = fake_payments(&payments).await;
-        let (order, db) = order_service(backend, user.url(), payment.url()).await;
-        let mut orders = orders_client(&order).await;
-        let user_id = shopmesh::mesh::ids::new_id();
+        let mut m = FakedOrder::start(backend, 600).await;
+        let (users, payments, user_id) = (m.users.clone(), m.payments.clone(), m.user_id.clone());
 
-        let late =
-            orders.create_order(with_timeout(one_book(&user_id, "r-late"), Duration::from_millis(300))).await;
+        let late = m
+            .orders
+            .create_order(with_timeout(one_book(&user_id, "r-late"), Duration::from_millis(300)))
+            .await;
         let err = late.expect_err("out of time");
         assert_eq!(err.code(), Code::DeadlineExceeded, "{backend:?}: {err:?}");
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(payments.calls(), 0, "payment must not be called after the deadline");
-        let stored = stored_orders(&mut orders, &user_id).await;
+        let stored = stored_orders(&mut m.orders, &user_id).await;
         assert!(stored.is_empty(), "{backend:?}: an order was written: {stored:?}");
 
         // Now payment is slow: the order is stored before the charge (inside the deadline), and
         // the late charge answer must not settle it afterwards.
         users.delay_ms.store(0, Ordering::SeqCst);
         payments.delay_ms.store(600, Ordering::SeqCst);
-        let late = orders
+        let late = m
+            .orders
             .create_order(with_timeout(one_book(&user_id, "r-slow-pay"), Duration::from_millis(300)))
             .await;
         let err = late.expect_err("out of time");
         assert_eq!(err.code(), Code::DeadlineExceeded, "{backend:?}: {err:?}");
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert_eq!(payments.calls(), 1, "one charge attempt: no retry past the deadline");
-        let stored = stored_orders(&mut orders, &user_id).await;
+        let stored = stored_orders(&mut m.orders, &user_id).await;
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].state(), OrderState::PendingPayment, "settled after the deadline");
 
-        order.stop().await.expect("stops");
-        user.stop().await.expect("stops");
-        payment.stop().await.expect("stops");
-        db.drop_database().await;
+        m.stop().await;
     }
 }
 
