@@ -3,9 +3,12 @@
 //!
 //! - [`api`]: messages, clients and servers generated from `proto/` by `build.rs`, the descriptor
 //!   set that server reflection serves, and the per-method call policy read from the protos.
-//! - [`mesh`]: what a service needs to join the mesh: typed configuration, server bootstrap
-//!   (health, reflection, graceful shutdown), client channels with deadlines, database pools with
-//!   embedded migrations, request validation and ids.
+//! - [`mesh`]: what a service needs to join the mesh: typed configuration; the server stack
+//!   (observe, load shedding, readiness gate, deadline, message size; health, reflection,
+//!   drain) and the client stack (observe, deadline, retry with a budget, p2c balancing over
+//!   resolved endpoints), in that order, outermost first; telemetry (logs, OTLP traces,
+//!   Prometheus metrics); database pools with embedded migrations and traced statements;
+//!   request validation and ids.
 //!
 //! A service crate (`services/<svc>`) is a library with `run(config, listener, shutdown)`; the
 //! `shopmesh` binary (`cli/`) runs one or all of them.

@@ -1,13 +1,13 @@
 //! Client bootstrap: the stack every call to another service goes through.
 //!
 //! Layers, outermost first:
-//! 0. [`ClientObserve`]: the call's span (sent on as `traceparent`) and its duration metric,
+//! 1. [`ClientObserve`]: the call's span (sent on as `traceparent`) and its duration metric,
 //!    retries included.
-//! 1. [`ClientDeadline`]: the call's deadline (the handled request's remaining time minus a
+//! 2. [`ClientDeadline`]: the call's deadline (the handled request's remaining time minus a
 //!    margin, capped per method), sent as `grpc-timeout`; out of time means not sent at all.
-//! 2. [`Retry`]: repeats UNAVAILABLE answers of repeatable calls within the deadline and the
+//! 3. [`Retry`]: repeats UNAVAILABLE answers of repeatable calls within the deadline and the
 //!    retry budget; below the deadline so each attempt is sent the time actually left.
-//! 3. [`Balanced`]: power-of-two-choices over every endpoint of the target, ejecting failing
+//! 4. [`Balanced`]: power-of-two-choices over every endpoint of the target, ejecting failing
 //!    ones; below the retries so a retry can land on another replica.
 
 use std::net::SocketAddr;
