@@ -34,6 +34,27 @@ use tonic::{Code, Request, Response, Status};
 const USER: &str = "shopmesh.user.v1.UserService";
 const PAYMENT: &str = "shopmesh.payment.v1.PaymentService";
 
+/// The metrics this test process records (one recorder per process, shared by its tests), in
+/// Prometheus text: the layers' decisions must show up there, not only in behaviour.
+fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("install recorder")
+    })
+}
+
+/// The sum of every series of counter `name` (tests run in parallel, so only lower bounds of
+/// counters that one test's scenario alone produces are asserted).
+fn counted(name: &str) -> f64 {
+    metrics()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
 /// What a test service does with each call, and what it saw.
 #[derive(Debug, Default)]
 struct Script {
@@ -442,6 +463,7 @@ async fn pushback_is_honoured() {
 
 #[tokio::test]
 async fn the_retry_budget_bounds_the_load_on_a_failing_dependency() {
+    metrics();
     let script = Arc::new(Script::failing(Code::Unavailable));
     let payment = fake_payments(&script).await;
     let config = ClientConfig {
@@ -470,6 +492,9 @@ async fn the_retry_budget_bounds_the_load_on_a_failing_dependency() {
     assert!(attempts <= bound, "{attempts} attempts for {calls} calls exceeds the budget bound {bound}");
     assert!(attempts > f64::from(calls), "the budget allowed no retry at all");
     assert!(attempts < f64::from(calls) * 2.0, "{attempts}: retries were not limited");
+    // Both decisions are visible: the retries made and those the budget refused.
+    assert!(counted("shopmesh_client_retries_total") >= attempts - f64::from(calls));
+    assert!(counted("shopmesh_client_retries_refused_total") >= 1.0, "{}", metrics().render());
     payment.stop().await.expect("stops");
 }
 
@@ -647,6 +672,7 @@ async fn calls_spread_evenly_over_replicas() {
 
 #[tokio::test]
 async fn a_failing_replica_is_ejected_and_a_new_one_gets_traffic() {
+    metrics();
     // No retries, so every call that reaches the faulty replica shows as a failure.
     let config = ClientConfig {
         retry_max_attempts: 1,
@@ -664,6 +690,7 @@ async fn a_failing_replica_is_ejected_and_a_new_one_gets_traffic() {
     let faulty_calls = replicas.scripts[0].calls();
     // Ejected after 3 consecutive failures (a call already on its way may still land).
     assert!((3..=5).contains(&faulty_calls), "the faulty replica got {faulty_calls} calls");
+    assert!(counted("shopmesh_client_ejections_total") >= 1.0, "the ejection was not counted");
 
     // Ejected: the callers' success rate is back to 100% and the replica gets nothing.
     assert_eq!(replicas.send(300, 10).await, 300);
@@ -697,6 +724,7 @@ async fn the_last_endpoint_is_never_ejected() {
 
 #[tokio::test]
 async fn overload_is_shed_at_once_and_admitted_calls_complete() {
+    metrics();
     let gate = Arc::new(Semaphore::new(0));
     let script = Arc::new(Script { gate: Some(gate.clone()), ..Script::default() });
     let mut mesh = MeshConfig::default();
@@ -739,6 +767,7 @@ async fn overload_is_shed_at_once_and_admitted_calls_complete() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(shed, 32, "excess calls were queued instead of refused");
+    assert!(counted("shopmesh_server_shed_total") >= 32.0, "shed calls were not counted");
     while script.in_flight.load(Ordering::SeqCst) < 8 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
