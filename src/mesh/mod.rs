@@ -22,6 +22,7 @@ pub mod db;
 pub mod deadline;
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod ids;
 pub mod load_shed;
 pub mod message_size;
