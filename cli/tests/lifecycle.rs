@@ -121,6 +121,7 @@ async fn readiness_never_follows_callees() {
             database_url: test_db.url.clone(),
             user_url,
             payment_url,
+            reconcile: Default::default(),
         };
         // spawn() returns only once the order service is SERVING: its callees do not matter.
         let order = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {

@@ -16,7 +16,7 @@ use shopmesh::api::payment::v1::{
 use shopmesh::api::user::v1::{
     CreateUserRequest, UpdateUserRequest, User, user_service_client::UserServiceClient,
 };
-use shopmesh::mesh::config::{OrderConfig, PaymentConfig, UserConfig};
+use shopmesh::mesh::config::{OrderConfig, PaymentConfig, ReconcileConfig, UserConfig};
 use shopmesh::mesh::ids::new_id;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
 use tokio::net::TcpListener;
@@ -55,6 +55,11 @@ async fn start_payment(listener: TcpListener, db: &TestDb) -> Spawned {
 /// Starts the mesh; with `payment_up` false the order service points at an address where
 /// nothing listens yet (see [`Mesh::start_payment`]).
 async fn start(backend: Backend, payment_up: bool) -> Mesh {
+    start_with(backend, payment_up, ReconcileConfig::default()).await
+}
+
+/// [`start`] with the order service's reconciler set by `reconcile`.
+async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConfig) -> Mesh {
     let user_db = testing::database(backend, "user").await;
     let payment_db = testing::database(backend, "payment").await;
     let order_db = testing::database(backend, "order").await;
@@ -81,6 +86,7 @@ async fn start(backend: Backend, payment_up: bool) -> Mesh {
         database_url: order_db.url.clone(),
         user_url: user.url(),
         payment_url: format!("http://{payment_addr}"),
+        reconcile,
     };
     let order = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {
         shopmesh_order::run(testing::mesh_config(), config, listener, shutdown)
@@ -510,15 +516,76 @@ async fn an_order_survives_the_payment_service_being_down() {
         let kept = m.orders_of(&user.id, 0).await;
         assert_eq!(kept.len(), 1, "{backend:?}: the order is kept");
         assert_eq!(kept[0].state(), OrderState::PendingPayment, "{backend:?}");
+        // Cancelling must first learn whether the charge happened; payment cannot say.
         let err = m.cancel(&kept[0].id, "").await.expect_err("cancel while the payment is unknown");
-        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
-        assert_eq!(precondition(&err).as_deref(), Some("PAYMENT_PENDING"), "{backend:?}");
+        assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
+        assert_eq!(m.get(&kept[0].id).await.state(), OrderState::PendingPayment, "{backend:?}: unchanged");
 
         m.start_payment().await;
         let paid = m.create(req).await.expect("the retry completes the order");
         assert_eq!(paid.id, kept[0].id, "{backend:?}: the same order");
         assert_eq!(paid.state(), OrderState::Paid, "{backend:?}");
         assert_eq!(m.payments_of(&paid.id).await.len(), 1, "{backend:?}: charged once");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_reconciler_settles_an_order_nobody_retries() {
+    for backend in testing::backends() {
+        let reconcile = ReconcileConfig {
+            reconcile_interval: Duration::from_millis(50),
+            reconcile_after: Duration::from_millis(100),
+            reconcile_max_backoff: Duration::from_millis(200),
+            ..ReconcileConfig::default()
+        };
+        let mut m = start_with(backend, false, reconcile).await;
+        let user = m.new_user("abandoned@example.com").await;
+        let err = m
+            .create(order_of(&user.id, vec![line("desk", 1, usd(9_000))], "gave-up"))
+            .await
+            .expect_err("down");
+        assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
+        let id = m.orders_of(&user.id, 0).await[0].id.clone();
+
+        // The client never comes back; payment does.
+        m.start_payment().await;
+        let mut state = OrderState::PendingPayment;
+        for _ in 0..200 {
+            state = m.get(&id).await.state();
+            if state != OrderState::PendingPayment {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(state, OrderState::Paid, "{backend:?}: settled within 10 s");
+        let payments = m.payments_of(&id).await;
+        assert_eq!(payments.len(), 1, "{backend:?}");
+        assert_eq!(payments[0].state(), PaymentState::Succeeded, "{backend:?}");
+        m.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_pending_order_settles_its_payment_then_refunds_it() {
+    for backend in testing::backends() {
+        // The reconciler is off, so only CancelOrder can settle the payment.
+        let reconcile = ReconcileConfig { reconcile_interval: Duration::ZERO, ..ReconcileConfig::default() };
+        let mut m = start_with(backend, false, reconcile).await;
+        let user = m.new_user("regret@example.com").await;
+        let err =
+            m.create(order_of(&user.id, vec![line("lamp", 2, usd(1_250))], "k1")).await.expect_err("down");
+        assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
+        let id = m.orders_of(&user.id, 0).await[0].id.clone();
+        m.start_payment().await;
+
+        let cancelled = m.cancel(&id, "cancel-1").await.expect("cancel a pending order");
+        assert_eq!(cancelled.state(), OrderState::Cancelled, "{backend:?}");
+        assert!(!cancelled.payment_id.is_empty(), "{backend:?}: the settled payment is recorded");
+        let payments = m.payments_of(&id).await;
+        assert_eq!(payments.len(), 1, "{backend:?}: charged once");
+        assert_eq!(payments[0].state(), PaymentState::Refunded, "{backend:?}: and refunded");
+        assert_eq!(m.cancel(&id, "cancel-1").await.expect("replay"), cancelled, "{backend:?}");
         m.stop().await;
     }
 }

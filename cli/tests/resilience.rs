@@ -249,6 +249,7 @@ async fn order_service(backend: Backend, user_url: String, payment_url: String) 
         database_url: db.url.clone(),
         user_url,
         payment_url,
+        reconcile: Default::default(),
     };
     let mut mesh = testing::mesh_config();
     // A margin well above loopback transit even on a loaded machine, so that "the callee's

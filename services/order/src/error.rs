@@ -24,9 +24,6 @@ pub enum Error {
     /// FAILED_PRECONDITION: the order is already cancelled (by another request id).
     #[error("order {0} is already cancelled")]
     AlreadyCancelled(String),
-    /// FAILED_PRECONDITION: a CancelOrder while the order's payment outcome is not known yet.
-    #[error("order {0} has a payment in progress; cancel it once it is PAID or PAYMENT_DECLINED")]
-    PaymentPending(String),
     /// UNAVAILABLE: the charge is still being processed; retrying with the same request id
     /// returns the settled order.
     #[error("the payment of order {0} is still processing; retry with the same request_id")]
@@ -65,9 +62,6 @@ impl From<Error> for Status {
             }
             Error::AlreadyCancelled(ref id) => {
                 status::failed_precondition("ALREADY_CANCELLED", &format!("orders/{id}"), err.to_string())
-            }
-            Error::PaymentPending(ref id) => {
-                status::failed_precondition("PAYMENT_PENDING", &format!("orders/{id}"), err.to_string())
             }
             Error::PaymentInFlight(_) => Status::unavailable(err.to_string()),
             Error::User(s) => status::upstream("user", &s),

@@ -9,6 +9,7 @@
 pub mod domain;
 mod error;
 mod grpc;
+pub mod reconciler;
 mod service;
 mod store;
 mod upstream;
@@ -35,22 +36,32 @@ static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 /// The service's embedded migrations.
 pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-/// The service's routes over a migrated database, calling the services `config` names through
-/// the mesh's client stack (deadlines, retries, balancing).
-pub async fn routes(mesh: &MeshConfig, config: &OrderConfig, pool: Pool) -> Result<Routes, Error> {
+/// The order use cases over `pool`, calling the services `config` names through the mesh's
+/// client stack (deadlines, retries, balancing).
+async fn orders(mesh: &MeshConfig, config: &OrderConfig, pool: Pool) -> Result<service::Orders, Error> {
     let upstream = upstream::Upstream::new(
         client::channel(&config.user_url, &mesh.client).await?,
         client::channel(&config.payment_url, &mesh.client).await?,
     );
-    let orders = service::Orders::new(store::Store::new(pool), upstream);
-    Ok(Routes::new(
+    Ok(service::Orders::new(store::Store::new(pool, config.reconcile.reconcile_after), upstream))
+}
+
+fn routes_of(mesh: &MeshConfig, orders: service::Orders) -> Routes {
+    Routes::new(
         OrderServiceServer::new(grpc::OrderApi::new(orders))
             .max_decoding_message_size(mesh.server.max_message_bytes),
-    ))
+    )
+}
+
+/// The service's routes over a migrated database, calling the services `config` names through
+/// the mesh's client stack. No reconciler runs: [`run`] starts one.
+pub async fn routes(mesh: &MeshConfig, config: &OrderConfig, pool: Pool) -> Result<Routes, Error> {
+    Ok(routes_of(mesh, orders(mesh, config, pool).await?))
 }
 
 /// Opens the dependency channels and serves on `listener` at once, NOT_SERVING until its
-/// database is migrated and answering, until `shutdown`.
+/// database is migrated and answering, until `shutdown`; the reconciler runs beside it for as
+/// long.
 pub async fn run<F>(
     mesh: MeshConfig,
     config: OrderConfig,
@@ -62,8 +73,13 @@ where
 {
     let pool = db::connect(&config.database_url, &mesh)?;
     let readiness = Readiness::new(&config.database_url, pool.clone(), MIGRATIONS, &mesh)?;
-    let routes = routes(&mesh, &config, pool.clone()).await?;
+    let orders = orders(&mesh, &config, pool.clone()).await?;
+    // Stopping it at any point is safe: an attempt cut short leaves a lease that runs out.
+    let reconciler =
+        tokio::spawn(reconciler::Reconciler::new(orders.clone(), config.reconcile.clone()).run());
+    let routes = routes_of(&mesh, orders);
     let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, Some(readiness), shutdown).await;
+    reconciler.abort();
     pool.close().await;
     result
 }

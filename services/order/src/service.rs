@@ -5,6 +5,7 @@ use crate::domain::{NewOrder, Order, State};
 use crate::error::Error;
 use crate::store::Store;
 use crate::upstream::{Charged, Upstream, UserCheck};
+use tonic::{Code, Status};
 
 /// Orders.
 #[derive(Debug, Clone)]
@@ -56,21 +57,34 @@ impl Orders {
     }
 
     /// Charges a PENDING_PAYMENT order and records the outcome; other orders are returned as
-    /// they are.
-    async fn settle(&self, order: Order) -> Result<Order, Error> {
+    /// they are. An unknown outcome leaves the order PENDING_PAYMENT, for a retry or the
+    /// reconciler.
+    pub(crate) async fn settle(&self, order: Order) -> Result<Order, Error> {
         if order.state != State::PendingPayment {
             return Ok(order);
         }
-        let (state, payment_id, reason) = match self.upstream.charge(&order).await.map_err(Error::Payment)? {
-            Charged::Succeeded(payment) => (State::Paid, payment, None),
-            Charged::Declined(payment, reason) => (State::PaymentDeclined, payment, Some(reason)),
-            Charged::Processing => return Err(Error::PaymentInFlight(order.id)),
-        };
+        match resolve(self.upstream.charge(&order).await) {
+            Resolution::Settled { state, payment_id, reason } => {
+                self.record(&order.id, state, payment_id.as_deref(), reason.as_deref()).await
+            }
+            Resolution::Unknown(Some(status)) => Err(Error::Payment(status)),
+            Resolution::Unknown(None) => Err(Error::PaymentInFlight(order.id)),
+        }
+    }
+
+    /// Stores a known charge outcome on a PENDING_PAYMENT order.
+    pub(crate) async fn record(
+        &self,
+        id: &str,
+        state: State,
+        payment_id: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Order, Error> {
         let settled = self
             .store
-            .settle(&order.id, state, &payment_id, reason.as_deref())
+            .settle(id, state, payment_id, reason)
             .await?
-            .ok_or_else(|| Error::NotFound(order.id.clone()))?;
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
         tracing::info!(order_id = %settled.id, state = settled.state.as_str(), "order settled");
         Ok(settled)
     }
@@ -78,11 +92,20 @@ impl Orders {
     /// Cancels an order: a PAID one is refunded (keyed by the order id, so exactly once), a
     /// PAYMENT_DECLINED one just cancelled. Repeating with the same request id returns the
     /// cancelled order.
+    ///
+    /// A PENDING_PAYMENT order's charge may or may not have happened, and only the payment
+    /// service knows: its payment is settled first, by the same keyed Charge the reconciler
+    /// sends (so it is never charged twice), then it is cancelled like any other — refunded if
+    /// the charge went through. If the payment service cannot answer, the call fails
+    /// UNAVAILABLE and the order is left as it was.
     pub async fn cancel(&self, id: &str, request_id: Option<&str>) -> Result<Order, Error> {
-        let order = self.store.get(id).await?.ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        let mut order = self.store.get(id).await?.ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        if order.state == State::PendingPayment {
+            order = self.settle(order).await?;
+        }
         match order.state {
             State::Cancelled => return cancelled(order, request_id),
-            State::PendingPayment => return Err(Error::PaymentPending(order.id)),
+            State::PendingPayment => return Err(Error::PaymentInFlight(order.id)),
             State::Paid => {
                 let payment_id = order.payment_id.as_deref().unwrap_or_default();
                 self.upstream.refund(&order.id, payment_id).await.map_err(Error::Payment)?;
@@ -100,6 +123,18 @@ impl Orders {
     }
 }
 
+#[cfg(test)]
+impl Orders {
+    /// Sends the order's Charge without recording the outcome, as a crash right after the
+    /// charge would; the payment's id.
+    pub(crate) async fn settle_charge_only(&self, order: &Order) -> String {
+        match self.upstream.charge(order).await.expect("charge") {
+            Charged::Succeeded(id) | Charged::Declined(id, _) => id,
+            Charged::Processing => panic!("still processing"),
+        }
+    }
+}
+
 /// A cancelled order is the answer to a repeat of the CancelOrder that cancelled it, and an
 /// error to any other.
 fn cancelled(order: Order, request_id: Option<&str>) -> Result<Order, Error> {
@@ -109,5 +144,95 @@ fn cancelled(order: Order, request_id: Option<&str>) -> Result<Order, Error> {
         Ok(order)
     } else {
         Err(Error::AlreadyCancelled(order.id))
+    }
+}
+
+/// What one Charge attempt tells about a PENDING_PAYMENT order.
+#[derive(Debug, Clone)]
+pub(crate) enum Resolution {
+    /// The outcome is known and final.
+    Settled {
+        /// PAID or PAYMENT_DECLINED.
+        state: State,
+        /// The payment, when one was made.
+        payment_id: Option<String>,
+        /// Why it was declined.
+        reason: Option<String>,
+    },
+    /// Not known yet: the payment is still processing (`None`) or the call failed in a way that
+    /// says nothing about whether it was charged. Ask again with the same key.
+    Unknown(Option<Status>),
+}
+
+/// Interprets a Charge's answer. Only answers that prove the outcome settle the order: the
+/// payment's own state, or INVALID_ARGUMENT / OUT_OF_RANGE, which the payment service gives
+/// before recording anything (so nothing was charged). Every other failure — UNAVAILABLE,
+/// DEADLINE_EXCEEDED, PERMISSION_DENIED from a misconfigured policy, INTERNAL — may hide a
+/// charge that went through, so the order stays pending.
+pub(crate) fn resolve(answer: Result<Charged, Status>) -> Resolution {
+    match answer {
+        Ok(Charged::Succeeded(payment)) => {
+            Resolution::Settled { state: State::Paid, payment_id: Some(payment), reason: None }
+        }
+        Ok(Charged::Declined(payment, reason)) => Resolution::Settled {
+            state: State::PaymentDeclined,
+            payment_id: Some(payment),
+            reason: Some(reason),
+        },
+        Ok(Charged::Processing) => Resolution::Unknown(None),
+        Err(status) if matches!(status.code(), Code::InvalidArgument | Code::OutOfRange) => {
+            Resolution::Settled {
+                state: State::PaymentDeclined,
+                payment_id: None,
+                reason: Some(format!("payment_rejected: {}", status.message())),
+            }
+        }
+        Err(status) => Resolution::Unknown(Some(status)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_proof_settles_an_order() {
+        let paid = resolve(Ok(Charged::Succeeded("p1".into())));
+        assert!(
+            matches!(paid, Resolution::Settled { state: State::Paid, ref payment_id, reason: None }
+                if payment_id.as_deref() == Some("p1")),
+            "{paid:?}"
+        );
+        let declined = resolve(Ok(Charged::Declined("p2".into(), "insufficient_funds".into())));
+        assert!(
+            matches!(declined, Resolution::Settled { state: State::PaymentDeclined, ref payment_id, ref reason }
+                if payment_id.as_deref() == Some("p2") && reason.as_deref() == Some("insufficient_funds")),
+            "{declined:?}"
+        );
+        assert!(matches!(resolve(Ok(Charged::Processing)), Resolution::Unknown(None)));
+        let rejected = resolve(Err(Status::invalid_argument("amount too large")));
+        assert!(
+            matches!(rejected, Resolution::Settled { state: State::PaymentDeclined, payment_id: None, ref reason }
+                if reason.as_deref() == Some("payment_rejected: amount too large")),
+            "{rejected:?}"
+        );
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Internal,
+            Code::Unknown,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::FailedPrecondition,
+            Code::ResourceExhausted,
+            Code::Aborted,
+            Code::NotFound,
+        ] {
+            assert!(
+                matches!(resolve(Err(Status::new(code, "x"))), Resolution::Unknown(Some(ref s)) if s.code() == code),
+                "{code:?} settled an order whose charge may have happened"
+            );
+        }
     }
 }

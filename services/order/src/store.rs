@@ -17,12 +17,33 @@ const SELECT: &str = "SELECT o.id, o.request_id, o.user_id, o.currency_code, o.t
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// How long after its insert a PENDING_PAYMENT order becomes due for the reconciler.
+    reconcile_after_ms: i64,
+}
+
+/// A PENDING_PAYMENT order the reconciler may take now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// The order.
+    pub id: String,
+    /// Attempts the reconciler has made on it so far.
+    pub attempts: i64,
+}
+
+/// The PENDING_PAYMENT orders, for the reconciler's gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// How many.
+    pub count: i64,
+    /// Creation time of the oldest, epoch milliseconds.
+    pub oldest_create_time_ms: Option<i64>,
 }
 
 impl Store {
-    /// A store over a migrated pool.
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    /// A store over a migrated pool, whose new orders the reconciler may take after
+    /// `reconcile_after`.
+    pub fn new(pool: Pool, reconcile_after: std::time::Duration) -> Self {
+        Self { pool, reconcile_after_ms: i64::try_from(reconcile_after.as_millis()).unwrap_or(i64::MAX) }
     }
 
     /// Stores `new` as PENDING_PAYMENT with its lines, in one transaction. `None` when its
@@ -48,7 +69,7 @@ impl Store {
         // read transaction, which could fail with SQLITE_BUSY instead of waiting.
         let inserted = sqlx::query(
             "INSERT INTO orders (id, request_id, user_id, currency_code, total_minor, state, \
-             create_time_ms, update_time_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             create_time_ms, update_time_ms, next_attempt_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (request_id) DO NOTHING",
         )
         .bind(&order.id)
@@ -59,6 +80,7 @@ impl Store {
         .bind(order.state.as_str())
         .bind(now)
         .bind(now)
+        .bind(now.saturating_add(self.reconcile_after_ms))
         .execute(&mut tx)
         .await?
         .rows_affected();
@@ -83,18 +105,19 @@ impl Store {
         Ok(Some(order))
     }
 
-    /// Records the charge's outcome on a PENDING_PAYMENT order (PAID or PAYMENT_DECLINED) and
-    /// returns the order as stored; an order another call already settled is left alone.
+    /// Records the charge's outcome on a PENDING_PAYMENT order (PAID or PAYMENT_DECLINED),
+    /// releasing any claim on it, and returns the order as stored; an order another call
+    /// already settled is left alone.
     pub async fn settle(
         &self,
         id: &str,
         state: State,
-        payment_id: &str,
+        payment_id: Option<&str>,
         decline_reason: Option<&str>,
     ) -> Result<Option<Order>, sqlx::Error> {
         sqlx::query(
-            "UPDATE orders SET state = $1, payment_id = $2, decline_reason = $3, update_time_ms = $4 \
-             WHERE id = $5 AND state = 'PENDING_PAYMENT'",
+            "UPDATE orders SET state = $1, payment_id = $2, decline_reason = $3, update_time_ms = $4, \
+             lease_owner = NULL, lease_until_ms = 0 WHERE id = $5 AND state = 'PENDING_PAYMENT'",
         )
         .bind(state.as_str())
         .bind(payment_id)
@@ -104,6 +127,74 @@ impl Store {
         .execute(&mut db::acquire(&self.pool).await?)
         .await?;
         self.get(id).await
+    }
+
+    /// Up to `limit` PENDING_PAYMENT orders that are due at `now_ms` and not claimed by a live
+    /// lease, longest-waiting first.
+    pub async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<Due>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, reconcile_attempts FROM orders WHERE state = 'PENDING_PAYMENT' \
+             AND next_attempt_ms <= $1 AND lease_until_ms <= $1 ORDER BY next_attempt_ms LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut db::acquire(&self.pool).await?)
+        .await?;
+        rows.iter()
+            .map(|row| Ok(Due { id: row.try_get("id")?, attempts: row.try_get("reconcile_attempts")? }))
+            .collect()
+    }
+
+    /// Claims a due order for `owner` until `lease_until_ms`: a compare-and-set on the row, so
+    /// of several replicas racing for it exactly one gets `true` (on SQLite and PostgreSQL
+    /// alike, without `SKIP LOCKED`).
+    pub async fn claim(
+        &self,
+        due: &Due,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let claimed = sqlx::query(
+            "UPDATE orders SET lease_owner = $1, lease_until_ms = $2 WHERE id = $3 \
+             AND state = 'PENDING_PAYMENT' AND reconcile_attempts = $4 AND lease_until_ms <= $5",
+        )
+        .bind(owner)
+        .bind(lease_until_ms)
+        .bind(&due.id)
+        .bind(due.attempts)
+        .bind(now_ms)
+        .execute(&mut db::acquire(&self.pool).await?)
+        .await?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    /// Records a failed attempt by `owner` on a still-pending order: one more attempt, due
+    /// again at `next_attempt_ms`, claim released. `false` if `owner` no longer held it.
+    pub async fn defer(&self, id: &str, owner: &str, next_attempt_ms: i64) -> Result<bool, sqlx::Error> {
+        let updated = sqlx::query(
+            "UPDATE orders SET reconcile_attempts = reconcile_attempts + 1, next_attempt_ms = $1, \
+             lease_owner = NULL, lease_until_ms = 0 \
+             WHERE id = $2 AND lease_owner = $3 AND state = 'PENDING_PAYMENT'",
+        )
+        .bind(next_attempt_ms)
+        .bind(id)
+        .bind(owner)
+        .execute(&mut db::acquire(&self.pool).await?)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    /// How many orders are PENDING_PAYMENT, and since when.
+    pub async fn pending(&self) -> Result<Pending, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(create_time_ms) AS oldest FROM orders WHERE state = 'PENDING_PAYMENT'",
+        )
+        .fetch_one(&mut db::acquire(&self.pool).await?)
+        .await?;
+        Ok(Pending { count: row.try_get("n")?, oldest_create_time_ms: row.try_get("oldest")? })
     }
 
     /// Cancels a PAID or PAYMENT_DECLINED order under `request_id`; `false` if it was in

@@ -1,0 +1,432 @@
+//! The reconciler: settles PENDING_PAYMENT orders that no call is finishing any more — the
+//! charge's reply was lost, its deadline passed, payment was down, or the order service died
+//! between storing the order and recording the charge.
+//!
+//! Each round it claims due orders with a lease (a compare-and-set on the row, so with several
+//! replicas on one PostgreSQL exactly one works on an order at a time, and a dead replica's
+//! claims run out) and sends Charge again with the order id as `request_id`. The payment
+//! service keeps one payment per key, so however many times this happens — and whatever a
+//! retried CreateOrder or a CancelOrder does at the same time — the order is charged at most
+//! once. An attempt that learns nothing is repeated with exponential backoff and jitter.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use shopmesh::mesh::config::ReconcileConfig;
+use shopmesh::mesh::ids;
+use tracing::Instrument as _;
+
+use crate::domain::State;
+use crate::error::Error;
+use crate::service::Orders;
+use crate::store::{Due, Store};
+
+/// Settles orders whose payment outcome is unknown.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    orders: Orders,
+    config: ReconcileConfig,
+    /// This replica's name in leases.
+    owner: String,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Orders claimed and attempted.
+    pub attempted: usize,
+    /// Of those, settled (PAID or PAYMENT_DECLINED).
+    pub settled: usize,
+}
+
+impl Reconciler {
+    /// A reconciler over the order use cases, with a fresh owner name for its leases.
+    pub fn new(orders: Orders, config: ReconcileConfig) -> Self {
+        Self { orders, config, owner: ids::new_id() }
+    }
+
+    fn store(&self) -> &Store {
+        self.orders.store()
+    }
+
+    /// Runs rounds every `reconcile_interval` until dropped; returns at once when the
+    /// interval is zero (reconciliation off).
+    pub async fn run(self) {
+        if self.config.reconcile_interval.is_zero() {
+            tracing::info!("reconciler off");
+            return;
+        }
+        let mut ticker = tokio::time::interval(self.config.reconcile_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Until the first round succeeds the schema may not exist yet (the readiness tracker
+        // is migrating, or waits for `shopmesh migrate`): not worth a warning.
+        let mut working = false;
+        loop {
+            ticker.tick().await;
+            match self.round().await {
+                Ok(_) => working = true,
+                Err(err) if working => {
+                    working = false;
+                    tracing::warn!(error = %err, "reconciler round failed; retrying next round");
+                }
+                Err(err) => tracing::debug!(error = %err, "reconciler round failed"),
+            }
+        }
+    }
+
+    /// One round: publishes the pending gauges, claims the due orders and attempts them
+    /// concurrently.
+    ///
+    /// # Errors
+    /// A database error before any order was claimed.
+    pub async fn round(&self) -> Result<Round, sqlx::Error> {
+        let now = ids::now_ms();
+        let pending = self.store().pending().await?;
+        metrics::gauge!("shopmesh_order_pending_orders").set(pending.count as f64);
+        let oldest = pending.oldest_create_time_ms.map_or(0, |t| now.saturating_sub(t).max(0));
+        metrics::gauge!("shopmesh_order_oldest_pending_age_seconds").set(oldest as f64 / 1000.0);
+
+        let lease_until = now.saturating_add(millis(self.config.reconcile_lease));
+        let mut claimed = Vec::new();
+        for due in self.store().due(now, self.config.reconcile_batch).await? {
+            if self.store().claim(&due, &self.owner, now, lease_until).await? {
+                claimed.push(due);
+            }
+        }
+        let attempted = claimed.len();
+        let settled = futures::stream::iter(claimed)
+            .map(|due| self.attempt(due))
+            .buffer_unordered(usize::MAX)
+            .filter(|settled| std::future::ready(*settled))
+            .count()
+            .await;
+        Ok(Round { attempted, settled })
+    }
+
+    /// Sends the claimed order's Charge again and records what it tells; `true` if the order
+    /// is no longer pending.
+    async fn attempt(&self, due: Due) -> bool {
+        let span = tracing::info_span!("reconcile order", order_id = %due.id, attempt = due.attempts + 1);
+        async {
+            let result = match self.store().get(&due.id).await {
+                Ok(Some(order)) => self.orders.settle(order).await,
+                Ok(None) => Err(Error::NotFound(due.id.clone())),
+                Err(err) => Err(err.into()),
+            };
+            match result {
+                Ok(order) if order.state != State::PendingPayment => {
+                    let outcome = if order.state == State::Paid { "paid" } else { "declined" };
+                    metrics::counter!("shopmesh_order_reconcile_attempts_total", "outcome" => outcome)
+                        .increment(1);
+                    tracing::info!(state = order.state.as_str(), "reconciled");
+                    true
+                }
+                other => {
+                    metrics::counter!("shopmesh_order_reconcile_attempts_total", "outcome" => "unknown")
+                        .increment(1);
+                    let wait = backoff(&self.config, due.attempts + 1, fastrand::f64());
+                    let error = other.err().map(|e| e.to_string()).unwrap_or_default();
+                    if due.attempts % 10 == 9 {
+                        tracing::warn!(%error, retry_in = ?wait, "payment outcome still unknown");
+                    } else {
+                        tracing::debug!(%error, retry_in = ?wait, "payment outcome still unknown");
+                    }
+                    let next = ids::now_ms().saturating_add(millis(wait));
+                    if let Err(err) = self.store().defer(&due.id, &self.owner, next).await {
+                        // The lease runs out and the order becomes due again anyway.
+                        tracing::warn!(error = %err, "could not record the attempt");
+                    }
+                    false
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The wait before attempt `attempt + 1`: the interval doubled per attempt, capped at the
+/// maximum backoff, then scaled into its upper half by `jitter` (0..1) so replicas that failed
+/// together do not retry together.
+pub(crate) fn backoff(config: &ReconcileConfig, attempts: i64, jitter: f64) -> Duration {
+    let base = config.reconcile_interval.max(Duration::from_millis(1));
+    let doublings = u32::try_from(attempts.clamp(0, 30)).unwrap_or(30);
+    let full = base.saturating_mul(1 << doublings).min(config.reconcile_max_backoff.max(base));
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{LineInput, NewOrder, Order};
+    use crate::upstream::Upstream;
+    use shopmesh::api::payment::v1::{
+        ListPaymentsRequest, Payment, PaymentState, payment_service_client::PaymentServiceClient,
+    };
+    use shopmesh::mesh::config::{ClientConfig, PaymentConfig};
+    use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+    use shopmesh::mesh::{client, db};
+
+    /// The order store and use cases over a real database, calling a real payment service —
+    /// or, with `payment_up` false, an address where nothing listens.
+    struct World {
+        orders: Orders,
+        payment: Option<Spawned>,
+        payment_url: String,
+        payment_db: TestDb,
+        order_db: TestDb,
+    }
+
+    fn config() -> ReconcileConfig {
+        ReconcileConfig {
+            reconcile_interval: Duration::from_millis(20),
+            reconcile_after: Duration::ZERO,
+            reconcile_lease: Duration::from_secs(30),
+            reconcile_max_backoff: Duration::from_secs(60),
+            reconcile_batch: 100,
+        }
+    }
+
+    async fn world(backend: Backend, payment_up: bool) -> World {
+        let order_db = testing::database(backend, "order").await;
+        let payment_db = testing::database(backend, "payment").await;
+        let pool =
+            db::open(&order_db.url, &testing::mesh_config(), crate::MIGRATIONS).await.expect("order db");
+        let (payment, payment_url) = if payment_up {
+            let config = PaymentConfig {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                database_url: payment_db.url.clone(),
+                payment_limit_minor: 100_000,
+                payment_currencies: vec!["USD".into()],
+                payment_latency: Duration::ZERO,
+            };
+            let spawned = testing::spawn(shopmesh_payment::SERVICE_NAME, |listener, shutdown| {
+                shopmesh_payment::run(testing::mesh_config(), config, listener, shutdown)
+            })
+            .await;
+            let url = spawned.url();
+            (Some(spawned), url)
+        } else {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            drop(listener);
+            (None, url)
+        };
+        let client_config = ClientConfig::default();
+        // Reconciliation never asks the user service.
+        let users = client::channel("http://127.0.0.1:9", &client_config).await.expect("channel");
+        let payments = client::channel(&payment_url, &client_config).await.expect("channel");
+        let orders = Orders::new(Store::new(pool, Duration::ZERO), Upstream::new(users, payments));
+        World { orders, payment, payment_url, payment_db, order_db }
+    }
+
+    impl World {
+        /// A PENDING_PAYMENT order, as CreateOrder leaves it just before charging — the state
+        /// a crash after the order insert leaves behind.
+        async fn pending_order(&self, total: i64) -> Order {
+            let user_id = ids::new_id();
+            let line = LineInput { sku: "sku-1", quantity: 1, unit_price: Some((total, "USD")) };
+            let new = NewOrder::parse(&user_id, &[line], &ids::new_id()).expect("valid");
+            self.orders.store().insert(&new).await.expect("insert").expect("new request id")
+        }
+
+        async fn payments_of(&self, order_id: &str) -> Vec<Payment> {
+            let mut client = PaymentServiceClient::connect(self.payment_url.clone()).await.expect("connect");
+            let request = ListPaymentsRequest { order_id: order_id.to_owned(), ..Default::default() };
+            client.list_payments(request).await.expect("list").into_inner().payments
+        }
+
+        async fn state_of(&self, id: &str) -> State {
+            self.orders.store().get(id).await.expect("get").expect("exists").state
+        }
+
+        async fn stop(self) {
+            if let Some(payment) = self.payment {
+                payment.stop().await.expect("payment stops");
+            }
+            self.payment_db.drop_database().await;
+            self.order_db.drop_database().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn crash_after_the_order_insert_is_charged_once() {
+        for backend in testing::backends() {
+            let w = world(backend, true).await;
+            let order = w.pending_order(1_500).await;
+            let reconciler = Reconciler::new(w.orders.clone(), config());
+            assert_eq!(
+                reconciler.round().await.expect("round"),
+                Round { attempted: 1, settled: 1 },
+                "{backend:?}"
+            );
+            assert_eq!(w.state_of(&order.id).await, State::Paid, "{backend:?}");
+            let payments = w.payments_of(&order.id).await;
+            assert_eq!(payments.len(), 1, "{backend:?}");
+            assert_eq!(payments[0].request_id, order.id, "{backend:?}: keyed by the order");
+            assert_eq!(payments[0].amount.as_ref().map(|m| m.amount_minor), Some(1_500), "{backend:?}");
+            assert_eq!(
+                reconciler.round().await.expect("round"),
+                Round::default(),
+                "{backend:?}: nothing left"
+            );
+            w.stop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn crash_after_the_charge_records_the_existing_payment() {
+        for backend in testing::backends() {
+            let w = world(backend, true).await;
+            let order = w.pending_order(2_000).await;
+            // The charge went through, then the order service died before recording it.
+            let charged = w.orders.settle_charge_only(&order).await;
+            let reconciler = Reconciler::new(w.orders.clone(), config());
+            assert_eq!(
+                reconciler.round().await.expect("round"),
+                Round { attempted: 1, settled: 1 },
+                "{backend:?}"
+            );
+            let stored = w.orders.store().get(&order.id).await.expect("get").expect("exists");
+            assert_eq!(stored.state, State::Paid, "{backend:?}");
+            assert_eq!(stored.payment_id.as_deref(), Some(charged.as_str()), "{backend:?}: the same payment");
+            assert_eq!(w.payments_of(&order.id).await.len(), 1, "{backend:?}: charged once");
+            w.stop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn crash_inside_payment_before_its_status_update_is_completed_once() {
+        for backend in testing::backends() {
+            let w = world(backend, true).await;
+            let order = w.pending_order(700).await;
+            // Payment died after writing its PROCESSING row, before asking the processor.
+            let pool = db::connect(&w.payment_db.url, &testing::mesh_config()).expect("payment db");
+            sqlx::query(
+                "INSERT INTO payments (id, request_id, order_id, user_id, amount_minor, currency_code, state, \
+                 create_time_ms, update_time_ms) VALUES ($1, $2, $3, $4, $5, 'USD', 'PROCESSING', $6, $6)",
+            )
+            .bind(ids::new_id())
+            .bind(&order.id)
+            .bind(&order.id)
+            .bind(&order.user_id)
+            .bind(order.total_minor)
+            .bind(ids::now_ms())
+            .execute(&pool)
+            .await
+            .expect("processing row");
+            pool.close().await;
+
+            let reconciler = Reconciler::new(w.orders.clone(), config());
+            assert_eq!(
+                reconciler.round().await.expect("round"),
+                Round { attempted: 1, settled: 1 },
+                "{backend:?}"
+            );
+            assert_eq!(w.state_of(&order.id).await, State::Paid, "{backend:?}");
+            let payments = w.payments_of(&order.id).await;
+            assert_eq!(payments.len(), 1, "{backend:?}: the PROCESSING payment was completed, not repeated");
+            assert_eq!(payments[0].state(), PaymentState::Succeeded, "{backend:?}");
+            w.stop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_waits_its_backoff_and_keeps_the_order() {
+        for backend in testing::backends() {
+            let w = world(backend, false).await;
+            let order = w.pending_order(900).await;
+            // A backoff of at least 5 s, far longer than the two rounds take on a busy machine.
+            let slow = ReconcileConfig { reconcile_interval: Duration::from_secs(5), ..config() };
+            let reconciler = Reconciler::new(w.orders.clone(), slow);
+            assert_eq!(
+                reconciler.round().await.expect("round"),
+                Round { attempted: 1, settled: 0 },
+                "{backend:?}"
+            );
+            assert_eq!(w.state_of(&order.id).await, State::PendingPayment, "{backend:?}");
+            // Due again only after its backoff.
+            assert_eq!(reconciler.round().await.expect("round"), Round::default(), "{backend:?}");
+            let due = w.orders.store().due(ids::now_ms() + 10_000, 10).await.expect("due");
+            assert_eq!(
+                due,
+                vec![Due { id: order.id.clone(), attempts: 1 }],
+                "{backend:?}: one attempt counted"
+            );
+            w.stop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn replicas_never_work_on_the_same_order() {
+        for backend in testing::backends() {
+            let w = world(backend, true).await;
+            let mut ids = Vec::new();
+            for i in 0..24 {
+                ids.push(w.pending_order(100 + i).await.id);
+            }
+            let a = Reconciler::new(w.orders.clone(), config());
+            let b = Reconciler::new(w.orders.clone(), config());
+            let (ra, rb) = tokio::join!(a.round(), b.round());
+            let (ra, rb) = (ra.expect("round a"), rb.expect("round b"));
+            assert_eq!(
+                ra.attempted + rb.attempted,
+                24,
+                "{backend:?}: each order claimed once ({ra:?}, {rb:?})"
+            );
+            assert_eq!(ra.settled + rb.settled, 24, "{backend:?}");
+            for id in &ids {
+                assert_eq!(w.state_of(id).await, State::Paid, "{backend:?}");
+                assert_eq!(w.payments_of(id).await.len(), 1, "{backend:?}");
+            }
+            w.stop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_replicas_claim_runs_out() {
+        for backend in testing::backends() {
+            let w = world(backend, true).await;
+            let order = w.pending_order(300).await;
+            let store = w.orders.store();
+            let now = ids::now_ms();
+            let due = Due { id: order.id.clone(), attempts: 0 };
+            assert!(store.claim(&due, "dead-replica", now, now + 300).await.expect("claim"), "{backend:?}");
+            assert!(!store.claim(&due, "other", now, now + 300).await.expect("claim"), "{backend:?}: held");
+            assert!(
+                !store.defer(&order.id, "other", now).await.expect("defer"),
+                "{backend:?}: not the holder"
+            );
+            let reconciler = Reconciler::new(w.orders.clone(), config());
+            assert_eq!(reconciler.round().await.expect("round"), Round::default(), "{backend:?}: leased");
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            assert_eq!(
+                reconciler.round().await.expect("round"),
+                Round { attempted: 1, settled: 1 },
+                "{backend:?}"
+            );
+            assert_eq!(w.state_of(&order.id).await, State::Paid, "{backend:?}");
+            w.stop().await;
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_within_its_jitter() {
+        let config = ReconcileConfig {
+            reconcile_interval: Duration::from_secs(1),
+            reconcile_max_backoff: Duration::from_secs(60),
+            ..ReconcileConfig::default()
+        };
+        assert_eq!(backoff(&config, 0, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(&config, 1, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff(&config, 3, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff(&config, 3, 0.0), Duration::from_secs(4));
+        assert_eq!(backoff(&config, 6, 1.0), Duration::from_secs(60), "capped");
+        assert_eq!(backoff(&config, i64::MAX, 1.0), Duration::from_secs(60), "no overflow");
+        assert_eq!(backoff(&config, -1, 1.0), Duration::from_secs(1));
+    }
+}
