@@ -2,7 +2,10 @@
 //! each on its own port and calling the others over gRPC exactly as separate processes would.
 //! `shopmesh serve <service>` runs one service, which is what a container runs;
 //! `shopmesh migrate <service>` applies a service's migrations (a deployment's one-off job);
-//! `shopmesh healthcheck <addr> [service]` asks a server's health (for images without a shell).
+//! `shopmesh healthcheck <addr> [service]` asks a server's health (for images without a shell);
+//! `shopmesh bench <scenario>` applies load to a running mesh and reports what it measured.
+
+mod bench;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -66,6 +69,9 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Apply load to a running mesh through its public gRPC API and report throughput,
+    /// latency percentiles and status codes (see docs/benchmarks.md).
+    Bench(Box<bench::BenchArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +101,12 @@ enum Service {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Bench(args)) = &cli.command
+        && let Err(message) = args.validate()
+    {
+        use clap::CommandFactory as _;
+        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message).exit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -105,6 +117,10 @@ fn main() -> ExitCode {
     if let Some(Command::Healthcheck { addr, service, timeout }) = &cli.command {
         return runtime.block_on(healthcheck(addr, service, *timeout));
     }
+    // The bench is a client: no telemetry, and no metrics port that a local mesh already uses.
+    if let Some(Command::Bench(args)) = cli.command {
+        return runtime.block_on(bench::run(*args));
+    }
     runtime.block_on(async {
         // The resource's service.name when OTEL_SERVICE_NAME does not say otherwise.
         let (name, mut telemetry) = match &cli.command {
@@ -113,7 +129,7 @@ fn main() -> ExitCode {
                 let (name, mesh) = service.parts();
                 (name, mesh.telemetry.clone())
             }
-            Some(Command::Healthcheck { .. }) => ("shopmesh", Default::default()),
+            Some(Command::Healthcheck { .. } | Command::Bench(_)) => ("shopmesh", Default::default()),
         };
         if matches!(cli.command, Some(Command::Migrate { .. })) {
             // A one-off job: nothing would scrape it, and it must not take a service's port.
@@ -130,7 +146,7 @@ fn main() -> ExitCode {
             None => run_all(cli.all).await,
             Some(Command::Serve { service }) => serve_one(service).await,
             Some(Command::Migrate { service }) => migrate(service).await,
-            Some(Command::Healthcheck { .. }) => Ok(()),
+            Some(Command::Healthcheck { .. } | Command::Bench(_)) => Ok(()),
         };
         if let Err(err) = &result {
             tracing::error!("{err:#}");

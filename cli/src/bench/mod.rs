@@ -1,0 +1,319 @@
+//! `shopmesh bench`: a load generator for a running mesh. It talks only to the public gRPC API,
+//! with plain tonic clients over `--connections` HTTP/2 connections per target (not the mesh's
+//! client stack, so the figures are the servers' and not our retry layer's), creates its own
+//! users (and orders, to read them), applies load at a fixed rate or concurrency, and reports
+//! throughput, latency percentiles and counts by status code, as text or JSON.
+//!
+//! Exit status: 0 when the run happened, whatever the servers answered (a server that is down
+//! shows as UNAVAILABLE counts) and also when stopped by SIGINT/SIGTERM; 2 for bad arguments;
+//! 1 when nothing could be set up (no user could be created, no order for `get-order`) or the
+//! record file could not be written.
+
+mod load;
+mod progress;
+mod record;
+mod report;
+mod scenario;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shopmesh::api::order::v1::order_service_client::OrderServiceClient;
+use shopmesh::api::user::v1::user_service_client::UserServiceClient;
+use shopmesh::mesh::shutdown;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use load::{End, Mode, Plan, Shared};
+use progress::Progress;
+use record::Recorder;
+use report::{RunInfo, Stats};
+pub use scenario::Scenario;
+use scenario::{Caller, Mix, Op, code_name, code_of};
+
+/// Settings of `shopmesh bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// What to call.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+
+    /// The user service (GetUser, and the users every scenario creates first).
+    #[arg(long, env = "SHOPMESH_BENCH_USER", default_value = "http://127.0.0.1:50051")]
+    pub user: String,
+
+    /// The order service (CreateOrder, GetOrder).
+    #[arg(long, env = "SHOPMESH_BENCH_ORDER", default_value = "http://127.0.0.1:50052")]
+    pub order: String,
+
+    /// HTTP/2 connections opened to each service; calls take them in turn.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub connections: u32,
+
+    /// Open loop: start this many calls per second whatever the answers; latency is timed
+    /// from when each call was due. Without it the run is a closed loop (`--concurrency`).
+    #[arg(long, conflicts_with = "concurrency", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate: Option<u32>,
+
+    /// Closed loop: keep this many calls in flight [default: 16].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: Option<u32>,
+
+    /// Open loop: most calls in flight; a call due when this many are in flight is not sent,
+    /// and counted as not sent [default: 1000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: Option<u32>,
+
+    /// How long to measure, after the warm-up [default: 10s].
+    #[arg(long, value_parser = positive_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+
+    /// Measure this many calls instead of a duration.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+
+    /// Load applied first and left out of every figure (connections, caches, pools warm up).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+
+    /// Deadline of each call, sent as `grpc-timeout`; a call not answered in time counts as
+    /// DEADLINE_EXCEEDED.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    pub timeout: Duration,
+
+    /// Users created before the run (CreateUser with request ids); calls spread over them.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub users: u32,
+
+    /// Orders created before the run for `get-order` and `mix` to read.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub orders: u32,
+
+    /// Weights of the calls of `mix` [default: create-order=1,get-order=3,get-user=6].
+    #[arg(long, value_parser = Mix::parse)]
+    pub mix: Option<Mix>,
+
+    /// Send a CreateOrder that failed UNAVAILABLE or DEADLINE_EXCEEDED (or lost its connection)
+    /// again, with the same request id, up to this many times.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub retries: u32,
+
+    /// Write one JSON line per CreateOrder (request id, user, total, final code, order id and
+    /// state when OK) to this file; complete when the process exits, SIGINT/SIGTERM included.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+
+    /// Print the report as one JSON object (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bar and no set-up messages.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// A duration above zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+impl BenchArgs {
+    /// What clap cannot check by itself: URLs, and `--mix` only with the `mix` scenario.
+    pub fn validate(&self) -> Result<(), String> {
+        for (flag, url) in [("--user", &self.user), ("--order", &self.order)] {
+            Endpoint::from_shared(url.clone())
+                .map_err(|e| format!("{flag} {url:?} is not a URL like http://127.0.0.1:50051: {e}"))?;
+            if !url.starts_with("http://") {
+                return Err(format!("{flag} {url:?}: only http:// (plaintext) targets are supported"));
+            }
+        }
+        if self.mix.is_some() && self.scenario != Scenario::Mix {
+            return Err("--mix applies only to the `mix` scenario".into());
+        }
+        if self.rate.is_none() && self.max_in_flight.is_some() {
+            return Err("--max-in-flight applies only to an open loop (--rate)".into());
+        }
+        Ok(())
+    }
+
+    fn mix(&self) -> Mix {
+        match self.scenario {
+            Scenario::CreateOrder => Mix::only(Op::CreateOrder),
+            Scenario::GetOrder => Mix::only(Op::GetOrder),
+            Scenario::GetUser => Mix::only(Op::GetUser),
+            Scenario::Mix => self.mix.clone().unwrap_or_else(|| {
+                Mix::parse(Mix::DEFAULT).expect("the default mix parses (a unit test checks it)")
+            }),
+        }
+    }
+}
+
+/// `n` lazily connected channels to `url`: each is one HTTP/2 connection, made on first use
+/// and remade after it breaks, so a server that is down costs calls, not the run.
+fn channels(url: &str, n: u32, timeout: Duration) -> Result<Vec<Channel>, tonic::transport::Error> {
+    (0..n)
+        .map(|_| {
+            Ok(Endpoint::from_shared(url.to_owned())?
+                .tcp_nodelay(true)
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .connect_lazy())
+        })
+        .collect()
+}
+
+/// Runs the bench; see the module docs for the exit status.
+pub async fn run(args: BenchArgs) -> ExitCode {
+    let say = |text: String| {
+        if !args.quiet && !args.json {
+            eprintln!("{text}");
+        }
+    };
+    let recorder = match &args.record {
+        Some(path) => match Recorder::create(path) {
+            Ok(r) => Arc::new(r),
+            Err(err) => {
+                eprintln!("error: cannot create the record file {}: {err}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Arc::new(Recorder::default()),
+    };
+    let (user_channels, order_channels) = match (
+        channels(&args.user, args.connections, args.timeout),
+        channels(&args.order, args.connections, args.timeout),
+    ) {
+        (Ok(u), Ok(o)) => (u, o),
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+
+    // First SIGINT/SIGTERM: send nothing more, let calls in flight finish, report. Second:
+    // drop the calls in flight too.
+    let stop = CancellationToken::new();
+    let abort = CancellationToken::new();
+    tokio::spawn({
+        let (stop, abort) = (stop.clone(), abort.clone());
+        async move {
+            shutdown::signal().await;
+            stop.cancel();
+            shutdown::signal().await;
+            abort.cancel();
+        }
+    });
+
+    let mix = args.mix();
+    let mut caller = Caller {
+        users: user_channels.into_iter().map(UserServiceClient::new).collect(),
+        orders: order_channels.into_iter().map(OrderServiceClient::new).collect(),
+        user_ids: Vec::new(),
+        order_ids: Vec::new(),
+        timeout: args.timeout,
+        retries: args.retries,
+        recorder: recorder.clone(),
+        stop: stop.clone(),
+    };
+
+    // Set-up: a run id keeps this run's users (and their emails) apart from any other run's.
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    say(format!("creating {} users at {}", args.users, args.user));
+    let created = tokio::select! {
+        users = setup::users(&caller.users, args.users, &run_id, args.timeout) => users,
+        () = stop.cancelled() => return finish_interrupted_setup(&recorder),
+    };
+    caller.user_ids = match created {
+        Ok(ids) => ids,
+        Err(status) => {
+            eprintln!(
+                "error: cannot create users at {}: {}: {}",
+                args.user,
+                code_name(code_of(&status)),
+                status.message()
+            );
+            return flush(&recorder, ExitCode::FAILURE);
+        }
+    };
+    if mix.includes(Op::GetOrder) {
+        say(format!("creating {} orders at {}", args.orders, args.order));
+        let created = tokio::select! {
+            orders = setup::orders(&caller, args.orders) => orders,
+            () = stop.cancelled() => return finish_interrupted_setup(&recorder),
+        };
+        caller.order_ids = match created {
+            Ok(ids) => ids,
+            Err(code) => {
+                eprintln!("error: cannot create orders at {}: {code}", args.order);
+                return flush(&recorder, ExitCode::FAILURE);
+            }
+        };
+    }
+
+    let plan = Plan {
+        mode: match args.rate {
+            Some(rate) => Mode::Open { rate, max_in_flight: args.max_in_flight.unwrap_or(1000) },
+            None => Mode::Closed { concurrency: args.concurrency.unwrap_or(16) },
+        },
+        warmup: args.warmup,
+        end: match (args.requests, args.duration) {
+            (Some(n), _) => End::Requests(n),
+            (None, d) => End::After(d.unwrap_or(Duration::from_secs(10))),
+        },
+    };
+    let info = RunInfo {
+        scenario: clap::ValueEnum::to_possible_value(&args.scenario)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default(),
+        mix: (args.scenario == Scenario::Mix).then(|| mix.spec().to_owned()),
+        mode: if args.rate.is_some() { "open" } else { "closed" },
+        target_rate: args.rate,
+        concurrency: args.rate.is_none().then(|| args.concurrency.unwrap_or(16)),
+        connections: args.connections,
+        users: caller.user_ids.len(),
+        orders: caller.order_ids.len(),
+        interrupted: false,
+    };
+    let stats = Arc::new(Stats::default());
+    let progress = Progress::start(args.quiet || args.json, plan.end, plan.warmup, stats.clone());
+    let shared = Shared { caller: Arc::new(caller), mix: Arc::new(mix), stats: stats.clone() };
+    let start = Instant::now();
+    load::run(plan, shared, start, stop.clone(), abort).await;
+    progress.finish();
+
+    let report = stats.report(RunInfo { interrupted: stop.is_cancelled(), ..info }, start + plan.warmup);
+    if args.json {
+        match serde_json::to_string(&report) {
+            Ok(json) => println!("{json}"),
+            Err(err) => eprintln!("error: cannot encode the report: {err}"),
+        }
+    } else {
+        print!("{}", report.text());
+    }
+    flush(&recorder, ExitCode::SUCCESS)
+}
+
+/// Flushes the record file; a record that could not be written fails the run, since a harness
+/// would otherwise reconcile against an incomplete file.
+fn flush(recorder: &Recorder, code: ExitCode) -> ExitCode {
+    match recorder.flush() {
+        Ok(()) => code,
+        Err(err) => {
+            eprintln!("error: the record file is incomplete: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Stopped before the load began: nothing to report, the record (set-up orders) is flushed.
+fn finish_interrupted_setup(recorder: &Recorder) -> ExitCode {
+    eprintln!("interrupted during set-up; no load was applied");
+    flush(recorder, ExitCode::SUCCESS)
+}
