@@ -236,6 +236,19 @@ pub struct ClientDeadline<S> {
 
 /// Whether `err` is tonic's own timer running out (its connection enforces `grpc-timeout`
 /// too, and may fire in the same millisecond as ours).
+/// `err` and its causes, as one line: "transport error: connection reset by peer".
+fn connection_failure(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = String::from("connection failed: ");
+    message.push_str(&err.to_string());
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 pub(crate) fn is_tonic_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(err);
     while let Some(err) = source {
@@ -313,7 +326,14 @@ where
                         Err(err) if is_tonic_timeout(&*err) => Ok(status_response(
                             tonic::Status::deadline_exceeded("deadline exceeded waiting for the answer"),
                         )),
-                        other => other,
+                        Err(err) if err.is::<tonic::Status>() => Err(err),
+                        // A connection that failed or broke under the call (refused, reset,
+                        // closed): gRPC says UNAVAILABLE; tonic alone would say UNKNOWN
+                        // ("transport error"), which callers cannot act on.
+                        Err(err) => {
+                            Ok(status_response(tonic::Status::unavailable(connection_failure(&*err))))
+                        }
+                        ok => ok,
                     });
                 }
                 ready!(sleep.poll(cx));
