@@ -164,6 +164,8 @@ mod tests {
     use super::*;
     use crate::domain::{LineInput, NewOrder, Order};
     use crate::upstream::Upstream;
+    use metrics_util::CompositeKey;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     use shopmesh::api::payment::v1::{
         ListPaymentsRequest, Payment, PaymentState, payment_service_client::PaymentServiceClient,
     };
@@ -385,6 +387,47 @@ mod tests {
             }
             w.stop().await;
         }
+    }
+
+    /// The value of metric `name` (with `label`, if given) in `snapshot`.
+    fn metric(
+        snapshot: &[(CompositeKey, DebugValue)],
+        name: &str,
+        label: Option<(&str, &str)>,
+    ) -> Option<f64> {
+        snapshot.iter().find_map(|(key, value)| {
+            let key = key.key();
+            let labelled = label.is_none_or(|(k, v)| key.labels().any(|l| l.key() == k && l.value() == v));
+            (key.name() == name && labelled).then(|| match value {
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Counter(c) => *c as f64,
+                DebugValue::Histogram(_) => f64::NAN,
+            })
+        })
+    }
+
+    // One thread, so the thread-local recorder sees every metric the round records.
+    #[tokio::test(flavor = "current_thread")]
+    async fn rounds_publish_the_pending_gauges_and_count_attempts() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let w = world(Backend::Sqlite, false).await;
+        w.pending_order(100).await;
+        w.pending_order(200).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reconciler = Reconciler::new(w.orders.clone(), config());
+        assert_eq!(reconciler.round().await.expect("round"), Round { attempted: 2, settled: 0 });
+        let snapshot: Vec<_> =
+            snapshotter.snapshot().into_vec().into_iter().map(|(k, _, _, v)| (k, v)).collect();
+        assert_eq!(metric(&snapshot, "shopmesh_order_pending_orders", None), Some(2.0));
+        let age = metric(&snapshot, "shopmesh_order_oldest_pending_age_seconds", None).expect("age gauge");
+        assert!((0.05..60.0).contains(&age), "oldest pending age {age}");
+        assert_eq!(
+            metric(&snapshot, "shopmesh_order_reconcile_attempts_total", Some(("outcome", "unknown"))),
+            Some(2.0)
+        );
+        w.stop().await;
     }
 
     #[tokio::test]
