@@ -36,16 +36,22 @@ pub enum End {
 /// A run's plan: the mode, the warm-up before measuring, and the end.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
+    /// Fixed rate or fixed concurrency.
     pub mode: Mode,
+    /// Load applied before measuring.
     pub warmup: Duration,
+    /// When measuring stops.
     pub end: End,
 }
 
 /// Everything a request task needs.
 #[derive(Debug, Clone)]
 pub struct Shared {
+    /// Makes the calls.
     pub caller: Arc<Caller>,
+    /// Which call each request makes.
     pub mix: Arc<Mix>,
+    /// Where answers are counted.
     pub stats: Arc<Stats>,
 }
 

@@ -171,6 +171,21 @@ fn channels(url: &str, n: u32, timeout: Duration) -> Result<Vec<Channel>, tonic:
 
 /// Runs the bench; see the module docs for the exit status.
 pub async fn run(args: BenchArgs) -> ExitCode {
+    // Listening before anything else, so that no signal finds the default action (exit at
+    // once, record unflushed). First SIGINT/SIGTERM: send nothing more, let the calls in
+    // flight finish, report. Second: drop the calls in flight too.
+    let stop = CancellationToken::new();
+    let abort = CancellationToken::new();
+    tokio::spawn({
+        let (stop, abort) = (stop.clone(), abort.clone());
+        async move {
+            shutdown::signal().await;
+            stop.cancel();
+            shutdown::signal().await;
+            abort.cancel();
+        }
+    });
+
     let say = |text: String| {
         if !args.quiet && !args.json {
             eprintln!("{text}");
@@ -196,20 +211,6 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-
-    // First SIGINT/SIGTERM: send nothing more, let calls in flight finish, report. Second:
-    // drop the calls in flight too.
-    let stop = CancellationToken::new();
-    let abort = CancellationToken::new();
-    tokio::spawn({
-        let (stop, abort) = (stop.clone(), abort.clone());
-        async move {
-            shutdown::signal().await;
-            stop.cancel();
-            shutdown::signal().await;
-            abort.cancel();
-        }
-    });
 
     let mix = args.mix();
     let mut caller = Caller {

@@ -45,8 +45,10 @@ struct Inner {
 }
 
 fn histogram() -> Histogram<u64> {
-    // Three significant digits, resized as needed: microseconds up to any timeout.
-    Histogram::new(3).expect("3 significant figures are within hdrhistogram's range")
+    // Microseconds, three significant digits, up to an hour (longer is recorded as an hour).
+    // Fixed bounds: an auto-resizing histogram would clamp `saturating_record` at its
+    // initial, tiny, highest value.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid hdrhistogram bounds")
 }
 
 impl Default for Stats {
@@ -157,8 +159,9 @@ pub struct RunInfo {
     pub concurrency: Option<u32>,
     /// HTTP/2 connections to each target.
     pub connections: u32,
-    /// Users and orders created before the run.
+    /// Users created before the run.
     pub users: usize,
+    /// Orders created before the run (for GetOrder).
     pub orders: usize,
     /// Whether SIGINT/SIGTERM cut the run short.
     pub interrupted: bool,
@@ -196,12 +199,18 @@ pub struct Report {
 /// Percentiles of a latency histogram, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Latency {
+    /// Median.
     pub p50: f64,
+    /// 90th percentile.
     pub p90: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile.
     #[serde(rename = "p99.9")]
     pub p99_9: f64,
+    /// Slowest answer.
     pub max: f64,
+    /// Mean.
     pub mean: f64,
 }
 
@@ -324,6 +333,23 @@ mod tests {
         assert_eq!(json["scenario"], "mix");
         assert!(json["latency_ms"]["p99.9"].is_number());
         assert!(report.text().contains("UNAVAILABLE 1"), "{}", report.text());
+    }
+
+    #[test]
+    fn latency_is_timed_from_when_the_call_was_due() {
+        let stats = Stats::default();
+        let now = Instant::now();
+        let ok = Outcome { code: Code::Ok, retries: 0 };
+        for ms in [40, 50, 60, 2_000] {
+            stats.due(false);
+            stats.answered(Op::GetUser, ok, now - Duration::from_millis(ms), false);
+        }
+        let report = stats.report(run(), now);
+        let latency = report.latency_ms.expect("latency");
+        // Each answer came at least as long after its due time as it was due before `now`.
+        assert!((50.0..55.0).contains(&latency.p50), "{latency:?}");
+        assert!((2_000.0..2_100.0).contains(&latency.max), "{latency:?}");
+        assert!(latency.p90 >= 60.0, "{latency:?}");
     }
 
     #[test]

@@ -182,12 +182,19 @@ pub struct Outcome {
 /// the bench created, and where CreateOrder outcomes are recorded.
 #[derive(Debug)]
 pub struct Caller {
+    /// One client per connection to the user service.
     pub users: Vec<UserServiceClient<Channel>>,
+    /// One client per connection to the order service.
     pub orders: Vec<OrderServiceClient<Channel>>,
+    /// The users the bench created.
     pub user_ids: Vec<String>,
+    /// The orders the bench created for GetOrder.
     pub order_ids: Vec<String>,
+    /// Each call's deadline, sent as `grpc-timeout`.
     pub timeout: Duration,
+    /// How many times a failed CreateOrder may be sent again.
     pub retries: u32,
+    /// Where CreateOrder outcomes go.
     pub recorder: Arc<Recorder>,
     /// Cancelled when the run is asked to stop: calls under way finish, but are not sent again.
     pub stop: CancellationToken,
