@@ -136,7 +136,8 @@ impl Verifier {
             .iter()
             .find(|(a, _)| *a == header.alg)
             .ok_or_else(|| format!("algorithm {:?} not allowed for kid {kid:?}", header.alg))?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation).map_err(|e| e.to_string())?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.decoding, validation).map_err(|e| e.to_string())?;
         let sub = data.claims.sub;
         if sub.is_empty() || sub.len() > MAX_SUBJECT_LEN || sub.chars().any(char::is_control) {
             return Err("unusable sub".into());

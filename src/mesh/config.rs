@@ -529,9 +529,14 @@ mod tests {
         );
         // A key set without issuer and audience would accept any issuer's tokens for anything.
         assert!(Mesh::try_parse_from(["x", "--jwt-jwks", "/keys.json", "--jwt-issuer", "i"]).is_err());
-        for bad in [["--jwt-algorithms", "none"], ["--rate-limit-rps", "-1"], ["--rate-limit-rps", "NaN"],
-            ["--rate-limit-burst", "0"], ["--max-metadata-bytes", "10"], ["--jwt-require", "always"]]
-        {
+        for bad in [
+            ["--jwt-algorithms", "none"],
+            ["--rate-limit-rps", "-1"],
+            ["--rate-limit-rps", "NaN"],
+            ["--rate-limit-burst", "0"],
+            ["--max-metadata-bytes", "10"],
+            ["--jwt-require", "always"],
+        ] {
             assert!(Mesh::try_parse_from(["x", bad[0], bad[1]]).is_err(), "{bad:?}");
         }
     }

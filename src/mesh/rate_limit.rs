@@ -203,7 +203,8 @@ mod tests {
     use super::*;
 
     fn from(ip: &str) -> Request<()> {
-        let mut r = Request::builder().uri("/shopmesh.user.v1.UserService/GetUser").body(()).expect("request");
+        let mut r =
+            Request::builder().uri("/shopmesh.user.v1.UserService/GetUser").body(()).expect("request");
         let addr = std::net::SocketAddr::new(ip.parse().expect("ip"), 4000);
         r.extensions_mut().insert(TcpConnectInfo { local_addr: None, remote_addr: Some(addr) });
         r
@@ -225,19 +226,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_over_its_burst_is_refused_with_pushback_and_others_are_not() {
-        let inner =
-            tower::service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(tonic::body::Body::default())) });
+        let inner = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(tonic::body::Body::default()))
+        });
         // One token per 1000 s: nothing refills during the test, however slow the machine.
         let layer = RateLimitLayer::new(0.001, 2);
         let svc = layer.layer(inner);
-        let code = |r: &Response<tonic::body::Body>| r.headers().get("grpc-status").map(|v| v.as_bytes().to_vec());
+        let code =
+            |r: &Response<tonic::body::Body>| r.headers().get("grpc-status").map(|v| v.as_bytes().to_vec());
         for _ in 0..2 {
             let ok = svc.clone().oneshot(from("10.0.0.1")).await.expect("answer");
             assert_eq!(code(&ok), None);
         }
         let refused = svc.clone().oneshot(from("10.0.0.1")).await.expect("answer");
         assert_eq!(code(&refused).as_deref(), Some(&b"8"[..]), "RESOURCE_EXHAUSTED");
-        let pushback: u64 = refused.headers()["grpc-retry-pushback-ms"].to_str().expect("ascii").parse().expect("ms");
+        let pushback: u64 =
+            refused.headers()["grpc-retry-pushback-ms"].to_str().expect("ascii").parse().expect("ms");
         assert!(pushback > 900_000 && pushback <= 1_000_000, "{pushback} ms until the next token");
         let other = svc.clone().oneshot(from("10.0.0.2")).await.expect("answer");
         assert_eq!(code(&other), None, "another caller keeps its own bucket");

@@ -85,7 +85,12 @@ impl Orders {
     /// Cancels an order: a PAID one is refunded (keyed by the order id, so exactly once), a
     /// PAYMENT_DECLINED one just cancelled. Repeating with the same request id returns the
     /// cancelled order. An `owner` (a bearer-token subject) may cancel only its own orders.
-    pub async fn cancel(&self, id: &str, request_id: Option<&str>, owner: Option<&str>) -> Result<Order, Error> {
+    pub async fn cancel(
+        &self,
+        id: &str,
+        request_id: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<Order, Error> {
         let order = owned(self.store.get(id).await?, id, owner)?;
         match order.state {
             State::Cancelled => return cancelled(order, request_id),

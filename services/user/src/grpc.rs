@@ -45,7 +45,9 @@ fn subject<T>(req: &Request<T>) -> Option<Subject> {
 /// Denies a subject access to any user but its own, before anything is looked up.
 fn own_user(subject: Option<&Subject>, id: &str) -> Result<(), Error> {
     match subject {
-        Some(Subject(sub)) if **sub != *id => Err(Error::PermissionDenied("a caller may access only its own user")),
+        Some(Subject(sub)) if **sub != *id => {
+            Err(Error::PermissionDenied("a caller may access only its own user"))
+        }
         _ => Ok(()),
     }
 }
