@@ -75,7 +75,7 @@ impl RateLimitLayer {
     /// `rate_per_sec` calls per second per caller on average, `burst` at once; a rate of 0
     /// (or less) turns limiting off.
     pub fn new(rate_per_sec: f64, burst: u32) -> Self {
-        if !(rate_per_sec > 0.0 && rate_per_sec.is_finite()) {
+        if !rate_per_sec.is_finite() || rate_per_sec <= 0.0 {
             return Self { limiter: None };
         }
         // One token per period; a sub-nanosecond period would round to zero, i.e. no quota.
