@@ -360,6 +360,55 @@ def check_in_flight_metric(r: Rendered) -> str:
     return ", ".join(states)
 
 
+# A JSON Web Key Set with one public Ed25519 key, for the renderings with bearer tokens on.
+JWKS = '{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}'
+JWKS_DIR = "/etc/shopmesh/jwt"
+
+
+def check_jwt(r: Rendered) -> str:
+    jwt = r.values.get("jwt", {})
+    maps = [m for m in r.kind("ConfigMap") if m["metadata"]["name"] == f"{RELEASE}-jwks"]
+    for svc in SERVICES:
+        pod_template = r.one("Deployment", name(svc))["spec"]["template"]
+        pod = pod_template["spec"]
+        container = pod["containers"][0]
+        env = env_of(container)
+        jwt_env = {k: v for k, v in env.items() if k.startswith("SHOPMESH_JWT_")}
+        if not jwt.get("jwks"):
+            assert not jwt_env, f"{svc}: bearer-token variables set with no jwt.jwks: {sorted(jwt_env)}"
+            assert not container.get("volumeMounts") and not pod.get("volumes"), f"{svc}: a key-set volume with tokens off"
+            continue
+        settings = merged(r.values["defaults"], r.values["services"][svc])
+        assert env.get("SHOPMESH_JWT_JWKS") == f"{JWKS_DIR}/jwks.json", f"{svc}: SHOPMESH_JWT_JWKS is {env.get('SHOPMESH_JWT_JWKS')!r}"
+        assert env.get("SHOPMESH_JWT_ISSUER") == jwt["issuer"], f"{svc}: issuer {env.get('SHOPMESH_JWT_ISSUER')!r}"
+        assert env.get("SHOPMESH_JWT_AUDIENCE") == jwt["audience"], f"{svc}: audience {env.get('SHOPMESH_JWT_AUDIENCE')!r}"
+        assert env.get("SHOPMESH_JWT_REQUIRE") == settings["jwtRequire"], f"{svc}: requires tokens {env.get('SHOPMESH_JWT_REQUIRE')!r}, not {settings['jwtRequire']!r}"
+        (mount,) = [m for m in container.get("volumeMounts", []) if m["mountPath"] == JWKS_DIR]
+        assert mount.get("readOnly") is True, f"{svc}: key set mounted writable"
+        (volume,) = [v for v in pod.get("volumes", []) if v["name"] == mount["name"]]
+        assert len(maps) == 1 and volume.get("configMap", {}).get("name") == maps[0]["metadata"]["name"], f"{svc}: mounts {volume}, not the key-set ConfigMap"
+        assert "checksum/jwks" in pod_template["metadata"].get("annotations", {}), f"{svc}: pods do not roll when the key set changes"
+    if not jwt.get("jwks"):
+        assert not maps, "a key-set ConfigMap with jwt.jwks empty"
+        return "off: no variables, no ConfigMap"
+    assert maps[0]["data"] == {"jwks.json": jwt["jwks"]}, "the ConfigMap does not hold jwt.jwks as jwks.json"
+    return "on: " + ", ".join(f"{svc} {merged(r.values['defaults'], r.values['services'][svc])['jwtRequire']}" for svc in SERVICES)
+
+
+def check_limits(r: Rendered) -> str:
+    for svc in SERVICES:
+        limits = merged(r.values["defaults"], r.values["services"][svc])["limits"]
+        env = env_of(r.one("Deployment", name(svc))["spec"]["template"]["spec"]["containers"][0])
+        want = {
+            "SHOPMESH_MAX_METADATA_BYTES": str(limits["maxMetadataBytes"]),
+            "SHOPMESH_RATE_LIMIT_RPS": str(limits["rateLimitRps"]),
+            "SHOPMESH_RATE_LIMIT_BURST": str(limits["rateLimitBurst"]),
+        }
+        got = {k: env.get(k) for k in want}
+        assert got == want, f"{svc}: limits {got}, expected {want}"
+    return ", ".join(f"{svc} {merged(r.values['defaults'], r.values['services'][svc])['limits']['rateLimitRps']}/s" for svc in SERVICES)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -396,6 +445,12 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "serviceMonitor": {"enabled": True},
             "defaults": {"autoscaling": {"inFlightRequests": {"enabled": True}}},
             "otel": {"endpoint": "http://otel-collector.observability:4317"},
+        },
+        # Tokens at the entry point; user and payment, reached only by order, check them when sent.
+        "bearer tokens on, optional for user and payment, a rate limit": {
+            "jwt": {"jwks": JWKS, "issuer": "https://id.example", "audience": "shopmesh"},
+            "defaults": {"limits": {"rateLimitRps": "100", "rateLimitBurst": 200}},
+            "services": {"user": {"jwtRequire": "never"}, "payment": {"jwtRequire": "never", "limits": {"rateLimitRps": "0"}}},
         },
         # One service turns the metric off again: a `false` must beat the default's `true`.
         "in-flight metric on, off for payment only": {
@@ -439,7 +494,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         for svc in SERVICES:
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
         for check in (check_order_upstreams, check_migration, check_test_pod, check_secret, check_otel,
-                      check_network_policy, check_service_monitor, check_in_flight_metric):
+                      check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
     # Values the chart must refuse, and the message it must refuse them with.
@@ -469,6 +524,15 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         "an env variable the chart sets itself (schema)": (
             {"defaults": {"env": {"SHOPMESH_DB_MIGRATE": "true"}}},
             "SHOPMESH_DB_MIGRATE",
+        ),
+        "bearer tokens without an issuer": (
+            {"jwt": {"jwks": JWKS, "audience": "shopmesh"}},
+            "jwt.issuer is required when jwt.jwks is set",
+        ),
+        "a key set that is not a JWKS": ({"jwt": {"jwks": "[1, 2]", "issuer": "i", "audience": "a"}}, "jwt.jwks must be a JSON Web Key Set"),
+        "a bearer-token variable set through env (schema)": (
+            {"defaults": {"env": {"SHOPMESH_JWT_REQUIRE": "never"}}},
+            "SHOPMESH_JWT_REQUIRE",
         ),
         "a SQLite database URL (schema)": ({"database": {"urls": {"user": "sqlite://data/user.db"}}}, "/database/urls/user"),
     }

@@ -199,6 +199,12 @@ def check_compose_services() -> str:
         assert s.get("read_only") is True and "ALL" in s.get("cap_drop", []), f"{svc}: container is not read-only with all capabilities dropped"
         published = [p for p in s.get("ports", [])]
         assert any(str(p).startswith(f"127.0.0.1:{port}:{port}") for p in published), f"{svc}: gRPC port not published on 127.0.0.1:{port}"
+        limits = {k: env.get(k) for k in ("SHOPMESH_MAX_METADATA_BYTES", "SHOPMESH_RATE_LIMIT_RPS", "SHOPMESH_RATE_LIMIT_BURST")}
+        assert limits == {"SHOPMESH_MAX_METADATA_BYTES": "8192", "SHOPMESH_RATE_LIMIT_RPS": "0", "SHOPMESH_RATE_LIMIT_BURST": "50"}, f"{svc}: limits {limits}"
+        assert "SHOPMESH_JWT_JWKS" not in env, f"{svc}: bearer tokens are on by default"
+        # No mTLS in compose: a service the order service calls must not demand tokens of it.
+        want_require = None if svc == "order" else "never"
+        assert env.get("SHOPMESH_JWT_REQUIRE") == want_require, f"{svc}: SHOPMESH_JWT_REQUIRE is {env.get('SHOPMESH_JWT_REQUIRE')!r}, expected {want_require!r}"
     order = services["order"]
     for callee in ("user", "payment"):
         assert order["depends_on"].get(callee, {}).get("condition") == "service_healthy", f"order does not wait for a healthy {callee}"

@@ -113,6 +113,18 @@ MUTANTS: list[Edit] = [
     ("a field newer than the oldest supported Kubernetes (schema validation)", "templates/service.yaml",
      "  publishNotReadyAddresses: false", "  publishNotReadyAddresses: false\n  trafficDistribution: PreferClose",
      "against 1.27", True),
+    ("bearer-token requirement ignores the per-service value", "templates/deployment.yaml",
+     "value: {{ $svc.jwtRequire | quote }}", "value: {{ $.Values.defaults.jwtRequire | quote }}", "not 'never'", False),
+    ("key set mounted writable", "templates/deployment.yaml", "              mountPath: /etc/shopmesh/jwt\n              readOnly: true",
+     "              mountPath: /etc/shopmesh/jwt\n              readOnly: false", "key set mounted writable", False),
+    ("pods do not roll on a new key set", "templates/deployment.yaml", "        checksum/jwks:", "        x-checksum/jwks:",
+     "pods do not roll when the key set changes", False),
+    ("a bearer-token variable without a key set", "templates/deployment.yaml",
+     "            - name: SHOPMESH_JWT_REQUIRE\n              value: {{ $svc.jwtRequire | quote }}\n            {{- end }}",
+     "            {{- end }}\n            - name: SHOPMESH_JWT_REQUIRE\n              value: {{ $svc.jwtRequire | quote }}",
+     "bearer-token variables set with no jwt.jwks", False),
+    ("the rate-limit burst ignores the values", "templates/deployment.yaml", "value: \"{{ $svc.limits.rateLimitBurst }}\"", "value: \"50\"",
+     "limits {", False),
 ]
 
 

@@ -2,6 +2,7 @@
 //! nowhere else: each setting is a clap flag with an `SHOPMESH_*` variable, shown in `--help`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -52,6 +53,10 @@ pub struct MeshConfig {
 
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub jwt: JwtConfig,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub telemetry: crate::mesh::telemetry::TelemetryConfig,
 }
 
@@ -66,6 +71,7 @@ impl Default for MeshConfig {
             db_acquire_timeout: Duration::from_secs(3),
             server: ServerConfig::default(),
             client: ClientConfig::default(),
+            jwt: JwtConfig::default(),
             telemetry: crate::mesh::telemetry::TelemetryConfig::default(),
         }
     }
@@ -104,6 +110,51 @@ pub struct ServerConfig {
     /// Time calls on a connection past its age get to finish before it is closed.
     #[arg(long, env = "SHOPMESH_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = duration)]
     pub max_connection_age_grace: Duration,
+
+    /// Largest request metadata, counted as HTTP/2 counts a header list (name + value + 32 bytes
+    /// per entry); larger ones are refused with RESOURCE_EXHAUSTED. HTTP/2 itself drops header
+    /// lists over [`ServerConfig::http2_header_list_cap`] before any layer sees them.
+    #[arg(long, env = "SHOPMESH_MAX_METADATA_BYTES", default_value_t = 8 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
+    pub max_metadata_bytes: u32,
+
+    /// Calls per second each caller may make on average (its mTLS identity, else its bearer
+    /// token's subject, else its IP address); 0 turns the limit off. Over it: RESOURCE_EXHAUSTED
+    /// with `grpc-retry-pushback-ms`.
+    #[arg(long, env = "SHOPMESH_RATE_LIMIT_RPS", default_value_t = 0.0, value_parser = rate)]
+    pub rate_limit_rps: f64,
+
+    /// Calls a caller may make at once above its rate (its bucket's size).
+    #[arg(long, env = "SHOPMESH_RATE_LIMIT_BURST", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+
+    /// Streams a peer may open and reset before the server accepts them, before its connection
+    /// is closed (the HTTP/2 "rapid reset" attack, CVE-2023-44487).
+    #[arg(long, env = "SHOPMESH_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS", default_value_t = 20)]
+    pub http2_max_pending_accept_reset_streams: usize,
+
+    /// Streams the server may reset for a peer's protocol errors before it closes the
+    /// connection, so a misbehaving peer cannot make it do that work without end.
+    #[arg(long, env = "SHOPMESH_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS", default_value_t = 256)]
+    pub http2_max_local_error_reset_streams: usize,
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate: a number of calls per second, 0 or more")),
+    }
+}
+
+impl ServerConfig {
+    /// The HTTP/2 header-list size the server advertises and enforces itself: twice
+    /// `max_metadata_bytes`, at least 16 KiB (hyper's default). Between the two, the metadata
+    /// layer answers RESOURCE_EXHAUSTED; above it h2 answers HTTP 431, which clients see as a
+    /// less helpful status, so it is only the backstop against header floods.
+    pub fn http2_header_list_cap(&self) -> u32 {
+        self.max_metadata_bytes.saturating_mul(2).max(16 * 1024)
+    }
 }
 
 impl Default for ServerConfig {
@@ -116,8 +167,78 @@ impl Default for ServerConfig {
             http2_keepalive_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(300),
             max_connection_age_grace: Duration::from_secs(30),
+            max_metadata_bytes: 8 * 1024,
+            rate_limit_rps: 0.0,
+            rate_limit_burst: 50,
+            http2_max_pending_accept_reset_streams: 20,
+            http2_max_local_error_reset_streams: 256,
         }
     }
+}
+
+/// Which calls must carry a bearer token when tokens are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TokenRequirement {
+    /// Calls without a mesh identity (an mTLS client certificate): callers from outside the
+    /// mesh. Services calling each other are identified by their certificates instead.
+    #[default]
+    Unidentified,
+    /// None: a token is checked when present, calls without one pass as they would with
+    /// tokens off. For a service only the mesh can reach when mTLS is off, or while rolling
+    /// tokens out.
+    Never,
+}
+
+/// Bearer tokens (JWTs) for callers outside the mesh; off unless `--jwt-jwks` is set.
+#[derive(Debug, Clone, Args)]
+pub struct JwtConfig {
+    /// JSON Web Key Set file with the token issuer's public keys (each with a `kid`); setting it
+    /// turns bearer tokens on. Read once at start.
+    #[arg(long, env = "SHOPMESH_JWT_JWKS", value_name = "FILE", requires_all = ["jwt_issuer", "jwt_audience"])]
+    pub jwt_jwks: Option<PathBuf>,
+
+    /// The only `iss` accepted.
+    #[arg(long, env = "SHOPMESH_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The `aud` a token must name.
+    #[arg(long, env = "SHOPMESH_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Signature algorithms accepted, comma-separated. Keys of another type never verify a
+    /// token, whatever its header says.
+    #[arg(long, env = "SHOPMESH_JWT_ALGORITHMS", value_delimiter = ',', default_value = "RS256,ES256,EdDSA",
+          value_parser = algorithm)]
+    pub jwt_algorithms: Vec<jsonwebtoken::Algorithm>,
+
+    /// Clock skew allowed when checking `exp` and `nbf`.
+    #[arg(long, env = "SHOPMESH_JWT_LEEWAY", default_value = "30s", value_parser = duration)]
+    pub jwt_leeway: Duration,
+
+    /// Which calls must carry a token: `unidentified` (those without an mTLS identity) or
+    /// `never` (tokens checked only when present). Health and reflection never need one.
+    #[arg(long, env = "SHOPMESH_JWT_REQUIRE", value_enum, default_value_t = TokenRequirement::Unidentified)]
+    pub jwt_require: TokenRequirement,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        use jsonwebtoken::Algorithm;
+        Self {
+            jwt_jwks: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
+            jwt_leeway: Duration::from_secs(30),
+            jwt_require: TokenRequirement::Unidentified,
+        }
+    }
+}
+
+fn algorithm(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    s.trim().parse().map_err(|_| {
+        format!("{s:?} is not a JWS algorithm (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, …)")
+    })
 }
 
 /// A per-method deadline: `/package.Service/Method=duration`.
@@ -419,6 +540,49 @@ mod tests {
         // Tests build configs with Default; the binary with clap: they must not drift apart.
         let parsed = Mesh::try_parse_from(["x"]).expect("parses").mesh;
         assert_eq!(format!("{parsed:?}"), format!("{:?}", MeshConfig::default()));
+    }
+
+    #[test]
+    fn bearer_token_and_limit_flags_are_checked() {
+        let m = Mesh::try_parse_from([
+            "x",
+            "--jwt-jwks",
+            "/keys.json",
+            "--jwt-issuer",
+            "https://id.example",
+            "--jwt-audience",
+            "shopmesh",
+            "--jwt-algorithms",
+            "ES256,EdDSA",
+            "--jwt-require",
+            "never",
+            "--rate-limit-rps",
+            "2.5",
+            "--max-metadata-bytes",
+            "4096",
+        ])
+        .expect("parses")
+        .mesh;
+        assert_eq!(m.jwt.jwt_algorithms, [jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::EdDSA]);
+        assert_eq!(m.jwt.jwt_require, TokenRequirement::Never);
+        assert!((m.server.rate_limit_rps - 2.5).abs() < f64::EPSILON);
+        assert_eq!(m.server.http2_header_list_cap(), 16 * 1024, "at least hyper's default");
+        assert_eq!(
+            ServerConfig { max_metadata_bytes: 64 * 1024, ..ServerConfig::default() }.http2_header_list_cap(),
+            128 * 1024
+        );
+        // A key set without issuer and audience would accept any issuer's tokens for anything.
+        assert!(Mesh::try_parse_from(["x", "--jwt-jwks", "/keys.json", "--jwt-issuer", "i"]).is_err());
+        for bad in [
+            ["--jwt-algorithms", "none"],
+            ["--rate-limit-rps", "-1"],
+            ["--rate-limit-rps", "NaN"],
+            ["--rate-limit-burst", "0"],
+            ["--max-metadata-bytes", "10"],
+            ["--jwt-require", "always"],
+        ] {
+            assert!(Mesh::try_parse_from(["x", bad[0], bad[1]]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! the first request.
 //!
 //! Server layers, outermost first: tonic's HTTP/2 server (stream limit, keepalive, connection
-//! age), [`observe`] (span continuing the caller's trace, RED metrics), [`load_shed`] (bounded concurrency, RESOURCE_EXHAUSTED at once), [`deadline`] (the
-//! caller's `grpc-timeout` becomes the handler's deadline), [`message_size`], the router
-//! (health, reflection, the service).
+//! age, header-list hard cap, reset-stream limits), [`observe`] (span continuing the caller's
+//! trace, RED metrics), [`load_shed`] (bounded concurrency, RESOURCE_EXHAUSTED at once),
+//! [`metadata_size`], [`readiness`], [`bearer`] (bearer tokens → [`identity::Subject`]),
+//! [`rate_limit`] (per caller), [`deadline`] (the caller's `grpc-timeout` becomes the handler's
+//! deadline), [`message_size`], the router (health, reflection, the service).
 //!
 //! Client layers, outermost first: [`observe`] (span sent as `traceparent`, metrics),
 //! [`deadline`] (remaining budget sent on), [`retry`]
@@ -16,6 +18,7 @@
 //! ejecting failing ones), one HTTP/2 connection per endpoint.
 
 pub mod balance;
+pub mod bearer;
 pub mod client;
 pub mod config;
 pub mod db;
@@ -26,7 +29,9 @@ pub mod identity;
 pub mod ids;
 pub mod load_shed;
 pub mod message_size;
+pub mod metadata_size;
 pub mod observe;
+pub mod rate_limit;
 pub mod readiness;
 pub mod retry;
 pub mod server;

@@ -42,7 +42,7 @@ const INFRA: [&str; 4] = [
 
 /// `(full name, service, method)` of a gRPC path as static strings (the API's and the
 /// infrastructure's methods), so labels and span names cost no allocation.
-fn names(path: &str) -> (&'static str, &'static str, &'static str) {
+pub(crate) fn names(path: &str) -> (&'static str, &'static str, &'static str) {
     let known = crate::api::CALL_POLICY
         .binary_search_by(|(p, _)| (*p).cmp(path))
         .ok()

@@ -15,10 +15,13 @@ use std::time::Duration;
 
 use tonic_health::server::HealthReporter;
 
+use crate::mesh::bearer::{BearerAuthLayer, Verifier};
 use crate::mesh::deadline::ServerDeadlineLayer;
 use crate::mesh::load_shed::LoadShedLayer;
 use crate::mesh::message_size::MessageSizeLayer;
+use crate::mesh::metadata_size::MetadataSizeLayer;
 use crate::mesh::observe::ServerObserveLayer;
+use crate::mesh::rate_limit::RateLimitLayer;
 use crate::mesh::readiness::{Readiness, ReadyGateLayer};
 use crate::mesh::{Error, config::MeshConfig};
 
@@ -72,6 +75,8 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let addr = listener.local_addr()?;
+    // Before anything is served: a bad key set must stop the start, not fail every call.
+    let verifier = Verifier::from_config(&mesh.jwt)?;
     let (reporter, health) = tonic_health::server::health_reporter();
     // tonic-health reports "" SERVING from the start; nothing is ready until the database is.
     for name in services.iter().chain(&[""]) {
@@ -111,9 +116,16 @@ where
         }
     };
     let limits = &mesh.server;
+    let rate_limit = RateLimitLayer::new(limits.rate_limit_rps, limits.rate_limit_burst);
+    let housekeeping = rate_limit.housekeeping().map(tokio::spawn);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // The hard cap on metadata; the metadata layer below answers the configured limit.
+        .http2_max_header_list_size(limits.http2_header_list_cap())
+        // Set explicitly, so an h2 upgrade cannot loosen the rapid-reset protection unnoticed.
+        .http2_max_pending_accept_reset_streams(Some(limits.http2_max_pending_accept_reset_streams))
+        .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         // Closing old connections makes clients reconnect, and so spread over new replicas.
@@ -123,8 +135,15 @@ where
         .layer(ServerObserveLayer)
         // Refusing an excess call must cost nothing beyond being counted.
         .layer(LoadShedLayer::new(limits.max_concurrent_requests))
+        // Cheap, and before any layer reads metadata (a huge token is refused unparsed).
+        .layer(MetadataSizeLayer::new(limits.max_metadata_bytes as usize))
         // Before the database is ready, calls get UNAVAILABLE rather than "no such table".
         .layer(ReadyGateLayer::new(gate))
+        // Needs the mesh identity (mTLS, outside this stack); gives the rate limiter a subject.
+        .layer(BearerAuthLayer::new(verifier))
+        // After authentication, so a caller is its verified identity or subject, not an
+        // address a gateway shares among many users; refusals are still cheap.
+        .layer(rate_limit)
         // The deadline covers everything the handler does, and the oversize answer below it.
         .layer(ServerDeadlineLayer)
         // Innermost: sees the decoder's answer for an oversized request.
@@ -150,6 +169,9 @@ where
         ),
     }
     tracker_handle.abort();
+    if let Some(task) = housekeeping {
+        task.abort();
+    }
     tracing::info!(%addr, "stopped");
     Ok(())
 }

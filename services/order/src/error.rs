@@ -12,6 +12,10 @@ pub enum Error {
     /// NOT_FOUND: no order has this id.
     #[error("order {0} not found")]
     NotFound(String),
+    /// PERMISSION_DENIED: a bearer-token caller acting on another user's orders; answered
+    /// whether or not the order exists (AIP-211), so it reveals nothing.
+    #[error("permission denied: a caller may access only its own orders")]
+    PermissionDenied,
     /// NOT_FOUND: the ordering user does not exist.
     #[error("user {0} not found")]
     UserNotFound(String),
@@ -54,6 +58,7 @@ impl From<Error> for Status {
         match err {
             Error::Invalid(v) => status::invalid_argument(&v),
             Error::NotFound(_) | Error::UserNotFound(_) => Status::not_found(err.to_string()),
+            Error::PermissionDenied => Status::permission_denied(err.to_string()),
             Error::UserInactive(ref id) => {
                 status::failed_precondition("USER_INACTIVE", &format!("users/{id}"), err.to_string())
             }

@@ -5,6 +5,7 @@ use shopmesh::api::order::v1::{
     CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem as LineItemProto, ListOrdersRequest,
     ListOrdersResponse, Order as OrderProto, OrderState, order_service_server::OrderService,
 };
+use shopmesh::mesh::identity::Subject;
 use shopmesh::mesh::{ids, validation};
 use tonic::{Request, Response, Status};
 
@@ -59,10 +60,26 @@ fn to_proto(o: Order) -> OrderProto {
     }
 }
 
+/// The bearer-token subject of the call, if any: such a caller (from outside the mesh) may act
+/// only on its own orders; calls without one (services, or tokens off) are unrestricted.
+fn subject<T>(req: &Request<T>) -> Option<Subject> {
+    req.extensions().get::<Subject>().cloned()
+}
+
+/// Denies a subject acting for any user but itself, before anything is looked up.
+fn as_self(subject: Option<&Subject>, user_id: &str) -> Result<(), Error> {
+    match subject {
+        Some(Subject(sub)) if **sub != *user_id => Err(Error::PermissionDenied),
+        _ => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl OrderService for OrderApi {
     async fn create_order(&self, req: Request<CreateOrderRequest>) -> Result<Response<OrderProto>, Status> {
+        let subject = subject(&req);
         let req = req.into_inner();
+        as_self(subject.as_ref(), &req.user_id)?;
         let lines: Vec<LineInput<'_>> = req
             .line_items
             .iter()
@@ -77,21 +94,22 @@ impl OrderService for OrderApi {
     }
 
     async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Response<OrderProto>, Status> {
+        let subject = subject(&req);
         let id = req.into_inner().id;
         let mut v = validation::Violations::new();
         validation::id(&mut v, "id", &id);
         v.check(()).map_err(Error::from)?;
-        match self.orders.store().get(&id).await.map_err(Error::from)? {
-            Some(o) => Ok(Response::new(to_proto(o))),
-            None => Err(Error::NotFound(id).into()),
-        }
+        let owner = subject.as_ref().map(|s| &*s.0);
+        Ok(Response::new(to_proto(self.orders.get(&id, owner).await?)))
     }
 
     async fn list_orders(
         &self,
         req: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
+        let subject = subject(&req);
         let req = req.into_inner();
+        as_self(subject.as_ref(), &req.user_id)?;
         let mut v = validation::Violations::new();
         validation::id(&mut v, "user_id", &req.user_id);
         let size = validation::page_size(&mut v, "page_size", req.page_size);
@@ -116,11 +134,13 @@ impl OrderService for OrderApi {
     }
 
     async fn cancel_order(&self, req: Request<CancelOrderRequest>) -> Result<Response<OrderProto>, Status> {
+        let subject = subject(&req);
         let req = req.into_inner();
         let mut v = validation::Violations::new();
         validation::id(&mut v, "id", &req.id);
         let request_id = validation::request_id(&mut v, "request_id", &req.request_id, false);
         v.check(()).map_err(Error::from)?;
-        Ok(Response::new(to_proto(self.orders.cancel(&req.id, request_id.as_deref()).await?)))
+        let owner = subject.as_ref().map(|s| &*s.0);
+        Ok(Response::new(to_proto(self.orders.cancel(&req.id, request_id.as_deref(), owner).await?)))
     }
 }

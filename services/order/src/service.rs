@@ -25,6 +25,13 @@ impl Orders {
         &self.store
     }
 
+    /// The order `id`, for `owner` (a bearer-token subject) only if it is theirs: another's
+    /// order and a missing one are both PERMISSION_DENIED, so existence is not revealed.
+    pub async fn get(&self, id: &str, owner: Option<&str>) -> Result<Order, Error> {
+        let order = self.store.get(id).await?;
+        owned(order, id, owner)
+    }
+
     /// Creates and charges an order. A request id seen before returns its order, finishing the
     /// payment if an earlier attempt was cut short; the charge's key is the order id, so that
     /// can never charge twice.
@@ -91,15 +98,20 @@ impl Orders {
 
     /// Cancels an order: a PAID one is refunded (keyed by the order id, so exactly once), a
     /// PAYMENT_DECLINED one just cancelled. Repeating with the same request id returns the
-    /// cancelled order.
+    /// cancelled order. An `owner` (a bearer-token subject) may cancel only its own orders.
     ///
     /// A PENDING_PAYMENT order's charge may or may not have happened, and only the payment
     /// service knows: its payment is settled first, by the same keyed Charge the reconciler
     /// sends (so it is never charged twice), then it is cancelled like any other — refunded if
     /// the charge went through. If the payment service cannot answer, the call fails
     /// UNAVAILABLE and the order is left as it was.
-    pub async fn cancel(&self, id: &str, request_id: Option<&str>) -> Result<Order, Error> {
-        let mut order = self.store.get(id).await?.ok_or_else(|| Error::NotFound(id.to_owned()))?;
+    pub async fn cancel(
+        &self,
+        id: &str,
+        request_id: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<Order, Error> {
+        let mut order = owned(self.store.get(id).await?, id, owner)?;
         if order.state == State::PendingPayment {
             order = self.settle(order).await?;
         }
@@ -120,6 +132,17 @@ impl Orders {
         }
         // A concurrent CancelOrder got there first: the stored order decides.
         cancelled(now, request_id)
+    }
+}
+
+/// `order` (looked up as `id`) if `owner` may see it: no owner means a caller inside the mesh,
+/// which may see every order. An order's user never changes, so checking once suffices.
+fn owned(order: Option<Order>, id: &str, owner: Option<&str>) -> Result<Order, Error> {
+    match (order, owner) {
+        (Some(order), Some(owner)) if order.user_id != owner => Err(Error::PermissionDenied),
+        (Some(order), _) => Ok(order),
+        (None, Some(_)) => Err(Error::PermissionDenied),
+        (None, None) => Err(Error::NotFound(id.to_owned())),
     }
 }
 

@@ -11,6 +11,9 @@ pub enum Error {
     /// INVALID_ARGUMENT, with a `google.rpc.BadRequest` violation per bad field.
     #[error("invalid request: {0}")]
     Invalid(Violations),
+    /// PERMISSION_DENIED: a bearer-token caller; payments are moved by the order service only.
+    #[error("permission denied: the payment service serves the mesh, not bearer-token callers")]
+    PermissionDenied,
     /// NOT_FOUND: no payment has this id.
     #[error("payment {0} not found")]
     NotFound(String),
@@ -46,6 +49,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::Invalid(v) => status::invalid_argument(&v),
+            Error::PermissionDenied => Status::permission_denied(err.to_string()),
             Error::NotFound(_) => Status::not_found(err.to_string()),
             Error::RequestIdReused(ref id) => {
                 status::failed_precondition("REQUEST_ID_REUSED", &format!("request_id/{id}"), err.to_string())

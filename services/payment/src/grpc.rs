@@ -5,6 +5,7 @@ use shopmesh::api::payment::v1::{
     ChargeRequest, GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse, Payment as PaymentProto,
     PaymentState, RefundRequest as RefundProto, payment_service_server::PaymentService,
 };
+use shopmesh::mesh::identity::Subject;
 use shopmesh::mesh::{ids, validation};
 use tonic::{Request, Response, Status};
 
@@ -46,9 +47,19 @@ fn to_proto(p: Payment) -> PaymentProto {
     }
 }
 
+/// Refuses calls with a bearer-token subject: a caller from outside the mesh has no business
+/// charging, refunding or reading payments directly (it reads its orders instead).
+fn mesh_only<T>(req: &Request<T>) -> Result<(), Error> {
+    match req.extensions().get::<Subject>() {
+        Some(_) => Err(Error::PermissionDenied),
+        None => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
     async fn charge(&self, req: Request<ChargeRequest>) -> Result<Response<PaymentProto>, Status> {
+        mesh_only(&req)?;
         let req = req.into_inner();
         let amount = req.amount.as_ref().map(|m| (m.amount_minor, m.currency_code.as_str()));
         let charge =
@@ -57,6 +68,7 @@ impl PaymentService for PaymentApi {
     }
 
     async fn get_payment(&self, req: Request<GetPaymentRequest>) -> Result<Response<PaymentProto>, Status> {
+        mesh_only(&req)?;
         let id = req.into_inner().id;
         let mut v = validation::Violations::new();
         validation::id(&mut v, "id", &id);
@@ -68,6 +80,7 @@ impl PaymentService for PaymentApi {
     }
 
     async fn refund(&self, req: Request<RefundProto>) -> Result<Response<PaymentProto>, Status> {
+        mesh_only(&req)?;
         let req = req.into_inner();
         let refund = RefundRequest::parse(&req.payment_id, &req.request_id).map_err(Error::from)?;
         Ok(Response::new(to_proto(self.payments.refund(&refund).await?)))
@@ -77,6 +90,7 @@ impl PaymentService for PaymentApi {
         &self,
         req: Request<ListPaymentsRequest>,
     ) -> Result<Response<ListPaymentsResponse>, Status> {
+        mesh_only(&req)?;
         let req = req.into_inner();
         let mut v = validation::Violations::new();
         validation::id(&mut v, "order_id", &req.order_id);

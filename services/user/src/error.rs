@@ -12,6 +12,10 @@ pub enum Error {
     /// NOT_FOUND: no user has this id.
     #[error("user {0} not found")]
     NotFound(String),
+    /// PERMISSION_DENIED: a bearer-token caller acting on another user, or on what only the
+    /// mesh may do; answered whether or not the user exists (AIP-211), so it reveals nothing.
+    #[error("permission denied: {0}")]
+    PermissionDenied(&'static str),
     /// ALREADY_EXISTS: another user has this email.
     #[error("a user with email {0} already exists")]
     EmailTaken(String),
@@ -34,6 +38,7 @@ impl From<Error> for Status {
         match err {
             Error::Invalid(v) => status::invalid_argument(&v),
             Error::NotFound(_) => Status::not_found(err.to_string()),
+            Error::PermissionDenied(_) => Status::permission_denied(err.to_string()),
             Error::EmailTaken(_) => Status::already_exists(err.to_string()),
             Error::RequestIdReused(ref id) => {
                 status::failed_precondition("REQUEST_ID_REUSED", &format!("request_id/{id}"), err.to_string())

@@ -4,6 +4,7 @@ use shopmesh::api::user::v1::{
     CreateUserRequest, GetUserRequest, ListUsersRequest, ListUsersResponse, UpdateUserRequest,
     User as UserProto, user_service_server::UserService,
 };
+use shopmesh::mesh::identity::Subject;
 use shopmesh::mesh::{ids, validation};
 use tonic::{Request, Response, Status};
 
@@ -35,9 +36,30 @@ fn to_proto(u: User) -> UserProto {
     }
 }
 
+/// The bearer-token subject of the call, if any. Such a caller (from outside the mesh) may read
+/// and change only its own user; calls without one (services, or tokens off) are unrestricted.
+fn subject<T>(req: &Request<T>) -> Option<Subject> {
+    req.extensions().get::<Subject>().cloned()
+}
+
+/// Denies a subject access to any user but its own, before anything is looked up.
+fn own_user(subject: Option<&Subject>, id: &str) -> Result<(), Error> {
+    match subject {
+        Some(Subject(sub)) if **sub != *id => {
+            Err(Error::PermissionDenied("a caller may access only its own user"))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl UserService for UserApi {
     async fn create_user(&self, req: Request<CreateUserRequest>) -> Result<Response<UserProto>, Status> {
+        if subject(&req).is_some() {
+            // The server picks the new user's id, so no token can name it: accounts are
+            // created by the mesh (a sign-up flow), not by end users' tokens.
+            return Err(Error::PermissionDenied("users are not created with a bearer token").into());
+        }
         let req = req.into_inner();
         let new = NewUser::parse(&req.email, &req.display_name, &req.request_id).map_err(Error::from)?;
         let user = match self.store.create(&new).await.map_err(Error::from)? {
@@ -52,7 +74,9 @@ impl UserService for UserApi {
     }
 
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<UserProto>, Status> {
+        let subject = subject(&req);
         let id = req.into_inner().id;
+        own_user(subject.as_ref(), &id)?;
         let mut v = validation::Violations::new();
         validation::id(&mut v, "id", &id);
         v.check(()).map_err(Error::from)?;
@@ -66,6 +90,9 @@ impl UserService for UserApi {
         &self,
         req: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
+        if subject(&req).is_some() {
+            return Err(Error::PermissionDenied("listing users is not open to bearer-token callers").into());
+        }
         let req = req.into_inner();
         let mut v = validation::Violations::new();
         let size = validation::page_size(&mut v, "page_size", req.page_size);
@@ -86,7 +113,9 @@ impl UserService for UserApi {
     }
 
     async fn update_user(&self, req: Request<UpdateUserRequest>) -> Result<Response<UserProto>, Status> {
+        let subject = subject(&req);
         let req = req.into_inner();
+        own_user(subject.as_ref(), req.user.as_ref().map_or("", |u| u.id.as_str()))?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let (id, patch) = match req.user {
             Some(u) => UserPatch::parse(&u.id, &paths, &u.display_name, u.active),
@@ -97,6 +126,10 @@ impl UserService for UserApi {
             }
         }
         .map_err(Error::from)?;
+        if subject.is_some() && patch.active.is_some() {
+            // Deactivation is how operators stop an account ordering; its owner cannot undo it.
+            return Err(Error::PermissionDenied("a caller may not change its own active state").into());
+        }
         match self.store.update(&id, &patch).await.map_err(Error::from)? {
             Some(user) => Ok(Response::new(to_proto(user))),
             None => Err(Error::NotFound(id).into()),

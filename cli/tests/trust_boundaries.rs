@@ -1,0 +1,463 @@
+//! Callers from outside the mesh: bearer tokens (JWTs) checked at the server, object-level
+//! access by the token's subject, and the limits every caller meets (message and metadata
+//! size, per-caller rate), against the real services on 127.0.0.1 ports.
+//!
+//! Keys are fixed test PEMs (`tests/fixtures/jwt/`); tokens are signed here, with
+//! `jsonwebtoken`, as an identity provider would.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use shopmesh::api::common::v1::Money;
+use shopmesh::api::order::v1::{
+    CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem, ListOrdersRequest, OrderState,
+    order_service_client::OrderServiceClient,
+};
+use shopmesh::api::payment::v1::{ListPaymentsRequest, payment_service_client::PaymentServiceClient};
+use shopmesh::api::user::v1::{
+    CreateUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User,
+    user_service_client::UserServiceClient,
+};
+use shopmesh::mesh::config::{
+    JwtConfig, MeshConfig, OrderConfig, PaymentConfig, TokenRequirement, UserConfig,
+};
+use shopmesh::mesh::ids::new_id;
+use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const ISSUER: &str = "https://id.shopmesh.test";
+const AUDIENCE: &str = "shopmesh";
+const REJECTED: &str = "missing or invalid bearer token";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt").join(name)
+}
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).expect("read fixture")
+}
+
+fn jwt(require: TokenRequirement) -> JwtConfig {
+    JwtConfig {
+        jwt_jwks: Some(fixture("jwks.json")),
+        jwt_issuer: Some(ISSUER.into()),
+        jwt_audience: Some(AUDIENCE.into()),
+        jwt_require: require,
+        ..JwtConfig::default()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
+}
+
+/// Claims of a token that is valid for ten minutes.
+fn claims(sub: &str) -> serde_json::Value {
+    json!({ "sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now(), "exp": now() + 600 })
+}
+
+fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &serde_json::Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, key).expect("sign")
+}
+
+fn rsa() -> EncodingKey {
+    EncodingKey::from_rsa_pem(&read("rsa.pem")).expect("rsa key")
+}
+
+fn ec() -> EncodingKey {
+    EncodingKey::from_ec_pem(&read("ec.pem")).expect("ec key")
+}
+
+fn ed() -> EncodingKey {
+    EncodingKey::from_ed_pem(&read("ed25519.pem")).expect("ed25519 key")
+}
+
+/// A valid RS256 token for `sub`.
+fn token_for(sub: &str) -> String {
+    sign(Algorithm::RS256, "rsa-1", &rsa(), &claims(sub))
+}
+
+/// `message` with `authorization: Bearer <token>`.
+fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    request
+}
+
+fn usd(amount_minor: i64) -> Option<Money> {
+    Some(Money { currency_code: "USD".into(), amount_minor })
+}
+
+fn order_of(user_id: &str) -> CreateOrderRequest {
+    CreateOrderRequest {
+        user_id: user_id.into(),
+        line_items: vec![LineItem { sku: "tea".into(), quantity: 2, unit_price: usd(450) }],
+        request_id: new_id(),
+    }
+}
+
+/// The user, payment and order services. The order service (the mesh's entry point) wants a
+/// token from every caller; the user and payment services check tokens only when present,
+/// because without mTLS the order service's own calls to them carry no mesh identity.
+struct Mesh {
+    services: Vec<Spawned>,
+    dbs: Vec<TestDb>,
+    users: UserServiceClient<Channel>,
+    orders: OrderServiceClient<Channel>,
+    payments: PaymentServiceClient<Channel>,
+}
+
+async fn start(backend: Backend) -> Mesh {
+    let user_db = testing::database(backend, "user").await;
+    let payment_db = testing::database(backend, "payment").await;
+    let order_db = testing::database(backend, "order").await;
+    let with_jwt = |require| MeshConfig { jwt: jwt(require), ..testing::mesh_config() };
+
+    let config =
+        UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: user_db.url.clone() };
+    let mesh = with_jwt(TokenRequirement::Never);
+    let user = testing::spawn(shopmesh_user::SERVICE_NAME, |listener, shutdown| {
+        shopmesh_user::run(mesh, config, listener, shutdown)
+    })
+    .await;
+    let config = PaymentConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        database_url: payment_db.url.clone(),
+        payment_limit_minor: 100_000,
+        payment_currencies: vec!["USD".into()],
+        payment_latency: Duration::ZERO,
+    };
+    let mesh = with_jwt(TokenRequirement::Never);
+    let payment = testing::spawn(shopmesh_payment::SERVICE_NAME, |listener, shutdown| {
+        shopmesh_payment::run(mesh, config, listener, shutdown)
+    })
+    .await;
+    let config = OrderConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        database_url: order_db.url.clone(),
+        user_url: user.url(),
+        payment_url: payment.url(),
+    };
+    let mesh = with_jwt(TokenRequirement::Unidentified);
+    let order = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {
+        shopmesh_order::run(mesh, config, listener, shutdown)
+    })
+    .await;
+    let users = UserServiceClient::connect(user.url()).await.expect("connect user");
+    let orders = OrderServiceClient::connect(order.url()).await.expect("connect order");
+    let payments = PaymentServiceClient::connect(payment.url()).await.expect("connect payment");
+    Mesh {
+        services: vec![order, payment, user],
+        dbs: vec![user_db, payment_db, order_db],
+        users,
+        orders,
+        payments,
+    }
+}
+
+impl Mesh {
+    async fn stop(self) {
+        for service in self.services {
+            service.stop().await.expect("service stops cleanly");
+        }
+        for db in self.dbs {
+            db.drop_database().await;
+        }
+    }
+
+    /// A user created by the mesh itself (no token), as a sign-up flow would.
+    async fn new_user(&mut self, email: &str) -> User {
+        let req =
+            CreateUserRequest { email: email.into(), display_name: "Test".into(), request_id: String::new() };
+        self.users.create_user(req).await.expect("create user").into_inner()
+    }
+}
+
+/// Tokens that must never be accepted, each with what is wrong with it.
+fn bad_tokens(sub: &str) -> Vec<(&'static str, String)> {
+    let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let with = |patch: serde_json::Value| {
+        let mut c = claims(sub);
+        for (k, v) in patch.as_object().expect("object") {
+            if v.is_null() {
+                c.as_object_mut().expect("object").remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let public_pem = read("rsa.pub.pem");
+    vec![
+        ("expired", sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "exp": now() - 3600 })))),
+        ("not yet valid", sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "nbf": now() + 3600 })))),
+        ("no exp", sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "exp": null })))),
+        ("no sub", sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "sub": null })))),
+        (
+            "wrong issuer",
+            sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "iss": "https://evil.test" }))),
+        ),
+        ("wrong audience", sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "aud": "someone-else" })))),
+        ("unknown kid", sign(Algorithm::RS256, "rsa-2", &rsa(), &claims(sub))),
+        (
+            "signed by another key",
+            sign(
+                Algorithm::RS256,
+                "rsa-1",
+                &EncodingKey::from_rsa_pem(&read("rsa-other.pem")).expect("key"),
+                &claims(sub),
+            ),
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({ "alg": "none", "typ": "JWT", "kid": "rsa-1" })),
+                b64(&claims(sub))
+            ),
+        ),
+        (
+            "HS256 with the RSA public key as secret",
+            sign(
+                Algorithm::HS256,
+                "rsa-1",
+                &EncodingKey::from_secret(&public_pem).expect("secret"),
+                &claims(sub),
+            ),
+        ),
+        ("RS384, not on the allow-list", sign(Algorithm::RS384, "rsa-1", &rsa(), &claims(sub))),
+        ("ES256 claiming the RSA key", sign(Algorithm::ES256, "rsa-1", &ec(), &claims(sub))),
+        ("RS256 claiming the EC key", sign(Algorithm::RS256, "ec-1", &rsa(), &claims(sub))),
+        ("not a JWT", "abc.def".into()),
+    ]
+}
+
+#[tokio::test]
+async fn tokens_are_checked_and_callers_reach_only_their_own_objects() {
+    for backend in testing::backends() {
+        let mut m = start(backend).await;
+        let a = m.new_user("a@example.com").await;
+        let b = m.new_user("b@example.com").await;
+        let (tok_a, tok_b) = (token_for(&a.id), sign(Algorithm::ES256, "ec-1", &ec(), &claims(&b.id)));
+
+        // Valid tokens, each key type: the handler sees the subject and lets it order for itself.
+        let own =
+            m.orders.create_order(bearer(order_of(&a.id), &tok_a)).await.expect("A orders").into_inner();
+        assert_eq!(own.state(), OrderState::Paid, "{backend:?}");
+        let theirs =
+            m.orders.create_order(bearer(order_of(&b.id), &tok_b)).await.expect("B orders").into_inner();
+        let tok_a_ed = sign(Algorithm::EdDSA, "ed-1", &ed(), &claims(&a.id));
+        m.orders
+            .get_order(bearer(GetOrderRequest { id: own.id.clone() }, &tok_a_ed))
+            .await
+            .expect("an EdDSA token works too");
+
+        // No token, or any bad one: UNAUTHENTICATED, the same message, and nothing written.
+        let no_token = m.orders.create_order(order_of(&a.id)).await.expect_err("no token");
+        assert_eq!(no_token.code(), Code::Unauthenticated, "{backend:?}: {no_token:?}");
+        assert_eq!(no_token.message(), REJECTED);
+        for (what, token) in bad_tokens(&a.id) {
+            let err = m.orders.create_order(bearer(order_of(&a.id), &token)).await.expect_err(what);
+            assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}: {what}: {err:?}");
+            assert_eq!(err.message(), REJECTED, "{backend:?}: {what}: no detail leaks");
+        }
+        let mut basic = Request::new(order_of(&a.id));
+        basic.metadata_mut().insert("authorization", "Basic YTpi".parse().expect("ascii"));
+        let err = m.orders.create_order(basic).await.expect_err("not a bearer token");
+        assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}");
+        let listed = m
+            .orders
+            .list_orders(bearer(ListOrdersRequest { user_id: a.id.clone(), ..Default::default() }, &tok_a))
+            .await
+            .expect("A lists its orders")
+            .into_inner()
+            .orders;
+        assert_eq!(
+            listed.iter().map(|o| &o.id).collect::<Vec<_>>(),
+            [&own.id],
+            "{backend:?}: nothing else written"
+        );
+
+        // Orders: another's, or one that does not exist, are both PERMISSION_DENIED (AIP-211).
+        let denied = |r: Result<(), tonic::Status>, what: &str| {
+            let err = r.err().unwrap_or_else(|| panic!("{backend:?}: {what} succeeded"));
+            assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}: {what}: {err:?}");
+        };
+        denied(
+            m.orders.get_order(bearer(GetOrderRequest { id: theirs.id.clone() }, &tok_a)).await.map(drop),
+            "get B's order",
+        );
+        denied(
+            m.orders.get_order(bearer(GetOrderRequest { id: new_id() }, &tok_a)).await.map(drop),
+            "get a missing order",
+        );
+        let list_b = ListOrdersRequest { user_id: b.id.clone(), ..Default::default() };
+        denied(m.orders.list_orders(bearer(list_b, &tok_a)).await.map(drop), "list B's orders");
+        denied(m.orders.create_order(bearer(order_of(&b.id), &tok_a)).await.map(drop), "order for B");
+        let cancel_b = CancelOrderRequest { id: theirs.id.clone(), request_id: new_id() };
+        denied(m.orders.cancel_order(bearer(cancel_b, &tok_a)).await.map(drop), "cancel B's order");
+        let cancel_missing = CancelOrderRequest { id: new_id(), request_id: new_id() };
+        denied(
+            m.orders.cancel_order(bearer(cancel_missing, &tok_a)).await.map(drop),
+            "cancel a missing order",
+        );
+        let still = m.orders.get_order(bearer(GetOrderRequest { id: theirs.id.clone() }, &tok_b)).await;
+        assert_eq!(still.expect("B reads its order").into_inner().state(), OrderState::Paid, "{backend:?}");
+        let cancel_own = CancelOrderRequest { id: own.id.clone(), request_id: new_id() };
+        let cancelled = m.orders.cancel_order(bearer(cancel_own, &tok_a)).await.expect("A cancels its own");
+        assert_eq!(cancelled.into_inner().state(), OrderState::Cancelled, "{backend:?}");
+
+        // Users: only one's own; listing and creating are the mesh's.
+        let got =
+            m.users.get_user(bearer(GetUserRequest { id: a.id.clone() }, &tok_a)).await.expect("A reads A");
+        assert_eq!(got.into_inner().id, a.id);
+        denied(
+            m.users.get_user(bearer(GetUserRequest { id: b.id.clone() }, &tok_a)).await.map(drop),
+            "read B",
+        );
+        denied(
+            m.users.get_user(bearer(GetUserRequest { id: new_id() }, &tok_a)).await.map(drop),
+            "read a missing user",
+        );
+        denied(m.users.list_users(bearer(ListUsersRequest::default(), &tok_a)).await.map(drop), "list users");
+        let rename = |user: &User, name: &str| UpdateUserRequest {
+            user: Some(User { display_name: name.into(), ..user.clone() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+        };
+        denied(m.users.update_user(bearer(rename(&b, "Mallory"), &tok_a)).await.map(drop), "rename B");
+        let renamed = m.users.update_user(bearer(rename(&a, "Alice"), &tok_a)).await.expect("A renames A");
+        assert_eq!(renamed.into_inner().display_name, "Alice");
+        let reactivate = UpdateUserRequest {
+            user: Some(User { active: true, ..a.clone() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["active".into()] }),
+        };
+        denied(m.users.update_user(bearer(reactivate, &tok_a)).await.map(drop), "change own active state");
+        let create = CreateUserRequest {
+            email: "c@example.com".into(),
+            display_name: "C".into(),
+            request_id: String::new(),
+        };
+        denied(m.users.create_user(bearer(create, &tok_a)).await.map(drop), "create a user with a token");
+        // Payments: the mesh's alone.
+        let payments_of_own = ListPaymentsRequest { order_id: own.id.clone(), ..Default::default() };
+        denied(m.payments.list_payments(bearer(payments_of_own, &tok_a)).await.map(drop), "read payments");
+        let paid = m
+            .payments
+            .list_payments(ListPaymentsRequest { order_id: own.id.clone(), ..Default::default() })
+            .await;
+        assert_eq!(paid.expect("the mesh reads payments").into_inner().payments.len(), 1, "{backend:?}");
+
+        let read_b = m.users.get_user(GetUserRequest { id: b.id.clone() }).await;
+        assert_eq!(read_b.expect("the mesh (no token) reads any user").into_inner().display_name, "Test");
+        let expired = &bad_tokens(&a.id)[0].1;
+        let err = m
+            .users
+            .get_user(bearer(GetUserRequest { id: a.id.clone() }, expired))
+            .await
+            .expect_err("expired");
+        assert_eq!(
+            err.code(),
+            Code::Unauthenticated,
+            "{backend:?}: a bad token is refused even where tokens are optional"
+        );
+
+        m.stop().await;
+    }
+}
+
+/// A user service with small limits: 4 KiB messages and metadata, and 5 calls per caller
+/// before a bucket that refills one token per 1000 s (so nothing refills during the test,
+/// however slow the machine).
+async fn limited_user_service(db: &TestDb) -> Spawned {
+    let mut mesh = MeshConfig { jwt: jwt(TokenRequirement::Never), ..testing::mesh_config() };
+    mesh.server.max_message_bytes = 4096;
+    mesh.server.max_metadata_bytes = 4096;
+    mesh.server.rate_limit_rps = 0.001;
+    mesh.server.rate_limit_burst = 5;
+    let config = UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
+    testing::spawn(shopmesh_user::SERVICE_NAME, |listener, shutdown| {
+        shopmesh_user::run(mesh, config, listener, shutdown)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn limits_answer_resource_exhausted_per_caller() {
+    let db = testing::database(Backend::Sqlite, "limits").await;
+    let service = limited_user_service(&db).await;
+    let mut users = UserServiceClient::connect(service.url()).await.expect("connect");
+    // Two calls from this address (no token): its bucket has 3 left.
+    let create = |email: &str| {
+        let req =
+            CreateUserRequest { email: email.into(), display_name: "T".into(), request_id: String::new() };
+        let mut users = users.clone();
+        async move { users.create_user(req).await.expect("create user").into_inner() }
+    };
+    let (a, b) = (create("a@example.com").await, create("b@example.com").await);
+    let (tok_a, tok_b) = (token_for(&a.id), token_for(&b.id));
+
+    // A message over --max-message-bytes.
+    let big = CreateUserRequest {
+        email: "big@example.com".into(),
+        display_name: "x".repeat(8000),
+        request_id: String::new(),
+    };
+    let err = users.create_user(bearer(big, &token_for("big-sender"))).await.expect_err("too large");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // Metadata over --max-metadata-bytes, but under the HTTP/2 cap: refused by the layer, before
+    // the rate limiter counts it.
+    let mut padded = bearer(GetUserRequest { id: a.id.clone() }, &tok_a);
+    padded.metadata_mut().insert("x-padding", "p".repeat(6000).parse().expect("ascii"));
+    let err = users.get_user(padded).await.expect_err("metadata too large");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("metadata"), "{err:?}");
+
+    // Metadata over the HTTP/2 cap (16 KiB here): h2 answers HTTP 431 before any layer runs, and
+    // a tonic client reports UNKNOWN. This is why the layer exists; if h2 or tonic ever answer
+    // differently, the README's "Limits" must say so.
+    let mut huge = bearer(GetUserRequest { id: a.id.clone() }, &tok_a);
+    huge.metadata_mut().insert("x-padding", "p".repeat(20_000).parse().expect("ascii"));
+    let err = users.get_user(huge).await.expect_err("metadata over the HTTP/2 cap");
+    assert_eq!(err.code(), Code::Unknown, "{err:?}");
+    assert!(err.message().contains("431"), "{err:?}");
+
+    // A's rate: 5 calls, then RESOURCE_EXHAUSTED with the time until its next token.
+    for i in 0..5 {
+        let got = users.get_user(bearer(GetUserRequest { id: a.id.clone() }, &tok_a)).await;
+        assert!(got.is_ok(), "call {i} within A's burst: {got:?}");
+    }
+    let err =
+        users.get_user(bearer(GetUserRequest { id: a.id.clone() }, &tok_a)).await.expect_err("over A's rate");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let pushback: u64 = err
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("pushback header")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("milliseconds");
+    assert!((1..=1_000_000).contains(&pushback) && pushback > 900_000, "{pushback} ms");
+
+    // Meanwhile B, and calls without a token from this address, keep their own buckets.
+    for _ in 0..3 {
+        users
+            .get_user(bearer(GetUserRequest { id: b.id.clone() }, &tok_b))
+            .await
+            .expect("B is not limited by A");
+    }
+    users.get_user(GetUserRequest { id: a.id.clone() }).await.expect("this address has tokens left");
+    // And health is never limited.
+    for _ in 0..10 {
+        testing::wait_serving(service.addr, shopmesh_user::SERVICE_NAME).await;
+    }
+
+    service.stop().await.expect("stops cleanly");
+}

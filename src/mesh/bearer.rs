@@ -1,0 +1,349 @@
+//! Bearer tokens for callers outside the mesh: `authorization: Bearer <JWT>`, verified against
+//! the issuer's JSON Web Key Set. A valid token's `sub` becomes the request's [`Subject`], which
+//! handlers use for object-level access; a token that is present but invalid is answered
+//! UNAUTHENTICATED, whoever sends it.
+//!
+//! Which calls must carry a token is [`TokenRequirement`]: by default those without a mesh
+//! [`PeerIdentity`] (services calling each other are identified by their mTLS certificates).
+//! Health and reflection never need one: probes and tooling carry no tokens.
+//!
+//! Algorithm confusion is closed by construction: a key is chosen by the token's `kid` alone,
+//! and a token verifies only with an algorithm that is on the allow-list, of the key's own
+//! type, and the key's `alg` when the JWKS names one. `alg: none` is not an algorithm the
+//! decoder knows, so such a token never parses.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::mesh::Error;
+use crate::mesh::config::{JwtConfig, TokenRequirement};
+use crate::mesh::deadline::status_response;
+use crate::mesh::identity::{PeerIdentity, Subject};
+
+/// The one message every rejected call gets: which check failed is logged, never sent, so a
+/// caller probing with forged tokens learns nothing.
+const REJECTED: &str = "missing or invalid bearer token";
+
+/// Longest `sub` accepted; user ids are UUIDs, and a subject also keys the rate limiter.
+const MAX_SUBJECT_LEN: usize = 256;
+
+/// One verification key from the JWKS, with the algorithms it may verify.
+struct Key {
+    decoding: DecodingKey,
+    /// Allow-list ∩ the key's type ∩ the key's own `alg`, each with its claim checks.
+    validations: Vec<(Algorithm, Validation)>,
+}
+
+/// Verifies bearer tokens against a fixed key set, issuer and audience.
+pub struct Verifier {
+    keys: HashMap<String, Key>,
+    require: TokenRequirement,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut kids: Vec<_> = self.keys.keys().collect();
+        kids.sort();
+        f.debug_struct("Verifier").field("kids", &kids).field("require", &self.require).finish()
+    }
+}
+
+/// The claims read from a verified token; the standard ones are checked by the decoder.
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+impl Verifier {
+    /// The verifier `config` describes, or `None` when bearer tokens are off (no JWKS).
+    ///
+    /// # Errors
+    /// When the JWKS cannot be read or parsed, names no usable key, or the issuer or audience
+    /// is missing.
+    pub fn from_config(config: &JwtConfig) -> Result<Option<Self>, Error> {
+        let Some(path) = &config.jwt_jwks else { return Ok(None) };
+        let jwks = read_jwks(path)?;
+        Self::new(&jwks, config).map(Some)
+    }
+
+    /// A verifier over the keys of `jwks`, with `config`'s issuer, audience, algorithms and
+    /// leeway.
+    ///
+    /// # Errors
+    /// When no key is usable, a key has no `kid` or a duplicate one, or the issuer or
+    /// audience is missing.
+    pub fn new(jwks: &JwkSet, config: &JwtConfig) -> Result<Self, Error> {
+        let (Some(issuer), Some(audience)) = (&config.jwt_issuer, &config.jwt_audience) else {
+            return Err(Error::Config("bearer tokens need --jwt-issuer and --jwt-audience".into()));
+        };
+        let mut keys = HashMap::new();
+        for jwk in &jwks.keys {
+            let kid = jwk.common.key_id.clone().filter(|k| !k.is_empty()).ok_or_else(|| {
+                Error::Config("every key in the JWKS needs a kid: tokens choose their key by it".into())
+            })?;
+            if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_))
+                && !config.jwt_algorithms.iter().any(|a| is_hmac(*a))
+            {
+                // A shared secret in a public key set is a mistake; never let it verify.
+                tracing::warn!(%kid, "JWKS holds a symmetric key but no HS* algorithm is allowed; ignored");
+                continue;
+            }
+            let decoding = DecodingKey::from_jwk(jwk)
+                .map_err(|e| Error::Config(format!("JWKS key {kid:?} is not usable: {e}")))?;
+            let own_alg = jwk.common.key_algorithm.and_then(|a| Algorithm::try_from(a).ok());
+            let validations: Vec<_> = config
+                .jwt_algorithms
+                .iter()
+                .copied()
+                .filter(|a| a.family() == decoding.family() && own_alg.is_none_or(|own| own == *a))
+                .map(|a| (a, validation(a, issuer, audience, config)))
+                .collect();
+            if validations.is_empty() {
+                tracing::warn!(%kid, "no allowed algorithm fits this JWKS key; ignored");
+                continue;
+            }
+            if keys.insert(kid.clone(), Key { decoding, validations }).is_some() {
+                return Err(Error::Config(format!("JWKS has two keys with kid {kid:?}")));
+            }
+        }
+        if keys.is_empty() {
+            return Err(Error::Config("the JWKS has no key usable with --jwt-algorithms".into()));
+        }
+        Ok(Self { keys, require: config.jwt_require })
+    }
+
+    /// The subject of `token` if it is signed by a known key with an allowed algorithm and its
+    /// issuer, audience and validity period check out.
+    ///
+    /// # Errors
+    /// Why the token was rejected, for logs only.
+    pub fn verify(&self, token: &str) -> Result<Arc<str>, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
+        let kid = header.kid.as_deref().ok_or("no kid")?;
+        let key = self.keys.get(kid).ok_or_else(|| format!("unknown kid {kid:?}"))?;
+        let (_, validation) = key
+            .validations
+            .iter()
+            .find(|(a, _)| *a == header.alg)
+            .ok_or_else(|| format!("algorithm {:?} not allowed for kid {kid:?}", header.alg))?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.decoding, validation).map_err(|e| e.to_string())?;
+        let sub = data.claims.sub;
+        if sub.is_empty() || sub.len() > MAX_SUBJECT_LEN || sub.chars().any(char::is_control) {
+            return Err("unusable sub".into());
+        }
+        Ok(sub.into())
+    }
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// The claim checks for tokens signed with `alg`: `exp`, `sub`, `iss` and `aud` required,
+/// `nbf` checked when present, both times with the configured leeway.
+fn validation(alg: Algorithm, issuer: &str, audience: &str, config: &JwtConfig) -> Validation {
+    let mut v = Validation::new(alg);
+    v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[audience]);
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.leeway = config.jwt_leeway.as_secs();
+    v
+}
+
+fn read_jwks(path: &Path) -> Result<JwkSet, Error> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Config(format!("cannot read the JWKS file {}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Config(format!("{} is not a JSON Web Key Set: {e}", path.display())))
+}
+
+/// The token of an `authorization: Bearer <token>` header (the scheme is case-insensitive);
+/// `Ok(None)` without the header, `Err` for any other shape or for several such headers.
+fn bearer_token<B>(request: &Request<B>) -> Result<Option<&str>, &'static str> {
+    let mut values = request.headers().get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err("several authorization headers");
+    }
+    let value = value.to_str().map_err(|_| "authorization is not ASCII")?;
+    let (scheme, token) = value.split_once(' ').ok_or("authorization is not `Bearer <token>`")?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err("authorization is not `Bearer <token>`");
+    }
+    Ok(Some(token.trim()))
+}
+
+/// Checks bearer tokens (see the module docs); passes every call through when tokens are off.
+#[derive(Debug, Clone)]
+pub struct BearerAuthLayer {
+    verifier: Option<Arc<Verifier>>,
+}
+
+impl BearerAuthLayer {
+    /// Checks tokens with `verifier`; `None` turns the layer into a pass-through.
+    pub fn new(verifier: Option<Verifier>) -> Self {
+        Self { verifier: verifier.map(Arc::new) }
+    }
+}
+
+impl<S> Layer<S> for BearerAuthLayer {
+    type Service = BearerAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerAuth { inner, verifier: self.verifier.clone() }
+    }
+}
+
+/// See [`BearerAuthLayer`].
+#[derive(Debug, Clone)]
+pub struct BearerAuth<S> {
+    inner: S,
+    verifier: Option<Arc<Verifier>>,
+}
+
+impl<S> BearerAuth<S> {
+    /// Whether the call may go on, with the subject to attach; `Err` is the log line of a
+    /// rejection.
+    fn check<B>(verifier: &Verifier, request: &Request<B>) -> Result<Option<Arc<str>>, String> {
+        match bearer_token(request)? {
+            Some(token) => verifier.verify(token).map(Some),
+            None => match verifier.require {
+                TokenRequirement::Never => Ok(None),
+                TokenRequirement::Unidentified if request.extensions().get::<PeerIdentity>().is_some() => {
+                    Ok(None)
+                }
+                TokenRequirement::Unidentified => Err("no token and no mesh identity".into()),
+            },
+        }
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for BearerAuth<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let Some(verifier) = &self.verifier else {
+            return ResponseFuture::Passed { inner: self.inner.call(request) };
+        };
+        if crate::mesh::server::is_infrastructure(request.uri().path()) {
+            return ResponseFuture::Passed { inner: self.inner.call(request) };
+        }
+        // A subject is only ever what this layer verified, never what a caller sent along.
+        request.extensions_mut().remove::<Subject>();
+        match Self::check(verifier, &request) {
+            Ok(subject) => {
+                if let Some(sub) = subject {
+                    request.extensions_mut().insert(Subject(sub));
+                }
+                ResponseFuture::Passed { inner: self.inner.call(request) }
+            }
+            Err(why) => {
+                // Debug, not info: a flood of forged tokens must not become a flood of logs.
+                tracing::debug!(path = request.uri().path(), reason = %why, "bearer token rejected");
+                metrics::counter!("shopmesh_server_unauthenticated_total").increment(1);
+                ResponseFuture::Rejected {
+                    response: Some(status_response(tonic::Status::unauthenticated(REJECTED))),
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response of a [`BearerAuth`] service.
+    #[project = ResponseFutureProj]
+    pub enum ResponseFuture<F, ResBody> {
+        /// Handed on.
+        Passed { #[pin] inner: F },
+        /// Answered UNAUTHENTICATED.
+        Rejected { response: Option<Response<ResBody>> },
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F, ResBody>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ResponseFutureProj::Passed { inner } => inner.poll(cx),
+            ResponseFutureProj::Rejected { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(auth: &[&str]) -> Request<()> {
+        let mut r = Request::builder().uri("/shopmesh.user.v1.UserService/GetUser");
+        for a in auth {
+            r = r.header("authorization", *a);
+        }
+        r.body(()).expect("request")
+    }
+
+    #[test]
+    fn only_one_bearer_header_is_a_token() {
+        assert_eq!(bearer_token(&request(&[])), Ok(None));
+        assert_eq!(bearer_token(&request(&["Bearer abc"])), Ok(Some("abc")));
+        assert_eq!(bearer_token(&request(&["bearer  abc "])), Ok(Some("abc")));
+        assert!(bearer_token(&request(&["Basic dTpw"])).is_err());
+        assert!(bearer_token(&request(&["Bearer"])).is_err());
+        assert!(bearer_token(&request(&["Bearer  "])).is_err());
+        assert!(bearer_token(&request(&["Bearer a", "Bearer b"])).is_err());
+    }
+
+    #[test]
+    fn a_jwks_without_kids_or_usable_keys_is_refused() {
+        let config = JwtConfig {
+            jwt_issuer: Some("https://issuer.example".into()),
+            jwt_audience: Some("shopmesh".into()),
+            ..JwtConfig::default()
+        };
+        let no_kid: JwkSet = serde_json::from_str(
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+        )
+        .expect("jwks");
+        assert!(Verifier::new(&no_kid, &config).is_err());
+        let only_secret: JwkSet =
+            serde_json::from_str(r#"{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0"}]}"#).expect("jwks");
+        assert!(Verifier::new(&only_secret, &config).is_err(), "a shared secret must not verify RS/ES/EdDSA");
+        let ed: JwkSet = serde_json::from_str(
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"e","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+        )
+        .expect("jwks");
+        let verifier = Verifier::new(&ed, &config).expect("usable");
+        assert_eq!(verifier.keys["e"].validations.len(), 1, "EdDSA only, from RS256,ES256,EdDSA");
+        assert!(Verifier::new(&ed, &JwtConfig { jwt_audience: None, ..config }).is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! Per-caller rate limits: a token bucket (GCRA, from `governor`) per caller, so one noisy
+//! client cannot take a service's capacity from the others. A caller is its mesh identity
+//! ([`PeerIdentity`]), else its bearer token's [`Subject`], else its IP address (an IPv6
+//! address by its /64, which one host can fill). A call over its caller's rate is answered
+//! RESOURCE_EXHAUSTED at once with `grpc-retry-pushback-ms`, the time until it would be admitted.
+//!
+//! Health checks and reflection are never limited: a probe refused would get a pod restarted.
+//! Memory stays bounded: [`RateLimitLayer::housekeeping`] drops, every few seconds, the buckets
+//! that have refilled (a caller idle for `burst / rate` seconds), so the map holds only callers
+//! seen within that time.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use governor::clock::Clock as _;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::server::TcpConnectInfo;
+use tower::{Layer, Service};
+
+use crate::mesh::deadline::status_response;
+use crate::mesh::identity::{PeerIdentity, SpiffeId, Subject};
+
+/// How often buckets that have refilled are dropped.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whom a bucket belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Caller {
+    Peer(SpiffeId),
+    Subject(Arc<str>),
+    Ip(IpAddr),
+    /// No address known (not a TCP connection): all such calls share one bucket.
+    Unknown,
+}
+
+impl Caller {
+    fn of<B>(request: &Request<B>) -> Self {
+        let ext = request.extensions();
+        if let Some(PeerIdentity(id)) = ext.get::<PeerIdentity>() {
+            return Self::Peer(id.clone());
+        }
+        if let Some(Subject(sub)) = ext.get::<Subject>() {
+            return Self::Subject(sub.clone());
+        }
+        match ext.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr).map(|a| a.ip()) {
+            Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::Ip(IpAddr::V4(v4)),
+                // One host usually owns a whole /64; keying by full address would let it mint
+                // buckets (and map entries) at will.
+                None => Self::Ip(IpAddr::V6((u128::from(v6) & !(u128::from(u64::MAX))).into())),
+            },
+            Some(ip) => Self::Ip(ip),
+            None => Self::Unknown,
+        }
+    }
+}
+
+type Limiter = DefaultKeyedRateLimiter<Caller>;
+
+/// Limits each caller to a rate with a burst; a pass-through when no rate is set.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    limiter: Option<Arc<Limiter>>,
+}
+
+impl RateLimitLayer {
+    /// `rate_per_sec` calls per second per caller on average, `burst` at once; a rate of 0
+    /// (or less) turns limiting off.
+    pub fn new(rate_per_sec: f64, burst: u32) -> Self {
+        if !rate_per_sec.is_finite() || rate_per_sec <= 0.0 {
+            return Self { limiter: None };
+        }
+        // One token per period; a sub-nanosecond period would round to zero, i.e. no quota.
+        let period = Duration::from_secs_f64(1.0 / rate_per_sec).max(Duration::from_nanos(1));
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let limiter = Quota::with_period(period).map(|q| Arc::new(RateLimiter::keyed(q.allow_burst(burst))));
+        Self { limiter }
+    }
+
+    /// The task that keeps the bucket map small: run it beside the server (it never ends;
+    /// `None` when limiting is off).
+    pub fn housekeeping(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let limiter = self.limiter.clone()?;
+        Some(async move {
+            let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        })
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit { inner, limiter: self.limiter.clone() }
+    }
+}
+
+/// See [`RateLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: Option<Arc<Limiter>>,
+}
+
+/// The RESOURCE_EXHAUSTED answer for a caller that may call again after `wait`.
+fn limited(wait: Duration) -> tonic::Status {
+    // Rounded up, so a client that waits exactly this long finds a token.
+    let ms = wait.as_nanos().div_ceil(1_000_000).max(1);
+    let mut metadata = MetadataMap::new();
+    if let Ok(value) = MetadataValue::try_from(ms.to_string()) {
+        metadata.insert("grpc-retry-pushback-ms", value);
+    }
+    tonic::Status::with_metadata(
+        tonic::Code::ResourceExhausted,
+        "rate limit exceeded for this caller; retry after grpc-retry-pushback-ms",
+        metadata,
+    )
+}
+
+impl<S, B, ResBody> Service<Request<B>> for RateLimit<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let Some(limiter) = &self.limiter else {
+            return ResponseFuture::Admitted { inner: self.inner.call(request) };
+        };
+        let path = request.uri().path();
+        if crate::mesh::server::is_infrastructure(path) {
+            return ResponseFuture::Admitted { inner: self.inner.call(request) };
+        }
+        match limiter.check_key(&Caller::of(&request)) {
+            Ok(()) => ResponseFuture::Admitted { inner: self.inner.call(request) },
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(limiter.clock().now());
+                let (_, service, method) = crate::mesh::observe::names(path);
+                tracing::debug!(path, ?wait, "caller over its rate: refusing the call");
+                metrics::counter!("shopmesh_server_rate_limited_total", "service" => service, "method" => method)
+                    .increment(1);
+                ResponseFuture::Limited { response: Some(status_response(limited(wait))) }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response of a [`RateLimit`] service.
+    #[project = ResponseFutureProj]
+    pub enum ResponseFuture<F, ResBody> {
+        /// Within the caller's rate: handling.
+        Admitted { #[pin] inner: F },
+        /// Over it: refused.
+        Limited { response: Option<Response<ResBody>> },
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F, ResBody>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ResponseFutureProj::Admitted { inner } => inner.poll(cx),
+            ResponseFutureProj::Limited { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn from(ip: &str) -> Request<()> {
+        let mut r =
+            Request::builder().uri("/shopmesh.user.v1.UserService/GetUser").body(()).expect("request");
+        let addr = std::net::SocketAddr::new(ip.parse().expect("ip"), 4000);
+        r.extensions_mut().insert(TcpConnectInfo { local_addr: None, remote_addr: Some(addr) });
+        r
+    }
+
+    #[test]
+    fn callers_are_keyed_by_identity_then_subject_then_address() {
+        let mut r = from("10.0.0.1");
+        assert_eq!(Caller::of(&r), Caller::Ip("10.0.0.1".parse().expect("ip")));
+        r.extensions_mut().insert(Subject("u1".into()));
+        assert_eq!(Caller::of(&r), Caller::Subject("u1".into()));
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/shopmesh-order").expect("id");
+        r.extensions_mut().insert(PeerIdentity(id.clone()));
+        assert_eq!(Caller::of(&r), Caller::Peer(id));
+        assert_eq!(Caller::of(&from("2001:db8::1")), Caller::of(&from("2001:db8::ffff:1")), "same /64");
+        assert_ne!(Caller::of(&from("2001:db8::1")), Caller::of(&from("2001:db8:0:1::1")));
+        assert_eq!(Caller::of(&from("::ffff:10.0.0.1")), Caller::of(&from("10.0.0.1")));
+    }
+
+    #[tokio::test]
+    async fn a_caller_over_its_burst_is_refused_with_pushback_and_others_are_not() {
+        let inner = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(tonic::body::Body::default()))
+        });
+        // One token per 1000 s: nothing refills during the test, however slow the machine.
+        let layer = RateLimitLayer::new(0.001, 2);
+        let svc = layer.layer(inner);
+        let code =
+            |r: &Response<tonic::body::Body>| r.headers().get("grpc-status").map(|v| v.as_bytes().to_vec());
+        for _ in 0..2 {
+            let ok = svc.clone().oneshot(from("10.0.0.1")).await.expect("answer");
+            assert_eq!(code(&ok), None);
+        }
+        let refused = svc.clone().oneshot(from("10.0.0.1")).await.expect("answer");
+        assert_eq!(code(&refused).as_deref(), Some(&b"8"[..]), "RESOURCE_EXHAUSTED");
+        let pushback: u64 =
+            refused.headers()["grpc-retry-pushback-ms"].to_str().expect("ascii").parse().expect("ms");
+        assert!(pushback > 900_000 && pushback <= 1_000_000, "{pushback} ms until the next token");
+        let other = svc.clone().oneshot(from("10.0.0.2")).await.expect("answer");
+        assert_eq!(code(&other), None, "another caller keeps its own bucket");
+        let mut health = from("10.0.0.1");
+        *health.uri_mut() = "/grpc.health.v1.Health/Check".parse().expect("uri");
+        assert_eq!(code(&svc.clone().oneshot(health).await.expect("answer")), None, "health is exempt");
+    }
+
+    #[test]
+    fn no_rate_means_no_limiter() {
+        assert!(RateLimitLayer::new(0.0, 10).limiter.is_none());
+        assert!(RateLimitLayer::new(f64::NAN, 10).limiter.is_none());
+        assert!(RateLimitLayer::new(1e12, 10).limiter.is_some());
+    }
+}
