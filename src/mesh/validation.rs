@@ -122,6 +122,20 @@ pub fn page_token(v: &mut Violations, field: &str, value: &str) -> Option<String
     }
 }
 
+/// A validated page request of a List method (AIP-158).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The most items to return.
+    pub size: u32,
+    /// The id to continue after, from the page token; `None` for the first page.
+    pub after: Option<String>,
+}
+
+/// Checks a List method's `page_size` and `page_token` fields.
+pub fn page(v: &mut Violations, size: i32, token: &str) -> Page {
+    Page { size: page_size(v, "page_size", size), after: page_token(v, "page_token", token) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,11 @@ use shopmesh::api::order::v1::{
     CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem as LineItemProto, ListOrdersRequest,
     ListOrdersResponse, Order as OrderProto, OrderState, order_service_server::OrderService,
 };
-use shopmesh::mesh::{ids, validation};
+use shopmesh::mesh::ids;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{LineInput, NewOrder, Order, State};
+use crate::convert;
+use crate::domain::{Order, State};
 use crate::error::Error;
 use crate::service::Orders;
 
@@ -62,25 +63,12 @@ fn to_proto(o: Order) -> OrderProto {
 #[tonic::async_trait]
 impl OrderService for OrderApi {
     async fn create_order(&self, req: Request<CreateOrderRequest>) -> Result<Response<OrderProto>, Status> {
-        let req = req.into_inner();
-        let lines: Vec<LineInput<'_>> = req
-            .line_items
-            .iter()
-            .map(|l| LineInput {
-                sku: &l.sku,
-                quantity: i64::from(l.quantity),
-                unit_price: l.unit_price.as_ref().map(|m| (m.amount_minor, m.currency_code.as_str())),
-            })
-            .collect();
-        let new = NewOrder::parse(&req.user_id, &lines, &req.request_id).map_err(Error::from)?;
+        let new = convert::create_order(req.get_ref())?;
         Ok(Response::new(to_proto(self.orders.create(&new).await?)))
     }
 
     async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Response<OrderProto>, Status> {
-        let id = req.into_inner().id;
-        let mut v = validation::Violations::new();
-        validation::id(&mut v, "id", &id);
-        v.check(()).map_err(Error::from)?;
+        let id = convert::get_order(req.get_ref())?;
         match self.orders.store().get(&id).await.map_err(Error::from)? {
             Some(o) => Ok(Response::new(to_proto(o))),
             None => Err(Error::NotFound(id).into()),
@@ -91,16 +79,12 @@ impl OrderService for OrderApi {
         &self,
         req: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        let req = req.into_inner();
-        let mut v = validation::Violations::new();
-        validation::id(&mut v, "user_id", &req.user_id);
-        let size = validation::page_size(&mut v, "page_size", req.page_size);
-        let after = validation::page_token(&mut v, "page_token", &req.page_token);
-        v.check(()).map_err(Error::from)?;
+        let (user_id, page) = convert::list_orders(req.get_ref())?;
+        let size = page.size;
         let mut orders = self
             .orders
             .store()
-            .list_by_user(&req.user_id, after.as_deref(), size + 1)
+            .list_by_user(&user_id, page.after.as_deref(), size + 1)
             .await
             .map_err(Error::from)?;
         let next_page_token = if orders.len() > size as usize {
@@ -116,11 +100,7 @@ impl OrderService for OrderApi {
     }
 
     async fn cancel_order(&self, req: Request<CancelOrderRequest>) -> Result<Response<OrderProto>, Status> {
-        let req = req.into_inner();
-        let mut v = validation::Violations::new();
-        validation::id(&mut v, "id", &req.id);
-        let request_id = validation::request_id(&mut v, "request_id", &req.request_id, false);
-        v.check(()).map_err(Error::from)?;
-        Ok(Response::new(to_proto(self.orders.cancel(&req.id, request_id.as_deref()).await?)))
+        let (id, request_id) = convert::cancel_order(req.get_ref())?;
+        Ok(Response::new(to_proto(self.orders.cancel(&id, request_id.as_deref()).await?)))
     }
 }
