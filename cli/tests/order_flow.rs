@@ -425,6 +425,18 @@ async fn invalid_orders_are_rejected_field_by_field_and_write_nothing() {
             assert_eq!(err.code(), Code::InvalidArgument, "{backend:?} {what}: {err:?}");
             assert_eq!(field_violations(&err), fields, "{backend:?} {what}");
         }
+        // A small request (100 lines, under 3 KiB) wrong on every line: its 301 violations once
+        // made trailers of tens of KB that the client refused, so the caller saw no INVALID_ARGUMENT.
+        let bad_price = Some(Money { currency_code: "usd".into(), amount_minor: -1 });
+        let lines = (0..100).map(|_| line("no spaces", 0, bad_price.clone())).collect();
+        let err = m.create(order_of(u, lines, "")).await.expect_err("every line wrong");
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {err:?}");
+        let fields = field_violations(&err);
+        assert_eq!(fields.len(), shopmesh::mesh::validation::MAX_LISTED_VIOLATIONS, "{backend:?}");
+        assert_eq!(
+            fields[..3],
+            ["line_items[0].sku", "line_items[0].quantity", "line_items[0].unit_price.amount_minor"]
+        );
         assert!(m.orders_of(u, 0).await.is_empty(), "{backend:?}: nothing written");
 
         let err = m.orders.get_order(GetOrderRequest { id: "nope".into() }).await.expect_err("bad id");

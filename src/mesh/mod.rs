@@ -25,6 +25,8 @@ pub mod db;
 pub mod deadline;
 pub mod error;
 pub mod health;
+#[cfg(feature = "testing")]
+pub mod hostile;
 pub mod identity;
 pub mod ids;
 pub mod load_shed;

@@ -5,17 +5,44 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt as _};
 
-use crate::mesh::validation::Violations;
+use crate::mesh::validation::{self, Violations};
 
-/// INVALID_ARGUMENT listing every bad field as a `google.rpc.BadRequest` field violation.
+/// The most bytes of HTTP/2 metadata (name + value + 32 per entry, as SETTINGS_MAX_HEADER_LIST_SIZE
+/// counts) an answer to bad input may take. gRPC's C core (the Python, C++, Ruby… clients)
+/// drops trailers over 8 KiB at random and over 16 KiB always; tonic's client (hyper) refuses
+/// over 16 KiB. A rejection the client cannot read is no rejection.
+pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+
+/// Longest `grpc-message` of an INVALID_ARGUMENT, in bytes before percent-encoding (which can
+/// triple it); the `google.rpc.BadRequest` details carry the whole list.
+pub const MAX_INVALID_MESSAGE: usize = 256;
+
+/// INVALID_ARGUMENT listing every bad field (up to [`validation::MAX_LISTED_VIOLATIONS`]) as a
+/// `google.rpc.BadRequest` field violation, within [`MAX_METADATA_BYTES`].
 pub fn invalid_argument(violations: &Violations) -> Status {
     let fields: Vec<FieldViolation> =
         violations.iter().map(|v| FieldViolation::new(&v.field, &v.description)).collect();
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("invalid request: {violations}"),
-        ErrorDetails::with_bad_request(fields),
-    )
+    let mut message = format!("invalid request: {violations}");
+    if message.len() > MAX_INVALID_MESSAGE {
+        // Cut, but keep the count where the cut cannot reach it.
+        let problems = violations.iter().count() + violations.omitted();
+        message = validation::clip(
+            format!("invalid request ({problems} problems, see the field violations): {violations}"),
+            MAX_INVALID_MESSAGE,
+        );
+    }
+    Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(fields))
+}
+
+/// The HTTP/2 metadata `status` takes on the wire, counted as SETTINGS_MAX_HEADER_LIST_SIZE
+/// counts it (RFC 9113 §6.5.2: name + value + 32 per field).
+pub fn metadata_bytes(status: &Status) -> usize {
+    let mut headers = http::HeaderMap::new();
+    // A status whose metadata cannot be encoded at all goes out as a bare INTERNAL instead.
+    if status.add_header(&mut headers).is_err() {
+        return 0;
+    }
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 32).sum()
 }
 
 /// FAILED_PRECONDITION with one `google.rpc.PreconditionFailure` violation: `kind` is a
@@ -85,6 +112,24 @@ mod tests {
             .map(|f| f.field.clone())
             .collect();
         assert_eq!(fields, ["email", "display_name"]);
+    }
+
+    #[test]
+    fn invalid_argument_fits_every_clients_metadata_limit() {
+        // The worst a request can cause: more violations than are listed, every field path and
+        // description as long as kept, all of it non-ASCII (percent-encoding triples it).
+        let mut v = Violations::new();
+        let long = "\u{10FFFF}".repeat(1000);
+        for _ in 0..100 {
+            v.add(&long, &long);
+        }
+        let status = invalid_argument(&v);
+        assert!(metadata_bytes(&status) <= MAX_METADATA_BYTES, "{} bytes", metadata_bytes(&status));
+        assert!(status.message().len() <= MAX_INVALID_MESSAGE);
+        let details = status.get_error_details();
+        let listed = details.bad_request().expect("BadRequest detail").field_violations.len();
+        assert_eq!(listed, validation::MAX_LISTED_VIOLATIONS);
+        assert!(status.message().starts_with("invalid request (100 problems"), "{}", status.message());
     }
 
     #[test]

@@ -12,9 +12,23 @@ pub struct Violation {
     pub description: String,
 }
 
-/// Every problem found in one request; reported together so a caller can fix all at once.
+/// Most violations one request keeps; further ones are only counted. Hostile input (a mask of
+/// a million unknown paths, a hundred wrong order lines) must not grow the answer without bound:
+/// together with [`MAX_VIOLATION_TEXT`] this keeps an INVALID_ARGUMENT within the 8 KiB of
+/// metadata every gRPC client accepts (see [`crate::mesh::status::MAX_METADATA_BYTES`]).
+pub const MAX_LISTED_VIOLATIONS: usize = 16;
+
+/// Longest field path or description kept, in bytes; longer ones (they may quote the caller's
+/// input) are cut at a character boundary and end in `…`.
+pub const MAX_VIOLATION_TEXT: usize = 128;
+
+/// Every problem found in one request; reported together so a caller can fix all at once, up
+/// to [`MAX_LISTED_VIOLATIONS`] of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Violations(Vec<Violation>);
+pub struct Violations {
+    listed: Vec<Violation>,
+    omitted: usize,
+}
 
 impl Violations {
     /// No violations yet.
@@ -22,19 +36,31 @@ impl Violations {
         Self::default()
     }
 
-    /// Records that `field` is invalid.
+    /// Records that `field` is invalid (only counted once [`MAX_LISTED_VIOLATIONS`] are kept).
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(Violation { field: field.into(), description: description.into() });
+        if self.listed.len() < MAX_LISTED_VIOLATIONS {
+            self.listed.push(Violation {
+                field: clip(field.into(), MAX_VIOLATION_TEXT),
+                description: clip(description.into(), MAX_VIOLATION_TEXT),
+            });
+        } else {
+            self.omitted += 1;
+        }
     }
 
     /// Whether nothing was found wrong.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.listed.is_empty()
     }
 
-    /// The violations found, in the order they were found.
+    /// The violations kept, in the order they were found.
     pub fn iter(&self) -> impl Iterator<Item = &Violation> {
-        self.0.iter()
+        self.listed.iter()
+    }
+
+    /// How many violations were found beyond the [`MAX_LISTED_VIOLATIONS`] kept.
+    pub fn omitted(&self) -> usize {
+        self.omitted
     }
 
     /// `Ok(value)` when nothing was found wrong, else these violations.
@@ -42,19 +68,35 @@ impl Violations {
         if self.is_empty() { Ok(value) } else { Err(self) }
     }
 
-    /// Whether `field` was found wrong (for tests and callers matching on a field).
+    /// Whether `field` is among the violations kept (for tests and callers matching on a field).
     pub fn has(&self, field: &str) -> bool {
-        self.0.iter().any(|v| v.field == field)
+        self.listed.iter().any(|v| v.field == field)
     }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, ending in `…` when cut.
+pub fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 impl fmt::Display for Violations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, v) in self.0.iter().enumerate() {
+        for (i, v) in self.listed.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             write!(f, "{}: {}", v.field, v.description)?;
+        }
+        if self.omitted > 0 {
+            write!(f, "; and {} more", self.omitted)?;
         }
         Ok(())
     }
@@ -122,6 +164,20 @@ pub fn page_token(v: &mut Violations, field: &str, value: &str) -> Option<String
     }
 }
 
+/// A validated page request of a List method (AIP-158).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The most items to return.
+    pub size: u32,
+    /// The id to continue after, from the page token; `None` for the first page.
+    pub after: Option<String>,
+}
+
+/// Checks a List method's `page_size` and `page_token` fields.
+pub fn page(v: &mut Violations, size: i32, token: &str) -> Page {
+    Page { size: page_size(v, "page_size", size), after: page_token(v, "page_token", token) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +216,24 @@ mod tests {
         assert_eq!(v.to_string(), "a: is required; b.c: is too long");
         assert_eq!(v.clone().check(1), Err(v));
         assert_eq!(Violations::new().check(1), Ok(1));
+    }
+
+    #[test]
+    fn hostile_input_cannot_grow_violations_without_bound() {
+        let mut v = Violations::new();
+        let huge = "é".repeat(10_000);
+        for i in 0..1000 {
+            v.add(format!("update_mask[{i}]{huge}"), format!("{huge:?} is not a field"));
+        }
+        assert_eq!(v.iter().count(), MAX_LISTED_VIOLATIONS);
+        assert_eq!(v.omitted(), 1000 - MAX_LISTED_VIOLATIONS);
+        for kept in v.iter() {
+            assert!(kept.field.len() <= MAX_VIOLATION_TEXT && kept.field.ends_with('…'), "{}", kept.field);
+            assert!(kept.description.len() <= MAX_VIOLATION_TEXT, "{}", kept.description);
+        }
+        assert!(v.to_string().ends_with(&format!("; and {} more", 1000 - MAX_LISTED_VIOLATIONS)));
+        assert_eq!(clip("short".into(), MAX_VIOLATION_TEXT), "short");
+        assert_eq!(clip("abcdef".into(), 5), "ab…");
+        assert_eq!(clip("éééé".into(), 6), "é…", "cut at a character boundary");
     }
 }

@@ -6,10 +6,11 @@ use shopmesh::api::order::v1::{
     ListOrdersResponse, Order as OrderProto, OrderState, order_service_server::OrderService,
 };
 use shopmesh::mesh::identity::Subject;
-use shopmesh::mesh::{ids, validation};
+use shopmesh::mesh::ids;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{LineInput, NewOrder, Order, State};
+use crate::convert;
+use crate::domain::{Order, State};
 use crate::error::Error;
 use crate::service::Orders;
 
@@ -78,27 +79,15 @@ fn as_self(subject: Option<&Subject>, user_id: &str) -> Result<(), Error> {
 impl OrderService for OrderApi {
     async fn create_order(&self, req: Request<CreateOrderRequest>) -> Result<Response<OrderProto>, Status> {
         let subject = subject(&req);
-        let req = req.into_inner();
-        as_self(subject.as_ref(), &req.user_id)?;
-        let lines: Vec<LineInput<'_>> = req
-            .line_items
-            .iter()
-            .map(|l| LineInput {
-                sku: &l.sku,
-                quantity: i64::from(l.quantity),
-                unit_price: l.unit_price.as_ref().map(|m| (m.amount_minor, m.currency_code.as_str())),
-            })
-            .collect();
-        let new = NewOrder::parse(&req.user_id, &lines, &req.request_id).map_err(Error::from)?;
+        // Whose order it is decides first (AIP-211), before the request is even validated.
+        as_self(subject.as_ref(), &req.get_ref().user_id)?;
+        let new = convert::create_order(req.get_ref())?;
         Ok(Response::new(to_proto(self.orders.create(&new).await?)))
     }
 
     async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Response<OrderProto>, Status> {
         let subject = subject(&req);
-        let id = req.into_inner().id;
-        let mut v = validation::Violations::new();
-        validation::id(&mut v, "id", &id);
-        v.check(()).map_err(Error::from)?;
+        let id = convert::get_order(req.get_ref())?;
         let owner = subject.as_ref().map(|s| &*s.0);
         Ok(Response::new(to_proto(self.orders.get(&id, owner).await?)))
     }
@@ -108,17 +97,13 @@ impl OrderService for OrderApi {
         req: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
         let subject = subject(&req);
-        let req = req.into_inner();
-        as_self(subject.as_ref(), &req.user_id)?;
-        let mut v = validation::Violations::new();
-        validation::id(&mut v, "user_id", &req.user_id);
-        let size = validation::page_size(&mut v, "page_size", req.page_size);
-        let after = validation::page_token(&mut v, "page_token", &req.page_token);
-        v.check(()).map_err(Error::from)?;
+        as_self(subject.as_ref(), &req.get_ref().user_id)?;
+        let (user_id, page) = convert::list_orders(req.get_ref())?;
+        let size = page.size;
         let mut orders = self
             .orders
             .store()
-            .list_by_user(&req.user_id, after.as_deref(), size + 1)
+            .list_by_user(&user_id, page.after.as_deref(), size + 1)
             .await
             .map_err(Error::from)?;
         let next_page_token = if orders.len() > size as usize {
@@ -135,12 +120,8 @@ impl OrderService for OrderApi {
 
     async fn cancel_order(&self, req: Request<CancelOrderRequest>) -> Result<Response<OrderProto>, Status> {
         let subject = subject(&req);
-        let req = req.into_inner();
-        let mut v = validation::Violations::new();
-        validation::id(&mut v, "id", &req.id);
-        let request_id = validation::request_id(&mut v, "request_id", &req.request_id, false);
-        v.check(()).map_err(Error::from)?;
+        let (id, request_id) = convert::cancel_order(req.get_ref())?;
         let owner = subject.as_ref().map(|s| &*s.0);
-        Ok(Response::new(to_proto(self.orders.cancel(&req.id, request_id.as_deref(), owner).await?)))
+        Ok(Response::new(to_proto(self.orders.cancel(&id, request_id.as_deref(), owner).await?)))
     }
 }

@@ -4,8 +4,10 @@
 //! [`run`] opens the service's database (migrating it) and lazy channels to the user and
 //! payment services, then serves `OrderService` with health and reflection until shutdown.
 //! Rules live in [`domain`], the use cases in `service`, calls to other services in `upstream`,
-//! every SQL statement in `store`, protobuf in `grpc`.
+//! every SQL statement in `store`, request validation in [`convert`] and the rest of the
+//! protobuf conversion in `grpc`.
 
+pub mod convert;
 pub mod domain;
 mod error;
 mod grpc;

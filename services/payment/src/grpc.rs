@@ -6,10 +6,11 @@ use shopmesh::api::payment::v1::{
     PaymentState, RefundRequest as RefundProto, payment_service_server::PaymentService,
 };
 use shopmesh::mesh::identity::Subject;
-use shopmesh::mesh::{ids, validation};
+use shopmesh::mesh::ids;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{NewCharge, Payment, RefundRequest, State};
+use crate::convert;
+use crate::domain::{Payment, State};
 use crate::error::Error;
 use crate::service::Payments;
 
@@ -60,19 +61,13 @@ fn mesh_only<T>(req: &Request<T>) -> Result<(), Error> {
 impl PaymentService for PaymentApi {
     async fn charge(&self, req: Request<ChargeRequest>) -> Result<Response<PaymentProto>, Status> {
         mesh_only(&req)?;
-        let req = req.into_inner();
-        let amount = req.amount.as_ref().map(|m| (m.amount_minor, m.currency_code.as_str()));
-        let charge =
-            NewCharge::parse(&req.order_id, &req.user_id, amount, &req.request_id).map_err(Error::from)?;
+        let charge = convert::charge(req.get_ref())?;
         Ok(Response::new(to_proto(self.payments.charge(&charge).await?)))
     }
 
     async fn get_payment(&self, req: Request<GetPaymentRequest>) -> Result<Response<PaymentProto>, Status> {
         mesh_only(&req)?;
-        let id = req.into_inner().id;
-        let mut v = validation::Violations::new();
-        validation::id(&mut v, "id", &id);
-        v.check(()).map_err(Error::from)?;
+        let id = convert::get_payment(req.get_ref())?;
         match self.payments.store().get(&id).await.map_err(Error::from)? {
             Some(p) => Ok(Response::new(to_proto(p))),
             None => Err(Error::NotFound(id).into()),
@@ -81,8 +76,7 @@ impl PaymentService for PaymentApi {
 
     async fn refund(&self, req: Request<RefundProto>) -> Result<Response<PaymentProto>, Status> {
         mesh_only(&req)?;
-        let req = req.into_inner();
-        let refund = RefundRequest::parse(&req.payment_id, &req.request_id).map_err(Error::from)?;
+        let refund = convert::refund(req.get_ref())?;
         Ok(Response::new(to_proto(self.payments.refund(&refund).await?)))
     }
 
@@ -91,16 +85,12 @@ impl PaymentService for PaymentApi {
         req: Request<ListPaymentsRequest>,
     ) -> Result<Response<ListPaymentsResponse>, Status> {
         mesh_only(&req)?;
-        let req = req.into_inner();
-        let mut v = validation::Violations::new();
-        validation::id(&mut v, "order_id", &req.order_id);
-        let size = validation::page_size(&mut v, "page_size", req.page_size);
-        let after = validation::page_token(&mut v, "page_token", &req.page_token);
-        v.check(()).map_err(Error::from)?;
+        let (order_id, page) = convert::list_payments(req.get_ref())?;
+        let size = page.size;
         let mut payments = self
             .payments
             .store()
-            .list_by_order(&req.order_id, after.as_deref(), size + 1)
+            .list_by_order(&order_id, page.after.as_deref(), size + 1)
             .await
             .map_err(Error::from)?;
         let next_page_token = if payments.len() > size as usize {

@@ -2,8 +2,10 @@
 //!
 //! [`run`] opens the service's database (migrating it), then serves `PaymentService` with health
 //! and reflection until shutdown. Rules live in [`domain`], the processor in [`processor`], the
-//! idempotent use cases in `service`, every SQL statement in `store`, protobuf in `grpc`.
+//! idempotent use cases in `service`, every SQL statement in `store`, request validation in
+//! [`convert`] and the rest of the protobuf conversion in `grpc`.
 
+pub mod convert;
 pub mod domain;
 mod error;
 mod grpc;

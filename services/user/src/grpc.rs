@@ -5,10 +5,11 @@ use shopmesh::api::user::v1::{
     User as UserProto, user_service_server::UserService,
 };
 use shopmesh::mesh::identity::Subject;
-use shopmesh::mesh::{ids, validation};
+use shopmesh::mesh::ids;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{NewUser, User, UserPatch};
+use crate::convert;
+use crate::domain::User;
 use crate::error::Error;
 use crate::store::{Created, Store};
 
@@ -60,8 +61,7 @@ impl UserService for UserApi {
             // created by the mesh (a sign-up flow), not by end users' tokens.
             return Err(Error::PermissionDenied("users are not created with a bearer token").into());
         }
-        let req = req.into_inner();
-        let new = NewUser::parse(&req.email, &req.display_name, &req.request_id).map_err(Error::from)?;
+        let new = convert::create_user(req.get_ref())?;
         let user = match self.store.create(&new).await.map_err(Error::from)? {
             Created::Inserted(user) => user,
             Created::SameRequest(user) if new.matches(&user) => user,
@@ -75,11 +75,8 @@ impl UserService for UserApi {
 
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<UserProto>, Status> {
         let subject = subject(&req);
-        let id = req.into_inner().id;
-        own_user(subject.as_ref(), &id)?;
-        let mut v = validation::Violations::new();
-        validation::id(&mut v, "id", &id);
-        v.check(()).map_err(Error::from)?;
+        own_user(subject.as_ref(), &req.get_ref().id)?;
+        let id = convert::get_user(req.get_ref())?;
         match self.store.get(&id).await.map_err(Error::from)? {
             Some(user) => Ok(Response::new(to_proto(user))),
             None => Err(Error::NotFound(id).into()),
@@ -93,13 +90,10 @@ impl UserService for UserApi {
         if subject(&req).is_some() {
             return Err(Error::PermissionDenied("listing users is not open to bearer-token callers").into());
         }
-        let req = req.into_inner();
-        let mut v = validation::Violations::new();
-        let size = validation::page_size(&mut v, "page_size", req.page_size);
-        let after = validation::page_token(&mut v, "page_token", &req.page_token);
-        v.check(()).map_err(Error::from)?;
+        let page = convert::list_users(req.get_ref())?;
+        let size = page.size;
         // One extra row tells whether another page follows without a second query.
-        let mut users = self.store.list(after.as_deref(), size + 1).await.map_err(Error::from)?;
+        let mut users = self.store.list(page.after.as_deref(), size + 1).await.map_err(Error::from)?;
         let next_page_token = if users.len() > size as usize {
             users.truncate(size as usize);
             users.last().map(|u| u.id.clone()).unwrap_or_default()
@@ -114,18 +108,8 @@ impl UserService for UserApi {
 
     async fn update_user(&self, req: Request<UpdateUserRequest>) -> Result<Response<UserProto>, Status> {
         let subject = subject(&req);
-        let req = req.into_inner();
-        own_user(subject.as_ref(), req.user.as_ref().map_or("", |u| u.id.as_str()))?;
-        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        let (id, patch) = match req.user {
-            Some(u) => UserPatch::parse(&u.id, &paths, &u.display_name, u.active),
-            None => {
-                let mut v = validation::Violations::new();
-                v.add("user", "is required");
-                Err(v)
-            }
-        }
-        .map_err(Error::from)?;
+        own_user(subject.as_ref(), req.get_ref().user.as_ref().map_or("", |u| u.id.as_str()))?;
+        let (id, patch) = convert::update_user(req.get_ref())?;
         if subject.is_some() && patch.active.is_some() {
             // Deactivation is how operators stop an account ordering; its owner cannot undo it.
             return Err(Error::PermissionDenied("a caller may not change its own active state").into());

@@ -2,8 +2,10 @@
 //!
 //! [`run`] opens the service's database (migrating it), then serves `UserService` with health
 //! and reflection until shutdown. The rules live in [`domain`], every SQL statement in `store`,
-//! and the protobuf conversion in `grpc`.
+//! the validation of each request in [`convert`], and the rest of the protobuf conversion in
+//! `grpc`.
 
+pub mod convert;
 pub mod domain;
 mod error;
 mod grpc;

@@ -111,6 +111,22 @@ async fn invalid_input_is_rejected_with_every_field_and_writes_nothing() {
             .await
             .expect_err("no user");
         assert_eq!(field_violations(&err), ["user"], "{backend:?}");
+
+        // A mask of many long unknown paths, each quoted back: listing them all once made
+        // trailers of ~200 KB, which the client refused (16 KiB), so the caller saw no
+        // INVALID_ARGUMENT at all. Now the answer is capped and still names the field.
+        let long = "p".repeat(2000);
+        let paths: Vec<&str> = std::iter::repeat_n(long.as_str(), 100).collect();
+        let hostile = UpdateUserRequest {
+            user: Some(User { id: shopmesh::mesh::ids::new_id(), ..Default::default() }),
+            update_mask: Some(prost_types_mask(&paths)),
+        };
+        let err = t.client.update_user(hostile).await.expect_err("hostile mask");
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {err:?}");
+        let fields = field_violations(&err);
+        assert_eq!(fields.len(), shopmesh::mesh::validation::MAX_LISTED_VIOLATIONS, "{backend:?}");
+        assert!(fields.iter().all(|f| f == "update_mask"), "{backend:?}: {fields:?}");
+        assert!(err.message().contains("(100 problems"), "{backend:?}: {}", err.message());
         assert_eq!(t.count().await, 0, "{backend:?}: nothing written");
         t.stop().await;
     }
