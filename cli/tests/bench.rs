@@ -55,6 +55,7 @@ async fn start(backend: Backend) -> Mesh {
         database_url: order_db.url.clone(),
         user_url: user.url(),
         payment_url: payment.url(),
+        reconcile: Default::default(),
     };
     let order = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {
         shopmesh_order::run(testing::mesh_config(), config, listener, shutdown)
