@@ -5,8 +5,14 @@
 //! [`client::channel`]. Its data lives in the database opened by [`db::open`], migrated before
 //! the first request.
 //!
+//! With mutual TLS on, [`tls_incoming`] accepts connections and runs each handshake (the peer's
+//! certificate checked by [`tls`]) before tonic sees the connection; outgoing connections use
+//! [`tls_connect`].
+//!
 //! Server layers, outermost first: tonic's HTTP/2 server (stream limit, keepalive, connection
-//! age), [`observe`] (span continuing the caller's trace, RED metrics), [`load_shed`] (bounded concurrency, RESOURCE_EXHAUSTED at once), [`deadline`] (the
+//! age), [`peer`] (the mTLS peer's identity and address as extensions), [`observe`] (span
+//! continuing the caller's trace, RED metrics), [`authz`] (per-method policy: UNAUTHENTICATED,
+//! PERMISSION_DENIED), [`load_shed`] (bounded concurrency, RESOURCE_EXHAUSTED at once), [`deadline`] (the
 //! caller's `grpc-timeout` becomes the handler's deadline), [`message_size`], the router
 //! (health, reflection, the service).
 //!
@@ -16,10 +22,12 @@
 //! ejecting failing ones), one HTTP/2 connection per endpoint.
 
 pub mod balance;
+pub mod authz;
 pub mod client;
 pub mod config;
 pub mod db;
 pub mod deadline;
+pub mod dev_certs;
 pub mod error;
 pub mod health;
 pub mod identity;
@@ -27,12 +35,16 @@ pub mod ids;
 pub mod load_shed;
 pub mod message_size;
 pub mod observe;
+pub mod peer;
 pub mod readiness;
 pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
+pub mod tls_connect;
+pub mod tls_incoming;
 pub mod validation;
 
 #[cfg(feature = "testing")]

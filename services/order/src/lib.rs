@@ -38,9 +38,11 @@ pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POST
 /// The service's routes over a migrated database, calling the services `config` names through
 /// the mesh's client stack (deadlines, retries, balancing).
 pub async fn routes(mesh: &MeshConfig, config: &OrderConfig, pool: Pool) -> Result<Routes, Error> {
+    // With mTLS on, calls to user and payment present this service's certificate.
+    let tls = shopmesh::mesh::tls::MeshTls::load(&mesh.security)?;
     let upstream = upstream::Upstream::new(
-        client::channel(&config.user_url, &mesh.client).await?,
-        client::channel(&config.payment_url, &mesh.client).await?,
+        client::channel_tls(&config.user_url, &mesh.client, tls.as_ref()).await?,
+        client::channel_tls(&config.payment_url, &mesh.client, tls.as_ref()).await?,
     );
     let orders = service::Orders::new(store::Store::new(pool), upstream);
     Ok(Routes::new(
