@@ -137,12 +137,20 @@ async fn main() -> anyhow::Result<()> {
         started.push(format!("http://{}", listener.local_addr()?));
         let routes = shopmesh_user::routes(&config, pool.clone());
         tokio::spawn(async move {
-            server::serve(&config, &[shopmesh_user::SERVICE_NAME], routes, listener, None, std::future::pending())
-                .await
+            server::serve(
+                &config,
+                &[shopmesh_user::SERVICE_NAME],
+                routes,
+                listener,
+                None,
+                std::future::pending(),
+            )
+            .await
         });
     }
     let (plain_url, tls_url) = (started[0].clone(), started[1].clone());
-    shopmesh::mesh::health::wait_serving(&plain_url, shopmesh_user::SERVICE_NAME, Duration::from_secs(10)).await;
+    shopmesh::mesh::health::wait_serving(&plain_url, shopmesh_user::SERVICE_NAME, Duration::from_secs(10))
+        .await;
 
     let client_tls = MeshTls::load(&security(&certs, "shopmesh-order"))?;
     let mut plain = UserServiceClient::new(client::channel(&plain_url, &mesh.client).await?);

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use pki::{call, id, workload};
 use shopmesh::api::common::v1::Money;
-use shopmesh::api::order::v1::{CreateOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient};
+use shopmesh::api::order::v1::{
+    CreateOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
+};
 use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::Error;
 use shopmesh::mesh::config::{MeshConfig, OrderConfig, PaymentConfig, SecurityConfig, UserConfig};
@@ -120,14 +122,24 @@ impl Mesh {
             testing::database(backend, "order").await,
         ];
         let url = dbs[0].url.clone();
-        let user = spawn(&ca, dir.path(), "shopmesh-user", shopmesh_user::SERVICE_NAME, |mesh, listener, shutdown| {
-            let config = UserConfig { listen: listener.local_addr().expect("addr"), database_url: url };
-            shopmesh_user::run(mesh, config, listener, shutdown)
-        })
+        let user = spawn(
+            &ca,
+            dir.path(),
+            "shopmesh-user",
+            shopmesh_user::SERVICE_NAME,
+            |mesh, listener, shutdown| {
+                let config = UserConfig { listen: listener.local_addr().expect("addr"), database_url: url };
+                shopmesh_user::run(mesh, config, listener, shutdown)
+            },
+        )
         .await;
         let url = dbs[1].url.clone();
-        let payment =
-            spawn(&ca, dir.path(), "shopmesh-payment", shopmesh_payment::SERVICE_NAME, |mesh, listener, shutdown| {
+        let payment = spawn(
+            &ca,
+            dir.path(),
+            "shopmesh-payment",
+            shopmesh_payment::SERVICE_NAME,
+            |mesh, listener, shutdown| {
                 let config = PaymentConfig {
                     listen: listener.local_addr().expect("addr"),
                     database_url: url,
@@ -136,18 +148,25 @@ impl Mesh {
                     payment_latency: std::time::Duration::ZERO,
                 };
                 shopmesh_payment::run(mesh, config, listener, shutdown)
-            })
-            .await;
+            },
+        )
+        .await;
         let (url, user_url, payment_url) = (dbs[2].url.clone(), user.url(), payment.url());
-        let order = spawn(&ca, dir.path(), "shopmesh-order", shopmesh_order::SERVICE_NAME, |mesh, listener, shutdown| {
-            let config = OrderConfig {
-                listen: listener.local_addr().expect("addr"),
-                database_url: url,
-                user_url,
-                payment_url,
-            };
-            shopmesh_order::run(mesh, config, listener, shutdown)
-        })
+        let order = spawn(
+            &ca,
+            dir.path(),
+            "shopmesh-order",
+            shopmesh_order::SERVICE_NAME,
+            |mesh, listener, shutdown| {
+                let config = OrderConfig {
+                    listen: listener.local_addr().expect("addr"),
+                    database_url: url,
+                    user_url,
+                    payment_url,
+                };
+                shopmesh_order::run(mesh, config, listener, shutdown)
+            },
+        )
         .await;
         Self { user, payment, order, dbs, ca, dir }
     }
@@ -178,7 +197,9 @@ async fn every_identity_gets_what_the_policy_intends() {
     let mesh = Mesh::start(Backend::Sqlite).await;
     let mut wrong = Vec::new();
     for caller in CALLERS {
-        for (addr, methods) in [(mesh.user.addr, USER), (mesh.order.addr, ORDER), (mesh.payment.addr, PAYMENT)] {
+        for (addr, methods) in
+            [(mesh.user.addr, USER), (mesh.order.addr, ORDER), (mesh.payment.addr, PAYMENT)]
+        {
             let channel = mesh.channel(caller, addr);
             for method in methods.into_iter().chain(INFRA) {
                 let code = call(channel.clone(), method).await;
@@ -196,8 +217,13 @@ async fn every_identity_gets_what_the_policy_intends() {
     }
     assert!(wrong.is_empty(), "not as intended:\n{}", wrong.join("\n"));
     // Five callers may not charge; each refusal is counted.
-    let charge = [("service", "shopmesh.payment.v1.PaymentService"), ("method", "Charge"), ("reason", "not_allowed")];
-    assert!(pki::counted("shopmesh_server_authz_denied_total", &charge) >= 5.0, "{}", pki::metrics().render());
+    let charge =
+        [("service", "shopmesh.payment.v1.PaymentService"), ("method", "Charge"), ("reason", "not_allowed")];
+    assert!(
+        pki::counted("shopmesh_server_authz_denied_total", &charge) >= 5.0,
+        "{}",
+        pki::metrics().render()
+    );
     mesh.stop().await;
 }
 
@@ -258,6 +284,10 @@ async fn without_an_identity_calls_are_unauthenticated_but_health_answers() {
     assert_eq!(call(channel.clone(), INFRA[1]).await, Code::Unauthenticated, "reflection needs an identity");
     assert_eq!(call(channel, INFRA[0]).await, Code::Ok, "health is always allowed");
     let labels = [("method", "ListUsers"), ("reason", "no_identity")];
-    assert!(pki::counted("shopmesh_server_authz_denied_total", &labels) >= 1.0, "{}", pki::metrics().render());
+    assert!(
+        pki::counted("shopmesh_server_authz_denied_total", &labels) >= 1.0,
+        "{}",
+        pki::metrics().render()
+    );
     user.stop().await.expect("clean stop");
 }

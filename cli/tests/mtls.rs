@@ -35,7 +35,12 @@ async fn start_user(db: &TestDb, security: SecurityConfig) -> (Spawned, SocketAd
 
 /// Asserts that `config` is refused with `alert` at the handshake and that a gRPC call over it
 /// gets no answer from the service.
-async fn assert_refused(addr: SocketAddr, config: std::sync::Arc<rustls::ClientConfig>, alert: AlertDescription, case: &str) {
+async fn assert_refused(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    alert: AlertDescription,
+    case: &str,
+) {
     assert_eq!(handshake(addr, config.clone()).await, Outcome::Alert(alert), "{case}");
     // With TLS 1.3 the client's handshake completes before the server's alert arrives, so tonic
     // reports it as whatever the broken connection looks like (UNKNOWN, CANCELLED, UNAVAILABLE);
@@ -59,51 +64,84 @@ async fn matrix(backend: Backend) {
     users.list_users(ListUsersRequest::default()).await.expect("a valid identity is served");
 
     // No client certificate at all.
-    assert_refused(addr, client_config(&ca_pem, None), AlertDescription::CertificateRequired, "no certificate")
-        .await;
+    assert_refused(
+        addr,
+        client_config(&ca_pem, None),
+        AlertDescription::CertificateRequired,
+        "no certificate",
+    )
+    .await;
 
     // A certificate of another CA, for an otherwise valid identity.
     let foreign = Ca::new("foreign CA").expect("ca");
     let foreign_cert = workload(&foreign, "shopmesh-order");
-    assert_refused(addr, client_config(&ca_pem, Some(&foreign_cert)), AlertDescription::UnknownCA, "foreign CA")
-        .await;
+    assert_refused(
+        addr,
+        client_config(&ca_pem, Some(&foreign_cert)),
+        AlertDescription::UnknownCA,
+        "foreign CA",
+    )
+    .await;
 
     // Expired.
     let expired = ca.issue(&Leaf { expired: true, ..Leaf::spiffe(&id("shopmesh-order")) }).expect("issue");
-    assert_refused(addr, client_config(&ca_pem, Some(&expired)), AlertDescription::CertificateExpired, "expired")
-        .await;
+    assert_refused(
+        addr,
+        client_config(&ca_pem, Some(&expired)),
+        AlertDescription::CertificateExpired,
+        "expired",
+    )
+    .await;
 
     // A SPIFFE ID of another trust domain.
-    let other_td = ca.issue(&Leaf::spiffe("spiffe://example.org/ns/default/sa/shopmesh-order")).expect("issue");
-    assert_refused(addr, client_config(&ca_pem, Some(&other_td)), AlertDescription::AccessDenied, "trust domain")
-        .await;
+    let other_td =
+        ca.issue(&Leaf::spiffe("spiffe://example.org/ns/default/sa/shopmesh-order")).expect("issue");
+    assert_refused(
+        addr,
+        client_config(&ca_pem, Some(&other_td)),
+        AlertDescription::AccessDenied,
+        "trust domain",
+    )
+    .await;
 
     // A URI SAN that is not a SPIFFE ID.
     let https = ca.issue(&Leaf::spiffe("https://cluster.local/ns/default/sa/shopmesh-order")).expect("issue");
-    assert_refused(addr, client_config(&ca_pem, Some(&https)), AlertDescription::AccessDenied, "not SPIFFE").await;
+    assert_refused(addr, client_config(&ca_pem, Some(&https)), AlertDescription::AccessDenied, "not SPIFFE")
+        .await;
 
     // No URI SAN: a host-name certificate of the right CA.
     let dns_only = ca.issue(&Leaf { dns: vec!["order".into()], ..Leaf::default() }).expect("issue");
-    assert_refused(addr, client_config(&ca_pem, Some(&dns_only)), AlertDescription::AccessDenied, "no URI SAN")
-        .await;
+    assert_refused(
+        addr,
+        client_config(&ca_pem, Some(&dns_only)),
+        AlertDescription::AccessDenied,
+        "no URI SAN",
+    )
+    .await;
 
     // Plaintext to the TLS port: nothing is served.
-    let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_lazy();
+    let plain =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
     assert_ne!(call(plain, LIST_USERS).await, Code::Ok, "plaintext served");
 
     // Six refused handshakes (plaintext included) were counted.
-    assert!(pki::counted("shopmesh_server_tls_handshake_failures_total", &[]) >= 6.0, "{}", pki::metrics().render());
+    assert!(
+        pki::counted("shopmesh_server_tls_handshake_failures_total", &[]) >= 6.0,
+        "{}",
+        pki::metrics().render()
+    );
 
     // The valid client still works after all that.
     users.list_users(ListUsersRequest::default()).await.expect("still served");
 
     // The probe port: health, in plaintext, and nothing else.
-    let status =
-        shopmesh::mesh::health::check(&format!("http://{probe}"), shopmesh_user::SERVICE_NAME, Duration::from_secs(5))
-            .await
-            .expect("health on the probe port");
+    let status = shopmesh::mesh::health::check(
+        &format!("http://{probe}"),
+        shopmesh_user::SERVICE_NAME,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("health on the probe port");
     assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving);
     let probe_channel =
         tonic::transport::Endpoint::from_shared(format!("http://{probe}")).expect("endpoint").connect_lazy();
@@ -161,7 +199,11 @@ async fn rotated_files_are_used_by_new_handshakes() {
     // A broken update (a key that is not PEM) is refused and the loaded files stay in use.
     mount.swap(&server.cert_pem, "not a key", &new_ca.cert_pem());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(handshake(addr, new_client.clone()).await, Outcome::Served, "a bad update replaced a good config");
+    assert_eq!(
+        handshake(addr, new_client.clone()).await,
+        Outcome::Served,
+        "a bad update replaced a good config"
+    );
     let mut users = UserServiceClient::new(channel(addr, new_client));
     users.list_users(ListUsersRequest::default()).await.expect("served after a bad update");
 

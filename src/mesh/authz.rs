@@ -83,10 +83,14 @@ pub enum PolicyError {
     #[error("authorization policy is not valid: {0}")]
     Syntax(#[from] serde_json::Error),
     /// A caller that is not a SPIFFE ID pattern.
-    #[error("authorization policy: caller {0:?} is not spiffe://<trust-domain>/ns/<namespace>/sa/<account> (segments may be *)")]
+    #[error(
+        "authorization policy: caller {0:?} is not spiffe://<trust-domain>/ns/<namespace>/sa/<account> (segments may be *)"
+    )]
     Caller(String),
     /// A method this server does not know.
-    #[error("authorization policy: method {0:?} is not /package.Service/Method or /package.Service/* of a known service")]
+    #[error(
+        "authorization policy: method {0:?} is not /package.Service/Method or /package.Service/* of a known service"
+    )]
     Method(String),
 }
 
@@ -331,7 +335,9 @@ where
         let (status, reason) = match policy.decide(path, peer) {
             Decision::Allow => return ResponseFuture::Allowed { inner: self.inner.call(request) },
             Decision::NoIdentity => (
-                tonic::Status::unauthenticated("no client identity: this server requires a mutual TLS client certificate"),
+                tonic::Status::unauthenticated(
+                    "no client identity: this server requires a mutual TLS client certificate",
+                ),
                 "no_identity",
             ),
             Decision::NotAllowed => (
@@ -417,9 +423,15 @@ mod tests {
         .expect("compiles");
         assert_eq!(policy.decide(CHARGE, Some(&peer("spiffe://td/ns/shop/sa/order"))), Decision::Allow);
         assert_eq!(policy.decide(CHARGE, Some(&peer("spiffe://td/ns/other/sa/order"))), Decision::NotAllowed);
-        assert_eq!(policy.decide(CHARGE, Some(&peer("spiffe://td/ns/shop/sa/gateway"))), Decision::NotAllowed);
+        assert_eq!(
+            policy.decide(CHARGE, Some(&peer("spiffe://td/ns/shop/sa/gateway"))),
+            Decision::NotAllowed
+        );
         assert_eq!(policy.decide(GET_USER, Some(&peer("spiffe://td/ns/a/sa/gateway"))), Decision::Allow);
-        assert_eq!(policy.decide(GET_USER, Some(&peer("spiffe://other/ns/a/sa/gateway"))), Decision::NotAllowed);
+        assert_eq!(
+            policy.decide(GET_USER, Some(&peer("spiffe://other/ns/a/sa/gateway"))),
+            Decision::NotAllowed
+        );
         assert_eq!(policy.decide(GET_USER, None), Decision::NoIdentity);
         assert_eq!(policy.decide("/grpc.health.v1.Health/Check", None), Decision::Allow);
         assert_eq!(
@@ -427,16 +439,31 @@ mod tests {
             Decision::NotAllowed,
             "reflection is decided by the policy"
         );
-        assert_eq!(policy.decide("/x.Y/Z", Some(&peer("spiffe://td/ns/shop/sa/order"))), Decision::NotAllowed);
+        assert_eq!(
+            policy.decide("/x.Y/Z", Some(&peer("spiffe://td/ns/shop/sa/order"))),
+            Decision::NotAllowed
+        );
     }
 
     #[test]
     fn mistakes_are_errors() {
         for (bad, what) in [
-            (r#"{"rules": [{"callers": ["spiffe://td/ns/a/sa/b"], "methods": ["/shopmesh.user.v1.UserService/GetUsr"]}]}"#, "method"),
-            (r#"{"rules": [{"callers": ["spiffe://td/ns/a/sa/b"], "methods": ["/shopmesh.user.v1.UsrService/*"]}]}"#, "method"),
-            (r#"{"rules": [{"callers": ["spiffe://td/ns/a/b"], "methods": ["/shopmesh.user.v1.UserService/*"]}]}"#, "caller"),
-            (r#"{"rules": [{"callers": ["spiffe://td/ns/a*/sa/b"], "methods": ["/shopmesh.user.v1.UserService/*"]}]}"#, "caller"),
+            (
+                r#"{"rules": [{"callers": ["spiffe://td/ns/a/sa/b"], "methods": ["/shopmesh.user.v1.UserService/GetUsr"]}]}"#,
+                "method",
+            ),
+            (
+                r#"{"rules": [{"callers": ["spiffe://td/ns/a/sa/b"], "methods": ["/shopmesh.user.v1.UsrService/*"]}]}"#,
+                "method",
+            ),
+            (
+                r#"{"rules": [{"callers": ["spiffe://td/ns/a/b"], "methods": ["/shopmesh.user.v1.UserService/*"]}]}"#,
+                "caller",
+            ),
+            (
+                r#"{"rules": [{"callers": ["spiffe://td/ns/a*/sa/b"], "methods": ["/shopmesh.user.v1.UserService/*"]}]}"#,
+                "caller",
+            ),
             (r#"{"rules": [{"callers": [], "methods": [], "extra": 1}]}"#, "syntax"),
         ] {
             let err = Policy::from_json(bad).expect_err(bad);

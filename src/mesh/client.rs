@@ -44,7 +44,11 @@ pub async fn channel(target: &str, config: &ClientConfig) -> Result<Channel, Err
 ///
 /// # Errors
 /// [`Error::Config`] for a malformed target or out-of-range retry settings.
-pub async fn channel_tls(target: &str, config: &ClientConfig, tls: Option<&MeshTls>) -> Result<Channel, Error> {
+pub async fn channel_tls(
+    target: &str,
+    config: &ClientConfig,
+    tls: Option<&MeshTls>,
+) -> Result<Channel, Error> {
     let source = Source::parse(target)?;
     build(target, source, config, tls.cloned()).await
 }
@@ -61,7 +65,12 @@ pub async fn channel_from_watch(
     build(name, Source::Watch(addresses), config, None).await
 }
 
-async fn build(name: &str, source: Source, config: &ClientConfig, tls: Option<MeshTls>) -> Result<Channel, Error> {
+async fn build(
+    name: &str,
+    source: Source,
+    config: &ClientConfig,
+    tls: Option<MeshTls>,
+) -> Result<Channel, Error> {
     let retry = RetryLayer::new(config).map_err(Error::Config)?;
     let balanced = Balanced::new(name, source, config, tls).await;
     let stack = tower::ServiceBuilder::new()

@@ -75,7 +75,8 @@ impl Ca {
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         // Every service is both a server and a client of others.
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         if leaf.expired {
             params.not_before = rcgen::date_time_ymd(2000, 1, 1);
@@ -173,7 +174,11 @@ pub fn generate(out: &Path, trust_domain: &str, namespace: &str) -> Result<Vec<P
         // The service's name as a DNS SAN too, so tools that check host names (grpcurl
         // without -authority) can reach it by that name.
         let dns = sa.trim_start_matches("shopmesh-").to_owned();
-        let issued = ca.issue(&Leaf { uris: vec![uri], dns: vec![dns, "localhost".into(), "127.0.0.1".into()], expired: false })?;
+        let issued = ca.issue(&Leaf {
+            uris: vec![uri],
+            dns: vec![dns, "localhost".into(), "127.0.0.1".into()],
+            expired: false,
+        })?;
         let dir = out.join(sa);
         issued.write_to(&dir)?;
         dirs.push(dir);

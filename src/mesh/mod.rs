@@ -21,8 +21,8 @@
 //! (UNAVAILABLE on repeatable calls, within a budget), [`balance`] (p2c over every endpoint,
 //! ejecting failing ones), one HTTP/2 connection per endpoint.
 
-pub mod balance;
 pub mod authz;
+pub mod balance;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -21,8 +21,8 @@ use crate::mesh::load_shed::LoadShedLayer;
 use crate::mesh::message_size::MessageSizeLayer;
 use crate::mesh::observe::ServerObserveLayer;
 use crate::mesh::peer::PeerLayer;
-use crate::mesh::tls::MeshTls;
 use crate::mesh::readiness::{Readiness, ReadyGateLayer};
+use crate::mesh::tls::MeshTls;
 use crate::mesh::{Error, config::MeshConfig};
 
 /// The health service name that is SERVING for as long as the process runs: for liveness
@@ -77,7 +77,12 @@ where
     let addr = listener.local_addr()?;
     let security = &mesh.security;
     let tls = MeshTls::load(security)?;
-    let policy = security.authz_policy.as_deref().map(Policy::load).transpose().map_err(|e| Error::Config(e.to_string()))?;
+    let policy = security
+        .authz_policy
+        .as_deref()
+        .map(Policy::load)
+        .transpose()
+        .map_err(|e| Error::Config(e.to_string()))?;
     let probe = probe_listener(security).await?;
     let (reporter, health) = tonic_health::server::health_reporter();
     let probe_health = health.clone();
@@ -188,7 +193,9 @@ where
 }
 
 /// The plaintext probe port's listener: the one a test bound in advance, or `--probe-listen`.
-async fn probe_listener(security: &crate::mesh::config::SecurityConfig) -> Result<Option<TcpListener>, Error> {
+async fn probe_listener(
+    security: &crate::mesh::config::SecurityConfig,
+) -> Result<Option<TcpListener>, Error> {
     if let Some(listener) = security.probe_listener.take() {
         listener.set_nonblocking(true)?;
         return Ok(Some(TcpListener::from_std(listener)?));

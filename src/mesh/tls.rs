@@ -94,7 +94,9 @@ impl MeshTls {
     pub fn load(config: &SecurityConfig) -> Result<Option<Self>, Error> {
         let paths = match (&config.tls_cert, &config.tls_key, &config.tls_ca) {
             (None, None, None) => return Ok(None),
-            (Some(cert), Some(key), Some(ca)) => Paths { cert: cert.clone(), key: key.clone(), ca: ca.clone() },
+            (Some(cert), Some(key), Some(ca)) => {
+                Paths { cert: cert.clone(), key: key.clone(), ca: ca.clone() }
+            }
             _ => return Err(Error::Config("--tls-cert, --tls-key and --tls-ca go together".into())),
         };
         if SpiffeId::parse(&format!("spiffe://{}/ns/x/sa/x", config.trust_domain)).is_err() {
@@ -251,8 +253,8 @@ pub enum IdentityError {
 /// [`IdentityError`] saying what is missing or wrong.
 pub fn spiffe_id(cert: &CertificateDer<'_>, trust_domain: &str) -> Result<SpiffeId, IdentityError> {
     use x509_parser::extensions::GeneralName;
-    let (_, parsed) =
-        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| IdentityError::Malformed(e.to_string()))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| IdentityError::Malformed(e.to_string()))?;
     let san = parsed.subject_alternative_name().map_err(|e| IdentityError::Malformed(e.to_string()))?;
     let mut uris = san.iter().flat_map(|s| s.value.general_names.iter()).filter_map(|n| match n {
         GeneralName::URI(uri) => Some(*uri),
@@ -264,7 +266,10 @@ pub fn spiffe_id(cert: &CertificateDer<'_>, trust_domain: &str) -> Result<Spiffe
     }
     let id = SpiffeId::parse(uri).map_err(|e| IdentityError::NotSpiffe(e.to_string()))?;
     if id.trust_domain() != trust_domain {
-        return Err(IdentityError::ForeignTrustDomain { id: id.to_string(), expected: trust_domain.to_owned() });
+        return Err(IdentityError::ForeignTrustDomain {
+            id: id.to_string(),
+            expected: trust_domain.to_owned(),
+        });
     }
     Ok(id)
 }
@@ -366,7 +371,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -375,7 +385,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -404,7 +419,10 @@ mod tests {
         assert!(matches!(spiffe_id(&https.cert_der(), "cluster.local"), Err(IdentityError::NotSpiffe(_))));
         let two = ca
             .issue(&Leaf {
-                uris: vec!["spiffe://cluster.local/ns/a/sa/a".into(), "spiffe://cluster.local/ns/b/sa/b".into()],
+                uris: vec![
+                    "spiffe://cluster.local/ns/a/sa/a".into(),
+                    "spiffe://cluster.local/ns/b/sa/b".into(),
+                ],
                 ..Leaf::spiffe("")
             })
             .expect("cert");

@@ -57,14 +57,17 @@ pub fn client_config(ca_pem: &str, identity: Option<&Issued>) -> Arc<rustls::Cli
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.expect("CA PEM")).expect("CA");
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
     let mut config = match identity {
         Some(issued) => builder
             .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).collect::<Result<_, _>>().expect("cert"),
+                CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .expect("cert"),
                 PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key"),
             )
             .expect("client auth"),
@@ -187,7 +190,8 @@ impl Mounted {
 /// The metrics this test process records (one recorder per process, shared by its tests), in
 /// Prometheus text.
 pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
     HANDLE.get_or_init(|| {
         metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("install recorder")
     })
