@@ -3,7 +3,9 @@
 //! `shopmesh serve <service>` runs one service, which is what a container runs;
 //! `shopmesh migrate <service>` applies a service's migrations (a deployment's one-off job);
 //! `shopmesh healthcheck <addr> [service]` asks a server's health (for images without a shell);
-//! `shopmesh bench <scenario>` applies load to a running mesh and reports what it measured.
+//! `shopmesh bench <scenario>` applies load to a running mesh and reports what it measured;
+//! `shopmesh dev-certs --out DIR` makes a development CA and a certificate per service for
+//! mutual TLS.
 
 mod bench;
 
@@ -72,6 +74,19 @@ enum Command {
     /// Apply load to a running mesh through its public gRPC API and report throughput,
     /// latency percentiles and status codes (see docs/benchmarks.md).
     Bench(Box<bench::BenchArgs>),
+    /// Make a development CA and a certificate for each service and the gateway, for running
+    /// with mutual TLS locally: `DIR/<service-account>/{tls.crt,tls.key,ca.crt}`.
+    DevCerts {
+        /// Directory to write to (created if missing; existing files are replaced).
+        #[arg(long, default_value = "dev-certs")]
+        out: std::path::PathBuf,
+        /// The SPIFFE trust domain of the identities.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// The namespace in the identities (`spiffe://<td>/ns/<namespace>/sa/<account>`).
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +132,20 @@ fn main() -> ExitCode {
     if let Some(Command::Healthcheck { addr, service, timeout }) = &cli.command {
         return runtime.block_on(healthcheck(addr, service, *timeout));
     }
+    if let Some(Command::DevCerts { out, trust_domain, namespace }) = &cli.command {
+        return match shopmesh::mesh::dev_certs::generate(out, trust_domain, namespace) {
+            Ok(dirs) => {
+                for dir in dirs {
+                    println!("{}", dir.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The bench is a client: no telemetry, and no metrics port that a local mesh already uses.
     if let Some(Command::Bench(args)) = cli.command {
         return runtime.block_on(bench::run(*args));
@@ -129,7 +158,7 @@ fn main() -> ExitCode {
                 let (name, mesh) = service.parts();
                 (name, mesh.telemetry.clone())
             }
-            Some(Command::Healthcheck { .. } | Command::Bench(_)) => ("shopmesh", Default::default()),
+            Some(Command::Healthcheck { .. } | Command::Bench(_) | Command::DevCerts { .. }) => ("shopmesh", Default::default()),
         };
         if matches!(cli.command, Some(Command::Migrate { .. })) {
             // A one-off job: nothing would scrape it, and it must not take a service's port.
@@ -146,7 +175,7 @@ fn main() -> ExitCode {
             None => run_all(cli.all).await,
             Some(Command::Serve { service }) => serve_one(service).await,
             Some(Command::Migrate { service }) => migrate(service).await,
-            Some(Command::Healthcheck { .. } | Command::Bench(_)) => Ok(()),
+            Some(Command::Healthcheck { .. } | Command::Bench(_) | Command::DevCerts { .. }) => Ok(()),
         };
         if let Err(err) = &result {
             tracing::error!("{err:#}");
@@ -241,6 +270,9 @@ fn local_url(addr: SocketAddr) -> String {
 async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let AllArgs { mesh, user, payment, mut order } = args;
+    if let Some(addr) = mesh.security.probe_listen {
+        anyhow::bail!("--probe-listen {addr}: the all-in-one run has three services; use it with `serve`");
+    }
     // Bind all three first: a port in use fails the start before anything runs, and the order
     // service learns the real addresses of its dependencies.
     let user_listener = bind(user.listen, "user").await?;

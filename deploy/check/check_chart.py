@@ -8,6 +8,7 @@ Run by scripts/check-deploy, which makes the virtual environment this needs.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import sys
 from pathlib import Path
@@ -138,11 +139,14 @@ def check_service(r: Rendered, svc: str) -> str:
     others = [k for k in env if k.endswith("_DATABASE_URL") and k != f"SHOPMESH_{svc.upper()}_DATABASE_URL"]
     assert not others, f"{svc}: the pod sees other services' database URLs: {others}"
 
-    # Probes: native gRPC on the service's port; liveness/startup ask "liveness", readiness its own name.
+    # Probes: native gRPC on the service's port (on the plaintext probe port when the gRPC port
+    # requires mTLS, which the kubelet cannot speak); liveness/startup ask "liveness", readiness
+    # its own name.
+    probe_port = r.values["tls"]["probePort"] if r.values["tls"]["enabled"] else port
     for probe, health in (("startupProbe", "liveness"), ("livenessProbe", "liveness"), ("readinessProbe", grpc_name)):
         grpc = container.get(probe, {}).get("grpc")
         assert grpc, f"{svc}: no gRPC {probe}"
-        assert grpc.get("port") == port, f"{svc}: {probe} asks port {grpc.get('port')}, not {port}"
+        assert grpc.get("port") == probe_port, f"{svc}: {probe} asks port {grpc.get('port')}, not {probe_port}"
         assert grpc.get("service") == health, f"{svc}: {probe} asks health name {grpc.get('service')!r}, not {health!r}"
 
     check_hardened(pod, f"{svc} Deployment")
@@ -241,8 +245,10 @@ def check_test_pod(r: Rendered) -> str:
     check_hardened(pod, "helm test pod")
     assert pod.get("restartPolicy") == "Never", "helm test pod restarts"
     got = sorted(c["args"] for c in pod["containers"])
+    tls = r.values["tls"]
     want = sorted(
-        ["healthcheck", f"{headless(s)}.{NAMESPACE}.svc.cluster.local:{port}", grpc] for s, (port, grpc) in SERVICES.items()
+        ["healthcheck", f"{headless(s)}.{NAMESPACE}.svc.cluster.local:{tls['probePort'] if tls['enabled'] else port}", grpc]
+        for s, (port, grpc) in SERVICES.items()
     )
     assert got == want, f"helm test pod runs {got}, expected {want}"
     return "shopmesh healthcheck per service"
@@ -343,6 +349,80 @@ def check_service_monitor(r: Rendered) -> str:
     return "on: one per service, port metrics"
 
 
+TLS_ENV = ("SHOPMESH_TLS_CERT", "SHOPMESH_TLS_KEY", "SHOPMESH_TLS_CA", "SHOPMESH_PROBE_LISTEN")
+
+
+def check_tls(r: Rendered) -> str:
+    tls = r.values["tls"]
+    for svc in SERVICES:
+        pod = r.one("Deployment", name(svc))["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = env_of(container)
+        mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        if not tls["enabled"]:
+            assert not [k for k in TLS_ENV if k in env], f"{svc}: TLS settings with tls.enabled false"
+            assert "probe" not in ports, f"{svc}: a probe port with tls.enabled false"
+            assert not [v for v in volumes.values() if "secret" in v], f"{svc}: a Secret volume with tls.enabled false"
+            continue
+        # Each file must lie in a read-only mount of this service's own Secret.
+        for var, key in (("SHOPMESH_TLS_CERT", "tls.crt"), ("SHOPMESH_TLS_KEY", "tls.key"), ("SHOPMESH_TLS_CA", "ca.crt")):
+            path = env.get(var)
+            assert isinstance(path, str) and path.endswith("/" + key), f"{svc}: {var} is {path!r}, not a {key}"
+            mount = mounts.get(path.rsplit("/", 1)[0])
+            assert mount and mount.get("readOnly") is True, f"{svc}: {var} {path} is not in a read-only mount"
+            secret = volumes[mount["name"]].get("secret", {})
+            want = tls["secretNames"].get(svc) or f"{name(svc)}-tls"
+            assert secret.get("secretName") == want, f"{svc}: {var} comes from Secret {secret.get('secretName')!r}, not {want!r}"
+            assert secret.get("defaultMode", 0o644) & 0o077 == 0, f"{svc}: the TLS Secret's files are readable by others"
+        assert env.get("SHOPMESH_TRUST_DOMAIN") == tls["trustDomain"], f"{svc}: trust domain is {env.get('SHOPMESH_TRUST_DOMAIN')!r}"
+        assert env.get("SHOPMESH_PROBE_LISTEN") == f"0.0.0.0:{tls['probePort']}", f"{svc}: probe port listens on {env.get('SHOPMESH_PROBE_LISTEN')!r}"
+        assert ports.get("probe") == tls["probePort"] != ports.get("grpc"), f"{svc}: probe port {ports.get('probe')} is not a port of its own"
+    return f"on: own Secret per service, probes on {tls['probePort']}" if tls["enabled"] else "off: no TLS settings"
+
+
+def shipped_policy_rules(namespace: str) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """deploy/authz-policy.json (written for namespace default) as (callers, methods) pairs."""
+    text = (ROOT / "deploy" / "authz-policy.json").read_text().replace("/ns/default/", f"/ns/{namespace}/")
+    return [(tuple(rule["callers"]), tuple(rule["methods"])) for rule in json.loads(text)["rules"]]
+
+
+def check_authz(r: Rendered) -> str:
+    maps = [c for c in r.kind("ConfigMap") if c["metadata"]["name"] == f"{RELEASE}-authz-policy"]
+    if not r.values["authz"]["enabled"]:
+        assert not maps, "authz policy ConfigMap rendered with authz.enabled false"
+        for svc in SERVICES:
+            env = env_of(r.one("Deployment", name(svc))["spec"]["template"]["spec"]["containers"][0])
+            assert "SHOPMESH_AUTHZ_POLICY" not in env, f"{svc}: a policy with authz.enabled false"
+        return "off: no policy"
+    (cm,) = maps
+    policy = json.loads(cm["data"]["policy.json"])
+    got = [(tuple(rule["callers"]), tuple(rule["methods"])) for rule in policy["rules"]]
+    # The chart's default policy is the shipped file, in the release's namespace.
+    if r.values["authz"]["policy"] == Chart_default_policy[0]:
+        assert got == shipped_policy_rules(NAMESPACE), f"the chart's policy differs from deploy/authz-policy.json:\n{got}"
+    charge = [callers for callers, methods in got if "/shopmesh.payment.v1.PaymentService/Charge" in methods]
+    assert charge == [(f"spiffe://{r.values['tls']['trustDomain']}/ns/{NAMESPACE}/sa/{name('order')}",)], f"Charge may be called by {charge}"
+    for svc in SERVICES:
+        deploy = r.one("Deployment", name(svc))
+        pod = deploy["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        path = env_of(container).get("SHOPMESH_AUTHZ_POLICY")
+        assert isinstance(path, str) and path.endswith("/policy.json"), f"{svc}: SHOPMESH_AUTHZ_POLICY is {path!r}"
+        mount = {m["mountPath"]: m for m in container.get("volumeMounts", [])}.get(path.rsplit("/", 1)[0])
+        assert mount and mount.get("readOnly") is True, f"{svc}: the policy {path} is not in a read-only mount"
+        volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+        assert volume.get("configMap", {}).get("name") == cm["metadata"]["name"], f"{svc}: the policy mount is not the policy ConfigMap"
+        ann = deploy["spec"]["template"]["metadata"].get("annotations", {})
+        assert "checksum/authz-policy" in ann, f"{svc}: pods do not roll when the policy changes"
+    return f"on: {len(got)} rules, mounted in every service"
+
+
+# The chart's default authz.policy, filled in by run_checks (compared to the shipped file).
+Chart_default_policy: list[dict] = [{}]
+
+
 def check_in_flight_metric(r: Rendered) -> str:
     defaults = r.values["defaults"]["autoscaling"]
     states = []
@@ -416,6 +496,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
     """Every check of the chart at chart_dir; mutants.py runs them against broken copies."""
     checks = Checks("chart")
     chart = Chart.load(chart_dir)
+    Chart_default_policy[0] = chart.merge_values({})["authz"]["policy"]
     production = values_from_yaml((chart_dir / "ci" / "production-values.yaml").read_text())
     versions = kube_versions(chart_dir)
 
@@ -451,6 +532,14 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "jwt": {"jwks": JWKS, "issuer": "https://id.example", "audience": "shopmesh"},
             "defaults": {"limits": {"rateLimitRps": "100", "rateLimitBurst": 200}},
             "services": {"user": {"jwtRequire": "never"}, "payment": {"jwtRequire": "never", "limits": {"rateLimitRps": "0"}}},
+        },
+        "mTLS and the authorization policy on, with NetworkPolicies": {
+            "tls": {"enabled": True, "secretNames": {"payment": "payment-cert"}},
+            "authz": {"enabled": True},
+            "networkPolicy": {"enabled": True},
+        },
+        "mTLS on, policy off, another trust domain and probe port": {
+            "tls": {"enabled": True, "trustDomain": "shop.example", "probePort": 9000},
         },
         # One service turns the metric off again: a `false` must beat the default's `true`.
         "in-flight metric on, off for payment only": {
@@ -494,7 +583,8 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         for svc in SERVICES:
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
         for check in (check_order_upstreams, check_migration, check_test_pod, check_secret, check_otel,
-                      check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits):
+                      check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
+                      check_tls, check_authz):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
     # Values the chart must refuse, and the message it must refuse them with.
@@ -535,6 +625,11 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "SHOPMESH_JWT_REQUIRE",
         ),
         "a SQLite database URL (schema)": ({"database": {"urls": {"user": "sqlite://data/user.db"}}}, "/database/urls/user"),
+        "an authorization policy without mTLS": ({"authz": {"enabled": True}}, "authz.enabled needs tls.enabled"),
+        "a policy rule naming no SPIFFE caller (schema)": (
+            {"authz": {"policy": {"rules": [{"callers": ["order"], "methods": ["/a.B/C"]}]}}},
+            "/authz/policy/rules/0/callers/0",
+        ),
     }
     for label, (values, message) in refusals.items():
         checks.run(f"refuses {label}", lambda v=values, m=message: refused(v, m))

@@ -220,6 +220,40 @@ def check_compose_services() -> str:
     return f"{len(services)} services; " + ", ".join(f"{n}={images[n]}" for n in ("postgres", "otel-collector", "jaeger", "prometheus"))
 
 
+def check_compose_mtls_overlay() -> str:
+    # deploy/compose/mtls.yml: each service presents its own identity, enforces the shipped
+    # policy, and its healthcheck moves to the plaintext probe port (the gRPC port needs a cert).
+    result = subprocess.run(
+        ["docker-compose", "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
+         "-f", str(ROOT / "deploy" / "compose" / "mtls.yml"), "config"],
+        capture_output=True, text=True, env={**os.environ, "COMPOSE_INTERACTIVE_NO_CLI": "1"},
+    )
+    assert result.returncode == 0, f"docker-compose config with the mTLS overlay:\n{result.stderr}"
+    services = yaml.safe_load(result.stdout)["services"]
+    for svc, (port, grpc_name) in SERVICES.items():
+        s = services[svc]
+        env = s.get("environment", {})
+        for var, file in (("CERT", "tls.crt"), ("KEY", "tls.key"), ("CA", "ca.crt")):
+            want = f"/etc/shopmesh/certs/shopmesh-{svc}/{file}"
+            assert env.get(f"SHOPMESH_TLS_{var}") == want, f"{svc}: SHOPMESH_TLS_{var} is {env.get(f'SHOPMESH_TLS_{var}')!r}, not its own {want}"
+        probe = env.get("SHOPMESH_PROBE_LISTEN", "")
+        assert probe.startswith("0.0.0.0:"), f"{svc}: no probe port"
+        probe_port = probe.rsplit(":", 1)[1]
+        assert probe_port != str(port), f"{svc}: the probe port is the gRPC port"
+        test = s.get("healthcheck", {}).get("test")
+        assert test == ["CMD", BINARY, "healthcheck", f"127.0.0.1:{probe_port}", grpc_name], f"{svc}: healthcheck {test} does not use the probe port"
+        policy = env.get("SHOPMESH_AUTHZ_POLICY")
+        mounts = {str(v.get("target") if isinstance(v, dict) else v.split(":")[1]): v for v in s.get("volumes", [])}
+        assert policy and policy in mounts, f"{svc}: the policy {policy!r} is not mounted"
+        source = mounts[policy].get("source") if isinstance(mounts[policy], dict) else mounts[policy].split(":")[0]
+        assert str(source).endswith("deploy/authz-policy.json"), f"{svc}: the mounted policy is {source}, not deploy/authz-policy.json"
+        assert any(str(t).startswith("/etc/shopmesh/certs") for t in mounts), f"{svc}: the certificates are not mounted"
+        for target, v in mounts.items():
+            read_only = v.get("read_only") if isinstance(v, dict) else v.endswith(":ro")
+            assert read_only, f"{svc}: {target} is mounted writable"
+    return "each service its own identity, the shipped policy, healthchecks on the probe port"
+
+
 def check_telemetry_configs() -> str:
     services = resolved()["services"]
     collector = yaml.safe_load((ROOT / "deploy" / "compose" / "otel-collector.yaml").read_text())
@@ -256,6 +290,7 @@ def main() -> int:
         checks.run("docker-compose rejects a misspelt key", check_compose_rejects_unknown_keys)
         checks.run("compose: services, healthchecks, dependencies, databases", check_compose_services)
         checks.run("compose: collector, Jaeger and Prometheus agree", check_telemetry_configs)
+        checks.run("compose: mTLS overlay (deploy/compose/mtls.yml)", check_compose_mtls_overlay)
     return checks.finish()
 
 

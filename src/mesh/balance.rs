@@ -32,6 +32,8 @@ use crate::mesh::Error;
 use crate::mesh::config::ClientConfig;
 use crate::mesh::deadline::{is_tonic_timeout, status_response};
 use crate::mesh::retry::header_code;
+use crate::mesh::tls::MeshTls;
+use crate::mesh::tls_connect::TlsConnector;
 
 /// Longest an endpoint stays ejected, however often it failed.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -113,10 +115,11 @@ impl std::fmt::Debug for Balanced {
 }
 
 impl Balanced {
-    /// Balances over `source`, named `target` in logs. The first resolution is done before
-    /// this returns, so the first call already has its endpoints; discovery then runs on a
-    /// task that ends when the last clone is dropped.
-    pub async fn new(target: &str, source: Source, config: &ClientConfig) -> Self {
+    /// Balances over `source`, named `target` in logs, connecting with mutual TLS when `tls`
+    /// is given. The first resolution is done before this returns, so the first call already
+    /// has its endpoints; discovery then runs on a task that ends when the last clone is
+    /// dropped.
+    pub async fn new(target: &str, source: Source, config: &ClientConfig, tls: Option<MeshTls>) -> Self {
         let (changes, discovery) = mpsc::channel(64);
         let (eject_tx, eject_rx) = mpsc::unbounded_channel();
         let endpoints = Arc::new(AtomicUsize::new(0));
@@ -126,6 +129,7 @@ impl Balanced {
             eject_tx,
             endpoints: endpoints.clone(),
             config: config.clone(),
+            tls,
             resolved: BTreeSet::new(),
             active: BTreeMap::new(),
             ejected: BTreeMap::new(),
@@ -281,6 +285,8 @@ struct Controller {
     eject_tx: mpsc::UnboundedSender<Eject>,
     endpoints: Arc<AtomicUsize>,
     config: ClientConfig,
+    /// Mutual TLS for new connections, when on.
+    tls: Option<MeshTls>,
     /// What discovery found last.
     resolved: BTreeSet<SocketAddr>,
     /// In the balancer, with the generation of their service.
@@ -343,7 +349,10 @@ impl Controller {
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(10))
                 .keep_alive_while_idle(true)
-                .connect_lazy()
+        });
+        let channel = channel.map(|e| match &self.tls {
+            Some(tls) => e.connect_with_connector_lazy(TlsConnector::new(tls.clone())),
+            None => e.connect_lazy(),
         });
         let Ok(channel) = channel else {
             tracing::error!(%addr, "cannot build a channel to this address");

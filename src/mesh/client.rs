@@ -21,6 +21,7 @@ use crate::mesh::config::ClientConfig;
 use crate::mesh::deadline::{ClientDeadline, ClientDeadlineLayer};
 use crate::mesh::observe::{ClientObserve, ClientObserveLayer};
 use crate::mesh::retry::{Retry, RetryLayer};
+use crate::mesh::tls::MeshTls;
 
 /// A channel to one service through the mesh's client stack; hand it to a generated client
 /// (`UserServiceClient::new(channel)`). Clones share connections, balancer and retry budget.
@@ -35,8 +36,21 @@ pub type Channel = ClientObserve<ClientDeadline<Retry<Balanced>>>;
 /// # Errors
 /// [`Error::Config`] for a malformed target or out-of-range retry settings.
 pub async fn channel(target: &str, config: &ClientConfig) -> Result<Channel, Error> {
+    channel_tls(target, config, None).await
+}
+
+/// Like [`channel`], over mutual TLS when `tls` is given: each connection presents this
+/// service's certificate and accepts only servers of the mesh's CA and trust domain.
+///
+/// # Errors
+/// [`Error::Config`] for a malformed target or out-of-range retry settings.
+pub async fn channel_tls(
+    target: &str,
+    config: &ClientConfig,
+    tls: Option<&MeshTls>,
+) -> Result<Channel, Error> {
     let source = Source::parse(target)?;
-    build(target, source, config).await
+    build(target, source, config, tls.cloned()).await
 }
 
 /// A channel over an address list that the caller updates (its own discovery).
@@ -48,12 +62,17 @@ pub async fn channel_from_watch(
     addresses: watch::Receiver<Vec<SocketAddr>>,
     config: &ClientConfig,
 ) -> Result<Channel, Error> {
-    build(name, Source::Watch(addresses), config).await
+    build(name, Source::Watch(addresses), config, None).await
 }
 
-async fn build(name: &str, source: Source, config: &ClientConfig) -> Result<Channel, Error> {
+async fn build(
+    name: &str,
+    source: Source,
+    config: &ClientConfig,
+    tls: Option<MeshTls>,
+) -> Result<Channel, Error> {
     let retry = RetryLayer::new(config).map_err(Error::Config)?;
-    let balanced = Balanced::new(name, source, config).await;
+    let balanced = Balanced::new(name, source, config, tls).await;
     let stack = tower::ServiceBuilder::new()
         // Outermost: one span and one duration for the call as its caller sees it.
         .layer(ClientObserveLayer)

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
@@ -58,6 +59,10 @@ pub struct MeshConfig {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub telemetry: crate::mesh::telemetry::TelemetryConfig,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub security: SecurityConfig,
 }
 
 impl Default for MeshConfig {
@@ -73,6 +78,7 @@ impl Default for MeshConfig {
             client: ClientConfig::default(),
             jwt: JwtConfig::default(),
             telemetry: crate::mesh::telemetry::TelemetryConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -235,10 +241,90 @@ impl Default for JwtConfig {
     }
 }
 
+/// Who may connect and call: mutual TLS with SPIFFE identities, the authorization policy, and
+/// the plaintext port left for the kubelet's probes.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityConfig {
+    /// This service's certificate chain (PEM), e.g. a mounted Secret's `tls.crt`. With
+    /// --tls-key and --tls-ca it turns mutual TLS on: plaintext and unidentified peers are
+    /// refused, and calls to other services use TLS too.
+    #[arg(long, env = "SHOPMESH_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This service's private key (PEM: PKCS#8, PKCS#1 or SEC1), e.g. `tls.key`.
+    #[arg(long, env = "SHOPMESH_TLS_KEY", value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA bundle (PEM) peer certificates must chain to, e.g. `ca.crt`.
+    #[arg(long, env = "SHOPMESH_TLS_CA", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+
+    /// The SPIFFE trust domain every peer's certificate must name in its URI SAN
+    /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`).
+    #[arg(long, env = "SHOPMESH_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// How often the certificate, key and CA files are read again; new handshakes use what
+    /// changed (cert-manager renewals, CA rotation).
+    #[arg(long, env = "SHOPMESH_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub tls_reload_interval: Duration,
+
+    /// Longest a TLS handshake may take before the connection is dropped.
+    #[arg(long, env = "SHOPMESH_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// Per-method authorization policy (JSON): which SPIFFE IDs may call which methods. Once
+    /// set, every call not allowed is refused (health checks excepted).
+    #[arg(long, env = "SHOPMESH_AUTHZ_POLICY", value_name = "FILE")]
+    pub authz_policy: Option<PathBuf>,
+
+    /// A plaintext port serving only `grpc.health.v1`, for kubelet probes when the service port
+    /// requires mutual TLS (`serve` only: the all-in-one run has three services).
+    #[arg(long, env = "SHOPMESH_PROBE_LISTEN", value_name = "ADDR")]
+    pub probe_listen: Option<SocketAddr>,
+
+    /// A listener bound in advance for the probe port (tests bind 127.0.0.1:0 and keep the
+    /// address); taken instead of binding --probe-listen.
+    #[arg(skip)]
+    pub probe_listener: PreBound,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            trust_domain: "cluster.local".to_owned(),
+            tls_reload_interval: Duration::from_secs(5),
+            tls_handshake_timeout: Duration::from_secs(10),
+            authz_policy: None,
+            probe_listen: None,
+            probe_listener: PreBound::default(),
+        }
+    }
+}
+
 fn algorithm(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
     s.trim().parse().map_err(|_| {
         format!("{s:?} is not a JWS algorithm (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, …)")
     })
+}
+
+/// A listener bound before the config is handed over, taken once by the server.
+#[derive(Debug, Clone, Default)]
+pub struct PreBound(Option<Arc<Mutex<Option<std::net::TcpListener>>>>);
+
+impl PreBound {
+    /// Hands `listener` to the server that gets this config.
+    pub fn new(listener: std::net::TcpListener) -> Self {
+        Self(Some(Arc::new(Mutex::new(Some(listener)))))
+    }
+
+    /// The listener, if one was given and not taken yet.
+    pub fn take(&self) -> Option<std::net::TcpListener> {
+        self.0.as_ref().and_then(|m| m.lock().ok().and_then(|mut l| l.take()))
+    }
 }
 
 /// A per-method deadline: `/package.Service/Method=duration`.

@@ -138,6 +138,14 @@ pub fn describe_metrics() {
         "Calls whose deadline passed while being handled."
     );
     describe_counter!("shopmesh_client_deadline_fail_fast_total", "Calls not sent because no time was left.");
+    describe_counter!(
+        "shopmesh_server_authz_denied_total",
+        "Calls refused by the authorization policy, by service, method and reason (no_identity, not_allowed)."
+    );
+    describe_counter!(
+        "shopmesh_server_tls_handshake_failures_total",
+        "Connections refused because their TLS handshake failed or timed out (no, foreign or invalid certificate)."
+    );
     describe_gauge!("db_client_connections_usage", "Database connections by state (idle, used).");
     describe_gauge!("db_client_connections_max", "Largest number of database connections the pool opens.");
     describe_gauge!("db_client_connections_pending_requests", "Requests waiting for a database connection.");

@@ -16,13 +16,16 @@ use std::time::Duration;
 use tonic_health::server::HealthReporter;
 
 use crate::mesh::bearer::{BearerAuthLayer, Verifier};
+use crate::mesh::authz::{AuthzLayer, Policy};
 use crate::mesh::deadline::ServerDeadlineLayer;
 use crate::mesh::load_shed::LoadShedLayer;
 use crate::mesh::message_size::MessageSizeLayer;
 use crate::mesh::metadata_size::MetadataSizeLayer;
 use crate::mesh::observe::ServerObserveLayer;
 use crate::mesh::rate_limit::RateLimitLayer;
+use crate::mesh::peer::PeerLayer;
 use crate::mesh::readiness::{Readiness, ReadyGateLayer};
+use crate::mesh::tls::MeshTls;
 use crate::mesh::{Error, config::MeshConfig};
 
 /// The health service name that is SERVING for as long as the process runs: for liveness
@@ -77,7 +80,17 @@ where
     let addr = listener.local_addr()?;
     // Before anything is served: a bad key set must stop the start, not fail every call.
     let verifier = Verifier::from_config(&mesh.jwt)?;
+    let security = &mesh.security;
+    let tls = MeshTls::load(security)?;
+    let policy = security
+        .authz_policy
+        .as_deref()
+        .map(Policy::load)
+        .transpose()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let probe = probe_listener(security).await?;
     let (reporter, health) = tonic_health::server::health_reporter();
+    let probe_health = health.clone();
     // tonic-health reports "" SERVING from the start; nothing is ready until the database is.
     for name in services.iter().chain(&[""]) {
         reporter.set_service_status(*name, ServingStatus::NotServing).await;
@@ -92,7 +105,20 @@ where
     let gate = Arc::new(AtomicBool::new(false));
     let tracker = tokio::spawn(track_readiness(readiness, reporter.clone(), services.to_vec(), gate.clone()));
     let tracker_handle = tracker.abort_handle();
-    tracing::info!(%addr, services = ?services, "listening");
+    tracing::info!(%addr, services = ?services, mtls = tls.is_some(), authz = policy.is_some(), "listening");
+    let probe_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(probe) = probe {
+        tracing::info!(addr = ?probe.local_addr().ok(), "probe port: plaintext grpc.health.v1 only");
+        // Nothing but health: probes carry no certificate, so this port must expose nothing else.
+        let probe_server = Server::builder()
+            .add_service(probe_health)
+            .serve_with_incoming_shutdown(TcpIncoming::from(probe), probe_stop.clone().cancelled_owned());
+        tokio::spawn(async move {
+            if let Err(err) = probe_server.await {
+                tracing::error!(error = %err, "probe port failed");
+            }
+        });
+    }
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_delay = mesh.drain_delay;
@@ -118,8 +144,7 @@ where
     let limits = &mesh.server;
     let rate_limit = RateLimitLayer::new(limits.rate_limit_rps, limits.rate_limit_burst);
     let housekeeping = rate_limit.housekeeping().map(tokio::spawn);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    let router = Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         // The hard cap on metadata; the metadata layer below answers the configured limit.
         .http2_max_header_list_size(limits.http2_header_list_cap())
@@ -131,8 +156,12 @@ where
         // Closing old connections makes clients reconnect, and so spread over new replicas.
         .max_connection_age(limits.max_connection_age)
         .max_connection_age_grace(limits.max_connection_age_grace)
-        // Outermost: every call, shed or not, is traced and counted.
+        // Outermost: the mTLS peer's identity and address, which every layer below may read.
+        .layer(PeerLayer)
+        // Every call, shed or refused or not, is traced and counted.
         .layer(ServerObserveLayer)
+        // Before shedding: a refused caller must not take a slot from allowed ones.
+        .layer(AuthzLayer::new(policy))
         // Refusing an excess call must cost nothing beyond being counted.
         .layer(LoadShedLayer::new(limits.max_concurrent_requests))
         // Cheap, and before any layer reads metadata (a huge token is refused unparsed).
@@ -148,8 +177,16 @@ where
         .layer(ServerDeadlineLayer)
         // Innermost: sees the decoder's answer for an oversized request.
         .layer(MessageSizeLayer)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, stop);
+        .add_routes(routes);
+    let server = match tls {
+        Some(tls) => futures::future::Either::Left(router.serve_with_incoming_shutdown(
+            crate::mesh::tls_incoming::incoming(listener, tls, security.tls_handshake_timeout),
+            stop,
+        )),
+        None => futures::future::Either::Right(
+            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop),
+        ),
+    };
     tokio::pin!(server);
     let hard_stop = async {
         // Only a shutdown that has begun starts the clock; if the server ends on its own the
@@ -172,8 +209,26 @@ where
     if let Some(task) = housekeeping {
         task.abort();
     }
+    probe_stop.cancel();
     tracing::info!(%addr, "stopped");
     Ok(())
+}
+
+/// The plaintext probe port's listener: the one a test bound in advance, or `--probe-listen`.
+async fn probe_listener(
+    security: &crate::mesh::config::SecurityConfig,
+) -> Result<Option<TcpListener>, Error> {
+    if let Some(listener) = security.probe_listener.take() {
+        listener.set_nonblocking(true)?;
+        return Ok(Some(TcpListener::from_std(listener)?));
+    }
+    match security.probe_listen {
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|e| Error::Config(format!("cannot listen on the probe address {addr}: {e}"))),
+        None => Ok(None),
+    }
 }
 
 /// Sets the health of `services` and `""` from `readiness`: NOT_SERVING until the database is

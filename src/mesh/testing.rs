@@ -188,6 +188,31 @@ where
     Spawned { addr, stop, task }
 }
 
+/// Gives `mesh` a plaintext probe port on 127.0.0.1:0 and returns its address, for services
+/// whose own port requires mutual TLS.
+///
+/// # Panics
+/// If 127.0.0.1:0 cannot be bound.
+pub fn with_probe(mesh: &mut MeshConfig) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    mesh.security.probe_listener = crate::mesh::config::PreBound::new(listener);
+    addr
+}
+
+/// Like [`spawn`], but waits for SERVING on the plaintext `probe` port (see [`with_probe`])
+/// instead of the service's own port, which may require mutual TLS.
+pub async fn spawn_probed<R, Fut>(service: &str, probe: SocketAddr, run: R) -> Spawned
+where
+    R: FnOnce(TcpListener, futures::future::BoxFuture<'static, ()>) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let spawned = start_on(listener, run);
+    wait_serving(probe, service).await;
+    spawned
+}
+
 /// Waits until `service` at `addr` is SERVING.
 ///
 /// # Panics

@@ -103,3 +103,27 @@ runAsNonRoot: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/* The Secret holding one service's tls.crt, tls.key and ca.crt. Takes (dict "root" $ "name" "user"). */}}
+{{- define "shopmesh.tlsSecret" -}}
+{{- default (printf "%s-tls" (include "shopmesh.componentName" .)) (get .root.Values.tls.secretNames .name) -}}
+{{- end -}}
+
+{{/* The port the kubelet's probes and `helm test` ask: the plaintext probe port with TLS on, else the gRPC port. */}}
+{{- define "shopmesh.probePort" -}}
+{{- if .root.Values.tls.enabled -}}{{ .root.Values.tls.probePort }}{{- else -}}{{ (get .root.Values.services .name).port }}{{- end -}}
+{{- end -}}
+
+{{/* The authorization policy as JSON, each caller rendered with tpl (namespace, trust domain, names). */}}
+{{- define "shopmesh.authzPolicy" -}}
+{{- $root := . -}}
+{{- $rules := list -}}
+{{- range .Values.authz.policy.rules -}}
+{{- $callers := list -}}
+{{- range .callers -}}
+{{- $callers = append $callers (tpl . $root) -}}
+{{- end -}}
+{{- $rules = append $rules (dict "description" (default "" .description) "callers" $callers "methods" .methods) -}}
+{{- end -}}
+{{- dict "rules" $rules | toPrettyJson -}}
+{{- end -}}

@@ -41,9 +41,11 @@ pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POST
 /// The order use cases over `pool`, calling the services `config` names through the mesh's
 /// client stack (deadlines, retries, balancing).
 async fn orders(mesh: &MeshConfig, config: &OrderConfig, pool: Pool) -> Result<service::Orders, Error> {
+    // With mTLS on, calls to user and payment present this service's certificate.
+    let tls = shopmesh::mesh::tls::MeshTls::load(&mesh.security)?;
     let upstream = upstream::Upstream::new(
-        client::channel(&config.user_url, &mesh.client).await?,
-        client::channel(&config.payment_url, &mesh.client).await?,
+        client::channel_tls(&config.user_url, &mesh.client, tls.as_ref()).await?,
+        client::channel_tls(&config.payment_url, &mesh.client, tls.as_ref()).await?,
     );
     Ok(service::Orders::new(store::Store::new(pool, config.reconcile.reconcile_after), upstream))
 }

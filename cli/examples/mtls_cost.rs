@@ -1,0 +1,207 @@
+//! What mutual TLS costs: GetUser on the real user service (SQLite) through the mesh's full
+//! server and client stacks, once in plaintext and once over mTLS (rustls on ring, SPIFFE
+//! identities from a dev CA, the authorization layer off), both served in this process from one
+//! database. Rounds alternate between the two so machine noise hits both alike.
+//!
+//! ```sh
+//! cargo run --release -p shopmesh-cli --example mtls_cost -- [rate/s] [seconds] [rounds]
+//! ```
+//!
+//! Open loop at a fixed rate: each call is timed from when it was due, not from when it was
+//! sent, so a stall shows in the percentiles (no coordinated omission). Then a closed loop at
+//! 64 calls in flight gives the most each can do. Connections are long-lived, as in the mesh:
+//! this measures encryption per call, not handshakes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use shopmesh::api::user::v1::{CreateUserRequest, GetUserRequest, user_service_client::UserServiceClient};
+use shopmesh::mesh::config::{MeshConfig, SecurityConfig};
+use shopmesh::mesh::tls::MeshTls;
+use shopmesh::mesh::{client, db, dev_certs, server};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+type Stats = (f64, Histogram<u64>, u64);
+
+async fn open_loop<T>(client: &UserServiceClient<T>, id: &str, rate: u64, seconds: u64) -> Stats
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total = rate * seconds;
+    let period = Duration::from_nanos(1_000_000_000 / rate);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = start + period * u32::try_from(i).expect("small");
+        tokio::time::sleep_until(due).await;
+        let mut client = client.clone();
+        let (histogram, errors, id) = (histogram.clone(), errors.clone(), id.to_owned());
+        tasks.spawn(async move {
+            let ok = client.get_user(GetUserRequest { id }).await.is_ok();
+            let micros = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
+            if !ok {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = histogram.lock().await.record(micros);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let rps = total as f64 / start.elapsed().as_secs_f64();
+    let h = histogram.lock().await.clone();
+    (rps, h, errors.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+async fn closed_loop<T>(client: &UserServiceClient<T>, id: &str, in_flight: usize, seconds: u64) -> f64
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let mut client = client.clone();
+        let id = id.to_owned();
+        tasks.spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                if client.get_user(GetUserRequest { id: id.clone() }).await.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        });
+    }
+    let mut done = 0;
+    while let Some(n) = tasks.join_next().await {
+        done += n.unwrap_or(0);
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+fn line(name: &str, (rps, h, errors): &Stats) -> String {
+    format!(
+        "{name:<12} {rps:>9.0} req/s   p50 {:>6} µs   p90 {:>6} µs   p99 {:>6} µs   p99.9 {:>6} µs   max {:>7} µs   errors {errors}",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    )
+}
+
+/// Settings naming the files `dev-certs` wrote for `sa`.
+fn security(dir: &std::path::Path, sa: &str) -> SecurityConfig {
+    let d = dir.join(sa);
+    SecurityConfig {
+        tls_cert: Some(d.join("tls.crt")),
+        tls_key: Some(d.join("tls.key")),
+        tls_ca: Some(d.join("ca.crt")),
+        ..SecurityConfig::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let rate = args.first().copied().unwrap_or(2000);
+    let seconds = args.get(1).copied().unwrap_or(10);
+    let rounds = args.get(2).copied().unwrap_or(3);
+
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    dev_certs::generate(&certs, "cluster.local", "default")?;
+    let mut mesh = MeshConfig::default();
+    // Neither server may shed what the other would serve.
+    mesh.server.max_concurrent_requests = 10_000;
+    let url = format!("sqlite://{}/user.db", dir.path().display());
+    let pool = db::open(&url, &mesh, shopmesh_user::MIGRATIONS).await?;
+
+    let mut tls_mesh = mesh.clone();
+    tls_mesh.security = security(&certs, "shopmesh-user");
+    let mut started = Vec::new();
+    for config in [mesh.clone(), tls_mesh] {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        started.push(format!("http://{}", listener.local_addr()?));
+        let routes = shopmesh_user::routes(&config, pool.clone());
+        tokio::spawn(async move {
+            server::serve(
+                &config,
+                &[shopmesh_user::SERVICE_NAME],
+                routes,
+                listener,
+                None,
+                std::future::pending(),
+            )
+            .await
+        });
+    }
+    let (plain_url, tls_url) = (started[0].clone(), started[1].clone());
+    shopmesh::mesh::health::wait_serving(&plain_url, shopmesh_user::SERVICE_NAME, Duration::from_secs(10))
+        .await;
+
+    let client_tls = MeshTls::load(&security(&certs, "shopmesh-order"))?;
+    let mut plain = UserServiceClient::new(client::channel(&plain_url, &mesh.client).await?);
+    let tls = UserServiceClient::new(client::channel_tls(&tls_url, &mesh.client, client_tls.as_ref()).await?);
+    let user = plain
+        .create_user(CreateUserRequest {
+            email: "bench@example.com".into(),
+            display_name: "Bench".into(),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    // Warm both paths (connections and handshakes, SQLite page cache).
+    closed_loop(&plain, &user.id, 16, 1).await;
+    closed_loop(&tls, &user.id, 16, 1).await;
+    tls.clone().get_user(GetUserRequest { id: user.id.clone() }).await?;
+
+    println!("GetUser, open loop at {rate}/s for {seconds}s, {rounds} alternating rounds each:");
+    let mut tls_all = Histogram::<u64>::new(3)?;
+    let mut plain_all = Histogram::<u64>::new(3)?;
+    let (mut tls_rps, mut plain_rps) = (0.0, 0.0);
+    for round in 1..=rounds {
+        let p = open_loop(&plain, &user.id, rate, seconds).await;
+        println!("  round {round} {}", line("plaintext", &p));
+        let t = open_loop(&tls, &user.id, rate, seconds).await;
+        println!("  round {round} {}", line("mTLS", &t));
+        plain_all.add(&p.1)?;
+        tls_all.add(&t.1)?;
+        plain_rps += p.0;
+        tls_rps += t.0;
+    }
+    let n = rounds as f64;
+    println!(
+        "all rounds: p99 plaintext {} µs, mTLS {} µs (ratio {:.2}); p50 plaintext {} µs, mTLS {} µs",
+        plain_all.value_at_quantile(0.99),
+        tls_all.value_at_quantile(0.99),
+        tls_all.value_at_quantile(0.99) as f64 / plain_all.value_at_quantile(0.99).max(1) as f64,
+        plain_all.value_at_quantile(0.5),
+        tls_all.value_at_quantile(0.5),
+    );
+    println!("achieved rate: plaintext {:.0}/s, mTLS {:.0}/s", plain_rps / n, tls_rps / n);
+
+    println!("closed loop, 64 in flight, {seconds}s each, alternating:");
+    let (mut plain_max, mut tls_max) = (0.0, 0.0);
+    for round in 1..=rounds {
+        let p = closed_loop(&plain, &user.id, 64, seconds).await;
+        let t = closed_loop(&tls, &user.id, 64, seconds).await;
+        println!("  round {round}: plaintext {p:.0} req/s, mTLS {t:.0} req/s");
+        plain_max += p;
+        tls_max += t;
+    }
+    println!("max throughput ratio mTLS/plaintext: {:.3}", tls_max / plain_max);
+    Ok(())
+}

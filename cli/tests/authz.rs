@@ -1,0 +1,294 @@
+//! The shipped authorization policy (`deploy/authz-policy.json`) enforced by the real user,
+//! payment and order services over mutual TLS: every identity against every method, with the
+//! expected answer taken from the intent written below (not from the policy code), and an
+//! order placed through the mesh with every hop on mTLS.
+
+#[path = "common/pki.rs"]
+mod pki;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use pki::{call, id, workload};
+use shopmesh::api::common::v1::Money;
+use shopmesh::api::order::v1::{
+    CreateOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
+};
+use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
+use shopmesh::mesh::Error;
+use shopmesh::mesh::config::{MeshConfig, OrderConfig, PaymentConfig, SecurityConfig, UserConfig};
+use shopmesh::mesh::dev_certs::{Ca, Leaf};
+use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh::mesh::tls::MeshTls;
+use shopmesh::mesh::tls_connect::TlsConnector;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const USER: [&str; 4] = [
+    "/shopmesh.user.v1.UserService/CreateUser",
+    "/shopmesh.user.v1.UserService/GetUser",
+    "/shopmesh.user.v1.UserService/ListUsers",
+    "/shopmesh.user.v1.UserService/UpdateUser",
+];
+const ORDER: [&str; 4] = [
+    "/shopmesh.order.v1.OrderService/CreateOrder",
+    "/shopmesh.order.v1.OrderService/GetOrder",
+    "/shopmesh.order.v1.OrderService/ListOrders",
+    "/shopmesh.order.v1.OrderService/CancelOrder",
+];
+const PAYMENT: [&str; 4] = [
+    "/shopmesh.payment.v1.PaymentService/Charge",
+    "/shopmesh.payment.v1.PaymentService/GetPayment",
+    "/shopmesh.payment.v1.PaymentService/Refund",
+    "/shopmesh.payment.v1.PaymentService/ListPayments",
+];
+/// Served beside every service.
+const INFRA: [&str; 3] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The callers of the matrix: the mesh's workloads, the edge, and two that must get nothing.
+const CALLERS: [&str; 6] = [
+    "spiffe://cluster.local/ns/default/sa/shopmesh-order",
+    "spiffe://cluster.local/ns/default/sa/shopmesh-gateway",
+    "spiffe://cluster.local/ns/default/sa/shopmesh-user",
+    "spiffe://cluster.local/ns/default/sa/shopmesh-payment",
+    "spiffe://cluster.local/ns/default/sa/shopmesh-intruder",
+    "spiffe://cluster.local/ns/other/sa/shopmesh-order",
+];
+
+/// The documented intent (README "Authorization policy"), written out independently of the
+/// policy file: may `caller` call `method`?
+fn intended(caller: &str, method: &str) -> bool {
+    let order = caller == id("shopmesh-order");
+    let gateway = caller == id("shopmesh-gateway");
+    let in_namespace = caller.starts_with("spiffe://cluster.local/ns/default/sa/");
+    match method {
+        // Probes carry no identity; health is never refused.
+        "/grpc.health.v1.Health/Check" => true,
+        // Any workload of the namespace may describe the (public) API.
+        m if m.starts_with("/grpc.reflection.") => in_namespace,
+        // Only the order service moves money.
+        "/shopmesh.payment.v1.PaymentService/Charge" | "/shopmesh.payment.v1.PaymentService/Refund" => order,
+        // The order service checks the orderer; the edge serves the user API.
+        "/shopmesh.user.v1.UserService/GetUser" => order || gateway,
+        m if m.starts_with("/shopmesh.user.v1.") || m.starts_with("/shopmesh.order.v1.") => gateway,
+        // Payment reads are nobody's business outside the payment service.
+        _ => false,
+    }
+}
+
+fn policy_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/authz-policy.json")
+}
+
+/// The three services over mTLS with the shipped policy.
+struct Mesh {
+    user: Spawned,
+    payment: Spawned,
+    order: Spawned,
+    dbs: Vec<TestDb>,
+    ca: Ca,
+    dir: TempDir,
+}
+
+/// Spawns a service as service account `sa`, waiting on its probe port.
+async fn spawn<R, Fut>(ca: &Ca, dir: &Path, sa: &str, name: &str, run: R) -> Spawned
+where
+    R: FnOnce(MeshConfig, TcpListener, futures::future::BoxFuture<'static, ()>) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let mut mesh = testing::mesh_config();
+    mesh.security = SecurityConfig {
+        authz_policy: Some(policy_file()),
+        ..pki::security(&dir.join(sa), &workload(ca, sa))
+    };
+    let probe = testing::with_probe(&mut mesh);
+    testing::spawn_probed(name, probe, move |listener, shutdown| run(mesh, listener, shutdown)).await
+}
+
+impl Mesh {
+    async fn start(backend: Backend) -> Self {
+        let ca = Ca::new("mesh CA").expect("ca");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dbs = vec![
+            testing::database(backend, "user").await,
+            testing::database(backend, "payment").await,
+            testing::database(backend, "order").await,
+        ];
+        let url = dbs[0].url.clone();
+        let user = spawn(
+            &ca,
+            dir.path(),
+            "shopmesh-user",
+            shopmesh_user::SERVICE_NAME,
+            |mesh, listener, shutdown| {
+                let config = UserConfig { listen: listener.local_addr().expect("addr"), database_url: url };
+                shopmesh_user::run(mesh, config, listener, shutdown)
+            },
+        )
+        .await;
+        let url = dbs[1].url.clone();
+        let payment = spawn(
+            &ca,
+            dir.path(),
+            "shopmesh-payment",
+            shopmesh_payment::SERVICE_NAME,
+            |mesh, listener, shutdown| {
+                let config = PaymentConfig {
+                    listen: listener.local_addr().expect("addr"),
+                    database_url: url,
+                    payment_limit_minor: 100_000,
+                    payment_currencies: vec!["USD".into()],
+                    payment_latency: std::time::Duration::ZERO,
+                };
+                shopmesh_payment::run(mesh, config, listener, shutdown)
+            },
+        )
+        .await;
+        let (url, user_url, payment_url) = (dbs[2].url.clone(), user.url(), payment.url());
+        let order = spawn(
+            &ca,
+            dir.path(),
+            "shopmesh-order",
+            shopmesh_order::SERVICE_NAME,
+            |mesh, listener, shutdown| {
+                let config = OrderConfig {
+                    listen: listener.local_addr().expect("addr"),
+                    database_url: url,
+                    user_url,
+                    payment_url,
+                    reconcile: Default::default(),
+                };
+                shopmesh_order::run(mesh, config, listener, shutdown)
+            },
+        )
+        .await;
+        Self { user, payment, order, dbs, ca, dir }
+    }
+
+    /// A channel to `addr` through the mesh's own TLS client, as the workload `uri`.
+    fn channel(&self, uri: &str, addr: SocketAddr) -> Channel {
+        let sa_dir = self.dir.path().join(format!("client-{}", uri.replace(['/', ':'], "_")));
+        let issued = self.ca.issue(&Leaf { uris: vec![uri.to_owned()], ..Leaf::default() }).expect("issue");
+        let tls = MeshTls::load(&pki::security(&sa_dir, &issued)).expect("client TLS").expect("configured");
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_with_connector_lazy(TlsConnector::new(tls))
+    }
+
+    async fn stop(self) {
+        for service in [self.order, self.payment, self.user] {
+            service.stop().await.expect("clean stop");
+        }
+        for db in self.dbs {
+            db.drop_database().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_identity_gets_what_the_policy_intends() {
+    pki::metrics();
+    let mesh = Mesh::start(Backend::Sqlite).await;
+    let mut wrong = Vec::new();
+    for caller in CALLERS {
+        for (addr, methods) in
+            [(mesh.user.addr, USER), (mesh.order.addr, ORDER), (mesh.payment.addr, PAYMENT)]
+        {
+            let channel = mesh.channel(caller, addr);
+            for method in methods.into_iter().chain(INFRA) {
+                let code = call(channel.clone(), method).await;
+                let ok = if intended(caller, method) {
+                    // Reached the handler: its own answer to an empty request, whatever it is.
+                    !matches!(code, Code::PermissionDenied | Code::Unauthenticated | Code::Unavailable)
+                } else {
+                    code == Code::PermissionDenied
+                };
+                if !ok {
+                    wrong.push(format!("{caller} {method}: {code:?}"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "not as intended:\n{}", wrong.join("\n"));
+    // Five callers may not charge; each refusal is counted.
+    let charge =
+        [("service", "shopmesh.payment.v1.PaymentService"), ("method", "Charge"), ("reason", "not_allowed")];
+    assert!(
+        pki::counted("shopmesh_server_authz_denied_total", &charge) >= 5.0,
+        "{}",
+        pki::metrics().render()
+    );
+    mesh.stop().await;
+}
+
+async fn order_through_the_mesh(backend: Backend) {
+    let mesh = Mesh::start(backend).await;
+    let gateway = id("shopmesh-gateway");
+    let mut users = UserServiceClient::new(mesh.channel(&gateway, mesh.user.addr));
+    let mut orders = OrderServiceClient::new(mesh.channel(&gateway, mesh.order.addr));
+    let user = users
+        .create_user(CreateUserRequest {
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            request_id: "ada".into(),
+        })
+        .await
+        .expect("the gateway creates a user")
+        .into_inner();
+    // The order service calls GetUser and Charge as shopmesh-order, over mTLS.
+    let order = orders
+        .create_order(CreateOrderRequest {
+            user_id: user.id,
+            request_id: "first-order".into(),
+            line_items: vec![LineItem {
+                sku: "BOOK-42".into(),
+                quantity: 2,
+                unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1250 }),
+            }],
+        })
+        .await
+        .expect("the order is placed through the mesh")
+        .into_inner();
+    assert_eq!(order.state(), OrderState::Paid, "{order:?}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_placed_with_mtls_and_the_policy_on_every_hop() {
+    for backend in testing::backends() {
+        order_through_the_mesh(backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_identity_calls_are_unauthenticated_but_health_answers() {
+    pki::metrics();
+    let db = testing::database(Backend::Sqlite, "noid").await;
+    let mut mesh = testing::mesh_config();
+    mesh.security.authz_policy = Some(policy_file());
+    let url = db.url.clone();
+    // Plaintext: no certificate, so no identity.
+    let user = testing::spawn(shopmesh_user::SERVICE_NAME, move |listener, shutdown| {
+        let config = UserConfig { listen: listener.local_addr().expect("addr"), database_url: url };
+        shopmesh_user::run(mesh, config, listener, shutdown)
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(user.url()).expect("endpoint").connect_lazy();
+    assert_eq!(call(channel.clone(), USER[2]).await, Code::Unauthenticated);
+    assert_eq!(call(channel.clone(), INFRA[1]).await, Code::Unauthenticated, "reflection needs an identity");
+    assert_eq!(call(channel, INFRA[0]).await, Code::Ok, "health is always allowed");
+    let labels = [("method", "ListUsers"), ("reason", "no_identity")];
+    assert!(
+        pki::counted("shopmesh_server_authz_denied_total", &labels) >= 1.0,
+        "{}",
+        pki::metrics().render()
+    );
+    user.stop().await.expect("clean stop");
+}

@@ -1,0 +1,212 @@
+//! Mutual TLS against the real user service on 127.0.0.1: which client certificates are
+//! served and how the others are refused, that plaintext gets nothing, that the probe port
+//! answers health and nothing else, and that rotated files are picked up.
+
+#[path = "common/pki.rs"]
+mod pki;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pki::{Mounted, Outcome, call, channel, client_config, handshake, id, workload};
+use rustls::AlertDescription;
+use shopmesh::api::user::v1::ListUsersRequest;
+use shopmesh::api::user::v1::user_service_client::UserServiceClient;
+use shopmesh::mesh::config::{SecurityConfig, UserConfig};
+use shopmesh::mesh::dev_certs::{Ca, Leaf};
+use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use tonic::Code;
+
+const LIST_USERS: &str = "/shopmesh.user.v1.UserService/ListUsers";
+
+/// Starts the user service with `security`, returning it and its probe port.
+async fn start_user(db: &TestDb, security: SecurityConfig) -> (Spawned, SocketAddr) {
+    let mut mesh = testing::mesh_config();
+    mesh.security = security;
+    let probe = testing::with_probe(&mut mesh);
+    let url = db.url.clone();
+    let spawned = testing::spawn_probed(shopmesh_user::SERVICE_NAME, probe, move |listener, shutdown| {
+        let config = UserConfig { listen: listener.local_addr().expect("addr"), database_url: url };
+        shopmesh_user::run(mesh, config, listener, shutdown)
+    })
+    .await;
+    (spawned, probe)
+}
+
+/// Asserts that `config` is refused with `alert` at the handshake and that a gRPC call over it
+/// gets no answer from the service.
+async fn assert_refused(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    alert: AlertDescription,
+    case: &str,
+) {
+    assert_eq!(handshake(addr, config.clone()).await, Outcome::Alert(alert), "{case}");
+    // With TLS 1.3 the client's handshake completes before the server's alert arrives, so tonic
+    // reports it as whatever the broken connection looks like (UNKNOWN, CANCELLED, UNAVAILABLE);
+    // what matters is that the call, which a served caller gets OK for, is not served.
+    let code = call(channel(addr, config), LIST_USERS).await;
+    assert_ne!(code, Code::Ok, "{case}: served over gRPC");
+}
+
+async fn matrix(backend: Backend) {
+    let db = testing::database(backend, "mtls").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("mesh CA").expect("ca");
+    let (user, probe) = start_user(&db, pki::security(dir.path(), &workload(&ca, "shopmesh-user"))).await;
+    let addr = user.addr;
+    let ca_pem = ca.cert_pem();
+
+    // Valid: a certificate of the mesh's CA naming a SPIFFE ID of the trust domain.
+    let valid = client_config(&ca_pem, Some(&workload(&ca, "shopmesh-order")));
+    assert_eq!(handshake(addr, valid.clone()).await, Outcome::Served);
+    let mut users = UserServiceClient::new(channel(addr, valid.clone()));
+    users.list_users(ListUsersRequest::default()).await.expect("a valid identity is served");
+
+    // No client certificate at all.
+    assert_refused(
+        addr,
+        client_config(&ca_pem, None),
+        AlertDescription::CertificateRequired,
+        "no certificate",
+    )
+    .await;
+
+    // A certificate of another CA, for an otherwise valid identity.
+    let foreign = Ca::new("foreign CA").expect("ca");
+    let foreign_cert = workload(&foreign, "shopmesh-order");
+    assert_refused(
+        addr,
+        client_config(&ca_pem, Some(&foreign_cert)),
+        AlertDescription::UnknownCA,
+        "foreign CA",
+    )
+    .await;
+
+    // Expired.
+    let expired = ca.issue(&Leaf { expired: true, ..Leaf::spiffe(&id("shopmesh-order")) }).expect("issue");
+    assert_refused(
+        addr,
+        client_config(&ca_pem, Some(&expired)),
+        AlertDescription::CertificateExpired,
+        "expired",
+    )
+    .await;
+
+    // A SPIFFE ID of another trust domain.
+    let other_td =
+        ca.issue(&Leaf::spiffe("spiffe://example.org/ns/default/sa/shopmesh-order")).expect("issue");
+    assert_refused(
+        addr,
+        client_config(&ca_pem, Some(&other_td)),
+        AlertDescription::AccessDenied,
+        "trust domain",
+    )
+    .await;
+
+    // A URI SAN that is not a SPIFFE ID.
+    let https = ca.issue(&Leaf::spiffe("https://cluster.local/ns/default/sa/shopmesh-order")).expect("issue");
+    assert_refused(addr, client_config(&ca_pem, Some(&https)), AlertDescription::AccessDenied, "not SPIFFE")
+        .await;
+
+    // No URI SAN: a host-name certificate of the right CA.
+    let dns_only = ca.issue(&Leaf { dns: vec!["order".into()], ..Leaf::default() }).expect("issue");
+    assert_refused(
+        addr,
+        client_config(&ca_pem, Some(&dns_only)),
+        AlertDescription::AccessDenied,
+        "no URI SAN",
+    )
+    .await;
+
+    // Plaintext to the TLS port: nothing is served.
+    let plain =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
+    assert_ne!(call(plain, LIST_USERS).await, Code::Ok, "plaintext served");
+
+    // Six refused handshakes (plaintext included) were counted.
+    assert!(
+        pki::counted("shopmesh_server_tls_handshake_failures_total", &[]) >= 6.0,
+        "{}",
+        pki::metrics().render()
+    );
+
+    // The valid client still works after all that.
+    users.list_users(ListUsersRequest::default()).await.expect("still served");
+
+    // The probe port: health, in plaintext, and nothing else.
+    let status = shopmesh::mesh::health::check(
+        &format!("http://{probe}"),
+        shopmesh_user::SERVICE_NAME,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("health on the probe port");
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving);
+    let probe_channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{probe}")).expect("endpoint").connect_lazy();
+    assert_eq!(call(probe_channel.clone(), LIST_USERS).await, Code::Unimplemented, "API on the probe port");
+    assert_eq!(
+        call(probe_channel, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").await,
+        Code::Unimplemented,
+        "reflection on the probe port"
+    );
+
+    user.stop().await.expect("clean stop");
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_valid_mesh_identities_are_served() {
+    pki::metrics();
+    for backend in testing::backends() {
+        matrix(backend).await;
+    }
+}
+
+/// Waits (up to 30 s) until `config`'s handshake is served.
+async fn wait_served(addr: SocketAddr, config: std::sync::Arc<rustls::ClientConfig>) -> bool {
+    for _ in 0..300 {
+        if handshake(addr, config.clone()).await == Outcome::Served {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_files_are_used_by_new_handshakes() {
+    let db = testing::database(Backend::Sqlite, "reload").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old_ca = Ca::new("old CA").expect("ca");
+    let mut mount = Mounted::new(dir.path().to_owned(), &workload(&old_ca, "shopmesh-user"));
+    let (user, _probe) = start_user(&db, pki::files(&mount.dir)).await;
+    let addr = user.addr;
+    let old_client = client_config(&old_ca.cert_pem(), Some(&workload(&old_ca, "shopmesh-order")));
+    assert_eq!(handshake(addr, old_client.clone()).await, Outcome::Served);
+
+    // The Secret is reissued by a new CA: new server certificate, new CA bundle.
+    let new_ca = Ca::new("new CA").expect("ca");
+    let server = workload(&new_ca, "shopmesh-user");
+    mount.swap(&server.cert_pem, &server.key_pem, &new_ca.cert_pem());
+    // Trusting only the new CA both ways: served means the server presents the new
+    // certificate and accepts certificates of the new CA.
+    let new_client = client_config(&new_ca.cert_pem(), Some(&workload(&new_ca, "shopmesh-order")));
+    assert!(wait_served(addr, new_client.clone()).await, "the rotated files were not picked up within 30s");
+    assert_ne!(handshake(addr, old_client).await, Outcome::Served, "the old CA is still trusted");
+
+    // A broken update (a key that is not PEM) is refused and the loaded files stay in use.
+    mount.swap(&server.cert_pem, "not a key", &new_ca.cert_pem());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        handshake(addr, new_client.clone()).await,
+        Outcome::Served,
+        "a bad update replaced a good config"
+    );
+    let mut users = UserServiceClient::new(channel(addr, new_client));
+    users.list_users(ListUsersRequest::default()).await.expect("served after a bad update");
+
+    user.stop().await.expect("clean stop");
+    db.drop_database().await;
+}
