@@ -158,7 +158,9 @@ fn main() -> ExitCode {
                 let (name, mesh) = service.parts();
                 (name, mesh.telemetry.clone())
             }
-            Some(Command::Healthcheck { .. } | Command::Bench(_) | Command::DevCerts { .. }) => ("shopmesh", Default::default()),
+            Some(Command::Healthcheck { .. } | Command::Bench(_) | Command::DevCerts { .. }) => {
+                ("shopmesh", Default::default())
+            }
         };
         if matches!(cli.command, Some(Command::Migrate { .. })) {
             // A one-off job: nothing would scrape it, and it must not take a service's port.

@@ -15,15 +15,15 @@ use std::time::Duration;
 
 use tonic_health::server::HealthReporter;
 
-use crate::mesh::bearer::{BearerAuthLayer, Verifier};
 use crate::mesh::authz::{AuthzLayer, Policy};
+use crate::mesh::bearer::{BearerAuthLayer, Verifier};
 use crate::mesh::deadline::ServerDeadlineLayer;
 use crate::mesh::load_shed::LoadShedLayer;
 use crate::mesh::message_size::MessageSizeLayer;
 use crate::mesh::metadata_size::MetadataSizeLayer;
 use crate::mesh::observe::ServerObserveLayer;
-use crate::mesh::rate_limit::RateLimitLayer;
 use crate::mesh::peer::PeerLayer;
+use crate::mesh::rate_limit::RateLimitLayer;
 use crate::mesh::readiness::{Readiness, ReadyGateLayer};
 use crate::mesh::tls::MeshTls;
 use crate::mesh::{Error, config::MeshConfig};
