@@ -456,7 +456,10 @@ def check_jwt(r: Rendered) -> str:
         jwt_env = {k: v for k, v in env.items() if k.startswith("SHOPMESH_JWT_")}
         if not jwt.get("jwks"):
             assert not jwt_env, f"{svc}: bearer-token variables set with no jwt.jwks: {sorted(jwt_env)}"
-            assert not container.get("volumeMounts") and not pod.get("volumes"), f"{svc}: a key-set volume with tokens off"
+            # Other volumes (mTLS certificates, the policy) may be there; the key set may not.
+            jwt_mounts = [m for m in container.get("volumeMounts", []) if m.get("mountPath") == JWKS_DIR]
+            jwt_volumes = [v for v in pod.get("volumes", []) if v.get("name") == "jwt"]
+            assert not jwt_mounts and not jwt_volumes, f"{svc}: a key-set volume with tokens off"
             continue
         settings = merged(r.values["defaults"], r.values["services"][svc])
         assert env.get("SHOPMESH_JWT_JWKS") == f"{JWKS_DIR}/jwks.json", f"{svc}: SHOPMESH_JWT_JWKS is {env.get('SHOPMESH_JWT_JWKS')!r}"
