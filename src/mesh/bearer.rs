@@ -13,16 +13,13 @@
 //! decoder knows, so such a token never parses.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::mesh::Error;
@@ -246,10 +243,10 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let Some(verifier) = &self.verifier else {
-            return ResponseFuture::Passed { inner: self.inner.call(request) };
+            return ResponseFuture::inner(self.inner.call(request));
         };
         if crate::mesh::server::is_infrastructure(request.uri().path()) {
-            return ResponseFuture::Passed { inner: self.inner.call(request) };
+            return ResponseFuture::inner(self.inner.call(request));
         }
         // A subject is only ever what this layer verified, never what a caller sent along.
         request.extensions_mut().remove::<Subject>();
@@ -258,47 +255,20 @@ where
                 if let Some(sub) = subject {
                     request.extensions_mut().insert(Subject(sub));
                 }
-                ResponseFuture::Passed { inner: self.inner.call(request) }
+                ResponseFuture::inner(self.inner.call(request))
             }
             Err(why) => {
                 // Debug, not info: a flood of forged tokens must not become a flood of logs.
                 tracing::debug!(path = request.uri().path(), reason = %why, "bearer token rejected");
                 metrics::counter!("shopmesh_server_unauthenticated_total").increment(1);
-                ResponseFuture::Rejected {
-                    response: Some(status_response(tonic::Status::unauthenticated(REJECTED))),
-                }
+                ResponseFuture::now(status_response(tonic::Status::unauthenticated(REJECTED)))
             }
         }
     }
 }
 
-pin_project! {
-    /// The response of a [`BearerAuth`] service.
-    #[project = ResponseFutureProj]
-    pub enum ResponseFuture<F, ResBody> {
-        /// Handed on.
-        Passed { #[pin] inner: F },
-        /// Answered UNAUTHENTICATED.
-        Rejected { response: Option<Response<ResBody>> },
-    }
-}
-
-impl<F, ResBody, E> Future for ResponseFuture<F, ResBody>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ResponseFutureProj::Passed { inner } => inner.poll(cx),
-            ResponseFutureProj::Rejected { response } => match response.take() {
-                Some(r) => Poll::Ready(Ok(r)),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
+/// The response of a [`BearerAuth`] service: handed on, or answered at once.
+pub type ResponseFuture<F, ResBody> = crate::mesh::answer::Answer<F, ResBody>;
 
 #[cfg(test)]
 mod tests {

@@ -6,12 +6,9 @@
 //! ([`ServerConfig::http2_header_list_cap`](crate::mesh::config::ServerConfig::http2_header_list_cap))
 //! and this layer enforces the configured limit with a proper gRPC answer.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::mesh::deadline::status_response;
@@ -79,44 +76,19 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let size = header_list_size(&request);
         if size <= self.limit {
-            return ResponseFuture::Admitted { inner: self.inner.call(request) };
+            return ResponseFuture::inner(self.inner.call(request));
         }
         tracing::debug!(path = request.uri().path(), size, limit = self.limit, "metadata too large");
         let status = tonic::Status::resource_exhausted(format!(
             "request metadata is {size} bytes, over this server's limit of {} bytes",
             self.limit
         ));
-        ResponseFuture::Refused { response: Some(status_response(status)) }
+        ResponseFuture::now(status_response(status))
     }
 }
 
-pin_project! {
-    /// The response of a [`MetadataSize`] service.
-    #[project = ResponseFutureProj]
-    pub enum ResponseFuture<F, ResBody> {
-        /// Within the limit: handling.
-        Admitted { #[pin] inner: F },
-        /// Over it: refused.
-        Refused { response: Option<Response<ResBody>> },
-    }
-}
-
-impl<F, ResBody, E> Future for ResponseFuture<F, ResBody>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ResponseFutureProj::Admitted { inner } => inner.poll(cx),
-            ResponseFutureProj::Refused { response } => match response.take() {
-                Some(r) => Poll::Ready(Ok(r)),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
+/// The response of a [`MetadataSize`] service: handed on, or answered at once.
+pub type ResponseFuture<F, ResBody> = crate::mesh::answer::Answer<F, ResBody>;
 
 #[cfg(test)]
 mod tests {

@@ -23,6 +23,7 @@
 //! (UNAVAILABLE on repeatable calls, within a budget), [`balance`] (p2c over every endpoint,
 //! ejecting failing ones), one HTTP/2 connection per endpoint.
 
+pub mod answer;
 pub mod authz;
 pub mod balance;
 pub mod bearer;

@@ -12,7 +12,6 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,7 +19,6 @@ use std::time::Duration;
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
@@ -146,53 +144,28 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let Some(limiter) = &self.limiter else {
-            return ResponseFuture::Admitted { inner: self.inner.call(request) };
+            return ResponseFuture::inner(self.inner.call(request));
         };
         let path = request.uri().path();
         if crate::mesh::server::is_infrastructure(path) {
-            return ResponseFuture::Admitted { inner: self.inner.call(request) };
+            return ResponseFuture::inner(self.inner.call(request));
         }
         match limiter.check_key(&Caller::of(&request)) {
-            Ok(()) => ResponseFuture::Admitted { inner: self.inner.call(request) },
+            Ok(()) => ResponseFuture::inner(self.inner.call(request)),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(limiter.clock().now());
                 let (_, service, method) = crate::mesh::observe::names(path);
                 tracing::debug!(path, ?wait, "caller over its rate: refusing the call");
                 metrics::counter!("shopmesh_server_rate_limited_total", "service" => service, "method" => method)
                     .increment(1);
-                ResponseFuture::Limited { response: Some(status_response(limited(wait))) }
+                ResponseFuture::now(status_response(limited(wait)))
             }
         }
     }
 }
 
-pin_project! {
-    /// The response of a [`RateLimit`] service.
-    #[project = ResponseFutureProj]
-    pub enum ResponseFuture<F, ResBody> {
-        /// Within the caller's rate: handling.
-        Admitted { #[pin] inner: F },
-        /// Over it: refused.
-        Limited { response: Option<Response<ResBody>> },
-    }
-}
-
-impl<F, ResBody, E> Future for ResponseFuture<F, ResBody>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ResponseFutureProj::Admitted { inner } => inner.poll(cx),
-            ResponseFutureProj::Limited { response } => match response.take() {
-                Some(r) => Poll::Ready(Ok(r)),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
+/// The response of a [`RateLimit`] service: handed on, or answered at once.
+pub type ResponseFuture<F, ResBody> = crate::mesh::answer::Answer<F, ResBody>;
 
 #[cfg(test)]
 mod tests {

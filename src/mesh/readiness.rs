@@ -4,15 +4,12 @@
 //! follows its own database, checked on an interval, and never its callees: a dependency being
 //! down must not take every caller out of its load balancer too (that cascades).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::mesh::config::MeshConfig;
@@ -118,40 +115,13 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if self.open.load(Ordering::Acquire) || server::is_infrastructure(request.uri().path()) {
-            return GateFuture::Open { inner: self.inner.call(request) };
+            return GateFuture::inner(self.inner.call(request));
         }
-        GateFuture::Closed {
-            response: Some(status_response(tonic::Status::unavailable(
-                "starting: the service's database is not ready yet",
-            ))),
-        }
+        GateFuture::now(status_response(tonic::Status::unavailable(
+            "starting: the service's database is not ready yet",
+        )))
     }
 }
 
-pin_project! {
-    /// The response of a [`ReadyGate`] service.
-    #[project = GateFutureProj]
-    pub enum GateFuture<F, ResBody> {
-        /// Passed to the service.
-        Open { #[pin] inner: F },
-        /// Answered here: not ready.
-        Closed { response: Option<Response<ResBody>> },
-    }
-}
-
-impl<F, ResBody, E> Future for GateFuture<F, ResBody>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            GateFutureProj::Open { inner } => inner.poll(cx),
-            GateFutureProj::Closed { response } => match response.take() {
-                Some(r) => Poll::Ready(Ok(r)),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
+/// The response of a [`ReadyGate`] service: handed on, or answered at once.
+pub type GateFuture<F, ResBody> = crate::mesh::answer::Answer<F, ResBody>;
