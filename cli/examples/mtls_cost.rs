@@ -18,8 +18,10 @@ use hdrhistogram::Histogram;
 
 use shopmesh::api::user::v1::{CreateUserRequest, GetUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::config::{MeshConfig, SecurityConfig};
-use shopmesh::mesh::tls::MeshTls;
-use shopmesh::mesh::{client, db, dev_certs, server};
+use shopmesh::mesh::security::dev_certs;
+use shopmesh::mesh::security::tls::MeshTls;
+use shopmesh::mesh::service::{Listeners, Mesh};
+use shopmesh::mesh::{client, db, server};
 use tokio::net::TcpListener;
 
 mod common;
@@ -60,12 +62,13 @@ async fn main() -> anyhow::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         started.push(format!("http://{}", listener.local_addr()?));
         let routes = shopmesh_user::routes(&config, pool.clone());
+        let mesh = Mesh::new(config, shopmesh::mesh_api())?;
         tokio::spawn(async move {
             server::serve(
-                &config,
+                &mesh,
                 &[shopmesh_user::SERVICE_NAME],
                 routes,
-                listener,
+                Listeners::new(listener),
                 None,
                 std::future::pending(),
             )
@@ -77,8 +80,11 @@ async fn main() -> anyhow::Result<()> {
         .await;
 
     let client_tls = MeshTls::load(&security(&certs, "shopmesh-order"))?;
-    let mut plain = UserServiceClient::new(client::channel(&plain_url, &mesh.client).await?);
-    let tls = UserServiceClient::new(client::channel_tls(&tls_url, &mesh.client, client_tls.as_ref()).await?);
+    let catalogue = shopmesh::mesh_api().catalogue;
+    let mut plain = UserServiceClient::new(client::channel(&plain_url, &mesh.client, catalogue, None).await?);
+    let tls = UserServiceClient::new(
+        client::channel(&tls_url, &mesh.client, catalogue, client_tls.as_ref()).await?,
+    );
     let user = plain
         .create_user(CreateUserRequest {
             email: "bench@example.com".into(),

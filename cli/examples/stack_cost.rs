@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 
 use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::config::MeshConfig;
+use shopmesh::mesh::service::{Listeners, Mesh};
 use shopmesh::mesh::{client, db, server};
 use tokio::net::TcpListener;
 
@@ -42,13 +43,13 @@ async fn main() -> anyhow::Result<()> {
     let on = TcpListener::bind("127.0.0.1:0").await?;
     let on_url = format!("http://{}", on.local_addr()?);
     let routes = shopmesh_user::routes(&mesh, pool.clone());
-    let mesh_for_server = mesh.clone();
+    let mesh_for_server = Mesh::new(mesh.clone(), shopmesh::mesh_api())?;
     tokio::spawn(async move {
         server::serve(
             &mesh_for_server,
             &[shopmesh_user::SERVICE_NAME],
             routes,
-            on,
+            Listeners::new(on),
             None,
             std::future::pending(),
         )
@@ -65,7 +66,9 @@ async fn main() -> anyhow::Result<()> {
     );
     shopmesh::mesh::health::wait_serving(&on_url, shopmesh_user::SERVICE_NAME, Duration::from_secs(10)).await;
 
-    let mut stacked = UserServiceClient::new(client::channel(&on_url, &mesh.client).await?);
+    let mut stacked = UserServiceClient::new(
+        client::channel(&on_url, &mesh.client, shopmesh::mesh_api().catalogue, None).await?,
+    );
     let bare = UserServiceClient::new(
         tonic::transport::Endpoint::from_shared(off_url)?.tcp_nodelay(true).connect().await?,
     );

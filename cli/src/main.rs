@@ -9,14 +9,21 @@
 
 mod bench;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use shopmesh::mesh::config::{MeshConfig, OrderConfig, PaymentConfig, UserConfig};
+use futures::future::BoxFuture;
+use shopmesh::mesh::config::MeshConfig;
+use shopmesh::mesh::db::{self, Migrations};
+use shopmesh::mesh::service::{Listeners, Mesh, MeshService};
 use shopmesh::mesh::telemetry::Telemetry;
-use shopmesh::mesh::{health, shutdown};
+use shopmesh::mesh::{health, server, shutdown};
+use shopmesh_order::{Order, OrderConfig};
+use shopmesh_payment::{Payment, PaymentConfig};
+use shopmesh_user::{User, UserConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +40,7 @@ struct Cli {
     all: AllArgs,
 }
 
-/// Settings of the all-in-one run.
+/// Settings of the all-in-one run: the mesh's, then each service's own.
 #[derive(Debug, clap::Args)]
 struct AllArgs {
     #[command(flatten)]
@@ -44,6 +51,20 @@ struct AllArgs {
     payment: PaymentConfig,
     #[command(flatten)]
     order: OrderConfig,
+}
+
+impl AllArgs {
+    /// The mesh settings, and every service in the order they start (callees first).
+    fn parts(self) -> (MeshConfig, Vec<Box<dyn Part>>) {
+        (
+            self.mesh,
+            vec![
+                Box::new(Configured::<User>(self.user)),
+                Box::new(Configured::<Payment>(self.payment)),
+                Box::new(Configured::<Order>(self.order)),
+            ],
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,39 +110,139 @@ enum Command {
     },
 }
 
+/// One service with the mesh's settings and its own.
+#[derive(Debug, clap::Args)]
+struct One<S: MeshService> {
+    #[command(flatten)]
+    mesh: MeshConfig,
+    #[command(flatten)]
+    config: S::Config,
+}
+
 #[derive(Debug, Subcommand)]
 enum Service {
     /// The user service (accounts).
-    User {
-        #[command(flatten)]
-        mesh: MeshConfig,
-        #[command(flatten)]
-        config: UserConfig,
-    },
+    User(One<User>),
     /// The order service (orders; calls user and payment).
-    Order {
-        #[command(flatten)]
-        mesh: MeshConfig,
-        #[command(flatten)]
-        config: OrderConfig,
-    },
+    Order(One<Order>),
     /// The payment service (charges and refunds over a simulated processor).
-    Payment {
-        #[command(flatten)]
-        mesh: MeshConfig,
-        #[command(flatten)]
-        config: PaymentConfig,
-    },
+    Payment(One<Payment>),
+}
+
+impl Service {
+    /// The mesh settings and the service.
+    fn split(self) -> (MeshConfig, Box<dyn Part>) {
+        fn part<S: MeshService>(one: One<S>) -> (MeshConfig, Box<dyn Part>) {
+            (one.mesh, Box::new(Configured::<S>(one.config)))
+        }
+        match self {
+            Service::User(one) => part(one),
+            Service::Order(one) => part(one),
+            Service::Payment(one) => part(one),
+        }
+    }
+}
+
+/// A service with its settings, behind one object-safe face, so every command has one path
+/// whatever the service.
+trait Part: Send {
+    /// The service's short name.
+    fn name(&self) -> &'static str;
+    /// Its gRPC service's full name.
+    fn grpc_service(&self) -> &'static str;
+    /// Where it listens.
+    fn listen(&self) -> SocketAddr;
+    /// Its database and migrations.
+    fn database(&self) -> (&str, Migrations);
+    /// Points the upstream `name` at `url`, if this service calls it.
+    fn point_at(&mut self, name: &str, url: &str);
+    /// Runs it until `shutdown`.
+    fn run(
+        self: Box<Self>,
+        mesh: Mesh,
+        listeners: Listeners,
+        shutdown: BoxFuture<'static, ()>,
+    ) -> BoxFuture<'static, Result<(), shopmesh::mesh::Error>>;
+}
+
+/// Service `S` with its settings.
+struct Configured<S: MeshService>(S::Config);
+
+impl<S: MeshService> Part for Configured<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn grpc_service(&self) -> &'static str {
+        S::GRPC_SERVICE
+    }
+
+    fn listen(&self) -> SocketAddr {
+        S::listen(&self.0)
+    }
+
+    fn database(&self) -> (&str, Migrations) {
+        (S::database_url(&self.0), S::MIGRATIONS)
+    }
+
+    fn point_at(&mut self, name: &str, url: &str) {
+        for (upstream, target) in S::upstreams(&mut self.0) {
+            if upstream == name {
+                url.clone_into(target);
+            }
+        }
+    }
+
+    fn run(
+        self: Box<Self>,
+        mesh: Mesh,
+        listeners: Listeners,
+        shutdown: BoxFuture<'static, ()>,
+    ) -> BoxFuture<'static, Result<(), shopmesh::mesh::Error>> {
+        Box::pin(async move { server::run::<S, _>(&mesh, self.0, listeners, shutdown).await })
+    }
+}
+
+/// The command line: [`Cli`] with each flag's short help (`-h`) cut to its first sentence and
+/// without its variable and default, so `-h` fits a screen, while `--help` keeps the whole text
+/// with both.
+fn command() -> clap::Command {
+    fn first_sentence(text: &str) -> Option<&str> {
+        let end = text.find(". ").or_else(|| text.find("; "))?;
+        Some(&text[..end])
+    }
+    fn shorten(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|arg| {
+                if arg.get_long_help().is_some() || arg.get_help().is_none() || arg.is_hide_set() {
+                    return arg;
+                }
+                let full = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                let short = first_sentence(&full).unwrap_or(&full).to_owned();
+                let mut long = full.clone();
+                if let Some(env) = arg.get_env() {
+                    long.push_str(&format!(" [env: {}]", env.to_string_lossy()));
+                }
+                let defaults: Vec<String> =
+                    arg.get_default_values().iter().map(|d| d.to_string_lossy().into_owned()).collect();
+                if !defaults.is_empty() {
+                    long.push_str(&format!(" [default: {}]", defaults.join(",")));
+                }
+                let takes_values = arg.get_action().takes_values();
+                let arg = arg.help(short).long_help(long).hide_env(true);
+                // clap shows (and allows hiding) a default only for flags that take a value.
+                if takes_values { arg.hide_default_value(true) } else { arg }
+            })
+            .next_line_help(false)
+            .mut_subcommands(shorten)
+    }
+    use clap::CommandFactory as _;
+    shorten(Cli::command())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Some(Command::Bench(args)) = &cli.command
-        && let Err(message) = args.validate()
-    {
-        use clap::CommandFactory as _;
-        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message).exit();
-    }
+    use clap::FromArgMatches as _;
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|err| err.exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -129,113 +250,104 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Healthcheck { addr, service, timeout }) = &cli.command {
-        return runtime.block_on(healthcheck(addr, service, *timeout));
-    }
-    if let Some(Command::DevCerts { out, trust_domain, namespace }) = &cli.command {
-        return match shopmesh::mesh::dev_certs::generate(out, trust_domain, namespace) {
-            Ok(dirs) => {
-                for dir in dirs {
-                    println!("{}", dir.display());
-                }
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("error: {err}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    // The bench is a client: no telemetry, and no metrics port that a local mesh already uses.
-    if let Some(Command::Bench(args)) = cli.command {
-        return runtime.block_on(bench::run(*args));
-    }
-    runtime.block_on(async {
-        // The resource's service.name when OTEL_SERVICE_NAME does not say otherwise.
-        let (name, mut telemetry) = match &cli.command {
-            None => ("shopmesh", cli.all.mesh.telemetry.clone()),
-            Some(Command::Serve { service } | Command::Migrate { service }) => {
-                let (name, mesh) = service.parts();
-                (name, mesh.telemetry.clone())
-            }
-            Some(Command::Healthcheck { .. } | Command::Bench(_) | Command::DevCerts { .. }) => {
-                ("shopmesh", Default::default())
-            }
-        };
-        if matches!(cli.command, Some(Command::Migrate { .. })) {
+    match cli.command {
+        None => {
+            runtime.block_on(with_telemetry("shopmesh", cli.all.mesh.telemetry.clone(), run_all(cli.all)))
+        }
+        Some(Command::Serve { service }) => {
+            let (mesh, part) = service.split();
+            let name = format!("shopmesh-{}", part.name());
+            runtime.block_on(with_telemetry(&name, mesh.telemetry.clone(), serve_one(mesh, part)))
+        }
+        Some(Command::Migrate { service }) => {
+            let (mesh, part) = service.split();
+            let name = format!("shopmesh-{}", part.name());
             // A one-off job: nothing would scrape it, and it must not take a service's port.
-            telemetry.metrics_listen = shopmesh::mesh::telemetry::MetricsListen(None);
+            let telemetry = shopmesh::mesh::config::TelemetryConfig {
+                metrics_listen: shopmesh::mesh::config::MetricsListen(None),
+                ..mesh.telemetry.clone()
+            };
+            runtime.block_on(with_telemetry(&name, telemetry, migrate(mesh, part)))
         }
-        let telemetry = match Telemetry::init(name, &telemetry) {
-            Ok(t) => t,
-            Err(err) => {
-                eprintln!("error: {err}");
-                return ExitCode::FAILURE;
+        Some(Command::Healthcheck { addr, service, timeout }) => {
+            runtime.block_on(healthcheck(&addr, &service, timeout))
+        }
+        // The bench is a client: no telemetry, and no metrics port that a local mesh already uses.
+        Some(Command::Bench(args)) => {
+            if let Err(message) = args.validate() {
+                command().error(clap::error::ErrorKind::ArgumentConflict, message).exit();
             }
-        };
-        let result = match cli.command {
-            None => run_all(cli.all).await,
-            Some(Command::Serve { service }) => serve_one(service).await,
-            Some(Command::Migrate { service }) => migrate(service).await,
-            Some(Command::Healthcheck { .. } | Command::Bench(_) | Command::DevCerts { .. }) => Ok(()),
-        };
-        if let Err(err) = &result {
-            tracing::error!("{err:#}");
+            runtime.block_on(bench::run(*args))
         }
-        // The last spans (the shutdown's) are exported before the process exits.
-        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
-        if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-    })
+        Some(Command::DevCerts { out, trust_domain, namespace }) => {
+            match shopmesh::mesh::security::dev_certs::generate(&out, &trust_domain, &namespace) {
+                Ok(dirs) => {
+                    for dir in dirs {
+                        println!("{}", dir.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
-impl Service {
-    /// The default service name for telemetry, and the shared settings.
-    fn parts(&self) -> (&'static str, &MeshConfig) {
-        match self {
-            Service::User { mesh, .. } => ("shopmesh-user", mesh),
-            Service::Order { mesh, .. } => ("shopmesh-order", mesh),
-            Service::Payment { mesh, .. } => ("shopmesh-payment", mesh),
+/// Runs `work` with the process's telemetry (`name` is the resource's service.name when
+/// OTEL_SERVICE_NAME does not say otherwise), logs its error, and flushes telemetry at the end.
+async fn with_telemetry(
+    name: &str,
+    config: shopmesh::mesh::config::TelemetryConfig,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let telemetry = match Telemetry::init(name, &config) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
         }
+    };
+    let result = work.await;
+    if let Err(err) = &result {
+        tracing::error!("{err:#}");
     }
+    // The last spans (the shutdown's) are exported before the process exits.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the {what} service: {e}"))
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the {what}: {e}"))
 }
 
-async fn serve_one(service: Service) -> anyhow::Result<()> {
-    match service {
-        Service::User { mesh, config } => {
-            let listener = bind(config.listen, "user").await?;
-            shopmesh_user::run(mesh, config, listener, shutdown::signal()).await?;
-        }
-        Service::Order { mesh, config } => {
-            let listener = bind(config.listen, "order").await?;
-            shopmesh_order::run(mesh, config, listener, shutdown::signal()).await?;
-        }
-        Service::Payment { mesh, config } => {
-            let listener = bind(config.listen, "payment").await?;
-            shopmesh_payment::run(mesh, config, listener, shutdown::signal()).await?;
-        }
+fn mesh_of(config: MeshConfig) -> anyhow::Result<Mesh> {
+    Ok(Mesh::new(config, shopmesh::mesh_api())?)
+}
+
+async fn serve_one(config: MeshConfig, part: Box<dyn Part>) -> anyhow::Result<()> {
+    let probe = match config.security.probe_listen {
+        Some(addr) => Some(bind(addr, "probe port").await?),
+        None => None,
+    };
+    let mut listeners = Listeners::new(bind(part.listen(), &format!("{} service", part.name())).await?);
+    if let Some(probe) = probe {
+        listeners = listeners.with_probe(probe);
     }
+    let mesh = mesh_of(config)?;
+    part.run(mesh, listeners, Box::pin(shutdown::signal())).await?;
     Ok(())
 }
 
-async fn migrate(service: Service) -> anyhow::Result<()> {
-    let (name, url, mesh, migrations) = match &service {
-        Service::User { mesh, config } => ("user", &config.database_url, mesh, shopmesh_user::MIGRATIONS),
-        Service::Order { mesh, config } => ("order", &config.database_url, mesh, shopmesh_order::MIGRATIONS),
-        Service::Payment { mesh, config } => {
-            ("payment", &config.database_url, mesh, shopmesh_payment::MIGRATIONS)
-        }
-    };
-    let pool = shopmesh::mesh::db::open(url, mesh, migrations)
+async fn migrate(config: MeshConfig, part: Box<dyn Part>) -> anyhow::Result<()> {
+    let (url, migrations) = part.database();
+    let pool = db::open(url, &config, migrations)
         .await
-        .map_err(|e| anyhow::anyhow!("migrating the {name} database: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("migrating the {} database: {e}", part.name()))?;
     pool.close().await;
-    tracing::info!(service = name, "migrations applied");
+    tracing::info!(service = part.name(), "migrations applied");
     Ok(())
 }
 
@@ -271,35 +383,36 @@ fn local_url(addr: SocketAddr) -> String {
 
 async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let AllArgs { mesh, user, payment, mut order } = args;
-    if let Some(addr) = mesh.security.probe_listen {
-        anyhow::bail!("--probe-listen {addr}: the all-in-one run has three services; use it with `serve`");
+    let (config, mut parts) = args.parts();
+    if let Some(addr) = config.security.probe_listen {
+        anyhow::bail!("--probe-listen {addr}: the all-in-one run has several services; use it with `serve`");
     }
-    // Bind all three first: a port in use fails the start before anything runs, and the order
-    // service learns the real addresses of its dependencies.
-    let user_listener = bind(user.listen, "user").await?;
-    let payment_listener = bind(payment.listen, "payment").await?;
-    let order_listener = bind(order.listen, "order").await?;
-    let user_addr = user_listener.local_addr()?;
-    let payment_addr = payment_listener.local_addr()?;
-    let order_addr = order_listener.local_addr()?;
-    order.user_url = local_url(user_addr);
-    order.payment_url = local_url(payment_addr);
+    // Bind every service first: a port in use fails the start before anything runs, and each
+    // service learns the real addresses of the others.
+    let mut listeners = Vec::new();
+    for part in &parts {
+        listeners.push(bind(part.listen(), &format!("{} service", part.name())).await?);
+    }
+    let addrs: Vec<SocketAddr> = listeners.iter().map(TcpListener::local_addr).collect::<Result<_, _>>()?;
+    let urls: HashMap<&'static str, String> =
+        parts.iter().zip(&addrs).map(|(p, a)| (p.name(), local_url(*a))).collect();
+    for part in &mut parts {
+        for (name, url) in &urls {
+            part.point_at(name, url);
+        }
+    }
+    // One mesh for every service: certificates, key set and policy are loaded once.
+    let mesh = mesh_of(config)?;
+    let shown: Vec<(&'static str, SocketAddr, &'static str)> =
+        parts.iter().zip(&addrs).map(|(p, a)| (p.name(), *a, p.grpc_service())).collect();
 
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(named(
-        "user",
-        shopmesh_user::run(mesh.clone(), user, user_listener, stop.clone().cancelled_owned()),
-    ));
-    tasks.spawn(named(
-        "payment",
-        shopmesh_payment::run(mesh.clone(), payment, payment_listener, stop.clone().cancelled_owned()),
-    ));
-    tasks.spawn(named(
-        "order",
-        shopmesh_order::run(mesh.clone(), order, order_listener, stop.clone().cancelled_owned()),
-    ));
+    for (part, listener) in parts.into_iter().zip(listeners) {
+        let name = part.name();
+        let run = part.run(mesh.clone(), Listeners::new(listener), Box::pin(stop.clone().cancelled_owned()));
+        tasks.spawn(async move { (name, run.await) });
+    }
     {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -309,12 +422,8 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     }
 
     let ready = async {
-        for (addr, name) in [
-            (user_addr, shopmesh_user::SERVICE_NAME),
-            (payment_addr, shopmesh_payment::SERVICE_NAME),
-            (order_addr, shopmesh_order::SERVICE_NAME),
-        ] {
-            if !health::wait_serving(&local_url(addr), name, Duration::from_secs(60)).await {
+        for (_, addr, grpc_service) in &shown {
+            if !health::wait_serving(&local_url(*addr), grpc_service, Duration::from_secs(60)).await {
                 return false;
             }
         }
@@ -324,7 +433,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     tokio::select! {
         ok = ready => {
             if ok {
-                print_banner(user_addr, order_addr, payment_addr, started.elapsed());
+                print_banner(&shown, started.elapsed());
             } else {
                 failure = Some(anyhow::anyhow!("the services did not become SERVING within 60s"));
                 stop.cancel();
@@ -345,13 +454,6 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     failure.map_or(Ok(()), Err)
 }
 
-async fn named<F>(name: &'static str, fut: F) -> (&'static str, Result<(), shopmesh::mesh::Error>)
-where
-    F: std::future::Future<Output = Result<(), shopmesh::mesh::Error>>,
-{
-    (name, fut.await)
-}
-
 fn task_error(
     joined: Result<(&'static str, Result<(), shopmesh::mesh::Error>), tokio::task::JoinError>,
 ) -> Option<anyhow::Error> {
@@ -362,21 +464,101 @@ fn task_error(
     }
 }
 
-fn print_banner(user: SocketAddr, order: SocketAddr, payment: SocketAddr, took: Duration) {
-    let (u, o) = (user, order);
+fn print_banner(services: &[(&'static str, SocketAddr, &'static str)], took: Duration) {
+    let address =
+        |name: &str| services.iter().find(|s| s.0 == name).map_or(String::new(), |s| s.1.to_string());
+    let (u, o) = (address("user"), address("order"));
+    let mut table = String::new();
+    for (name, addr, grpc_service) in services {
+        table.push_str(&format!("  {name:<8} {addr:<16} {grpc_service}\n"));
+    }
     println!(
-        "\nshopmesh is up in {took:.0?}: three services, each on its own port.\n\n  \
-         user     {user}   shopmesh.user.v1.UserService\n  \
-         order    {order}   shopmesh.order.v1.OrderService\n  \
-         payment  {payment}   shopmesh.payment.v1.PaymentService\n\n\
+        "\nshopmesh is up in {took:.0?}: {} services, each on its own port.\n\n{table}\n\
          Try it (grpcurl and jq):\n\n  \
          grpcurl -plaintext {o} list\n  \
          USER_ID=$(grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"display_name\":\"Ada\"}}' \\\n      \
          {u} shopmesh.user.v1.UserService/CreateUser | jq -r .id)\n  \
          grpcurl -plaintext -d \"{{\\\"user_id\\\":\\\"$USER_ID\\\",\\\"request_id\\\":\\\"first-order\\\",\\\"line_items\\\":[{{\\\"sku\\\":\\\"BOOK-42\\\",\\\"quantity\\\":2,\\\"unit_price\\\":{{\\\"currency_code\\\":\\\"USD\\\",\\\"amount_minor\\\":1250}}}}]}}\" \\\n      \
          {o} shopmesh.order.v1.OrderService/CreateOrder\n\n\
-         Ctrl-C stops all three.\n"
+         Ctrl-C stops every service.\n",
+        services.len()
     );
+}
+
+/// The configuration reference (`docs/configuration.md`), generated from the flags themselves
+/// so it cannot drift from `--help`: every flag of the all-in-one run under its help heading,
+/// then the flags each `serve` subcommand adds to the mesh-wide ones.
+#[cfg(test)]
+fn configuration_reference() -> String {
+    use std::fmt::Write as _;
+
+    use clap::CommandFactory as _;
+
+    fn cell(text: &str) -> String {
+        text.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|")
+    }
+    fn flag(arg: &clap::Arg) -> String {
+        let long = arg.get_long().unwrap_or_default();
+        match arg.get_value_names() {
+            Some(names) if arg.get_action().takes_values() => format!("`--{long} <{}>`", names.join(" ")),
+            _ => format!("`--{long}`"),
+        }
+    }
+    let mut cli = Cli::command();
+    cli.build();
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the flags themselves (`cli/src/main.rs`, test `configuration_reference_is_current`);\n\
+         regenerate with `SHOPMESH_BLESS=1 cargo test -p shopmesh-cli configuration_reference`.\n\
+         Every flag can also be set with its environment variable; a flag given on the command line wins.\n\
+         `shopmesh` with no subcommand takes every flag below; `shopmesh serve <service>` and\n\
+         `shopmesh migrate <service>` take the mesh-wide flags and that service's own (listed at the end).\n",
+    );
+    let mut headings: Vec<&str> = Vec::new();
+    let args: Vec<&clap::Arg> =
+        cli.get_arguments().filter(|a| a.get_long().is_some() && !a.is_hide_set()).collect();
+    for arg in &args {
+        let heading = arg.get_help_heading().unwrap_or("Options");
+        if !headings.contains(&heading) {
+            headings.push(heading);
+        }
+    }
+    for heading in headings {
+        let _ = write!(
+            out,
+            "\n## {heading}\n\n| Flag | Environment | Default | What it sets |\n|---|---|---|---|\n"
+        );
+        for arg in args.iter().filter(|a| a.get_help_heading().unwrap_or("Options") == heading) {
+            let env = arg.get_env().map(|e| format!("`{}`", e.to_string_lossy())).unwrap_or_default();
+            let defaults: Vec<String> =
+                arg.get_default_values().iter().map(|d| d.to_string_lossy().into_owned()).collect();
+            let default =
+                if defaults.is_empty() { String::new() } else { format!("`{}`", defaults.join(",")) };
+            let help = arg.get_long_help().or(arg.get_help()).map(ToString::to_string).unwrap_or_default();
+            let _ = writeln!(out, "| {} | {env} | {default} | {} |", flag(arg), cell(&help));
+        }
+    }
+    let _ = write!(out, "\n## Each service's own flags\n\n| Command | Its own flags |\n|---|---|\n");
+    let serve = cli.find_subcommand("serve").expect("serve exists");
+    let services: Vec<&clap::Command> = serve.get_subcommands().filter(|c| c.get_name() != "help").collect();
+    // The mesh-wide flags are those every service takes.
+    let mesh_wide: Vec<&str> = services
+        .first()
+        .into_iter()
+        .flat_map(|c| c.get_arguments())
+        .filter_map(clap::Arg::get_long)
+        .filter(|long| services.iter().all(|svc| svc.get_arguments().any(|a| a.get_long() == Some(*long))))
+        .collect();
+    for service in services {
+        let own: Vec<String> = service
+            .get_arguments()
+            .filter_map(clap::Arg::get_long)
+            .filter(|long| !mesh_wide.contains(long) && *long != "help")
+            .map(|long| format!("`--{long}`"))
+            .collect();
+        let _ = writeln!(out, "| `shopmesh serve {}` | {} |", service.get_name(), own.join(", "));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -384,13 +566,86 @@ mod tests {
     use super::*;
 
     #[test]
+    fn configuration_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let expected = configuration_reference();
+        if std::env::var_os("SHOPMESH_BLESS").is_some() {
+            std::fs::write(&path, &expected).expect("write docs/configuration.md");
+        }
+        let written = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            written == expected,
+            "docs/configuration.md does not match the flags: run \
+             `SHOPMESH_BLESS=1 cargo test -p shopmesh-cli configuration_reference` and commit it"
+        );
+    }
+
+    #[test]
+    fn short_help_of_each_command_fits_one_screen() {
+        let mut cli = command();
+        for path in
+            [&["serve", "user"][..], &["serve", "order"], &["serve", "payment"], &["migrate", "order"]]
+        {
+            let mut command = cli.clone();
+            for name in path {
+                command = command.find_subcommand_mut(name).expect("subcommand").clone();
+            }
+            let help = command.render_help().to_string();
+            let lines = help.lines().count();
+            assert!(lines <= 80, "`{}` -h is {lines} lines:\n{help}", path.join(" "));
+            let long = command.render_long_help().to_string();
+            assert!(long.contains("Listen and databases"), "{long}");
+        }
+        let help = cli.render_help().to_string();
+        let first = |needle: &str| help.find(needle).unwrap_or(usize::MAX);
+        assert!(first("Listen and databases") < first("Calls to other services"), "{help}");
+        assert!(first("Calls to other services") < first("Server limits"), "{help}");
+        assert!(first("Telemetry") < first("Reconciler"), "{help}");
+        assert!(!help.contains("[`"), "rustdoc links do not belong in --help:\n{help}");
+    }
+
+    #[test]
     fn cli_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        command().debug_assert();
         let cli = Cli::try_parse_from(["shopmesh", "serve", "order", "--order-listen", "0.0.0.0:1"])
             .expect("parses");
-        assert!(matches!(cli.command, Some(Command::Serve { service: Service::Order { .. } })));
+        assert!(matches!(cli.command, Some(Command::Serve { service: Service::Order(_) })));
         assert!(Cli::try_parse_from(["shopmesh", "serve", "order", "--user-listen", "x"]).is_err());
+    }
+
+    #[test]
+    fn flags_parse_and_do_not_collide() {
+        let cli = Cli::try_parse_from([
+            "shopmesh",
+            "--order-listen",
+            "0.0.0.0:9000",
+            "--payment-currencies",
+            "USD,JPY",
+            "--shutdown-timeout",
+            "250ms",
+        ])
+        .expect("parses");
+        assert_eq!(cli.all.order.listen.port(), 9000);
+        assert_eq!(cli.all.payment.payment_currencies, ["USD", "JPY"]);
+        assert_eq!(cli.all.mesh.shutdown_timeout, Duration::from_millis(250));
+        assert_eq!(cli.all.user.listen.port(), 50051);
+        assert_eq!(cli.all.payment.listen.port(), 50053);
+    }
+
+    #[test]
+    fn the_all_in_one_points_each_service_at_the_local_others() {
+        let cli = Cli::try_parse_from(["shopmesh"]).expect("parses");
+        let (_, parts) = cli.all.parts();
+        let names: Vec<_> = parts.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["user", "payment", "order"], "callees start first");
+        let args = Cli::try_parse_from(["shopmesh"]).expect("parses");
+        let mut order = Configured::<Order>(args.all.order);
+        order.point_at("payment", "http://127.0.0.1:7");
+        order.point_at("nobody", "http://127.0.0.1:8");
+        assert_eq!(order.0.payment_url, "http://127.0.0.1:7");
+        assert_eq!(order.0.user_url, "http://127.0.0.1:50051", "untouched");
     }
 
     #[test]

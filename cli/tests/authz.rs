@@ -6,7 +6,6 @@
 #[path = "common/pki.rs"]
 mod pki;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -16,14 +15,16 @@ use shopmesh::api::order::v1::{
     CreateOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
 };
 use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
-use shopmesh::mesh::Error;
-use shopmesh::mesh::config::{MeshConfig, OrderConfig, PaymentConfig, SecurityConfig, UserConfig};
-use shopmesh::mesh::dev_certs::{Ca, Leaf};
+use shopmesh::mesh::config::SecurityConfig;
+use shopmesh::mesh::security::connect::TlsConnector;
+use shopmesh::mesh::security::dev_certs::{Ca, Leaf};
+use shopmesh::mesh::security::tls::MeshTls;
+use shopmesh::mesh::service::MeshService;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
-use shopmesh::mesh::tls::MeshTls;
-use shopmesh::mesh::tls_connect::TlsConnector;
+use shopmesh_order::{Order, OrderConfig};
+use shopmesh_payment::{Payment, PaymentConfig};
+use shopmesh_user::{User, UserConfig};
 use tempfile::TempDir;
-use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -97,19 +98,14 @@ struct Mesh {
     dir: TempDir,
 }
 
-/// Spawns a service as service account `sa`, waiting on its probe port.
-async fn spawn<R, Fut>(ca: &Ca, dir: &Path, sa: &str, name: &str, run: R) -> Spawned
-where
-    R: FnOnce(MeshConfig, TcpListener, futures::future::BoxFuture<'static, ()>) -> Fut,
-    Fut: Future<Output = Result<(), Error>> + Send + 'static,
-{
+/// Spawns service `S` as service account `sa`, waiting on its probe port.
+async fn spawn<S: MeshService>(ca: &Ca, dir: &Path, sa: &str, config: S::Config) -> Spawned {
     let mut mesh = testing::mesh_config();
     mesh.security = SecurityConfig {
         authz_policy: Some(policy_file()),
         ..pki::security(&dir.join(sa), &workload(ca, sa))
     };
-    let probe = testing::with_probe(&mut mesh);
-    testing::spawn_probed(name, probe, move |listener, shutdown| run(mesh, listener, shutdown)).await
+    testing::spawn_service_probed::<S>(&testing::mesh(mesh), config).await.0
 }
 
 impl Mesh {
@@ -122,53 +118,26 @@ impl Mesh {
             testing::database(backend, "order").await,
         ];
         let url = dbs[0].url.clone();
-        let user = spawn(
-            &ca,
-            dir.path(),
-            "shopmesh-user",
-            shopmesh_user::SERVICE_NAME,
-            |mesh, listener, shutdown| {
-                let config = UserConfig { listen: listener.local_addr().expect("addr"), database_url: url };
-                shopmesh_user::run(mesh, config, listener, shutdown)
-            },
-        )
-        .await;
+        let config = UserConfig { listen: testing::ANY_PORT, database_url: url };
+        let user = spawn::<User>(&ca, dir.path(), "shopmesh-user", config).await;
         let url = dbs[1].url.clone();
-        let payment = spawn(
-            &ca,
-            dir.path(),
-            "shopmesh-payment",
-            shopmesh_payment::SERVICE_NAME,
-            |mesh, listener, shutdown| {
-                let config = PaymentConfig {
-                    listen: listener.local_addr().expect("addr"),
-                    database_url: url,
-                    payment_limit_minor: 100_000,
-                    payment_currencies: vec!["USD".into()],
-                    payment_latency: std::time::Duration::ZERO,
-                };
-                shopmesh_payment::run(mesh, config, listener, shutdown)
-            },
-        )
-        .await;
+        let config = PaymentConfig {
+            listen: testing::ANY_PORT,
+            database_url: url,
+            payment_limit_minor: 100_000,
+            payment_currencies: vec!["USD".into()],
+            payment_latency: std::time::Duration::ZERO,
+        };
+        let payment = spawn::<Payment>(&ca, dir.path(), "shopmesh-payment", config).await;
         let (url, user_url, payment_url) = (dbs[2].url.clone(), user.url(), payment.url());
-        let order = spawn(
-            &ca,
-            dir.path(),
-            "shopmesh-order",
-            shopmesh_order::SERVICE_NAME,
-            |mesh, listener, shutdown| {
-                let config = OrderConfig {
-                    listen: listener.local_addr().expect("addr"),
-                    database_url: url,
-                    user_url,
-                    payment_url,
-                    reconcile: Default::default(),
-                };
-                shopmesh_order::run(mesh, config, listener, shutdown)
-            },
-        )
-        .await;
+        let config = OrderConfig {
+            listen: testing::ANY_PORT,
+            database_url: url,
+            user_url,
+            payment_url,
+            reconcile: Default::default(),
+        };
+        let order = spawn::<Order>(&ca, dir.path(), "shopmesh-order", config).await;
         Self { user, payment, order, dbs, ca, dir }
     }
 
@@ -273,13 +242,9 @@ async fn without_an_identity_calls_are_unauthenticated_but_health_answers() {
     let db = testing::database(Backend::Sqlite, "noid").await;
     let mut mesh = testing::mesh_config();
     mesh.security.authz_policy = Some(policy_file());
-    let url = db.url.clone();
+    let config = UserConfig { listen: testing::ANY_PORT, database_url: db.url.clone() };
     // Plaintext: no certificate, so no identity.
-    let user = testing::spawn(shopmesh_user::SERVICE_NAME, move |listener, shutdown| {
-        let config = UserConfig { listen: listener.local_addr().expect("addr"), database_url: url };
-        shopmesh_user::run(mesh, config, listener, shutdown)
-    })
-    .await;
+    let user = testing::spawn_service::<User>(&testing::mesh(mesh), config).await;
     let channel = tonic::transport::Endpoint::from_shared(user.url()).expect("endpoint").connect_lazy();
     assert_eq!(call(channel.clone(), USER[2]).await, Code::Unauthenticated);
     assert_eq!(call(channel.clone(), INFRA[1]).await, Code::Unauthenticated, "reflection needs an identity");

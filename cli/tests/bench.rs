@@ -13,8 +13,10 @@ use shopmesh::api::order::v1::{
     OrderState, order_service_client::OrderServiceClient,
 };
 use shopmesh::api::payment::v1::{ListPaymentsRequest, payment_service_client::PaymentServiceClient};
-use shopmesh::mesh::config::{OrderConfig, PaymentConfig, UserConfig};
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh_order::OrderConfig;
+use shopmesh_payment::PaymentConfig;
+use shopmesh_user::UserConfig;
 use tokio::process::Command;
 use tonic::{Request, Response, Status};
 
@@ -35,10 +37,8 @@ async fn start(backend: Backend) -> Mesh {
     let order_db = testing::database(backend, "order").await;
     let config =
         UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: user_db.url.clone() };
-    let user = testing::spawn(shopmesh_user::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_user::run(testing::mesh_config(), config, listener, shutdown)
-    })
-    .await;
+    let user =
+        testing::spawn_service::<shopmesh_user::User>(&testing::mesh(testing::mesh_config()), config).await;
     let config = PaymentConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: payment_db.url.clone(),
@@ -46,10 +46,9 @@ async fn start(backend: Backend) -> Mesh {
         payment_currencies: vec!["USD".into()],
         payment_latency: Duration::ZERO,
     };
-    let payment = testing::spawn(shopmesh_payment::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_payment::run(testing::mesh_config(), config, listener, shutdown)
-    })
-    .await;
+    let payment =
+        testing::spawn_service::<shopmesh_payment::Payment>(&testing::mesh(testing::mesh_config()), config)
+            .await;
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: order_db.url.clone(),
@@ -57,10 +56,8 @@ async fn start(backend: Backend) -> Mesh {
         payment_url: payment.url(),
         reconcile: Default::default(),
     };
-    let order = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_order::run(testing::mesh_config(), config, listener, shutdown)
-    })
-    .await;
+    let order =
+        testing::spawn_service::<shopmesh_order::Order>(&testing::mesh(testing::mesh_config()), config).await;
     Mesh { user, payment, order, dbs: vec![user_db, payment_db, order_db] }
 }
 

@@ -54,7 +54,7 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
         text
     });
-    let banner = process.read_until("Ctrl-C stops all three");
+    let banner = process.read_until("Ctrl-C stops every service");
     let text = banner.join("\n");
     assert!(text.contains("shopmesh is up"), "{text}");
     assert!(text.contains("grpcurl -plaintext"), "the banner shows a grpcurl example: {text}");
@@ -221,8 +221,14 @@ async fn sigterm_under_load_drops_no_call() {
 
     // A client with the mesh's stack over both replicas, as the order service would have.
     let config = shopmesh::mesh::config::ClientConfig::default();
-    let channel =
-        shopmesh::mesh::client::channel(&format!("http://{a},http://{b}"), &config).await.expect("channel");
+    let channel = shopmesh::mesh::client::channel(
+        &format!("http://{a},http://{b}"),
+        &config,
+        shopmesh::mesh_api().catalogue,
+        None,
+    )
+    .await
+    .expect("channel");
     let mut users = UserServiceClient::new(channel);
     let user = users
         .create_user(CreateUserRequest {
@@ -308,7 +314,7 @@ fn every_variable_the_deployments_set_is_a_setting_of_the_binary() {
                 continue;
             }
             assert!(
-                help.contains(&format!("[env: {name}=")),
+                help.contains(&format!("[env: {name}]")),
                 "{} sets {name}, which shopmesh does not read",
                 file.display()
             );

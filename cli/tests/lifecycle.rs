@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use shopmesh::api::order::v1::{CreateOrderRequest, order_service_client::OrderServiceClient};
 use shopmesh::api::user::v1::{ListUsersRequest, user_service_client::UserServiceClient};
-use shopmesh::mesh::config::{OrderConfig, UserConfig};
 use shopmesh::mesh::server::LIVENESS;
 use shopmesh::mesh::testing::{self, Backend};
 use shopmesh::mesh::{db, health};
+use shopmesh_order::{Order, OrderConfig};
+use shopmesh_user::{User, UserConfig};
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -44,9 +45,7 @@ async fn not_serving_until_the_database_is_migrated() {
         let config =
             UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: test_db.url.clone() };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let user = testing::start_on(listener, |listener, shutdown| {
-            shopmesh_user::run(mesh.clone(), config, listener, shutdown)
-        });
+        let user = testing::start_service_on::<User>(listener, &testing::mesh(mesh.clone()), config);
         let url = user.url();
         // Listening at once, alive, but not ready; calls are refused with a status that says so.
         assert!(health::wait_serving(&url, LIVENESS, Duration::from_secs(10)).await, "{backend:?}");
@@ -78,10 +77,7 @@ async fn readiness_follows_the_database_and_liveness_does_not() {
     let test_db = testing::database(Backend::Postgres, "user").await;
     let config =
         UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: test_db.url.clone() };
-    let user = testing::spawn(USER, |listener, shutdown| {
-        shopmesh_user::run(testing::mesh_config(), config, listener, shutdown)
-    })
-    .await;
+    let user = testing::spawn_service::<User>(&testing::mesh(testing::mesh_config()), config).await;
     let url = user.url();
     assert_eq!(status(&url, "").await, ServingStatus::Serving);
 
@@ -124,10 +120,7 @@ async fn readiness_never_follows_callees() {
             reconcile: Default::default(),
         };
         // spawn() returns only once the order service is SERVING: its callees do not matter.
-        let order = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {
-            shopmesh_order::run(testing::mesh_config(), config, listener, shutdown)
-        })
-        .await;
+        let order = testing::spawn_service::<Order>(&testing::mesh(testing::mesh_config()), config).await;
         let mut orders = OrderServiceClient::connect(order.url()).await.expect("connect");
         let req = CreateOrderRequest {
             user_id: shopmesh::mesh::ids::new_id(),
@@ -156,8 +149,7 @@ async fn on_shutdown_it_announces_not_serving_and_keeps_serving_through_the_drai
     mesh.drain_delay = Duration::from_millis(600);
     let config =
         UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: test_db.url.clone() };
-    let user =
-        testing::spawn(USER, |listener, shutdown| shopmesh_user::run(mesh, config, listener, shutdown)).await;
+    let user = testing::spawn_service::<User>(&testing::mesh(mesh), config).await;
     let url = user.url();
     let mut users = UserServiceClient::connect(url.clone()).await.expect("connect");
 

@@ -12,9 +12,10 @@ use pki::{Mounted, Outcome, call, channel, client_config, handshake, id, workloa
 use rustls::AlertDescription;
 use shopmesh::api::user::v1::ListUsersRequest;
 use shopmesh::api::user::v1::user_service_client::UserServiceClient;
-use shopmesh::mesh::config::{SecurityConfig, UserConfig};
-use shopmesh::mesh::dev_certs::{Ca, Leaf};
+use shopmesh::mesh::config::SecurityConfig;
+use shopmesh::mesh::security::dev_certs::{Ca, Leaf};
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh_user::{User, UserConfig};
 use tonic::Code;
 
 const LIST_USERS: &str = "/shopmesh.user.v1.UserService/ListUsers";
@@ -23,14 +24,8 @@ const LIST_USERS: &str = "/shopmesh.user.v1.UserService/ListUsers";
 async fn start_user(db: &TestDb, security: SecurityConfig) -> (Spawned, SocketAddr) {
     let mut mesh = testing::mesh_config();
     mesh.security = security;
-    let probe = testing::with_probe(&mut mesh);
-    let url = db.url.clone();
-    let spawned = testing::spawn_probed(shopmesh_user::SERVICE_NAME, probe, move |listener, shutdown| {
-        let config = UserConfig { listen: listener.local_addr().expect("addr"), database_url: url };
-        shopmesh_user::run(mesh, config, listener, shutdown)
-    })
-    .await;
-    (spawned, probe)
+    let config = UserConfig { listen: testing::ANY_PORT, database_url: db.url.clone() };
+    testing::spawn_service_probed::<User>(&testing::mesh(mesh), config).await
 }
 
 /// Asserts that `config` is refused with `alert` at the handshake and that a gRPC call over it

@@ -16,9 +16,11 @@ use shopmesh::api::payment::v1::{
 use shopmesh::api::user::v1::{
     CreateUserRequest, UpdateUserRequest, User, user_service_client::UserServiceClient,
 };
-use shopmesh::mesh::config::{OrderConfig, PaymentConfig, ReconcileConfig, UserConfig};
 use shopmesh::mesh::ids::new_id;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
+use shopmesh_order::{OrderConfig, ReconcileConfig};
+use shopmesh_payment::PaymentConfig;
+use shopmesh_user::UserConfig;
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -46,10 +48,8 @@ async fn start_payment(listener: TcpListener, db: &TestDb) -> Spawned {
         payment_currencies: vec!["USD".into(), "EUR".into()],
         payment_latency: Duration::from_millis(2),
     };
-    testing::spawn_on(listener, shopmesh_payment::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_payment::run(testing::mesh_config(), config, listener, shutdown)
-    })
-    .await
+    let mesh = testing::mesh(testing::mesh_config());
+    testing::spawn_service_on::<shopmesh_payment::Payment>(listener, &mesh, config).await
 }
 
 /// Starts the mesh; with `payment_up` false the order service points at an address where
@@ -66,10 +66,8 @@ async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConf
 
     let config =
         UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: user_db.url.clone() };
-    let user = testing::spawn(shopmesh_user::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_user::run(testing::mesh_config(), config, listener, shutdown)
-    })
-    .await;
+    let user =
+        testing::spawn_service::<shopmesh_user::User>(&testing::mesh(testing::mesh_config()), config).await;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let payment_addr = listener.local_addr().expect("addr");
@@ -88,10 +86,8 @@ async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConf
         payment_url: format!("http://{payment_addr}"),
         reconcile,
     };
-    let order = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_order::run(testing::mesh_config(), config, listener, shutdown)
-    })
-    .await;
+    let order =
+        testing::spawn_service::<shopmesh_order::Order>(&testing::mesh(testing::mesh_config()), config).await;
 
     let users = UserServiceClient::connect(user.url()).await.expect("connect user");
     let payments = PaymentServiceClient::new(

@@ -22,9 +22,14 @@ use shopmesh::api::user::v1::{
     user_service_client::UserServiceClient,
     user_service_server::{UserService, UserServiceServer},
 };
-use shopmesh::mesh::config::{ClientConfig, MeshConfig, OrderConfig, PaymentConfig, UserConfig};
+use shopmesh::mesh::config::{ClientConfig, MeshConfig};
+use shopmesh::mesh::grpc::timeout::parse_timeout;
+use shopmesh::mesh::service::Listeners;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
-use shopmesh::mesh::{client, deadline, server};
+use shopmesh::mesh::{client, server};
+use shopmesh_order::OrderConfig;
+use shopmesh_payment::PaymentConfig;
+use shopmesh_user::UserConfig;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
@@ -98,7 +103,7 @@ impl Script {
 
     async fn behave(&self, metadata: &MetadataMap) -> Result<(), Status> {
         let arrival = Instant::now();
-        let timeout = deadline::parse_timeout(&metadata.clone().into_headers());
+        let timeout = parse_timeout(&metadata.clone().into_headers());
         self.seen.lock().await.push((arrival, timeout));
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -184,8 +189,9 @@ impl PaymentService for FakePayments {
 
 /// Serves `routes` (named `name`) on 127.0.0.1:0 through the mesh's server stack.
 async fn serve(name: &'static str, routes: Routes, mesh: MeshConfig) -> Spawned {
+    let mesh = testing::mesh(mesh);
     testing::spawn(name, move |listener, shutdown| async move {
-        server::serve(&mesh, &[name], routes, listener, None, shutdown).await
+        server::serve(&mesh, &[name], routes, Listeners::new(listener), None, shutdown).await
     })
     .await
 }
@@ -213,11 +219,15 @@ fn client_config() -> ClientConfig {
 }
 
 async fn users_client(url: &str, config: &ClientConfig) -> UserServiceClient<client::Channel> {
-    UserServiceClient::new(client::channel(url, config).await.expect("channel"))
+    UserServiceClient::new(
+        client::channel(url, config, shopmesh::mesh_api().catalogue, None).await.expect("channel"),
+    )
 }
 
 async fn payments_client(url: &str, config: &ClientConfig) -> PaymentServiceClient<client::Channel> {
-    PaymentServiceClient::new(client::channel(url, config).await.expect("channel"))
+    PaymentServiceClient::new(
+        client::channel(url, config, shopmesh::mesh_api().catalogue, None).await.expect("channel"),
+    )
 }
 
 fn charge(request_id: &str) -> ChargeRequest {
@@ -255,10 +265,7 @@ async fn order_service(backend: Backend, user_url: String, payment_url: String) 
     // A margin well above loopback transit even on a loaded machine, so that "the callee's
     // deadline ends before its caller's" holds when measured from the callee's arrival.
     mesh.client = ClientConfig { deadline_margin: Duration::from_millis(40), ..client_config() };
-    let spawned = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_order::run(mesh, config, listener, shutdown)
-    })
-    .await;
+    let spawned = testing::spawn_service::<shopmesh_order::Order>(&testing::mesh(mesh), config).await;
     (spawned, db)
 }
 
@@ -625,7 +632,9 @@ impl Replicas {
             scripts.push(script);
         }
         let (addresses, rx) = tokio::sync::watch::channel(servers.iter().map(|s| s.addr).collect());
-        let channel = client::channel_from_watch("users", rx, config).await.expect("channel");
+        let channel = client::channel_from_watch("users", rx, config, shopmesh::mesh_api().catalogue)
+            .await
+            .expect("channel");
         Self { scripts, servers, addresses, client: UserServiceClient::new(channel) }
     }
 
@@ -792,9 +801,7 @@ async fn oversized_messages_are_refused_with_resource_exhausted() {
             UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
         let mut mesh = testing::mesh_config();
         mesh.server.max_message_bytes = 1024;
-        let user =
-            testing::spawn(USER, |listener, shutdown| shopmesh_user::run(mesh, config, listener, shutdown))
-                .await;
+        let user = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
         let mut users = UserServiceClient::connect(user.url()).await.expect("connect");
         let big = CreateUserRequest {
             email: "big@example.com".into(),

@@ -21,11 +21,12 @@ use shopmesh::api::user::v1::{
     CreateUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User,
     user_service_client::UserServiceClient,
 };
-use shopmesh::mesh::config::{
-    JwtConfig, MeshConfig, OrderConfig, PaymentConfig, TokenRequirement, UserConfig,
-};
+use shopmesh::mesh::config::{JwtConfig, MeshConfig, TokenRequirement};
 use shopmesh::mesh::ids::new_id;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh_order::OrderConfig;
+use shopmesh_payment::PaymentConfig;
+use shopmesh_user::UserConfig;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -122,10 +123,7 @@ async fn start(backend: Backend) -> Mesh {
     let config =
         UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: user_db.url.clone() };
     let mesh = with_jwt(TokenRequirement::Never);
-    let user = testing::spawn(shopmesh_user::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_user::run(mesh, config, listener, shutdown)
-    })
-    .await;
+    let user = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
     let config = PaymentConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: payment_db.url.clone(),
@@ -134,10 +132,7 @@ async fn start(backend: Backend) -> Mesh {
         payment_latency: Duration::ZERO,
     };
     let mesh = with_jwt(TokenRequirement::Never);
-    let payment = testing::spawn(shopmesh_payment::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_payment::run(mesh, config, listener, shutdown)
-    })
-    .await;
+    let payment = testing::spawn_service::<shopmesh_payment::Payment>(&testing::mesh(mesh), config).await;
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: order_db.url.clone(),
@@ -146,10 +141,7 @@ async fn start(backend: Backend) -> Mesh {
         reconcile: Default::default(),
     };
     let mesh = with_jwt(TokenRequirement::Unidentified);
-    let order = testing::spawn(shopmesh_order::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_order::run(mesh, config, listener, shutdown)
-    })
-    .await;
+    let order = testing::spawn_service::<shopmesh_order::Order>(&testing::mesh(mesh), config).await;
     let users = UserServiceClient::connect(user.url()).await.expect("connect user");
     let orders = OrderServiceClient::connect(order.url()).await.expect("connect order");
     let payments = PaymentServiceClient::connect(payment.url()).await.expect("connect payment");
@@ -382,10 +374,7 @@ async fn limited_user_service(db: &TestDb) -> Spawned {
     mesh.server.rate_limit_rps = 0.001;
     mesh.server.rate_limit_burst = 5;
     let config = UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
-    testing::spawn(shopmesh_user::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_user::run(mesh, config, listener, shutdown)
-    })
-    .await
+    testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await
 }
 
 #[tokio::test]

@@ -59,7 +59,7 @@ def start_mesh(binary, data):
         m = re.match(r"\s+(user|order|payment)\s+(\S+:\d+)\s", line)
         if m:
             addrs[m.group(1)] = m.group(2)
-        if "Ctrl-C stops all three" in line:
+        if "Ctrl-C stops every service" in line:
             break
     timer.cancel()
     if set(addrs) != set(SERVICES):

@@ -1,9 +1,10 @@
-//! Typed configuration of every service. Flags and environment variables are read here and
-//! nowhere else: each setting is a clap flag with an `SHOPMESH_*` variable, shown in `--help`.
+//! Mesh-wide settings: what every service shares (the database pool, calls to other services,
+//! server limits and shutdown, security, tokens, telemetry). Each is a clap flag with a
+//! `SHOPMESH_*` variable, shown in `--help` under its heading; a service's own settings live in
+//! its crate's `config.rs`, and the `shopmesh` binary composes them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
@@ -12,57 +13,69 @@ fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
 
-/// Settings every service shares: the server, calls to other services, shutdown and the
-/// database pool.
+/// The help heading of each service's listen address and database URL, shared so they are
+/// listed first, beside the database pool.
+pub const LISTEN_AND_DATABASES: &str = "Listen and databases";
+/// The help heading of where a service finds the services it calls.
+pub const CALLS: &str = "Calls to other services";
+
+/// Settings every service shares: the database pool, calls to other services, the server's
+/// limits and shutdown, security, tokens and telemetry. Each service's own settings (its
+/// address, its database, its dependencies) live in its own crate.
 #[derive(Debug, Clone, Args)]
 pub struct MeshConfig {
-    /// After a shutdown signal, how long a service keeps serving with its health NOT_SERVING,
-    /// so load balancers (Kubernetes endpoints, DNS) stop sending before it stops accepting.
-    #[arg(long, env = "SHOPMESH_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
-    pub drain_delay: Duration,
-
-    /// Longest time in-flight calls get to finish once the server stops accepting (after the
-    /// drain delay) before it stops anyway.
-    #[arg(long, env = "SHOPMESH_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
-    pub shutdown_timeout: Duration,
-
     /// Whether a service applies its migrations on start. With `false` it waits, NOT_SERVING,
     /// until `shopmesh migrate` (a deployment's one-off job) has applied them.
-    #[arg(long, env = "SHOPMESH_DB_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SHOPMESH_DB_MIGRATE", default_value_t = true, action = clap::ArgAction::Set,
+          help_heading = LISTEN_AND_DATABASES)]
     pub db_migrate: bool,
 
-    /// How often a service checks that its database answers; its health follows the answer.
-    #[arg(long, env = "SHOPMESH_READINESS_INTERVAL", default_value = "5s", value_parser = duration)]
-    pub readiness_interval: Duration,
-
     /// Largest number of database connections each service's pool opens.
-    #[arg(long, env = "SHOPMESH_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(long, env = "SHOPMESH_DB_MAX_CONNECTIONS", default_value_t = 10, help_heading = LISTEN_AND_DATABASES)]
     pub db_max_connections: u32,
 
     /// Longest a request waits for a free database connection before failing UNAVAILABLE
     /// (less when the request's own deadline is nearer).
-    #[arg(long, env = "SHOPMESH_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = duration,
+          help_heading = LISTEN_AND_DATABASES)]
     pub db_acquire_timeout: Duration,
 
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub server: ServerConfig,
+    /// How often a service checks that its database answers; its health follows the answer.
+    #[arg(long, env = "SHOPMESH_READINESS_INTERVAL", default_value = "5s", value_parser = duration,
+          help_heading = LISTEN_AND_DATABASES, hide_short_help = true)]
+    pub readiness_interval: Duration,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = CALLS)]
     #[allow(missing_docs)]
     pub client: ClientConfig,
 
-    #[command(flatten)]
+    /// After a shutdown signal, how long a service keeps serving with its health NOT_SERVING,
+    /// so load balancers (Kubernetes endpoints, DNS) stop sending before it stops accepting.
+    #[arg(long, env = "SHOPMESH_DRAIN_DELAY", default_value = "0s", value_parser = duration,
+          help_heading = "Server limits and shutdown")]
+    pub drain_delay: Duration,
+
+    /// Longest time in-flight calls get to finish once the server stops accepting (after the
+    /// drain delay) before it stops anyway.
+    #[arg(long, env = "SHOPMESH_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration,
+          help_heading = "Server limits and shutdown")]
+    pub shutdown_timeout: Duration,
+
+    #[command(flatten, next_help_heading = "Server limits and shutdown")]
+    #[allow(missing_docs)]
+    pub server: ServerConfig,
+
+    #[command(flatten, next_help_heading = "Security: mutual TLS and authorization")]
+    #[allow(missing_docs)]
+    pub security: SecurityConfig,
+
+    #[command(flatten, next_help_heading = "Bearer tokens (JWT) for callers outside the mesh")]
     #[allow(missing_docs)]
     pub jwt: JwtConfig,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Telemetry")]
     #[allow(missing_docs)]
-    pub telemetry: crate::mesh::telemetry::TelemetryConfig,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub security: SecurityConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for MeshConfig {
@@ -77,7 +90,7 @@ impl Default for MeshConfig {
             server: ServerConfig::default(),
             client: ClientConfig::default(),
             jwt: JwtConfig::default(),
-            telemetry: crate::mesh::telemetry::TelemetryConfig::default(),
+            telemetry: TelemetryConfig::default(),
             security: SecurityConfig::default(),
         }
     }
@@ -92,7 +105,7 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
 
     /// HTTP/2 streams (calls) one connection may have open at once.
-    #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_STREAMS", hide_short_help = true, default_value_t = 256)]
     pub max_concurrent_streams: u32,
 
     /// Largest request message a service accepts, in bytes; larger ones are refused with
@@ -101,11 +114,11 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
 
     /// Interval of HTTP/2 pings on idle connections, to find peers that vanished.
-    #[arg(long, env = "SHOPMESH_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_HTTP2_KEEPALIVE_INTERVAL", hide_short_help = true, default_value = "30s", value_parser = duration)]
     pub http2_keepalive_interval: Duration,
 
     /// How long a keepalive ping may go unanswered before the connection is closed.
-    #[arg(long, env = "SHOPMESH_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_HTTP2_KEEPALIVE_TIMEOUT", hide_short_help = true, default_value = "10s", value_parser = duration)]
     pub http2_keepalive_timeout: Duration,
 
     /// Age after which a connection is closed gracefully, so clients reconnect and spread
@@ -114,12 +127,12 @@ pub struct ServerConfig {
     pub max_connection_age: Duration,
 
     /// Time calls on a connection past its age get to finish before it is closed.
-    #[arg(long, env = "SHOPMESH_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_MAX_CONNECTION_AGE_GRACE", hide_short_help = true, default_value = "30s", value_parser = duration)]
     pub max_connection_age_grace: Duration,
 
     /// Largest request metadata, counted as HTTP/2 counts a header list (name + value + 32 bytes
     /// per entry); larger ones are refused with RESOURCE_EXHAUSTED. HTTP/2 itself drops header
-    /// lists over [`ServerConfig::http2_header_list_cap`] before any layer sees them.
+    /// lists over twice this (at least 16 KiB) before any layer sees them.
     #[arg(long, env = "SHOPMESH_MAX_METADATA_BYTES", default_value_t = 8 * 1024,
           value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
     pub max_metadata_bytes: u32,
@@ -131,18 +144,28 @@ pub struct ServerConfig {
     pub rate_limit_rps: f64,
 
     /// Calls a caller may make at once above its rate (its bucket's size).
-    #[arg(long, env = "SHOPMESH_RATE_LIMIT_BURST", default_value_t = 50,
+    #[arg(long, env = "SHOPMESH_RATE_LIMIT_BURST", hide_short_help = true, default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_burst: u32,
 
     /// Streams a peer may open and reset before the server accepts them, before its connection
     /// is closed (the HTTP/2 "rapid reset" attack, CVE-2023-44487).
-    #[arg(long, env = "SHOPMESH_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "SHOPMESH_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS",
+        hide_short_help = true,
+        default_value_t = 20
+    )]
     pub http2_max_pending_accept_reset_streams: usize,
 
     /// Streams the server may reset for a peer's protocol errors before it closes the
     /// connection, so a misbehaving peer cannot make it do that work without end.
-    #[arg(long, env = "SHOPMESH_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "SHOPMESH_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS",
+        hide_short_help = true,
+        default_value_t = 256
+    )]
     pub http2_max_local_error_reset_streams: usize,
 }
 
@@ -213,12 +236,12 @@ pub struct JwtConfig {
 
     /// Signature algorithms accepted, comma-separated. Keys of another type never verify a
     /// token, whatever its header says.
-    #[arg(long, env = "SHOPMESH_JWT_ALGORITHMS", value_delimiter = ',', default_value = "RS256,ES256,EdDSA",
+    #[arg(long, env = "SHOPMESH_JWT_ALGORITHMS", hide_short_help = true, value_delimiter = ',', default_value = "RS256,ES256,EdDSA",
           value_parser = algorithm)]
     pub jwt_algorithms: Vec<jsonwebtoken::Algorithm>,
 
     /// Clock skew allowed when checking `exp` and `nbf`.
-    #[arg(long, env = "SHOPMESH_JWT_LEEWAY", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_JWT_LEEWAY", hide_short_help = true, default_value = "30s", value_parser = duration)]
     pub jwt_leeway: Duration,
 
     /// Which calls must carry a token: `unidentified` (those without an mTLS identity) or
@@ -261,16 +284,16 @@ pub struct SecurityConfig {
 
     /// The SPIFFE trust domain every peer's certificate must name in its URI SAN
     /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`).
-    #[arg(long, env = "SHOPMESH_TRUST_DOMAIN", default_value = "cluster.local")]
+    #[arg(long, env = "SHOPMESH_TRUST_DOMAIN", hide_short_help = true, default_value = "cluster.local")]
     pub trust_domain: String,
 
     /// How often the certificate, key and CA files are read again; new handshakes use what
     /// changed (cert-manager renewals, CA rotation).
-    #[arg(long, env = "SHOPMESH_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_TLS_RELOAD_INTERVAL", hide_short_help = true, default_value = "5s", value_parser = duration)]
     pub tls_reload_interval: Duration,
 
     /// Longest a TLS handshake may take before the connection is dropped.
-    #[arg(long, env = "SHOPMESH_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_TLS_HANDSHAKE_TIMEOUT", hide_short_help = true, default_value = "10s", value_parser = duration)]
     pub tls_handshake_timeout: Duration,
 
     /// Per-method authorization policy (JSON): which SPIFFE IDs may call which methods. Once
@@ -279,14 +302,9 @@ pub struct SecurityConfig {
     pub authz_policy: Option<PathBuf>,
 
     /// A plaintext port serving only `grpc.health.v1`, for kubelet probes when the service port
-    /// requires mutual TLS (`serve` only: the all-in-one run has three services).
+    /// requires mutual TLS (`serve` only: the all-in-one run has several services).
     #[arg(long, env = "SHOPMESH_PROBE_LISTEN", value_name = "ADDR")]
     pub probe_listen: Option<SocketAddr>,
-
-    /// A listener bound in advance for the probe port (tests bind 127.0.0.1:0 and keep the
-    /// address); taken instead of binding --probe-listen.
-    #[arg(skip)]
-    pub probe_listener: PreBound,
 }
 
 impl Default for SecurityConfig {
@@ -300,7 +318,6 @@ impl Default for SecurityConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             authz_policy: None,
             probe_listen: None,
-            probe_listener: PreBound::default(),
         }
     }
 }
@@ -309,22 +326,6 @@ fn algorithm(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
     s.trim().parse().map_err(|_| {
         format!("{s:?} is not a JWS algorithm (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, …)")
     })
-}
-
-/// A listener bound before the config is handed over, taken once by the server.
-#[derive(Debug, Clone, Default)]
-pub struct PreBound(Option<Arc<Mutex<Option<std::net::TcpListener>>>>);
-
-impl PreBound {
-    /// Hands `listener` to the server that gets this config.
-    pub fn new(listener: std::net::TcpListener) -> Self {
-        Self(Some(Arc::new(Mutex::new(Some(listener)))))
-    }
-
-    /// The listener, if one was given and not taken yet.
-    pub fn take(&self) -> Option<std::net::TcpListener> {
-        self.0.as_ref().and_then(|m| m.lock().ok().and_then(|mut l| l.take()))
-    }
 }
 
 /// A per-method deadline: `/package.Service/Method=duration`.
@@ -362,7 +363,7 @@ pub struct ClientConfig {
     pub method_timeouts: Vec<MethodTimeout>,
 
     /// Time kept back from the remaining budget on each hop, for the answer's way back.
-    #[arg(long, env = "SHOPMESH_DEADLINE_MARGIN", default_value = "5ms", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_DEADLINE_MARGIN", hide_short_help = true, default_value = "5ms", value_parser = duration)]
     pub deadline_margin: Duration,
 
     /// Attempts per call, the first included (1 = no retries; at most 5). Only UNAVAILABLE
@@ -373,41 +374,41 @@ pub struct ClientConfig {
     pub retry_max_attempts: u32,
 
     /// First retry backoff; it doubles on each retry, with random jitter.
-    #[arg(long, env = "SHOPMESH_RETRY_BACKOFF", default_value = "25ms", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_RETRY_BACKOFF", hide_short_help = true, default_value = "25ms", value_parser = duration)]
     pub retry_backoff: Duration,
 
     /// Longest retry backoff.
-    #[arg(long, env = "SHOPMESH_RETRY_BACKOFF_MAX", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_RETRY_BACKOFF_MAX", hide_short_help = true, default_value = "1s", value_parser = duration)]
     pub retry_backoff_max: Duration,
 
     /// Retries allowed per call made, over the budget's window (0.2 = 20% extra load).
-    #[arg(long, env = "SHOPMESH_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    #[arg(long, env = "SHOPMESH_RETRY_BUDGET_RATIO", hide_short_help = true, default_value_t = 0.2)]
     pub retry_budget_ratio: f32,
 
     /// Retries per second allowed whatever the traffic, so a quiet client can still retry.
-    #[arg(long, env = "SHOPMESH_RETRY_BUDGET_MIN_PER_SEC", default_value_t = 10)]
+    #[arg(long, env = "SHOPMESH_RETRY_BUDGET_MIN_PER_SEC", hide_short_help = true, default_value_t = 10)]
     pub retry_budget_min_per_sec: u32,
 
     /// The window over which calls earn retries (1s to 60s).
-    #[arg(long, env = "SHOPMESH_RETRY_BUDGET_TTL", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_RETRY_BUDGET_TTL", hide_short_help = true, default_value = "10s", value_parser = duration)]
     pub retry_budget_ttl: Duration,
 
     /// How often DNS names of other services are resolved again, to follow replicas.
-    #[arg(long, env = "SHOPMESH_RESOLVE_INTERVAL", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_RESOLVE_INTERVAL", hide_short_help = true, default_value = "5s", value_parser = duration)]
     pub resolve_interval: Duration,
 
     /// Consecutive failures (UNAVAILABLE, connection errors) after which an endpoint is taken
     /// out of the balancer for a while (never the last one).
-    #[arg(long, env = "SHOPMESH_EJECT_AFTER_FAILURES", default_value_t = 5)]
+    #[arg(long, env = "SHOPMESH_EJECT_AFTER_FAILURES", hide_short_help = true, default_value_t = 5)]
     pub eject_after_failures: u32,
 
     /// How long an endpoint stays out the first time; doubled on each later ejection, up to
     /// 5 minutes.
-    #[arg(long, env = "SHOPMESH_EJECT_TIME", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_EJECT_TIME", hide_short_help = true, default_value = "10s", value_parser = duration)]
     pub eject_time: Duration,
 
     /// Longest wait for a TCP connection to another service.
-    #[arg(long, env = "SHOPMESH_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "SHOPMESH_CONNECT_TIMEOUT", hide_short_help = true, default_value = "1s", value_parser = duration)]
     pub connect_timeout: Duration,
 }
 
@@ -438,143 +439,43 @@ impl ClientConfig {
     }
 }
 
-/// The user service.
-#[derive(Debug, Clone, Args)]
-pub struct UserConfig {
-    /// Address the user service listens on.
-    #[arg(
-        id = "user_listen",
-        long = "user-listen",
-        value_name = "ADDR",
-        env = "SHOPMESH_USER_LISTEN",
-        default_value = "127.0.0.1:50051"
-    )]
-    pub listen: SocketAddr,
+/// Where metrics are served: an address, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
 
-    /// The user service's database: `sqlite://<file>` (created if missing) or `postgres://...`.
-    #[arg(
-        id = "user_database_url",
-        long = "user-database-url",
-        value_name = "URL",
-        env = "SHOPMESH_USER_DATABASE_URL",
-        default_value = "sqlite://data/user.db"
-    )]
-    pub database_url: String,
+fn metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    match s {
+        "off" | "none" | "" => Ok(MetricsListen(None)),
+        addr => addr.parse().map(|a| MetricsListen(Some(a))).map_err(|e| format!("{addr:?}: {e} (or `off`)")),
+    }
 }
 
-/// The payment service and its simulated card processor.
-#[derive(Debug, Clone, Args)]
-pub struct PaymentConfig {
-    /// Address the payment service listens on.
-    #[arg(
-        id = "payment_listen",
-        long = "payment-listen",
-        value_name = "ADDR",
-        env = "SHOPMESH_PAYMENT_LISTEN",
-        default_value = "127.0.0.1:50053"
-    )]
-    pub listen: SocketAddr,
-
-    /// The payment service's database: `sqlite://<file>` or `postgres://...`.
-    #[arg(
-        id = "payment_database_url",
-        long = "payment-database-url",
-        value_name = "URL",
-        env = "SHOPMESH_PAYMENT_DATABASE_URL",
-        default_value = "sqlite://data/payment.db"
-    )]
-    pub database_url: String,
-
-    /// The simulated processor declines charges above this many minor units
-    /// ("amount_over_limit").
-    #[arg(long, env = "SHOPMESH_PAYMENT_LIMIT_MINOR", default_value_t = 100_000)]
-    pub payment_limit_minor: i64,
-
-    /// Currencies the simulated processor accepts; others are declined
-    /// ("currency_not_supported").
-    #[arg(long, env = "SHOPMESH_PAYMENT_CURRENCIES", value_delimiter = ',', default_value = "USD,EUR,GBP")]
-    pub payment_currencies: Vec<String>,
-
-    /// How long the simulated processor takes to answer a charge or refund.
-    #[arg(long, env = "SHOPMESH_PAYMENT_LATENCY", default_value = "0ms", value_parser = duration)]
-    pub payment_latency: Duration,
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, text when it is.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
 }
 
-/// The order service and where it finds its dependencies.
+/// Telemetry settings (the `OTEL_*` variables are read by OpenTelemetry itself).
 #[derive(Debug, Clone, Args)]
-pub struct OrderConfig {
-    /// Address the order service listens on.
-    #[arg(
-        id = "order_listen",
-        long = "order-listen",
-        value_name = "ADDR",
-        env = "SHOPMESH_ORDER_LISTEN",
-        default_value = "127.0.0.1:50052"
-    )]
-    pub listen: SocketAddr,
+pub struct TelemetryConfig {
+    /// Address of the admin HTTP server with Prometheus metrics at `/metrics`; `off` for none.
+    #[arg(long, env = "SHOPMESH_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = metrics_listen)]
+    pub metrics_listen: MetricsListen,
 
-    /// The order service's database: `sqlite://<file>` or `postgres://...`.
-    #[arg(
-        id = "order_database_url",
-        long = "order-database-url",
-        value_name = "URL",
-        env = "SHOPMESH_ORDER_DATABASE_URL",
-        default_value = "sqlite://data/order.db"
-    )]
-    pub database_url: String,
-
-    /// The user service: `http://host:port`, or several comma-separated. A DNS name is
-    /// resolved to all its addresses (a Kubernetes headless Service) and re-resolved; calls
-    /// are balanced over them. When all services run in one process, the local one is used.
-    #[arg(long, env = "SHOPMESH_USER_URL", default_value = "http://127.0.0.1:50051")]
-    pub user_url: String,
-
-    /// The payment service, as for --user-url.
-    #[arg(long, env = "SHOPMESH_PAYMENT_URL", default_value = "http://127.0.0.1:50053")]
-    pub payment_url: String,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub reconcile: ReconcileConfig,
+    /// Log format.
+    #[arg(long, env = "SHOPMESH_LOG_FORMAT", hide_short_help = true, value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
 }
 
-/// The order service's reconciler, which settles orders whose charge outcome is unknown.
-#[derive(Debug, Clone, Args)]
-pub struct ReconcileConfig {
-    /// How often the reconciler looks for PENDING_PAYMENT orders that are due; `0s` turns it
-    /// off (then such orders wait for a retried CreateOrder or CancelOrder).
-    #[arg(long, env = "SHOPMESH_RECONCILE_INTERVAL", default_value = "1s", value_parser = duration)]
-    pub reconcile_interval: Duration,
-
-    /// How long a new order is left to its own CreateOrder call before the reconciler may
-    /// charge it (charging both ways is safe, only wasteful).
-    #[arg(long, env = "SHOPMESH_RECONCILE_AFTER", default_value = "10s", value_parser = duration)]
-    pub reconcile_after: Duration,
-
-    /// How long a replica holds its claim on an order; another may take the order after it
-    /// runs out (the holder died). Longer than a Charge's deadline.
-    #[arg(long, env = "SHOPMESH_RECONCILE_LEASE", default_value = "30s", value_parser = duration)]
-    pub reconcile_lease: Duration,
-
-    /// Longest wait between two attempts on one order (the wait doubles from the interval).
-    #[arg(long, env = "SHOPMESH_RECONCILE_MAX_BACKOFF", default_value = "1m", value_parser = duration)]
-    pub reconcile_max_backoff: Duration,
-
-    /// Orders one replica claims per round; they are charged concurrently.
-    #[arg(long, env = "SHOPMESH_RECONCILE_BATCH", default_value_t = 32,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub reconcile_batch: u32,
-}
-
-impl Default for ReconcileConfig {
+impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self {
-            reconcile_interval: Duration::from_secs(1),
-            reconcile_after: Duration::from_secs(10),
-            reconcile_lease: Duration::from_secs(30),
-            reconcile_max_backoff: Duration::from_secs(60),
-            reconcile_batch: 32,
-        }
+        Self { metrics_listen: MetricsListen("127.0.0.1:9464".parse().ok()), log_format: LogFormat::Auto }
     }
 }
 
@@ -583,37 +484,6 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-
-    #[derive(Debug, Parser)]
-    struct All {
-        #[command(flatten)]
-        mesh: MeshConfig,
-        #[command(flatten)]
-        user: UserConfig,
-        #[command(flatten)]
-        order: OrderConfig,
-        #[command(flatten)]
-        payment: PaymentConfig,
-    }
-
-    #[test]
-    fn flags_parse_and_do_not_collide() {
-        let all = All::try_parse_from([
-            "x",
-            "--order-listen",
-            "0.0.0.0:9000",
-            "--payment-currencies",
-            "USD,JPY",
-            "--shutdown-timeout",
-            "250ms",
-        ])
-        .expect("parses");
-        assert_eq!(all.order.listen.port(), 9000);
-        assert_eq!(all.payment.payment_currencies, ["USD", "JPY"]);
-        assert_eq!(all.mesh.shutdown_timeout, Duration::from_millis(250));
-        assert_eq!(all.user.listen.port(), 50051);
-        assert_eq!(all.payment.listen.port(), 50053);
-    }
 
     #[derive(Debug, Parser)]
     struct Mesh {

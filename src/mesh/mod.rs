@@ -1,58 +1,41 @@
-//! What a service needs to join the mesh, one concern per module.
+//! What a service needs to join the mesh, in wings (a folder each; its `mod.rs` says what it
+//! holds), with the handler's kit at the top.
 //!
-//! A service builds its tonic routes and hands them to [`server::serve`], which adds health and
-//! reflection and serves until shutdown. Outgoing calls go through channels from
-//! [`client::channel`]. Its data lives in the database opened by [`db::open`], migrated before
-//! the first request.
+//! Wings:
+//! - [`grpc`]: what every layer shares about the wire: the one response future of a layer that
+//!   answers at once, the one place refusals become statuses, status headers, the
+//!   `grpc-timeout` codec, and the method catalogue.
+//! - [`server`]: [`server::run`] and [`server::serve`], and the server layers, in the order
+//!   written once in its module docs.
+//! - [`client`]: [`client::channel`] and the client layers (deadline, retry, balance), in the
+//!   order written once in its module docs.
+//! - [`security`]: mutual TLS (identities, incoming handshakes, outgoing connections), the
+//!   authorization policy, bearer tokens, development certificates.
+//! - [`telemetry`]: logs, traces and metrics set up once per process, and the observe layers.
 //!
-//! With mutual TLS on, [`tls_incoming`] accepts connections and runs each handshake (the peer's
-//! certificate checked by [`tls`]) before tonic sees the connection; outgoing connections use
-//! [`tls_connect`].
-//!
-//! Server layers, outermost first: tonic's HTTP/2 server (stream limit, keepalive, connection
-//! age, header-list hard cap, reset-stream limits), [`peer`] (the mTLS peer's identity and
-//! address as extensions), [`observe`] (span continuing the caller's trace, RED metrics),
-//! [`authz`] (per-method policy: UNAUTHENTICATED, PERMISSION_DENIED), [`load_shed`] (bounded
-//! concurrency, RESOURCE_EXHAUSTED at once), [`metadata_size`], [`readiness`], [`bearer`]
-//! (bearer tokens → [`identity::Subject`]), [`rate_limit`] (per caller), [`deadline`] (the
-//! caller's `grpc-timeout` becomes the handler's deadline), [`message_size`], the router
-//! (health, reflection, the service).
-//!
-//! Client layers, outermost first: [`observe`] (span sent as `traceparent`, metrics),
-//! [`deadline`] (remaining budget sent on), [`retry`]
-//! (UNAVAILABLE on repeatable calls, within a budget), [`balance`] (p2c over every endpoint,
-//! ejecting failing ones), one HTTP/2 connection per endpoint.
+//! The handler's kit: [`service`] (the [`Mesh`](service::Mesh) value and the
+//! [`MeshService`](service::MeshService) trait every service implements), [`config`]
+//! (mesh-wide settings only), [`deadline`] (the handled request's deadline), [`db`],
+//! [`validation`] (request checks and the one [`Page`](validation::Page) type), [`status`],
+//! [`ids`], [`health`], [`shutdown`], [`error`]; and, with the `testing` feature, `testing`
+//! and `hostile` for tests.
 
-pub mod answer;
-pub mod authz;
-pub mod balance;
-pub mod bearer;
 pub mod client;
 pub mod config;
 pub mod db;
 pub mod deadline;
-pub mod dev_certs;
 pub mod error;
+pub mod grpc;
 pub mod health;
 #[cfg(feature = "testing")]
 pub mod hostile;
-pub mod identity;
 pub mod ids;
-pub mod load_shed;
-pub mod message_size;
-pub mod metadata_size;
-pub mod observe;
-pub mod peer;
-pub mod rate_limit;
-pub mod readiness;
-pub mod retry;
+pub mod security;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
-pub mod tls;
-pub mod tls_connect;
-pub mod tls_incoming;
 pub mod validation;
 
 #[cfg(feature = "testing")]

@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::mesh::server;
+use crate::mesh::service::{Listeners, Mesh, MeshService};
 use crate::mesh::{Error, config::MeshConfig};
 
 /// The variable naming the PostgreSQL server that tests also run against.
@@ -188,29 +190,92 @@ where
     Spawned { addr, stop, task }
 }
 
-/// Gives `mesh` a plaintext probe port on 127.0.0.1:0 and returns its address, for services
-/// whose own port requires mutual TLS.
+/// A plaintext probe port bound on 127.0.0.1:0, for services whose own port requires mutual
+/// TLS: pass it in [`Listeners::with_probe`] and wait for SERVING on `addr`.
+#[derive(Debug)]
+pub struct Probe {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The bound listener.
+    pub listener: TcpListener,
+}
+
+/// Binds a [`Probe`] port on 127.0.0.1:0.
 ///
 /// # Panics
 /// If 127.0.0.1:0 cannot be bound.
-pub fn with_probe(mesh: &mut MeshConfig) -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("local addr");
-    mesh.security.probe_listener = crate::mesh::config::PreBound::new(listener);
-    addr
+pub async fn probe() -> Probe {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    Probe { addr: listener.local_addr().expect("local addr"), listener }
 }
 
-/// Like [`spawn`], but waits for SERVING on the plaintext `probe` port (see [`with_probe`])
-/// instead of the service's own port, which may require mutual TLS.
-pub async fn spawn_probed<R, Fut>(service: &str, probe: SocketAddr, run: R) -> Spawned
+/// Like [`spawn`], but waits for SERVING on the plaintext `probe` port instead of the
+/// service's own port, which may require mutual TLS; `run` gets both listeners.
+pub async fn spawn_probed<R, Fut>(service: &str, probe: Probe, run: R) -> Spawned
 where
-    R: FnOnce(TcpListener, futures::future::BoxFuture<'static, ()>) -> Fut,
+    R: FnOnce(Listeners, futures::future::BoxFuture<'static, ()>) -> Fut,
     Fut: Future<Output = Result<(), Error>> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-    let spawned = start_on(listener, run);
-    wait_serving(probe, service).await;
+    let probe_addr = probe.addr;
+    let spawned = start_on(listener, move |listener, shutdown| {
+        run(Listeners::new(listener).with_probe(probe.listener), shutdown)
+    });
+    wait_serving(probe_addr, service).await;
     spawned
+}
+
+/// The mesh of a test process: `config` over the shopmesh API.
+///
+/// # Panics
+/// If `config` names files that do not load.
+pub fn mesh(config: MeshConfig) -> Mesh {
+    Mesh::new(config, crate::mesh_api()).expect("mesh settings load")
+}
+
+/// The address a service's settings name when a test binds its listener itself.
+pub const ANY_PORT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// Runs service `S` with `config` on 127.0.0.1:0 and returns once it is SERVING.
+pub async fn spawn_service<S: MeshService>(mesh: &Mesh, config: S::Config) -> Spawned {
+    let mesh = mesh.clone();
+    spawn(S::GRPC_SERVICE, move |listener, shutdown| async move {
+        server::run::<S, _>(&mesh, config, Listeners::new(listener), shutdown).await
+    })
+    .await
+}
+
+/// Like [`spawn_service`], on a listener the test bound itself.
+pub async fn spawn_service_on<S: MeshService>(
+    listener: TcpListener,
+    mesh: &Mesh,
+    config: S::Config,
+) -> Spawned {
+    let mesh = mesh.clone();
+    spawn_on(listener, S::GRPC_SERVICE, move |listener, shutdown| async move {
+        server::run::<S, _>(&mesh, config, Listeners::new(listener), shutdown).await
+    })
+    .await
+}
+
+/// Like [`spawn_service`], without waiting for it to be SERVING.
+pub fn start_service_on<S: MeshService>(listener: TcpListener, mesh: &Mesh, config: S::Config) -> Spawned {
+    let mesh = mesh.clone();
+    start_on(listener, move |listener, shutdown| async move {
+        server::run::<S, _>(&mesh, config, Listeners::new(listener), shutdown).await
+    })
+}
+
+/// Like [`spawn_service`], with a plaintext probe port; returns it too.
+pub async fn spawn_service_probed<S: MeshService>(mesh: &Mesh, config: S::Config) -> (Spawned, SocketAddr) {
+    let mesh = mesh.clone();
+    let probe = probe().await;
+    let addr = probe.addr;
+    let spawned = spawn_probed(S::GRPC_SERVICE, probe, move |listeners, shutdown| async move {
+        server::run::<S, _>(&mesh, config, listeners, shutdown).await
+    })
+    .await;
+    (spawned, addr)
 }
 
 /// Waits until `service` at `addr` is SERVING.

@@ -173,6 +173,36 @@ pub struct Page {
     pub after: Option<String>,
 }
 
+impl Page {
+    /// How many rows a store fetches for this page: one more than its size, which tells
+    /// whether another page follows without a second query.
+    pub fn fetch(&self) -> u32 {
+        self.size.saturating_add(1)
+    }
+
+    /// Cuts `rows` (fetched in key order, [`Page::fetch`] of them at most) to this page; the
+    /// next page token is the key of the last row kept, empty on the last page.
+    pub fn split<T>(&self, mut rows: Vec<T>, key: impl Fn(&T) -> &str) -> Paged<T> {
+        let size = self.size as usize;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            rows.last().map(|row| key(row).to_owned()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Paged { items: rows, next_page_token }
+    }
+}
+
+/// One page of a List method's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paged<T> {
+    /// The items, in key order.
+    pub items: Vec<T>,
+    /// The token of the next page; empty on the last page.
+    pub next_page_token: String,
+}
+
 /// Checks a List method's `page_size` and `page_token` fields.
 pub fn page(v: &mut Violations, size: i32, token: &str) -> Page {
     Page { size: page_size(v, "page_size", size), after: page_token(v, "page_token", token) }
@@ -181,6 +211,18 @@ pub fn page(v: &mut Violations, size: i32, token: &str) -> Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_are_cut_and_continue_after_their_last_key() {
+        let page = Page { size: 2, after: None };
+        assert_eq!(page.fetch(), 3);
+        let full = page.split(vec!["a", "b", "c"], |s| s);
+        assert_eq!(full, Paged { items: vec!["a", "b"], next_page_token: "b".into() });
+        let last = page.split(vec!["a", "b"], |s| s);
+        assert_eq!(last, Paged { items: vec!["a", "b"], next_page_token: String::new() });
+        let empty = page.split(Vec::<&str>::new(), |s| s);
+        assert!(empty.items.is_empty() && empty.next_page_token.is_empty());
+    }
 
     #[test]
     fn request_ids() {

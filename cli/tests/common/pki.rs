@@ -1,4 +1,4 @@
-//! Certificates for mutual TLS tests (made with rcgen through `shopmesh::mesh::dev_certs`), and
+//! Certificates for mutual TLS tests (made with rcgen through `shopmesh::mesh::security::dev_certs`), and
 //! clients that present them over raw rustls, so a test can offer certificates the mesh's own
 //! client would refuse to load.
 
@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use shopmesh::mesh::config::SecurityConfig;
-use shopmesh::mesh::dev_certs::{Ca, Issued, Leaf};
+use shopmesh::mesh::security::dev_certs::{Ca, Issued, Leaf};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};

@@ -635,18 +635,20 @@ async fn the_fault_proxy_passes_delays_swallows_refuses_and_resets() {
 async fn a_call_whose_connection_is_reset_is_unavailable() {
     use shopmesh::api::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
     use shopmesh::mesh::client;
-    use shopmesh::mesh::config::{ClientConfig, UserConfig};
+    use shopmesh::mesh::config::ClientConfig;
+    use shopmesh_user::UserConfig;
 
     let db = testing::database(Backend::Sqlite, "reset").await;
     let config = UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
-    let user = testing::spawn(shopmesh_user::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_user::run(testing::mesh_config(), config, listener, shutdown)
-    })
-    .await;
+    let user =
+        testing::spawn_service::<shopmesh_user::User>(&testing::mesh(testing::mesh_config()), config).await;
     let proxy = Proxy::start(user.addr).await;
     // One attempt, so the reset itself is what the caller sees.
     let config = ClientConfig { retry_max_attempts: 1, ..ClientConfig::default() };
-    let channel = client::channel(&format!("http://{}", proxy.addr), &config).await.expect("channel");
+    let channel =
+        client::channel(&format!("http://{}", proxy.addr), &config, shopmesh::mesh_api().catalogue, None)
+            .await
+            .expect("channel");
     let mut users = UserServiceClient::new(channel);
     let missing = users.get_user(GetUserRequest { id: shopmesh::mesh::ids::new_id() }).await;
     assert_eq!(missing.expect_err("no such user").code(), tonic::Code::NotFound, "the path works");

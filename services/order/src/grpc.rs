@@ -5,8 +5,8 @@ use shopmesh::api::order::v1::{
     CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem as LineItemProto, ListOrdersRequest,
     ListOrdersResponse, Order as OrderProto, OrderState, order_service_server::OrderService,
 };
-use shopmesh::mesh::identity::Subject;
 use shopmesh::mesh::ids;
+use shopmesh::mesh::security::identity::Subject;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -99,22 +99,10 @@ impl OrderService for OrderApi {
         let subject = subject(&req);
         as_self(subject.as_ref(), &req.get_ref().user_id)?;
         let (user_id, page) = convert::list_orders(req.get_ref())?;
-        let size = page.size;
-        let mut orders = self
-            .orders
-            .store()
-            .list_by_user(&user_id, page.after.as_deref(), size + 1)
-            .await
-            .map_err(Error::from)?;
-        let next_page_token = if orders.len() > size as usize {
-            orders.truncate(size as usize);
-            orders.last().map(|o| o.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let orders = self.orders.list(&user_id, &page).await?;
         Ok(Response::new(ListOrdersResponse {
-            orders: orders.into_iter().map(to_proto).collect(),
-            next_page_token,
+            orders: orders.items.into_iter().map(to_proto).collect(),
+            next_page_token: orders.next_page_token,
         }))
     }
 

@@ -1,12 +1,15 @@
 //! The order service: validates the user, charges the payment, keeps the order's state machine
 //! (PENDING_PAYMENT, then PAID or PAYMENT_DECLINED, then CANCELLED).
 //!
-//! [`run`] opens the service's database (migrating it) and lazy channels to the user and
-//! payment services, then serves `OrderService` with health and reflection until shutdown.
+//! [`Order`] is the service as the mesh runs it (its settings in [`OrderConfig`]): the runtime
+//! opens its database (migrating it), [`Order::start`] opens lazy channels to the user and
+//! payment services and starts the reconciler, and `OrderService` is served with health and
+//! reflection until shutdown.
 //! Rules live in [`domain`], the use cases in `service`, calls to other services in `upstream`,
 //! every SQL statement in `store`, request validation in [`convert`] and the rest of the
 //! protobuf conversion in `grpc`.
 
+mod config;
 pub mod convert;
 pub mod domain;
 mod error;
@@ -14,19 +17,21 @@ mod grpc;
 pub mod reconciler;
 mod service;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod upstream;
 
-use std::future::Future;
+use std::net::SocketAddr;
 
 use shopmesh::api::order::v1::order_service_server::OrderServiceServer;
-use shopmesh::mesh::config::{MeshConfig, OrderConfig};
-use shopmesh::mesh::db::{self, Migrations, Pool};
-use shopmesh::mesh::readiness::Readiness;
-use shopmesh::mesh::{Error, client, server};
+use shopmesh::mesh::Error;
+use shopmesh::mesh::config::MeshConfig;
+use shopmesh::mesh::db::{Migrations, Pool};
+use shopmesh::mesh::service::{Mesh, MeshService, Started};
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+pub use config::{OrderConfig, ReconcileConfig};
 pub use error::Error as OrderError;
 
 /// The fully-qualified gRPC service name, also its health-check name.
@@ -39,13 +44,11 @@ static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
 /// The order use cases over `pool`, calling the services `config` names through the mesh's
-/// client stack (deadlines, retries, balancing).
-async fn orders(mesh: &MeshConfig, config: &OrderConfig, pool: Pool) -> Result<service::Orders, Error> {
-    // With mTLS on, calls to user and payment present this service's certificate.
-    let tls = shopmesh::mesh::tls::MeshTls::load(&mesh.security)?;
+/// client stack (deadlines, retries, balancing; mutual TLS when it is on).
+async fn orders(mesh: &Mesh, config: &OrderConfig, pool: Pool) -> Result<service::Orders, Error> {
     let upstream = upstream::Upstream::new(
-        client::channel_tls(&config.user_url, &mesh.client, tls.as_ref()).await?,
-        client::channel_tls(&config.payment_url, &mesh.client, tls.as_ref()).await?,
+        mesh.channel(&config.user_url).await?,
+        mesh.channel(&config.payment_url).await?,
     );
     Ok(service::Orders::new(store::Store::new(pool, config.reconcile.reconcile_after), upstream))
 }
@@ -58,32 +61,39 @@ fn routes_of(mesh: &MeshConfig, orders: service::Orders) -> Routes {
 }
 
 /// The service's routes over a migrated database, calling the services `config` names through
-/// the mesh's client stack. No reconciler runs: [`run`] starts one.
-pub async fn routes(mesh: &MeshConfig, config: &OrderConfig, pool: Pool) -> Result<Routes, Error> {
-    Ok(routes_of(mesh, orders(mesh, config, pool).await?))
+/// the mesh's client stack. No reconciler runs: [`Order::start`] starts one beside them.
+pub async fn routes(mesh: &Mesh, config: &OrderConfig, pool: Pool) -> Result<Routes, Error> {
+    Ok(routes_of(mesh.config(), orders(mesh, config, pool).await?))
 }
 
-/// Opens the dependency channels and serves on `listener` at once, NOT_SERVING until its
-/// database is migrated and answering, until `shutdown`; the reconciler runs beside it for as
-/// long.
-pub async fn run<F>(
-    mesh: MeshConfig,
-    config: OrderConfig,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), Error>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let pool = db::connect(&config.database_url, &mesh)?;
-    let readiness = Readiness::new(&config.database_url, pool.clone(), MIGRATIONS, &mesh)?;
-    let orders = orders(&mesh, &config, pool.clone()).await?;
-    // Stopping it at any point is safe: an attempt cut short leaves a lease that runs out.
-    let reconciler =
-        tokio::spawn(reconciler::Reconciler::new(orders.clone(), config.reconcile.clone()).run());
-    let routes = routes_of(&mesh, orders);
-    let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, Some(readiness), shutdown).await;
-    reconciler.abort();
-    pool.close().await;
-    result
+/// The order service, as the mesh runs it.
+#[derive(Debug)]
+pub struct Order;
+
+impl MeshService for Order {
+    const NAME: &'static str = "order";
+    const GRPC_SERVICE: &'static str = SERVICE_NAME;
+    const MIGRATIONS: Migrations = MIGRATIONS;
+    type Config = OrderConfig;
+
+    fn listen(config: &OrderConfig) -> SocketAddr {
+        config.listen
+    }
+
+    fn database_url(config: &OrderConfig) -> &str {
+        &config.database_url
+    }
+
+    fn upstreams(config: &mut OrderConfig) -> Vec<(&'static str, &mut String)> {
+        vec![("user", &mut config.user_url), ("payment", &mut config.payment_url)]
+    }
+
+    /// Opens the dependency channels; the reconciler runs beside the routes for as long as
+    /// they are served (stopping it at any point is safe: an attempt cut short leaves a lease
+    /// that runs out).
+    async fn start(mesh: &Mesh, config: &OrderConfig, pool: Pool) -> Result<Started, Error> {
+        let orders = orders(mesh, config, pool).await?;
+        let reconciler = reconciler::Reconciler::new(orders.clone(), config.reconcile.clone());
+        Ok(Started { routes: routes_of(mesh.config(), orders), beside: vec![Box::pin(reconciler.run())] })
+    }
 }

@@ -5,6 +5,7 @@ use crate::domain::{NewOrder, Order, State};
 use crate::error::Error;
 use crate::store::Store;
 use crate::upstream::{Charged, Upstream, UserCheck};
+use shopmesh::mesh::validation::{Page, Paged};
 use tonic::{Code, Status};
 
 /// Orders.
@@ -20,9 +21,15 @@ impl Orders {
         Self { store, upstream }
     }
 
-    /// The store, for reads that need no rules.
-    pub fn store(&self) -> &Store {
+    /// The store, for the reconciler, which works on the orders' records themselves.
+    pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// One page of `user_id`'s orders, oldest id first.
+    pub async fn list(&self, user_id: &str, page: &Page) -> Result<Paged<Order>, Error> {
+        let orders = self.store.list_by_user(user_id, page.after.as_deref(), page.fetch()).await?;
+        Ok(page.split(orders, |o| &o.id))
     }
 
     /// The order `id`, for `owner` (a bearer-token subject) only if it is theirs: another's
@@ -146,7 +153,7 @@ fn owned(order: Option<Order>, id: &str, owner: Option<&str>) -> Result<Order, E
     }
 }
 
-#[cfg(test)]
+#[cfg(feature = "testing")]
 impl Orders {
     /// Sends the order's Charge without recording the outcome, as a crash right after the
     /// charge would; the payment's id.

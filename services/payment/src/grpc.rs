@@ -5,8 +5,8 @@ use shopmesh::api::payment::v1::{
     ChargeRequest, GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse, Payment as PaymentProto,
     PaymentState, RefundRequest as RefundProto, payment_service_server::PaymentService,
 };
-use shopmesh::mesh::identity::Subject;
 use shopmesh::mesh::ids;
+use shopmesh::mesh::security::identity::Subject;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -68,7 +68,7 @@ impl PaymentService for PaymentApi {
     async fn get_payment(&self, req: Request<GetPaymentRequest>) -> Result<Response<PaymentProto>, Status> {
         mesh_only(&req)?;
         let id = convert::get_payment(req.get_ref())?;
-        match self.payments.store().get(&id).await.map_err(Error::from)? {
+        match self.payments.get(&id).await? {
             Some(p) => Ok(Response::new(to_proto(p))),
             None => Err(Error::NotFound(id).into()),
         }
@@ -86,22 +86,10 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<ListPaymentsResponse>, Status> {
         mesh_only(&req)?;
         let (order_id, page) = convert::list_payments(req.get_ref())?;
-        let size = page.size;
-        let mut payments = self
-            .payments
-            .store()
-            .list_by_order(&order_id, page.after.as_deref(), size + 1)
-            .await
-            .map_err(Error::from)?;
-        let next_page_token = if payments.len() > size as usize {
-            payments.truncate(size as usize);
-            payments.last().map(|p| p.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let payments = self.payments.list(&order_id, &page).await?;
         Ok(Response::new(ListPaymentsResponse {
-            payments: payments.into_iter().map(to_proto).collect(),
-            next_page_token,
+            payments: payments.items.into_iter().map(to_proto).collect(),
+            next_page_token: payments.next_page_token,
         }))
     }
 }

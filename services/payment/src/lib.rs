@@ -1,10 +1,12 @@
 //! The payment service: idempotent charges and refunds over a simulated card processor.
 //!
-//! [`run`] opens the service's database (migrating it), then serves `PaymentService` with health
-//! and reflection until shutdown. Rules live in [`domain`], the processor in [`processor`], the
+//! [`Payment`] is the service as the mesh runs it (its settings in [`PaymentConfig`]); the
+//! runtime opens its database (migrating it), then serves `PaymentService` with health and
+//! reflection until shutdown. Rules live in [`domain`], the processor in [`processor`], the
 //! idempotent use cases in `service`, every SQL statement in `store`, request validation in
 //! [`convert`] and the rest of the protobuf conversion in `grpc`.
 
+mod config;
 pub mod convert;
 pub mod domain;
 mod error;
@@ -13,17 +15,17 @@ pub mod processor;
 mod service;
 mod store;
 
-use std::future::Future;
+use std::net::SocketAddr;
 
 use shopmesh::api::payment::v1::payment_service_server::PaymentServiceServer;
-use shopmesh::mesh::config::{MeshConfig, PaymentConfig};
-use shopmesh::mesh::db::{self, Migrations, Pool};
-use shopmesh::mesh::readiness::Readiness;
-use shopmesh::mesh::{Error, server};
+use shopmesh::mesh::Error;
+use shopmesh::mesh::config::MeshConfig;
+use shopmesh::mesh::db::{Migrations, Pool};
+use shopmesh::mesh::service::{Mesh, MeshService, Started};
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+pub use config::PaymentConfig;
 pub use error::Error as PaymentError;
 
 /// The fully-qualified gRPC service name, also its health-check name.
@@ -49,21 +51,25 @@ pub fn routes(mesh: &MeshConfig, config: &PaymentConfig, pool: Pool) -> Routes {
     )
 }
 
-/// Serves on `listener` at once, NOT_SERVING until its database is migrated and answering,
-/// until `shutdown` completes.
-pub async fn run<F>(
-    mesh: MeshConfig,
-    config: PaymentConfig,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), Error>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let pool = db::connect(&config.database_url, &mesh)?;
-    let readiness = Readiness::new(&config.database_url, pool.clone(), MIGRATIONS, &mesh)?;
-    let routes = routes(&mesh, &config, pool.clone());
-    let result = server::serve(&mesh, &[SERVICE_NAME], routes, listener, Some(readiness), shutdown).await;
-    pool.close().await;
-    result
+/// The payment service, as the mesh runs it.
+#[derive(Debug)]
+pub struct Payment;
+
+impl MeshService for Payment {
+    const NAME: &'static str = "payment";
+    const GRPC_SERVICE: &'static str = SERVICE_NAME;
+    const MIGRATIONS: Migrations = MIGRATIONS;
+    type Config = PaymentConfig;
+
+    fn listen(config: &PaymentConfig) -> SocketAddr {
+        config.listen
+    }
+
+    fn database_url(config: &PaymentConfig) -> &str {
+        &config.database_url
+    }
+
+    async fn start(mesh: &Mesh, config: &PaymentConfig, pool: Pool) -> Result<Started, Error> {
+        Ok(Started::routes(routes(mesh.config(), config, pool)))
+    }
 }

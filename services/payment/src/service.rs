@@ -4,6 +4,7 @@ use crate::domain::{NewCharge, Payment, RefundRequest, State};
 use crate::error::Error;
 use crate::processor::{Outcome, Processor};
 use crate::store::Store;
+use shopmesh::mesh::validation::{Page, Paged};
 
 /// Charges and refunds.
 #[derive(Debug, Clone)]
@@ -18,9 +19,15 @@ impl Payments {
         Self { store, processor }
     }
 
-    /// The store, for reads that need no rules.
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The payment `id`, if there is one.
+    pub async fn get(&self, id: &str) -> Result<Option<Payment>, Error> {
+        Ok(self.store.get(id).await?)
+    }
+
+    /// One page of `order_id`'s payments, oldest id first.
+    pub async fn list(&self, order_id: &str, page: &Page) -> Result<Paged<Payment>, Error> {
+        let payments = self.store.list_by_order(order_id, page.after.as_deref(), page.fetch()).await?;
+        Ok(page.split(payments, |p| &p.id))
     }
 
     /// Charges once per request id.

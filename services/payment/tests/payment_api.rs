@@ -7,9 +7,9 @@ use shopmesh::api::payment::v1::{
     ChargeRequest, GetPaymentRequest, ListPaymentsRequest, Payment, PaymentState, RefundRequest,
     payment_service_client::PaymentServiceClient,
 };
-use shopmesh::mesh::config::PaymentConfig;
 use shopmesh::mesh::ids::new_id;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
+use shopmesh_payment::PaymentConfig;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -29,10 +29,8 @@ async fn start(backend: Backend) -> Running {
         // A little processor latency widens the window in which duplicates race.
         payment_latency: Duration::from_millis(5),
     };
-    let service = testing::spawn(shopmesh_payment::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_payment::run(testing::mesh_config(), config, listener, shutdown)
-    })
-    .await;
+    let mesh = testing::mesh(testing::mesh_config());
+    let service = testing::spawn_service::<shopmesh_payment::Payment>(&mesh, config).await;
     let client = PaymentServiceClient::connect(service.url()).await.expect("connect");
     Running { service, db, client }
 }

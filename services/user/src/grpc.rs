@@ -4,8 +4,8 @@ use shopmesh::api::user::v1::{
     CreateUserRequest, GetUserRequest, ListUsersRequest, ListUsersResponse, UpdateUserRequest,
     User as UserProto, user_service_server::UserService,
 };
-use shopmesh::mesh::identity::Subject;
 use shopmesh::mesh::ids;
+use shopmesh::mesh::security::identity::Subject;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -91,18 +91,11 @@ impl UserService for UserApi {
             return Err(Error::PermissionDenied("listing users is not open to bearer-token callers").into());
         }
         let page = convert::list_users(req.get_ref())?;
-        let size = page.size;
-        // One extra row tells whether another page follows without a second query.
-        let mut users = self.store.list(page.after.as_deref(), size + 1).await.map_err(Error::from)?;
-        let next_page_token = if users.len() > size as usize {
-            users.truncate(size as usize);
-            users.last().map(|u| u.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let users = self.store.list(page.after.as_deref(), page.fetch()).await.map_err(Error::from)?;
+        let users = page.split(users, |u| &u.id);
         Ok(Response::new(ListUsersResponse {
-            users: users.into_iter().map(to_proto).collect(),
-            next_page_token,
+            users: users.items.into_iter().map(to_proto).collect(),
+            next_page_token: users.next_page_token,
         }))
     }
 

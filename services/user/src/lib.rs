@@ -1,27 +1,29 @@
 //! The user service: accounts that place orders.
 //!
-//! [`run`] opens the service's database (migrating it), then serves `UserService` with health
-//! and reflection until shutdown. The rules live in [`domain`], every SQL statement in `store`,
+//! [`User`] is the service as the mesh runs it (its settings in [`UserConfig`]); the runtime
+//! opens its database (migrating it), then serves `UserService` with health and reflection
+//! until shutdown. The rules live in [`domain`], every SQL statement in `store`,
 //! the validation of each request in [`convert`], and the rest of the protobuf conversion in
 //! `grpc`.
 
+mod config;
 pub mod convert;
 pub mod domain;
 mod error;
 mod grpc;
 mod store;
 
-use std::future::Future;
+use std::net::SocketAddr;
 
 use shopmesh::api::user::v1::user_service_server::UserServiceServer;
-use shopmesh::mesh::config::{MeshConfig, UserConfig};
-use shopmesh::mesh::db::{self, Migrations, Pool};
-use shopmesh::mesh::readiness::Readiness;
-use shopmesh::mesh::{Error, server};
+use shopmesh::mesh::Error;
+use shopmesh::mesh::config::MeshConfig;
+use shopmesh::mesh::db::{Migrations, Pool};
+use shopmesh::mesh::service::{Mesh, MeshService, Started};
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+pub use config::UserConfig;
 pub use error::Error as UserError;
 
 /// The fully-qualified gRPC service name, also its health-check name.
@@ -41,28 +43,25 @@ pub fn routes(mesh: &MeshConfig, pool: Pool) -> Routes {
     )
 }
 
-/// Serves on `listener` at once, NOT_SERVING until its database is migrated and answering,
-/// until `shutdown` completes.
-pub async fn run<F>(
-    mesh: MeshConfig,
-    config: UserConfig,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), Error>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let pool = db::connect(&config.database_url, &mesh)?;
-    let readiness = Readiness::new(&config.database_url, pool.clone(), MIGRATIONS, &mesh)?;
-    let result = server::serve(
-        &mesh,
-        &[SERVICE_NAME],
-        routes(&mesh, pool.clone()),
-        listener,
-        Some(readiness),
-        shutdown,
-    )
-    .await;
-    pool.close().await;
-    result
+/// The user service, as the mesh runs it.
+#[derive(Debug)]
+pub struct User;
+
+impl MeshService for User {
+    const NAME: &'static str = "user";
+    const GRPC_SERVICE: &'static str = SERVICE_NAME;
+    const MIGRATIONS: Migrations = MIGRATIONS;
+    type Config = UserConfig;
+
+    fn listen(config: &UserConfig) -> SocketAddr {
+        config.listen
+    }
+
+    fn database_url(config: &UserConfig) -> &str {
+        &config.database_url
+    }
+
+    async fn start(mesh: &Mesh, _config: &UserConfig, pool: Pool) -> Result<Started, Error> {
+        Ok(Started::routes(routes(mesh.config(), pool)))
+    }
 }

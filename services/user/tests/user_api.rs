@@ -4,8 +4,8 @@ use shopmesh::api::user::v1::{
     CreateUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User,
     user_service_client::UserServiceClient,
 };
-use shopmesh::mesh::config::UserConfig;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
+use shopmesh_user::UserConfig;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -18,10 +18,8 @@ struct Running {
 async fn start(backend: Backend) -> Running {
     let db = testing::database(backend, "user").await;
     let config = UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
-    let service = testing::spawn(shopmesh_user::SERVICE_NAME, |listener, shutdown| {
-        shopmesh_user::run(testing::mesh_config(), config, listener, shutdown)
-    })
-    .await;
+    let mesh = testing::mesh(testing::mesh_config());
+    let service = testing::spawn_service::<shopmesh_user::User>(&mesh, config).await;
     let client = UserServiceClient::connect(service.url()).await.expect("connect");
     Running { service, db, client }
 }

@@ -26,42 +26,12 @@ use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::mesh::retry::header_code;
+use crate::mesh::grpc::catalogue::{Catalogue, Method};
+use crate::mesh::grpc::code::code_of;
 
 /// gRPC status codes as label values, by number.
 const CODES: [&str; 17] =
     ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
-
-/// Infrastructure methods, named without allocating.
-const INFRA: [&str; 4] = [
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-
-/// `(full name, service, method)` of a gRPC path as static strings (the API's and the
-/// infrastructure's methods), so labels and span names cost no allocation.
-pub(crate) fn names(path: &str) -> (&'static str, &'static str, &'static str) {
-    let known = crate::api::CALL_POLICY
-        .binary_search_by(|(p, _)| (*p).cmp(path))
-        .ok()
-        .map(|i| crate::api::CALL_POLICY[i].0)
-        .or_else(|| INFRA.iter().find(|p| **p == path).copied());
-    match known.and_then(|p| p.rfind('/').map(|i| (p, i))) {
-        Some((p, i)) => (&p[1..], &p[1..i], &p[i + 1..]),
-        None => ("unknown", "unknown", "unknown"),
-    }
-}
-
-/// The status code of an answer: from the headers of a trailers-only answer (how errors of
-/// unary calls come), OK otherwise; an `Err` (no answer at all) is UNAVAILABLE.
-fn code_of<B, E>(result: &Result<Response<B>, E>) -> i32 {
-    match result {
-        Ok(response) => header_code(response).map_or(0, |c| c as i32),
-        Err(_) => tonic::Code::Unavailable as i32,
-    }
-}
 
 /// Codes that are the server's fault, which mark a server span as an error (OpenTelemetry's
 /// gRPC conventions); on the client every non-OK code is an error.
@@ -204,10 +174,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let (name, service, method) = names(request.uri().path());
+        let called = Method::of(&request);
+        let (name, service, method) = (called.full_name(), called.service, called.method);
         // Probes call health every few seconds on every pod: counted, but not traced, so
         // traces show the calls people make.
-        let span = if crate::mesh::server::is_infrastructure(request.uri().path()) {
+        let span = if called.infrastructure {
             tracing::Span::none()
         } else {
             let peer = request
@@ -235,8 +206,11 @@ where
             span
         };
         let active = Active::start(service);
+        // Inside the span, so what the layers below log while deciding (a refusal) carries
+        // the call's trace id.
+        let inner = span.in_scope(|| self.inner.call(request));
         ServerFuture {
-            inner: self.inner.call(request).instrument(span.clone()),
+            inner: inner.instrument(span.clone()),
             span,
             start: Instant::now(),
             service,
@@ -276,14 +250,23 @@ where
 
 /// Client side: a span per call (its retries included) whose context is sent as
 /// `traceparent`, and the call's duration by method and status.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClientObserveLayer;
+#[derive(Debug, Clone, Copy)]
+pub struct ClientObserveLayer {
+    catalogue: Catalogue,
+}
+
+impl ClientObserveLayer {
+    /// Names calls by the methods of `catalogue` (`unknown` outside it).
+    pub fn new(catalogue: Catalogue) -> Self {
+        Self { catalogue }
+    }
+}
 
 impl<S> Layer<S> for ClientObserveLayer {
     type Service = ClientObserve<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ClientObserve { inner }
+        ClientObserve { inner, catalogue: self.catalogue }
     }
 }
 
@@ -291,6 +274,7 @@ impl<S> Layer<S> for ClientObserveLayer {
 #[derive(Debug, Clone)]
 pub struct ClientObserve<S> {
     inner: S,
+    catalogue: Catalogue,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ClientObserve<S>
@@ -306,7 +290,8 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let (name, service, method) = names(request.uri().path());
+        let called = self.catalogue.method(request.uri().path());
+        let (name, service, method) = (called.full_name(), called.service, called.method);
         let span = tracing::info_span!(
             "rpc.client",
             otel.name = name,
@@ -359,23 +344,5 @@ where
         let call = Call { span: this.span, start: *this.start, service: this.service, method: this.method };
         call.finish(code_of(&result), "rpc_client_call_duration_seconds", |code| code != 0);
         Poll::Ready(result)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_name_service_and_method_without_allocating() {
-        assert_eq!(
-            names("/shopmesh.user.v1.UserService/GetUser"),
-            ("shopmesh.user.v1.UserService/GetUser", "shopmesh.user.v1.UserService", "GetUser")
-        );
-        assert_eq!(
-            names("/grpc.health.v1.Health/Check"),
-            ("grpc.health.v1.Health/Check", "grpc.health.v1.Health", "Check")
-        );
-        assert_eq!(names("/evil/../path"), ("unknown", "unknown", "unknown"));
     }
 }

@@ -26,25 +26,18 @@
 //! and no allocation.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tower::{Layer, Service};
 
-use crate::mesh::deadline::status_response;
-use crate::mesh::identity::{PeerIdentity, SpiffeId};
-
-/// Methods the policy may name besides the API's: server reflection.
-const REFLECTION: [&str; 2] = [
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
+use crate::mesh::grpc::answer::Answer;
+use crate::mesh::grpc::catalogue::{Catalogue, Method, REFLECTION};
+use crate::mesh::grpc::respond::Refusal;
+use crate::mesh::security::identity::{PeerIdentity, SpiffeId};
 
 /// The health service, always allowed.
 const HEALTH: &str = "/grpc.health.v1.Health/";
@@ -164,19 +157,17 @@ impl Allowed {
     }
 }
 
-/// A method the server knows, with its labels and who may call it.
+/// A method the server knows, its service, and who may call it.
 #[derive(Debug)]
 struct Entry {
     path: &'static str,
     service: &'static str,
-    method: &'static str,
     allowed: Allowed,
 }
 
 /// Every method a policy may name: the API's and reflection, sorted by path.
-fn known_methods() -> Vec<&'static str> {
-    let mut paths: Vec<&'static str> =
-        crate::api::CALL_POLICY.iter().map(|(p, _)| *p).chain(REFLECTION).collect();
+fn known_methods(catalogue: &Catalogue) -> Vec<&'static str> {
+    let mut paths: Vec<&'static str> = catalogue.api_paths().chain(REFLECTION).collect();
     paths.sort_unstable();
     paths
 }
@@ -204,23 +195,23 @@ impl Policy {
     /// # Errors
     /// [`PolicyError`] naming what is wrong; a service must not start with a policy it cannot
     /// enforce.
-    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+    pub fn load(path: &Path, catalogue: &Catalogue) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
-        Self::from_json(&text)
+        Self::from_json(&text, catalogue)
     }
 
-    /// Compiles a policy from its JSON text.
+    /// Compiles a policy from its JSON text, over the methods of `catalogue`.
     ///
     /// # Errors
     /// [`PolicyError`] naming what is wrong.
-    pub fn from_json(text: &str) -> Result<Self, PolicyError> {
+    pub fn from_json(text: &str, catalogue: &Catalogue) -> Result<Self, PolicyError> {
         let file: PolicyFile = serde_json::from_str(text)?;
-        let mut entries: Vec<Entry> = known_methods()
+        let mut entries: Vec<Entry> = known_methods(catalogue)
             .into_iter()
             .map(|path| {
-                let (service, method) = path[1..].split_once('/').unwrap_or(("unknown", "unknown"));
-                Entry { path, service, method, allowed: Allowed::default() }
+                let service = path[1..].split_once('/').map_or("unknown", |(service, _)| service);
+                Entry { path, service, allowed: Allowed::default() }
             })
             .collect();
         for rule in file.rules {
@@ -269,11 +260,6 @@ impl Policy {
             _ => Decision::NotAllowed,
         }
     }
-
-    /// The static `(service, method)` labels of `path`; `unknown` outside the API.
-    fn labels(&self, path: &str) -> (&'static str, &'static str) {
-        self.entry(path).map_or(("unknown", "unknown"), |e| (e.service, e.method))
-    }
 }
 
 /// Refuses calls the policy does not allow; with no policy, serves everything.
@@ -284,8 +270,8 @@ pub struct AuthzLayer {
 
 impl AuthzLayer {
     /// Enforces `policy` (`None`: authorization off).
-    pub fn new(policy: Option<Policy>) -> Self {
-        Self { policy: policy.map(Arc::new) }
+    pub fn new(policy: Option<Arc<Policy>>) -> Self {
+        Self { policy }
     }
 }
 
@@ -304,15 +290,6 @@ pub struct Authz<S> {
     policy: Option<Arc<Policy>>,
 }
 
-/// A refusal, logged when its future is first polled: inside the call's span, so the log line
-/// carries the trace id.
-#[derive(Debug)]
-pub struct Denial {
-    caller: Option<SpiffeId>,
-    path: String,
-    reason: &'static str,
-}
-
 impl<S, B, ResBody> Service<Request<B>> for Authz<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
@@ -328,82 +305,47 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let Some(policy) = &self.policy else {
-            return ResponseFuture::Allowed { inner: self.inner.call(request) };
+            return Answer::inner(self.inner.call(request));
         };
         let path = request.uri().path();
         let peer = request.extensions().get::<PeerIdentity>();
-        let (status, reason) = match policy.decide(path, peer) {
-            Decision::Allow => return ResponseFuture::Allowed { inner: self.inner.call(request) },
-            Decision::NoIdentity => (
-                tonic::Status::unauthenticated(
-                    "no client identity: this server requires a mutual TLS client certificate",
-                ),
-                "no_identity",
-            ),
+        let (refusal, reason) = match policy.decide(path, peer) {
+            Decision::Allow => return Answer::inner(self.inner.call(request)),
+            Decision::NoIdentity => (Refusal::NoIdentity, "no_identity"),
             Decision::NotAllowed => (
-                tonic::Status::permission_denied(format!(
-                    "{} may not call {path}",
-                    peer.map_or("the caller", |p| p.0.as_str())
-                )),
+                Refusal::NotAllowed { caller: peer.map(|p| p.0.as_str().to_owned()), path: path.to_owned() },
                 "not_allowed",
             ),
         };
-        let (service, method) = policy.labels(path);
+        let method = Method::of(&request);
         metrics::counter!(
             "shopmesh_server_authz_denied_total",
-            "service" => service,
-            "method" => method,
+            "service" => method.service,
+            "method" => method.method,
             "reason" => reason,
         )
         .increment(1);
-        ResponseFuture::Denied {
-            response: Some(status_response(status)),
-            denial: Some(Denial { caller: peer.map(|p| p.0.clone()), path: path.to_owned(), reason }),
-        }
+        // Inside the call's span (the observe layer calls this layer in it): with its trace id.
+        tracing::warn!(
+            caller = peer.map_or("none", |p| p.0.as_str()),
+            method = %path,
+            reason,
+            "call refused by the authorization policy"
+        );
+        Answer::refuse(&refusal)
     }
 }
 
-pin_project! {
-    /// The response of an [`Authz`] service.
-    #[project = ResponseFutureProj]
-    pub enum ResponseFuture<F, ResBody> {
-        /// Allowed: the inner service's answer.
-        Allowed { #[pin] inner: F },
-        /// Refused.
-        Denied { response: Option<Response<ResBody>>, denial: Option<Denial> },
-    }
-}
-
-impl<F, ResBody, E> Future for ResponseFuture<F, ResBody>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ResponseFutureProj::Allowed { inner } => inner.poll(cx),
-            ResponseFutureProj::Denied { response, denial } => {
-                if let Some(d) = denial.take() {
-                    tracing::warn!(
-                        caller = d.caller.as_ref().map_or("none", SpiffeId::as_str),
-                        method = %d.path,
-                        reason = d.reason,
-                        "call refused by the authorization policy"
-                    );
-                }
-                match response.take() {
-                    Some(r) => Poll::Ready(Ok(r)),
-                    None => Poll::Pending,
-                }
-            }
-        }
-    }
-}
+/// The response of an [`Authz`] service: handed on, or refused.
+pub type ResponseFuture<F, ResBody> = Answer<F, ResBody>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn catalogue() -> Catalogue {
+        Catalogue::new(crate::api::CALL_POLICY)
+    }
 
     fn peer(uri: &str) -> PeerIdentity {
         PeerIdentity(SpiffeId::parse(uri).expect("valid id"))
@@ -419,6 +361,7 @@ mod tests {
                 {"callers": ["spiffe://td/ns/shop/sa/order"], "methods": ["/shopmesh.payment.v1.PaymentService/Charge"]},
                 {"callers": ["spiffe://td/ns/*/sa/gateway"], "methods": ["shopmesh.user.v1.UserService/*"]}
             ]}"#,
+            &catalogue(),
         )
         .expect("compiles");
         assert_eq!(policy.decide(CHARGE, Some(&peer("spiffe://td/ns/shop/sa/order"))), Decision::Allow);
@@ -466,7 +409,7 @@ mod tests {
             ),
             (r#"{"rules": [{"callers": [], "methods": [], "extra": 1}]}"#, "syntax"),
         ] {
-            let err = Policy::from_json(bad).expect_err(bad);
+            let err = Policy::from_json(bad, &catalogue()).expect_err(bad);
             let ok = match what {
                 "method" => matches!(err, PolicyError::Method(_)),
                 "caller" => matches!(err, PolicyError::Caller(_)),
@@ -479,6 +422,6 @@ mod tests {
     #[test]
     fn the_shipped_policy_compiles() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/authz-policy.json");
-        Policy::load(&path).expect("deploy/authz-policy.json compiles");
+        Policy::load(&path, &catalogue()).expect("deploy/authz-policy.json compiles");
     }
 }

@@ -19,12 +19,13 @@ use std::time::Duration;
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Request, Response};
-use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
-use crate::mesh::deadline::status_response;
-use crate::mesh::identity::{PeerIdentity, SpiffeId, Subject};
+use crate::mesh::grpc::answer::Answer;
+use crate::mesh::grpc::catalogue::Method;
+use crate::mesh::grpc::respond::Refusal;
+use crate::mesh::security::identity::{PeerIdentity, SpiffeId, Subject};
 
 /// How often buckets that have refilled are dropped.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
@@ -114,21 +115,6 @@ pub struct RateLimit<S> {
     limiter: Option<Arc<Limiter>>,
 }
 
-/// The RESOURCE_EXHAUSTED answer for a caller that may call again after `wait`.
-fn limited(wait: Duration) -> tonic::Status {
-    // Rounded up, so a client that waits exactly this long finds a token.
-    let ms = wait.as_nanos().div_ceil(1_000_000).max(1);
-    let mut metadata = MetadataMap::new();
-    if let Ok(value) = MetadataValue::try_from(ms.to_string()) {
-        metadata.insert("grpc-retry-pushback-ms", value);
-    }
-    tonic::Status::with_metadata(
-        tonic::Code::ResourceExhausted,
-        "rate limit exceeded for this caller; retry after grpc-retry-pushback-ms",
-        metadata,
-    )
-}
-
 impl<S, B, ResBody> Service<Request<B>> for RateLimit<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
@@ -146,26 +132,33 @@ where
         let Some(limiter) = &self.limiter else {
             return ResponseFuture::inner(self.inner.call(request));
         };
-        let path = request.uri().path();
-        if crate::mesh::server::is_infrastructure(path) {
+        let method = Method::of(&request);
+        if method.infrastructure {
             return ResponseFuture::inner(self.inner.call(request));
         }
         match limiter.check_key(&Caller::of(&request)) {
             Ok(()) => ResponseFuture::inner(self.inner.call(request)),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(limiter.clock().now());
-                let (_, service, method) = crate::mesh::observe::names(path);
-                tracing::debug!(path, ?wait, "caller over its rate: refusing the call");
-                metrics::counter!("shopmesh_server_rate_limited_total", "service" => service, "method" => method)
-                    .increment(1);
-                ResponseFuture::now(status_response(limited(wait)))
+                tracing::debug!(
+                    path = request.uri().path(),
+                    ?wait,
+                    "caller over its rate: refusing the call"
+                );
+                metrics::counter!(
+                    "shopmesh_server_rate_limited_total",
+                    "service" => method.service,
+                    "method" => method.method,
+                )
+                .increment(1);
+                ResponseFuture::refuse(&Refusal::RateLimited { retry_after: wait })
             }
         }
     }
 }
 
 /// The response of a [`RateLimit`] service: handed on, or answered at once.
-pub type ResponseFuture<F, ResBody> = crate::mesh::answer::Answer<F, ResBody>;
+pub type ResponseFuture<F, ResBody> = Answer<F, ResBody>;
 
 #[cfg(test)]
 mod tests {

@@ -1,14 +1,22 @@
 //! Client bootstrap: the stack every call to another service goes through.
 //!
-//! Layers, outermost first:
+//! Layers, outermost first (this list is the one place the client stack's order is written):
 //! 1. [`ClientObserve`]: the call's span (sent on as `traceparent`) and its duration metric,
 //!    retries included.
-//! 2. [`ClientDeadline`]: the call's deadline (the handled request's remaining time minus a
-//!    margin, capped per method), sent as `grpc-timeout`; out of time means not sent at all.
-//! 3. [`Retry`]: repeats UNAVAILABLE answers of repeatable calls within the deadline and the
-//!    retry budget; below the deadline so each attempt is sent the time actually left.
-//! 4. [`Balanced`]: power-of-two-choices over every endpoint of the target, ejecting failing
-//!    ones; below the retries so a retry can land on another replica.
+//! 2. [`ClientDeadline`](deadline::ClientDeadline): the call's deadline (the handled request's
+//!    remaining time minus a margin, capped per method), sent as `grpc-timeout`; out of time
+//!    means not sent at all.
+//! 3. [`Retry`](retry::Retry): repeats UNAVAILABLE answers of repeatable calls within the
+//!    deadline and the retry budget; below the deadline so each attempt is sent the time
+//!    actually left.
+//! 4. [`Balanced`](balance::Balanced): power-of-two-choices over every endpoint of the target,
+//!    ejecting failing ones; below the retries so a retry can land on another replica.
+//!
+//! Most services get their channels from [`Mesh::channel`](crate::mesh::service::Mesh::channel).
+
+pub mod balance;
+pub mod deadline;
+pub mod retry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,41 +24,36 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::mesh::Error;
-use crate::mesh::balance::{Balanced, Source};
 use crate::mesh::config::ClientConfig;
-use crate::mesh::deadline::{ClientDeadline, ClientDeadlineLayer};
-use crate::mesh::observe::{ClientObserve, ClientObserveLayer};
-use crate::mesh::retry::{Retry, RetryLayer};
-use crate::mesh::tls::MeshTls;
+use crate::mesh::grpc::catalogue::Catalogue;
+use crate::mesh::security::tls::MeshTls;
+use crate::mesh::telemetry::observe::{ClientObserve, ClientObserveLayer};
+use balance::{Balanced, Source};
+use deadline::{ClientDeadline, ClientDeadlineLayer};
+use retry::{Retry, RetryLayer};
 
 /// A channel to one service through the mesh's client stack; hand it to a generated client
 /// (`UserServiceClient::new(channel)`). Clones share connections, balancer and retry budget.
 pub type Channel = ClientObserve<ClientDeadline<Retry<Balanced>>>;
 
 /// A channel to `target`: `http://host:port`, or several comma-separated; DNS names are
-/// re-resolved every `resolve_interval` and calls spread over all addresses.
+/// re-resolved every `resolve_interval` and calls spread over all addresses. Calls are retried
+/// as `catalogue` allows; with `tls`, each connection presents this service's certificate and
+/// accepts only servers of the mesh's CA and trust domain.
 ///
 /// Connections are made lazily, so a dependency that is down at start fails calls with
 /// UNAVAILABLE instead of stopping this service from starting.
 ///
 /// # Errors
 /// [`Error::Config`] for a malformed target or out-of-range retry settings.
-pub async fn channel(target: &str, config: &ClientConfig) -> Result<Channel, Error> {
-    channel_tls(target, config, None).await
-}
-
-/// Like [`channel`], over mutual TLS when `tls` is given: each connection presents this
-/// service's certificate and accepts only servers of the mesh's CA and trust domain.
-///
-/// # Errors
-/// [`Error::Config`] for a malformed target or out-of-range retry settings.
-pub async fn channel_tls(
+pub async fn channel(
     target: &str,
     config: &ClientConfig,
+    catalogue: Catalogue,
     tls: Option<&MeshTls>,
 ) -> Result<Channel, Error> {
     let source = Source::parse(target)?;
-    build(target, source, config, tls.cloned()).await
+    build(target, source, config, catalogue, tls.cloned()).await
 }
 
 /// A channel over an address list that the caller updates (its own discovery).
@@ -61,21 +64,23 @@ pub async fn channel_from_watch(
     name: &str,
     addresses: watch::Receiver<Vec<SocketAddr>>,
     config: &ClientConfig,
+    catalogue: Catalogue,
 ) -> Result<Channel, Error> {
-    build(name, Source::Watch(addresses), config, None).await
+    build(name, Source::Watch(addresses), config, catalogue, None).await
 }
 
 async fn build(
     name: &str,
     source: Source,
     config: &ClientConfig,
+    catalogue: Catalogue,
     tls: Option<MeshTls>,
 ) -> Result<Channel, Error> {
-    let retry = RetryLayer::new(config).map_err(Error::Config)?;
+    let retry = RetryLayer::new(config, catalogue).map_err(Error::Config)?;
     let balanced = Balanced::new(name, source, config, tls).await;
     let stack = tower::ServiceBuilder::new()
         // Outermost: one span and one duration for the call as its caller sees it.
-        .layer(ClientObserveLayer)
+        .layer(ClientObserveLayer::new(catalogue))
         // The whole call, retries included, fits in the deadline.
         .layer(ClientDeadlineLayer::new(Arc::new(config.clone())))
         // Each attempt goes back through the balancer, which may pick another replica.

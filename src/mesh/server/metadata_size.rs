@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::mesh::deadline::status_response;
+use crate::mesh::grpc::answer::Answer;
+use crate::mesh::grpc::respond::Refusal;
 
 /// What HTTP/2 adds to each header field's name and value when sizing a header list
 /// (RFC 9113, SETTINGS_MAX_HEADER_LIST_SIZE).
@@ -79,16 +80,12 @@ where
             return ResponseFuture::inner(self.inner.call(request));
         }
         tracing::debug!(path = request.uri().path(), size, limit = self.limit, "metadata too large");
-        let status = tonic::Status::resource_exhausted(format!(
-            "request metadata is {size} bytes, over this server's limit of {} bytes",
-            self.limit
-        ));
-        ResponseFuture::now(status_response(status))
+        ResponseFuture::refuse(&Refusal::MetadataTooLarge { size, limit: self.limit })
     }
 }
 
 /// The response of a [`MetadataSize`] service: handed on, or answered at once.
-pub type ResponseFuture<F, ResBody> = crate::mesh::answer::Answer<F, ResBody>;
+pub type ResponseFuture<F, ResBody> = Answer<F, ResBody>;
 
 #[cfg(test)]
 mod tests {

@@ -24,12 +24,10 @@ use tower::{Layer, Service};
 
 use crate::mesh::Error;
 use crate::mesh::config::{JwtConfig, TokenRequirement};
-use crate::mesh::deadline::status_response;
-use crate::mesh::identity::{PeerIdentity, Subject};
-
-/// The one message every rejected call gets: which check failed is logged, never sent, so a
-/// caller probing with forged tokens learns nothing.
-const REJECTED: &str = "missing or invalid bearer token";
+use crate::mesh::grpc::answer::Answer;
+use crate::mesh::grpc::catalogue::Method;
+use crate::mesh::grpc::respond::Refusal;
+use crate::mesh::security::identity::{PeerIdentity, Subject};
 
 /// Longest `sub` accepted; user ids are UUIDs, and a subject also keys the rate limiter.
 const MAX_SUBJECT_LEN: usize = 256;
@@ -191,8 +189,8 @@ pub struct BearerAuthLayer {
 
 impl BearerAuthLayer {
     /// Checks tokens with `verifier`; `None` turns the layer into a pass-through.
-    pub fn new(verifier: Option<Verifier>) -> Self {
-        Self { verifier: verifier.map(Arc::new) }
+    pub fn new(verifier: Option<Arc<Verifier>>) -> Self {
+        Self { verifier }
     }
 }
 
@@ -245,7 +243,7 @@ where
         let Some(verifier) = &self.verifier else {
             return ResponseFuture::inner(self.inner.call(request));
         };
-        if crate::mesh::server::is_infrastructure(request.uri().path()) {
+        if Method::of(&request).infrastructure {
             return ResponseFuture::inner(self.inner.call(request));
         }
         // A subject is only ever what this layer verified, never what a caller sent along.
@@ -261,14 +259,14 @@ where
                 // Debug, not info: a flood of forged tokens must not become a flood of logs.
                 tracing::debug!(path = request.uri().path(), reason = %why, "bearer token rejected");
                 metrics::counter!("shopmesh_server_unauthenticated_total").increment(1);
-                ResponseFuture::now(status_response(tonic::Status::unauthenticated(REJECTED)))
+                ResponseFuture::refuse(&Refusal::BadToken)
             }
         }
     }
 }
 
 /// The response of a [`BearerAuth`] service: handed on, or answered at once.
-pub type ResponseFuture<F, ResBody> = crate::mesh::answer::Answer<F, ResBody>;
+pub type ResponseFuture<F, ResBody> = Answer<F, ResBody>;
 
 #[cfg(test)]
 mod tests {

@@ -170,7 +170,7 @@ pub fn generate(out: &Path, trust_domain: &str, namespace: &str) -> Result<Vec<P
     let mut dirs = Vec::new();
     for sa in IDENTITIES {
         let uri = spiffe_uri(trust_domain, namespace, sa);
-        crate::mesh::identity::SpiffeId::parse(&uri).map_err(|e| Error::Config(e.to_string()))?;
+        crate::mesh::security::identity::SpiffeId::parse(&uri).map_err(|e| Error::Config(e.to_string()))?;
         // The service's name as a DNS SAN too, so tools that check host names (grpcurl
         // without -authority) can reach it by that name.
         let dns = sa.trim_start_matches("shopmesh-").to_owned();

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tower::{BoxError, Service};
 
-use crate::mesh::tls::MeshTls;
+use crate::mesh::security::tls::MeshTls;
 
 /// Connects to `http://host:port` URIs over mutual TLS.
 #[derive(Debug, Clone)]

@@ -1,63 +1,110 @@
-//! Server bootstrap: the service's routes plus health and reflection, served on a listener the
+//! Server bootstrap: a service's routes plus health and reflection, served on listeners the
 //! caller bound, until a shutdown signal, then drained within a hard timeout.
+//!
+//! The server stack, outermost first (this list and [`serve`]'s `.layer(..)` lines are the
+//! one place its order is written; each line there says why its layer sits where it does):
+//!
+//! 1. tonic's HTTP/2 server: stream limit, keepalive, connection age, header-list hard cap,
+//!    reset-stream limits; with mutual TLS, [`incoming`](crate::mesh::security::incoming)
+//!    runs each handshake before tonic sees the connection.
+//! 2. [`method`]: the called method, looked up once in the catalogue.
+//! 3. [`peer`]: the mTLS peer's identity and address as extensions.
+//! 4. [`observe`](crate::mesh::telemetry::observe): span continuing the caller's trace, RED
+//!    metrics.
+//! 5. [`authz`](crate::mesh::security::authz): per-method policy (UNAUTHENTICATED,
+//!    PERMISSION_DENIED).
+//! 6. [`load_shed`]: bounded concurrency, RESOURCE_EXHAUSTED at once.
+//! 7. [`metadata_size`]: oversized metadata, RESOURCE_EXHAUSTED.
+//! 8. [`readiness`]: UNAVAILABLE until the database is ready.
+//! 9. [`bearer`](crate::mesh::security::bearer): bearer tokens → `Subject`.
+//! 10. [`rate_limit`]: per caller.
+//! 11. [`deadline`]: the caller's `grpc-timeout` becomes the handler's deadline.
+//! 12. [`message_size`]: oversized messages, RESOURCE_EXHAUSTED.
+//! 13. The router: health, reflection, the service.
+//!
+//! What each refusal tells the caller is decided in one place,
+//! [`respond`](crate::mesh::grpc::respond).
+
+pub mod deadline;
+pub mod load_shed;
+pub mod message_size;
+pub mod metadata_size;
+pub mod method;
+pub mod peer;
+pub mod rate_limit;
+pub mod readiness;
 
 use std::future::Future;
-
-use tokio::net::TcpListener;
-use tonic::service::Routes;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::mesh::authz::{AuthzLayer, Policy};
-use crate::mesh::bearer::{BearerAuthLayer, Verifier};
-use crate::mesh::deadline::ServerDeadlineLayer;
-use crate::mesh::load_shed::LoadShedLayer;
-use crate::mesh::message_size::MessageSizeLayer;
-use crate::mesh::metadata_size::MetadataSizeLayer;
-use crate::mesh::observe::ServerObserveLayer;
-use crate::mesh::peer::PeerLayer;
-use crate::mesh::rate_limit::RateLimitLayer;
-use crate::mesh::readiness::{Readiness, ReadyGateLayer};
-use crate::mesh::tls::MeshTls;
-use crate::mesh::{Error, config::MeshConfig};
+use crate::mesh::Error;
+use crate::mesh::db;
+use crate::mesh::grpc::catalogue::INFRASTRUCTURE_SERVICES;
+use crate::mesh::security::authz::AuthzLayer;
+use crate::mesh::security::bearer::BearerAuthLayer;
+use crate::mesh::service::{Listeners, Mesh, MeshService};
+use crate::mesh::telemetry::observe::ServerObserveLayer;
+use deadline::ServerDeadlineLayer;
+use load_shed::LoadShedLayer;
+use message_size::MessageSizeLayer;
+use metadata_size::MetadataSizeLayer;
+use method::MethodLayer;
+use peer::PeerLayer;
+use rate_limit::RateLimitLayer;
+use readiness::{Readiness, ReadyGateLayer};
 
 /// The health service name that is SERVING for as long as the process runs: for liveness
 /// probes, which must not fail (and restart the process) when only the database is down.
 pub const LIVENESS: &str = "liveness";
 
-/// Whether `path` is an infrastructure call (health, reflection), which overload shedding and
-/// the readiness gate always let through.
-pub fn is_infrastructure(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
-}
-
-/// Names under which reflection advertises the infrastructure services served beside each
-/// service, so `grpcurl list` shows exactly what this port answers.
-const INFRA_SERVICES: [&str; 3] = [
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-];
-
 /// A reflection builder over every descriptor a client may need, advertising only `services`
 /// and the infrastructure services beside them.
-fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+fn reflection(
+    descriptors: &'static [u8],
+    services: &[&'static str],
+) -> tonic_reflection::server::Builder<'static> {
     let builder = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(descriptors)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         // google.rpc.BadRequest and friends, so grpcurl can decode error details.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
-    services.iter().chain(&INFRA_SERVICES).fold(builder, |b, name| b.with_service_name(*name))
+    services.iter().chain(&INFRASTRUCTURE_SERVICES).fold(builder, |b, name| b.with_service_name(*name))
 }
 
-/// Serves `routes` on `listener` with `grpc.health.v1` and server reflection (v1 and v1alpha)
+/// Runs service `S` with `config` on `listeners` until `shutdown` completes: opens its
+/// database pool (migrated, or waited for, behind the readiness gate), starts it, serves it,
+/// and closes the pool once it has stopped.
+///
+/// # Errors
+/// Why it could not start or stopped with an error.
+pub async fn run<S, F>(mesh: &Mesh, config: S::Config, listeners: Listeners, shutdown: F) -> Result<(), Error>
+where
+    S: MeshService,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let url = S::database_url(&config);
+    let pool = db::connect(url, mesh.config())?;
+    let readiness = Readiness::new(url, pool.clone(), S::MIGRATIONS, mesh.config())?;
+    let started = S::start(mesh, &config, pool.clone()).await?;
+    // Stopped with the server; stopping them at any point must be safe.
+    let beside: Vec<_> = started.beside.into_iter().map(tokio::spawn).collect();
+    let result = serve(mesh, &[S::GRPC_SERVICE], started.routes, listeners, Some(readiness), shutdown).await;
+    for task in beside {
+        task.abort();
+    }
+    pool.close().await;
+    result
+}
+
+/// Serves `routes` on `listeners` with `grpc.health.v1` and server reflection (v1 and v1alpha)
 /// beside them, until `shutdown` completes.
 ///
 /// `services` are the fully-qualified names of the services in `routes`: each gets a health
@@ -66,29 +113,25 @@ fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'s
 /// [`LIVENESS`] is SERVING throughout. On shutdown every status but liveness turns NOT_SERVING
 /// at once (so balancers stop sending), the server keeps serving for the drain delay, then
 /// stops accepting and gives in-flight calls `shutdown_timeout` to finish.
+///
+/// # Errors
+/// Why it could not serve.
 pub async fn serve<F>(
-    mesh: &MeshConfig,
+    mesh: &Mesh,
     services: &[&'static str],
     routes: Routes,
-    listener: TcpListener,
+    listeners: Listeners,
     readiness: Option<Readiness>,
     shutdown: F,
 ) -> Result<(), Error>
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    let Listeners { service: listener, probe } = listeners;
     let addr = listener.local_addr()?;
-    // Before anything is served: a bad key set must stop the start, not fail every call.
-    let verifier = Verifier::from_config(&mesh.jwt)?;
-    let security = &mesh.security;
-    let tls = MeshTls::load(security)?;
-    let policy = security
-        .authz_policy
-        .as_deref()
-        .map(Policy::load)
-        .transpose()
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let probe = probe_listener(security).await?;
+    let config = mesh.config();
+    let security = &config.security;
+    let tls = mesh.tls().cloned();
     let (reporter, health) = tonic_health::server::health_reporter();
     let probe_health = health.clone();
     // tonic-health reports "" SERVING from the start; nothing is ready until the database is.
@@ -97,15 +140,18 @@ where
     }
     reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
 
+    let descriptors = mesh.api().file_descriptor_set;
     let routes = routes
         .add_service(health)
-        .add_service(reflection(services).build_v1().map_err(|e| Error::Config(e.to_string()))?)
-        .add_service(reflection(services).build_v1alpha().map_err(|e| Error::Config(e.to_string()))?);
+        .add_service(reflection(descriptors, services).build_v1().map_err(|e| Error::Config(e.to_string()))?)
+        .add_service(
+            reflection(descriptors, services).build_v1alpha().map_err(|e| Error::Config(e.to_string()))?,
+        );
 
     let gate = Arc::new(AtomicBool::new(false));
     let tracker = tokio::spawn(track_readiness(readiness, reporter.clone(), services.to_vec(), gate.clone()));
     let tracker_handle = tracker.abort_handle();
-    tracing::info!(%addr, services = ?services, mtls = tls.is_some(), authz = policy.is_some(), "listening");
+    tracing::info!(%addr, services = ?services, mtls = tls.is_some(), authz = mesh.policy().is_some(), "listening");
     let probe_stop = tokio_util::sync::CancellationToken::new();
     if let Some(probe) = probe {
         tracing::info!(addr = ?probe.local_addr().ok(), "probe port: plaintext grpc.health.v1 only");
@@ -121,7 +167,7 @@ where
     }
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain_delay = mesh.drain_delay;
+    let drain_delay = config.drain_delay;
     let stop = {
         let reporter = reporter.clone();
         let services = services.to_vec();
@@ -141,7 +187,7 @@ where
             let _ = draining_tx.send(());
         }
     };
-    let limits = &mesh.server;
+    let limits = &config.server;
     let rate_limit = RateLimitLayer::new(limits.rate_limit_rps, limits.rate_limit_burst);
     let housekeeping = rate_limit.housekeeping().map(tokio::spawn);
     let router = Server::builder()
@@ -156,12 +202,14 @@ where
         // Closing old connections makes clients reconnect, and so spread over new replicas.
         .max_connection_age(limits.max_connection_age)
         .max_connection_age_grace(limits.max_connection_age_grace)
-        // Outermost: the mTLS peer's identity and address, which every layer below may read.
+        // Outermost: the method, looked up once, which every layer below reads.
+        .layer(MethodLayer::new(mesh.api().catalogue))
+        // The mTLS peer's identity and address, which every layer below may read.
         .layer(PeerLayer)
         // Every call, shed or refused or not, is traced and counted.
         .layer(ServerObserveLayer)
         // Before shedding: a refused caller must not take a slot from allowed ones.
-        .layer(AuthzLayer::new(policy))
+        .layer(AuthzLayer::new(mesh.policy().cloned()))
         // Refusing an excess call must cost nothing beyond being counted.
         .layer(LoadShedLayer::new(limits.max_concurrent_requests))
         // Cheap, and before any layer reads metadata (a huge token is refused unparsed).
@@ -169,7 +217,7 @@ where
         // Before the database is ready, calls get UNAVAILABLE rather than "no such table".
         .layer(ReadyGateLayer::new(gate))
         // Needs the mesh identity (mTLS, outside this stack); gives the rate limiter a subject.
-        .layer(BearerAuthLayer::new(verifier))
+        .layer(BearerAuthLayer::new(mesh.verifier().cloned()))
         // After authentication, so a caller is its verified identity or subject, not an
         // address a gateway shares among many users; refusals are still cheap.
         .layer(rate_limit)
@@ -180,7 +228,7 @@ where
         .add_routes(routes);
     let server = match tls {
         Some(tls) => futures::future::Either::Left(router.serve_with_incoming_shutdown(
-            crate::mesh::tls_incoming::incoming(listener, tls, security.tls_handshake_timeout),
+            crate::mesh::security::incoming::incoming(listener, tls, security.tls_handshake_timeout),
             stop,
         )),
         None => futures::future::Either::Right(
@@ -192,7 +240,7 @@ where
         // Only a shutdown that has begun starts the clock; if the server ends on its own the
         // sender is dropped and this waits forever, leaving the server's result to win.
         if draining_rx.await.is_ok() {
-            tokio::time::sleep(mesh.shutdown_timeout).await;
+            tokio::time::sleep(config.shutdown_timeout).await;
         } else {
             std::future::pending::<()>().await;
         }
@@ -201,7 +249,7 @@ where
         res = &mut server => res?,
         () = hard_stop => tracing::warn!(
             %addr,
-            timeout = ?mesh.shutdown_timeout,
+            timeout = ?config.shutdown_timeout,
             "in-flight calls did not finish within the shutdown timeout; stopping anyway"
         ),
     }
@@ -212,23 +260,6 @@ where
     probe_stop.cancel();
     tracing::info!(%addr, "stopped");
     Ok(())
-}
-
-/// The plaintext probe port's listener: the one a test bound in advance, or `--probe-listen`.
-async fn probe_listener(
-    security: &crate::mesh::config::SecurityConfig,
-) -> Result<Option<TcpListener>, Error> {
-    if let Some(listener) = security.probe_listener.take() {
-        listener.set_nonblocking(true)?;
-        return Ok(Some(TcpListener::from_std(listener)?));
-    }
-    match security.probe_listen {
-        Some(addr) => TcpListener::bind(addr)
-            .await
-            .map(Some)
-            .map_err(|e| Error::Config(format!("cannot listen on the probe address {addr}: {e}"))),
-        None => Ok(None),
-    }
 }
 
 /// Sets the health of `services` and `""` from `readiness`: NOT_SERVING until the database is

@@ -12,10 +12,12 @@ use std::time::Duration;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
+use crate::mesh::Error;
 use crate::mesh::config::MeshConfig;
 use crate::mesh::db::{self, Backend, Migrations, Pool};
-use crate::mesh::deadline::status_response;
-use crate::mesh::{Error, server};
+use crate::mesh::grpc::answer::Answer;
+use crate::mesh::grpc::catalogue::Method;
+use crate::mesh::grpc::respond::Refusal;
 
 /// Longest a readiness check of the database may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -114,14 +116,12 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if self.open.load(Ordering::Acquire) || server::is_infrastructure(request.uri().path()) {
+        if self.open.load(Ordering::Acquire) || Method::of(&request).infrastructure {
             return GateFuture::inner(self.inner.call(request));
         }
-        GateFuture::now(status_response(tonic::Status::unavailable(
-            "starting: the service's database is not ready yet",
-        )))
+        GateFuture::refuse(&Refusal::NotReady)
     }
 }
 
 /// The response of a [`ReadyGate`] service: handed on, or answered at once.
-pub type GateFuture<F, ResBody> = crate::mesh::answer::Answer<F, ResBody>;
+pub type GateFuture<F, ResBody> = Answer<F, ResBody>;

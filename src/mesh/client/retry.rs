@@ -25,18 +25,14 @@ use tower::util::Oneshot;
 use tower::util::rng::HasherRng;
 use tower::{BoxError, Layer, Service};
 
-use crate::api::{Idempotency, call_policy};
+use crate::mesh::client::deadline::CallDeadline;
 use crate::mesh::config::{ClientConfig, MAX_ATTEMPTS_CAP};
-use crate::mesh::deadline::{CallDeadline, encode_timeout};
+use crate::mesh::grpc::catalogue::Catalogue;
+use crate::mesh::grpc::code::header_code;
+use crate::mesh::grpc::respond::is_timeout;
+use crate::mesh::grpc::timeout::{GRPC_TIMEOUT, encode_timeout};
 
 const PUSHBACK: &str = "grpc-retry-pushback-ms";
-
-/// The gRPC status code in a response's headers (a trailers-only answer, which is how servers
-/// answer a unary call with an error), if any.
-pub(crate) fn header_code(response: &Response<impl Sized>) -> Option<tonic::Code> {
-    let value = response.headers().get("grpc-status")?;
-    std::str::from_utf8(value.as_bytes()).ok()?.parse::<i32>().ok().map(tonic::Code::from)
-}
 
 /// Adds retries to a client stack; one budget is shared by all clones of the service.
 #[derive(Debug, Clone)]
@@ -45,11 +41,11 @@ pub struct RetryLayer {
 }
 
 impl RetryLayer {
-    /// Retries as `config` says.
+    /// Retries as `config` says, of the calls `catalogue` says are repeatable.
     ///
     /// # Errors
     /// A description of the setting that is out of range.
-    pub fn new(config: &ClientConfig) -> Result<Self, String> {
+    pub fn new(config: &ClientConfig, catalogue: Catalogue) -> Result<Self, String> {
         let ttl = config.retry_budget_ttl;
         if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(60)).contains(&ttl) {
             return Err(format!("retry budget TTL {ttl:?} must be between 1s and 60s"));
@@ -69,6 +65,7 @@ impl RetryLayer {
         .map_err(|e| format!("retry backoff: {e:?}"))?;
         Ok(Self {
             policy: Policy {
+                catalogue,
                 max_attempts: config.retry_max_attempts.clamp(1, MAX_ATTEMPTS_CAP),
                 budget: Arc::new(TpsBudget::new(
                     ttl,
@@ -169,20 +166,12 @@ where
 /// The retry decisions of one call (tower clones the policy for each call).
 #[derive(Debug, Clone)]
 pub struct Policy {
+    catalogue: Catalogue,
     max_attempts: u32,
     budget: Arc<TpsBudget>,
     backoff_maker: ExponentialBackoffMaker,
     backoff: Option<ExponentialBackoff>,
     attempts: u32,
-}
-
-/// Whether a call may be sent again: its method is declared safe, or it carries a request id.
-fn repeatable(request: &Request<Bytes>) -> bool {
-    match call_policy(request.uri().path()) {
-        Some(p) if p.idempotency != Idempotency::Unknown => true,
-        Some(p) => p.request_id_field.is_some_and(|field| has_string_field(request.body(), field)),
-        None => false,
-    }
 }
 
 /// Whether the gRPC frame `body` holds a message whose top-level field `field` is a non-empty
@@ -210,6 +199,14 @@ impl Policy {
     fn deposit(&self) {
         self.budget.deposit();
     }
+
+    /// Whether a call may be sent again: its method is declared safe, or it carries a request
+    /// id.
+    fn repeatable(&self, request: &Request<Bytes>) -> bool {
+        self.catalogue
+            .method(request.uri().path())
+            .repeatable(|field| has_string_field(request.body(), field))
+    }
 }
 
 impl tower::retry::Policy<Request<Bytes>, Response<tonic::body::Body>, BoxError> for Policy {
@@ -234,13 +231,13 @@ impl tower::retry::Policy<Request<Bytes>, Response<tonic::body::Body>, BoxError>
             }
             Ok(_) => return None,
             // Out of time: the deadline layer above answers DEADLINE_EXCEEDED.
-            Err(err) if crate::mesh::deadline::is_tonic_timeout(&**err) => return None,
+            Err(err) if is_timeout(&**err) => return None,
             // The request may not have reached a server (connect failure) or its answer was
             // lost with the connection: only repeatable calls are sent again, checked below.
             Err(_) => None,
         };
         let path = request.uri().path();
-        if self.attempts >= self.max_attempts || !repeatable(request) {
+        if self.attempts >= self.max_attempts || !self.repeatable(request) {
             return None;
         }
         let sleep = match pushback {
@@ -270,7 +267,7 @@ impl tower::retry::Policy<Request<Bytes>, Response<tonic::body::Body>, BoxError>
         metrics::counter!("shopmesh_client_retries_total", "rpc_method" => path.to_owned()).increment(1);
         if let Some(deadline) = deadline {
             // The attempt is sent the time that will be left when it starts.
-            request.headers_mut().insert("grpc-timeout", encode_timeout(deadline - start));
+            request.headers_mut().insert(GRPC_TIMEOUT, encode_timeout(deadline - start));
         }
         Some(sleep)
     }
@@ -332,9 +329,9 @@ mod tests {
             retry_budget_ttl: std::time::Duration::from_millis(10),
             ..ClientConfig::default()
         };
-        assert!(RetryLayer::new(&config).is_err());
+        assert!(RetryLayer::new(&config, Catalogue::EMPTY).is_err());
         let config = ClientConfig { retry_budget_ratio: -1.0, ..ClientConfig::default() };
-        assert!(RetryLayer::new(&config).is_err());
-        assert!(RetryLayer::new(&ClientConfig::default()).is_ok());
+        assert!(RetryLayer::new(&config, Catalogue::EMPTY).is_err());
+        assert!(RetryLayer::new(&ClientConfig::default(), Catalogue::EMPTY).is_ok());
     }
 }

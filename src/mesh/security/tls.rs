@@ -29,7 +29,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::mesh::Error;
 use crate::mesh::config::SecurityConfig;
-use crate::mesh::identity::SpiffeId;
+use crate::mesh::security::identity::SpiffeId;
 
 /// The protocol both sides speak inside TLS; gRPC clients (grpc-go, grpcurl) require it.
 const ALPN_H2: &[u8] = b"h2";
@@ -401,7 +401,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::dev_certs::{Ca, Leaf};
+    use crate::mesh::security::dev_certs::{Ca, Leaf};
 
     #[test]
     fn identities_are_read_from_the_uri_san() {

@@ -30,10 +30,11 @@ use tower::{BoxError, Service};
 
 use crate::mesh::Error;
 use crate::mesh::config::ClientConfig;
-use crate::mesh::deadline::{is_tonic_timeout, status_response};
-use crate::mesh::retry::header_code;
-use crate::mesh::tls::MeshTls;
-use crate::mesh::tls_connect::TlsConnector;
+use crate::mesh::grpc::answer::Answer;
+use crate::mesh::grpc::code::header_code;
+use crate::mesh::grpc::respond::{Refusal, is_timeout};
+use crate::mesh::security::connect::TlsConnector;
+use crate::mesh::security::tls::MeshTls;
 
 /// Longest an endpoint stays ejected, however often it failed.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -168,41 +169,15 @@ impl Service<Request<Bytes>> for Balanced {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         if self.endpoints.load(Ordering::Relaxed) == 0 {
             // Waiting for an endpoint would only end at the deadline; say what is wrong now.
-            return BalancedFuture::NoEndpoints {
-                response: Some(status_response(tonic::Status::unavailable(format!(
-                    "no endpoints for {}",
-                    self.target
-                )))),
-            };
+            return Answer::refuse(&Refusal::NoEndpoints { target: self.target.to_string() });
         }
-        BalancedFuture::Called { inner: self.inner.call(request) }
+        Answer::inner(self.inner.call(request))
     }
 }
 
-pin_project! {
-    /// The response of a [`Balanced`] service.
-    #[project = BalancedFutureProj]
-    pub enum BalancedFuture {
-        /// Sent to an endpoint through the balancer.
-        Called { #[pin] inner: tower::buffer::future::ResponseFuture<BalanceFuture> },
-        /// Answered here: the target has no endpoints.
-        NoEndpoints { response: Option<Response<tonic::body::Body>> },
-    }
-}
-
-impl Future for BalancedFuture {
-    type Output = Result<Response<tonic::body::Body>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            BalancedFutureProj::Called { inner } => inner.poll(cx),
-            BalancedFutureProj::NoEndpoints { response } => match response.take() {
-                Some(r) => Poll::Ready(Ok(r)),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
+/// The response of a [`Balanced`] service: sent through the balancer, or refused at once when
+/// the target has no endpoints.
+pub type BalancedFuture = Answer<tower::buffer::future::ResponseFuture<BalanceFuture>, tonic::body::Body>;
 
 /// An endpoint that failed `eject_after_failures` calls in a row.
 #[derive(Debug)]
@@ -268,7 +243,7 @@ impl Future for EndpointFuture {
         let failed = match &result {
             Ok(response) => Some(header_code(response) == Some(tonic::Code::Unavailable)),
             // The call ran out of time: says nothing about the endpoint's health.
-            Err(err) if is_tonic_timeout(err) => None,
+            Err(err) if is_timeout(err) => None,
             Err(_) => Some(true),
         };
         if let (Some(failed), Some(endpoint)) = (failed, this.endpoint.take()) {

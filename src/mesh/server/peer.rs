@@ -10,8 +10,8 @@ use http::Request;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
-use crate::mesh::identity::PeerIdentity;
-use crate::mesh::tls_incoming::PeerInfo;
+use crate::mesh::security::identity::PeerIdentity;
+use crate::mesh::security::incoming::PeerInfo;
 
 /// Puts the connection's [`PeerIdentity`] and [`TcpConnectInfo`] into each request.
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,8 +1,9 @@
-//! A process's telemetry, set up once by the binary: logs, traces and metrics.
+//! A process's telemetry, set up once by the binary: logs, traces and metrics; and the
+//! [`observe`] layers that give every call its span and metrics, on both sides.
 //!
 //! - Logs: `tracing-subscriber`, JSON when stderr is not a terminal (containers), readable on
 //!   a terminal, filtered by `RUST_LOG`. Lines written inside a call carry the call's
-//!   `trace_id` and `span_id` (fields of the spans [`crate::mesh::observe`] creates).
+//!   `trace_id` and `span_id` (fields of the spans [`crate::mesh::telemetry::observe`] creates).
 //! - Traces: `tracing` spans become OpenTelemetry spans (`tracing-opentelemetry`). They are
 //!   exported over OTLP/gRPC, batched on a background thread, only when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise
@@ -12,10 +13,10 @@
 //! - Metrics: the `metrics` facade, exposed in Prometheus text format at `/metrics` on an admin
 //!   port by `metrics-exporter-prometheus`.
 
-use std::io::IsTerminal as _;
-use std::net::SocketAddr;
+pub mod observe;
 
-use clap::Args;
+use std::io::IsTerminal as _;
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
@@ -27,6 +28,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::mesh::Error;
+use crate::mesh::config::{LogFormat, MetricsListen, TelemetryConfig};
 
 /// Bucket bounds (seconds) of every duration histogram: fine enough around 0.5 ms–100 ms for
 /// p50 to p99.9 of calls on one machine, coarse out to the 10 s of a timed-out call.
@@ -34,46 +36,6 @@ pub const DURATION_BUCKETS: [f64; 20] = [
     0.000_25, 0.0005, 0.000_75, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-/// Where metrics are served: an address, or none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricsListen(pub Option<SocketAddr>);
-
-fn metrics_listen(s: &str) -> Result<MetricsListen, String> {
-    match s {
-        "off" | "none" | "" => Ok(MetricsListen(None)),
-        addr => addr.parse().map(|a| MetricsListen(Some(a))).map_err(|e| format!("{addr:?}: {e} (or `off`)")),
-    }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// JSON when stderr is not a terminal, text when it is.
-    Auto,
-    /// One JSON object per line.
-    Json,
-    /// Human-readable text.
-    Text,
-}
-
-/// Telemetry settings (the `OTEL_*` variables are read by OpenTelemetry itself).
-#[derive(Debug, Clone, Args)]
-pub struct TelemetryConfig {
-    /// Address of the admin HTTP server with Prometheus metrics at `/metrics`; `off` for none.
-    #[arg(long, env = "SHOPMESH_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = metrics_listen)]
-    pub metrics_listen: MetricsListen,
-
-    /// Log format.
-    #[arg(long, env = "SHOPMESH_LOG_FORMAT", value_enum, default_value = "auto")]
-    pub log_format: LogFormat,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self { metrics_listen: MetricsListen("127.0.0.1:9464".parse().ok()), log_format: LogFormat::Auto }
-    }
-}
 
 /// The process's telemetry; [`Telemetry::shutdown`] flushes what is buffered.
 #[derive(Debug)]
@@ -169,7 +131,7 @@ impl Telemetry {
                 .map_err(|e| Error::Config(format!("metrics buckets: {e}")))?
                 .install()
                 .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
-            crate::mesh::observe::describe_metrics();
+            crate::mesh::telemetry::observe::describe_metrics();
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
         }
         if exporting {

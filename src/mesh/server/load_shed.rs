@@ -6,17 +6,16 @@
 //! Health checks and reflection are never refused: a probe failing under load would get a busy
 //! pod restarted or removed, which makes overload worse.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
-use crate::mesh::deadline::status_response;
+use crate::mesh::grpc::answer::Answer;
+use crate::mesh::grpc::catalogue::Method;
+use crate::mesh::grpc::respond::Refusal;
 
 /// Bounds concurrent calls to `limit` across every connection of a server.
 #[derive(Debug, Clone)]
@@ -60,52 +59,25 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if crate::mesh::server::is_infrastructure(request.uri().path()) {
-            return ResponseFuture::Admitted { inner: self.inner.call(request), _permit: None };
+        let method = Method::of(&request);
+        if method.infrastructure {
+            return Answer::guarded(self.inner.call(request), None);
         }
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => ResponseFuture::Admitted { inner: self.inner.call(request), _permit: Some(permit) },
+            Ok(permit) => Answer::guarded(self.inner.call(request), Some(permit)),
             Err(_) => {
-                let path = request.uri().path();
-                tracing::debug!(path, "overloaded: shedding the call");
-                metrics::counter!("shopmesh_server_shed_total", "rpc_method" => path.to_owned()).increment(1);
-                ResponseFuture::Shed {
-                    response: Some(status_response(tonic::Status::resource_exhausted(
-                        "server overloaded: too many calls in progress, retry later",
-                    ))),
-                }
+                tracing::debug!(path = request.uri().path(), "overloaded: shedding the call");
+                metrics::counter!("shopmesh_server_shed_total", "rpc_method" => request.uri().path().to_owned())
+                    .increment(1);
+                Answer::refuse(&Refusal::Overloaded)
             }
         }
     }
 }
 
-pin_project! {
-    /// The response of a [`LoadShed`] service.
-    #[project = ResponseFutureProj]
-    pub enum ResponseFuture<F, ResBody> {
-        /// Handling; the permit is returned when the answer is ready.
-        Admitted { #[pin] inner: F, _permit: Option<OwnedSemaphorePermit> },
-        /// Refused.
-        Shed { response: Option<Response<ResBody>> },
-    }
-}
-
-impl<F, ResBody, E> Future for ResponseFuture<F, ResBody>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ResponseFutureProj::Admitted { inner, .. } => inner.poll(cx),
-            ResponseFutureProj::Shed { response } => match response.take() {
-                Some(r) => Poll::Ready(Ok(r)),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
+/// The response of a [`LoadShed`] service: handled while holding a permit (returned with the
+/// answer), or refused.
+pub type ResponseFuture<F, ResBody> = Answer<F, ResBody, Option<OwnedSemaphorePermit>>;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@
 //! tonic's own `ServerTlsConfig` cannot change its certificate or CA after start; driving the
 //! handshake here lets every new connection use the configuration [`MeshTls`] holds now.
 //!
-//! [`tls`]: crate::mesh::tls
+//! [`tls`]: crate::mesh::security::tls
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::mesh::identity::PeerIdentity;
-use crate::mesh::tls::{MeshTls, spiffe_id};
+use crate::mesh::security::identity::PeerIdentity;
+use crate::mesh::security::tls::{MeshTls, spiffe_id};
 
 /// Connections that finished their handshake and wait for tonic to take them.
 const READY: usize = 128;
@@ -29,7 +29,7 @@ const READY: usize = 128;
 /// What tonic puts in every request's extensions for a TLS connection; [`PeerLayer`] turns it
 /// into the [`PeerIdentity`] and [`TcpConnectInfo`] the other layers read.
 ///
-/// [`PeerLayer`]: crate::mesh::peer::PeerLayer
+/// [`PeerLayer`]: crate::mesh::server::peer::PeerLayer
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     /// The verified SPIFFE ID of the client certificate.

@@ -1,0 +1,285 @@
+//! The order reconciler against a real payment service, on SQLite and PostgreSQL: crashes at
+//! every step of CreateOrder end with the order charged exactly once, unknown outcomes wait
+//! their backoff, replicas never work on the same order, and dead replicas' claims run out.
+//!
+//! It lives here rather than in the order crate so no service crate depends on another.
+
+use std::time::Duration;
+
+use metrics_util::CompositeKey;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use shopmesh::api::payment::v1::{
+    ListPaymentsRequest, Payment, PaymentState, payment_service_client::PaymentServiceClient,
+};
+use shopmesh::mesh::config::ClientConfig;
+use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh::mesh::{client, db, ids};
+use shopmesh_order::ReconcileConfig;
+use shopmesh_order::domain::{LineInput, NewOrder, Order, State};
+use shopmesh_order::reconciler::Round;
+use shopmesh_order::testing::{Due, Harness};
+use shopmesh_payment::{Payment as PaymentService, PaymentConfig};
+
+/// The order store and use cases over a real database, calling a real payment service — or,
+/// with `payment_up` false, an address where nothing listens.
+struct World {
+    orders: Harness,
+    payment: Option<Spawned>,
+    payment_url: String,
+    payment_db: TestDb,
+    order_db: TestDb,
+}
+
+fn config() -> ReconcileConfig {
+    ReconcileConfig {
+        reconcile_interval: Duration::from_millis(20),
+        reconcile_after: Duration::ZERO,
+        reconcile_lease: Duration::from_secs(30),
+        reconcile_max_backoff: Duration::from_secs(60),
+        reconcile_batch: 100,
+    }
+}
+
+async fn world(backend: Backend, payment_up: bool) -> World {
+    let order_db = testing::database(backend, "order").await;
+    let payment_db = testing::database(backend, "payment").await;
+    let pool =
+        db::open(&order_db.url, &testing::mesh_config(), shopmesh_order::MIGRATIONS).await.expect("order db");
+    let (payment, payment_url) = if payment_up {
+        let config = PaymentConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            database_url: payment_db.url.clone(),
+            payment_limit_minor: 100_000,
+            payment_currencies: vec!["USD".into()],
+            payment_latency: Duration::ZERO,
+        };
+        let mesh = testing::mesh(testing::mesh_config());
+        let spawned = testing::spawn_service::<PaymentService>(&mesh, config).await;
+        let url = spawned.url();
+        (Some(spawned), url)
+    } else {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        drop(listener);
+        (None, url)
+    };
+    let client_config = ClientConfig::default();
+    // Reconciliation never asks the user service.
+    let catalogue = shopmesh::mesh_api().catalogue;
+    let users =
+        client::channel("http://127.0.0.1:9", &client_config, catalogue, None).await.expect("channel");
+    let payments = client::channel(&payment_url, &client_config, catalogue, None).await.expect("channel");
+    let orders = Harness::new(pool, users, payments);
+    World { orders, payment, payment_url, payment_db, order_db }
+}
+
+impl World {
+    /// A PENDING_PAYMENT order, as CreateOrder leaves it just before charging — the state a
+    /// crash after the order insert leaves behind.
+    async fn pending_order(&self, total: i64) -> Order {
+        let user_id = ids::new_id();
+        let line = LineInput { sku: "sku-1", quantity: 1, unit_price: Some((total, "USD")) };
+        let new = NewOrder::parse(&user_id, &[line], &ids::new_id()).expect("valid");
+        self.orders.insert_pending(&new).await.expect("insert").expect("new request id")
+    }
+
+    async fn payments_of(&self, order_id: &str) -> Vec<Payment> {
+        let mut client = PaymentServiceClient::connect(self.payment_url.clone()).await.expect("connect");
+        let request = ListPaymentsRequest { order_id: order_id.to_owned(), ..Default::default() };
+        client.list_payments(request).await.expect("list").into_inner().payments
+    }
+
+    async fn state_of(&self, id: &str) -> State {
+        self.orders.state_of(id).await
+    }
+
+    async fn stop(self) {
+        if let Some(payment) = self.payment {
+            payment.stop().await.expect("payment stops");
+        }
+        self.payment_db.drop_database().await;
+        self.order_db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn crash_after_the_order_insert_is_charged_once() {
+    for backend in testing::backends() {
+        let w = world(backend, true).await;
+        let order = w.pending_order(1_500).await;
+        let reconciler = w.orders.reconciler(config());
+        assert_eq!(
+            reconciler.round().await.expect("round"),
+            Round { attempted: 1, settled: 1 },
+            "{backend:?}"
+        );
+        assert_eq!(w.state_of(&order.id).await, State::Paid, "{backend:?}");
+        let payments = w.payments_of(&order.id).await;
+        assert_eq!(payments.len(), 1, "{backend:?}");
+        assert_eq!(payments[0].request_id, order.id, "{backend:?}: keyed by the order");
+        assert_eq!(payments[0].amount.as_ref().map(|m| m.amount_minor), Some(1_500), "{backend:?}");
+        assert_eq!(reconciler.round().await.expect("round"), Round::default(), "{backend:?}: nothing left");
+        w.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn crash_after_the_charge_records_the_existing_payment() {
+    for backend in testing::backends() {
+        let w = world(backend, true).await;
+        let order = w.pending_order(2_000).await;
+        // The charge went through, then the order service died before recording it.
+        let charged = w.orders.settle_charge_only(&order).await;
+        let reconciler = w.orders.reconciler(config());
+        assert_eq!(
+            reconciler.round().await.expect("round"),
+            Round { attempted: 1, settled: 1 },
+            "{backend:?}"
+        );
+        let stored = w.orders.get(&order.id).await.expect("get").expect("exists");
+        assert_eq!(stored.state, State::Paid, "{backend:?}");
+        assert_eq!(stored.payment_id.as_deref(), Some(charged.as_str()), "{backend:?}: the same payment");
+        assert_eq!(w.payments_of(&order.id).await.len(), 1, "{backend:?}: charged once");
+        w.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn crash_inside_payment_before_its_status_update_is_completed_once() {
+    for backend in testing::backends() {
+        let w = world(backend, true).await;
+        let order = w.pending_order(700).await;
+        // Payment died after writing its PROCESSING row, before asking the processor.
+        let pool = db::connect(&w.payment_db.url, &testing::mesh_config()).expect("payment db");
+        sqlx::query(
+            "INSERT INTO payments (id, request_id, order_id, user_id, amount_minor, currency_code, state, \
+             create_time_ms, update_time_ms) VALUES ($1, $2, $3, $4, $5, 'USD', 'PROCESSING', $6, $6)",
+        )
+        .bind(ids::new_id())
+        .bind(&order.id)
+        .bind(&order.id)
+        .bind(&order.user_id)
+        .bind(order.total_minor)
+        .bind(ids::now_ms())
+        .execute(&pool)
+        .await
+        .expect("processing row");
+        pool.close().await;
+
+        let reconciler = w.orders.reconciler(config());
+        assert_eq!(
+            reconciler.round().await.expect("round"),
+            Round { attempted: 1, settled: 1 },
+            "{backend:?}"
+        );
+        assert_eq!(w.state_of(&order.id).await, State::Paid, "{backend:?}");
+        let payments = w.payments_of(&order.id).await;
+        assert_eq!(payments.len(), 1, "{backend:?}: the PROCESSING payment was completed, not repeated");
+        assert_eq!(payments[0].state(), PaymentState::Succeeded, "{backend:?}");
+        w.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_waits_its_backoff_and_keeps_the_order() {
+    for backend in testing::backends() {
+        let w = world(backend, false).await;
+        let order = w.pending_order(900).await;
+        // A backoff of at least 5 s, far longer than the two rounds take on a busy machine.
+        let slow = ReconcileConfig { reconcile_interval: Duration::from_secs(5), ..config() };
+        let reconciler = w.orders.reconciler(slow);
+        assert_eq!(
+            reconciler.round().await.expect("round"),
+            Round { attempted: 1, settled: 0 },
+            "{backend:?}"
+        );
+        assert_eq!(w.state_of(&order.id).await, State::PendingPayment, "{backend:?}");
+        // Due again only after its backoff.
+        assert_eq!(reconciler.round().await.expect("round"), Round::default(), "{backend:?}");
+        let due = w.orders.due(ids::now_ms() + 10_000, 10).await.expect("due");
+        assert_eq!(due, vec![Due { id: order.id.clone(), attempts: 1 }], "{backend:?}: one attempt counted");
+        w.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn replicas_never_work_on_the_same_order() {
+    for backend in testing::backends() {
+        let w = world(backend, true).await;
+        let mut ids = Vec::new();
+        for i in 0..24 {
+            ids.push(w.pending_order(100 + i).await.id);
+        }
+        let a = w.orders.reconciler(config());
+        let b = w.orders.reconciler(config());
+        let (ra, rb) = tokio::join!(a.round(), b.round());
+        let (ra, rb) = (ra.expect("round a"), rb.expect("round b"));
+        assert_eq!(ra.attempted + rb.attempted, 24, "{backend:?}: each order claimed once ({ra:?}, {rb:?})");
+        assert_eq!(ra.settled + rb.settled, 24, "{backend:?}");
+        for id in &ids {
+            assert_eq!(w.state_of(id).await, State::Paid, "{backend:?}");
+            assert_eq!(w.payments_of(id).await.len(), 1, "{backend:?}");
+        }
+        w.stop().await;
+    }
+}
+
+/// The value of metric `name` (with `label`, if given) in `snapshot`.
+fn metric(snapshot: &[(CompositeKey, DebugValue)], name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    snapshot.iter().find_map(|(key, value)| {
+        let key = key.key();
+        let labelled = label.is_none_or(|(k, v)| key.labels().any(|l| l.key() == k && l.value() == v));
+        (key.name() == name && labelled).then(|| match value {
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Counter(c) => *c as f64,
+            DebugValue::Histogram(_) => f64::NAN,
+        })
+    })
+}
+
+// One thread, so the thread-local recorder sees every metric the round records.
+#[tokio::test(flavor = "current_thread")]
+async fn rounds_publish_the_pending_gauges_and_count_attempts() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let w = world(Backend::Sqlite, false).await;
+    w.pending_order(100).await;
+    w.pending_order(200).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let reconciler = w.orders.reconciler(config());
+    assert_eq!(reconciler.round().await.expect("round"), Round { attempted: 2, settled: 0 });
+    let snapshot: Vec<_> = snapshotter.snapshot().into_vec().into_iter().map(|(k, _, _, v)| (k, v)).collect();
+    assert_eq!(metric(&snapshot, "shopmesh_order_pending_orders", None), Some(2.0));
+    let age = metric(&snapshot, "shopmesh_order_oldest_pending_age_seconds", None).expect("age gauge");
+    assert!((0.05..60.0).contains(&age), "oldest pending age {age}");
+    assert_eq!(
+        metric(&snapshot, "shopmesh_order_reconcile_attempts_total", Some(("outcome", "unknown"))),
+        Some(2.0)
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_replicas_claim_runs_out() {
+    for backend in testing::backends() {
+        let w = world(backend, true).await;
+        let order = w.pending_order(300).await;
+        let store = &w.orders;
+        let now = ids::now_ms();
+        let due = Due { id: order.id.clone(), attempts: 0 };
+        assert!(store.claim(&due, "dead-replica", now, now + 300).await.expect("claim"), "{backend:?}");
+        assert!(!store.claim(&due, "other", now, now + 300).await.expect("claim"), "{backend:?}: held");
+        assert!(!store.defer(&order.id, "other", now).await.expect("defer"), "{backend:?}: not the holder");
+        let reconciler = w.orders.reconciler(config());
+        assert_eq!(reconciler.round().await.expect("round"), Round::default(), "{backend:?}: leased");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(
+            reconciler.round().await.expect("round"),
+            Round { attempted: 1, settled: 1 },
+            "{backend:?}"
+        );
+        assert_eq!(w.state_of(&order.id).await, State::Paid, "{backend:?}");
+        w.stop().await;
+    }
+}

@@ -1,0 +1,91 @@
+//! The order service's own settings; the `shopmesh` binary composes them with the mesh's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use shopmesh::mesh::config::{CALLS, LISTEN_AND_DATABASES};
+
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// The order service and where it finds its dependencies.
+#[derive(Debug, Clone, Args)]
+pub struct OrderConfig {
+    /// Address the order service listens on.
+    #[arg(
+        id = "order_listen",
+        long = "order-listen",
+        value_name = "ADDR",
+        env = "SHOPMESH_ORDER_LISTEN",
+        help_heading = LISTEN_AND_DATABASES,
+        default_value = "127.0.0.1:50052"
+    )]
+    pub listen: SocketAddr,
+
+    /// The order service's database: `sqlite://<file>` or `postgres://...`.
+    #[arg(
+        id = "order_database_url",
+        long = "order-database-url",
+        value_name = "URL",
+        env = "SHOPMESH_ORDER_DATABASE_URL",
+        help_heading = LISTEN_AND_DATABASES,
+        default_value = "sqlite://data/order.db"
+    )]
+    pub database_url: String,
+
+    /// The user service: `http://host:port`, or several comma-separated. A DNS name is
+    /// resolved to all its addresses (a Kubernetes headless Service) and re-resolved; calls
+    /// are balanced over them. When all services run in one process, the local one is used.
+    #[arg(long, env = "SHOPMESH_USER_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50051")]
+    pub user_url: String,
+
+    /// The payment service, as for --user-url.
+    #[arg(long, env = "SHOPMESH_PAYMENT_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50053")]
+    pub payment_url: String,
+
+    #[command(flatten, next_help_heading = "Reconciler")]
+    #[allow(missing_docs)]
+    pub reconcile: ReconcileConfig,
+}
+
+/// The order service's reconciler, which settles orders whose charge outcome is unknown.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileConfig {
+    /// How often the reconciler looks for PENDING_PAYMENT orders that are due; `0s` turns it
+    /// off (then such orders wait for a retried CreateOrder or CancelOrder).
+    #[arg(long, env = "SHOPMESH_RECONCILE_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub reconcile_interval: Duration,
+
+    /// How long a new order is left to its own CreateOrder call before the reconciler may
+    /// charge it (charging both ways is safe, only wasteful).
+    #[arg(long, env = "SHOPMESH_RECONCILE_AFTER", default_value = "10s", value_parser = duration)]
+    pub reconcile_after: Duration,
+
+    /// How long a replica holds its claim on an order; another may take the order after it
+    /// runs out (the holder died). Longer than a Charge's deadline.
+    #[arg(long, env = "SHOPMESH_RECONCILE_LEASE", default_value = "30s", value_parser = duration)]
+    pub reconcile_lease: Duration,
+
+    /// Longest wait between two attempts on one order (the wait doubles from the interval).
+    #[arg(long, env = "SHOPMESH_RECONCILE_MAX_BACKOFF", default_value = "1m", value_parser = duration)]
+    pub reconcile_max_backoff: Duration,
+
+    /// Orders one replica claims per round; they are charged concurrently.
+    #[arg(long, env = "SHOPMESH_RECONCILE_BATCH", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub reconcile_batch: u32,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            reconcile_interval: Duration::from_secs(1),
+            reconcile_after: Duration::from_secs(10),
+            reconcile_lease: Duration::from_secs(30),
+            reconcile_max_backoff: Duration::from_secs(60),
+            reconcile_batch: 32,
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The payment service's own settings; the `shopmesh` binary composes them with the mesh's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use shopmesh::mesh::config::LISTEN_AND_DATABASES;
+
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// The help heading of the simulated processor's settings.
+const PROCESSOR: &str = "Simulated payment processor";
+
+/// The payment service and its simulated card processor.
+#[derive(Debug, Clone, Args)]
+pub struct PaymentConfig {
+    /// Address the payment service listens on.
+    #[arg(
+        id = "payment_listen",
+        long = "payment-listen",
+        value_name = "ADDR",
+        env = "SHOPMESH_PAYMENT_LISTEN",
+        help_heading = LISTEN_AND_DATABASES,
+        default_value = "127.0.0.1:50053"
+    )]
+    pub listen: SocketAddr,
+
+    /// The payment service's database: `sqlite://<file>` or `postgres://...`.
+    #[arg(
+        id = "payment_database_url",
+        long = "payment-database-url",
+        value_name = "URL",
+        env = "SHOPMESH_PAYMENT_DATABASE_URL",
+        help_heading = LISTEN_AND_DATABASES,
+        default_value = "sqlite://data/payment.db"
+    )]
+    pub database_url: String,
+
+    /// The simulated processor declines charges above this many minor units
+    /// ("amount_over_limit").
+    #[arg(long, env = "SHOPMESH_PAYMENT_LIMIT_MINOR", help_heading = PROCESSOR, default_value_t = 100_000)]
+    pub payment_limit_minor: i64,
+
+    /// Currencies the simulated processor accepts; others are declined
+    /// ("currency_not_supported").
+    #[arg(long, env = "SHOPMESH_PAYMENT_CURRENCIES", help_heading = PROCESSOR, value_delimiter = ',', default_value = "USD,EUR,GBP")]
+    pub payment_currencies: Vec<String>,
+
+    /// How long the simulated processor takes to answer a charge or refund.
+    #[arg(long, env = "SHOPMESH_PAYMENT_LATENCY", help_heading = PROCESSOR, default_value = "0ms", value_parser = duration)]
+    pub payment_latency: Duration,
+}

@@ -1,0 +1,32 @@
+//! The user service's own settings; the `shopmesh` binary composes them with the mesh's.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use shopmesh::mesh::config::LISTEN_AND_DATABASES;
+
+/// The user service.
+#[derive(Debug, Clone, Args)]
+pub struct UserConfig {
+    /// Address the user service listens on.
+    #[arg(
+        id = "user_listen",
+        long = "user-listen",
+        value_name = "ADDR",
+        env = "SHOPMESH_USER_LISTEN",
+        help_heading = LISTEN_AND_DATABASES,
+        default_value = "127.0.0.1:50051"
+    )]
+    pub listen: SocketAddr,
+
+    /// The user service's database: `sqlite://<file>` (created if missing) or `postgres://...`.
+    #[arg(
+        id = "user_database_url",
+        long = "user-database-url",
+        value_name = "URL",
+        env = "SHOPMESH_USER_DATABASE_URL",
+        help_heading = LISTEN_AND_DATABASES,
+        default_value = "sqlite://data/user.db"
+    )]
+    pub database_url: String,
+}

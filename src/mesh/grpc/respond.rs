@@ -1,0 +1,196 @@
+//! The one place where the mesh's own layers turn a failure into a gRPC status (the shape of
+//! linkerd2-proxy's `errors/respond.rs`): each layer says *why* it answers a call itself, as a
+//! [`Refusal`], and this module says what the caller is told. Handlers' errors are each
+//! service's own `error.rs`; the handler's kit for them is [`crate::mesh::status`].
+
+use std::time::Duration;
+
+use http::Response;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
+
+/// Why a layer answered a call without the handler (or, on the client side, without an answer
+/// from the server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Authorization is on and the caller presented no mesh identity.
+    NoIdentity,
+    /// The authorization policy does not let `caller` (its SPIFFE ID, if any) call `path`.
+    NotAllowed {
+        /// The caller's identity.
+        caller: Option<String>,
+        /// The method called.
+        path: String,
+    },
+    /// A bearer token was required and missing, or did not verify. Every such call gets one
+    /// message: which check failed is logged, never sent, so a caller probing with forged
+    /// tokens learns nothing.
+    BadToken,
+    /// More calls in progress than the server takes at once.
+    Overloaded,
+    /// The caller is over its rate; it may retry after `retry_after`.
+    RateLimited {
+        /// When the caller's bucket has a token again.
+        retry_after: Duration,
+    },
+    /// The request's metadata is larger than the server accepts.
+    MetadataTooLarge {
+        /// The metadata's size, counted as HTTP/2 counts a header list.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The service's database is not ready yet.
+    NotReady,
+    /// The server ran out of the caller's deadline while handling the call.
+    DeadlineWhileHandling,
+    /// No time was left to send the call.
+    DeadlineBeforeSending,
+    /// The deadline passed while waiting for the server's answer.
+    DeadlineWhileWaiting,
+    /// The target has no endpoints to send the call to.
+    NoEndpoints {
+        /// The target, as configured.
+        target: String,
+    },
+    /// The connection failed or broke under the call; `cause` is the error and its sources,
+    /// as one line.
+    ConnectionFailed {
+        /// What the transport said.
+        cause: String,
+    },
+}
+
+impl Refusal {
+    /// What the caller is told.
+    pub fn status(&self) -> Status {
+        match self {
+            Self::NoIdentity => Status::unauthenticated(
+                "no client identity: this server requires a mutual TLS client certificate",
+            ),
+            Self::NotAllowed { caller, path } => Status::permission_denied(format!(
+                "{} may not call {path}",
+                caller.as_deref().unwrap_or("the caller")
+            )),
+            Self::BadToken => Status::unauthenticated("missing or invalid bearer token"),
+            Self::Overloaded => {
+                Status::resource_exhausted("server overloaded: too many calls in progress, retry later")
+            }
+            Self::RateLimited { retry_after } => {
+                // Rounded up, so a client that waits exactly this long finds a token.
+                let ms = retry_after.as_nanos().div_ceil(1_000_000).max(1);
+                let mut metadata = MetadataMap::new();
+                if let Ok(value) = MetadataValue::try_from(ms.to_string()) {
+                    metadata.insert("grpc-retry-pushback-ms", value);
+                }
+                Status::with_metadata(
+                    Code::ResourceExhausted,
+                    "rate limit exceeded for this caller; retry after grpc-retry-pushback-ms",
+                    metadata,
+                )
+            }
+            Self::MetadataTooLarge { size, limit } => Status::resource_exhausted(format!(
+                "request metadata is {size} bytes, over this server's limit of {limit} bytes"
+            )),
+            Self::NotReady => Status::unavailable("starting: the service's database is not ready yet"),
+            Self::DeadlineWhileHandling => {
+                Status::deadline_exceeded("deadline exceeded while the server was handling the call")
+            }
+            Self::DeadlineBeforeSending => {
+                Status::deadline_exceeded("deadline exceeded before the call was sent")
+            }
+            Self::DeadlineWhileWaiting => {
+                Status::deadline_exceeded("deadline exceeded waiting for the answer")
+            }
+            Self::NoEndpoints { target } => Status::unavailable(format!("no endpoints for {target}")),
+            Self::ConnectionFailed { cause } => Status::unavailable(format!("connection failed: {cause}")),
+        }
+    }
+
+    /// The refusal as a trailers-only gRPC response.
+    pub fn respond<B: Default>(&self) -> Response<B> {
+        self.status().into_http()
+    }
+
+    /// What a failed call's transport error means to its caller: tonic's own timer running out
+    /// (its connection enforces `grpc-timeout` too) is a deadline; a connection that failed or
+    /// broke under the call (refused, reset, closed) is UNAVAILABLE, where tonic alone would
+    /// say UNKNOWN ("transport error"), which callers cannot act on. `None` for an error that
+    /// already is a status.
+    pub fn of_transport_error(err: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        if err.is::<Status>() {
+            return None;
+        }
+        if is_timeout(err) {
+            return Some(Self::DeadlineWhileWaiting);
+        }
+        let mut cause = err.to_string();
+        let mut source = err.source();
+        while let Some(next) = source {
+            cause.push_str(": ");
+            cause.push_str(&next.to_string());
+            source = next.source();
+        }
+        Some(Self::ConnectionFailed { cause })
+    }
+}
+
+/// Whether `err` (or one of its causes) is tonic's own timer running out.
+pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_carry_their_codes() {
+        let cases = [
+            (Refusal::NoIdentity, Code::Unauthenticated),
+            (Refusal::NotAllowed { caller: None, path: "/a.B/C".into() }, Code::PermissionDenied),
+            (Refusal::BadToken, Code::Unauthenticated),
+            (Refusal::Overloaded, Code::ResourceExhausted),
+            (Refusal::RateLimited { retry_after: Duration::from_micros(1500) }, Code::ResourceExhausted),
+            (Refusal::MetadataTooLarge { size: 9, limit: 8 }, Code::ResourceExhausted),
+            (Refusal::NotReady, Code::Unavailable),
+            (Refusal::DeadlineWhileHandling, Code::DeadlineExceeded),
+            (Refusal::DeadlineBeforeSending, Code::DeadlineExceeded),
+            (Refusal::DeadlineWhileWaiting, Code::DeadlineExceeded),
+            (Refusal::NoEndpoints { target: "x".into() }, Code::Unavailable),
+            (Refusal::ConnectionFailed { cause: "reset".into() }, Code::Unavailable),
+        ];
+        for (refusal, code) in cases {
+            assert_eq!(refusal.status().code(), code, "{refusal:?}");
+            let response: Response<()> = refusal.respond();
+            assert_eq!(crate::mesh::grpc::code::header_code(&response), Some(code), "{refusal:?}");
+        }
+        let limited = Refusal::RateLimited { retry_after: Duration::from_micros(1500) }.status();
+        assert_eq!(
+            limited.metadata().get("grpc-retry-pushback-ms").map(|v| v.to_str().ok()),
+            Some(Some("2"))
+        );
+    }
+
+    #[test]
+    fn transport_errors_are_classified() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            Refusal::of_transport_error(&io),
+            Some(Refusal::ConnectionFailed { cause: "refused".into() })
+        );
+        let status = Status::internal("x");
+        assert_eq!(Refusal::of_transport_error(&status), None);
+        assert_eq!(
+            Refusal::of_transport_error(&tonic::TimeoutExpired(())),
+            Some(Refusal::DeadlineWhileWaiting)
+        );
+    }
+}

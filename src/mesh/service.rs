@@ -1,0 +1,194 @@
+//! What a service is to the mesh, and the one value that joins services to it.
+//!
+//! [`Mesh`] is built once per process from the mesh-wide settings: it loads the TLS identity,
+//! the token verifier and the authorization policy once, serves services
+//! ([`server::run`](crate::mesh::server::run)) and opens channels to others ([`Mesh::channel`]).
+//! Every service implements [`MeshService`], so the binary has one generic path for running
+//! all services in one process, one service, or its migrations.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use crate::mesh::Error;
+use crate::mesh::client::{self, Channel};
+use crate::mesh::config::MeshConfig;
+use crate::mesh::db::{Migrations, Pool};
+use crate::mesh::grpc::catalogue::Catalogue;
+use crate::mesh::security::authz::Policy;
+use crate::mesh::security::bearer::Verifier;
+use crate::mesh::security::tls::MeshTls;
+
+/// The API a mesh serves and calls, given as data: its method catalogue and the encoded
+/// descriptor set that server reflection serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Api {
+    /// Every method, with what its proto says about repeating it.
+    pub catalogue: Catalogue,
+    /// The `FileDescriptorSet` of every proto file, encoded.
+    pub file_descriptor_set: &'static [u8],
+}
+
+/// A service of the mesh: its names, its own settings, its migrations, and its routes.
+pub trait MeshService: 'static {
+    /// Its short name: `shopmesh serve <NAME>`, logs, and `shopmesh-<NAME>` in telemetry.
+    const NAME: &'static str;
+    /// Its gRPC service's full name, also its health-check name.
+    const GRPC_SERVICE: &'static str;
+    /// Its embedded migrations.
+    const MIGRATIONS: Migrations;
+    /// Its own settings (flags and environment variables).
+    type Config: clap::Args + clap::FromArgMatches + Clone + fmt::Debug + Send + Sync + 'static;
+
+    /// Where it listens.
+    fn listen(config: &Self::Config) -> SocketAddr;
+
+    /// Its database.
+    fn database_url(config: &Self::Config) -> &str;
+
+    /// The URLs of the services it calls, by their [`NAME`](Self::NAME), for a run of every
+    /// service in one process to point at the local ones.
+    fn upstreams(config: &mut Self::Config) -> Vec<(&'static str, &mut String)> {
+        let _ = config;
+        Vec::new()
+    }
+
+    /// Its routes over its (soon migrated) `pool`, with the work that runs beside them.
+    fn start(
+        mesh: &Mesh,
+        config: &Self::Config,
+        pool: Pool,
+    ) -> impl Future<Output = Result<Started, Error>> + Send;
+}
+
+/// A started service: what it serves, and what runs beside it for as long as it serves.
+pub struct Started {
+    /// The service's routes (health and reflection are added by the server).
+    pub routes: Routes,
+    /// Tasks that run while it serves and are stopped with it (the order reconciler).
+    pub beside: Vec<BoxFuture<'static, ()>>,
+}
+
+impl fmt::Debug for Started {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Started").field("beside", &self.beside.len()).finish_non_exhaustive()
+    }
+}
+
+impl Started {
+    /// Routes with nothing beside them.
+    pub fn routes(routes: Routes) -> Self {
+        Self { routes, beside: Vec::new() }
+    }
+}
+
+/// The listeners a service serves on, bound by the caller (so a port in use fails the start,
+/// and tests can bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The service's own port.
+    pub service: TcpListener,
+    /// A plaintext port serving only `grpc.health.v1`, for kubelet probes when the service's
+    /// own port requires mutual TLS.
+    pub probe: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// The service's port alone.
+    pub fn new(service: TcpListener) -> Self {
+        Self { service, probe: None }
+    }
+
+    /// With a probe port beside it.
+    #[must_use]
+    pub fn with_probe(mut self, probe: TcpListener) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+}
+
+/// The mesh as one process joins it: its settings, its API, and the identity, token verifier
+/// and policy loaded from them once. Cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: MeshConfig,
+    api: Api,
+    tls: Option<MeshTls>,
+    verifier: Option<Arc<Verifier>>,
+    policy: Option<Arc<Policy>>,
+}
+
+impl fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mesh")
+            .field("mtls", &self.inner.tls.is_some())
+            .field("tokens", &self.inner.verifier.is_some())
+            .field("authz", &self.inner.policy.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    /// Loads what `config` names (certificates, key set, policy) and checks it, so that a bad
+    /// file stops the start instead of failing every call. Call it inside the Tokio runtime:
+    /// certificates are watched for renewal on a task.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the file or setting that is unusable.
+    pub fn new(config: MeshConfig, api: Api) -> Result<Self, Error> {
+        let verifier = Verifier::from_config(&config.jwt)?.map(Arc::new);
+        let tls = MeshTls::load(&config.security)?;
+        let policy = config
+            .security
+            .authz_policy
+            .as_deref()
+            .map(|path| Policy::load(path, &api.catalogue))
+            .transpose()
+            .map_err(|e| Error::Config(e.to_string()))?
+            .map(Arc::new);
+        Ok(Self { inner: Arc::new(Inner { config, api, tls, verifier, policy }) })
+    }
+
+    /// The mesh-wide settings.
+    pub fn config(&self) -> &MeshConfig {
+        &self.inner.config
+    }
+
+    /// The API served and called.
+    pub fn api(&self) -> Api {
+        self.inner.api
+    }
+
+    /// This process's mesh identity, when mutual TLS is on.
+    pub fn tls(&self) -> Option<&MeshTls> {
+        self.inner.tls.as_ref()
+    }
+
+    /// The bearer-token verifier, when tokens are on.
+    pub fn verifier(&self) -> Option<&Arc<Verifier>> {
+        self.inner.verifier.as_ref()
+    }
+
+    /// The authorization policy, when one is configured.
+    pub fn policy(&self) -> Option<&Arc<Policy>> {
+        self.inner.policy.as_ref()
+    }
+
+    /// A channel to `target` through the mesh's client stack, over mutual TLS when it is on
+    /// (see [`client::channel`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed target or out-of-range retry settings.
+    pub async fn channel(&self, target: &str) -> Result<Channel, Error> {
+        client::channel(target, &self.inner.config.client, self.inner.api.catalogue, self.tls()).await
+    }
+}
