@@ -132,3 +132,17 @@ impl CatalogService for CatalogApi {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_mesh_changes_the_catalog() {
+        assert!(mesh_only(&Request::new(())).is_ok(), "a call without a bearer token");
+        let mut from_outside = Request::new(());
+        from_outside.extensions_mut().insert(Subject("customer-1".into()));
+        let status = Status::from(mesh_only(&from_outside).expect_err("a bearer-token caller"));
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    }
+}
