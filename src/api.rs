@@ -30,6 +30,13 @@ pub mod payment {
     }
 }
 
+/// Products and their prices (`shopmesh.catalog.v1`).
+pub mod catalog {
+    pub mod v1 {
+        tonic::include_proto!("shopmesh.catalog.v1");
+    }
+}
+
 /// Every file of `proto/` with its imports and comments, encoded: served by server reflection
 /// so that grpcurl and other tools need no `.proto` files.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shopmesh_descriptor.bin"));
@@ -82,8 +89,17 @@ mod tests {
         assert_eq!(charge.request_id_field, Some(4));
         let get = call_policy("/shopmesh.user.v1.UserService/GetUser").expect("listed");
         assert_eq!(get.request_id_field, None);
-        // Every RPC of the three services is in the table (4 each).
-        assert_eq!(CALL_POLICY.len(), 12);
+        for read in ["GetProduct", "ListProducts", "BatchGetProducts"] {
+            let path = format!("/shopmesh.catalog.v1.CatalogService/{read}");
+            assert_eq!(idempotency(&path), Some(Idempotency::NoSideEffects), "{path}");
+        }
+        let update = "/shopmesh.catalog.v1.CatalogService/UpdateProduct";
+        assert_eq!(idempotency(update), Some(Idempotency::Idempotent));
+        // A repeated CreateProduct answers ALREADY_EXISTS, so it is not repeated for the caller.
+        let create = call_policy("/shopmesh.catalog.v1.CatalogService/CreateProduct").expect("listed");
+        assert_eq!((create.idempotency, create.request_id_field), (Idempotency::Unknown, None));
+        // Every RPC is in the table: 4 each of user, order and payment, 5 of catalog.
+        assert_eq!(CALL_POLICY.len(), 17);
     }
 
     #[test]
@@ -99,6 +115,7 @@ mod tests {
             "shopmesh.user.v1.UserService",
             "shopmesh.order.v1.OrderService",
             "shopmesh.payment.v1.PaymentService",
+            "shopmesh.catalog.v1.CatalogService",
         ] {
             assert!(services.iter().any(|s| s == name), "{name} missing from {services:?}");
         }

@@ -1,4 +1,4 @@
-//! `shopmesh`: with no subcommand, runs the user, payment and order services in one process,
+//! `shopmesh`: with no subcommand, runs every service (user, payment, catalog, order) in one process,
 //! each on its own port and calling the others over gRPC exactly as separate processes would.
 //! `shopmesh serve <service>` runs one service, which is what a container runs;
 //! `shopmesh migrate <service>` applies a service's migrations (a deployment's one-off job);
@@ -21,13 +21,15 @@ use shopmesh::mesh::db::{self, Migrations};
 use shopmesh::mesh::service::{Listeners, Mesh, MeshService};
 use shopmesh::mesh::telemetry::Telemetry;
 use shopmesh::mesh::{health, server, shutdown};
+use shopmesh_catalog::{Catalog, CatalogConfig};
 use shopmesh_order::{Order, OrderConfig};
 use shopmesh_payment::{Payment, PaymentConfig};
 use shopmesh_user::{User, UserConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// A gRPC mesh of small services: user accounts, idempotent payments, and orders.
+/// A gRPC mesh of small services: user accounts, idempotent payments, a product catalog, and
+/// orders.
 ///
 /// Every flag can also be set with the environment variable shown beside it.
 #[derive(Debug, Parser)]
@@ -50,6 +52,8 @@ struct AllArgs {
     #[command(flatten)]
     payment: PaymentConfig,
     #[command(flatten)]
+    catalog: CatalogConfig,
+    #[command(flatten)]
     order: OrderConfig,
 }
 
@@ -61,6 +65,7 @@ impl AllArgs {
             vec![
                 Box::new(Configured::<User>(self.user)),
                 Box::new(Configured::<Payment>(self.payment)),
+                Box::new(Configured::<Catalog>(self.catalog)),
                 Box::new(Configured::<Order>(self.order)),
             ],
         )
@@ -127,6 +132,8 @@ enum Service {
     Order(One<Order>),
     /// The payment service (charges and refunds over a simulated processor).
     Payment(One<Payment>),
+    /// The catalog service (products and their prices).
+    Catalog(One<Catalog>),
 }
 
 impl Service {
@@ -139,6 +146,7 @@ impl Service {
             Service::User(one) => part(one),
             Service::Order(one) => part(one),
             Service::Payment(one) => part(one),
+            Service::Catalog(one) => part(one),
         }
     }
 }
@@ -639,7 +647,7 @@ mod tests {
         let cli = Cli::try_parse_from(["shopmesh"]).expect("parses");
         let (_, parts) = cli.all.parts();
         let names: Vec<_> = parts.iter().map(|p| p.name()).collect();
-        assert_eq!(names, ["user", "payment", "order"], "callees start first");
+        assert_eq!(names, ["user", "payment", "catalog", "order"], "callees start first");
         let args = Cli::try_parse_from(["shopmesh"]).expect("parses");
         let mut order = Configured::<Order>(args.all.order);
         order.point_at("payment", "http://127.0.0.1:7");

@@ -32,6 +32,7 @@ SERVICES = {
     "user": "shopmesh.user.v1.UserService",
     "order": "shopmesh.order.v1.OrderService",
     "payment": "shopmesh.payment.v1.PaymentService",
+    "catalog": "shopmesh.catalog.v1.CatalogService",
 }
 
 
@@ -56,7 +57,7 @@ def start_mesh(binary, data):
     timer.start()
     addrs = {}
     for line in proc.stdout:
-        m = re.match(r"\s+(user|order|payment)\s+(\S+:\d+)\s", line)
+        m = re.match(r"\s+(user|order|payment|catalog)\s+(\S+:\d+)\s", line)
         if m:
             addrs[m.group(1)] = m.group(2)
         if "Ctrl-C stops every service" in line:
@@ -111,7 +112,7 @@ def main():
                 assert name in listed, (svc, listed)
                 assert not (set(SERVICES.values()) - {name}) & listed, f"{svc} lists only its own service"
                 methods = [m.name for m in db.FindFileContainingSymbol(name).service[0].method]
-                assert len(methods) == 4, (name, methods)
+                assert len(methods) == (5 if svc == "catalog" else 4), (name, methods)
 
             users = user_grpc.UserServiceStub(channels["user"])
             payments = pay_grpc.PaymentServiceStub(channels["payment"])

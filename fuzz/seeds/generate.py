@@ -67,6 +67,23 @@ SEEDS = {
         "refund": (2, message((1, ID), (2, "refund-1"))),
         "list_payments": (3, message((1, ID), (2, 5))),
     },
+    "catalog": {
+        "create_product": (0, message((1, message((1, "BOOK-42"), (2, "The Book"), (3, money("USD", 1999)),
+                                                  (4, True))))),
+        "create_product_bad": (0, message((1, message((1, "book 42"), (2, " "), (3, money("usd", 0)))))),
+        "create_product_overflow": (0, message((1, message((1, "A"), (2, "A"),
+                                                           (3, money("XXX", (1 << 63) - 1)))))),
+        "get_product": (1, message((1, "PEN.7_X"))),
+        "list_products": (2, message((1, 10), (2, "active:BOOK-42"), (3, 1))),
+        "list_products_bad": (2, message((1, -1), (2, "all:b"), (3, 7))),
+        "update_product": (3, message((1, message((1, "BOOK-42"), (2, "Second Edition"), (4, True),
+                                                  (7, '"3"'))),
+                                      (2, message((1, "display_name"), (1, "active"))))),
+        "update_product_immutable": (3, message((1, message((1, "BOOK-42"), (7, "W/x"))),
+                                                (2, message((1, "sku"), (1, "unit_price.amount_minor"))))),
+        "batch_get_products": (4, message(*[(1, s) for s in ("C", "A", "B", "A")])),
+        "batch_get_products_over": (4, message(*[(1, f"S{i}") for i in range(101)])),
+    },
 }
 
 for target, seeds in SEEDS.items():

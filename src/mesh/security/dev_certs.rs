@@ -16,8 +16,16 @@ use rustls_pki_types::CertificateDer;
 use crate::mesh::Error;
 
 /// The identities the mesh's own workloads run as, by service account; `shopmesh-gateway` is
-/// the edge (an API gateway or ingress) that calls the public methods on behalf of users.
-pub const IDENTITIES: [&str; 4] = ["shopmesh-user", "shopmesh-order", "shopmesh-payment", "shopmesh-gateway"];
+/// the edge (an API gateway or ingress) that calls the public methods on behalf of users, and
+/// `shopmesh-admin` the operator identity that may change the catalog.
+pub const IDENTITIES: [&str; 6] = [
+    "shopmesh-user",
+    "shopmesh-order",
+    "shopmesh-payment",
+    "shopmesh-catalog",
+    "shopmesh-gateway",
+    "shopmesh-admin",
+];
 
 fn rcgen_error(e: rcgen::Error) -> Error {
     Error::Config(format!("certificate generation: {e}"))
