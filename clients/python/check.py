@@ -1,15 +1,15 @@
 """Calls every method of the shopmesh mesh from Python stubs generated from proto/.
 
 This proves the contracts work for a client that shares no code with the Rust services: it
-generates its stubs with grpcio-tools, starts the `shopmesh` binary on free loopback ports with
-SQLite files in a temporary directory, checks health and server reflection (what grpcurl uses),
-calls all twelve methods, checks the error codes of bad calls, and stops the mesh with SIGTERM.
+imports the installed `shopmesh-api` package (clients/python, whose build generates the stubs
+from proto/ with grpcio-tools), starts the `shopmesh` binary on free loopback ports with SQLite
+files in a temporary directory, checks health and server reflection (what grpcurl uses), calls
+all twelve methods, checks the error codes of bad calls, and stops the mesh with SIGTERM.
 
-Usage: python check.py PATH/TO/shopmesh   (run by scripts/check-python-client)
+Usage: python check.py PATH/TO/shopmesh   (run by scripts/check-python-client after
+`pip install ./clients/python`)
 """
 
-import glob
-import importlib
 import os
 import re
 import signal
@@ -20,30 +20,26 @@ import threading
 import uuid
 
 import grpc
-import grpc_tools
+from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from grpc_tools import protoc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The installed package, not files generated next to this script.
+from shopmesh.common.v1 import money_pb2 as money
+from shopmesh.order.v1 import order_pb2 as order_pb
+from shopmesh.order.v1 import order_pb2_grpc as order_grpc
+from shopmesh.payment.v1 import payment_pb2 as pay_pb
+from shopmesh.payment.v1 import payment_pb2_grpc as pay_grpc
+from shopmesh.user.v1 import user_pb2 as user_pb
+from shopmesh.user.v1 import user_pb2_grpc as user_grpc
+
 SERVICES = {
     "user": "shopmesh.user.v1.UserService",
     "order": "shopmesh.order.v1.OrderService",
     "payment": "shopmesh.payment.v1.PaymentService",
 }
-
-
-def generate(out):
-    """Generates Python modules for every .proto under proto/ into `out`."""
-    protos = sorted(glob.glob(os.path.join(ROOT, "proto", "**", "*.proto"), recursive=True))
-    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    args = ["protoc", f"-I{os.path.join(ROOT, 'proto')}", f"-I{well_known}",
-            f"--python_out={out}", f"--grpc_python_out={out}", *protos]
-    if protoc.main(args) != 0:
-        sys.exit("protoc failed on proto/")
-    sys.path.insert(0, out)
 
 
 def start_mesh(binary, data):
@@ -82,19 +78,10 @@ def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     binary = sys.argv[1]
+    for module in (money, user_pb, user_grpc, pay_pb, pay_grpc, order_pb, order_grpc):
+        assert f"{os.sep}site-packages{os.sep}" in module.__file__, \
+            f"{module.__name__} imported from {module.__file__}, not from the installed package"
     with tempfile.TemporaryDirectory() as tmp:
-        gen = os.path.join(tmp, "gen")
-        os.makedirs(gen)
-        generate(gen)
-        money = importlib.import_module("shopmesh.common.v1.money_pb2")
-        user_pb = importlib.import_module("shopmesh.user.v1.user_pb2")
-        user_grpc = importlib.import_module("shopmesh.user.v1.user_pb2_grpc")
-        pay_pb = importlib.import_module("shopmesh.payment.v1.payment_pb2")
-        pay_grpc = importlib.import_module("shopmesh.payment.v1.payment_pb2_grpc")
-        order_pb = importlib.import_module("shopmesh.order.v1.order_pb2")
-        order_grpc = importlib.import_module("shopmesh.order.v1.order_pb2_grpc")
-        from google.protobuf import field_mask_pb2
-
         proc, addrs = start_mesh(binary, tmp)
         try:
             channels = {svc: grpc.insecure_channel(addr) for svc, addr in addrs.items()}
@@ -193,7 +180,8 @@ def main():
                 proc.kill()
                 raise
         assert code == 0, f"shopmesh exited with {code} after SIGTERM"
-        print(f"python client: all {len(called)} methods of 3 services called; health, reflection and errors as documented")
+        print(f"python client (installed shopmesh-api): all {len(called)} methods of 3 services called; "
+              "health, reflection and errors as documented")
 
 
 if __name__ == "__main__":
