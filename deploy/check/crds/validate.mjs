@@ -1,4 +1,5 @@
-// Validates custom resources against the committed CRD schemas (schemas/, compiled by
+// Validates custom resources against the committed CRD schemas (schemas/node_modules: a
+// node_modules of their own, so their imports across these packages resolve; compiled by
 // @kubernetes-models from the operators' API types). Reads a JSON array of objects on stdin and
 // prints a JSON array with, per object, [] or its schema errors. Unknown kinds are an error: the
 // caller decides which kinds are custom resources. Used by deploy/check/check_chart.py.
@@ -13,7 +14,7 @@ for (const obj of objects) {
     results.push([`no committed schema for ${obj.apiVersion} ${obj.kind}`]);
     continue;
   }
-  const { validate } = await import(new URL(`./schemas/${root}`, import.meta.url));
+  const { validate } = await import(new URL(`./schemas/node_modules/${root}`, import.meta.url));
   const ok = validate(obj);
   results.push(ok ? [] : validate.errors.map((e) => `${e.instancePath || "/"}: ${e.keyword} ${JSON.stringify(e.params)}`));
 }

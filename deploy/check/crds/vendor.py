@@ -1,4 +1,4 @@
-"""Re-creates deploy/check/crds/schemas from npm packages: the compiled JSON-schema validators
+"""Re-creates deploy/check/crds/schemas/node_modules from npm packages: the compiled JSON-schema validators
 (ajv standalone code) of the custom resource kinds the chart renders, and the files of the same
 package they import. What they import from other packages (@kubernetes-models/validate, the
 runtime, @kubernetes-models/apimachinery and kubernetes-models, Kubernetes' own types) is installed by `npm ci`
@@ -51,7 +51,7 @@ def resolve(pkg_dirs: dict[str, Path], pkg: str, spec: str, importer: Path) -> t
 
 
 def main() -> None:
-    out = HERE / "schemas"
+    out = HERE / "schemas" / "node_modules"
     shutil.rmtree(out, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         pkg_dirs = {}
@@ -82,6 +82,7 @@ def main() -> None:
                 for lic in ("LICENSE",):
                     if (pkg_dirs[pkg] / lic).exists():
                         shutil.copy(pkg_dirs[pkg] / lic, out / pkg / lic)
+    shutil.rmtree(HERE / "schemas" / "@kubernetes-models", ignore_errors=True)
     (HERE / "roots.json").write_text(json.dumps({f"{a} {k}": f"{p}/{m}" for (a, k), (p, m) in ROOTS.items()}, indent=2) + "\n")
     print(f"{len(seen)} files under {out}")
 
