@@ -927,6 +927,18 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
     checks.run("deploy/authz-policy.json: catalog rules", check_shipped_policy)
     checks.run("compose's Prometheus rules are the chart's", lambda: check_rules_in_compose(chart))
 
+    def readme_in_sync() -> str:
+        import values_doc
+        try:
+            fresh = values_doc.table(chart_dir)
+        except SystemExit as e:
+            raise AssertionError(str(e))
+        readme = (chart_dir / "README.md").read_text()
+        assert fresh in readme, "helm/shopmesh/README.md's values table is stale: run python3 deploy/check/values_doc.py"
+        return f"{fresh.count(chr(10)) - 3} documented keys"
+
+    checks.run("README values table generated from values.yaml", readme_in_sync)
+
     mtls = {"tls": {"enabled": True}}
     hardened_sidecar = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
     # The renderings under test: both values files, and each optional part turned the other way.
