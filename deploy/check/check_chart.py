@@ -56,13 +56,17 @@ GRACE_MARGIN_SECONDS = 3
 Manifest = dict[str, Any]
 
 
+# The version issue 16 names as the platform teams' target, validated besides both ends.
+TARGET_KUBE_VERSION = "1.33"
+
+
 def kube_versions(chart_dir: Path) -> list[str]:
-    """The oldest version Chart.yaml accepts and the newest kubernetes-validate knows."""
+    """The oldest version Chart.yaml accepts, the platform teams' target and the newest kubernetes-validate knows."""
     constraint = yaml.safe_load((chart_dir / "Chart.yaml").read_text())["kubeVersion"]
     oldest = re.fullmatch(r">=\s*(\d+\.\d+)\.\d+(-0)?", constraint)
     assert oldest, f"kubeVersion {constraint!r} is not of the form >=X.Y.Z-0"
     newest = kubernetes_validate.utils.latest_version()
-    return [oldest.group(1), ".".join(newest.split(".")[:2])]
+    return sorted({oldest.group(1), TARGET_KUBE_VERSION, ".".join(newest.split(".")[:2])}, key=lambda v: tuple(map(int, v.split("."))))
 
 
 def merged(base: dict, override: dict) -> dict:
