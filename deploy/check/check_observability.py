@@ -13,6 +13,7 @@ Usage (scripts/check-observability): check_observability.py path/to/shopmesh
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -144,6 +145,19 @@ def main() -> int:
             bench(40)
             until("the second calls scraped and the rules evaluated", lambda: query(f"sum(rate({order_calls}[1m])) > 0")
                   and query("shopmesh:rpc_server_errors:ratio_rate5m >= 0"), deadline)
+            # Every rule group evaluated again since: recorded series exist from the next
+            # evaluation after their inputs do, group by group.
+            since = time.time() + 1
+
+            def evaluated(ts: str) -> float:
+                m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", ts)
+                assert m, ts
+                frac = float(m.group(2) or 0)
+                base = datetime.datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
+                return base.timestamp() + frac
+
+            until("every rule group evaluated after the calls", lambda: all(
+                evaluated(g["lastEvaluation"]) > since for g in get(f"{api}/rules")["data"]["groups"]), deadline)
             return "bench create-order, get-order, get-user: 5 calls each, then 40"
 
         if {"user", "order"} <= services:
