@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +28,45 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "shopmesh"
 RELEASE, NAMESPACE = "shopmesh", "shop"
 
-# The three services: gRPC port and the gRPC service (= readiness health name).
+# The services: gRPC port and the gRPC service (= readiness health name).
 SERVICES = {
     "user": (50051, "shopmesh.user.v1.UserService"),
     "order": (50052, "shopmesh.order.v1.OrderService"),
     "payment": (50053, "shopmesh.payment.v1.PaymentService"),
+    "catalog": (50054, "shopmesh.catalog.v1.CatalogService"),
 }
-# Kinds from CRDs: kubernetes-validate has Kubernetes' own schemas only. The intent tests below
-# check these objects instead. Any other kind without a schema fails the validation.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# Who calls whom (the chart's default services.<name>.calls).
+CALLS = {"order": ["user", "payment", "catalog"]}
+# Kinds from CRDs: kubernetes-validate has Kubernetes' own schemas only; these are validated
+# against the CRD schemas committed in deploy/check/crds (validate.mjs, node). Any other kind
+# without a schema fails the validation.
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
+CRD_DIR = Path(__file__).resolve().parent / "crds"
+DOMAIN = "cluster.local."
 # The grace period must cover drain + shutdown + this (telemetry flush ~2 s, exit 1 s).
 GRACE_MARGIN_SECONDS = 3
 
 Manifest = dict[str, Any]
 
 
+# The version issue 16 names as the platform teams' target, validated besides both ends.
+TARGET_KUBE_VERSION = "1.33"
+
+
 def kube_versions(chart_dir: Path) -> list[str]:
-    """The oldest version Chart.yaml accepts and the newest kubernetes-validate knows."""
+    """The oldest version Chart.yaml accepts, the platform teams' target and the newest kubernetes-validate knows."""
     constraint = yaml.safe_load((chart_dir / "Chart.yaml").read_text())["kubeVersion"]
     oldest = re.fullmatch(r">=\s*(\d+\.\d+)\.\d+(-0)?", constraint)
     assert oldest, f"kubeVersion {constraint!r} is not of the form >=X.Y.Z-0"
     newest = kubernetes_validate.utils.latest_version()
-    return [oldest.group(1), ".".join(newest.split(".")[:2])]
+    return sorted({oldest.group(1), TARGET_KUBE_VERSION, ".".join(newest.split(".")[:2])}, key=lambda v: tuple(map(int, v.split("."))))
 
 
 def merged(base: dict, override: dict) -> dict:
@@ -87,6 +107,10 @@ def headless(svc: str) -> str:
     return f"{RELEASE}-{svc}-headless"
 
 
+def fqdn(service: str) -> str:
+    return f"{service}.{NAMESPACE}.svc.{DOMAIN}"
+
+
 def env_of(container: Manifest) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
@@ -99,6 +123,56 @@ def seconds(duration: str) -> int:
 
 def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def settings(r: "Rendered", svc: str) -> dict:
+    return merged(r.values["defaults"], r.values["services"].get(svc, {}))
+
+
+def services_of(r: "Rendered") -> list[str]:
+    """The enabled services of a rendering."""
+    return sorted(s for s, v in r.values["services"].items() if v.get("enabled", True) is not False)
+
+
+def tls_on(values: dict) -> bool:
+    # Rendered offline: `auto` finds no cert-manager.io/v1 and means off.
+    return values["tls"]["enabled"] is True
+
+
+def authz_on(values: dict) -> bool:
+    return values["authz"]["enabled"] is True or (values["authz"]["enabled"] == "auto" and tls_on(values))
+
+
+def container_of(r: "Rendered", svc: str) -> Manifest:
+    (c,) = [c for c in r.one("Deployment", name(svc))["spec"]["template"]["spec"]["containers"] if c["name"] == svc]
+    return c
+
+
+def rendered_policy(values: dict, namespace: str = NAMESPACE) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The chart's authz.policy with its templates filled in, as (callers, methods) pairs."""
+    td = values["tls"]["trustDomain"]
+    out = []
+    for rule in values["authz"]["policy"]["rules"]:
+        callers = tuple(
+            re.sub(r"\{\{ include \\?\"shopmesh\.fullname\\?\" \. \}\}", RELEASE, c)
+            .replace("{{ .Values.tls.trustDomain }}", td).replace("{{ .Release.Namespace }}", namespace)
+            for c in rule["callers"]
+        )
+        out.append((callers, tuple(rule["methods"])))
+    return out
+
+
+def public_methods(values: dict, services: list[str]) -> dict[str, list[str]]:
+    """What the policy lets the edge identity call, per service: the services the edge may reach."""
+    edge = f"spiffe://{values['tls']['trustDomain']}/ns/{NAMESPACE}/sa/{values['edge']['identity']}"
+    out: dict[str, list[str]] = {}
+    for callers, methods in rendered_policy(values):
+        if edge in callers:
+            for m in methods:
+                svc = next((s for s in services if m.startswith(f"/{SERVICES[s][1]}/")), None)
+                if svc and m not in out.setdefault(svc, []):
+                    out[svc].append(m)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,20 +194,23 @@ def check_hardened(pod: Manifest, what: str) -> None:
 
 def check_service(r: Rendered, svc: str) -> str:
     port, grpc_name = SERVICES[svc]
+    cfg = settings(r, svc)
     deploy = r.one("Deployment", name(svc))
     pod = deploy["spec"]["template"]["spec"]
     labels = deploy["spec"]["template"]["metadata"]["labels"]
     selector = deploy["spec"]["selector"]["matchLabels"]
     assert selects(selector, labels), f"{svc}: the Deployment's selector does not match its pods"
-    assert "replicas" not in deploy["spec"], f"{svc}: the Deployment sets replicas, which the HPA owns"
-    (container,) = pod["containers"]
+    container = container_of(r, svc)
     assert container["args"] == ["serve", svc], f"{svc}: container args are {container['args']}"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports.get("grpc") == port, f"{svc}: grpc containerPort is {ports.get('grpc')}, not {port}"
     env = env_of(container)
     assert env.get(f"SHOPMESH_{svc.upper()}_LISTEN") == f"0.0.0.0:{port}", f"{svc}: listen address does not match port {port}"
     assert env.get("SHOPMESH_METRICS_LISTEN") == f"0.0.0.0:{ports.get('metrics')}", f"{svc}: metrics listen address does not match the metrics port"
-    assert env.get("SHOPMESH_DB_MIGRATE") == "false", f"{svc}: SHOPMESH_DB_MIGRATE is not false (the hook Job migrates)"
+    # External database: the hook Job migrates before the pods start. Bundled: there is no
+    # database before install, so the pods migrate (the pre-upgrade Job too, on upgrades).
+    want_migrate = "true" if r.values["postgresql"]["enabled"] else "false"
+    assert env.get("SHOPMESH_DB_MIGRATE") == want_migrate, f"{svc}: SHOPMESH_DB_MIGRATE is {env.get('SHOPMESH_DB_MIGRATE')!r}, not {want_migrate!r}"
     db = env.get(f"SHOPMESH_{svc.upper()}_DATABASE_URL")
     assert isinstance(db, dict) and db["secretKeyRef"]["key"] == f"{svc}-database-url", f"{svc}: database URL is not its own key of a Secret"
     others = [k for k in env if k.endswith("_DATABASE_URL") and k != f"SHOPMESH_{svc.upper()}_DATABASE_URL"]
@@ -142,7 +219,7 @@ def check_service(r: Rendered, svc: str) -> str:
     # Probes: native gRPC on the service's port (on the plaintext probe port when the gRPC port
     # requires mTLS, which the kubelet cannot speak); liveness/startup ask "liveness", readiness
     # its own name.
-    probe_port = r.values["tls"]["probePort"] if r.values["tls"]["enabled"] else port
+    probe_port = r.values["tls"]["probePort"] if tls_on(r.values) else port
     for probe, health in (("startupProbe", "liveness"), ("livenessProbe", "liveness"), ("readinessProbe", grpc_name)):
         grpc = container.get(probe, {}).get("grpc")
         assert grpc, f"{svc}: no gRPC {probe}"
@@ -155,10 +232,13 @@ def check_service(r: Rendered, svc: str) -> str:
     for part in ("requests", "limits"):
         for resource in ("cpu", "memory"):
             assert resource in res.get(part, {}), f"{svc}: no {resource} {part}"
-    keys = {t["topologyKey"] for t in pod.get("topologySpreadConstraints", [])}
-    assert {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= keys, f"{svc}: not spread over zones and nodes: {keys}"
-    for t in pod["topologySpreadConstraints"]:
-        assert selects(t["labelSelector"]["matchLabels"], labels), f"{svc}: a topology spread constraint selects other pods"
+    if cfg.get("topologySpreadConstraints") is None:
+        keys = {t["topologyKey"] for t in pod.get("topologySpreadConstraints", [])}
+        assert {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= keys, f"{svc}: not spread over zones and nodes: {keys}"
+        for t in pod["topologySpreadConstraints"]:
+            assert selects(t["labelSelector"]["matchLabels"], labels), f"{svc}: a topology spread constraint selects other pods"
+    else:
+        assert pod.get("topologySpreadConstraints", []) == cfg["topologySpreadConstraints"], f"{svc}: topologySpreadConstraints not the values' override"
 
     grace = pod.get("terminationGracePeriodSeconds")
     drain, shutdown = seconds(env["SHOPMESH_DRAIN_DELAY"]), seconds(env["SHOPMESH_SHUTDOWN_TIMEOUT"])
@@ -180,62 +260,117 @@ def check_service(r: Rendered, svc: str) -> str:
     sa = r.one("ServiceAccount", name(svc))
     assert sa.get("automountServiceAccountToken") is False, f"{svc}: the ServiceAccount mounts its token"
 
-    hpas = [h for h in r.kind("HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == name(svc)]
-    assert len(hpas) == 1, f"{svc}: {len(hpas)} HPAs target Deployment {name(svc)}"
-    hpa = hpas[0]
-    assert hpa["apiVersion"] == "autoscaling/v2", f"{svc}: HPA is {hpa['apiVersion']}"
-    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment", f"{svc}: HPA does not target a Deployment"
-    assert hpa["spec"].get("minReplicas", 1) >= 2, f"{svc}: HPA minReplicas {hpa['spec'].get('minReplicas', 1)} < 2"
-    assert hpa["spec"]["maxReplicas"] >= hpa["spec"]["minReplicas"], f"{svc}: HPA maxReplicas below minReplicas"
-    metrics = hpa["spec"].get("metrics", [])
-    assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in metrics), f"{svc}: HPA does not scale on CPU"
-    behavior = hpa["spec"].get("behavior", {})
-    assert behavior.get("scaleUp") and behavior.get("scaleDown"), f"{svc}: HPA has no scale-up and scale-down behaviour"
-
     pdbs = [p for p in r.kind("PodDisruptionBudget") if selects(p["spec"]["selector"]["matchLabels"], labels)]
     assert len(pdbs) == 1, f"{svc}: {len(pdbs)} PodDisruptionBudgets select its pods"
     assert pdbs[0]["spec"]["selector"]["matchLabels"] == selector, f"{svc}: the PDB's selector is not the Deployment's"
     return f"{grace}s grace >= {drain}s + {shutdown}s + {GRACE_MARGIN_SECONDS}s"
 
 
-def check_order_upstreams(r: Rendered) -> str:
-    env = env_of(r.one("Deployment", name("order"))["spec"]["template"]["spec"]["containers"][0])
-    for callee, var in (("user", "SHOPMESH_USER_URL"), ("payment", "SHOPMESH_PAYMENT_URL")):
-        want = f"http://{headless(callee)}.{NAMESPACE}.svc.cluster.local:{SERVICES[callee][0]}"
-        assert env.get(var) == want, f"order: {var} is {env.get(var)!r}, not the headless Service {want!r}"
-        r.one("Service", headless(callee))
-    return "user and payment by headless names"
+def check_autoscaler(r: Rendered) -> str:
+    """Exactly one autoscaler per Deployment: the chart's HPA, a KEDA ScaledObject, or none."""
+    states = []
+    for svc in services_of(r):
+        as_ = settings(r, svc)["autoscaling"]
+        deploy = r.one("Deployment", name(svc))
+        hpas = [h for h in r.kind("HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == name(svc)]
+        scaled = [o for o in r.kind("ScaledObject") if o["spec"]["scaleTargetRef"]["name"] == name(svc)]
+        if not as_["enabled"]:
+            assert not hpas and not scaled, f"{svc}: an autoscaler with autoscaling.enabled false"
+            assert deploy["spec"].get("replicas") == as_["minReplicas"] >= 2, f"{svc}: no autoscaler, replicas {deploy['spec'].get('replicas')}"
+            states.append(f"{svc} fixed {as_['minReplicas']}")
+            continue
+        assert "replicas" not in deploy["spec"], f"{svc}: the Deployment sets replicas, which the autoscaler owns"
+        if as_["keda"]["enabled"]:
+            assert not hpas, f"{svc}: KEDA on, and the chart renders an HPA too (two HPAs on one Deployment)"
+            assert len(scaled) == 1, f"{svc}: {len(scaled)} ScaledObjects"
+            so = scaled[0]["spec"]
+            assert so["minReplicaCount"] >= 2 and so["maxReplicaCount"] >= so["minReplicaCount"], f"{svc}: ScaledObject replicas {so['minReplicaCount']}..{so['maxReplicaCount']}"
+            (prom,) = [t for t in so["triggers"] if t["type"] == "prometheus"]
+            query = prom["metadata"]["query"]
+            # The service's own API only: an exact rpc_service leaves health and reflection out.
+            assert f'rpc_service="{SERVICES[svc][1]}"' in query, f"{svc}: KEDA query {query!r} does not select the service's own calls"
+            metric = "rpc_server_active_requests" if as_["keda"]["metric"] == "inflight" else "rpc_server_call_duration_seconds_count"
+            assert metric in query, f"{svc}: KEDA query {query!r} is not on {metric}"
+            assert prom.get("metricType") == "AverageValue", f"{svc}: KEDA's prometheus trigger is not per pod"
+            assert so.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior"), f"{svc}: KEDA's HPA has no behaviour"
+            states.append(f"{svc} KEDA")
+            continue
+        assert not scaled, f"{svc}: a ScaledObject with KEDA off"
+        assert len(hpas) == 1, f"{svc}: {len(hpas)} HPAs target Deployment {name(svc)}"
+        hpa = hpas[0]
+        assert hpa["apiVersion"] == "autoscaling/v2", f"{svc}: HPA is {hpa['apiVersion']}"
+        assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment", f"{svc}: HPA does not target a Deployment"
+        assert hpa["spec"].get("minReplicas", 1) >= 2, f"{svc}: HPA minReplicas {hpa['spec'].get('minReplicas', 1)} < 2"
+        assert hpa["spec"]["maxReplicas"] >= hpa["spec"]["minReplicas"], f"{svc}: HPA maxReplicas below minReplicas"
+        metrics = hpa["spec"].get("metrics", [])
+        assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in metrics), f"{svc}: HPA does not scale on CPU"
+        behavior = hpa["spec"].get("behavior", {})
+        assert behavior.get("scaleUp") and behavior.get("scaleDown"), f"{svc}: HPA has no scale-up and scale-down behaviour"
+        states.append(f"{svc} HPA")
+    return ", ".join(states)
+
+
+def check_upstreams(r: Rendered) -> str:
+    """Callers get absolute headless names (trailing dot: no search-domain walk) of their callees only."""
+    done = []
+    for svc in services_of(r):
+        env = env_of(container_of(r, svc))
+        callees = [c for c in settings(r, svc).get("calls", []) if c in services_of(r)]
+        urls = {k for k in env if re.fullmatch(r"SHOPMESH_[A-Z]+_URL", k)}
+        assert urls == {f"SHOPMESH_{c.upper()}_URL" for c in callees}, f"{svc}: URLs {sorted(urls)} for callees {callees}"
+        for callee in callees:
+            want = f"http://{fqdn(headless(callee))}:{SERVICES[callee][0]}"
+            got = env.get(f"SHOPMESH_{callee.upper()}_URL")
+            assert got == want, f"{svc}: SHOPMESH_{callee.upper()}_URL is {got!r}, not the absolute headless name {want!r}"
+            r.one("Service", headless(callee))
+            done.append(f"{svc}->{callee}")
+    return ", ".join(done) + f" (*.svc.{DOMAIN})"
 
 
 def check_migration(r: Rendered) -> str:
     job = r.one("Job", f"{RELEASE}-migrate")
     ann = job["metadata"].get("annotations", {})
-    assert set(ann.get("helm.sh/hook", "").split(",")) == {"pre-install", "pre-upgrade"}, f"migrate Job hook is {ann.get('helm.sh/hook')!r}"
+    bundled = r.values["postgresql"]["enabled"]
+    # Bundled: no database exists before install (hooks run first), so the Job runs pre-upgrade
+    # only; external: before install and upgrade.
+    want_hooks = {"pre-upgrade"} if bundled else {"pre-install", "pre-upgrade"}
+    assert set(ann.get("helm.sh/hook", "").split(",")) == want_hooks, f"migrate Job hook is {ann.get('helm.sh/hook')!r}, not {sorted(want_hooks)}"
     assert "before-hook-creation" in ann.get("helm.sh/hook-delete-policy", ""), "migrate Job is not replaced on the next run"
-    pod = job["spec"]["template"]["spec"]
+    spec = job["spec"]
+    assert spec.get("activeDeadlineSeconds") and spec.get("backoffLimit", 6) <= 2, f"migrate Job is not bounded: {spec.get('activeDeadlineSeconds')}, backoffLimit {spec.get('backoffLimit')}"
+    pod = spec["template"]["spec"]
     check_hardened(pod, "migrate Job")
     assert pod.get("automountServiceAccountToken") is False, "migrate Job mounts a ServiceAccount token"
     args = sorted(tuple(c["args"]) for c in pod["containers"])
-    assert args == sorted(("migrate", s) for s in SERVICES), f"migrate Job runs {args}"
-    existing = r.values.get("database", {}).get("existingSecret")
+    assert args == sorted(("migrate", s) for s in services_of(r)), f"migrate Job runs {args}"
+    # The wait: bounded, logged, before the migrations.
+    (wait,) = pod.get("initContainers", [])
+    wenv = env_of(wait)
+    assert wenv.get("WAIT_SECONDS") == str(r.values["database"]["waitTimeoutSeconds"]), f"the wait is not bounded by database.waitTimeoutSeconds: {wenv.get('WAIT_SECONDS')}"
+    assert int(wenv["WAIT_SECONDS"]) < spec["activeDeadlineSeconds"], "the Job's deadline is shorter than its wait"
+    script_cm = r.one("ConfigMap", f"{RELEASE}-migrate-scripts")
+    script = script_cm["data"]["provision.sh"]
+    assert "waiting for PostgreSQL at" in script and "gave up" in script and "deadline" in script, "the wait script does not log what it waits for or give up"
+    assert set(script_cm["metadata"]["annotations"]["helm.sh/hook"].split(",")) == want_hooks, "the wait script is not a hook of the same events"
+    assert wenv.get("SERVICES", "").split() == services_of(r), f"the wait covers {wenv.get('SERVICES')}"
+    existing = r.values["database"]["existingSecret"]
     for c in pod["containers"]:
         svc = c["args"][1]
         ref = env_of(c)[f"SHOPMESH_{svc.upper()}_DATABASE_URL"]["secretKeyRef"]
         if existing:
             assert ref["name"] == existing, f"migrate/{svc} reads Secret {ref['name']}, not the existing {existing}"
         else:
-            # On a first install pre-install hooks run before the release's Secret exists: the
-            # Secret the Job reads must be a hook of the same events, created before it.
+            # The release's Secret is updated after pre-upgrade hooks: the Job reads a hook copy
+            # of the same events, created before it.
             secret = r.one("Secret", ref["name"])
             sann = secret["metadata"].get("annotations", {})
-            assert set(sann.get("helm.sh/hook", "").split(",")) >= {"pre-install", "pre-upgrade"}, (
-                f"migrate/{svc} reads Secret {ref['name']}, which is not a pre-install/pre-upgrade hook"
-            )
-            assert int(sann.get("helm.sh/hook-weight", 0)) < int(ann.get("helm.sh/hook-weight", 0)), (
-                f"Secret {ref['name']} is not created before the migrate Job (hook weight)"
-            )
-            assert f"{svc}-database-url" in secret["data"], f"Secret {ref['name']} has no {svc}-database-url"
-    return "pre-install,pre-upgrade, " + ("existing Secret" if existing else "hook Secret created first")
+            assert set(sann.get("helm.sh/hook", "").split(",")) >= want_hooks, f"migrate/{svc} reads Secret {ref['name']}, which is not a hook of {sorted(want_hooks)}"
+            assert int(sann.get("helm.sh/hook-weight", 0)) < int(ann.get("helm.sh/hook-weight", 0)), f"Secret {ref['name']} is not created before the migrate Job (hook weight)"
+            release_secret = r.one("Secret", f"{RELEASE}-database")
+            assert secret["data"][f"{svc}-database-url"] == release_secret["data"][f"{svc}-database-url"], f"migrate/{svc}: the hook's URL differs from the pods'"
+    if bundled:
+        assert wenv.get("PROVISION") == "true" and isinstance(wenv.get("PGPASSWORD"), dict), "the pre-upgrade Job does not create the databases of new services"
+    return f"{','.join(sorted(want_hooks))}, wait <= {wenv['WAIT_SECONDS']}s logged, " + ("existing Secret" if existing else "hook Secret created first")
 
 
 def check_test_pod(r: Rendered) -> str:
@@ -247,20 +382,19 @@ def check_test_pod(r: Rendered) -> str:
     got = sorted(c["args"] for c in pod["containers"])
     tls = r.values["tls"]
     want = sorted(
-        ["healthcheck", f"{headless(s)}.{NAMESPACE}.svc.cluster.local:{tls['probePort'] if tls['enabled'] else port}", grpc]
-        for s, (port, grpc) in SERVICES.items()
+        ["healthcheck", f"{fqdn(headless(s))}:{tls['probePort'] if tls_on(r.values) else SERVICES[s][0]}", SERVICES[s][1]]
+        for s in services_of(r)
     )
     assert got == want, f"helm test pod runs {got}, expected {want}"
     return "shopmesh healthcheck per service"
 
 
 def check_secret(r: Rendered) -> str:
-    existing = r.values.get("database", {}).get("existingSecret")
-    deployments = [r.one("Deployment", name(s)) for s in SERVICES]
+    existing = r.values["database"]["existingSecret"]
     refs = {
-        env_of(d["spec"]["template"]["spec"]["containers"][0])[f"SHOPMESH_{s.upper()}_DATABASE_URL"]["secretKeyRef"]["name"]
-        for s, d in zip(SERVICES, deployments)
+        env_of(container_of(r, s))[f"SHOPMESH_{s.upper()}_DATABASE_URL"]["secretKeyRef"]["name"] for s in services_of(r)
     }
+    deployments = [r.one("Deployment", name(s)) for s in services_of(r)]
     if existing:
         assert refs == {existing}, f"Deployments read Secrets {refs}, not {existing}"
         assert not r.kind("Secret"), f"the chart creates Secrets although database.existingSecret is set: {[s['metadata']['name'] for s in r.kind('Secret')]}"
@@ -268,17 +402,64 @@ def check_secret(r: Rendered) -> str:
     (ref,) = refs
     secret = r.one("Secret", ref)
     assert "helm.sh/hook" not in secret["metadata"].get("annotations", {}), "the Deployments' Secret is a hook (it would outlive the release)"
-    assert set(secret["data"]) == {f"{s}-database-url" for s in SERVICES}, f"Secret keys are {sorted(secret['data'])}"
+    assert set(secret["data"]) == {f"{s}-database-url" for s in services_of(r)}, f"Secret keys are {sorted(secret['data'])}"
+    passwords = r.one("Secret", f"{RELEASE}-postgresql")["data"]
+    import base64
+    seen = set()
+    for s in services_of(r):
+        url = base64.b64decode(secret["data"][f"{s}-database-url"]).decode()
+        pw = base64.b64decode(passwords[f"{s}-password"]).decode()
+        want = f"postgres://shopmesh_{s}:{pw}@{fqdn(RELEASE + '-postgresql')}:5432/shopmesh_{s}"
+        assert url == want, f"{s}: database URL {url!r} is not the bundled PostgreSQL's with its generated password"
+        assert len(pw) >= 24 and pw != f"shopmesh_{s}", f"{s}: a weak or fixed password"
+        seen.add(pw)
+    assert len(seen) == len(services_of(r)), "services share a password"
     for d in deployments:
         ann = d["spec"]["template"]["metadata"].get("annotations", {})
         assert "checksum/database" in ann, f"{d['metadata']['name']}: pods do not roll when the database Secret changes"
-    return f"Secret {ref} created, pods carry its checksum"
+    return f"Secret {ref}: generated passwords, one role per service, pods carry its checksum"
+
+
+def check_postgresql(r: Rendered) -> str:
+    sts = [s for s in r.kind("StatefulSet") if s["metadata"]["name"] == f"{RELEASE}-postgresql"]
+    if not r.values["postgresql"]["enabled"]:
+        assert not sts and not [s for s in r.kind("Service") if s["metadata"]["name"] == f"{RELEASE}-postgresql"], "PostgreSQL rendered with postgresql.enabled false"
+        return "off: none rendered"
+    (ss,) = sts
+    assert ss["spec"]["replicas"] == 1, "PostgreSQL is not a single instance"
+    pod = ss["spec"]["template"]["spec"]
+    check_hardened(pod, "PostgreSQL")
+    assert pod.get("automountServiceAccountToken") is False, "PostgreSQL mounts a ServiceAccount token"
+    assert pod["securityContext"].get("fsGroup") == pod["securityContext"].get("runAsUser"), "the data volume is not writable by the postgres user"
+    (c,) = pod["containers"]
+    assert c["image"].startswith(r.values["postgresql"]["image"]["repository"] + ":"), f"image {c['image']}"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe in c, f"PostgreSQL has no {probe}"
+    assert "pg_isready" in c["readinessProbe"]["exec"]["command"], "readiness is not pg_isready"
+    env = env_of(c)
+    assert env["POSTGRES_PASSWORD"]["secretKeyRef"]["key"] == "postgres-password", "the superuser password is not from the Secret"
+    assert env.get("PGDATA", "").startswith("/var/lib/postgresql/data/"), f"PGDATA {env.get('PGDATA')} is not below the volume's mount"
+    for s in services_of(r):
+        assert env[f"SHOPMESH_{s.upper()}_PASSWORD"]["secretKeyRef"]["key"] == f"{s}-password", f"no password for {s}'s role"
+    assert env.get("SERVICES", "").split() == services_of(r), f"PostgreSQL creates databases for {env.get('SERVICES')}"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    (claim,) = ss["spec"]["volumeClaimTemplates"]
+    assert mounts.get("/var/lib/postgresql/data") == claim["metadata"]["name"], "the data directory is not on the PVC"
+    assert claim["spec"]["resources"]["requests"]["storage"] == r.values["postgresql"]["persistence"]["size"], "PVC size"
+    init = {v["name"]: v for v in pod["volumes"]}[mounts["/docker-entrypoint-initdb.d"]]
+    cm = r.one("ConfigMap", init["configMap"]["name"])
+    assert "CREATE DATABASE" in cm["data"]["provision.sh"] and init["configMap"].get("defaultMode") == 0o555, "the init script does not create the databases or is not executable"
+    service = r.one("Service", f"{RELEASE}-postgresql")
+    assert selects(service["spec"]["selector"], ss["spec"]["template"]["metadata"]["labels"]), "the PostgreSQL Service does not select its pod"
+    secret = r.one("Secret", f"{RELEASE}-postgresql")
+    assert secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep", "the passwords are deleted on uninstall (the PVC stays)"
+    return f"StatefulSet, PVC {claim['spec']['resources']['requests']['storage']}, {len(services_of(r))} databases and roles"
 
 
 def check_otel(r: Rendered) -> str:
     endpoint = r.values.get("otel", {}).get("endpoint")
-    for svc in SERVICES:
-        env = env_of(r.one("Deployment", name(svc))["spec"]["template"]["spec"]["containers"][0])
+    for svc in services_of(r):
+        env = env_of(container_of(r, svc))
         otel = {k: v for k, v in env.items() if k.startswith("OTEL_")}
         if not endpoint:
             assert not otel, f"{svc}: OTEL variables set with no endpoint: {sorted(otel)}"
@@ -291,43 +472,53 @@ def check_otel(r: Rendered) -> str:
 
 def check_network_policy(r: Rendered) -> str:
     policies = r.kind("NetworkPolicy")
-    if not r.values.get("networkPolicy", {}).get("enabled"):
+    np = r.values["networkPolicy"]
+    if not np["enabled"]:
         assert not policies, "NetworkPolicies rendered with networkPolicy.enabled false"
         return "off: none rendered"
-    assert len(policies) == len(SERVICES), f"{len(policies)} NetworkPolicies for {len(SERVICES)} services"
-    pod_labels = {s: r.one("Deployment", name(s))["spec"]["template"]["metadata"]["labels"] for s in SERVICES}
+    services = services_of(r)
+    bundled = r.values["postgresql"]["enabled"]
+    assert len(policies) == len(services) + bundled, f"{len(policies)} NetworkPolicies for {len(services)} services" + (" and PostgreSQL" if bundled else "")
+    pod_labels = {s: r.one("Deployment", name(s))["spec"]["template"]["metadata"]["labels"] for s in services}
+    public = public_methods(r.values, services)
+    edge = np["edgeClients"]
 
-    def policy_of(svc: str) -> Manifest:
-        (p,) = [p for p in policies if selects(p["spec"]["podSelector"]["matchLabels"], pod_labels[svc])]
-        assert set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}, f"{svc}: policy does not isolate both directions"
+    def policy_of(labels: dict) -> Manifest:
+        (p,) = [p for p in policies if selects(p["spec"]["podSelector"]["matchLabels"], labels)]
+        assert set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}, f"{labels}: policy does not isolate both directions"
         return p
 
-    for callee in ("user", "payment"):
+    for callee in services:
         port = SERVICES[callee][0]
-        rules = [rule for rule in policy_of(callee)["spec"]["ingress"] if any(p["port"] == port for p in rule.get("ports", []))]
+        callers = [s for s in services if callee in settings(r, s).get("calls", [])]
+        rules = [rule for rule in policy_of(pod_labels[callee])["spec"]["ingress"] if any(p["port"] == port for p in rule.get("ports", []))]
         peers = [peer for rule in rules for peer in rule.get("from", [{}])]
-        services_allowed = {
-            s for s in SERVICES for peer in peers if "podSelector" in peer and selects(peer["podSelector"]["matchLabels"], pod_labels[s])
+        allowed = {s for s in services for peer in peers if "podSelector" in peer and "namespaceSelector" not in peer and selects(peer["podSelector"]["matchLabels"], pod_labels[s])}
+        assert allowed == set(callers), f"{callee}: gRPC port {port} is open to {sorted(allowed) or 'no service'}, not {sorted(callers) or 'none'}"
+        outside = [p for p in peers if not ("podSelector" in p and "namespaceSelector" not in p) and p not in np["probeSources"]]
+        # The edge reaches exactly the services the policy lets the edge identity call.
+        want_outside = edge if callee in public else []
+        assert outside == want_outside, f"{callee}: gRPC port {port} is open to {outside} from outside the release, expected {want_outside} (public: {sorted(public)})"
+    for caller in services:
+        egress = policy_of(pod_labels[caller])["spec"]["egress"]
+        reach = {
+            s for s in services for rule in egress for peer in rule.get("to", [])
+            if "podSelector" in peer and selects(peer["podSelector"]["matchLabels"], pod_labels[s])
+            and any(p["port"] == SERVICES[s][0] for p in rule.get("ports", []))
         }
-        assert services_allowed == {"order"}, f"{callee}: gRPC port {port} is open to {sorted(services_allowed) or 'no service'}, not only order"
-        assert all("podSelector" in p or p in r.values["networkPolicy"].get("probeSources", []) for p in peers), (
-            f"{callee}: gRPC port {port} is open to peers outside the release: {peers}"
-        )
-    egress = policy_of("order")["spec"]["egress"]
-    for callee in ("user", "payment"):
-        port = SERVICES[callee][0]
-        assert any(
-            any(p["port"] == port for p in rule.get("ports", []))
-            and any(selects(peer.get("podSelector", {}).get("matchLabels", {"-": "-"}), pod_labels[callee]) for peer in rule.get("to", []))
-            for rule in egress
-        ), f"order may not call {callee} on {port}"
-    for svc in ("user", "payment"):
-        for rule in policy_of(svc)["spec"]["egress"]:
-            for peer in rule.get("to", []):
-                for other in SERVICES:
-                    if other != svc and "podSelector" in peer:
-                        assert not selects(peer["podSelector"]["matchLabels"], pod_labels[other]), f"{svc} may call {other}"
-    return "on: user and payment take gRPC from order only"
+        want = {c for c in settings(r, caller).get("calls", []) if c in services}
+        assert reach == want, f"{caller} may call {sorted(reach)}, not {sorted(want)}"
+    if bundled:
+        pg_labels = r.one("StatefulSet", f"{RELEASE}-postgresql")["spec"]["template"]["metadata"]["labels"]
+        pg = policy_of(pg_labels)
+        peers = [peer for rule in pg["spec"]["ingress"] for peer in rule.get("from", [])]
+        comps = sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers if "podSelector" in p)
+        assert comps == sorted(services + ["migrate"]), f"PostgreSQL admits {comps}"
+        assert pg["spec"].get("egress") == [], "PostgreSQL may call out"
+        for s in services:
+            egress = policy_of(pod_labels[s])["spec"]["egress"]
+            assert any(selects(peer.get("podSelector", {}).get("matchLabels", {"-": "-"}), pg_labels) for rule in egress for peer in rule.get("to", [])), f"{s} may not reach PostgreSQL"
+    return f"on: callers {CALLS}, edge to {sorted(public) if edge else 'nobody'}"
 
 
 def check_service_monitor(r: Rendered) -> str:
@@ -336,8 +527,8 @@ def check_service_monitor(r: Rendered) -> str:
     if not sm.get("enabled"):
         assert not monitors, "ServiceMonitors rendered with serviceMonitor.enabled false"
         return "off: none rendered"
-    assert len(monitors) == len(SERVICES), f"{len(monitors)} ServiceMonitors for {len(SERVICES)} services"
-    for svc in SERVICES:
+    assert len(monitors) == len(services_of(r)), f"{len(monitors)} ServiceMonitors for {len(services_of(r))} services"
+    for svc in services_of(r):
         service = r.one("Service", headless(svc))
         matching = [m for m in monitors if selects(m["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])]
         assert len(matching) == 1, f"{svc}: {len(matching)} ServiceMonitors select its Service"
@@ -354,32 +545,56 @@ TLS_ENV = ("SHOPMESH_TLS_CERT", "SHOPMESH_TLS_KEY", "SHOPMESH_TLS_CA", "SHOPMESH
 
 def check_tls(r: Rendered) -> str:
     tls = r.values["tls"]
-    for svc in SERVICES:
+    certs = {c["spec"]["secretName"]: c for c in r.kind("Certificate")}
+    for svc in services_of(r):
         pod = r.one("Deployment", name(svc))["spec"]["template"]["spec"]
-        (container,) = pod["containers"]
+        container = container_of(r, svc)
         env = env_of(container)
         mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        if not tls["enabled"]:
-            assert not [k for k in TLS_ENV if k in env], f"{svc}: TLS settings with tls.enabled false"
-            assert "probe" not in ports, f"{svc}: a probe port with tls.enabled false"
-            assert not [v for v in volumes.values() if "secret" in v], f"{svc}: a Secret volume with tls.enabled false"
+        if not tls_on(r.values):
+            assert not [k for k in TLS_ENV if k in env], f"{svc}: TLS settings with mTLS off"
+            assert "probe" not in ports, f"{svc}: a probe port with mTLS off"
+            assert not [v for v in volumes.values() if "secret" in v], f"{svc}: a Secret volume with mTLS off"
             continue
         # Each file must lie in a read-only mount of this service's own Secret.
+        want = tls["secretNames"].get(svc) or f"{name(svc)}-tls"
         for var, key in (("SHOPMESH_TLS_CERT", "tls.crt"), ("SHOPMESH_TLS_KEY", "tls.key"), ("SHOPMESH_TLS_CA", "ca.crt")):
             path = env.get(var)
             assert isinstance(path, str) and path.endswith("/" + key), f"{svc}: {var} is {path!r}, not a {key}"
             mount = mounts.get(path.rsplit("/", 1)[0])
             assert mount and mount.get("readOnly") is True, f"{svc}: {var} {path} is not in a read-only mount"
             secret = volumes[mount["name"]].get("secret", {})
-            want = tls["secretNames"].get(svc) or f"{name(svc)}-tls"
             assert secret.get("secretName") == want, f"{svc}: {var} comes from Secret {secret.get('secretName')!r}, not {want!r}"
             assert secret.get("defaultMode", 0o644) & 0o077 == 0, f"{svc}: the TLS Secret's files are readable by others"
         assert env.get("SHOPMESH_TRUST_DOMAIN") == tls["trustDomain"], f"{svc}: trust domain is {env.get('SHOPMESH_TRUST_DOMAIN')!r}"
         assert env.get("SHOPMESH_PROBE_LISTEN") == f"0.0.0.0:{tls['probePort']}", f"{svc}: probe port listens on {env.get('SHOPMESH_PROBE_LISTEN')!r}"
         assert ports.get("probe") == tls["probePort"] != ports.get("grpc"), f"{svc}: probe port {ports.get('probe')} is not a port of its own"
-    return f"on: own Secret per service, probes on {tls['probePort']}" if tls["enabled"] else "off: no TLS settings"
+        if tls["certManager"]["enabled"]:
+            cert = certs.get(want)
+            assert cert, f"{svc}: no cert-manager Certificate writes Secret {want}"
+            spiffe = f"spiffe://{tls['trustDomain']}/ns/{NAMESPACE}/sa/{name(svc)}"
+            assert cert["spec"].get("uris") == [spiffe], f"{svc}: certificate identity {cert['spec'].get('uris')}, not its ServiceAccount's {spiffe}"
+            assert {"client auth", "server auth"} <= set(cert["spec"].get("usages", [])), f"{svc}: certificate usages {cert['spec'].get('usages')}"
+    if not tls_on(r.values) or not tls["certManager"]["enabled"]:
+        assert not r.kind("Certificate") and not r.kind("Issuer"), "cert-manager objects with cert-manager off"
+        return f"{'on, your Secrets' if tls_on(r.values) else 'off: no TLS settings'}"
+    issuer = tls["certManager"]["issuerRef"]
+    for cert in certs.values():
+        if cert["spec"].get("isCA"):
+            continue
+        ref = cert["spec"]["issuerRef"]
+        if issuer:
+            assert ref["name"] == issuer["name"] and ref.get("kind") == issuer.get("kind"), f"{cert['metadata']['name']}: issued by {ref}, not {issuer}"
+        else:
+            ca = r.one("Issuer", ref["name"])
+            ca_cert = r.one("Certificate", ref["name"])
+            assert ca["spec"]["ca"]["secretName"] == ca_cert["spec"]["secretName"] and ca_cert["spec"].get("isCA") is True, "the mesh CA Issuer does not sign with the CA certificate"
+            assert "selfSigned" in r.one("Issuer", ca_cert["spec"]["issuerRef"]["name"])["spec"], "the mesh CA is not self-signed"
+    if issuer:
+        assert not r.kind("Issuer"), "the chart creates a CA although tls.certManager.issuerRef names one"
+    return f"on: cert-manager, {len(certs)} certificates with SPIFFE IDs, probes on {tls['probePort']}"
 
 
 def shipped_policy_rules(namespace: str) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -390,11 +605,10 @@ def shipped_policy_rules(namespace: str) -> list[tuple[tuple[str, ...], tuple[st
 
 def check_authz(r: Rendered) -> str:
     maps = [c for c in r.kind("ConfigMap") if c["metadata"]["name"] == f"{RELEASE}-authz-policy"]
-    if not r.values["authz"]["enabled"]:
-        assert not maps, "authz policy ConfigMap rendered with authz.enabled false"
-        for svc in SERVICES:
-            env = env_of(r.one("Deployment", name(svc))["spec"]["template"]["spec"]["containers"][0])
-            assert "SHOPMESH_AUTHZ_POLICY" not in env, f"{svc}: a policy with authz.enabled false"
+    if not authz_on(r.values):
+        assert not maps, "authz policy ConfigMap rendered with the policy off"
+        for svc in services_of(r):
+            assert "SHOPMESH_AUTHZ_POLICY" not in env_of(container_of(r, svc)), f"{svc}: a policy with authz off"
         return "off: no policy"
     (cm,) = maps
     policy = json.loads(cm["data"]["policy.json"])
@@ -404,10 +618,10 @@ def check_authz(r: Rendered) -> str:
         assert got == shipped_policy_rules(NAMESPACE), f"the chart's policy differs from deploy/authz-policy.json:\n{got}"
     charge = [callers for callers, methods in got if "/shopmesh.payment.v1.PaymentService/Charge" in methods]
     assert charge == [(f"spiffe://{r.values['tls']['trustDomain']}/ns/{NAMESPACE}/sa/{name('order')}",)], f"Charge may be called by {charge}"
-    for svc in SERVICES:
+    for svc in services_of(r):
         deploy = r.one("Deployment", name(svc))
         pod = deploy["spec"]["template"]["spec"]
-        (container,) = pod["containers"]
+        container = container_of(r, svc)
         path = env_of(container).get("SHOPMESH_AUTHZ_POLICY")
         assert isinstance(path, str) and path.endswith("/policy.json"), f"{svc}: SHOPMESH_AUTHZ_POLICY is {path!r}"
         mount = {m["mountPath"]: m for m in container.get("volumeMounts", [])}.get(path.rsplit("/", 1)[0])
@@ -419,25 +633,44 @@ def check_authz(r: Rendered) -> str:
     return f"on: {len(got)} rules, mounted in every service"
 
 
+def check_shipped_policy() -> str:
+    """The catalog's rules, in deploy/authz-policy.json (the chart's must equal it: check_authz)."""
+    rules = shipped_policy_rules("default")
+    who = lambda method: sorted({c for callers, methods in rules if method in methods for c in callers})  # noqa: E731
+    sa = lambda n: f"spiffe://cluster.local/ns/default/sa/{n}"  # noqa: E731
+    for m in ("CreateProduct", "UpdateProduct"):
+        assert who(f"/shopmesh.catalog.v1.CatalogService/{m}") == [sa("shopmesh-admin")], f"{m} may be called by {who(f'/shopmesh.catalog.v1.CatalogService/{m}')}"
+    for m in ("GetProduct", "ListProducts", "BatchGetProducts"):
+        assert who(f"/shopmesh.catalog.v1.CatalogService/{m}") == sorted([sa("shopmesh-gateway"), sa("shopmesh-order")]), f"{m} may be called by {who(f'/shopmesh.catalog.v1.CatalogService/{m}')}"
+    assert not [1 for _, methods in rules if "/shopmesh.catalog.v1.CatalogService/*" in methods], "a rule allows every catalog method"
+    return "catalog: admin writes; order and gateway read"
+
+
 # The chart's default authz.policy, filled in by run_checks (compared to the shipped file).
 Chart_default_policy: list[dict] = [{}]
 
 
 def check_in_flight_metric(r: Rendered) -> str:
-    defaults = r.values["defaults"]["autoscaling"]
     states = []
-    for svc in SERVICES:
-        settings = merged(defaults, r.values["services"][svc].get("autoscaling", {}))["inFlightRequests"]
+    for svc in services_of(r):
+        as_ = settings(r, svc)["autoscaling"]
+        if not as_["enabled"] or as_["keda"]["enabled"]:
+            continue
+        s = as_["inFlightRequests"]
         hpa = r.one("HorizontalPodAutoscaler", name(svc))
         pods = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
-        if settings["enabled"]:
+        if s["enabled"]:
             assert len(pods) == 1, f"{svc}: in-flight metric enabled but the HPA has {len(pods)} Pods metrics"
-            assert pods[0]["pods"]["metric"]["name"] == settings["metricName"], f"{svc}: HPA uses metric {pods[0]['pods']['metric']['name']}"
+            assert pods[0]["pods"]["metric"]["name"] == s["metricName"], f"{svc}: HPA uses metric {pods[0]['pods']['metric']['name']}"
             assert pods[0]["pods"]["target"]["type"] == "AverageValue", f"{svc}: in-flight target is not a per-pod average"
+            # The adapter rule serving it, shipped in docs/operations.md, must exist and leave
+            # infrastructure calls out.
+            ops = (ROOT / "docs" / "operations.md").read_text()
+            assert f'name: {{as: "{s["metricName"]}"}}' in ops or f"as: {s['metricName']}" in ops, f"docs/operations.md has no adapter rule serving {s['metricName']}"
         else:
             assert not pods, f"{svc}: in-flight metric disabled but the HPA has a Pods metric"
-        states.append(f"{svc} {'on' if settings['enabled'] else 'off'}")
-    return ", ".join(states)
+        states.append(f"{svc} {'on' if s['enabled'] else 'off'}")
+    return ", ".join(states) or "no HPA"
 
 
 # A JSON Web Key Set with one public Ed25519 key, for the renderings with bearer tokens on.
@@ -448,24 +681,23 @@ JWKS_DIR = "/etc/shopmesh/jwt"
 def check_jwt(r: Rendered) -> str:
     jwt = r.values.get("jwt", {})
     maps = [m for m in r.kind("ConfigMap") if m["metadata"]["name"] == f"{RELEASE}-jwks"]
-    for svc in SERVICES:
+    for svc in services_of(r):
         pod_template = r.one("Deployment", name(svc))["spec"]["template"]
         pod = pod_template["spec"]
-        container = pod["containers"][0]
+        container = container_of(r, svc)
         env = env_of(container)
         jwt_env = {k: v for k, v in env.items() if k.startswith("SHOPMESH_JWT_")}
         if not jwt.get("jwks"):
             assert not jwt_env, f"{svc}: bearer-token variables set with no jwt.jwks: {sorted(jwt_env)}"
-            # Other volumes (mTLS certificates, the policy) may be there; the key set may not.
             jwt_mounts = [m for m in container.get("volumeMounts", []) if m.get("mountPath") == JWKS_DIR]
             jwt_volumes = [v for v in pod.get("volumes", []) if v.get("name") == "jwt"]
             assert not jwt_mounts and not jwt_volumes, f"{svc}: a key-set volume with tokens off"
             continue
-        settings = merged(r.values["defaults"], r.values["services"][svc])
+        cfg = settings(r, svc)
         assert env.get("SHOPMESH_JWT_JWKS") == f"{JWKS_DIR}/jwks.json", f"{svc}: SHOPMESH_JWT_JWKS is {env.get('SHOPMESH_JWT_JWKS')!r}"
         assert env.get("SHOPMESH_JWT_ISSUER") == jwt["issuer"], f"{svc}: issuer {env.get('SHOPMESH_JWT_ISSUER')!r}"
         assert env.get("SHOPMESH_JWT_AUDIENCE") == jwt["audience"], f"{svc}: audience {env.get('SHOPMESH_JWT_AUDIENCE')!r}"
-        assert env.get("SHOPMESH_JWT_REQUIRE") == settings["jwtRequire"], f"{svc}: requires tokens {env.get('SHOPMESH_JWT_REQUIRE')!r}, not {settings['jwtRequire']!r}"
+        assert env.get("SHOPMESH_JWT_REQUIRE") == cfg["jwtRequire"], f"{svc}: requires tokens {env.get('SHOPMESH_JWT_REQUIRE')!r}, not {cfg['jwtRequire']!r}"
         (mount,) = [m for m in container.get("volumeMounts", []) if m["mountPath"] == JWKS_DIR]
         assert mount.get("readOnly") is True, f"{svc}: key set mounted writable"
         (volume,) = [v for v in pod.get("volumes", []) if v["name"] == mount["name"]]
@@ -475,13 +707,13 @@ def check_jwt(r: Rendered) -> str:
         assert not maps, "a key-set ConfigMap with jwt.jwks empty"
         return "off: no variables, no ConfigMap"
     assert maps[0]["data"] == {"jwks.json": jwt["jwks"]}, "the ConfigMap does not hold jwt.jwks as jwks.json"
-    return "on: " + ", ".join(f"{svc} {merged(r.values['defaults'], r.values['services'][svc])['jwtRequire']}" for svc in SERVICES)
+    return "on: " + ", ".join(f"{svc} {settings(r, svc)['jwtRequire']}" for svc in services_of(r))
 
 
 def check_limits(r: Rendered) -> str:
-    for svc in SERVICES:
-        limits = merged(r.values["defaults"], r.values["services"][svc])["limits"]
-        env = env_of(r.one("Deployment", name(svc))["spec"]["template"]["spec"]["containers"][0])
+    for svc in services_of(r):
+        limits = settings(r, svc)["limits"]
+        env = env_of(container_of(r, svc))
         want = {
             "SHOPMESH_MAX_METADATA_BYTES": str(limits["maxMetadataBytes"]),
             "SHOPMESH_RATE_LIMIT_RPS": str(limits["rateLimitRps"]),
@@ -489,7 +721,191 @@ def check_limits(r: Rendered) -> str:
         }
         got = {k: env.get(k) for k in want}
         assert got == want, f"{svc}: limits {got}, expected {want}"
-    return ", ".join(f"{svc} {merged(r.values['defaults'], r.values['services'][svc])['limits']['rateLimitRps']}/s" for svc in SERVICES)
+    return ", ".join(f"{svc} {settings(r, svc)['limits']['rateLimitRps']}/s" for svc in services_of(r))
+
+
+def check_extension_points(r: Rendered) -> str:
+    """Whatever the values add to a pod (defaults merged with the service's own) is in the pod."""
+    used = set()
+    for svc in services_of(r):
+        cfg = settings(r, svc)
+        deploy = r.one("Deployment", name(svc))
+        meta = deploy["spec"]["template"]["metadata"]
+        pod = deploy["spec"]["template"]["spec"]
+        container = container_of(r, svc)
+        for k, v in cfg.get("podAnnotations", {}).items():
+            assert meta.get("annotations", {}).get(k) == v, f"{svc}: pod annotation {k} missing"
+            used.add("podAnnotations")
+        for k, v in cfg.get("podLabels", {}).items():
+            if k not in deploy["spec"]["selector"]["matchLabels"]:
+                assert meta["labels"].get(k) == v, f"{svc}: pod label {k} missing"
+                used.add("podLabels")
+        assert selects(deploy["spec"]["selector"]["matchLabels"], meta["labels"]), f"{svc}: podLabels override the selector labels"
+        for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+            if cfg.get(key):
+                assert pod.get(key) == cfg[key], f"{svc}: {key} is {pod.get(key)!r}, not {cfg[key]!r}"
+                used.add(key)
+        for key, where in (("initContainers", pod.get("initContainers", [])), ("extraVolumes", pod.get("volumes", [])),
+                           ("extraVolumeMounts", container.get("volumeMounts", [])), ("envFrom", container.get("envFrom", []))):
+            for item in cfg.get(key, []):
+                assert item in where, f"{svc}: {key} item {item} missing"
+                used.add(key)
+        for item in cfg.get("extraContainers", []):
+            assert item in pod["containers"], f"{svc}: extra container {item.get('name')} missing"
+            used.add("extraContainers")
+        for item in cfg.get("extraEnv", []):
+            assert item in container.get("env", []), f"{svc}: extraEnv {item['name']} missing"
+            used.add("extraEnv")
+        for k, v in cfg.get("serviceAccount", {}).get("annotations", {}).items():
+            assert r.one("ServiceAccount", name(svc))["metadata"].get("annotations", {}).get(k) == v, f"{svc}: ServiceAccount annotation {k} missing"
+            used.add("serviceAccount.annotations")
+        if cfg.get("topologySpreadConstraints") is not None:
+            used.add("topologySpreadConstraints")
+    return ", ".join(sorted(used)) or "none set"
+
+
+def check_edge(r: Rendered) -> str:
+    services = services_of(r)
+    public = public_methods(r.values, services)
+    routes = r.kind("GRPCRoute")
+    ingresses = r.kind("Ingress")
+    if not r.values["gateway"]["enabled"]:
+        assert not routes, "GRPCRoutes with gateway.enabled false"
+    else:
+        assert sorted(rt["spec"]["rules"][0]["backendRefs"][0]["name"] for rt in routes) == sorted(headless(s) for s in public), (
+            f"GRPCRoutes reach {[rt['spec']['rules'][0]['backendRefs'] for rt in routes]}, not the public {sorted(public)}"
+        )
+        for rt in routes:
+            (rule,) = rt["spec"]["rules"]
+            (backend,) = rule["backendRefs"]
+            (svc,) = [s for s in public if headless(s) == backend["name"]]
+            assert backend["port"] == SERVICES[svc][0], f"{svc}: route to port {backend['port']}"
+            assert rt["spec"]["parentRefs"] == r.values["gateway"]["parentRefs"], f"{svc}: parentRefs {rt['spec']['parentRefs']}"
+            assert rt["spec"].get("hostnames", []) == r.values["gateway"]["hostnames"], f"{svc}: hostnames {rt['spec'].get('hostnames')}"
+            got = sorted(f"/{m['method']['service']}/{m['method'].get('method', '*')}" for m in rule["matches"])
+            assert got == sorted(public[svc]), f"{svc}: the route matches {got}, not what the policy lets the edge call {sorted(public[svc])}"
+    if not r.values["ingress"]["enabled"]:
+        assert not ingresses, "an Ingress with ingress.enabled false"
+    else:
+        backends = {}
+        for ing in ingresses:
+            ann = ing["metadata"]["annotations"]
+            assert ing["spec"]["ingressClassName"] == r.values["ingress"]["className"], "IngressClass"
+            if tls_on(r.values):
+                assert ann.get("nginx.ingress.kubernetes.io/backend-protocol") == "GRPCS", f"{ing['metadata']['name']}: not gRPC over TLS to the mTLS services"
+                assert ann.get("nginx.ingress.kubernetes.io/proxy-ssl-secret") == f"{NAMESPACE}/{RELEASE}-edge-tls", f"{ing['metadata']['name']}: does not present the edge's certificate"
+                edge_cert = [c for c in r.kind("Certificate") if c["spec"]["secretName"] == f"{RELEASE}-edge-tls"]
+                if r.values["tls"]["certManager"]["enabled"]:
+                    assert edge_cert and edge_cert[0]["spec"]["uris"] == [f"spiffe://{r.values['tls']['trustDomain']}/ns/{NAMESPACE}/sa/{r.values['edge']['identity']}"], "the edge's certificate does not carry the edge identity"
+            else:
+                assert ann.get("nginx.ingress.kubernetes.io/backend-protocol") == "GRPC", f"{ing['metadata']['name']}: backend protocol {ann.get('nginx.ingress.kubernetes.io/backend-protocol')}"
+            for rule in ing["spec"]["rules"]:
+                for path in rule["http"]["paths"]:
+                    svc = path["backend"]["service"]["name"]
+                    backends.setdefault(svc, set()).add((path["path"], path["pathType"]))
+        want = {headless(s): {(m.rstrip("*"), "Prefix" if m.endswith("/*") else "Exact") for m in ms} for s, ms in public.items()}
+        assert backends == want, f"the Ingress routes {backends}, not what the policy lets the edge call {want}"
+    if not (routes or ingresses):
+        return "off"
+    # Whoever the edge reaches has an identity: mTLS (the edge's certificate) or a required token.
+    if not tls_on(r.values):
+        for s in public:
+            assert r.values["jwt"]["jwks"] and settings(r, s)["jwtRequire"] == "unidentified", f"{s}: exposed without mTLS and without a required token"
+    return f"{len(routes)} GRPCRoutes, {len(ingresses)} Ingresses to {sorted(public)} ({'mTLS' if tls_on(r.values) else 'bearer tokens'})"
+
+
+def check_prometheus_rule(r: Rendered) -> str:
+    rules = r.kind("PrometheusRule")
+    if not r.values["prometheusRule"]["enabled"]:
+        assert not rules, "a PrometheusRule with prometheusRule.enabled false"
+        return "off"
+    (pr,) = rules
+    groups = pr["spec"]["groups"]
+    records = {rule["record"] for g in groups for rule in g["rules"] if "record" in rule}
+    alerts = {rule["alert"]: rule for g in groups for rule in g["rules"] if "alert" in rule}
+    want = {"ShopmeshErrorsBudgetBurnFast", "ShopmeshErrorsBudgetBurnSlow", "ShopmeshLatencyBudgetBurnFast", "ShopmeshLatencyBudgetBurnSlow",
+            "ShopmeshReconcilerPendingTooOld", "ShopmeshCallsShed", "ShopmeshCallsRateLimited", "ShopmeshRetryBudgetExhausted"}
+    assert want <= set(alerts), f"alerts missing: {sorted(want - set(alerts))}"
+    for alert, rule in alerts.items():
+        used = set(re.findall(r"shopmesh:[a-z_]+:[a-z_0-9]+", rule["expr"]))
+        assert used and used <= records, f"{alert}: compares {sorted(used - records) or 'no recording rule'}"
+        assert rule.get("labels", {}).get("severity") in ("critical", "warning"), f"{alert}: no severity"
+    # Multi-window: each burn alert needs a long and a short window.
+    for kind in ("errors", "slow"):
+        for w in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
+            assert f"shopmesh:rpc_server_{kind}:ratio_rate{w}" in records, f"no {kind} ratio over {w}"
+    infra = [rule["record"] for g in groups for rule in g["rules"] if "rpc_server_call_duration_seconds" in rule.get("expr", "") and "grpc\\\\.health" not in rule["expr"]]
+    assert not infra, f"recording rules counting health and reflection calls: {infra}"
+    out = promtool_check(groups)
+    return f"{len(records)} recording rules, {len(alerts)} alerts; {out}"
+
+
+def promtool_check(groups: list) -> str:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed (scripts/check-deploy installs Debian's prometheus)"
+    with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
+        yaml.safe_dump({"groups": groups}, f)
+        f.flush()
+        result = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+    assert result.returncode == 0, f"promtool check rules: {result.stdout}{result.stderr}"
+    return "promtool: " + result.stdout.strip().splitlines()[-1].strip()
+
+
+def check_dashboards(r: Rendered) -> str:
+    maps = [m for m in r.kind("ConfigMap") if "dashboard" in m["metadata"]["name"]]
+    if not r.values["grafanaDashboards"]["enabled"]:
+        assert not maps, "dashboard ConfigMaps with grafanaDashboards.enabled false"
+        return "off"
+    files = sorted((CHART_FILES := ROOT / "helm" / "shopmesh" / "files" / "dashboards").glob("*.json"))
+    assert len(maps) == len(files) >= 2, f"{len(maps)} dashboard ConfigMaps for {len(files)} dashboards"
+    titles = []
+    for m in maps:
+        for k, v in r.values["grafanaDashboards"]["labels"].items():
+            assert m["metadata"]["labels"].get(k) == v, f"{m['metadata']['name']}: no label {k}={v}"
+        ((key, text),) = m["data"].items()
+        assert json.loads(text) == json.loads((CHART_FILES / key).read_text()), f"{key}: not the file's dashboard"
+        d = json.loads(text)
+        assert all(p.get("targets") for p in d["panels"]), f"{key}: a panel without queries"
+        titles.append(d["title"])
+    return ", ".join(titles)
+
+
+def crd_validate(objects: list[tuple[str, Manifest]]) -> None:
+    """Validates custom resources against the committed CRD schemas (deploy/check/crds)."""
+    if not objects:
+        return
+    node = shutil.which("node")
+    assert node, "node is not installed (needed for the CRD schemas in deploy/check/crds)"
+    assert (CRD_DIR / "node_modules").is_dir(), "deploy/check/crds/node_modules is missing: run `npm ci` there (scripts/check-deploy does)"
+    result = subprocess.run([node, str(CRD_DIR / "validate.mjs")], input=json.dumps([o for _, o in objects]), capture_output=True, text=True)
+    assert result.returncode == 0, f"validate.mjs: {result.stderr}"
+    for (path, obj), errors in zip(objects, json.loads(result.stdout)):
+        assert not errors, f"{path}: {obj['kind']}/{obj['metadata']['name']} against its CRD schema: {errors[:3]}"
+
+
+def check_rules_in_compose(chart: Chart) -> str:
+    """docker compose's Prometheus loads the chart's rules (default thresholds) from a file: the same."""
+    files = chart.render(values={"prometheusRule": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)
+    (pr,) = [d for p, t in files.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d and d.get("kind") == "PrometheusRule"]
+    compose = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus-rules.yml").read_text())
+    assert compose == {"groups": pr["spec"]["groups"]}, (
+        "deploy/compose/prometheus-rules.yml differs from the chart's rules: regenerate it with "
+        "`.venv-deploy/bin/python deploy/check/check_chart.py --write-compose-rules`"
+    )
+    prom = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+    assert "/etc/prometheus/rules/*.yml" in prom.get("rule_files", []), "compose's Prometheus loads no rule files"
+    return f"{sum(len(g['rules']) for g in compose['groups'])} rules, identical"
+
+
+def write_compose_rules() -> None:
+    chart = Chart.load(CHART)
+    files = chart.render(values={"prometheusRule": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)
+    (pr,) = [d for p, t in files.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d and d.get("kind") == "PrometheusRule"]
+    header = ("# Generated from the Helm chart's PrometheusRule (default values) by\n"
+              "# `.venv-deploy/bin/python deploy/check/check_chart.py --write-compose-rules`; scripts/check-deploy\n"
+              "# fails when the two differ. Loaded by compose's Prometheus (deploy/compose/prometheus.yml).\n")
+    (ROOT / "deploy" / "compose" / "prometheus-rules.yml").write_text(header + yaml.safe_dump({"groups": pr["spec"]["groups"]}, sort_keys=False, width=200))
+    chart.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,7 +928,23 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
 
     checks.run("helm lint --strict, default values", lambda: lint_clean(None, "default values"))
     checks.run("helm lint --strict, ci/production-values.yaml", lambda: lint_clean(production, "production"))
+    checks.run("deploy/authz-policy.json: catalog rules", check_shipped_policy)
+    checks.run("compose's Prometheus rules are the chart's", lambda: check_rules_in_compose(chart))
 
+    def readme_in_sync() -> str:
+        import values_doc
+        try:
+            fresh = values_doc.table(chart_dir)
+        except SystemExit as e:
+            raise AssertionError(str(e))
+        readme = (chart_dir / "README.md").read_text()
+        assert fresh in readme, "helm/shopmesh/README.md's values table is stale: run python3 deploy/check/values_doc.py"
+        return f"{fresh.count(chr(10)) - 3} documented keys"
+
+    checks.run("README values table generated from values.yaml", readme_in_sync)
+
+    mtls = {"tls": {"enabled": True}}
+    hardened_sidecar = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
     # The renderings under test: both values files, and each optional part turned the other way.
     scenarios: dict[str, dict] = {
         "default values": {},
@@ -520,34 +952,70 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         "production, every optional part off": merged(production, {
             "networkPolicy": {"enabled": False},
             "serviceMonitor": {"enabled": False},
+            "prometheusRule": {"enabled": False},
+            "grafanaDashboards": {"enabled": False},
+            "ingress": {"enabled": False},
             "defaults": {"autoscaling": {"inFlightRequests": {"enabled": False}}},
-            "database": {"existingSecret": ""},
             "otel": {"endpoint": ""},
         }),
         "default, every optional part on": {
-            "networkPolicy": {"enabled": True},
             "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "grafanaDashboards": {"enabled": True},
             "defaults": {"autoscaling": {"inFlightRequests": {"enabled": True}}},
             "otel": {"endpoint": "http://otel-collector.observability:4317"},
         },
-        # Tokens at the entry point; user and payment, reached only by order, check them when sent.
-        "bearer tokens on, optional for user and payment, a rate limit": {
+        # Tokens at the entry point; the services order calls check them when sent.
+        "bearer tokens on, optional for order's callees, a rate limit": {
             "jwt": {"jwks": JWKS, "issuer": "https://id.example", "audience": "shopmesh"},
             "defaults": {"limits": {"rateLimitRps": "100", "rateLimitBurst": 200}},
             "services": {"user": {"jwtRequire": "never"}, "payment": {"jwtRequire": "never", "limits": {"rateLimitRps": "0"}}},
         },
-        "mTLS and the authorization policy on, with NetworkPolicies": {
-            "tls": {"enabled": True, "secretNames": {"payment": "payment-cert"}},
-            "authz": {"enabled": True},
-            "networkPolicy": {"enabled": True},
+        "mTLS (cert-manager CA) and the policy, Ingress and Gateway at the edge": merged(mtls, {
+            "ingress": {"enabled": True, "hosts": ["api.example.com"]},
+            "gateway": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateway"}], "hostnames": ["grpc.example.com"], "presentsMeshCertificate": True},
+            "networkPolicy": {"edgeClients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]},
+        }),
+        "mTLS from your Secrets, policy off, another trust domain and probe port": {
+            "tls": {"enabled": True, "trustDomain": "shop.example", "probePort": 9000, "certManager": {"enabled": False}, "secretNames": {"payment": "payment-cert"}},
+            "authz": {"enabled": False},
         },
-        "mTLS on, policy off, another trust domain and probe port": {
-            "tls": {"enabled": True, "trustDomain": "shop.example", "probePort": 9000},
+        "no mTLS, Gateway with bearer tokens required": {
+            "jwt": {"jwks": JWKS, "issuer": "https://id.example", "audience": "shopmesh"},
+            "gateway": {"enabled": True, "parentRefs": [{"name": "public"}]},
+            "networkPolicy": {"edgeClients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}]},
         },
         # One service turns the metric off again: a `false` must beat the default's `true`.
         "in-flight metric on, off for payment only": {
             "defaults": {"autoscaling": {"inFlightRequests": {"enabled": True}}},
             "services": {"payment": {"autoscaling": {"inFlightRequests": {"enabled": False}}}},
+        },
+        "KEDA (in-flight), calls/s for order, no autoscaler for user": {
+            "defaults": {"autoscaling": {"keda": {"enabled": True}}},
+            "services": {"order": {"autoscaling": {"keda": {"metric": "rate"}}}, "user": {"autoscaling": {"enabled": False, "minReplicas": 3}}},
+        },
+        "external database, every extension point, names overridden": {
+            "postgresql": {"enabled": False},
+            "database": {"existingSecret": "shopmesh-db", "waitTimeoutSeconds": 60},
+            "defaults": {
+                "podAnnotations": {"example.com/team": "shop"},
+                "podLabels": {"example.com/tier": "backend", "app.kubernetes.io/component": "hijack"},
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "shop", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+                "priorityClassName": "shop-high",
+                "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/shopmesh"}},
+                "extraEnv": [{"name": "SHOPMESH_PAYMENT_LIMIT_MINOR", "valueFrom": {"secretKeyRef": {"name": "limits", "key": "payment"}}}],
+                "envFrom": [{"configMapRef": {"name": "shop-settings"}}],
+                "extraVolumes": [{"name": "cloudsql", "emptyDir": {}}],
+                "extraVolumeMounts": [{"name": "cloudsql", "mountPath": "/cloudsql"}],
+                "extraContainers": [{"name": "cloud-sql-proxy", "image": "gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.14.0", "args": ["--unix-socket=/cloudsql", "proj:region:db"],
+                                     "securityContext": hardened_sidecar, "volumeMounts": [{"name": "cloudsql", "mountPath": "/cloudsql"}]}],
+                "initContainers": [{"name": "wait", "image": "busybox:1.36", "command": ["true"], "securityContext": hardened_sidecar}],
+            },
+            "services": {"order": {"topologySpreadConstraints": [], "podAnnotations": {"example.com/entry": "yes"}}, "catalog": {"enabled": False}},
+            "nameOverride": "mesh",
+            "fullnameOverride": "shopmesh",
         },
     }
     rendered: dict[str, Rendered] = {}
@@ -561,10 +1029,10 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         checks.run(f"render: {label}", do_render)
 
     def validate(r: Rendered) -> str:
-        skipped = set()
+        custom = []
         for path, obj in r.objects:
             if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
-                skipped.add(obj["kind"])
+                custom.append((path, obj))
                 continue
             for version in versions:
                 try:
@@ -573,21 +1041,23 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
                     where = ".".join(str(p) for p in e.path)
                     raise AssertionError(f"{path}: {obj['kind']}/{obj['metadata']['name']} against {version}: {where}: {e.message}")
                 except kubernetes_validate.SchemaNotFoundError as e:
-                    raise AssertionError(f"{path}: {e.message} (a CRD kind? list it in CRD_KINDS and test it below)")
-        return f"{len(r.objects) - sum(1 for _, o in r.objects if o['kind'] in skipped)} objects against {' and '.join(versions)}" + (
-            f"; CRD kinds left to the intent tests: {', '.join(sorted(skipped))}" if skipped else ""
+                    raise AssertionError(f"{path}: {e.message} (a CRD kind? list it in CRD_KINDS, with its schema in deploy/check/crds)")
+        crd_validate(custom)
+        kinds = sorted({o["kind"] for _, o in custom})
+        return f"{len(r.objects) - len(custom)} objects against {' and '.join(versions)}" + (
+            f"; {len(custom)} custom resources against their CRD schemas ({', '.join(kinds)})" if custom else ""
         )
 
     for label, r in rendered.items():
         if validate_schemas:
-            checks.run(f"kubernetes-validate --strict: {label}", lambda r=r: validate(r))
+            checks.run(f"schemas: {label}", lambda r=r: validate(r))
 
     for label, r in rendered.items():
-        for svc in SERVICES:
+        for svc in services_of(r):
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
-        for check in (check_order_upstreams, check_migration, check_test_pod, check_secret, check_otel,
+        for check in (check_autoscaler, check_upstreams, check_migration, check_test_pod, check_secret, check_postgresql, check_otel,
                       check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
-                      check_tls, check_authz):
+                      check_tls, check_authz, check_edge, check_extension_points, check_prometheus_rule, check_dashboards):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
     # Values the chart must refuse, and the message it must refuse them with.
@@ -618,6 +1088,10 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             {"defaults": {"env": {"SHOPMESH_DB_MIGRATE": "true"}}},
             "SHOPMESH_DB_MIGRATE",
         ),
+        "a callee URL set through extraEnv (schema)": (
+            {"services": {"order": {"extraEnv": [{"name": "SHOPMESH_CATALOG_URL", "value": "http://x"}]}}},
+            "/services/order/extraEnv/0/name",
+        ),
         "bearer tokens without an issuer": (
             {"jwt": {"jwks": JWKS, "audience": "shopmesh"}},
             "jwt.issuer is required when jwt.jwks is set",
@@ -627,12 +1101,34 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             {"defaults": {"env": {"SHOPMESH_JWT_REQUIRE": "never"}}},
             "SHOPMESH_JWT_REQUIRE",
         ),
-        "a SQLite database URL (schema)": ({"database": {"urls": {"user": "sqlite://data/user.db"}}}, "/database/urls/user"),
-        "an authorization policy without mTLS": ({"authz": {"enabled": True}}, "authz.enabled needs tls.enabled"),
+        "neither the bundled PostgreSQL nor an existing Secret": (
+            {"postgresql": {"enabled": False}},
+            "no database: set postgresql.enabled=true (the chart deploys PostgreSQL) or database.existingSecret=",
+        ),
+        "the old fixed-password URLs (schema)": ({"database": {"urls": {"user": "postgres://u:u@h/db"}}}, "urls"),
+        "an authorization policy without mTLS": ({"authz": {"enabled": True}, "tls": {"enabled": False}}, "authz.enabled needs mTLS"),
         "a policy rule naming no SPIFFE caller (schema)": (
             {"authz": {"policy": {"rules": [{"callers": ["order"], "methods": ["/a.B/C"]}]}}},
             "/authz/policy/rules/0/callers/0",
         ),
+        "an Ingress to services without mTLS or required tokens": (
+            {"ingress": {"enabled": True}},
+            "mTLS off: the edge would reach the catalog service, whose callers would have neither an mTLS identity nor a required bearer token",
+        ),
+        "a Gateway reaching a service whose token is optional": (
+            {"gateway": {"enabled": True, "parentRefs": [{"name": "gw"}]}, "jwt": {"jwks": JWKS, "issuer": "i", "audience": "a"},
+             "services": {"user": {"jwtRequire": "never"}}},
+            "the edge would reach the user service",
+        ),
+        "a Gateway that presents no mesh certificate to mTLS services": (
+            {"tls": {"enabled": True}, "gateway": {"enabled": True, "parentRefs": [{"name": "gw"}]}},
+            "gateway.enabled with mTLS on: the services accept only callers with a mesh certificate",
+        ),
+        "an edge with mTLS on but the policy off": (
+            {"tls": {"enabled": True}, "authz": {"enabled": False}, "ingress": {"enabled": True}},
+            "turn the authorization policy on",
+        ),
+        "a service calling one that does not exist": ({"services": {"order": {"calls": ["inventory"]}}}, "services.order.calls names inventory"),
     }
     for label, (values, message) in refusals.items():
         checks.run(f"refuses {label}", lambda v=values, m=message: refused(v, m))
@@ -642,4 +1138,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--write-compose-rules"]:
+        write_compose_rules()
+        sys.exit(0)
     sys.exit(run_checks().finish())

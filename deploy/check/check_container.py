@@ -275,7 +275,40 @@ def check_telemetry_configs() -> str:
     want = {f"{svc}:9464" for svc in SERVICES}
     assert want <= targets, f"Prometheus scrapes {sorted(targets)}, missing {sorted(want - targets)}"
     assert all(t.split(":")[0] in services for t in targets), f"Prometheus scrapes hosts that are not compose services: {sorted(targets)}"
-    return f"traces -> {', '.join(jaeger)}; Prometheus scrapes {', '.join(sorted(targets))}"
+    # The chart's alert rules, loaded from the file check_chart.py keeps identical to them.
+    rules = [src for tgt, src in volume_map(services["prometheus"]).items() if tgt.startswith("/etc/prometheus/rules/")]
+    assert rules and rules[0].endswith("deploy/compose/prometheus-rules.yml"), "compose's Prometheus does not mount the chart's rules"
+    assert prometheus.get("rule_files") == ["/etc/prometheus/rules/*.yml"], f"Prometheus rule_files {prometheus.get('rule_files')}"
+    return f"traces -> {', '.join(jaeger)}; Prometheus scrapes {', '.join(sorted(targets))}, with the chart's rules"
+
+
+def volume_map(service: dict) -> dict[str, str]:
+    """target -> source of a resolved compose service's volumes (long or short syntax)."""
+    out = {}
+    for v in service.get("volumes", []):
+        if isinstance(v, dict):
+            out[str(v.get("target"))] = str(v.get("source"))
+        else:
+            parts = str(v).split(":")
+            out[parts[1]] = parts[0]
+    return out
+
+
+def check_observability_profile() -> str:
+    # Grafana with the chart's dashboards, only with --profile observability.
+    result = compose("--profile", "observability", "config")
+    assert result.returncode == 0, result.stderr
+    grafana = yaml.safe_load(result.stdout)["services"].get("grafana")
+    assert grafana, "no grafana service in the observability profile"
+    assert grafana.get("profiles") == ["observability"], f"Grafana's profiles are {grafana.get('profiles')}, so it runs with a plain `up`"
+    mounts = volume_map(grafana)
+    dash = [src for tgt, src in mounts.items() if tgt.startswith("/var/lib/grafana/dashboards")]
+    assert dash and dash[0].endswith("helm/shopmesh/files/dashboards"), f"Grafana does not load the chart's dashboards: {mounts}"
+    for provisioning in ("datasources", "dashboards"):
+        assert any(t.startswith(f"/etc/grafana/provisioning/{provisioning}/") for t in mounts), f"Grafana has no {provisioning} provisioning"
+    ds = yaml.safe_load((ROOT / "deploy" / "compose" / "grafana" / "datasources.yml").read_text())["datasources"][0]
+    assert ds["uid"] == "prometheus" and ds["url"] == "http://prometheus:9090", f"Grafana's data source is {ds}"
+    return f"grafana {grafana['image']} with {dash[0].split('/')[-1]}"
 
 
 def main() -> int:
@@ -291,6 +324,7 @@ def main() -> int:
         checks.run("compose: services, healthchecks, dependencies, databases", check_compose_services)
         checks.run("compose: collector, Jaeger and Prometheus agree", check_telemetry_configs)
         checks.run("compose: mTLS overlay (deploy/compose/mtls.yml)", check_compose_mtls_overlay)
+        checks.run("compose: profile observability (Grafana, the chart's dashboards)", check_observability_profile)
     return checks.finish()
 
 

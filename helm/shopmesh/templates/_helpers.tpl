@@ -1,13 +1,35 @@
+{{/* The chart's name, or nameOverride. */}}
+{{- define "shopmesh.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/*
-Name prefix of every object. Truncated to 40 characters so that the longest derived name,
-"<prefix>-payment-headless", stays within the 63 characters of a DNS label.
+Name prefix of every object: fullnameOverride, else <release>-<name> (the release's name alone when
+it contains the name). Truncated to 40 characters so that the longest derived name,
+"<prefix>-catalog-headless", stays within the 63 characters of a DNS label.
 */}}
 {{- define "shopmesh.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The enabled services' names, sorted, as a JSON list (use with fromJsonArray). */}}
+{{- define "shopmesh.serviceNames" -}}
+{{- $names := list -}}
+{{- range $name, $svc := .Values.services -}}
+{{- if ne (toString (dig "enabled" true $svc)) "false" -}}
+{{- $names = append $names $name -}}
+{{- end -}}
+{{- end -}}
+{{- $names | sortAlpha | toJson -}}
 {{- end -}}
 
 {{/* Name of one service's objects (Deployment, ServiceAccount, HPA, PDB, …). Takes (dict "root" $ "name" "user"). */}}
@@ -20,10 +42,20 @@ Name prefix of every object. Truncated to 40 characters so that the longest deri
 {{- printf "%s-%s-headless" (include "shopmesh.fullname" .root) .name -}}
 {{- end -}}
 
-{{/* Address of a service for callers inside the cluster: http://<headless>.<ns>.svc.<domain>:<port>. */}}
+{{/* The cluster domain as an absolute DNS suffix: "cluster.local." (one lookup, no search-domain walk). */}}
+{{- define "shopmesh.domain" -}}
+{{- printf "%s." (trimSuffix "." .Values.clusterDomain) -}}
+{{- end -}}
+
+{{/* Fully qualified, absolute name of a Service: <name>.<ns>.svc.<domain>. Takes (dict "root" $ "service" "x"). */}}
+{{- define "shopmesh.fqdn" -}}
+{{- printf "%s.%s.svc.%s" .service .root.Release.Namespace (include "shopmesh.domain" .root) -}}
+{{- end -}}
+
+{{/* Address of a service for callers inside the cluster: http://<headless>.<ns>.svc.<domain>.:<port>. */}}
 {{- define "shopmesh.serviceUrl" -}}
 {{- $port := (get .root.Values.services .name).port -}}
-{{- printf "http://%s.%s.svc.%s:%v" (include "shopmesh.headlessName" .) .root.Release.Namespace .root.Values.clusterDomain $port -}}
+{{- printf "http://%s:%v" (include "shopmesh.fqdn" (dict "root" .root "service" (include "shopmesh.headlessName" .))) $port -}}
 {{- end -}}
 
 {{/* The gRPC service a service serves, which is also the health name its readiness answers for. */}}
@@ -39,9 +71,9 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{ include "shopmesh.selectorLabels" . }}
 {{- end -}}
 
-{{/* Labels that pick one service's pods (component = the service's name). */}}
+{{/* Labels that pick one component's pods (component = the service's name). */}}
 {{- define "shopmesh.selectorLabels" -}}
-app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/name: {{ include "shopmesh.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .name }}
 {{- end -}}
@@ -54,15 +86,63 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- end -}}
 
+{{- define "shopmesh.postgresImage" -}}
+{{- printf "%s:%s" .Values.postgresql.image.repository .Values.postgresql.image.tag -}}
+{{- end -}}
+
+{{/* Where the database URLs come from: an existing Secret, or the bundled PostgreSQL. Fails with what to set. */}}
+{{- define "shopmesh.checkDatabase" -}}
+{{- if and (not .Values.postgresql.enabled) (not .Values.database.existingSecret) -}}
+{{- fail "no database: set postgresql.enabled=true (the chart deploys PostgreSQL) or database.existingSecret=<a Secret with the keys <service>-database-url, postgres://… URLs of your database>" -}}
+{{- end -}}
+{{- if and .Values.postgresql.enabled .Values.database.existingSecret -}}
+{{- fail "database.existingSecret is set but so is postgresql.enabled: the services would use your database and the bundled PostgreSQL would sit idle; set postgresql.enabled=false" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Secret the Deployments read the database URLs from. */}}
 {{- define "shopmesh.databaseSecret" -}}
 {{- default (printf "%s-database" (include "shopmesh.fullname" .)) .Values.database.existingSecret -}}
 {{- end -}}
 
-{{/* The data of the database Secrets the chart creates (the release's and the migration hook's). */}}
+{{- define "shopmesh.postgresName" -}}
+{{- printf "%s-postgresql" (include "shopmesh.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The bundled PostgreSQL's passwords, {"postgres-password": …, "<service>-password": …}: from
+postgresql.existingSecret's name if set (read at install, kept by the reader), else the ones the
+release's Secret already holds (lookup), else new random ones. Computed once per rendering and
+kept in .Values, so every template (Secrets, checksums) sees the same ones. Returns JSON.
+*/}}
+{{- define "shopmesh.postgresPasswords" -}}
+{{- if not (hasKey .Values "__shopmeshPasswords") -}}
+{{- $secretName := default (include "shopmesh.postgresName" .) .Values.postgresql.existingSecret -}}
+{{- $existing := (lookup "v1" "Secret" .Release.Namespace $secretName) | default dict -}}
+{{- $data := $existing.data | default dict -}}
+{{- $out := dict -}}
+{{- $keys := list "postgres-password" -}}
+{{- range include "shopmesh.serviceNames" . | fromJsonArray -}}
+{{- $keys = append $keys (printf "%s-password" .) -}}
+{{- end -}}
+{{- range $keys -}}
+{{- if hasKey $data . -}}
+{{- $_ := set $out . (get $data . | b64dec) -}}
+{{- else -}}
+{{- $_ := set $out . (randAlphaNum 32) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .Values "__shopmeshPasswords" $out -}}
+{{- end -}}
+{{- get .Values "__shopmeshPasswords" | toJson -}}
+{{- end -}}
+
+{{/* With the bundled PostgreSQL: the data of the Secret of database URLs, one key per service. */}}
 {{- define "shopmesh.databaseSecretData" -}}
-{{- range $name, $_ := .Values.services }}
-{{ $name }}-database-url: {{ required (printf "database.urls.%s is required unless database.existingSecret is set" $name) (get $.Values.database.urls $name) | b64enc | quote }}
+{{- $pw := include "shopmesh.postgresPasswords" . | fromJson -}}
+{{- $host := include "shopmesh.fqdn" (dict "root" . "service" (include "shopmesh.postgresName" .)) -}}
+{{- range $name := include "shopmesh.serviceNames" . | fromJsonArray }}
+{{ $name }}-database-url: {{ printf "postgres://shopmesh_%s:%s@%s:5432/shopmesh_%s" $name (get $pw (printf "%s-password" $name)) $host $name | b64enc | quote }}
 {{- end }}
 {{- end -}}
 
@@ -82,7 +162,31 @@ Takes (dict "root" $ "name" "user"); returns YAML (use with fromYaml).
 {{- if gt (int $svc.autoscaling.minReplicas) (int $svc.autoscaling.maxReplicas) -}}
 {{- fail (printf "services.%s: autoscaling.minReplicas (%v) is above maxReplicas (%v)" .name $svc.autoscaling.minReplicas $svc.autoscaling.maxReplicas) -}}
 {{- end -}}
+{{- range $callee := $svc.calls | default list -}}
+{{- if not (hasKey $.root.Values.services $callee) -}}
+{{- fail (printf "services.%s.calls names %s, which is not a service" $.name $callee) -}}
+{{- end -}}
+{{- end -}}
 {{- toYaml $svc -}}
+{{- end -}}
+
+{{/* The enabled services a service calls, as a JSON list. Takes (dict "root" $ "name" "order"). */}}
+{{- define "shopmesh.callees" -}}
+{{- $enabled := include "shopmesh.serviceNames" .root | fromJsonArray -}}
+{{- $out := list -}}
+{{- range (get .root.Values.services .name).calls | default list -}}
+{{- if has . $enabled -}}{{- $out = append $out . -}}{{- end -}}
+{{- end -}}
+{{- $out | toJson -}}
+{{- end -}}
+
+{{/* The enabled services that call a service, as a JSON list. Takes (dict "root" $ "name" "user"). */}}
+{{- define "shopmesh.callers" -}}
+{{- $out := list -}}
+{{- range $caller := include "shopmesh.serviceNames" .root | fromJsonArray -}}
+{{- if has $.name ((get $.root.Values.services $caller).calls | default list) -}}{{- $out = append $out $caller -}}{{- end -}}
+{{- end -}}
+{{- $out | toJson -}}
 {{- end -}}
 
 {{/* Restricted Pod Security Standard, pod level. */}}
@@ -104,14 +208,31 @@ capabilities:
   drop: [ALL]
 {{- end -}}
 
+{{/* Whether mTLS is on: "true" or "" (tls.enabled auto = cert-manager.io/v1 is served). */}}
+{{- define "shopmesh.tlsEnabled" -}}
+{{- $v := toString .Values.tls.enabled -}}
+{{- if or (eq $v "true") (and (eq $v "auto") (.Capabilities.APIVersions.Has "cert-manager.io/v1")) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether the authorization policy is enforced: "true" or "" (auto = whenever mTLS is on). */}}
+{{- define "shopmesh.authzEnabled" -}}
+{{- $v := toString .Values.authz.enabled -}}
+{{- if or (eq $v "true") (and (eq $v "auto") (include "shopmesh.tlsEnabled" .)) -}}true{{- end -}}
+{{- end -}}
+
 {{/* The Secret holding one service's tls.crt, tls.key and ca.crt. Takes (dict "root" $ "name" "user"). */}}
 {{- define "shopmesh.tlsSecret" -}}
 {{- default (printf "%s-tls" (include "shopmesh.componentName" .)) (get .root.Values.tls.secretNames .name) -}}
 {{- end -}}
 
+{{/* The SPIFFE ID of a service account. Takes (dict "root" $ "sa" "shopmesh-order"). */}}
+{{- define "shopmesh.spiffeId" -}}
+{{- printf "spiffe://%s/ns/%s/sa/%s" .root.Values.tls.trustDomain .root.Release.Namespace .sa -}}
+{{- end -}}
+
 {{/* The port the kubelet's probes and `helm test` ask: the plaintext probe port with TLS on, else the gRPC port. */}}
 {{- define "shopmesh.probePort" -}}
-{{- if .root.Values.tls.enabled -}}{{ .root.Values.tls.probePort }}{{- else -}}{{ (get .root.Values.services .name).port }}{{- end -}}
+{{- if include "shopmesh.tlsEnabled" .root -}}{{ .root.Values.tls.probePort }}{{- else -}}{{ (get .root.Values.services .name).port }}{{- end -}}
 {{- end -}}
 
 {{/* The authorization policy as JSON, each caller rendered with tpl (namespace, trust domain, names). */}}
@@ -126,4 +247,57 @@ capabilities:
 {{- $rules = append $rules (dict "description" (default "" .description) "callers" $callers "methods" .methods) -}}
 {{- end -}}
 {{- dict "rules" $rules | toPrettyJson -}}
+{{- end -}}
+
+{{/*
+What the policy lets the edge (SPIFFE ID of edge.identity) call, per enabled service:
+{"<service>": ["/pkg.Service/*" or "/pkg.Service/Method", …]}, services without any left out.
+These are the public services: the edge's routes, Ingress paths and NetworkPolicy follow them.
+*/}}
+{{- define "shopmesh.edgeMethods" -}}
+{{- $edge := include "shopmesh.spiffeId" (dict "root" . "sa" .Values.edge.identity) -}}
+{{- $policy := include "shopmesh.authzPolicy" . | fromJson -}}
+{{- $out := dict -}}
+{{- range $name := include "shopmesh.serviceNames" . | fromJsonArray -}}
+{{- $prefix := printf "/%s/" (include "shopmesh.grpcService" (dict "root" $ "name" $name)) -}}
+{{- $methods := list -}}
+{{- range $policy.rules -}}
+{{- if has $edge .callers -}}
+{{- range .methods -}}
+{{- if hasPrefix $prefix . -}}{{- $methods = append $methods . -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $methods -}}{{- $_ := set $out $name (uniq $methods) -}}{{- end -}}
+{{- end -}}
+{{- $out | toJson -}}
+{{- end -}}
+
+{{/*
+Refuses an edge (Ingress or GRPCRoute) that would reach a service whose callers have no identity:
+with mTLS on, the edge must present the mesh certificate (the Ingress does, the chart configures
+it; a Gateway must say so); with mTLS off, every public service must require a bearer token.
+*/}}
+{{- define "shopmesh.checkEdge" -}}
+{{- if or .Values.ingress.enabled .Values.gateway.enabled -}}
+{{- $public := include "shopmesh.edgeMethods" . | fromJson -}}
+{{- if not $public -}}
+{{- fail (printf "ingress/gateway enabled, but the authorization policy lets the edge (%s) call nothing: add a rule for it to authz.policy" (include "shopmesh.spiffeId" (dict "root" . "sa" .Values.edge.identity))) -}}
+{{- end -}}
+{{- if include "shopmesh.tlsEnabled" . -}}
+{{- if and .Values.gateway.enabled (not .Values.gateway.presentsMeshCertificate) -}}
+{{- fail (printf "gateway.enabled with mTLS on: the services accept only callers with a mesh certificate, and the GRPCRoutes would reach %s with none. Configure your Gateway to present Secret %s-edge-tls to the backends and set gateway.presentsMeshCertificate=true" (keys $public | sortAlpha | join ", ") (include "shopmesh.fullname" .)) -}}
+{{- end -}}
+{{- if not (include "shopmesh.authzEnabled" .) -}}
+{{- fail "ingress/gateway enabled with mTLS on but authz.enabled false: any certificate of the mesh could call every method from the edge; turn the authorization policy on" -}}
+{{- end -}}
+{{- else -}}
+{{- range $name := keys $public | sortAlpha -}}
+{{- $svc := include "shopmesh.settings" (dict "root" $ "name" $name) | fromYaml -}}
+{{- if or (not $.Values.jwt.jwks) (ne $svc.jwtRequire "unidentified") -}}
+{{- fail (printf "ingress/gateway enabled, mTLS off: the edge would reach the %s service, whose callers would have neither an mTLS identity nor a required bearer token. Turn mTLS on (tls.enabled, with cert-manager), or set jwt.jwks/issuer/audience and keep services.%s.jwtRequire=unidentified" $name $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
