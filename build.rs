@@ -1,6 +1,8 @@
-//! Compiles every `.proto` under `proto/` with protox (no system `protoc`), generates the tonic
-//! clients and servers, writes the descriptor set that server reflection serves, and writes the
-//! per-method call policy (`idempotency_level`) that the client stack reads.
+//! The build script of the `shopmesh-api` crate (`api/build.rs` links here, as `api/proto` links
+//! to `proto/`): compiles every `.proto` under `proto/` with protox (no system `protoc`),
+//! generates the tonic clients and servers (each behind its crate feature), writes the
+//! descriptor set that server reflection serves, and writes the per-method call policy
+//! (`idempotency_level`) that the client stack reads.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("shopmesh_descriptor.bin"), fds.encode_to_vec())?;
     std::fs::write(out_dir.join("call_policy.rs"), call_policy(&fds))?;
 
-    tonic_prost_build::configure().emit_rerun_if_changed(false).compile_fds(fds)?;
+    // Clients and servers each behind their crate feature, so a caller builds only what it uses.
+    tonic_prost_build::configure()
+        .emit_rerun_if_changed(false)
+        .client_mod_attribute(".", r#"#[cfg(feature = "client")]"#)
+        .server_mod_attribute(".", r#"#[cfg(feature = "server")]"#)
+        .compile_fds(fds)?;
     Ok(())
 }
 

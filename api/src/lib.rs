@@ -1,4 +1,11 @@
-//! The generated API: one module per protobuf package, mirroring `proto/shopmesh/<svc>/v1`.
+//! The shopmesh gRPC API, generated from `proto/` (one module per protobuf package, mirroring
+//! `proto/shopmesh/<svc>/v1`): messages, clients (feature `client`) and servers (feature
+//! `server`), the encoded descriptor set that server reflection serves, and the method
+//! catalogue ([`CALL_POLICY`]: what each method's proto says about repeating it).
+//!
+//! It depends on prost, prost-types, tonic and tonic-prost only: a service that calls the mesh
+//! needs nothing else. See `examples/create_order.rs` for a caller with a deadline and a
+//! request id, and `docs/api-policy.md` for what may change within v1.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
 
