@@ -1,5 +1,5 @@
 //! The shipped authorization policy (`deploy/authz-policy.json`) enforced by the real user,
-//! payment and order services over mutual TLS: every identity against every method, with the
+//! payment, catalog and order services over mutual TLS: every identity against every method, with the
 //! expected answer taken from the intent written below (not from the policy code), and an
 //! order placed through the mesh with every hop on mTLS.
 
@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use pki::{call, id, workload};
+use shopmesh::api::catalog::v1::{
+    CreateProductRequest, Product, catalog_service_client::CatalogServiceClient,
+};
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::order::v1::{
     CreateOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
@@ -21,6 +24,7 @@ use shopmesh::mesh::security::dev_certs::{Ca, Leaf};
 use shopmesh::mesh::security::tls::MeshTls;
 use shopmesh::mesh::service::MeshService;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh_catalog::{Catalog, CatalogConfig};
 use shopmesh_order::{Order, OrderConfig};
 use shopmesh_payment::{Payment, PaymentConfig};
 use shopmesh_user::{User, UserConfig};
@@ -46,6 +50,13 @@ const PAYMENT: [&str; 4] = [
     "/shopmesh.payment.v1.PaymentService/Refund",
     "/shopmesh.payment.v1.PaymentService/ListPayments",
 ];
+const CATALOG: [&str; 5] = [
+    "/shopmesh.catalog.v1.CatalogService/CreateProduct",
+    "/shopmesh.catalog.v1.CatalogService/GetProduct",
+    "/shopmesh.catalog.v1.CatalogService/ListProducts",
+    "/shopmesh.catalog.v1.CatalogService/UpdateProduct",
+    "/shopmesh.catalog.v1.CatalogService/BatchGetProducts",
+];
 /// Served beside every service.
 const INFRA: [&str; 3] = [
     "/grpc.health.v1.Health/Check",
@@ -54,9 +65,11 @@ const INFRA: [&str; 3] = [
 ];
 
 /// The callers of the matrix: the mesh's workloads, the edge, and two that must get nothing.
-const CALLERS: [&str; 6] = [
+const CALLERS: [&str; 8] = [
     "spiffe://cluster.local/ns/default/sa/shopmesh-order",
     "spiffe://cluster.local/ns/default/sa/shopmesh-gateway",
+    "spiffe://cluster.local/ns/default/sa/shopmesh-admin",
+    "spiffe://cluster.local/ns/default/sa/shopmesh-catalog",
     "spiffe://cluster.local/ns/default/sa/shopmesh-user",
     "spiffe://cluster.local/ns/default/sa/shopmesh-payment",
     "spiffe://cluster.local/ns/default/sa/shopmesh-intruder",
@@ -68,6 +81,7 @@ const CALLERS: [&str; 6] = [
 fn intended(caller: &str, method: &str) -> bool {
     let order = caller == id("shopmesh-order");
     let gateway = caller == id("shopmesh-gateway");
+    let admin = caller == id("shopmesh-admin");
     let in_namespace = caller.starts_with("spiffe://cluster.local/ns/default/sa/");
     match method {
         // Probes carry no identity; health is never refused.
@@ -79,10 +93,18 @@ fn intended(caller: &str, method: &str) -> bool {
         // The order service checks the orderer; the edge serves the user API.
         "/shopmesh.user.v1.UserService/GetUser" => order || gateway,
         m if m.starts_with("/shopmesh.user.v1.") || m.starts_with("/shopmesh.order.v1.") => gateway,
+        // Only the catalog's administrators change products.
+        "/shopmesh.catalog.v1.CatalogService/CreateProduct"
+        | "/shopmesh.catalog.v1.CatalogService/UpdateProduct" => admin,
+        // The order service prices orders from the catalog; the edge serves it read-only.
+        m if m.starts_with("/shopmesh.catalog.v1.") => order || gateway,
         // Payment reads are nobody's business outside the payment service.
         _ => false,
     }
 }
+
+/// What the catalog sells here: (SKU, unit price in minor units, currency).
+const PRODUCTS: &[(&str, i64, &str)] = &[("BOOK-42", 1250, "USD")];
 
 fn policy_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/authz-policy.json")
@@ -93,6 +115,7 @@ struct Mesh {
     user: Spawned,
     payment: Spawned,
     order: Spawned,
+    catalog: Spawned,
     dbs: Vec<TestDb>,
     ca: Ca,
     dir: TempDir,
@@ -116,6 +139,7 @@ impl Mesh {
             testing::database(backend, "user").await,
             testing::database(backend, "payment").await,
             testing::database(backend, "order").await,
+            testing::database(backend, "catalog").await,
         ];
         let url = dbs[0].url.clone();
         let config = UserConfig { listen: testing::ANY_PORT, database_url: url };
@@ -129,16 +153,39 @@ impl Mesh {
             payment_latency: std::time::Duration::ZERO,
         };
         let payment = spawn::<Payment>(&ca, dir.path(), "shopmesh-payment", config).await;
+        let config = CatalogConfig { listen: testing::ANY_PORT, database_url: dbs[3].url.clone() };
+        let catalog = spawn::<Catalog>(&ca, dir.path(), "shopmesh-catalog", config).await;
         let (url, user_url, payment_url) = (dbs[2].url.clone(), user.url(), payment.url());
         let config = OrderConfig {
             listen: testing::ANY_PORT,
             database_url: url,
             user_url,
+            catalog_url: catalog.url(),
+            catalog_cache_ttl: std::time::Duration::from_secs(5),
             payment_url,
             reconcile: Default::default(),
         };
         let order = spawn::<Order>(&ca, dir.path(), "shopmesh-order", config).await;
-        Self { user, payment, order, dbs, ca, dir }
+        let mesh = Self { user, payment, order, catalog, dbs, ca, dir };
+        // The catalog's administrators stock it, through the policy like everyone else.
+        let mut products = CatalogServiceClient::new(mesh.channel(&id("shopmesh-admin"), mesh.catalog.addr));
+        for (sku, amount_minor, currency) in PRODUCTS {
+            let product = Product {
+                sku: (*sku).to_owned(),
+                display_name: format!("Product {sku}"),
+                unit_price: Some(Money {
+                    currency_code: (*currency).to_owned(),
+                    amount_minor: *amount_minor,
+                }),
+                active: true,
+                ..Product::default()
+            };
+            products
+                .create_product(CreateProductRequest { product: Some(product) })
+                .await
+                .expect("admin stocks");
+        }
+        mesh
     }
 
     /// A channel to `addr` through the mesh's own TLS client, as the workload `uri`.
@@ -152,7 +199,7 @@ impl Mesh {
     }
 
     async fn stop(self) {
-        for service in [self.order, self.payment, self.user] {
+        for service in [self.order, self.catalog, self.payment, self.user] {
             service.stop().await.expect("clean stop");
         }
         for db in self.dbs {
@@ -167,11 +214,14 @@ async fn every_identity_gets_what_the_policy_intends() {
     let mesh = Mesh::start(Backend::Sqlite).await;
     let mut wrong = Vec::new();
     for caller in CALLERS {
-        for (addr, methods) in
-            [(mesh.user.addr, USER), (mesh.order.addr, ORDER), (mesh.payment.addr, PAYMENT)]
-        {
+        for (addr, methods) in [
+            (mesh.user.addr, &USER[..]),
+            (mesh.order.addr, &ORDER[..]),
+            (mesh.payment.addr, &PAYMENT[..]),
+            (mesh.catalog.addr, &CATALOG[..]),
+        ] {
             let channel = mesh.channel(caller, addr);
-            for method in methods.into_iter().chain(INFRA) {
+            for method in methods.iter().copied().chain(INFRA) {
                 let code = call(channel.clone(), method).await;
                 let ok = if intended(caller, method) {
                     // Reached the handler: its own answer to an empty request, whatever it is.
@@ -186,11 +236,11 @@ async fn every_identity_gets_what_the_policy_intends() {
         }
     }
     assert!(wrong.is_empty(), "not as intended:\n{}", wrong.join("\n"));
-    // Five callers may not charge; each refusal is counted.
+    // Seven callers may not charge; each refusal is counted.
     let charge =
         [("service", "shopmesh.payment.v1.PaymentService"), ("method", "Charge"), ("reason", "not_allowed")];
     assert!(
-        pki::counted("shopmesh_server_authz_denied_total", &charge) >= 5.0,
+        pki::counted("shopmesh_server_authz_denied_total", &charge) >= 7.0,
         "{}",
         pki::metrics().render()
     );
@@ -211,7 +261,7 @@ async fn order_through_the_mesh(backend: Backend) {
         .await
         .expect("the gateway creates a user")
         .into_inner();
-    // The order service calls GetUser and Charge as shopmesh-order, over mTLS.
+    // The order service calls GetUser, BatchGetProducts and Charge as shopmesh-order, over mTLS.
     let order = orders
         .create_order(CreateOrderRequest {
             user_id: user.id,
@@ -226,6 +276,7 @@ async fn order_through_the_mesh(backend: Backend) {
         .expect("the order is placed through the mesh")
         .into_inner();
     assert_eq!(order.state(), OrderState::Paid, "{order:?}");
+    assert_eq!(order.total, Some(Money { currency_code: "USD".into(), amount_minor: 2 * 1250 }));
     mesh.stop().await;
 }
 

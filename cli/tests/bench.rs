@@ -1,12 +1,14 @@
-//! `shopmesh bench` as a harness runs it: the real binary against the user, payment and order
-//! services on their own 127.0.0.1 ports and databases. Its report must add up, its OK counts
-//! must match what the services stored, and its record file must name every order it created.
+//! `shopmesh bench` as a harness runs it: the real binary against the user, payment, catalog and
+//! order services on their own 127.0.0.1 ports and databases. Its report must add up, its OK
+//! counts must match what the services stored (at the catalog's prices), and its record file
+//! must name every order it created.
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
+use shopmesh::api::catalog::v1::GetProductRequest;
 use shopmesh::api::order::v1::order_service_server::{OrderService, OrderServiceServer};
 use shopmesh::api::order::v1::{
     CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order,
@@ -22,11 +24,15 @@ use tonic::{Request, Response, Status};
 
 mod common;
 use common::free_addr;
+#[path = "common/catalog.rs"]
+mod catalog;
+use catalog::Catalog;
 
-/// The three services on 127.0.0.1:0, each with a database of its own.
+/// The four services on 127.0.0.1:0, each with a database of its own.
 struct Mesh {
     user: Spawned,
     payment: Spawned,
+    catalog: Catalog,
     order: Spawned,
     dbs: Vec<TestDb>,
 }
@@ -49,26 +55,37 @@ async fn start(backend: Backend) -> Mesh {
     let payment =
         testing::spawn_service::<shopmesh_payment::Payment>(&testing::mesh(testing::mesh_config()), config)
             .await;
+    let catalog = Catalog::start(backend).await;
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: order_db.url.clone(),
         user_url: user.url(),
+        catalog_url: catalog.url(),
+        catalog_cache_ttl: Duration::from_secs(5),
         payment_url: payment.url(),
         reconcile: Default::default(),
     };
     let order =
         testing::spawn_service::<shopmesh_order::Order>(&testing::mesh(testing::mesh_config()), config).await;
-    Mesh { user, payment, order, dbs: vec![user_db, payment_db, order_db] }
+    Mesh { user, payment, catalog, order, dbs: vec![user_db, payment_db, order_db] }
 }
 
 impl Mesh {
-    /// `--user … --order …` pointing at this mesh.
-    fn targets(&self) -> [String; 4] {
-        ["--user".into(), self.user.url(), "--order".into(), self.order.url()]
+    /// `--user … --order … --catalog …` pointing at this mesh.
+    fn targets(&self) -> [String; 6] {
+        [
+            "--user".into(),
+            self.user.url(),
+            "--order".into(),
+            self.order.url(),
+            "--catalog".into(),
+            self.catalog.url(),
+        ]
     }
 
     async fn stop(self) {
         self.order.stop().await.expect("order stops");
+        self.catalog.stop().await;
         self.payment.stop().await.expect("payment stops");
         self.user.stop().await.expect("user stops");
         for db in self.dbs {
@@ -175,6 +192,7 @@ async fn create_order_runs_match_the_record_and_the_databases() {
         // Each line names an order that exists as recorded, and the users hold no others.
         let mut orders = OrderServiceClient::connect(mesh.order.url()).await.expect("order");
         let mut payments = PaymentServiceClient::connect(mesh.payment.url()).await.expect("payment");
+        let mut catalog = mesh.catalog.client().await;
         let mut per_user: BTreeMap<String, usize> = BTreeMap::new();
         for line in &lines {
             assert_eq!(text(line, "code"), "OK", "{line}");
@@ -190,6 +208,15 @@ async fn create_order_runs_match_the_record_and_the_databases() {
             let total = order.total.expect("total");
             assert_eq!(Some(total.amount_minor), line["total_minor"].as_i64(), "{line}");
             assert_eq!(total.currency_code, text(line, "currency_code"));
+            // One line of a product the bench created, priced by the catalog.
+            let [item] = order.line_items.as_slice() else { panic!("one line: {:?}", order.line_items) };
+            assert!(item.sku.starts_with("BENCH-"), "{item:?}");
+            let product = catalog
+                .get_product(GetProductRequest { sku: item.sku.clone() })
+                .await
+                .expect("the bench's product is in the catalog")
+                .into_inner();
+            assert_eq!(item.unit_price, product.unit_price, "{line}");
             *per_user.entry(order.user_id).or_default() += 1;
         }
         assert!(per_user.len() <= 3, "orders spread over the bench's own users");
@@ -222,6 +249,13 @@ async fn create_order_runs_match_the_record_and_the_databases() {
             .into_inner()
             .payments;
         assert_eq!(charged.len(), 1, "one payment per order");
+
+        // A second run on the same catalog finds the products the first one created
+        // (ALREADY_EXISTS) and orders them at the catalog's prices.
+        let mut args: Vec<&str> = targets.iter().map(String::as_str).collect();
+        args.extend(["create-order", "--requests=6", "--concurrency=2", "--users=1", "--json"]);
+        let again = self::report(&bench(&args).await);
+        assert_eq!(codes(&again), BTreeMap::from([("OK".into(), 6)]), "{backend:?}: {again}");
         mesh.stop().await;
     }
 }
@@ -315,6 +349,8 @@ async fn a_dead_order_service_is_counted_unavailable_and_the_run_still_ends_clea
         &mesh.user.url(),
         "--order",
         &dead,
+        "--catalog",
+        &mesh.catalog.url(),
         "--requests=12",
         "--concurrency=3",
         "--users=2",
@@ -341,6 +377,24 @@ async fn a_dead_order_service_is_counted_unavailable_and_the_run_still_ends_clea
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot create users") && stderr.contains("UNAVAILABLE"), "{stderr}");
+
+    // Nor does a catalog that is down: no product to order.
+    let out = bench(&[
+        "create-order",
+        "--user",
+        &mesh.user.url(),
+        "--order",
+        &mesh.order.url(),
+        "--catalog",
+        &dead,
+        "--requests=5",
+        "--users=1",
+        "--timeout=2s",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot create products") && stderr.contains("UNAVAILABLE"), "{stderr}");
     mesh.stop().await;
 }
 
@@ -406,6 +460,8 @@ async fn retries_resend_a_create_order_with_its_request_id() {
         &mesh.user.url(),
         "--order",
         &url,
+        "--catalog",
+        &mesh.catalog.url(),
         "--requests=10",
         "--concurrency=2",
         "--users=2",
@@ -442,6 +498,7 @@ async fn bad_arguments_are_refused_with_a_clear_message() {
         (&["mix", "--mix=delete-user=1"], "delete-user"),
         (&["get-user", "--max-in-flight=5"], "--max-in-flight"),
         (&["get-user", "--user=not a url"], "--user"),
+        (&["get-user", "--catalog=ftp://127.0.0.1:50054"], "--catalog"),
         (&["get-user", "--retries=11"], "--retries"),
         (&["drop-tables"], "drop-tables"),
     ] {
@@ -460,6 +517,7 @@ async fn sigterm_stops_the_load_reports_and_completes_the_record() {
     let path = dir.path().join("orders.jsonl");
     let child = Command::new(env!("CARGO_BIN_EXE_shopmesh"))
         .args(["bench", "create-order", "--user", &mesh.user.url(), "--order", &mesh.order.url()])
+        .args(["--catalog", &mesh.catalog.url()])
         .args(["--rate=20", "--duration=120s", "--users=2", "--json", "--record"])
         .arg(&path)
         .stdout(std::process::Stdio::piped())

@@ -1,10 +1,13 @@
-//! The `shopmesh` binary as a user runs it: all three services from one command, then SIGTERM;
+//! The `shopmesh` binary as a user runs it: all four services from one command, then SIGTERM;
 //! and one service with `shopmesh serve`.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use shopmesh::api::catalog::v1::{
+    CreateProductRequest, Product, catalog_service_client::CatalogServiceClient,
+};
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::order::v1::{
     CreateOrderRequest, GetOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
@@ -31,6 +34,7 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = |name: &str| format!("sqlite://{}/{name}.db", dir.path().display());
     let (user_db, payment_db, order_db) = (db("user"), db("payment"), db("order"));
+    let catalog_db = db("catalog");
     // No trace exporter, JSON logs: the log lines of a call must still carry its trace id.
     let logs_env = [("RUST_LOG", "info".to_owned()), ("SHOPMESH_LOG_FORMAT", "json".to_owned())];
     let mut process = Process::start_with(
@@ -38,12 +42,14 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
             "--user-listen=127.0.0.1:0",
             "--order-listen=127.0.0.1:0",
             "--payment-listen=127.0.0.1:0",
+            "--catalog-listen=127.0.0.1:0",
             // Far beyond terminate()'s 30 s: exiting in time proves the drain finished by
             // itself (with idle client connections open) rather than by the hard timeout.
             "--shutdown-timeout=120s",
             &format!("--user-database-url={user_db}"),
             &format!("--payment-database-url={payment_db}"),
             &format!("--order-database-url={order_db}"),
+            &format!("--catalog-database-url={catalog_db}"),
         ],
         &logs_env,
         Stdio::piped(),
@@ -61,6 +67,7 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
     let user_addr = address_of(&banner, "user");
     let order_addr = address_of(&banner, "order");
     let payment_addr = address_of(&banner, "payment");
+    let catalog_addr = address_of(&banner, "catalog");
     assert!(text.contains(&format!("grpcurl -plaintext {order_addr} list")), "{text}");
 
     let mut users = UserServiceClient::connect(format!("http://{user_addr}")).await.expect("user");
@@ -73,6 +80,16 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
         .await
         .expect("create user")
         .into_inner();
+    // The order service prices the order from the catalog: the product is created there first.
+    let mut catalog = CatalogServiceClient::connect(format!("http://{catalog_addr}")).await.expect("catalog");
+    let product = Product {
+        sku: "BOOK-42".into(),
+        display_name: "The book".into(),
+        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1_250 }),
+        active: true,
+        ..Product::default()
+    };
+    catalog.create_product(CreateProductRequest { product: Some(product) }).await.expect("create product");
     let mut orders = OrderServiceClient::connect(format!("http://{order_addr}")).await.expect("order");
     let order = orders
         .create_order(CreateOrderRequest {
@@ -88,13 +105,14 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
         .expect("create order")
         .into_inner();
     assert_eq!(order.state(), OrderState::Paid);
+    assert_eq!(order.total, Some(Money { currency_code: "USD".into(), amount_minor: 2 * 1_250 }));
     let got = orders.get_order(GetOrderRequest { id: order.id.clone() }).await.expect("get order");
     assert_eq!(got.into_inner(), order);
     testing::wait_serving(payment_addr, "shopmesh.payment.v1.PaymentService").await;
 
     let status = process.terminate().await;
     assert!(status.success(), "SIGTERM ends the mesh with exit code 0, got {status}");
-    for file in ["user.db", "payment.db", "order.db"] {
+    for file in ["user.db", "payment.db", "catalog.db", "order.db"] {
         assert!(dir.path().join(file).exists(), "{file} was created");
     }
     let logs = logs.join().expect("stderr reader");
@@ -294,7 +312,7 @@ fn every_variable_the_deployments_set_is_a_setting_of_the_binary() {
         }
     }
     let mut help = String::new();
-    for svc in ["user", "order", "payment"] {
+    for svc in ["user", "order", "payment", "catalog"] {
         let out = Command::new(env!("CARGO_BIN_EXE_shopmesh"))
             .args(["serve", svc, "--help"])
             .output()

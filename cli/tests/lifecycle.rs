@@ -106,16 +106,18 @@ async fn readiness_follows_the_database_and_liveness_does_not() {
 async fn readiness_never_follows_callees() {
     for backend in testing::backends() {
         let test_db = testing::database(backend, "order").await;
-        // Nothing listens where user and payment should be.
+        // Nothing listens where user, catalog and payment should be.
         let gone = |_| async {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             format!("http://{}", l.local_addr().expect("addr"))
         };
-        let (user_url, payment_url) = (gone(0).await, gone(1).await);
+        let (user_url, catalog_url, payment_url) = (gone(0).await, gone(1).await, gone(2).await);
         let config = OrderConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             database_url: test_db.url.clone(),
             user_url,
+            catalog_url,
+            catalog_cache_ttl: Duration::from_secs(5),
             payment_url,
             reconcile: Default::default(),
         };
@@ -134,7 +136,7 @@ async fn readiness_never_follows_callees() {
             }],
             request_id: String::new(),
         };
-        let err = orders.create_order(req).await.expect_err("user is down");
+        let err = orders.create_order(req).await.expect_err("user and catalog are down");
         assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
         assert_eq!(status(&order.url(), "").await, ServingStatus::Serving, "{backend:?}");
         order.stop().await.expect("stops");

@@ -1,5 +1,5 @@
-//! End to end: the user, payment and order services, each on its own 127.0.0.1 port and its own
-//! database, calling each other over real gRPC, on SQLite and (when configured) PostgreSQL.
+//! End to end: the user, payment, catalog and order services, each on its own 127.0.0.1 port and
+//! its own database, calling each other over real gRPC, on SQLite and (when configured) PostgreSQL.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,14 +25,38 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
 
+#[path = "common/catalog.rs"]
+mod catalog;
+use catalog::Catalog;
+
 /// Charges above this many minor units are declined by the simulated processor.
 const LIMIT: i64 = 50_000;
+
+/// What the catalog sells in these tests: (SKU, unit price in minor units, currency). Each test
+/// sends the catalog's price as the price it expects, so totals are what the tests compute.
+const PRODUCTS: &[(&str, i64, &str)] = &[
+    ("TEA-EARL-GREY", 450, "USD"),
+    ("MUG", 1_200, "USD"),
+    ("BOOK", 1_999, "USD"),
+    ("PEN", 250, "USD"),
+    ("A", 100, "USD"),
+    ("B", 100, "USD"),
+    ("EURO-B", 100, "EUR"),
+    ("YACHT", LIMIT + 1, "USD"),
+    ("RAMEN", 500, "JPY"),
+    ("LAMP", 4_000, "USD"),
+    ("DESK-LAMP", 1_250, "USD"),
+    ("CAR", LIMIT * 2, "USD"),
+    ("CHAIR", 3_000, "USD"),
+    ("DESK", 9_000, "USD"),
+];
 
 /// The three services and a client for each.
 struct Mesh {
     user: Option<Spawned>,
     payment: Option<Spawned>,
     order: Spawned,
+    catalog: Catalog,
     dbs: Vec<TestDb>,
     payment_addr: SocketAddr,
     users: UserServiceClient<Channel>,
@@ -79,10 +103,13 @@ async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConf
         None
     };
 
+    let catalog = Catalog::with(backend, PRODUCTS).await;
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: order_db.url.clone(),
         user_url: user.url(),
+        catalog_url: catalog.url(),
+        catalog_cache_ttl: Duration::from_secs(5),
         payment_url: format!("http://{payment_addr}"),
         reconcile,
     };
@@ -98,6 +125,7 @@ async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConf
         user: Some(user),
         payment,
         order,
+        catalog,
         dbs: vec![user_db, payment_db, order_db],
         payment_addr,
         users,
@@ -127,6 +155,7 @@ impl Mesh {
         if let Some(user) = self.user {
             user.stop().await.expect("user stops cleanly");
         }
+        self.catalog.stop().await;
         for db in self.dbs {
             db.drop_database().await;
         }
@@ -205,7 +234,7 @@ async fn an_order_is_charged_and_paid() {
         let order = m
             .create(order_of(
                 &user.id,
-                vec![line("tea-earl-grey", 3, usd(450)), line("mug", 1, usd(1_200))],
+                vec![line("TEA-EARL-GREY", 3, usd(450)), line("MUG", 1, usd(1_200))],
                 "",
             ))
             .await
@@ -237,7 +266,7 @@ async fn ten_replays_of_create_order_give_one_order_and_one_payment() {
     for backend in testing::backends() {
         let mut m = start(backend, true).await;
         let user = m.new_user("replay@example.com").await;
-        let req = order_of(&user.id, vec![line("book", 2, usd(1_999))], "checkout-7f3a");
+        let req = order_of(&user.id, vec![line("BOOK", 2, usd(1_999))], "checkout-7f3a");
         let first = m.create(req.clone()).await.expect("create");
         assert_eq!(first.state(), OrderState::Paid, "{backend:?}");
         assert_eq!(first.request_id, "checkout-7f3a", "{backend:?}");
@@ -263,7 +292,7 @@ async fn concurrent_first_attempts_with_one_request_id_create_one_order() {
     for backend in testing::backends() {
         let mut m = start(backend, true).await;
         let user = m.new_user("race@example.com").await;
-        let req = order_of(&user.id, vec![line("pen", 4, usd(250))], "race-1");
+        let req = order_of(&user.id, vec![line("PEN", 4, usd(250))], "race-1");
         let results = m.race(8, &req).await;
         let orders = m.orders_of(&user.id, 0).await;
         assert_eq!(orders.len(), 1, "{backend:?}: one order for one request id");
@@ -294,9 +323,9 @@ async fn reusing_a_request_id_for_another_order_fails_and_changes_nothing() {
         let mut m = start(backend, true).await;
         let user = m.new_user("reuse@example.com").await;
         let first =
-            m.create(order_of(&user.id, vec![line("a", 1, usd(100))], "key-1")).await.expect("create");
+            m.create(order_of(&user.id, vec![line("A", 1, usd(100))], "key-1")).await.expect("create");
         let err = m
-            .create(order_of(&user.id, vec![line("a", 2, usd(100))], "key-1"))
+            .create(order_of(&user.id, vec![line("A", 2, usd(100))], "key-1"))
             .await
             .expect_err("same key, other order");
         assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: {err:?}");
@@ -313,7 +342,7 @@ async fn declined_charges_leave_the_order_payment_declined() {
         let mut m = start(backend, true).await;
         let user = m.new_user("big-spender@example.com").await;
         let over = m
-            .create(order_of(&user.id, vec![line("yacht", 1, usd(LIMIT + 1))], "over-1"))
+            .create(order_of(&user.id, vec![line("YACHT", 1, usd(LIMIT + 1))], "over-1"))
             .await
             .expect("a decline is an outcome, not an error");
         assert_eq!(over.state(), OrderState::PaymentDeclined, "{backend:?}");
@@ -323,12 +352,12 @@ async fn declined_charges_leave_the_order_payment_declined() {
         assert_eq!(payment.expect("payment").into_inner().state(), PaymentState::Declined, "{backend:?}");
 
         let yen = Some(Money { currency_code: "JPY".into(), amount_minor: 500 });
-        let other = m.create(order_of(&user.id, vec![line("ramen", 1, yen)], "")).await.expect("create");
+        let other = m.create(order_of(&user.id, vec![line("RAMEN", 1, yen)], "")).await.expect("create");
         assert_eq!(other.state(), OrderState::PaymentDeclined, "{backend:?}");
         assert_eq!(other.decline_reason, "currency_not_supported", "{backend:?}");
 
         // A replay returns the declined order; it does not charge again.
-        let again = m.create(order_of(&user.id, vec![line("yacht", 1, usd(LIMIT + 1))], "over-1")).await;
+        let again = m.create(order_of(&user.id, vec![line("YACHT", 1, usd(LIMIT + 1))], "over-1")).await;
         assert_eq!(again.expect("replay"), over, "{backend:?}");
         assert_eq!(m.payments_of(&over.id).await.len(), 1, "{backend:?}");
         m.stop().await;
@@ -340,7 +369,7 @@ async fn unknown_and_inactive_users_cannot_order() {
     for backend in testing::backends() {
         let mut m = start(backend, true).await;
         let stranger = new_id();
-        let err = m.create(order_of(&stranger, vec![line("a", 1, usd(100))], "")).await.expect_err("unknown");
+        let err = m.create(order_of(&stranger, vec![line("A", 1, usd(100))], "")).await.expect_err("unknown");
         assert_eq!(err.code(), Code::NotFound, "{backend:?}: {err:?}");
         assert!(err.message().contains(&stranger), "{backend:?}: {}", err.message());
         assert!(m.orders_of(&stranger, 0).await.is_empty(), "{backend:?}: nothing written");
@@ -352,7 +381,7 @@ async fn unknown_and_inactive_users_cannot_order() {
         };
         m.users.update_user(deactivate).await.expect("deactivate");
         let err =
-            m.create(order_of(&user.id, vec![line("a", 1, usd(100))], "k")).await.expect_err("inactive");
+            m.create(order_of(&user.id, vec![line("A", 1, usd(100))], "k")).await.expect_err("inactive");
         assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: {err:?}");
         assert_eq!(precondition(&err).as_deref(), Some("USER_INACTIVE"), "{backend:?}");
         assert!(m.orders_of(&user.id, 0).await.is_empty(), "{backend:?}: nothing written");
@@ -369,57 +398,49 @@ async fn invalid_orders_are_rejected_field_by_field_and_write_nothing() {
         let eur = Some(Money { currency_code: "EUR".into(), amount_minor: 100 });
         let cases: Vec<(&str, CreateOrderRequest, Vec<&str>)> = vec![
             ("empty order", order_of(u, vec![], ""), vec!["line_items"]),
-            ("zero quantity", order_of(u, vec![line("a", 0, usd(100))], ""), vec!["line_items[0].quantity"]),
+            ("zero quantity", order_of(u, vec![line("A", 0, usd(100))], ""), vec!["line_items[0].quantity"]),
             (
                 "negative quantity",
-                order_of(u, vec![line("a", 1, usd(100)), line("b", -2, usd(100))], ""),
+                order_of(u, vec![line("A", 1, usd(100)), line("B", -2, usd(100))], ""),
                 vec!["line_items[1].quantity"],
             ),
             (
-                "mixed currencies",
-                order_of(u, vec![line("a", 1, usd(100)), line("b", 1, eur)], ""),
-                vec!["line_items[1].unit_price.currency_code"],
-            ),
-            (
-                "overflowing total",
-                order_of(
-                    u,
-                    vec![line("a", 10_000, usd(i64::MAX / 2)), line("b", 10_000, usd(i64::MAX / 2))],
-                    "",
-                ),
-                vec!["line_items"],
-            ),
-            (
                 "negative price",
-                order_of(u, vec![line("a", 1, usd(-1))], ""),
+                order_of(u, vec![line("A", 1, usd(-1))], ""),
                 vec!["line_items[0].unit_price.amount_minor"],
             ),
-            (
-                "missing price",
-                order_of(u, vec![line("a", 1, None)], ""),
-                vec!["line_items[0].unit_price", "line_items[0].unit_price.currency_code"],
-            ),
-            ("zero total", order_of(u, vec![line("free", 1, usd(0))], ""), vec!["line_items"]),
             ("bad sku", order_of(u, vec![line("no spaces", 1, usd(1))], ""), vec!["line_items[0].sku"]),
-            ("bad user id", order_of("not-a-uuid", vec![line("a", 1, usd(1))], ""), vec!["user_id"]),
-            ("bad request id", order_of(u, vec![line("a", 1, usd(1))], "has space"), vec!["request_id"]),
+            ("lower-case sku", order_of(u, vec![line("a", 1, usd(100))], ""), vec!["line_items[0].sku"]),
+            ("bad user id", order_of("not-a-uuid", vec![line("A", 1, usd(1))], ""), vec!["user_id"]),
+            ("bad request id", order_of(u, vec![line("A", 1, usd(1))], "has space"), vec!["request_id"]),
             (
                 "everything wrong",
                 order_of("", vec![line("", 0, None)], &"x".repeat(65)),
-                vec![
-                    "user_id",
-                    "request_id",
-                    "line_items[0].sku",
-                    "line_items[0].quantity",
-                    "line_items[0].unit_price",
-                    "line_items[0].unit_price.currency_code",
-                ],
+                vec!["user_id", "request_id", "line_items[0].sku", "line_items[0].quantity"],
             ),
         ];
         for (what, req, fields) in cases {
             let err = m.create(req).await.expect_err(what);
             assert_eq!(err.code(), Code::InvalidArgument, "{backend:?} {what}: {err:?}");
             assert_eq!(field_violations(&err), fields, "{backend:?} {what}");
+        }
+        // The catalog prices every line now: a missing price is filled in (see pricing.rs), and
+        // since it holds only positive prices of at most 10^12 minor units, a zero or overflowing
+        // total cannot be asked for. What the request can still get wrong against the catalog
+        // is refused as a failed precondition, and writes nothing either.
+        let refused: Vec<(&str, CreateOrderRequest, &str)> = vec![
+            (
+                "mixed currencies",
+                order_of(u, vec![line("A", 1, usd(100)), line("EURO-B", 1, eur)], ""),
+                "CURRENCY_MISMATCH",
+            ),
+            ("zero price", order_of(u, vec![line("A", 1, usd(0))], ""), "PRICE_CHANGED"),
+            ("unknown product", order_of(u, vec![line("FREE", 1, usd(0))], ""), "PRODUCT_UNAVAILABLE"),
+        ];
+        for (what, req, kind) in refused {
+            let err = m.create(req).await.expect_err(what);
+            assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?} {what}: {err:?}");
+            assert_eq!(precondition(&err).as_deref(), Some(kind), "{backend:?} {what}");
         }
         // A small request (100 lines, under 3 KiB) wrong on every line: its 301 violations once
         // made trailers of tens of KB that the client refused, so the caller saw no INVALID_ARGUMENT.
@@ -459,9 +480,9 @@ async fn orders_are_listed_per_user_a_page_at_a_time() {
         let mut created = Vec::new();
         for i in 1..=5 {
             created
-                .push(m.create(order_of(&alice.id, vec![line("a", i, usd(100))], "")).await.expect("create"));
+                .push(m.create(order_of(&alice.id, vec![line("A", i, usd(100))], "")).await.expect("create"));
         }
-        m.create(order_of(&bob.id, vec![line("b", 1, usd(100))], "")).await.expect("bob's order");
+        m.create(order_of(&bob.id, vec![line("B", 1, usd(100))], "")).await.expect("bob's order");
 
         let req = ListOrdersRequest { user_id: alice.id.clone(), page_size: 2, page_token: String::new() };
         let first = m.orders.list_orders(req).await.expect("page 1").into_inner();
@@ -480,7 +501,7 @@ async fn cancelling_a_paid_order_refunds_it_exactly_once() {
         let mut m = start(backend, true).await;
         let user = m.new_user("regret@example.com").await;
         let order =
-            m.create(order_of(&user.id, vec![line("lamp", 1, usd(4_000))], "")).await.expect("create");
+            m.create(order_of(&user.id, vec![line("LAMP", 1, usd(4_000))], "")).await.expect("create");
         assert_eq!(order.state(), OrderState::Paid, "{backend:?}");
 
         let cancelled = m.cancel(&order.id, "cancel-1").await.expect("cancel");
@@ -502,7 +523,7 @@ async fn cancelling_a_paid_order_refunds_it_exactly_once() {
 
         // A declined order has nothing to refund; it is simply cancelled.
         let declined =
-            m.create(order_of(&user.id, vec![line("car", 1, usd(LIMIT * 2))], "")).await.expect("declined");
+            m.create(order_of(&user.id, vec![line("CAR", 1, usd(LIMIT * 2))], "")).await.expect("declined");
         let cancelled = m.cancel(&declined.id, "").await.expect("cancel declined");
         assert_eq!(cancelled.state(), OrderState::Cancelled, "{backend:?}");
         let payments = m.payments_of(&declined.id).await;
@@ -516,7 +537,7 @@ async fn an_order_survives_the_payment_service_being_down() {
     for backend in testing::backends() {
         let mut m = start(backend, false).await;
         let user = m.new_user("patient@example.com").await;
-        let req = order_of(&user.id, vec![line("chair", 2, usd(3_000))], "while-down");
+        let req = order_of(&user.id, vec![line("CHAIR", 2, usd(3_000))], "while-down");
         let err = m.create(req.clone()).await.expect_err("payment is down");
         assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
         assert!(err.message().contains("retry with the same request_id"), "{backend:?}: {}", err.message());
@@ -550,7 +571,7 @@ async fn the_reconciler_settles_an_order_nobody_retries() {
         let mut m = start_with(backend, false, reconcile).await;
         let user = m.new_user("abandoned@example.com").await;
         let err = m
-            .create(order_of(&user.id, vec![line("desk", 1, usd(9_000))], "gave-up"))
+            .create(order_of(&user.id, vec![line("DESK", 1, usd(9_000))], "gave-up"))
             .await
             .expect_err("down");
         assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
@@ -581,8 +602,10 @@ async fn cancelling_a_pending_order_settles_its_payment_then_refunds_it() {
         let reconcile = ReconcileConfig { reconcile_interval: Duration::ZERO, ..ReconcileConfig::default() };
         let mut m = start_with(backend, false, reconcile).await;
         let user = m.new_user("regret@example.com").await;
-        let err =
-            m.create(order_of(&user.id, vec![line("lamp", 2, usd(1_250))], "k1")).await.expect_err("down");
+        let err = m
+            .create(order_of(&user.id, vec![line("DESK-LAMP", 2, usd(1_250))], "k1"))
+            .await
+            .expect_err("down");
         assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
         let id = m.orders_of(&user.id, 0).await[0].id.clone();
         m.start_payment().await;
@@ -605,7 +628,7 @@ async fn the_user_service_being_down_is_unavailable_and_writes_nothing() {
         let user_id = new_id();
         m.stop_user().await;
         let err =
-            m.create(order_of(&user_id, vec![line("a", 1, usd(100))], "k")).await.expect_err("user down");
+            m.create(order_of(&user_id, vec![line("A", 1, usd(100))], "k")).await.expect_err("user down");
         assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
         assert!(m.orders_of(&user_id, 0).await.is_empty(), "{backend:?}: nothing written");
         m.stop().await;

@@ -78,7 +78,7 @@ impl World {
     /// crash after the order insert leaves behind.
     async fn pending_order(&self, total: i64) -> Order {
         let user_id = ids::new_id();
-        let line = LineInput { sku: "sku-1", quantity: 1, unit_price: Some((total, "USD")) };
+        let line = LineInput { sku: "SKU-1", quantity: 1, unit_price: Some((total, "USD")) };
         let new = NewOrder::parse(&user_id, &[line], &ids::new_id()).expect("valid");
         self.orders.insert_pending(&new).await.expect("insert").expect("new request id")
     }

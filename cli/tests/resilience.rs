@@ -36,6 +36,10 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 
+#[path = "common/catalog.rs"]
+mod catalog;
+use catalog::Catalog;
+
 const USER: &str = "shopmesh.user.v1.UserService";
 const PAYMENT: &str = "shopmesh.payment.v1.PaymentService";
 
@@ -251,13 +255,21 @@ fn one_book(user_id: &str, request_id: &str) -> CreateOrderRequest {
     }
 }
 
-/// The real order service on `backend`, calling the given user and payment URLs.
-async fn order_service(backend: Backend, user_url: String, payment_url: String) -> (Spawned, TestDb) {
+/// The real order service on `backend`, calling the given user and payment URLs and a real
+/// catalog (returned with it) that sells the book of [`one_book`].
+async fn order_service(
+    backend: Backend,
+    user_url: String,
+    payment_url: String,
+) -> (Spawned, TestDb, Catalog) {
     let db = testing::database(backend, "order").await;
+    let catalog = Catalog::with(backend, &[("BOOK-42", 1250, "USD")]).await;
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: db.url.clone(),
         user_url,
+        catalog_url: catalog.url(),
+        catalog_cache_ttl: Duration::from_secs(5),
         payment_url,
         reconcile: Default::default(),
     };
@@ -266,7 +278,7 @@ async fn order_service(backend: Backend, user_url: String, payment_url: String) 
     // deadline ends before its caller's" holds when measured from the callee's arrival.
     mesh.client = ClientConfig { deadline_margin: Duration::from_millis(40), ..client_config() };
     let spawned = testing::spawn_service::<shopmesh_order::Order>(&testing::mesh(mesh), config).await;
-    (spawned, db)
+    (spawned, db, catalog)
 }
 
 async fn orders_client(order: &Spawned) -> OrderServiceClient<tonic::transport::Channel> {
@@ -282,6 +294,7 @@ struct FakedOrder {
     payment: Spawned,
     order: Spawned,
     db: TestDb,
+    catalog: Catalog,
     orders: OrderServiceClient<tonic::transport::Channel>,
     user_id: String,
 }
@@ -293,15 +306,17 @@ impl FakedOrder {
         let payments = Arc::new(Script::default());
         let user = fake_users(&users).await;
         let payment = fake_payments(&payments).await;
-        let (order, db) = order_service(backend, user.url(), payment.url()).await;
+        let (order, db, catalog) = order_service(backend, user.url(), payment.url()).await;
         let orders = orders_client(&order).await;
-        Self { users, payments, user, payment, order, db, orders, user_id: shopmesh::mesh::ids::new_id() }
+        let user_id = shopmesh::mesh::ids::new_id();
+        Self { users, payments, user, payment, order, db, catalog, orders, user_id }
     }
 
     async fn stop(self) {
         self.order.stop().await.expect("stops");
         self.user.stop().await.expect("stops");
         self.payment.stop().await.expect("stops");
+        self.catalog.stop().await;
         self.db.drop_database().await;
     }
 }
@@ -577,7 +592,7 @@ async fn lost_charge_replies_are_retried_without_charging_twice() {
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
 
-        let (order, order_db) = order_service(backend, user.url(), payment_url.clone()).await;
+        let (order, order_db, catalog) = order_service(backend, user.url(), payment_url.clone()).await;
         let mut orders = orders_client(&order).await;
         let user_id = shopmesh::mesh::ids::new_id();
         let mut ids = Vec::new();
@@ -606,6 +621,7 @@ async fn lost_charge_replies_are_retried_without_charging_twice() {
 
         order.stop().await.expect("stops");
         user.stop().await.expect("stops");
+        catalog.stop().await;
         server.abort();
         pool.close().await;
         order_db.drop_database().await;

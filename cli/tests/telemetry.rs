@@ -1,4 +1,4 @@
-//! Telemetry end to end: the three services as separate `shopmesh serve` processes export
+//! Telemetry end to end: the four services as separate `shopmesh serve` processes export
 //! their spans over OTLP/gRPC to a real trace receiver running in this test, write JSON logs
 //! with trace ids, and serve Prometheus metrics.
 
@@ -17,6 +17,9 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use shopmesh::api::catalog::v1::{
+    CreateProductRequest, Product, catalog_service_client::CatalogServiceClient,
+};
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::order::v1::{
     CreateOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
@@ -139,7 +142,7 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 #[tokio::test]
-async fn one_order_is_one_trace_across_three_processes() {
+async fn one_order_is_one_trace_across_four_processes() {
     for backend in testing::backends() {
         one_trace(backend).await;
     }
@@ -158,8 +161,9 @@ async fn one_trace(backend: Backend) {
 
     // The services, each its own process exporting to the receiver.
     let (user_addr, payment_addr, order_addr) = (free_addr(), free_addr(), free_addr());
+    let catalog_addr = free_addr();
     let order_metrics = free_addr();
-    // user and payment log only warnings: the log filter must not turn tracing off.
+    // user, payment and catalog log only warnings: the log filter must not turn tracing off.
     let env = |metrics: Option<std::net::SocketAddr>| {
         let mut env = vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
@@ -173,7 +177,7 @@ async fn one_trace(backend: Backend) {
         env
     };
     let mut dbs = Vec::new();
-    for svc in ["user", "payment", "order"] {
+    for svc in ["user", "payment", "catalog", "order"] {
         let db = testing::database(backend, svc).await;
         dbs.push((svc, db));
     }
@@ -192,6 +196,11 @@ async fn one_trace(backend: Backend) {
         &env(None),
         Stdio::null(),
     );
+    let catalog = Process::start_with(
+        &["serve", "catalog", &format!("--catalog-listen={catalog_addr}"), &db("catalog")],
+        &env(None),
+        Stdio::null(),
+    );
     let mut order = Process::start_with(
         &[
             "serve",
@@ -199,6 +208,9 @@ async fn one_trace(backend: Backend) {
             &format!("--order-listen={order_addr}"),
             &db("order"),
             &format!("--user-url=http://{user_addr}"),
+            &format!("--catalog-url=http://{catalog_addr}"),
+            // No price cache: every CreateOrder asks the catalog, so the traced one shows the hop.
+            "--catalog-cache-ttl=0s",
             &format!("--payment-url=http://{payment_addr}"),
         ],
         &env(Some(order_metrics)),
@@ -219,7 +231,20 @@ async fn one_trace(backend: Backend) {
     }
     testing::wait_serving(user_addr, "shopmesh.user.v1.UserService").await;
     testing::wait_serving(payment_addr, "shopmesh.payment.v1.PaymentService").await;
+    testing::wait_serving(catalog_addr, "shopmesh.catalog.v1.CatalogService").await;
     testing::wait_serving(order_addr, "shopmesh.order.v1.OrderService").await;
+
+    // The order service prices orders from the catalog: the product is created there first.
+    let mut products =
+        CatalogServiceClient::connect(format!("http://{catalog_addr}")).await.expect("connect catalog");
+    let book = Product {
+        sku: "BOOK-42".into(),
+        display_name: "The book".into(),
+        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1250 }),
+        active: true,
+        ..Product::default()
+    };
+    products.create_product(CreateProductRequest { product: Some(book) }).await.expect("create product");
 
     let mut users = UserServiceClient::connect(format!("http://{user_addr}")).await.expect("connect");
     let ada = users
@@ -308,14 +333,14 @@ async fn one_trace(backend: Backend) {
     assert!(metrics.contains("db_client_connections_usage"), "{metrics}");
 
     // SIGTERM flushes each process's spans.
-    for process in [order, payment, user] {
+    for process in [order, catalog, payment, user] {
         assert!(process.terminate().await.success());
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let spans = loop {
         let spans = receiver.spans();
         let services: std::collections::BTreeSet<_> = spans.iter().map(|s| s.service.clone()).collect();
-        if services.len() >= 3 || Instant::now() > deadline {
+        if services.len() >= 4 || Instant::now() > deadline {
             break spans;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -343,10 +368,11 @@ async fn one_trace(backend: Backend) {
     for key in ["service.version", "service.instance.id"] {
         assert!(order_server.resource.contains_key(key), "resource lacks {key}: {:?}", order_server.resource);
     }
-    // order → user and order → payment: client span under the order server span, the callee's
-    // server span under the client span.
+    // order → user, order → catalog (the prices) and order → payment: client span under the
+    // order server span, the callee's server span under the client span, all in one trace.
     for (callee, name) in [
         ("shopmesh-user", "shopmesh.user.v1.UserService/GetUser"),
+        ("shopmesh-catalog", "shopmesh.catalog.v1.CatalogService/BatchGetProducts"),
         ("shopmesh-payment", "shopmesh.payment.v1.PaymentService/Charge"),
     ] {
         let client = one(&traced, "shopmesh-order", name, SpanKind::Client);

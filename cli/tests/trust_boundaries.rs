@@ -28,6 +28,10 @@ use shopmesh_order::OrderConfig;
 use shopmesh_payment::PaymentConfig;
 use shopmesh_user::UserConfig;
 use tonic::transport::Channel;
+
+#[path = "common/catalog.rs"]
+mod catalog;
+use catalog::Catalog;
 use tonic::{Code, Request};
 
 const ISSUER: &str = "https://id.shopmesh.test";
@@ -98,16 +102,17 @@ fn usd(amount_minor: i64) -> Option<Money> {
 fn order_of(user_id: &str) -> CreateOrderRequest {
     CreateOrderRequest {
         user_id: user_id.into(),
-        line_items: vec![LineItem { sku: "tea".into(), quantity: 2, unit_price: usd(450) }],
+        line_items: vec![LineItem { sku: "TEA".into(), quantity: 2, unit_price: usd(450) }],
         request_id: new_id(),
     }
 }
 
-/// The user, payment and order services. The order service (the mesh's entry point) wants a
+/// The user, payment, catalog and order services. The order service (the mesh's entry point) wants a
 /// token from every caller; the user and payment services check tokens only when present,
 /// because without mTLS the order service's own calls to them carry no mesh identity.
 struct Mesh {
     services: Vec<Spawned>,
+    catalog: Catalog,
     dbs: Vec<TestDb>,
     users: UserServiceClient<Channel>,
     orders: OrderServiceClient<Channel>,
@@ -133,10 +138,14 @@ async fn start(backend: Backend) -> Mesh {
     };
     let mesh = with_jwt(TokenRequirement::Never);
     let payment = testing::spawn_service::<shopmesh_payment::Payment>(&testing::mesh(mesh), config).await;
+    // The order service's own calls carry no token; the catalog sells the tea ordered here.
+    let catalog = Catalog::with(backend, &[("TEA", 450, "USD")]).await;
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: order_db.url.clone(),
         user_url: user.url(),
+        catalog_url: catalog.url(),
+        catalog_cache_ttl: Duration::from_secs(5),
         payment_url: payment.url(),
         reconcile: Default::default(),
     };
@@ -147,6 +156,7 @@ async fn start(backend: Backend) -> Mesh {
     let payments = PaymentServiceClient::connect(payment.url()).await.expect("connect payment");
     Mesh {
         services: vec![order, payment, user],
+        catalog,
         dbs: vec![user_db, payment_db, order_db],
         users,
         orders,
@@ -159,6 +169,7 @@ impl Mesh {
         for service in self.services {
             service.stop().await.expect("service stops cleanly");
         }
+        self.catalog.stop().await;
         for db in self.dbs {
             db.drop_database().await;
         }

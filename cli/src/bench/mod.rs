@@ -1,13 +1,15 @@
 //! `shopmesh bench`: a load generator for a running mesh. It talks only to the public gRPC API,
 //! with plain tonic clients over `--connections` HTTP/2 connections per target (not the mesh's
 //! client stack, so the figures are the servers' and not our retry layer's), creates its own
-//! users (and orders, to read them), applies load at a fixed rate or concurrency, and reports
-//! throughput, latency percentiles and counts by status code, as text or JSON.
+//! users (and, when it orders, the products `BENCH-1` to `BENCH-10` in the catalog, since the
+//! order service prices every line from it; and orders, to read them), applies load at a fixed
+//! rate or concurrency, and reports throughput, latency percentiles and counts by status code,
+//! as text or JSON.
 //!
 //! Exit status: 0 when the run happened, whatever the servers answered (a server that is down
 //! shows as UNAVAILABLE counts) and also when stopped by SIGINT/SIGTERM; 2 for bad arguments;
-//! 1 when nothing could be set up (no user could be created, no order for `get-order`) or the
-//! record file could not be written.
+//! 1 when nothing could be set up (no user could be created, no product for the orders, no
+//! order for `get-order`) or the record file could not be written.
 
 mod load;
 mod progress;
@@ -21,6 +23,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shopmesh::api::catalog::v1::catalog_service_client::CatalogServiceClient;
 use shopmesh::api::order::v1::order_service_client::OrderServiceClient;
 use shopmesh::api::user::v1::user_service_client::UserServiceClient;
 use shopmesh::mesh::shutdown;
@@ -49,6 +52,11 @@ pub struct BenchArgs {
     /// The order service (CreateOrder, GetOrder).
     #[arg(long, env = "SHOPMESH_BENCH_ORDER", default_value = "http://127.0.0.1:50052")]
     pub order: String,
+
+    /// The catalog service the order service prices from (the products BENCH-1 to BENCH-10
+    /// that `create-order`, `get-order` and `mix` order are created there first).
+    #[arg(long, env = "SHOPMESH_BENCH_CATALOG", default_value = "http://127.0.0.1:50054")]
+    pub catalog: String,
 
     /// HTTP/2 connections opened to each service; calls take them in turn.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -128,7 +136,7 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 impl BenchArgs {
     /// What clap cannot check by itself: URLs, and `--mix` only with the `mix` scenario.
     pub fn validate(&self) -> Result<(), String> {
-        for (flag, url) in [("--user", &self.user), ("--order", &self.order)] {
+        for (flag, url) in [("--user", &self.user), ("--order", &self.order), ("--catalog", &self.catalog)] {
             Endpoint::from_shared(url.clone())
                 .map_err(|e| format!("{flag} {url:?} is not a URL like http://127.0.0.1:50051: {e}"))?;
             if !url.starts_with("http://") {
@@ -201,12 +209,13 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         },
         None => Arc::new(Recorder::default()),
     };
-    let (user_channels, order_channels) = match (
+    let (user_channels, order_channels, catalog_channel) = match (
         channels(&args.user, args.connections, args.timeout),
         channels(&args.order, args.connections, args.timeout),
+        channels(&args.catalog, 1, args.timeout),
     ) {
-        (Ok(u), Ok(o)) => (u, o),
-        (Err(err), _) | (_, Err(err)) => {
+        (Ok(u), Ok(o), Ok(mut c)) => (u, o, c.remove(0)),
+        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
             eprintln!("error: {err}");
             return ExitCode::from(2);
         }
@@ -217,6 +226,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         users: user_channels.into_iter().map(UserServiceClient::new).collect(),
         orders: order_channels.into_iter().map(OrderServiceClient::new).collect(),
         user_ids: Vec::new(),
+        products: Vec::new(),
         order_ids: Vec::new(),
         timeout: args.timeout,
         retries: args.retries,
@@ -243,6 +253,26 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             return flush(&recorder, ExitCode::FAILURE);
         }
     };
+    if mix.includes(Op::CreateOrder) || mix.includes(Op::GetOrder) {
+        say(format!("creating products BENCH-1 to BENCH-{} at {}", setup::PRODUCTS, args.catalog));
+        let catalog = CatalogServiceClient::new(catalog_channel);
+        let created = tokio::select! {
+            products = setup::products(&catalog, args.timeout) => products,
+            () = stop.cancelled() => return finish_interrupted_setup(&recorder),
+        };
+        caller.products = match created {
+            Ok(products) => products,
+            Err(status) => {
+                eprintln!(
+                    "error: cannot create products at {}: {}: {}",
+                    args.catalog,
+                    code_name(code_of(&status)),
+                    status.message()
+                );
+                return flush(&recorder, ExitCode::FAILURE);
+            }
+        };
+    }
     if mix.includes(Op::GetOrder) {
         say(format!("creating {} orders at {}", args.orders, args.order));
         let created = tokio::select! {

@@ -56,14 +56,14 @@ impl Recorder {
         request_id: &str,
         user_id: &str,
         total_minor: i64,
-        currency_code: &'static str,
+        currency_code: &str,
     ) -> Pending<'a> {
         Pending {
             recorder: self,
             request_id: request_id.to_owned(),
             user_id: user_id.to_owned(),
             total_minor,
-            currency_code,
+            currency_code: currency_code.to_owned(),
             attempts: 0,
             written: self.out.is_none(),
         }
@@ -106,7 +106,7 @@ pub struct Pending<'a> {
     request_id: String,
     user_id: String,
     total_minor: i64,
-    currency_code: &'static str,
+    currency_code: String,
     attempts: u32,
     written: bool,
 }
@@ -136,7 +136,7 @@ impl Pending<'_> {
             request_id: &self.request_id,
             user_id: &self.user_id,
             total_minor: self.total_minor,
-            currency_code: self.currency_code,
+            currency_code: &self.currency_code,
             code,
             order_id,
             state,

@@ -18,7 +18,8 @@ use super::record::Recorder;
 /// The load a run applies, named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// OrderService/CreateOrder: checks the user, writes the order, charges the payment.
+    /// OrderService/CreateOrder of products the bench created first: checks the user, prices
+    /// the lines from the catalog, writes the order, charges the payment.
     CreateOrder,
     /// OrderService/GetOrder of orders the bench created first.
     GetOrder,
@@ -178,8 +179,19 @@ pub struct Outcome {
     pub retries: u32,
 }
 
-/// Everything a request needs: a client per connection to each target, the users and orders
-/// the bench created, and where CreateOrder outcomes are recorded.
+/// A product the bench orders, as the catalog priced it when the bench set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    /// Its SKU (`BENCH-<n>`).
+    pub sku: String,
+    /// The catalog's price of one unit, minor units.
+    pub amount_minor: i64,
+    /// The price's ISO 4217 code.
+    pub currency_code: String,
+}
+
+/// Everything a request needs: a client per connection to each target, the users, products and
+/// orders the bench created, and where CreateOrder outcomes are recorded.
 #[derive(Debug)]
 pub struct Caller {
     /// One client per connection to the user service.
@@ -188,6 +200,8 @@ pub struct Caller {
     pub orders: Vec<OrderServiceClient<Channel>>,
     /// The users the bench created.
     pub user_ids: Vec<String>,
+    /// The products CreateOrder orders (created first, or found from an earlier run).
+    pub products: Vec<Product>,
     /// The orders the bench created for GetOrder.
     pub order_ids: Vec<String>,
     /// Each call's deadline, sent as `grpc-timeout`.
@@ -235,26 +249,29 @@ impl Caller {
         request
     }
 
-    /// Creates an order for user `i % users` with a fresh request id, sending it again on
-    /// UNAVAILABLE or DEADLINE_EXCEEDED up to `retries` times, and records the final outcome.
-    /// Returns the outcome and, on OK, the order's id.
+    /// Creates an order of product `i % products` for user `i % users` with a fresh request id,
+    /// sending it again on UNAVAILABLE or DEADLINE_EXCEEDED up to `retries` times, and records
+    /// the final outcome. Every other request states the catalog's price as the price it
+    /// expects (`unit_price`); the rest send none and let the server price the line, so both
+    /// paths carry load. Either way the recorded total is the catalog's price times the
+    /// quantity, what the order is stored with. Returns the outcome and, on OK, the order's id.
     pub async fn create_order(&self, i: u64) -> (Outcome, Option<String>) {
         let user_id = nth(&self.user_ids, i).clone();
-        // Varied but deterministic amounts, all far below the processor's default limit, so
-        // every order is expected to be PAID.
+        let product = nth(&self.products, i);
+        // Varied but deterministic quantities of prices far below the processor's default
+        // limit, so every order is expected to be PAID.
         let quantity = 1 + i32::try_from(i % 3).unwrap_or(0);
-        let unit_minor = 100 + i64::try_from(i.wrapping_mul(37) % 900).unwrap_or(0);
+        let expected = i.is_multiple_of(2).then(|| Money {
+            currency_code: product.currency_code.clone(),
+            amount_minor: product.amount_minor,
+        });
         let message = CreateOrderRequest {
             user_id: user_id.clone(),
-            line_items: vec![LineItem {
-                sku: "BENCH-1".into(),
-                quantity,
-                unit_price: Some(Money { currency_code: "USD".into(), amount_minor: unit_minor }),
-            }],
+            line_items: vec![LineItem { sku: product.sku.clone(), quantity, unit_price: expected }],
             request_id: uuid::Uuid::new_v4().to_string(),
         };
-        let mut entry =
-            self.recorder.start(&message.request_id, &user_id, i64::from(quantity) * unit_minor, "USD");
+        let total = i64::from(quantity).saturating_mul(product.amount_minor);
+        let mut entry = self.recorder.start(&message.request_id, &user_id, total, &product.currency_code);
         let mut retries = 0;
         loop {
             // A retry goes out on the next connection, as a client would after losing one.

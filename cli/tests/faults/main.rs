@@ -1,11 +1,15 @@
-//! The fault-injection harness: the three services as separate `shopmesh serve` processes on
+//! The fault-injection harness: the four services as separate `shopmesh serve` processes on
 //! loopback, driven by `shopmesh bench create-order`, while payment is SIGKILLed and restarted,
-//! user is SIGSTOPped and continued, order is killed and restarted once, and a TCP fault proxy
-//! between order and payment adds latency, swallows replies, refuses and resets connections.
-//! After the load and a settle period it checks, from both databases and the client's record:
+//! catalog is SIGKILLed and restarted, user is SIGSTOPped and continued, order is killed and
+//! restarted once, and a TCP fault proxy between order and payment adds latency, swallows
+//! replies, refuses and resets connections. While the catalog is down the harness places an
+//! order of its own for a product the order service has never priced (so its short price cache
+//! cannot answer): it must be refused UNAVAILABLE and write nothing.
+//! After the load and a settle period it checks, from the databases and the client's record:
 //! at most one order and one successful charge per request id, charges minus refunds equal the
-//! PAID total (order by order), nothing stuck PENDING_PAYMENT or PROCESSING, and every order the
-//! client saw acknowledged exists as acknowledged. A violation fails with the offending ids.
+//! PAID total (order by order), nothing stuck PENDING_PAYMENT or PROCESSING, every order the
+//! client saw acknowledged exists as acknowledged, and no order exists for a refused probe.
+//! A violation fails with the offending ids.
 //!
 //! `cargo test` runs a short round on SQLite (and PostgreSQL when `SHOPMESH_TEST_POSTGRES_URL`
 //! is set). Longer runs: `scripts/fault-harness` (see docs/benchmarks.md), which sets
@@ -22,6 +26,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use proxy::{Mode, Proxy};
+use shopmesh::api::catalog::v1::{
+    CreateProductRequest, Product, catalog_service_client::CatalogServiceClient,
+};
+use shopmesh::api::common::v1::Money;
+use shopmesh::api::order::v1::{CreateOrderRequest, LineItem, order_service_client::OrderServiceClient};
+use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::testing::{self, Backend, TestDb};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row as _};
@@ -138,6 +148,7 @@ fn free_addr() -> SocketAddr {
 #[derive(Debug, Default)]
 struct Faults {
     payment_kills: u32,
+    catalog_kills: u32,
     user_stops: u32,
     order_restarts: u32,
     proxy_latency: u32,
@@ -157,7 +168,9 @@ async fn run(backend: Backend, settings: &Settings) {
     let user_db = testing::database(backend, "fault_user").await;
     let payment_db = testing::database(backend, "fault_payment").await;
     let order_db = testing::database(backend, "fault_order").await;
+    let catalog_db = testing::database(backend, "fault_catalog").await;
     let (user_addr, payment_addr, order_addr) = (free_addr(), free_addr(), free_addr());
+    let catalog_addr = free_addr();
     let proxy = Proxy::start(payment_addr).await;
 
     let mut user = Process::new(
@@ -180,6 +193,15 @@ async fn run(backend: Backend, settings: &Settings) {
         ],
         dir.path(),
     );
+    let mut catalog = Process::new(
+        "catalog",
+        catalog_addr,
+        vec![
+            ("SHOPMESH_CATALOG_LISTEN", catalog_addr.to_string()),
+            ("SHOPMESH_CATALOG_DATABASE_URL", catalog_db.url.clone()),
+        ],
+        dir.path(),
+    );
     let mut order = Process::new(
         "order",
         order_addr,
@@ -187,6 +209,9 @@ async fn run(backend: Backend, settings: &Settings) {
             ("SHOPMESH_ORDER_LISTEN", order_addr.to_string()),
             ("SHOPMESH_ORDER_DATABASE_URL", order_db.url.clone()),
             ("SHOPMESH_USER_URL", format!("http://{user_addr}")),
+            ("SHOPMESH_CATALOG_URL", format!("http://{catalog_addr}")),
+            // Short, so that the catalog's outages reach the load rather than the cache.
+            ("SHOPMESH_CATALOG_CACHE_TTL", "200ms".into()),
             ("SHOPMESH_PAYMENT_URL", format!("http://{}", proxy.addr)),
             ("SHOPMESH_CALL_TIMEOUT", "1s".into()),
             ("SHOPMESH_EJECT_TIME", "500ms".into()),
@@ -197,17 +222,19 @@ async fn run(backend: Backend, settings: &Settings) {
         ],
         dir.path(),
     );
-    for p in [&mut user, &mut payment, &mut order] {
+    for p in [&mut user, &mut payment, &mut catalog, &mut order] {
         p.start();
     }
-    for p in [&user, &payment, &order] {
+    for p in [&user, &payment, &catalog, &order] {
         p.serving().await;
     }
+    let mut probe = Probe::new(user_addr, catalog_addr, order_addr).await;
 
     let record = dir.path().join("record.jsonl");
     let bench = Command::new(binary())
         .args(["bench", "create-order", "--json", "--quiet"])
         .args(["--user", &format!("http://{user_addr}"), "--order", &format!("http://{order_addr}")])
+        .args(["--catalog", &format!("http://{catalog_addr}")])
         .args([
             "--rate",
             &settings.rate.to_string(),
@@ -239,6 +266,7 @@ async fn run(backend: Backend, settings: &Settings) {
     let mut order_restarted = false;
     let mut next_payment_kill = Instant::now() + jitter(&mut rng, 1_500, 3_000);
     let mut next_user_stop = Instant::now() + jitter(&mut rng, 2_000, 4_000);
+    let mut next_catalog_kill = Instant::now() + jitter(&mut rng, 1_000, 3_000);
     let mut next_proxy = Instant::now() + jitter(&mut rng, 500, 1_500);
     while Instant::now() < load_end {
         let now = Instant::now();
@@ -248,6 +276,15 @@ async fn run(backend: Backend, settings: &Settings) {
             tokio::time::sleep(jitter(&mut rng, 200, 1_000)).await;
             payment.start();
             next_payment_kill = Instant::now() + jitter(&mut rng, 2_000, 4_000);
+        }
+        if now >= next_catalog_kill {
+            catalog.kill().await;
+            faults.catalog_kills += 1;
+            // Nothing else is faulted now: an order needing a price the cache lacks is refused.
+            probe.order_while_the_catalog_is_down().await;
+            tokio::time::sleep(jitter(&mut rng, 200, 1_000)).await;
+            catalog.start();
+            next_catalog_kill = Instant::now() + jitter(&mut rng, 2_000, 4_000);
         }
         if now >= next_user_stop {
             user.signal(Signal::SIGSTOP);
@@ -305,7 +342,10 @@ async fn run(backend: Backend, settings: &Settings) {
     if payment.child.is_none() {
         payment.start();
     }
-    for p in [&user, &payment, &order] {
+    if catalog.child.is_none() {
+        catalog.start();
+    }
+    for p in [&user, &payment, &catalog, &order] {
         p.serving().await;
     }
     let orders = pool(&order_db).await;
@@ -326,7 +366,8 @@ async fn run(backend: Backend, settings: &Settings) {
     println!("settled in {:?}", settle_start.elapsed());
 
     let acknowledged = read_record(&record);
-    let violations = check(&orders, &payments, &acknowledged).await;
+    let mut violations = check(&orders, &payments, &acknowledged).await;
+    violations.extend(probe.check(&orders).await);
     let stats = summary(&orders).await;
     println!(
         "{backend:?}: {} orders ({} PAID, {} PAYMENT_DECLINED), {} acknowledged to the client, {} proxy connections",
@@ -336,7 +377,8 @@ async fn run(backend: Backend, settings: &Settings) {
         acknowledged.iter().filter(|a| a.order_id.is_some()).count(),
         proxy.connections()
     );
-    for p in [&user, &payment, &order] {
+    println!("probe orders while the catalog was down: {:?}", probe.refused);
+    for p in [&user, &payment, &catalog, &order] {
         let log = std::fs::read_to_string(&p.log).unwrap_or_default();
         let errors: Vec<&str> = log.lines().filter(|l| l.contains("\"level\":\"ERROR\"")).collect();
         let reconciled = log.lines().filter(|l| l.contains("\"message\":\"reconciled\"")).count();
@@ -353,13 +395,20 @@ async fn run(backend: Backend, settings: &Settings) {
     orders.close().await;
     payments.close().await;
     proxy.stop();
-    for p in [&mut user, &mut payment, &mut order] {
+    for p in [&mut user, &mut payment, &mut catalog, &mut order] {
         p.kill().await;
     }
-    for db in [user_db, payment_db, order_db] {
+    for db in [user_db, payment_db, catalog_db, order_db] {
         db.drop_database().await;
     }
-    assert!(faults.payment_kills > 0 && faults.user_stops > 0 && faults.order_restarts == 1, "{faults:?}");
+    assert!(
+        faults.payment_kills > 0
+            && faults.catalog_kills > 0
+            && faults.user_stops > 0
+            && faults.order_restarts == 1,
+        "{faults:?}"
+    );
+    assert_eq!(probe.refused.len(), faults.catalog_kills as usize, "one probe per catalog kill");
     assert!(
         acknowledged.iter().any(|a| a.order_id.is_some()),
         "{backend:?}: no order was acknowledged, so nothing was tested"
@@ -371,6 +420,90 @@ async fn run(backend: Backend, settings: &Settings) {
         violations.join("\n")
     );
     println!("{backend:?}: 0 invariant violations");
+}
+
+/// The product only the probe orders, and only while the catalog is down: never priced, so
+/// never in the order service's price cache, which must ask the (killed) catalog.
+const PROBE_SKU: &str = "PROBE-1";
+
+/// The harness's own orders, placed while the catalog is down.
+struct Probe {
+    user_id: String,
+    orders: OrderServiceClient<tonic::transport::Channel>,
+    /// (request id, code) of each probe order.
+    refused: Vec<(String, tonic::Code)>,
+}
+
+impl Probe {
+    /// A user and the probe product, created while everything is up.
+    async fn new(user_addr: SocketAddr, catalog_addr: SocketAddr, order_addr: SocketAddr) -> Self {
+        let mut users =
+            UserServiceClient::connect(format!("http://{user_addr}")).await.expect("connect user");
+        let user = users
+            .create_user(CreateUserRequest {
+                email: "probe@example.com".into(),
+                display_name: "Probe".into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create the probe user")
+            .into_inner();
+        let mut catalog =
+            CatalogServiceClient::connect(format!("http://{catalog_addr}")).await.expect("connect catalog");
+        let product = Product {
+            sku: PROBE_SKU.into(),
+            display_name: "Probe".into(),
+            unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 100 }),
+            active: true,
+            ..Product::default()
+        };
+        catalog.create_product(CreateProductRequest { product: Some(product) }).await.expect("probe product");
+        let orders = OrderServiceClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{order_addr}"))
+                .expect("order url")
+                .connect_lazy(),
+        );
+        Self { user_id: user.id, orders, refused: Vec::new() }
+    }
+
+    /// One CreateOrder, under a new request id, for the product the order service has never
+    /// priced; the catalog is down.
+    async fn order_while_the_catalog_is_down(&mut self) {
+        let request_id = format!("catalog-down-{}", self.refused.len());
+        let mut request = tonic::Request::new(CreateOrderRequest {
+            user_id: self.user_id.clone(),
+            line_items: vec![LineItem { sku: PROBE_SKU.into(), quantity: 1, unit_price: None }],
+            request_id: request_id.clone(),
+        });
+        request.set_timeout(Duration::from_secs(5));
+        let code = match self.orders.create_order(request).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.refused.push((request_id, code));
+    }
+
+    /// Each probe was refused UNAVAILABLE and wrote nothing.
+    async fn check(&self, orders: &AnyPool) -> Vec<String> {
+        let mut violations = Vec::new();
+        for (request_id, code) in &self.refused {
+            if *code != tonic::Code::Unavailable {
+                violations.push(format!("probe {request_id} with the catalog down answered {code:?}"));
+            }
+        }
+        let written: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders WHERE user_id = $1")
+            .bind(&self.user_id)
+            .fetch_one(orders)
+            .await
+            .expect("count probe orders")
+            .try_get("n")
+            .expect("n");
+        if written != 0 {
+            violations
+                .push(format!("{written} orders written for probes refused while the catalog was down"));
+        }
+        violations
+    }
 }
 
 fn jitter(rng: &mut fastrand::Rng, min_ms: u64, max_ms: u64) -> Duration {

@@ -41,6 +41,16 @@ pub struct OrderConfig {
     #[arg(long, env = "SHOPMESH_USER_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50051")]
     pub user_url: String,
 
+    /// The catalog service, which prices every order, as for --user-url.
+    #[arg(long, env = "SHOPMESH_CATALOG_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50054")]
+    pub catalog_url: String,
+
+    /// How long a product's catalog price is reused before the catalog is asked again: a price
+    /// change reaches new orders within this time; `0s` asks the catalog on every order.
+    #[arg(long, env = "SHOPMESH_CATALOG_CACHE_TTL", help_heading = CALLS, default_value = "5s",
+          value_parser = duration)]
+    pub catalog_cache_ttl: Duration,
+
     /// The payment service, as for --user-url.
     #[arg(long, env = "SHOPMESH_PAYMENT_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50053")]
     pub payment_url: String,

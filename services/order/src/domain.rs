@@ -81,6 +81,167 @@ pub const MAX_QUANTITY: i64 = 10_000;
 /// Longest SKU.
 pub const MAX_SKU_LEN: usize = 64;
 
+/// A line of a CreateOrder, validated: what and how many, and the price the caller expects, if
+/// it said one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedLine {
+    /// Stock keeping unit, as the catalog names it.
+    pub sku: String,
+    /// How many, 1 to [`MAX_QUANTITY`].
+    pub quantity: i64,
+    /// The unit price the caller expects, as (minor units, currency code).
+    pub expected_price: Option<(i64, String)>,
+}
+
+/// A validated CreateOrder, before the catalog prices it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRequest {
+    /// Who orders.
+    pub user_id: String,
+    /// The lines, in the order given.
+    pub lines: Vec<RequestedLine>,
+    /// Idempotency key, if sent.
+    pub request_id: Option<String>,
+}
+
+/// What the catalog says of one product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogPrice {
+    /// Price of one unit, minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency_code: String,
+    /// Whether it may be ordered.
+    pub active: bool,
+}
+
+/// Why the catalog's prices cannot make an order of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unpriced {
+    /// The catalog has no such product, or it is inactive.
+    Unavailable(String),
+    /// The caller expected another price than the catalog's.
+    PriceChanged {
+        /// The product.
+        sku: String,
+        /// What the caller expected, (minor units, currency).
+        expected: (i64, String),
+        /// What the catalog says.
+        actual: (i64, String),
+    },
+    /// The product is priced in another currency than the order's first line.
+    CurrencyMismatch(String),
+    /// The priced order breaks a rule of its own (its total).
+    Invalid(Violations),
+}
+
+impl OrderRequest {
+    /// Validates a CreateOrder: the user, the request id, and each line's SKU (the catalog's
+    /// rule: 1 to 64 of `A-Z`, `0-9`, `-`, `_`, `.`), quantity and expected price, if given.
+    pub fn parse(user_id: &str, lines: &[LineInput<'_>], request_id: &str) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        validation::id(&mut v, "user_id", user_id);
+        let request_id = validation::request_id(&mut v, "request_id", request_id, false);
+        if lines.is_empty() {
+            v.add("line_items", "must have at least one line");
+        } else if lines.len() > MAX_LINES {
+            v.add("line_items", format!("must have at most {MAX_LINES} lines"));
+        }
+        let mut parsed = Vec::with_capacity(lines.len().min(MAX_LINES));
+        for (i, line) in lines.iter().enumerate().take(MAX_LINES) {
+            let at = |f: &str| format!("line_items[{i}].{f}");
+            if line.sku.is_empty() {
+                v.add(at("sku"), "is required");
+            } else if line.sku.len() > MAX_SKU_LEN
+                || !line
+                    .sku
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+            {
+                v.add(at("sku"), format!("must be 1 to {MAX_SKU_LEN} of A-Z, 0-9, '-', '_' or '.'"));
+            }
+            if !(1..=MAX_QUANTITY).contains(&line.quantity) {
+                v.add(at("quantity"), format!("must be between 1 and {MAX_QUANTITY}"));
+            }
+            if let Some((amount, code)) = line.unit_price {
+                if amount < 0 {
+                    v.add(at("unit_price.amount_minor"), "must not be negative");
+                }
+                validation::currency_code(&mut v, &at("unit_price.currency_code"), code);
+            }
+            parsed.push(RequestedLine {
+                sku: line.sku.to_owned(),
+                quantity: line.quantity,
+                expected_price: line.unit_price.map(|(amount, code)| (amount, code.to_owned())),
+            });
+        }
+        v.check(Self { user_id: user_id.to_owned(), lines: parsed, request_id })
+    }
+
+    /// The distinct SKUs of the request, in the order first named.
+    pub fn skus(&self) -> Vec<&str> {
+        let mut skus: Vec<&str> = Vec::with_capacity(self.lines.len());
+        for line in &self.lines {
+            if !skus.contains(&line.sku.as_str()) {
+                skus.push(&line.sku);
+            }
+        }
+        skus
+    }
+
+    /// The order this request makes at the catalog's `prices`: every line priced by the
+    /// catalog, refused if a product is missing or inactive, if the caller expected another
+    /// price, or if the products are priced in different currencies.
+    pub fn price(
+        &self,
+        prices: &std::collections::HashMap<String, CatalogPrice>,
+    ) -> Result<NewOrder, Unpriced> {
+        let mut currency: Option<&str> = None;
+        let mut inputs = Vec::with_capacity(self.lines.len());
+        for line in &self.lines {
+            let product = prices
+                .get(&line.sku)
+                .filter(|p| p.active)
+                .ok_or_else(|| Unpriced::Unavailable(line.sku.clone()))?;
+            let actual = (product.amount_minor, product.currency_code.clone());
+            if let Some(expected) = &line.expected_price
+                && *expected != actual
+            {
+                return Err(Unpriced::PriceChanged {
+                    sku: line.sku.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            if *currency.get_or_insert(&product.currency_code) != product.currency_code {
+                return Err(Unpriced::CurrencyMismatch(line.sku.clone()));
+            }
+            inputs.push(LineInput {
+                sku: &line.sku,
+                quantity: line.quantity,
+                unit_price: Some((product.amount_minor, &product.currency_code)),
+            });
+        }
+        NewOrder::parse(&self.user_id, &inputs, self.request_id.as_deref().unwrap_or_default())
+            .map_err(Unpriced::Invalid)
+    }
+
+    /// Whether `order` is what this request created: a replay of the same CreateOrder (same
+    /// user, SKUs and quantities; an expected price, where given, is the one charged). Prices
+    /// that changed since do not matter: the stored order is returned as it was.
+    pub fn matches(&self, order: &Order) -> bool {
+        self.user_id == order.user_id
+            && self.lines.len() == order.items.len()
+            && self.lines.iter().zip(&order.items).all(|(line, item)| {
+                line.sku == item.sku
+                    && line.quantity == item.quantity
+                    && line.expected_price.as_ref().is_none_or(|(amount, code)| {
+                        *amount == item.unit_price_minor && *code == order.currency_code
+                    })
+            })
+    }
+}
+
 /// A line as the caller sent it, before validation.
 #[derive(Debug, Clone)]
 pub struct LineInput<'a> {
@@ -92,7 +253,7 @@ pub struct LineInput<'a> {
     pub unit_price: Option<(i64, &'a str)>,
 }
 
-/// A validated CreateOrder.
+/// An order ready to store: every line priced (by the catalog, see [`OrderRequest::price`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
     /// Who orders.
@@ -108,7 +269,7 @@ pub struct NewOrder {
 }
 
 impl NewOrder {
-    /// Validates a CreateOrder: every field, one currency, a positive total without overflow.
+    /// Validates priced lines: every field, one currency, a positive total without overflow.
     pub fn parse(user_id: &str, lines: &[LineInput<'_>], request_id: &str) -> Result<Self, Violations> {
         let mut v = Violations::new();
         validation::id(&mut v, "user_id", user_id);
@@ -177,13 +338,6 @@ impl NewOrder {
             total_minor: total.unwrap_or(0),
             request_id,
         })
-    }
-
-    /// Whether `order` is what this request would create: a replay of the same CreateOrder.
-    pub fn matches(&self, order: &Order) -> bool {
-        self.user_id == order.user_id
-            && self.items == order.items
-            && self.currency_code == order.currency_code
     }
 }
 
@@ -271,9 +425,85 @@ mod tests {
             create_time_ms: 0,
             update_time_ms: 0,
         };
-        assert!(req.matches(&order));
-        let other = NewOrder::parse(&user, &[line("a", 2, 5, "USD")], "r").expect("valid");
-        assert!(!other.matches(&order));
+        let ask = |quantity, price: Option<(i64, &'static str)>| {
+            OrderRequest::parse(&user, &[LineInput { sku: "A", quantity, unit_price: price }], "r")
+                .expect("valid")
+        };
+        let order = Order { items: vec![LineItem { sku: "A".into(), ..req.items[0].clone() }], ..order };
+        assert!(ask(1, None).matches(&order), "a replay without prices matches whatever was charged");
+        assert!(ask(1, Some((5, "USD"))).matches(&order));
+        assert!(!ask(1, Some((6, "USD"))).matches(&order), "another expected price");
+        assert!(!ask(2, None).matches(&order), "another quantity");
+    }
+
+    fn priced(amount_minor: i64, currency: &str, active: bool) -> CatalogPrice {
+        CatalogPrice { amount_minor, currency_code: currency.into(), active }
+    }
+
+    #[test]
+    fn the_catalog_prices_every_line() {
+        let user = new_id();
+        let lines = [
+            LineInput { sku: "BOOK-1", quantity: 2, unit_price: None },
+            LineInput { sku: "PEN.2", quantity: 3, unit_price: Some((150, "USD")) },
+        ];
+        let req = OrderRequest::parse(&user, &lines, "r-1").expect("valid");
+        assert_eq!(req.skus(), ["BOOK-1", "PEN.2"]);
+        let prices: std::collections::HashMap<String, CatalogPrice> = [
+            ("BOOK-1".to_owned(), priced(1000, "USD", true)),
+            ("PEN.2".to_owned(), priced(150, "USD", true)),
+        ]
+        .into();
+        let new = req.price(&prices).expect("priced");
+        assert_eq!(new.total_minor, 2 * 1000 + 3 * 150);
+        assert_eq!(new.items[0].unit_price_minor, 1000, "a missing client price is filled from the catalog");
+        assert_eq!(new.request_id.as_deref(), Some("r-1"));
+
+        let mut changed = prices.clone();
+        changed.insert("PEN.2".into(), priced(175, "USD", true));
+        assert_eq!(
+            req.price(&changed),
+            Err(Unpriced::PriceChanged {
+                sku: "PEN.2".into(),
+                expected: (150, "USD".into()),
+                actual: (175, "USD".into())
+            })
+        );
+        let mut inactive = prices.clone();
+        inactive.insert("BOOK-1".into(), priced(1000, "USD", false));
+        assert_eq!(req.price(&inactive), Err(Unpriced::Unavailable("BOOK-1".into())));
+        let mut missing = prices.clone();
+        missing.remove("PEN.2");
+        assert_eq!(req.price(&missing), Err(Unpriced::Unavailable("PEN.2".into())));
+        let mut euros = prices;
+        euros.insert("PEN.2".into(), priced(150, "EUR", true));
+        let unpriced = OrderRequest::parse(&user, &lines[..1], "").expect("valid");
+        assert!(unpriced.price(&euros).is_ok());
+        let both = OrderRequest::parse(
+            &user,
+            &[lines[0].clone(), LineInput { unit_price: None, ..lines[1].clone() }],
+            "",
+        )
+        .expect("valid");
+        assert_eq!(both.price(&euros), Err(Unpriced::CurrencyMismatch("PEN.2".into())));
+    }
+
+    #[test]
+    fn requests_follow_the_catalogs_sku_rule() {
+        let user = new_id();
+        let line = |sku| LineInput { sku, quantity: 1, unit_price: None };
+        let long = "A".repeat(65);
+        for bad in ["", "lower", "A B", long.as_str()] {
+            let err = OrderRequest::parse(&user, &[line(bad)], "").expect_err(bad);
+            assert!(err.has("line_items[0].sku"), "{bad:?}: {err}");
+        }
+        assert!(OrderRequest::parse(&user, &[line("A-Z_0.9")], "").is_ok());
+        let negative = LineInput { sku: "A", quantity: 1, unit_price: Some((-1, "usd")) };
+        let err = OrderRequest::parse(&user, &[negative], "").expect_err("bad price");
+        assert!(
+            err.has("line_items[0].unit_price.amount_minor")
+                && err.has("line_items[0].unit_price.currency_code")
+        );
     }
 
     #[test]

@@ -32,6 +32,34 @@ pub enum Error {
     /// returns the settled order.
     #[error("the payment of order {0} is still processing; retry with the same request_id")]
     PaymentInFlight(String),
+    /// FAILED_PRECONDITION `PRODUCT_UNAVAILABLE`: the catalog has no such product, or it is
+    /// inactive. Nothing is written.
+    #[error("product {0} is not in the catalog or not for sale")]
+    ProductUnavailable(String),
+    /// FAILED_PRECONDITION `PRICE_CHANGED`: the caller expected another price than the
+    /// catalog's (ask the catalog, or send no price). Nothing is written.
+    #[error(
+        "the price of {sku} is {actual_amount} {actual_currency}, not the {expected_amount} {expected_currency} expected"
+    )]
+    PriceChanged {
+        /// The product.
+        sku: String,
+        /// What the caller expected.
+        expected_amount: i64,
+        /// Its currency.
+        expected_currency: String,
+        /// The catalog's price.
+        actual_amount: i64,
+        /// Its currency.
+        actual_currency: String,
+    },
+    /// FAILED_PRECONDITION `CURRENCY_MISMATCH`: the catalog prices this product in another
+    /// currency than the order's first line; an order has one currency.
+    #[error("product {0} is priced in another currency than the order's first line")]
+    CurrencyMismatch(String),
+    /// The catalog service failed: as for the user service. Nothing is written.
+    #[error("catalog service: {0}")]
+    Catalog(Status),
     /// The user service failed: UNAVAILABLE or DEADLINE_EXCEEDED pass through, the rest INTERNAL.
     #[error("user service: {0}")]
     User(Status),
@@ -45,6 +73,24 @@ pub enum Error {
     /// UNAVAILABLE when the database cannot be reached in time, INTERNAL otherwise.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+impl From<crate::domain::Unpriced> for Error {
+    fn from(unpriced: crate::domain::Unpriced) -> Self {
+        use crate::domain::Unpriced;
+        match unpriced {
+            Unpriced::Unavailable(sku) => Self::ProductUnavailable(sku),
+            Unpriced::PriceChanged { sku, expected, actual } => Self::PriceChanged {
+                sku,
+                expected_amount: expected.0,
+                expected_currency: expected.1,
+                actual_amount: actual.0,
+                actual_currency: actual.1,
+            },
+            Unpriced::CurrencyMismatch(sku) => Self::CurrencyMismatch(sku),
+            Unpriced::Invalid(v) => Self::Invalid(v),
+        }
+    }
 }
 
 impl From<Violations> for Error {
@@ -68,6 +114,18 @@ impl From<Error> for Status {
             Error::AlreadyCancelled(ref id) => {
                 status::failed_precondition("ALREADY_CANCELLED", &format!("orders/{id}"), err.to_string())
             }
+            Error::ProductUnavailable(ref sku) => status::failed_precondition(
+                "PRODUCT_UNAVAILABLE",
+                &format!("products/{sku}"),
+                err.to_string(),
+            ),
+            Error::PriceChanged { ref sku, .. } => {
+                status::failed_precondition("PRICE_CHANGED", &format!("products/{sku}"), err.to_string())
+            }
+            Error::CurrencyMismatch(ref sku) => {
+                status::failed_precondition("CURRENCY_MISMATCH", &format!("products/{sku}"), err.to_string())
+            }
+            Error::Catalog(s) => status::upstream("catalog", &s),
             Error::PaymentInFlight(_) => Status::unavailable(err.to_string()),
             Error::User(s) => status::upstream("user", &s),
             Error::Payment(s) => {

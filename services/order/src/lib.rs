@@ -1,9 +1,10 @@
-//! The order service: validates the user, charges the payment, keeps the order's state machine
+//! The order service: validates the user, prices every line from the catalog, charges the
+//! payment, keeps the order's state machine
 //! (PENDING_PAYMENT, then PAID or PAYMENT_DECLINED, then CANCELLED).
 //!
 //! [`Order`] is the service as the mesh runs it (its settings in [`OrderConfig`]): the runtime
-//! opens its database (migrating it), [`Order::start`] opens lazy channels to the user and
-//! payment services and starts the reconciler, and `OrderService` is served with health and
+//! opens its database (migrating it), [`Order::start`] opens lazy channels to the user, catalog
+//! and payment services and starts the reconciler, and `OrderService` is served with health and
 //! reflection until shutdown.
 //! Rules live in [`domain`], the use cases in `service`, calls to other services in `upstream`,
 //! every SQL statement in `store`, request validation in [`convert`] and the rest of the
@@ -48,7 +49,9 @@ pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POST
 async fn orders(mesh: &Mesh, config: &OrderConfig, pool: Pool) -> Result<service::Orders, Error> {
     let upstream = upstream::Upstream::new(
         mesh.channel(&config.user_url).await?,
+        mesh.channel(&config.catalog_url).await?,
         mesh.channel(&config.payment_url).await?,
+        config.catalog_cache_ttl,
     );
     Ok(service::Orders::new(store::Store::new(pool, config.reconcile.reconcile_after), upstream))
 }
@@ -85,7 +88,11 @@ impl MeshService for Order {
     }
 
     fn upstreams(config: &mut OrderConfig) -> Vec<(&'static str, &mut String)> {
-        vec![("user", &mut config.user_url), ("payment", &mut config.payment_url)]
+        vec![
+            ("user", &mut config.user_url),
+            ("catalog", &mut config.catalog_url),
+            ("payment", &mut config.payment_url),
+        ]
     }
 
     /// Opens the dependency channels; the reconciler runs beside the routes for as long as

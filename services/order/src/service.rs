@@ -1,10 +1,10 @@
 //! The order use cases: CreateOrder (check the user, store, charge, settle) and CancelOrder
 //! (refund exactly once), each safe to repeat under the same request id.
 
-use crate::domain::{NewOrder, Order, State};
+use crate::domain::{Order, OrderRequest, State};
 use crate::error::Error;
 use crate::store::Store;
-use crate::upstream::{Charged, Upstream, UserCheck};
+use crate::upstream::{Charged, Prices, Upstream, UserCheck};
 use shopmesh::mesh::validation::{Page, Paged};
 use tonic::{Code, Status};
 
@@ -39,32 +39,44 @@ impl Orders {
         owned(order, id, owner)
     }
 
-    /// Creates and charges an order. A request id seen before returns its order, finishing the
+    /// Creates and charges an order, every line priced by the catalog. A request id seen
+    /// before returns its order as it was stored (whatever the prices are now), finishing the
     /// payment if an earlier attempt was cut short; the charge's key is the order id, so that
-    /// can never charge twice.
-    pub async fn create(&self, new: &NewOrder) -> Result<Order, Error> {
-        if let Some(existing) = self.replay(new).await? {
+    /// can never charge twice. Nothing is written unless the user may order and the catalog
+    /// priced every line.
+    pub async fn create(&self, request: &OrderRequest) -> Result<Order, Error> {
+        if let Some(existing) = self.replay(request).await? {
             return self.settle(existing).await;
         }
-        match self.upstream.check_user(&new.user_id).await.map_err(Error::User)? {
+        // Both answers are needed before anything is written; neither depends on the other.
+        let skus = request.skus();
+        let (user, prices) =
+            tokio::join!(self.upstream.check_user(&request.user_id), self.upstream.prices(&skus));
+        match user.map_err(Error::User)? {
             UserCheck::Active => {}
-            UserCheck::Inactive => return Err(Error::UserInactive(new.user_id.clone())),
-            UserCheck::Missing => return Err(Error::UserNotFound(new.user_id.clone())),
+            UserCheck::Inactive => return Err(Error::UserInactive(request.user_id.clone())),
+            UserCheck::Missing => return Err(Error::UserNotFound(request.user_id.clone())),
         }
-        let order = match self.store.insert(new).await? {
+        let prices = match prices.map_err(Error::Catalog)? {
+            Prices::Found(prices) => prices,
+            Prices::Missing(sku) => return Err(Error::ProductUnavailable(sku)),
+        };
+        let new = request.price(&prices)?;
+        let order = match self.store.insert(&new).await? {
             Some(order) => order,
             // A concurrent request with the same key stored first: continue with its order.
-            None => self.replay(new).await?.ok_or_else(|| Error::Conflict("order vanished".into()))?,
+            None => self.replay(request).await?.ok_or_else(|| Error::Conflict("order vanished".into()))?,
         };
         tracing::info!(order_id = %order.id, total = order.total_minor, "order stored");
         self.settle(order).await
     }
 
-    /// The order stored under `new`'s request id, if any; an error if it differs from `new`.
-    async fn replay(&self, new: &NewOrder) -> Result<Option<Order>, Error> {
-        let Some(request_id) = &new.request_id else { return Ok(None) };
+    /// The order stored under `request`'s request id, if any; an error if it differs from
+    /// `request`.
+    async fn replay(&self, request: &OrderRequest) -> Result<Option<Order>, Error> {
+        let Some(request_id) = &request.request_id else { return Ok(None) };
         match self.store.by_request_id(request_id).await? {
-            Some(order) if new.matches(&order) => Ok(Some(order)),
+            Some(order) if request.matches(&order) => Ok(Some(order)),
             Some(_) => Err(Error::RequestIdReused(request_id.clone())),
             None => Ok(None),
         }

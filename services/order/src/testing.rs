@@ -30,7 +30,9 @@ impl Harness {
     /// payment services over the given channels. Pending orders are due for reconciliation as
     /// soon as they are stored (`reconcile_after` is zero).
     pub fn new(pool: Pool, users: Channel, payments: Channel) -> Self {
-        Self { orders: Orders::new(Store::new(pool, Duration::ZERO), Upstream::new(users, payments)) }
+        // Reconciliation never asks the catalog: its channel is the user service's, unused.
+        let upstream = Upstream::new(users.clone(), users, payments, Duration::ZERO);
+        Self { orders: Orders::new(Store::new(pool, Duration::ZERO), upstream) }
     }
 
     /// Stores `new` as a PENDING_PAYMENT order, as CreateOrder does just before charging —

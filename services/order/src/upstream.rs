@@ -1,7 +1,12 @@
 //! The order service's calls to its dependencies, through the generated clients over the
 //! mesh's client stack (which gives each call its deadline and retries); answers are reduced to
-//! what the order flow needs.
+//! what the order flow needs. Catalog prices are kept in an in-process cache for a short,
+//! configured time, so a hit costs no network hop.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shopmesh::api::catalog::v1::{BatchGetProductsRequest, catalog_service_client::CatalogServiceClient};
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::payment::v1::{
     ChargeRequest, PaymentState, RefundRequest, payment_service_client::PaymentServiceClient,
@@ -10,7 +15,24 @@ use shopmesh::api::user::v1::{GetUserRequest, user_service_client::UserServiceCl
 use shopmesh::mesh::client::Channel;
 use tonic::{Code, Status};
 
-use crate::domain::Order;
+use tonic_types::{ErrorDetail, StatusExt as _};
+
+use crate::domain::{CatalogPrice, Order};
+
+/// Most products a BatchGetProducts may ask for.
+const BATCH_LIMIT: usize = 100;
+
+/// Most products the price cache holds.
+const CACHE_CAPACITY: u64 = 100_000;
+
+/// What the catalog answered for a set of SKUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prices {
+    /// Every SKU, priced.
+    Found(HashMap<String, CatalogPrice>),
+    /// The catalog has no product with this SKU.
+    Missing(String),
+}
 
 /// What the user service says about an orderer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,17 +56,75 @@ pub enum Charged {
     Processing,
 }
 
-/// Clients of the user and payment services.
-#[derive(Debug, Clone)]
+/// Clients of the user, catalog and payment services.
+#[derive(Clone)]
 pub struct Upstream {
     users: UserServiceClient<Channel>,
+    catalog: CatalogServiceClient<Channel>,
     payments: PaymentServiceClient<Channel>,
+    /// Prices by SKU, each kept for the cache's time to live; `None` when it is zero.
+    prices: Option<mini_moka::sync::Cache<String, CatalogPrice>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("cached_prices", &self.prices.as_ref().map(|c| c.entry_count()))
+            .finish()
+    }
 }
 
 impl Upstream {
-    /// Clients over the given channels.
-    pub fn new(users: Channel, payments: Channel) -> Self {
-        Self { users: UserServiceClient::new(users), payments: PaymentServiceClient::new(payments) }
+    /// Clients over the given channels; catalog prices are reused for `price_ttl` (zero: the
+    /// catalog is asked on every order).
+    pub fn new(users: Channel, catalog: Channel, payments: Channel, price_ttl: Duration) -> Self {
+        let prices = (!price_ttl.is_zero()).then(|| {
+            mini_moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(price_ttl).build()
+        });
+        Self {
+            users: UserServiceClient::new(users),
+            catalog: CatalogServiceClient::new(catalog),
+            payments: PaymentServiceClient::new(payments),
+            prices,
+        }
+    }
+
+    /// The catalog's price of every SKU in `skus` (at most one order's lines): from the cache
+    /// where it has them, the rest in one BatchGetProducts.
+    pub async fn prices(&self, skus: &[&str]) -> Result<Prices, Status> {
+        let mut found = HashMap::with_capacity(skus.len());
+        let mut asked = Vec::new();
+        for sku in skus {
+            match self.prices.as_ref().and_then(|cache| cache.get(&(*sku).to_owned())) {
+                Some(price) => {
+                    found.insert((*sku).to_owned(), price);
+                }
+                None => asked.push((*sku).to_owned()),
+            }
+        }
+        for chunk in asked.chunks(BATCH_LIMIT) {
+            let request = BatchGetProductsRequest { skus: chunk.to_vec() };
+            let products = match self.catalog.clone().batch_get_products(request).await {
+                Ok(reply) => reply.into_inner().products,
+                Err(status) if status.code() == Code::NotFound => {
+                    return Ok(Prices::Missing(missing_sku(&status).unwrap_or_else(|| chunk[0].clone())));
+                }
+                Err(status) => return Err(status),
+            };
+            for product in products {
+                let Some(money) = product.unit_price else { continue };
+                let price = CatalogPrice {
+                    amount_minor: money.amount_minor,
+                    currency_code: money.currency_code,
+                    active: product.active,
+                };
+                if let Some(cache) = &self.prices {
+                    cache.insert(product.sku.clone(), price.clone());
+                }
+                found.insert(product.sku, price);
+            }
+        }
+        Ok(Prices::Found(found))
     }
 
     /// Whether `user_id` may order.
@@ -84,4 +164,12 @@ impl Upstream {
         let request = RefundRequest { payment_id: payment_id.to_owned(), request_id: order_id.to_owned() };
         self.payments.clone().refund(request).await.map(drop)
     }
+}
+
+/// The first SKU a NOT_FOUND from the catalog names in its `google.rpc.ResourceInfo` details.
+fn missing_sku(status: &Status) -> Option<String> {
+    status.get_error_details_vec().into_iter().find_map(|detail| match detail {
+        ErrorDetail::ResourceInfo(info) => Some(info.resource_name),
+        _ => None,
+    })
 }
