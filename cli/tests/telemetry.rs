@@ -301,6 +301,25 @@ async fn one_trace(backend: Backend) {
         Some(1.0),
         "{metrics}"
     );
+    // The RPC conventions' system label, a build-info series, and a HELP line for every series
+    // this process exports (the order service's own gauges included).
+    assert_eq!(
+        sample(
+            &metrics,
+            "rpc_server_call_duration_seconds_count",
+            &[server[0], server[1], ("rpc_system", "grpc"), ("rpc_grpc_status_code", "0")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "shopmesh_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    // The exposition, without the HTTP response's status line and headers.
+    let exposition = metrics.split_once("\r\n\r\n").map_or(metrics.as_str(), |(_, body)| body);
+    for line in exposition.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(metrics.contains(&format!("# HELP {family} ")), "{family} has no HELP line:\n{metrics}");
+    }
     let get_user = [("rpc_service", "shopmesh.user.v1.UserService"), ("rpc_method", "GetUser")];
     assert_eq!(
         sample(

@@ -58,6 +58,10 @@ pub trait MeshService: 'static {
         Vec::new()
     }
 
+    /// Registers the help texts of the metrics the service records itself (the runtime's are
+    /// registered with the metrics exporter), so every series it exports has its HELP line.
+    fn describe_metrics() {}
+
     /// Its routes over its (soon migrated) `pool`, with the work that runs beside them.
     fn start(
         mesh: &Mesh,

@@ -87,6 +87,22 @@ impl MeshService for Order {
         &config.database_url
     }
 
+    fn describe_metrics() {
+        metrics::describe_gauge!(
+            "shopmesh_order_pending_orders",
+            "Orders in PENDING_PAYMENT: their charge's outcome is not known yet."
+        );
+        metrics::describe_gauge!(
+            "shopmesh_order_oldest_pending_age_seconds",
+            metrics::Unit::Seconds,
+            "Age of the oldest PENDING_PAYMENT order; alert when it grows past the reconciler's backoff."
+        );
+        metrics::describe_counter!(
+            "shopmesh_order_reconcile_attempts_total",
+            "Charges the reconciler re-sent, by outcome (paid, declined, unknown)."
+        );
+    }
+
     fn upstreams(config: &mut OrderConfig) -> Vec<(&'static str, &mut String)> {
         vec![
             ("user", &mut config.user_url),

@@ -90,6 +90,7 @@ where
     S: MeshService,
     F: Future<Output = ()> + Send + 'static,
 {
+    S::describe_metrics();
     let url = S::database_url(&config);
     let pool = db::connect(url, mesh.config())?;
     let readiness = Readiness::new(url, pool.clone(), S::MIGRATIONS, mesh.config())?;

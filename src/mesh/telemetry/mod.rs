@@ -132,6 +132,14 @@ impl Telemetry {
                 .install()
                 .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
             crate::mesh::telemetry::observe::describe_metrics();
+            // Which build runs: the version, and the commit when the build was told it
+            // (SHOPMESH_GIT_COMMIT at compile time, as the image build sets it).
+            metrics::gauge!(
+                "shopmesh_build_info",
+                "version" => env!("CARGO_PKG_VERSION"),
+                "commit" => option_env!("SHOPMESH_GIT_COMMIT").unwrap_or("unknown"),
+            )
+            .set(1.0);
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
         }
         if exporting {

@@ -9,7 +9,8 @@
 //!
 //! Metric and label names follow OpenTelemetry's RPC conventions in their Prometheus form:
 //! `rpc_server_call_duration_seconds` and `rpc_client_call_duration_seconds` (histograms by
-//! `rpc_service`, `rpc_method`, `rpc_grpc_status_code`; their `_count` is the request count),
+//! `rpc_system` (always `grpc`), `rpc_service`, `rpc_method`, `rpc_grpc_status_code`; their
+//! `_count` is the request count),
 //! and `rpc_server_active_requests` (a gauge per service).
 
 use std::future::Future;
@@ -58,6 +59,7 @@ impl Call<'_> {
         let code = usize::try_from(code).ok().and_then(|c| CODES.get(c)).copied().unwrap_or("2");
         metrics::histogram!(
             histogram,
+            "rpc_system" => "grpc",
             "rpc_service" => self.service,
             "rpc_method" => self.method,
             "rpc_grpc_status_code" => code,
@@ -116,6 +118,15 @@ pub fn describe_metrics() {
         "shopmesh_server_tls_handshake_failures_total",
         "Connections refused because their TLS handshake failed or timed out (no, foreign or invalid certificate)."
     );
+    describe_counter!(
+        "shopmesh_server_unauthenticated_total",
+        "Calls refused with UNAUTHENTICATED because their bearer token was missing or invalid."
+    );
+    describe_counter!(
+        "shopmesh_server_rate_limited_total",
+        "Calls refused with RESOURCE_EXHAUSTED because their caller was over its rate, by service and method."
+    );
+    describe_gauge!("shopmesh_build_info", "Always 1; the labels say which build runs (version, commit).");
     describe_gauge!("db_client_connections_usage", "Database connections by state (idle, used).");
     describe_gauge!("db_client_connections_max", "Largest number of database connections the pool opens.");
     describe_gauge!("db_client_connections_pending_requests", "Requests waiting for a database connection.");
