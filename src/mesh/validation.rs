@@ -145,6 +145,30 @@ pub fn currency_code(v: &mut Violations, field: &str, value: &str) {
     }
 }
 
+/// Longest SKU (stock keeping unit), the catalog's product id.
+pub const MAX_SKU_LEN: usize = 64;
+
+/// What is wrong with `value` as a SKU, if anything: 1 to [`MAX_SKU_LEN`] of `A-Z`, `0-9`, `-`,
+/// `_`, `.`. One rule for the catalog that names products and the orders that reference them.
+pub fn sku_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("is required")
+    } else if value.len() > MAX_SKU_LEN {
+        Some("must be at most 64 characters")
+    } else if !value.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_.".contains(&b)) {
+        Some("may contain only upper-case letters A-Z, digits and - _ .")
+    } else {
+        None
+    }
+}
+
+/// Checks a SKU (see [`sku_problem`]), recording a violation against `field`.
+pub fn sku(v: &mut Violations, field: &str, value: &str) {
+    if let Some(problem) = sku_problem(value) {
+        v.add(field, problem);
+    }
+}
+
 /// Checks a page size; returns the effective one (see [`crate::mesh::ids::page_size`]).
 pub fn page_size(v: &mut Violations, field: &str, value: i32) -> u32 {
     crate::mesh::ids::page_size(value).unwrap_or_else(|| {

@@ -6,7 +6,7 @@ use std::fmt;
 use shopmesh::mesh::validation::{self, Violations};
 
 /// Longest SKU, in characters (all ASCII, so also bytes).
-pub const MAX_SKU_LEN: usize = 64;
+pub use validation::MAX_SKU_LEN;
 
 /// Longest display name, in characters.
 pub const MAX_DISPLAY_NAME: usize = 200;
@@ -43,15 +43,9 @@ pub struct Sku(String);
 impl Sku {
     /// The SKU `value` is, or what is wrong with it (to report against a field).
     pub fn parse(value: &str) -> Result<Self, &'static str> {
-        if value.is_empty() {
-            Err("is required")
-        } else if value.len() > MAX_SKU_LEN {
-            Err("must be at most 64 characters")
-        } else if !value.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-        {
-            Err("may contain only upper-case letters A-Z, digits and - _ .")
-        } else {
-            Ok(Self(value.to_owned()))
+        match validation::sku_problem(value) {
+            Some(problem) => Err(problem),
+            None => Ok(Self(value.to_owned())),
         }
     }
 

@@ -150,16 +150,8 @@ impl OrderRequest {
         let mut parsed = Vec::with_capacity(lines.len().min(MAX_LINES));
         for (i, line) in lines.iter().enumerate().take(MAX_LINES) {
             let at = |f: &str| format!("line_items[{i}].{f}");
-            if line.sku.is_empty() {
-                v.add(at("sku"), "is required");
-            } else if line.sku.len() > MAX_SKU_LEN
-                || !line
-                    .sku
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-            {
-                v.add(at("sku"), format!("must be 1 to {MAX_SKU_LEN} of A-Z, 0-9, '-', '_' or '.'"));
-            }
+            // The catalog's rule: a SKU it could never hold is the caller's mistake.
+            validation::sku(&mut v, &at("sku"), line.sku);
             if !(1..=MAX_QUANTITY).contains(&line.quantity) {
                 v.add(at("quantity"), format!("must be between 1 and {MAX_QUANTITY}"));
             }
