@@ -262,7 +262,14 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
     let backend = Backend::of(url)?;
     let mut options = AnyPoolOptions::new()
         .max_connections(mesh.db_max_connections.max(1))
-        .acquire_timeout(mesh.db_acquire_timeout);
+        .acquire_timeout(mesh.db_acquire_timeout)
+        // sqlx pings every connection before handing it out by default: a round trip to
+        // PostgreSQL, and on SQLite a hop to the connection's worker thread and back, on every
+        // acquire (a third of GetUser's context switches). A connection the server closed fails
+        // its next statement instead, which the caller sees as UNAVAILABLE and the pool
+        // replaces; `max_lifetime` and `idle_timeout` (sqlx's defaults, 30 and 10 minutes) retire
+        // connections before most servers and proxies would drop them.
+        .test_before_acquire(false);
     let url = match backend {
         Backend::Sqlite => {
             options = options.after_connect(|conn, _meta| {

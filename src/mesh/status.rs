@@ -64,7 +64,14 @@ pub fn database(err: &sqlx::Error) -> Status {
         return Status::deadline_exceeded("deadline exceeded during database work");
     }
     match err {
+        // SQLSTATE classes 08 (connection exception) and 57 (operator intervention: the
+        // server shutting down or terminating the backend): a pooled connection the server
+        // dropped, which the pool replaces (it no longer pings before every acquire).
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            tracing::warn!(error = %err, "database unavailable");
+            Status::unavailable("database unavailable, retry later")
+        }
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")) => {
             tracing::warn!(error = %err, "database unavailable");
             Status::unavailable("database unavailable, retry later")
         }

@@ -284,3 +284,47 @@ async fn replicas_migrating_at_once_both_start() {
         test_db.drop_database().await;
     }
 }
+
+/// The pool no longer pings a connection before handing it out (a round trip per call), so a
+/// connection the server dropped is found by the statement that uses it: that call answers
+/// UNAVAILABLE (which callers retry), never INTERNAL or UNKNOWN, and the pool replaces the
+/// connection, so the calls after it succeed.
+#[tokio::test]
+async fn connections_the_database_dropped_are_replaced() {
+    if !testing::backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let mut t = start(Backend::Postgres).await;
+    let user = t.create("drop@example.com", "Drop", "").await.expect("create");
+    let get = |c: &mut UserServiceClient<Channel>| {
+        let mut c = c.clone();
+        let id = user.id.clone();
+        async move { c.get_user(GetUserRequest { id }).await.map(|_| ()) }
+    };
+    get(&mut t.client).await.expect("get before");
+    let admin = std::env::var(testing::POSTGRES_ENV).expect("PostgreSQL URL");
+    let name = t.db.url.rsplit('/').next().expect("database name").to_owned();
+    let mut conn = <sqlx::postgres::PgConnection as sqlx::Connection>::connect(&admin).await.expect("admin");
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()) AS t",
+    )
+    .bind(&name)
+    .fetch_one(&mut conn)
+    .await
+    .expect("terminate");
+    assert!(killed >= 1, "the service held no connection to terminate");
+    let mut unavailable = 0;
+    for _ in 0..10 {
+        match get(&mut t.client).await {
+            Ok(()) => {}
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(unavailable <= killed, "{unavailable} failures for {killed} dropped connections");
+    get(&mut t.client).await.expect("the pool has replaced its connections");
+    t.stop().await;
+}
