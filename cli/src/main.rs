@@ -9,6 +9,11 @@
 
 mod bench;
 
+/// mimalloc instead of glibc's malloc: allocation was a tenth of a call's CPU in the profile of
+/// issue 14; docs/benchmarks.md#against-the-floor has the before and after.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
