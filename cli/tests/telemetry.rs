@@ -169,7 +169,7 @@ async fn one_trace(backend: Backend) {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
             ("SHOPMESH_LOG_FORMAT", "json".to_owned()),
-            ("RUST_LOG", if metrics.is_some() { "info" } else { "warn" }.to_owned()),
+            ("RUST_LOG", if metrics.is_some() { "info,shopmesh_order=debug" } else { "warn" }.to_owned()),
         ];
         if let Some(addr) = metrics {
             env.push(("SHOPMESH_METRICS_LISTEN", addr.to_string()));

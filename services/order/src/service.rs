@@ -67,7 +67,7 @@ impl Orders {
             // A concurrent request with the same key stored first: continue with its order.
             None => self.replay(request).await?.ok_or_else(|| Error::Conflict("order vanished".into()))?,
         };
-        tracing::info!(order_id = %order.id, total = order.total_minor, "order stored");
+        tracing::debug!(order_id = %order.id, total = order.total_minor, "order stored");
         self.settle(order).await
     }
 
@@ -111,7 +111,7 @@ impl Orders {
             .settle(id, state, payment_id, reason)
             .await?
             .ok_or_else(|| Error::NotFound(id.to_owned()))?;
-        tracing::info!(order_id = %settled.id, state = settled.state.as_str(), "order settled");
+        tracing::debug!(order_id = %settled.id, state = settled.state.as_str(), "order settled");
         Ok(settled)
     }
 

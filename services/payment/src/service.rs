@@ -57,7 +57,7 @@ impl Payments {
                 Outcome::Approved => (State::Succeeded, None),
                 Outcome::Declined(reason) => (State::Declined, Some(reason)),
             };
-        tracing::info!(payment_id = %payment.id, order_id = %payment.order_id, state = state.as_str(), "charge decided");
+        tracing::debug!(payment_id = %payment.id, order_id = %payment.order_id, state = state.as_str(), "charge decided");
         self.store
             .finish(&payment.id, state, reason)
             .await?
