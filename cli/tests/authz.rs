@@ -142,7 +142,7 @@ impl Mesh {
             testing::database(backend, "catalog").await,
         ];
         let url = dbs[0].url.clone();
-        let config = UserConfig { listen: testing::ANY_PORT, database_url: url };
+        let config = UserConfig::new(testing::ANY_PORT, url);
         let user = spawn::<User>(&ca, dir.path(), "shopmesh-user", config).await;
         let url = dbs[1].url.clone();
         let config = PaymentConfig {
@@ -293,7 +293,7 @@ async fn without_an_identity_calls_are_unauthenticated_but_health_answers() {
     let db = testing::database(Backend::Sqlite, "noid").await;
     let mut mesh = testing::mesh_config();
     mesh.security.authz_policy = Some(policy_file());
-    let config = UserConfig { listen: testing::ANY_PORT, database_url: db.url.clone() };
+    let config = UserConfig::new(testing::ANY_PORT, db.url.clone());
     // Plaintext: no certificate, so no identity.
     let user = testing::spawn_service::<User>(&testing::mesh(mesh), config).await;
     let channel = tonic::transport::Endpoint::from_shared(user.url()).expect("endpoint").connect_lazy();

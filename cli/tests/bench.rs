@@ -42,7 +42,7 @@ async fn start(backend: Backend) -> Mesh {
     let payment_db = testing::database(backend, "payment").await;
     let order_db = testing::database(backend, "order").await;
     let config =
-        UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: user_db.url.clone() };
+        UserConfig::new("127.0.0.1:0".parse().expect("addr"), user_db.url.clone());
     let user =
         testing::spawn_service::<shopmesh_user::User>(&testing::mesh(testing::mesh_config()), config).await;
     let config = PaymentConfig {

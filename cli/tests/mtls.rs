@@ -24,7 +24,7 @@ const LIST_USERS: &str = "/shopmesh.user.v1.UserService/ListUsers";
 async fn start_user(db: &TestDb, security: SecurityConfig) -> (Spawned, SocketAddr) {
     let mut mesh = testing::mesh_config();
     mesh.security = security;
-    let config = UserConfig { listen: testing::ANY_PORT, database_url: db.url.clone() };
+    let config = UserConfig::new(testing::ANY_PORT, db.url.clone());
     testing::spawn_service_probed::<User>(&testing::mesh(mesh), config).await
 }
 

@@ -89,7 +89,7 @@ async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConf
     let order_db = testing::database(backend, "order").await;
 
     let config =
-        UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: user_db.url.clone() };
+        UserConfig::new("127.0.0.1:0".parse().expect("addr"), user_db.url.clone());
     let user =
         testing::spawn_service::<shopmesh_user::User>(&testing::mesh(testing::mesh_config()), config).await;
 

@@ -57,7 +57,7 @@ async fn start(backend: Backend, ttl: Duration, at: CatalogAt) -> World {
     let order_db = testing::database(backend, "order").await;
     let mesh = || testing::mesh(testing::mesh_config());
 
-    let config = UserConfig { listen: testing::ANY_PORT, database_url: user_db.url.clone() };
+    let config = UserConfig::new(testing::ANY_PORT, user_db.url.clone());
     let user = testing::spawn_service::<shopmesh_user::User>(&mesh(), config).await;
     let config = PaymentConfig {
         listen: testing::ANY_PORT,

@@ -814,7 +814,7 @@ async fn oversized_messages_are_refused_with_resource_exhausted() {
     for backend in testing::backends() {
         let db = testing::database(backend, "user").await;
         let config =
-            UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
+            UserConfig::new("127.0.0.1:0".parse().expect("addr"), db.url.clone());
         let mut mesh = testing::mesh_config();
         mesh.server.max_message_bytes = 1024;
         let user = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;

@@ -126,7 +126,7 @@ async fn start(backend: Backend) -> Mesh {
     let with_jwt = |require| MeshConfig { jwt: jwt(require), ..testing::mesh_config() };
 
     let config =
-        UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: user_db.url.clone() };
+        UserConfig::new("127.0.0.1:0".parse().expect("addr"), user_db.url.clone());
     let mesh = with_jwt(TokenRequirement::Never);
     let user = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
     let config = PaymentConfig {
@@ -384,7 +384,7 @@ async fn limited_user_service(db: &TestDb) -> Spawned {
     mesh.server.max_metadata_bytes = 4096;
     mesh.server.rate_limit_rps = 0.001;
     mesh.server.rate_limit_burst = 5;
-    let config = UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
+    let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), db.url.clone());
     testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await
 }
 

@@ -772,7 +772,7 @@ async fn a_call_whose_connection_is_reset_is_unavailable() {
     use shopmesh_user::UserConfig;
 
     let db = testing::database(Backend::Sqlite, "reset").await;
-    let config = UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
+    let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), db.url.clone());
     let user =
         testing::spawn_service::<shopmesh_user::User>(&testing::mesh(testing::mesh_config()), config).await;
     let proxy = Proxy::start(user.addr).await;

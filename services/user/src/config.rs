@@ -1,6 +1,7 @@
 //! The user service's own settings; the `shopmesh` binary composes them with the mesh's.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Args;
 use shopmesh::mesh::config::LISTEN_AND_DATABASES;
@@ -29,4 +30,25 @@ pub struct UserConfig {
         default_value = "sqlite://data/user.db"
     )]
     pub database_url: String,
+
+    /// How long GetUser may answer from this replica's memory. An update through this replica
+    /// is seen at once; one through another replica within this time. `0s` reads the database
+    /// on every call.
+    #[arg(
+        id = "user_cache_ttl",
+        long = "user-cache-ttl",
+        value_name = "DURATION",
+        env = "SHOPMESH_USER_CACHE_TTL",
+        help_heading = LISTEN_AND_DATABASES,
+        default_value = "1s",
+        value_parser = humantime::parse_duration
+    )]
+    pub cache_ttl: Duration,
+}
+
+impl UserConfig {
+    /// The service on `listen` over `database_url`, every other setting at its default.
+    pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
+        Self { listen, database_url: database_url.into(), cache_ttl: Duration::from_secs(1) }
+    }
 }

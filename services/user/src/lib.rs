@@ -35,11 +35,14 @@ static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 /// The service's embedded migrations.
 pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-/// The service's routes over a migrated database.
+/// The service's routes over a migrated database, reading it on every call.
 pub fn routes(mesh: &MeshConfig, pool: Pool) -> Routes {
+    routes_over(mesh, store::Store::new(pool))
+}
+
+fn routes_over(mesh: &MeshConfig, store: store::Store) -> Routes {
     Routes::new(
-        UserServiceServer::new(grpc::UserApi::new(store::Store::new(pool)))
-            .max_decoding_message_size(mesh.server.max_message_bytes),
+        UserServiceServer::new(grpc::UserApi::new(store)).max_decoding_message_size(mesh.server.max_message_bytes),
     )
 }
 
@@ -61,7 +64,7 @@ impl MeshService for User {
         &config.database_url
     }
 
-    async fn start(mesh: &Mesh, _config: &UserConfig, pool: Pool) -> Result<Started, Error> {
-        Ok(Started::routes(routes(mesh.config(), pool)))
+    async fn start(mesh: &Mesh, config: &UserConfig, pool: Pool) -> Result<Started, Error> {
+        Ok(Started::routes(routes_over(mesh.config(), store::Store::new(pool).with_cache(config.cache_ttl))))
     }
 }

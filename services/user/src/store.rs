@@ -21,16 +21,38 @@ pub enum Created {
     EmailTaken,
 }
 
-/// The user service's database.
-#[derive(Debug, Clone)]
+/// Most users a replica keeps in memory.
+const CACHE_CAPACITY: u64 = 100_000;
+
+/// The user service's database, and its read cache of users by id.
+#[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Users by id, each kept for the cache's time to live; `None` when it is zero.
+    cache: Option<mini_moka::sync::Cache<String, User>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("cached_users", &self.cache.as_ref().map(|c| c.entry_count())).finish()
+    }
 }
 
 impl Store {
-    /// A store over a migrated pool.
+    /// A store over a migrated pool that reads the database on every call.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self { pool, cache: None }
+    }
+
+    /// The store, keeping each user it reads or writes for `ttl` (zero: no cache). GetUser is
+    /// the mesh's hottest read (every order checks its user): from memory it costs no thread
+    /// hop to SQLite and no round trip to PostgreSQL. Updates through this store replace the
+    /// cached user; other replicas' updates are seen once `ttl` has passed.
+    #[must_use]
+    pub fn with_cache(mut self, ttl: std::time::Duration) -> Self {
+        self.cache = (!ttl.is_zero())
+            .then(|| mini_moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(ttl).build());
+        self
     }
 
     /// Inserts a user unless its email or request id is taken; says which.
@@ -81,9 +103,18 @@ impl Store {
 
     /// The user with `id`, if any.
     pub async fn get(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
+        let key = id.to_owned();
+        if let Some(user) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+            return Ok(Some(user));
+        }
         let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id = $1"));
         let row = sqlx::query(sql).bind(id).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
-        row.map(|r| from_row(&r)).transpose()
+        let user = row.map(|r| from_row(&r)).transpose()?;
+        // Unknown ids are not cached: a user created through another replica appears at once.
+        if let (Some(cache), Some(user)) = (&self.cache, &user) {
+            cache.insert(key, user.clone());
+        }
+        Ok(user)
     }
 
     /// Up to `limit` users with ids after `after`, in id (creation) order.
@@ -113,7 +144,11 @@ impl Store {
             .bind(id)
             .fetch_optional(&mut db::acquire(&self.pool).await?)
             .await?;
-        row.map(|r| from_row(&r)).transpose()
+        let user = row.map(|r| from_row(&r)).transpose()?;
+        if let (Some(cache), Some(user)) = (&self.cache, &user) {
+            cache.insert(user.id.clone(), user.clone());
+        }
+        Ok(user)
     }
 }
 

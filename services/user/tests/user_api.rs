@@ -16,8 +16,12 @@ struct Running {
 }
 
 async fn start(backend: Backend) -> Running {
+    start_with(backend, UserConfig::new("127.0.0.1:0".parse().expect("addr"), String::new())).await
+}
+
+async fn start_with(backend: Backend, mut config: UserConfig) -> Running {
     let db = testing::database(backend, "user").await;
-    let config = UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
+    config.database_url = db.url.clone();
     let mesh = testing::mesh(testing::mesh_config());
     let service = testing::spawn_service::<shopmesh_user::User>(&mesh, config).await;
     let client = UserServiceClient::connect(service.url()).await.expect("connect");
@@ -327,4 +331,48 @@ async fn connections_the_database_dropped_are_replaced() {
     assert!(unavailable <= killed, "{unavailable} failures for {killed} dropped connections");
     get(&mut t.client).await.expect("the pool has replaced its connections");
     t.stop().await;
+}
+
+/// Renames `id` in the database itself, behind the service's back (another replica's write).
+async fn rename_behind(db: &TestDb, id: &str, name: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.expect("database");
+    sqlx::query("UPDATE users SET display_name = $1 WHERE id = $2").bind(name).bind(id).execute(&pool).await.expect("rename");
+    pool.close().await;
+}
+
+/// GetUser answers from the replica's memory within `--user-cache-ttl`: another replica's
+/// write is not seen until it expires, this replica's own update is seen at once; with `0s`
+/// every call reads the database.
+#[tokio::test]
+async fn get_user_reads_from_memory_within_the_cache_ttl() {
+    for backend in testing::backends() {
+        let mut config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), String::new());
+        config.cache_ttl = std::time::Duration::from_secs(600);
+        let mut t = start_with(backend, config).await;
+        let user = t.create("cached@example.com", "Cached", "").await.expect("create");
+        let get = |c: &mut UserServiceClient<Channel>, id: &str| {
+            let (mut c, id) = (c.clone(), id.to_owned());
+            async move { c.get_user(GetUserRequest { id }).await.expect("get").into_inner() }
+        };
+        assert_eq!(get(&mut t.client, &user.id).await.display_name, "Cached", "{backend:?}");
+        rename_behind(&t.db, &user.id, "Behind").await;
+        assert_eq!(get(&mut t.client, &user.id).await.display_name, "Cached", "{backend:?}: from memory");
+        let rename = UpdateUserRequest {
+            user: Some(User { id: user.id.clone(), display_name: "Own".into(), ..Default::default() }),
+            update_mask: Some(prost_types_mask(&["display_name"])),
+        };
+        t.client.update_user(rename).await.expect("update");
+        assert_eq!(get(&mut t.client, &user.id).await.display_name, "Own", "{backend:?}: own update seen");
+        t.stop().await;
+
+        let mut config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), String::new());
+        config.cache_ttl = std::time::Duration::ZERO;
+        let mut t = start_with(backend, config).await;
+        let user = t.create("uncached@example.com", "Uncached", "").await.expect("create");
+        assert_eq!(get(&mut t.client, &user.id).await.display_name, "Uncached", "{backend:?}");
+        rename_behind(&t.db, &user.id, "Behind").await;
+        assert_eq!(get(&mut t.client, &user.id).await.display_name, "Behind", "{backend:?}: no cache");
+        t.stop().await;
+    }
 }
