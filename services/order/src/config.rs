@@ -30,6 +30,8 @@ pub struct OrderConfig {
         long = "order-database-url",
         value_name = "URL",
         env = "SHOPMESH_ORDER_DATABASE_URL",
+        // The URL may carry a password: --help never shows the variable's value.
+        hide_env_values = true,
         help_heading = LISTEN_AND_DATABASES,
         default_value = "sqlite://data/order.db"
     )]

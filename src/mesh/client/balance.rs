@@ -59,18 +59,19 @@ impl Source {
     pub fn parse(target: &str) -> Result<Self, Error> {
         let mut names = Vec::new();
         for part in target.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let shown = crate::mesh::db::redact(part);
             let uri: http::Uri =
-                part.parse().map_err(|e| Error::Config(format!("bad service URL {part:?}: {e}")))?;
+                part.parse().map_err(|e| Error::Config(format!("bad service URL {shown:?}: {e}")))?;
             if uri.scheme_str() != Some("http") {
-                return Err(Error::Config(format!("bad service URL {part:?}: use http://host:port")));
+                return Err(Error::Config(format!("bad service URL {shown:?}: use http://host:port")));
             }
             let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
-                return Err(Error::Config(format!("bad service URL {part:?}: use http://host:port")));
+                return Err(Error::Config(format!("bad service URL {shown:?}: use http://host:port")));
             };
             names.push((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port));
         }
         if names.is_empty() {
-            return Err(Error::Config(format!("no service URL in {target:?}")));
+            return Err(Error::Config(format!("no service URL in {:?}", crate::mesh::db::redact(target))));
         }
         Ok(Self::Dns(names))
     }
