@@ -224,7 +224,7 @@ where
         .layer(rate_limit)
         // The deadline covers everything the handler does, and the oversize answer below it.
         .layer(ServerDeadlineLayer)
-        // Innermost: sees the decoder's answer for an oversized request.
+        // Innermost: sees the decoder's answer for an oversized or undecodable request.
         .layer(MessageSizeLayer)
         .add_routes(routes);
     let server = match tls {
