@@ -111,6 +111,7 @@ async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConf
         catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         payment_url: format!("http://{payment_addr}"),
+        identities: Default::default(),
         reconcile,
     };
     let order =

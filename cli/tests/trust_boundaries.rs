@@ -147,6 +147,7 @@ async fn start(backend: Backend) -> Mesh {
         catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         payment_url: payment.url(),
+        identities: Default::default(),
         reconcile: Default::default(),
     };
     let mesh = with_jwt(TokenRequirement::Unidentified);
