@@ -18,6 +18,7 @@ use tonic::service::Routes;
 use crate::mesh::Error;
 use crate::mesh::client::{self, Channel};
 use crate::mesh::config::MeshConfig;
+use crate::mesh::config::TokenRequirement;
 use crate::mesh::db::{Migrations, Pool};
 use crate::mesh::grpc::catalogue::Catalogue;
 use crate::mesh::security::authz::Policy;
@@ -186,6 +187,14 @@ impl Mesh {
     /// The authorization policy, when one is configured.
     pub fn policy(&self) -> Option<&Arc<Policy>> {
         self.inner.policy.as_ref()
+    }
+
+    /// Whether every call must prove who makes it: mutual TLS, or bearer tokens required of
+    /// every caller without a mesh identity. Otherwise anyone who reaches the port may call.
+    pub fn authenticates_every_call(&self) -> bool {
+        self.inner.tls.is_some()
+            || (self.inner.verifier.is_some()
+                && self.inner.config.jwt.jwt_require == TokenRequirement::Unidentified)
     }
 
     /// A channel to `target` through the mesh's client stack, over mutual TLS when it is on,

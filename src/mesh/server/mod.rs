@@ -132,6 +132,17 @@ where
     let addr = listener.local_addr()?;
     let config = mesh.config();
     let security = &config.security;
+    // Refused before anything is served: a port other hosts reach, open to every caller.
+    if !addr.ip().to_canonical().is_loopback() && !mesh.authenticates_every_call() && !security.allow_insecure
+    {
+        return Err(Error::Config(format!(
+            "refusing to serve {addr} without authentication: other hosts can reach it, and any \
+             caller could call every method in plaintext. Turn on mutual TLS (--tls-cert, --tls-key, \
+             --tls-ca) or bearer tokens required of every caller (--jwt-jwks, --jwt-issuer, \
+             --jwt-audience, --jwt-require unidentified), listen on a loopback address, or accept \
+             the risk with --allow-insecure (SHOPMESH_ALLOW_INSECURE=true)"
+        )));
+    }
     let tls = mesh.tls().cloned();
     let (reporter, health) = tonic_health::server::health_reporter();
     let probe_health = health.clone();
