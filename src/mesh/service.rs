@@ -189,6 +189,12 @@ impl Mesh {
         self.inner.policy.as_ref()
     }
 
+    /// Whether any authentication is configured: mutual TLS or bearer tokens. Then a caller
+    /// without a mesh identity does not steer this service's traces.
+    pub fn authenticates(&self) -> bool {
+        self.inner.tls.is_some() || self.inner.verifier.is_some()
+    }
+
     /// Whether every call must prove who makes it: mutual TLS, or bearer tokens required of
     /// every caller without a mesh identity. Otherwise anyone who reaches the port may call.
     pub fn authenticates_every_call(&self) -> bool {

@@ -9,8 +9,8 @@
 //!    runs each handshake before tonic sees the connection.
 //! 2. [`method`]: the called method, looked up once in the catalogue.
 //! 3. [`peer`]: the mTLS peer's identity and address as extensions.
-//! 4. [`observe`](crate::mesh::telemetry::observe): span continuing the caller's trace, RED
-//!    metrics.
+//! 4. [`observe`](crate::mesh::telemetry::observe): span continuing the caller's trace (with
+//!    authentication on, only a caller with a mesh identity's), RED metrics.
 //! 5. [`authz`](crate::mesh::security::authz): per-method policy (UNAUTHENTICATED,
 //!    PERMISSION_DENIED).
 //! 6. [`load_shed`]: bounded concurrency, RESOURCE_EXHAUSTED at once.
@@ -219,7 +219,7 @@ where
         // The mTLS peer's identity and address, which every layer below may read.
         .layer(PeerLayer)
         // Every call, shed or refused or not, is traced and counted.
-        .layer(ServerObserveLayer)
+        .layer(ServerObserveLayer::new(mesh.authenticates()))
         // Before shedding: a refused caller must not take a slot from allowed ones.
         .layer(AuthzLayer::new(mesh.policy().cloned()))
         // Refusing an excess call must cost nothing beyond being counted.
