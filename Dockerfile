@@ -40,6 +40,9 @@ LABEL org.opencontainers.image.title="shopmesh" \
 COPY --from=build /out/shopmesh /usr/local/bin/shopmesh
 # A container is reached from outside, so every service listens on all interfaces (the binary's
 # default is 127.0.0.1). Setting all three lets one image run any service with no extra flags.
+# Every interface: a service then refuses to start without mutual TLS or required bearer tokens
+# unless SHOPMESH_ALLOW_INSECURE=true (docs/security.md). The image does not choose: compose's dev
+# stack sets it, the chart sets it only for a service without mTLS or tokens.
 ENV SHOPMESH_USER_LISTEN=0.0.0.0:50051 \
     SHOPMESH_ORDER_LISTEN=0.0.0.0:50052 \
     SHOPMESH_PAYMENT_LISTEN=0.0.0.0:50053 \

@@ -418,6 +418,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     }
     // One mesh for every service: certificates, key set and policy are loaded once.
     let mesh = mesh_of(config)?;
+    let authenticated = mesh.authenticates_every_call();
     let shown: Vec<(&'static str, SocketAddr, &'static str)> =
         parts.iter().zip(&addrs).map(|(p, a)| (p.name(), *a, p.grpc_service())).collect();
 
@@ -448,7 +449,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     tokio::select! {
         ok = ready => {
             if ok {
-                print_banner(&shown, started.elapsed());
+                print_banner(&shown, started.elapsed(), authenticated);
             } else {
                 failure = Some(anyhow::anyhow!("the services did not become SERVING within 60s"));
                 stop.cancel();
@@ -479,7 +480,7 @@ fn task_error(
     }
 }
 
-fn print_banner(services: &[(&'static str, SocketAddr, &'static str)], took: Duration) {
+fn print_banner(services: &[(&'static str, SocketAddr, &'static str)], took: Duration, authenticated: bool) {
     let address =
         |name: &str| services.iter().find(|s| s.0 == name).map_or(String::new(), |s| s.1.to_string());
     let (u, c, o) = (address("user"), address("catalog"), address("order"));
@@ -493,8 +494,15 @@ fn print_banner(services: &[(&'static str, SocketAddr, &'static str)], took: Dur
       "unit_price":{"currency_code":"USD","amount_minor":1250}}}'"#;
     let user = r#"'{"email":"ada@example.com","display_name":"Ada"}'"#;
     let order = r#""{\"user_id\":\"$USER_ID\",\"request_id\":\"first-order\",\"line_items\":[{\"sku\":\"BOOK-42\",\"quantity\":2}]}""#;
+    // Said on the banner, not only in the logs: whoever started it should know who may call.
+    let exposure = if authenticated {
+        ""
+    } else {
+        "Running without authentication: plaintext, no mutual TLS, no bearer tokens; any caller \
+         that reaches these ports may call every method (docs/security.md).\n\n"
+    };
     println!(
-        "\nshopmesh is up in {took:.0?}: {} services, each on its own port.\n\n{table}\n\
+        "\nshopmesh is up in {took:.0?}: {} services, each on its own port.\n\n{table}\n{exposure}\
          Try it (grpcurl and jq): create a product, a user, and an order the server prices.\n\n  \
          grpcurl -plaintext {o} list\n  \
          grpcurl -plaintext -d {product} \\\n      \

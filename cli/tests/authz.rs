@@ -163,6 +163,7 @@ impl Mesh {
             catalog_url: catalog.url(),
             catalog_cache_ttl: std::time::Duration::from_secs(5),
             payment_url,
+            identities: Default::default(),
             reconcile: Default::default(),
         };
         let order = spawn::<Order>(&ca, dir.path(), "shopmesh-order", config).await;

@@ -63,6 +63,7 @@ async fn start(backend: Backend) -> Mesh {
         catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         payment_url: payment.url(),
+        identities: Default::default(),
         reconcile: Default::default(),
     };
     let order =
@@ -581,4 +582,103 @@ async fn mesh_user_ids(mesh: &Mesh) -> Vec<String> {
         .into_iter()
         .map(|u| u.id)
         .collect()
+}
+
+/// A valid RS256 token of the test key set (`tests/fixtures/jwt`) for `sub`.
+fn token_for(sub: &str) -> String {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt");
+    let key = std::fs::read(fixtures.join("rsa.pem")).expect("key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&key).expect("rsa key");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let claims = serde_json::json!({
+        "sub": sub, "iss": "https://id.shopmesh.test", "aud": "shopmesh", "iat": now, "exp": now + 600,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+}
+
+#[tokio::test]
+async fn a_mesh_on_mtls_with_tokens_is_measured_with_tls_flags_and_metadata() {
+    use shopmesh::mesh::security::dev_certs::{Ca, Leaf};
+    let db = testing::database(Backend::Sqlite, "bench-mtls").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("mesh CA").expect("ca");
+    let issue = |sa: &str| {
+        let issued = ca
+            .issue(&Leaf {
+                uris: vec![format!("spiffe://cluster.local/ns/default/sa/{sa}")],
+                dns: vec!["localhost".into()],
+                expired: false,
+            })
+            .expect("issue");
+        let at = dir.path().join(sa);
+        issued.write_to(&at).expect("write");
+        at
+    };
+    let (server, client) = (issue("shopmesh-user"), issue("shopmesh-gateway"));
+    let mut mesh = testing::mesh_config();
+    mesh.security = shopmesh::mesh::config::SecurityConfig {
+        tls_cert: Some(server.join("tls.crt")),
+        tls_key: Some(server.join("tls.key")),
+        tls_ca: Some(server.join("ca.crt")),
+        ..Default::default()
+    };
+    mesh.jwt = shopmesh::mesh::config::JwtConfig {
+        jwt_jwks: Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt/jwks.json")),
+        jwt_issuer: Some("https://id.shopmesh.test".into()),
+        jwt_audience: Some("shopmesh".into()),
+        ..Default::default()
+    };
+    let config = UserConfig { listen: testing::ANY_PORT, database_url: db.url.clone() };
+    let (user, _probe) =
+        testing::spawn_service_probed::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
+    let target = user.url();
+    let file = |name: &str| client.join(name).to_string_lossy().into_owned();
+    let (ca_file, cert, key) = (file("ca.crt"), file("tls.crt"), file("tls.key"));
+    let secured = |extra: &[&str]| {
+        let mut args = vec!["get-user", "--user", &target, "--tls-ca", &ca_file, "--tls-cert", &cert];
+        args.extend(["--tls-key", &key, "--requests=20", "--users=3", "--json", "--quiet"]);
+        args.extend(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run =
+        |args: Vec<String>| async move { bench(&args.iter().map(String::as_str).collect::<Vec<_>>()).await };
+
+    // Over mTLS as the gateway: every call served.
+    let report = report(&run(secured(&[])).await);
+    assert_adds_up(&report);
+    assert_eq!(codes(&report), BTreeMap::from([("OK".to_owned(), 20)]), "{report}");
+
+    // -H sends metadata with every call: a forged token is refused at the first call...
+    let out = run(secured(&["-H", "authorization: Bearer forged"])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    // ...and a valid one is verified, its subject then held to its own objects (a subject may
+    // not create users), which shows the header and value arrived intact.
+    let token = format!("authorization:Bearer {}", token_for("someone"));
+    let out = run(secured(&["-H", "x-bench-run: 1", "-H", &token])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
+
+    // Without the TLS flags an mTLS port gives nothing; bad metadata is a usage error.
+    let out = run(vec![
+        "get-user".into(),
+        "--user".into(),
+        target.clone(),
+        "--requests=1".into(),
+        "--quiet".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    for bad in [&["-H", "no-colon"][..], &["-H", "Bad Name: x"], &["--tls-ca", &ca_file]] {
+        let out =
+            run(secured(&[]).into_iter().take(3).chain(bad.iter().map(|s| (*s).to_owned())).collect()).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+    }
+    user.stop().await.expect("clean stop");
+    db.drop_database().await;
 }

@@ -69,6 +69,7 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
     let payment_addr = address_of(&banner, "payment");
     let catalog_addr = address_of(&banner, "catalog");
     assert!(text.contains(&format!("grpcurl -plaintext {order_addr} list")), "{text}");
+    assert!(text.contains("without authentication"), "the banner says nobody is authenticated: {text}");
 
     let mut users = UserServiceClient::connect(format!("http://{user_addr}")).await.expect("user");
     let user = users
@@ -168,6 +169,96 @@ fn every_setting_has_an_environment_variable_in_help() {
             .count();
         assert!(flags > 3, "{args:?}: {help}");
         assert_eq!(help.matches("[env: SHOPMESH_").count(), flags, "{args:?}: a variable per flag\n{help}");
+    }
+}
+
+/// Runs `shopmesh args…`, which must refuse to start: fails if it is still running after 30 s
+/// (it starts serving instead) or exits 0; returns its stderr.
+fn refused_start(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shopmesh"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("SHOPMESH_METRICS_LISTEN", "off")
+        .env("SHOPMESH_LOG_FORMAT", "text")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shopmesh");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`shopmesh {}` started instead of refusing", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr);
+    assert!(!status.success(), "`shopmesh {}` exited 0: {stderr}", args.join(" "));
+    stderr
+}
+
+#[tokio::test]
+async fn plaintext_without_authentication_beyond_loopback_needs_allow_insecure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = |name: &str| format!("--{name}-database-url=sqlite://{}/{name}.db", dir.path().display());
+    let port = free_addr().port();
+    let wildcard = format!("--user-listen=0.0.0.0:{port}");
+    let user_db = db("user");
+
+    // One service on every interface, with neither mTLS nor tokens: refused, saying how to fix it.
+    let stderr = refused_start(&["serve", "user", &wildcard, &user_db], &[]);
+    for needed in [&format!("0.0.0.0:{port}"), "--allow-insecure", "--tls-cert", "--jwt-jwks"] {
+        assert!(stderr.contains(needed), "the refusal names {needed}: {stderr}");
+    }
+    // Tokens checked only when present authenticate nobody.
+    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt/jwks.json");
+    let jwks = jwks.to_string_lossy().into_owned();
+    let tokens = ["--jwt-jwks", &jwks, "--jwt-issuer", "https://id.example", "--jwt-audience", "shopmesh"];
+    let never = [&["serve", "user", &wildcard, &user_db, "--jwt-require", "never"][..], &tokens].concat();
+    refused_start(&never, &[]);
+    // The all-in-one run too, when any of its services is exposed.
+    let mut all = vec![
+        "--user-listen=127.0.0.1:0".to_owned(),
+        format!("--order-listen=0.0.0.0:{port}"),
+        "--payment-listen=127.0.0.1:0".to_owned(),
+        "--catalog-listen=127.0.0.1:0".to_owned(),
+    ];
+    all.extend(["user", "order", "payment", "catalog"].map(db));
+    let stderr = refused_start(&all.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(stderr.contains("--allow-insecure"), "{stderr}");
+
+    // Said explicitly (flag or variable), it serves; so it does with tokens required.
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for (args, env) in [
+        (vec!["serve", "user", &wildcard, &user_db, "--allow-insecure"], vec![]),
+        (vec!["serve", "user", &wildcard, &user_db], vec![("SHOPMESH_ALLOW_INSECURE", "true".to_owned())]),
+        ([&["serve", "user", &wildcard, &user_db][..], &tokens].concat(), vec![]),
+    ] {
+        let process = Process::start_with(&args, &env, Stdio::inherit());
+        testing::wait_serving(local, "").await;
+        let status = process.terminate().await;
+        assert!(status.success(), "{args:?}: {status}");
+    }
+}
+
+#[test]
+fn help_never_shows_a_database_password_from_the_environment() {
+    for args in [&["--help"][..], &["serve", "order", "--help"], &["migrate", "user", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_shopmesh"))
+            .args(args)
+            .env("SHOPMESH_ORDER_DATABASE_URL", "postgres://me:hunter2@db/order?sslpassword=hunter3")
+            .env("SHOPMESH_USER_DATABASE_URL", "postgres://db/user?password=hunter4")
+            .output()
+            .expect("run shopmesh");
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("_DATABASE_URL]"), "{args:?}: {help}");
+        assert!(!help.contains("hunter"), "{args:?} shows a password:\n{help}");
     }
 }
 

@@ -119,6 +119,7 @@ async fn readiness_never_follows_callees() {
             catalog_url,
             catalog_cache_ttl: Duration::from_secs(5),
             payment_url,
+            identities: Default::default(),
             reconcile: Default::default(),
         };
         // spawn() returns only once the order service is SERVING: its callees do not matter.

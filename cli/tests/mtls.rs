@@ -205,3 +205,155 @@ async fn rotated_files_are_used_by_new_handshakes() {
     user.stop().await.expect("clean stop");
     db.drop_database().await;
 }
+
+/// Spawns service `S` as service account `sa` over mTLS (no policy), waiting on its probe port.
+async fn spawn_as<S: shopmesh::mesh::service::MeshService>(
+    ca: &Ca,
+    dir: &std::path::Path,
+    sa: &str,
+    config: S::Config,
+) -> Spawned {
+    let mut mesh = testing::mesh_config();
+    mesh.security = pki::security(&dir.join(sa), &workload(ca, sa));
+    testing::spawn_service_probed::<S>(&testing::mesh(mesh), config).await.0
+}
+
+/// A channel through the mesh's own TLS client to `addr`, as the workload `sa`.
+fn mesh_channel(ca: &Ca, dir: &std::path::Path, sa: &str, addr: SocketAddr) -> tonic::transport::Channel {
+    let security = pki::security(&dir.join(format!("client-{sa}")), &workload(ca, sa));
+    let tls =
+        shopmesh::mesh::security::tls::MeshTls::load(&security).expect("client TLS").expect("configured");
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_with_connector_lazy(shopmesh::mesh::security::connect::TlsConnector::new(tls))
+}
+
+fn payment_config(db: &TestDb) -> shopmesh_payment::PaymentConfig {
+    shopmesh_payment::PaymentConfig {
+        listen: testing::ANY_PORT,
+        database_url: db.url.clone(),
+        payment_limit_minor: 100_000,
+        payment_currencies: vec!["USD".into()],
+        payment_latency: Duration::ZERO,
+    }
+}
+
+/// The order service over mTLS as `shopmesh-order`, calling `user`, `catalog` and `payment`.
+async fn order_calling(
+    ca: &Ca,
+    dir: &std::path::Path,
+    db: &TestDb,
+    user: &Spawned,
+    catalog: &Spawned,
+    payment: &Spawned,
+) -> Spawned {
+    let config = shopmesh_order::OrderConfig {
+        listen: testing::ANY_PORT,
+        database_url: db.url.clone(),
+        user_url: user.url(),
+        catalog_url: catalog.url(),
+        catalog_cache_ttl: Duration::from_secs(5),
+        payment_url: payment.url(),
+        identities: Default::default(),
+        reconcile: shopmesh_order::ReconcileConfig {
+            reconcile_interval: Duration::ZERO,
+            ..Default::default()
+        },
+    };
+    spawn_as::<shopmesh_order::Order>(ca, dir, "shopmesh-order", config).await
+}
+
+async fn impostors_are_refused(backend: Backend) {
+    use shopmesh::api::catalog::v1::{
+        CreateProductRequest, Product, catalog_service_client::CatalogServiceClient,
+    };
+    use shopmesh::api::common::v1::Money;
+    use shopmesh::api::order::v1::{
+        CreateOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
+    };
+    use shopmesh::api::user::v1::CreateUserRequest;
+
+    let ca = Ca::new("mesh CA").expect("ca");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let dbs = [
+        testing::database(backend, "pin-user").await,
+        testing::database(backend, "pin-catalog").await,
+        testing::database(backend, "pin-payment").await,
+        testing::database(backend, "pin-impostor").await,
+        testing::database(backend, "pin-order").await,
+        testing::database(backend, "pin-order2").await,
+    ];
+    let config = UserConfig { listen: testing::ANY_PORT, database_url: dbs[0].url.clone() };
+    let user = spawn_as::<User>(&ca, dir, "shopmesh-user", config).await;
+    let config =
+        shopmesh_catalog::CatalogConfig { listen: testing::ANY_PORT, database_url: dbs[1].url.clone() };
+    let catalog = spawn_as::<shopmesh_catalog::Catalog>(&ca, dir, "shopmesh-catalog", config).await;
+    let payment =
+        spawn_as::<shopmesh_payment::Payment>(&ca, dir, "shopmesh-payment", payment_config(&dbs[2])).await;
+    // A real payment service with a valid certificate of the mesh's CA and trust domain, but
+    // another workload's identity: what a pod that gets payment's traffic (a reused pod IP,
+    // labels matching the headless Service) would present.
+    let impostor =
+        spawn_as::<shopmesh_payment::Payment>(&ca, dir, "shopmesh-gateway", payment_config(&dbs[3])).await;
+
+    let mut users = UserServiceClient::new(mesh_channel(&ca, dir, "shopmesh-gateway", user.addr));
+    let user_id = users
+        .create_user(CreateUserRequest {
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create user")
+        .into_inner()
+        .id;
+    let mut products = CatalogServiceClient::new(mesh_channel(&ca, dir, "shopmesh-admin", catalog.addr));
+    let product = Product {
+        sku: "BOOK-42".into(),
+        display_name: "A book".into(),
+        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1250 }),
+        active: true,
+        ..Product::default()
+    };
+    products.create_product(CreateProductRequest { product: Some(product) }).await.expect("create product");
+    let order_request = |request_id: &str| CreateOrderRequest {
+        user_id: user_id.clone(),
+        request_id: request_id.into(),
+        line_items: vec![LineItem { sku: "BOOK-42".into(), quantity: 1, unit_price: None }],
+    };
+
+    // Pointed at the impostor, the order service refuses its handshake: no charge is sent
+    // and no answer of the impostor's is believed.
+    let fooled = order_calling(&ca, dir, &dbs[4], &user, &catalog, &impostor).await;
+    let mut orders = OrderServiceClient::new(mesh_channel(&ca, dir, "shopmesh-gateway", fooled.addr));
+    let status =
+        orders.create_order(order_request("to-the-impostor")).await.expect_err("not paid by an impostor");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let charged = shopmesh::mesh::db::connect(&dbs[3].url, &testing::mesh_config()).expect("pool");
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM payments").fetch_one(&charged).await.expect("count");
+    assert_eq!(n, 0, "the impostor was sent a charge");
+    charged.close().await;
+
+    // The genuine payment service (shopmesh-payment, the ID derived from shopmesh-order's own
+    // by the chart's naming) is accepted.
+    let genuine = order_calling(&ca, dir, &dbs[5], &user, &catalog, &payment).await;
+    let mut orders = OrderServiceClient::new(mesh_channel(&ca, dir, "shopmesh-gateway", genuine.addr));
+    let order = orders.create_order(order_request("to-payment")).await.expect("paid").into_inner();
+    assert_eq!(order.state(), OrderState::Paid, "{order:?}");
+
+    for service in [fooled, genuine, impostor, payment, catalog, user] {
+        service.stop().await.expect("clean stop");
+    }
+    for db in dbs {
+        db.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_service_refuses_upstreams_of_another_identity() {
+    for backend in testing::backends() {
+        impostors_are_refused(backend).await;
+    }
+}

@@ -111,6 +111,7 @@ async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConf
         catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         payment_url: format!("http://{payment_addr}"),
+        identities: Default::default(),
         reconcile,
     };
     let order =
@@ -541,6 +542,7 @@ async fn an_order_survives_the_payment_service_being_down() {
         let err = m.create(req.clone()).await.expect_err("payment is down");
         assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
         assert!(err.message().contains("retry with the same request_id"), "{backend:?}: {}", err.message());
+        assert_says_only_dependency_unavailable(&err, "payment");
 
         let kept = m.orders_of(&user.id, 0).await;
         assert_eq!(kept.len(), 1, "{backend:?}: the order is kept");
@@ -630,7 +632,18 @@ async fn the_user_service_being_down_is_unavailable_and_writes_nothing() {
         let err =
             m.create(order_of(&user_id, vec![line("A", 1, usd(100))], "k")).await.expect_err("user down");
         assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
+        assert_says_only_dependency_unavailable(&err, "user");
         assert!(m.orders_of(&user_id, 0).await.is_empty(), "{backend:?}: nothing written");
         m.stop().await;
+    }
+}
+
+/// A dependency's failure reaches an outside caller as which dependency and that it is
+/// unavailable, never the transport's own words (addresses, OS errors), which stay in the log.
+fn assert_says_only_dependency_unavailable(err: &tonic::Status, dependency: &str) {
+    let message = err.message();
+    assert!(message.starts_with(&format!("{dependency}: dependency unavailable")), "{err:?}");
+    for leaked in ["tcp", "connect", "refused", "os error", "127.0.0.1", "transport", "endpoint"] {
+        assert!(!message.to_ascii_lowercase().contains(leaked), "the answer shows {leaked:?}: {err:?}");
     }
 }

@@ -86,6 +86,7 @@ async fn start(backend: Backend, ttl: Duration, at: CatalogAt) -> World {
         catalog_url,
         catalog_cache_ttl: ttl,
         payment_url: payment.url(),
+        identities: Default::default(),
         reconcile: ReconcileConfig::default(),
     };
     let order = testing::spawn_service::<shopmesh_order::Order>(&mesh(), config).await;

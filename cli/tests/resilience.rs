@@ -271,6 +271,7 @@ async fn order_service(
         catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         payment_url,
+        identities: Default::default(),
         reconcile: Default::default(),
     };
     let mut mesh = testing::mesh_config();

@@ -43,6 +43,8 @@ struct Received {
     parent: String,
     attributes: HashMap<String, String>,
     status: i32,
+    /// The trace ids of the span's links.
+    links: Vec<String>,
 }
 
 fn flatten(attributes: &[KeyValue]) -> HashMap<String, String> {
@@ -91,6 +93,7 @@ impl TraceService for Receiver {
                         parent: hex(&span.parent_span_id),
                         attributes: flatten(&span.attributes),
                         status: span.status.map_or(0, |s| s.code),
+                        links: span.links.iter().map(|l| hex(&l.trace_id)).collect(),
                     });
                 }
             }
@@ -436,4 +439,144 @@ async fn one_trace(backend: Backend) {
     for (_, db) in dbs {
         db.drop_database().await;
     }
+}
+
+/// The `traceparent` and `baggage` of a call, as received.
+type TraceMetadata = (Option<String>, Option<String>);
+
+/// A user service that only records the trace metadata of each GetUser it receives.
+#[derive(Debug, Clone, Default)]
+struct RecordingUser(Arc<Mutex<Vec<TraceMetadata>>>);
+
+#[tonic::async_trait]
+impl shopmesh::api::user::v1::user_service_server::UserService for RecordingUser {
+    async fn create_user(
+        &self,
+        _: tonic::Request<CreateUserRequest>,
+    ) -> Result<tonic::Response<shopmesh::api::user::v1::User>, tonic::Status> {
+        Err(tonic::Status::unimplemented("recording only"))
+    }
+
+    async fn get_user(
+        &self,
+        request: tonic::Request<shopmesh::api::user::v1::GetUserRequest>,
+    ) -> Result<tonic::Response<shopmesh::api::user::v1::User>, tonic::Status> {
+        let header =
+            |name: &str| request.metadata().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        self.0.lock().expect("lock").push((header("traceparent"), header("baggage")));
+        Err(tonic::Status::unavailable("recording only"))
+    }
+
+    async fn list_users(
+        &self,
+        _: tonic::Request<shopmesh::api::user::v1::ListUsersRequest>,
+    ) -> Result<tonic::Response<shopmesh::api::user::v1::ListUsersResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("recording only"))
+    }
+
+    async fn update_user(
+        &self,
+        _: tonic::Request<shopmesh::api::user::v1::UpdateUserRequest>,
+    ) -> Result<tonic::Response<shopmesh::api::user::v1::User>, tonic::Status> {
+        Err(tonic::Status::unimplemented("recording only"))
+    }
+}
+
+/// Runs the order service as its own process with `extra` flags, calls CreateOrder on it as
+/// a caller with no mesh identity sending `traceparent` (sampled) and `baggage`, and returns the
+/// trace metadata the order service sent on to the user service.
+async fn propagated_to_the_user_service(
+    extra: &[&str],
+    caller_trace: &str,
+) -> (String, Option<String>, Vec<Received>) {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let otlp = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let upstream = RecordingUser::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let user_addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(shopmesh::api::user::v1::user_service_server::UserServiceServer::new(
+                upstream.clone(),
+            ))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let order_addr = free_addr();
+    let dead = free_addr();
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "order".into(),
+        format!("--order-listen={order_addr}"),
+        format!("--order-database-url=sqlite://{}/order.db", dir.path().display()),
+        format!("--user-url=http://{user_addr}"),
+        format!("--catalog-url=http://{dead}"),
+        format!("--payment-url=http://{dead}"),
+        "--retry-max-attempts=1".into(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", otlp), ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned())];
+    let process = Process::start_with(&args, &env, Stdio::null());
+    testing::wait_serving(order_addr, "shopmesh.order.v1.OrderService").await;
+
+    let mut orders = OrderServiceClient::connect(format!("http://{order_addr}")).await.expect("connect");
+    let mut request = tonic::Request::new(CreateOrderRequest {
+        user_id: shopmesh::mesh::ids::new_id(),
+        request_id: "traced".into(),
+        line_items: vec![LineItem { sku: "BOOK-42".into(), quantity: 1, unit_price: None }],
+    });
+    let traceparent = format!("00-{caller_trace}-00f067aa0ba902b7-01");
+    request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    request.metadata_mut().insert("baggage", "tenant=evil,plan=gold".parse().expect("ascii"));
+    let _ = orders.create_order(request).await;
+    let seen = upstream.0.lock().expect("lock").first().cloned();
+    let status = process.terminate().await;
+    assert!(status.success(), "{status}");
+    let (sent, baggage) = seen.expect("the order service called GetUser");
+    let sent = sent.expect("the order service sent a traceparent");
+    let trace = sent.split('-').nth(1).expect("a W3C traceparent").to_owned();
+    // Spans are flushed on exit.
+    (trace, baggage, receiver.spans())
+}
+
+#[tokio::test]
+async fn callers_without_a_mesh_identity_cannot_steer_traces_when_the_mesh_authenticates() {
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    // Local development (no authentication): a caller's trace is continued, baggage and all,
+    // so grpcurl with a traceparent joins the caller's trace.
+    let (trace, baggage, _) = propagated_to_the_user_service(&[], caller_trace).await;
+    assert_eq!(trace, caller_trace, "continued without authentication");
+    assert!(baggage.as_deref().is_some_and(|b| b.contains("tenant=evil")), "{baggage:?}");
+
+    // Bearer tokens on (checked only when present, so this caller gets through): the caller has
+    // no mesh identity, so its call is a new root, and its baggage goes no further.
+    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt/jwks.json");
+    let jwks = jwks.to_string_lossy().into_owned();
+    let tokens = [
+        "--jwt-jwks",
+        &jwks,
+        "--jwt-issuer",
+        "https://id.example",
+        "--jwt-audience",
+        "shopmesh",
+        "--jwt-require",
+        "never",
+    ];
+    let (trace, baggage, spans) = propagated_to_the_user_service(&tokens, caller_trace).await;
+    assert_ne!(trace, caller_trace, "an unidentified caller's trace was continued");
+    assert_eq!(trace.len(), 32, "{trace}");
+    assert!(!baggage.as_deref().unwrap_or_default().contains("tenant"), "baggage passed on: {baggage:?}");
+    // The caller's context survives as a link on the new root, for whoever wants to follow it.
+    let server =
+        one(&spans, "shopmesh-order", "shopmesh.order.v1.OrderService/CreateOrder", SpanKind::Server);
+    assert_eq!(server.trace_id, trace, "{server:#?}");
+    assert!(server.parent.is_empty(), "a root span: {server:#?}");
+    assert_eq!(server.links, [caller_trace.to_owned()], "{server:#?}");
 }

@@ -147,6 +147,7 @@ async fn start(backend: Backend) -> Mesh {
         catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         payment_url: payment.url(),
+        identities: Default::default(),
         reconcile: Default::default(),
     };
     let mesh = with_jwt(TokenRequirement::Unidentified);
@@ -461,4 +462,47 @@ async fn limits_answer_resource_exhausted_per_caller() {
     }
 
     service.stop().await.expect("stops cleanly");
+}
+
+/// `CreateUserRequest` with `display_name` as raw bytes, so a test can send what a string
+/// field may not hold.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCreateUser {
+    #[prost(string, tag = "1")]
+    email: String,
+    #[prost(bytes = "vec", tag = "2")]
+    display_name: Vec<u8>,
+}
+
+#[tokio::test]
+async fn an_undecodable_message_is_invalid_argument_and_says_nothing_of_the_decoder() {
+    let db = testing::database(Backend::Sqlite, "undecodable").await;
+    let config = UserConfig { listen: testing::ANY_PORT, database_url: db.url.clone() };
+    let user =
+        testing::spawn_service::<shopmesh_user::User>(&testing::mesh(testing::mesh_config()), config).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(user.url()).expect("url").connect().await.expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    // Invalid UTF-8 in a string field: prost refuses to decode the message.
+    let request = RawCreateUser { email: "ada@example.com".into(), display_name: vec![b'A', 0xff, 0xfe] };
+    grpc.ready().await.expect("ready");
+    let status = grpc
+        .unary::<_, shopmesh::api::user::v1::User, _>(
+            Request::new(request),
+            http::uri::PathAndQuery::from_static("/shopmesh.user.v1.UserService/CreateUser"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("an undecodable request is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let message = status.message().to_ascii_lowercase();
+    for leaked in ["utf-8", "utf8", "decode", "display_name", "createuserrequest", "invalid string"] {
+        assert!(!message.contains(leaked), "the answer shows the decoder's {leaked:?}: {status:?}");
+    }
+    // Nothing was written; the service answers the next caller as usual.
+    let mut users = UserServiceClient::new(channel);
+    let listed = users.list_users(ListUsersRequest { page_size: 10, page_token: String::new() }).await;
+    assert!(listed.expect("list").into_inner().users.is_empty());
+    user.stop().await.expect("clean stop");
+    db.drop_database().await;
 }

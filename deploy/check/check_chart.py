@@ -323,7 +323,18 @@ def check_upstreams(r: Rendered) -> str:
             got = env.get(f"SHOPMESH_{callee.upper()}_URL")
             assert got == want, f"{svc}: SHOPMESH_{callee.upper()}_URL is {got!r}, not the absolute headless name {want!r}"
             r.one("Service", headless(callee))
+            # With mTLS the caller pins the callee's own identity, not any workload of the mesh.
+            pin = env.get(f"SHOPMESH_{callee.upper()}_SPIFFE_ID")
+            want_pin = f"spiffe://{r.values['tls']['trustDomain']}/ns/{NAMESPACE}/sa/{name(callee)}" if tls_on(r.values) else None
+            assert pin == want_pin, f"{svc}: SHOPMESH_{callee.upper()}_SPIFFE_ID is {pin!r}, not {want_pin!r}"
             done.append(f"{svc}->{callee}")
+    for svc in services_of(r):
+        # The binary refuses to serve its pod IP unauthenticated unless told: told exactly when
+        # neither mTLS nor tokens required of every caller protect it.
+        s = settings(r, svc)
+        protected = tls_on(r.values) or (bool(r.values["jwt"].get("jwks")) and s.get("jwtRequire") == "unidentified")
+        allow = env_of(container_of(r, svc)).get("SHOPMESH_ALLOW_INSECURE")
+        assert allow == (None if protected else "true"), f"{svc}: SHOPMESH_ALLOW_INSECURE is {allow!r} (protected: {protected})"
     return ", ".join(done) + f" (*.svc.{DOMAIN})"
 
 

@@ -305,6 +305,12 @@ pub struct SecurityConfig {
     /// requires mutual TLS (`serve` only: the all-in-one run has several services).
     #[arg(long, env = "SHOPMESH_PROBE_LISTEN", value_name = "ADDR")]
     pub probe_listen: Option<SocketAddr>,
+
+    /// Serve without authentication (neither mutual TLS nor bearer tokens required of every
+    /// caller) on an address other hosts can reach. Without it such a start is refused, so a
+    /// service is never open to the network by accident; loopback addresses need no flag.
+    #[arg(long, env = "SHOPMESH_ALLOW_INSECURE")]
+    pub allow_insecure: bool,
 }
 
 impl Default for SecurityConfig {
@@ -318,6 +324,7 @@ impl Default for SecurityConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             authz_policy: None,
             probe_listen: None,
+            allow_insecure: false,
         }
     }
 }

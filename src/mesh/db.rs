@@ -367,18 +367,75 @@ fn prepare_sqlite(url: &str) -> Result<String, Error> {
     })
 }
 
-/// The URL with any password replaced, for logs and errors.
+/// The URL with its secrets hidden, wherever a URL is shown (logs, errors, the banner): the
+/// password of its userinfo (`user:***@`) and the value of every query parameter whose name
+/// ends in `password` (libpq's `password` and `sslpassword`), whatever its case or encoding.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let (base, rest) = url.split_at(end);
+    let mut out = String::with_capacity(url.len());
+    // The userinfo ends at the last `@` before the query: a password may hold `/` or `@`.
+    match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &url[scheme_end + 3..at];
+            let creds = &base[scheme_end + 3..at];
             match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
+                Some((user, _)) => {
+                    out.push_str(&base[..scheme_end + 3]);
+                    out.push_str(user);
+                    out.push_str(":***");
+                    out.push_str(&base[at..]);
+                }
+                None => out.push_str(base),
             }
         }
-        _ => url.to_owned(),
+        _ => out.push_str(base),
     }
+    let (query, fragment) = match rest.find('#') {
+        Some(hash) => rest.split_at(hash),
+        None => (rest, ""),
+    };
+    if let Some(query) = query.strip_prefix('?') {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((key, _)) if is_password_key(key) => {
+                    out.push_str(key);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// Whether a query parameter's name (percent-decoded, any case) names a password.
+fn is_password_key(key: &str) -> bool {
+    let mut decoded = Vec::with_capacity(key.len());
+    let bytes = key.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push(u8::try_from(hi * 16 + lo).unwrap_or(b'%'));
+                i += 3;
+            }
+            (b'+', _, _) => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    decoded.trim_ascii().to_ascii_lowercase().ends_with(b"password")
 }
 
 #[cfg(test)]
@@ -398,6 +455,29 @@ mod tests {
         assert_eq!(redact("postgres://me:secret@db:5432/x"), "postgres://me:***@db:5432/x");
         assert_eq!(redact("postgres://me@db/x"), "postgres://me@db/x");
         assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn password_query_parameters_and_odd_passwords_are_redacted() {
+        let cases = [
+            ("postgres://db/x?user=me&password=secret", "postgres://db/x?user=me&password=***"),
+            ("postgres://db/x?password=secret", "postgres://db/x?password=***"),
+            (
+                "postgres://me@db/x?sslmode=require&sslpassword=secret&application_name=a",
+                "postgres://me@db/x?sslmode=require&sslpassword=***&application_name=a",
+            ),
+            ("postgres://db/x?PassWord=secret", "postgres://db/x?PassWord=***"),
+            ("postgres://db/x?pass%77ord=secret", "postgres://db/x?pass%77ord=***"),
+            ("postgres://me:secret@db/x?password=secret#f", "postgres://me:***@db/x?password=***#f"),
+            // A password holding `@` or `/` (unencoded) still ends at the last `@`.
+            ("postgres://me:se@c/ret@db:5432/x", "postgres://me:***@db:5432/x"),
+            ("postgres://db/x?sslmode=require", "postgres://db/x?sslmode=require"),
+            ("sqlite://data/x.db?mode=rwc", "sqlite://data/x.db?mode=rwc"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact(url), shown, "{url}");
+            assert!(!redact(url).contains("secret"), "{url}");
+        }
     }
 
     #[test]

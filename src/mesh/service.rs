@@ -18,10 +18,12 @@ use tonic::service::Routes;
 use crate::mesh::Error;
 use crate::mesh::client::{self, Channel};
 use crate::mesh::config::MeshConfig;
+use crate::mesh::config::TokenRequirement;
 use crate::mesh::db::{Migrations, Pool};
 use crate::mesh::grpc::catalogue::Catalogue;
 use crate::mesh::security::authz::Policy;
 use crate::mesh::security::bearer::Verifier;
+use crate::mesh::security::identity::SpiffeId;
 use crate::mesh::security::tls::MeshTls;
 
 /// The API a mesh serves and calls, given as data: its method catalogue and the encoded
@@ -187,12 +189,72 @@ impl Mesh {
         self.inner.policy.as_ref()
     }
 
-    /// A channel to `target` through the mesh's client stack, over mutual TLS when it is on
-    /// (see [`client::channel`]).
+    /// Whether any authentication is configured: mutual TLS or bearer tokens. Then a caller
+    /// without a mesh identity does not steer this service's traces.
+    pub fn authenticates(&self) -> bool {
+        self.inner.tls.is_some() || self.inner.verifier.is_some()
+    }
+
+    /// Whether every call must prove who makes it: mutual TLS, or bearer tokens required of
+    /// every caller without a mesh identity. Otherwise anyone who reaches the port may call.
+    pub fn authenticates_every_call(&self) -> bool {
+        self.inner.tls.is_some()
+            || (self.inner.verifier.is_some()
+                && self.inner.config.jwt.jwt_require == TokenRequirement::Unidentified)
+    }
+
+    /// A channel to `target` through the mesh's client stack, over mutual TLS when it is on,
+    /// accepting any server of the mesh's CA and trust domain (see [`client::channel`]). A
+    /// service calling another uses [`Mesh::upstream_channel`], which pins the server's identity.
     ///
     /// # Errors
     /// [`Error::Config`] for a malformed target or out-of-range retry settings.
     pub async fn channel(&self, target: &str) -> Result<Channel, Error> {
         client::channel(target, &self.inner.config.client, self.inner.api.catalogue, self.tls()).await
+    }
+
+    /// A channel from this process's service `own` to the mesh's service `name` at `target`.
+    /// Over mutual TLS only a server presenting `expected` is accepted; without it, the ID of
+    /// `name` beside this process's own ([`SpiffeId::sibling`]: `<release>-<own>` calls
+    /// `<release>-<name>`, the chart's and `dev-certs`' naming).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed target, an `expected` that is not a SPIFFE ID of the
+    /// trust domain, or an own identity the default cannot be derived from.
+    pub async fn upstream_channel(
+        &self,
+        own: &str,
+        name: &str,
+        target: &str,
+        expected: Option<&str>,
+    ) -> Result<Channel, Error> {
+        let config = &self.inner.config.client;
+        let Some(tls) = self.tls() else {
+            return client::channel(target, config, self.inner.api.catalogue, None).await;
+        };
+        let server = match expected {
+            Some(id) => {
+                let id = SpiffeId::parse(id)
+                    .map_err(|e| Error::Config(format!("--{name}-spiffe-id {id:?}: {e}")))?;
+                if id.trust_domain() != tls.trust_domain() {
+                    return Err(Error::Config(format!(
+                        "--{name}-spiffe-id {id} is outside trust domain {}",
+                        tls.trust_domain()
+                    )));
+                }
+                id
+            }
+            None => {
+                let own_id = tls.identity();
+                own_id.sibling(own, name).ok_or_else(|| {
+                    Error::Config(format!(
+                        "cannot derive the {name} service's SPIFFE ID from this service's own, {own_id} \
+                         (its service account does not end in -{own}): set --{name}-spiffe-id"
+                    ))
+                })?
+            }
+        };
+        tracing::info!(upstream = name, server = %server, "calls accept only this server identity");
+        client::pinned_channel(target, config, self.inner.api.catalogue, tls, server).await
     }
 }

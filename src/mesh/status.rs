@@ -83,14 +83,17 @@ pub fn database(err: &sqlx::Error) -> Status {
 }
 
 /// The status to answer with when a call to another service failed. Statuses that mean "try
-/// again" or "out of time" keep their code so the caller can act on them; anything else means
-/// this service misused its dependency or the dependency broke, which is INTERNAL here.
+/// again" or "out of time" keep their code so the caller can act on them, with a message that
+/// names the dependency and nothing of the transport (addresses, OS errors: the cause is logged
+/// here, inside the call's span, so it reaches the log and the trace); anything else means this
+/// service misused its dependency or the dependency broke, which is INTERNAL here.
 pub fn upstream(service: &str, status: &Status) -> Status {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => {
             tracing::warn!(%service, code = ?status.code(), message = status.message(), "dependency failed");
             let code = if status.code() == Code::Cancelled { Code::Unavailable } else { status.code() };
-            Status::new(code, format!("{service}: {}", status.message()))
+            crate::mesh::grpc::respond::Refusal::DependencyFailed { service: service.to_owned(), code }
+                .status()
         }
         _ => {
             tracing::error!(%service, code = ?status.code(), message = status.message(), "unexpected dependency error");

@@ -4,7 +4,9 @@
 //! users (and, when it orders, the products `BENCH-1` to `BENCH-10` in the catalog, since the
 //! order service prices every line from it; and orders, to read them), applies load at a fixed
 //! rate or concurrency, and reports throughput, latency percentiles and counts by status code,
-//! as text or JSON.
+//! as text or JSON. A secured mesh is measured as its callers reach it: over mutual TLS with
+//! the bench's own certificate (`--tls-ca/--tls-cert/--tls-key`, the mesh's own TLS client),
+//! and with metadata such as a bearer token on every call (`-H`).
 //!
 //! Exit status: 0 when the run happened, whatever the servers answered (a server that is down
 //! shows as UNAVAILABLE counts) and also when stopped by SIGINT/SIGTERM; 2 for bad arguments;
@@ -26,10 +28,14 @@ use std::time::Duration;
 use shopmesh::api::catalog::v1::catalog_service_client::CatalogServiceClient;
 use shopmesh::api::order::v1::order_service_client::OrderServiceClient;
 use shopmesh::api::user::v1::user_service_client::UserServiceClient;
+use shopmesh::mesh::security::connect::TlsConnector;
+use shopmesh::mesh::security::tls::MeshTls;
 use shopmesh::mesh::shutdown;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
 
 use load::{End, Mode, Plan, Shared};
 use progress::Progress;
@@ -122,7 +128,74 @@ pub struct BenchArgs {
     /// No progress bar and no set-up messages.
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// The CA bundle (PEM) the services' certificates must chain to. With --tls-cert and
+    /// --tls-key, every call goes over mutual TLS, checked as the mesh's own clients check a
+    /// server (the CA and a SPIFFE ID of --trust-domain); targets may then be https://.
+    #[arg(long, env = "SHOPMESH_BENCH_TLS_CA", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+
+    /// The bench's own certificate chain (PEM), e.g. the gateway's `tls.crt`: its SPIFFE ID is
+    /// the identity the services see.
+    #[arg(long, env = "SHOPMESH_BENCH_TLS_CERT", value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The bench's private key (PEM), e.g. `tls.key`.
+    #[arg(long, env = "SHOPMESH_BENCH_TLS_KEY", value_name = "FILE", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+
+    /// The SPIFFE trust domain of the services' (and the bench's) certificates.
+    #[arg(long, env = "SHOPMESH_BENCH_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// Metadata sent with every call, `key: value`, repeatable: `-H "authorization: Bearer $TOKEN"`.
+    #[arg(short = 'H', long = "header", env = "SHOPMESH_BENCH_HEADER", hide_env_values = true,
+          value_name = "KEY: VALUE", value_parser = header)]
+    pub headers: Vec<Header>,
 }
+
+/// One `key: value` of metadata that every call carries.
+#[derive(Debug, Clone)]
+pub struct Header {
+    key: MetadataKey<Ascii>,
+    value: MetadataValue<Ascii>,
+}
+
+/// Parses `key: value`: an ASCII metadata name (not a pseudo-header, not `grpc-…`, which the
+/// protocol owns) and a printable ASCII value.
+fn header(s: &str) -> Result<Header, String> {
+    let (key, value) = s.split_once(':').ok_or("expected `key: value`")?;
+    let key = key.trim();
+    if key.starts_with("grpc-")
+        || key.ends_with("-bin")
+        || key.eq_ignore_ascii_case("te")
+        || key.eq_ignore_ascii_case("content-type")
+    {
+        return Err(format!("{key:?} is set by the gRPC protocol, not by the caller"));
+    }
+    let key =
+        MetadataKey::from_bytes(key.as_bytes()).map_err(|_| format!("{key:?} is not a metadata name"))?;
+    let value =
+        MetadataValue::try_from(value.trim()).map_err(|_| "the value must be printable ASCII".to_owned())?;
+    Ok(Header { key, value })
+}
+
+/// Adds the `-H` metadata to each call.
+#[derive(Debug, Clone)]
+pub struct WithHeaders(Arc<[Header]>);
+
+impl tonic::service::Interceptor for WithHeaders {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        // Reference-counted clones: no allocation beyond the map's own entries.
+        for Header { key, value } in self.0.iter() {
+            request.metadata_mut().insert(key.clone(), value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel as the bench's clients use it: one HTTP/2 connection, the `-H` metadata added.
+pub type Channel = InterceptedService<tonic::transport::Channel, WithHeaders>;
 
 /// A duration above zero.
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -136,11 +209,17 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 impl BenchArgs {
     /// What clap cannot check by itself: URLs, and `--mix` only with the `mix` scenario.
     pub fn validate(&self) -> Result<(), String> {
+        let tls = self.tls_cert.is_some();
         for (flag, url) in [("--user", &self.user), ("--order", &self.order), ("--catalog", &self.catalog)] {
             Endpoint::from_shared(url.clone())
                 .map_err(|e| format!("{flag} {url:?} is not a URL like http://127.0.0.1:50051: {e}"))?;
-            if !url.starts_with("http://") {
-                return Err(format!("{flag} {url:?}: only http:// (plaintext) targets are supported"));
+            match url.split_once("://").map(|(scheme, _)| scheme) {
+                Some("http") => {}
+                Some("https") if tls => {}
+                Some("https") => {
+                    return Err(format!("{flag} {url:?}: https:// needs --tls-ca, --tls-cert and --tls-key"));
+                }
+                _ => return Err(format!("{flag} {url:?}: only http:// and https:// targets are supported")),
             }
         }
         if self.mix.is_some() && self.scenario != Scenario::Mix {
@@ -165,14 +244,30 @@ impl BenchArgs {
 }
 
 /// `n` lazily connected channels to `url`: each is one HTTP/2 connection, made on first use
-/// and remade after it breaks, so a server that is down costs calls, not the run.
-fn channels(url: &str, n: u32, timeout: Duration) -> Result<Vec<Channel>, tonic::transport::Error> {
+/// and remade after it breaks, so a server that is down costs calls, not the run. With `tls`,
+/// connections are mutual TLS (the scheme, http or https, then says nothing).
+fn channels(
+    url: &str,
+    n: u32,
+    timeout: Duration,
+    tls: Option<&MeshTls>,
+    headers: &WithHeaders,
+) -> Result<Vec<Channel>, tonic::transport::Error> {
+    // The connector makes the TLS; tonic is given the plain scheme it can connect without.
+    let url = match url.strip_prefix("https://") {
+        Some(rest) if tls.is_some() => format!("http://{rest}"),
+        _ => url.to_owned(),
+    };
     (0..n)
         .map(|_| {
-            Ok(Endpoint::from_shared(url.to_owned())?
+            let endpoint = Endpoint::from_shared(url.clone())?
                 .tcp_nodelay(true)
-                .connect_timeout(timeout.min(Duration::from_secs(5)))
-                .connect_lazy())
+                .connect_timeout(timeout.min(Duration::from_secs(5)));
+            let channel = match tls {
+                Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector::new(tls.clone())),
+                None => endpoint.connect_lazy(),
+            };
+            Ok(InterceptedService::new(channel, headers.clone()))
         })
         .collect()
 }
@@ -209,10 +304,30 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         },
         None => Arc::new(Recorder::default()),
     };
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let security = shopmesh::mesh::config::SecurityConfig {
+                tls_cert: Some(cert.clone()),
+                tls_key: Some(key.clone()),
+                tls_ca: Some(ca.clone()),
+                trust_domain: args.trust_domain.clone(),
+                ..Default::default()
+            };
+            match MeshTls::load(&security) {
+                Ok(tls) => tls,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    let headers = WithHeaders(args.headers.clone().into());
     let (user_channels, order_channels, catalog_channel) = match (
-        channels(&args.user, args.connections, args.timeout),
-        channels(&args.order, args.connections, args.timeout),
-        channels(&args.catalog, 1, args.timeout),
+        channels(&args.user, args.connections, args.timeout, tls.as_ref(), &headers),
+        channels(&args.order, args.connections, args.timeout, tls.as_ref(), &headers),
+        channels(&args.catalog, 1, args.timeout, tls.as_ref(), &headers),
     ) {
         (Ok(u), Ok(o), Ok(mut c)) => (u, o, c.remove(0)),
         (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Channel;
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::order::v1::{
     CreateOrderRequest, GetOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
 };
 use shopmesh::api::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use super::record::Recorder;

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use super::Channel;
 use futures::StreamExt as _;
 use shopmesh::api::catalog::v1::catalog_service_client::CatalogServiceClient;
 use shopmesh::api::catalog::v1::{CreateProductRequest, GetProductRequest, Product as CatalogProduct};
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use super::scenario::{Caller, Product, code_name, code_of};

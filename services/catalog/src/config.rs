@@ -27,6 +27,8 @@ pub struct CatalogConfig {
         long = "catalog-database-url",
         value_name = "URL",
         env = "SHOPMESH_CATALOG_DATABASE_URL",
+        // The URL may carry a password: --help never shows the variable's value.
+        hide_env_values = true,
         help_heading = LISTEN_AND_DATABASES,
         default_value = "sqlite://data/catalog.db"
     )]

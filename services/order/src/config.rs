@@ -30,6 +30,8 @@ pub struct OrderConfig {
         long = "order-database-url",
         value_name = "URL",
         env = "SHOPMESH_ORDER_DATABASE_URL",
+        // The URL may carry a password: --help never shows the variable's value.
+        hide_env_values = true,
         help_heading = LISTEN_AND_DATABASES,
         default_value = "sqlite://data/order.db"
     )]
@@ -55,9 +57,37 @@ pub struct OrderConfig {
     #[arg(long, env = "SHOPMESH_PAYMENT_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50053")]
     pub payment_url: String,
 
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub identities: UpstreamIdentities,
+
     #[command(flatten, next_help_heading = "Reconciler")]
     #[allow(missing_docs)]
     pub reconcile: ReconcileConfig,
+}
+
+/// Who the services the order service calls must be, over mutual TLS: each server's exact
+/// SPIFFE ID, so another workload with a valid certificate of the mesh cannot answer for it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct UpstreamIdentities {
+    /// The SPIFFE ID the user service must present over mutual TLS. By default this service's
+    /// own with its service account's `-order` suffix as `-user` (`<release>-user`, the
+    /// chart's and `shopmesh dev-certs`' naming).
+    #[arg(long, env = "SHOPMESH_USER_SPIFFE_ID", value_name = "SPIFFE_ID", help_heading = CALLS,
+          hide_short_help = true)]
+    pub user_spiffe_id: Option<String>,
+
+    /// The SPIFFE ID the catalog service must present, as for --user-spiffe-id
+    /// (`<release>-catalog` by default).
+    #[arg(long, env = "SHOPMESH_CATALOG_SPIFFE_ID", value_name = "SPIFFE_ID", help_heading = CALLS,
+          hide_short_help = true)]
+    pub catalog_spiffe_id: Option<String>,
+
+    /// The SPIFFE ID the payment service must present, as for --user-spiffe-id
+    /// (`<release>-payment` by default).
+    #[arg(long, env = "SHOPMESH_PAYMENT_SPIFFE_ID", value_name = "SPIFFE_ID", help_heading = CALLS,
+          hide_short_help = true)]
+    pub payment_spiffe_id: Option<String>,
 }
 
 /// The order service's reconciler, which settles orders whose charge outcome is unknown.

@@ -32,7 +32,7 @@ use shopmesh::mesh::service::{Mesh, MeshService, Started};
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
-pub use config::{OrderConfig, ReconcileConfig};
+pub use config::{OrderConfig, ReconcileConfig, UpstreamIdentities};
 pub use error::Error as OrderError;
 
 /// The fully-qualified gRPC service name, also its health-check name.
@@ -47,10 +47,12 @@ pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POST
 /// The order use cases over `pool`, calling the services `config` names through the mesh's
 /// client stack (deadlines, retries, balancing; mutual TLS when it is on).
 async fn orders(mesh: &Mesh, config: &OrderConfig, pool: Pool) -> Result<service::Orders, Error> {
+    let pins = &config.identities;
+    let own = <Order as MeshService>::NAME;
     let upstream = upstream::Upstream::new(
-        mesh.channel(&config.user_url).await?,
-        mesh.channel(&config.catalog_url).await?,
-        mesh.channel(&config.payment_url).await?,
+        mesh.upstream_channel(own, "user", &config.user_url, pins.user_spiffe_id.as_deref()).await?,
+        mesh.upstream_channel(own, "catalog", &config.catalog_url, pins.catalog_spiffe_id.as_deref()).await?,
+        mesh.upstream_channel(own, "payment", &config.payment_url, pins.payment_spiffe_id.as_deref()).await?,
         config.catalog_cache_ttl,
     );
     Ok(service::Orders::new(store::Store::new(pool, config.reconcile.reconcile_after), upstream))

@@ -33,6 +33,8 @@ pub struct PaymentConfig {
         long = "payment-database-url",
         value_name = "URL",
         env = "SHOPMESH_PAYMENT_DATABASE_URL",
+        // The URL may carry a password: --help never shows the variable's value.
+        hide_env_values = true,
         help_heading = LISTEN_AND_DATABASES,
         default_value = "sqlite://data/payment.db"
     )]

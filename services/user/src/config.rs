@@ -26,6 +26,8 @@ pub struct UserConfig {
         long = "user-database-url",
         value_name = "URL",
         env = "SHOPMESH_USER_DATABASE_URL",
+        // The URL may carry a password: --help never shows the variable's value.
+        hide_env_values = true,
         help_heading = LISTEN_AND_DATABASES,
         default_value = "sqlite://data/user.db"
     )]

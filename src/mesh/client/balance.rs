@@ -34,7 +34,6 @@ use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::code::header_code;
 use crate::mesh::grpc::respond::{Refusal, is_timeout};
 use crate::mesh::security::connect::TlsConnector;
-use crate::mesh::security::tls::MeshTls;
 
 /// Longest an endpoint stays ejected, however often it failed.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -59,18 +58,19 @@ impl Source {
     pub fn parse(target: &str) -> Result<Self, Error> {
         let mut names = Vec::new();
         for part in target.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let shown = crate::mesh::db::redact(part);
             let uri: http::Uri =
-                part.parse().map_err(|e| Error::Config(format!("bad service URL {part:?}: {e}")))?;
+                part.parse().map_err(|e| Error::Config(format!("bad service URL {shown:?}: {e}")))?;
             if uri.scheme_str() != Some("http") {
-                return Err(Error::Config(format!("bad service URL {part:?}: use http://host:port")));
+                return Err(Error::Config(format!("bad service URL {shown:?}: use http://host:port")));
             }
             let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
-                return Err(Error::Config(format!("bad service URL {part:?}: use http://host:port")));
+                return Err(Error::Config(format!("bad service URL {shown:?}: use http://host:port")));
             };
             names.push((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port));
         }
         if names.is_empty() {
-            return Err(Error::Config(format!("no service URL in {target:?}")));
+            return Err(Error::Config(format!("no service URL in {:?}", crate::mesh::db::redact(target))));
         }
         Ok(Self::Dns(names))
     }
@@ -120,12 +120,14 @@ impl Balanced {
     /// is given. The first resolution is done before this returns, so the first call already
     /// has its endpoints; discovery then runs on a task that ends when the last clone is
     /// dropped.
-    pub async fn new(target: &str, source: Source, config: &ClientConfig, tls: Option<MeshTls>) -> Self {
+    pub async fn new(target: &str, source: Source, config: &ClientConfig, tls: Option<TlsConnector>) -> Self {
+        // Shown in logs, metrics and UNAVAILABLE answers: never with a password in it.
+        let target: Arc<str> = crate::mesh::db::redact(target).into();
         let (changes, discovery) = mpsc::channel(64);
         let (eject_tx, eject_rx) = mpsc::unbounded_channel();
         let endpoints = Arc::new(AtomicUsize::new(0));
         let mut controller = Controller {
-            target: target.into(),
+            target: target.clone(),
             changes,
             eject_tx,
             endpoints: endpoints.clone(),
@@ -148,7 +150,7 @@ impl Balanced {
         let balance = Balance::new(tokio_stream::wrappers::ReceiverStream::new(discovery));
         let inner = Buffer::new(balance, QUEUE);
         tokio::spawn(controller.run(source, eject_rx));
-        Self { inner, endpoints, target: target.into() }
+        Self { inner, endpoints, target }
     }
 
     /// How many endpoints calls are spread over now (ejected ones excluded).
@@ -261,7 +263,7 @@ struct Controller {
     endpoints: Arc<AtomicUsize>,
     config: ClientConfig,
     /// Mutual TLS for new connections, when on.
-    tls: Option<MeshTls>,
+    tls: Option<TlsConnector>,
     /// What discovery found last.
     resolved: BTreeSet<SocketAddr>,
     /// In the balancer, with the generation of their service.
@@ -326,7 +328,7 @@ impl Controller {
                 .keep_alive_while_idle(true)
         });
         let channel = channel.map(|e| match &self.tls {
-            Some(tls) => e.connect_with_connector_lazy(TlsConnector::new(tls.clone())),
+            Some(tls) => e.connect_with_connector_lazy(tls.clone()),
             None => e.connect_lazy(),
         });
         let Ok(channel) = channel else {

@@ -26,6 +26,8 @@ use tokio::sync::watch;
 use crate::mesh::Error;
 use crate::mesh::config::ClientConfig;
 use crate::mesh::grpc::catalogue::Catalogue;
+use crate::mesh::security::connect::TlsConnector;
+use crate::mesh::security::identity::SpiffeId;
 use crate::mesh::security::tls::MeshTls;
 use crate::mesh::telemetry::observe::{ClientObserve, ClientObserveLayer};
 use balance::{Balanced, Source};
@@ -39,7 +41,8 @@ pub type Channel = ClientObserve<ClientDeadline<Retry<Balanced>>>;
 /// A channel to `target`: `http://host:port`, or several comma-separated; DNS names are
 /// re-resolved every `resolve_interval` and calls spread over all addresses. Calls are retried
 /// as `catalogue` allows; with `tls`, each connection presents this service's certificate and
-/// accepts only servers of the mesh's CA and trust domain.
+/// accepts any server of the mesh's CA and trust domain (a service calling another of the mesh
+/// pins that one's identity with [`pinned_channel`]).
 ///
 /// Connections are made lazily, so a dependency that is down at start fails calls with
 /// UNAVAILABLE instead of stopping this service from starting.
@@ -53,7 +56,24 @@ pub async fn channel(
     tls: Option<&MeshTls>,
 ) -> Result<Channel, Error> {
     let source = Source::parse(target)?;
-    build(target, source, config, catalogue, tls.cloned()).await
+    build(target, source, config, catalogue, tls.cloned().map(TlsConnector::new)).await
+}
+
+/// As [`channel`], over mutual TLS, accepting only servers that present `server`: another
+/// workload with a valid certificate of the mesh cannot answer in the place of the service
+/// called.
+///
+/// # Errors
+/// As [`channel`].
+pub async fn pinned_channel(
+    target: &str,
+    config: &ClientConfig,
+    catalogue: Catalogue,
+    tls: &MeshTls,
+    server: SpiffeId,
+) -> Result<Channel, Error> {
+    let source = Source::parse(target)?;
+    build(target, source, config, catalogue, Some(TlsConnector::expecting(tls.clone(), server))).await
 }
 
 /// A channel over an address list that the caller updates (its own discovery).
@@ -74,7 +94,7 @@ async fn build(
     source: Source,
     config: &ClientConfig,
     catalogue: Catalogue,
-    tls: Option<MeshTls>,
+    tls: Option<TlsConnector>,
 ) -> Result<Channel, Error> {
     let retry = RetryLayer::new(config, catalogue).map_err(Error::Config)?;
     let balanced = Balanced::new(name, source, config, tls).await;

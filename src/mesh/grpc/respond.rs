@@ -59,6 +59,19 @@ pub enum Refusal {
         /// What the transport said.
         cause: String,
     },
+    /// The request message does not decode (invalid UTF-8 in a string field, a malformed
+    /// varint, no message at all). The decoder's words name fields and types: they are not
+    /// sent.
+    Undecodable,
+    /// A service this one called failed in a way its caller may retry or act on (`code`:
+    /// UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED). The caller is told which
+    /// dependency and how, never the transport's chain (addresses, OS errors).
+    DependencyFailed {
+        /// The dependency's short name.
+        service: String,
+        /// The code passed on.
+        code: Code,
+    },
 }
 
 impl Refusal {
@@ -104,6 +117,15 @@ impl Refusal {
             }
             Self::NoEndpoints { target } => Status::unavailable(format!("no endpoints for {target}")),
             Self::ConnectionFailed { cause } => Status::unavailable(format!("connection failed: {cause}")),
+            Self::Undecodable => Status::invalid_argument("the request message is malformed"),
+            Self::DependencyFailed { service, code } => {
+                let what = match code {
+                    Code::DeadlineExceeded => "dependency did not answer in time",
+                    Code::ResourceExhausted => "dependency overloaded",
+                    _ => "dependency unavailable",
+                };
+                Status::new(*code, format!("{service}: {what}"))
+            }
         }
     }
 
@@ -166,6 +188,15 @@ mod tests {
             (Refusal::DeadlineWhileWaiting, Code::DeadlineExceeded),
             (Refusal::NoEndpoints { target: "x".into() }, Code::Unavailable),
             (Refusal::ConnectionFailed { cause: "reset".into() }, Code::Unavailable),
+            (Refusal::Undecodable, Code::InvalidArgument),
+            (
+                Refusal::DependencyFailed { service: "payment".into(), code: Code::Unavailable },
+                Code::Unavailable,
+            ),
+            (
+                Refusal::DependencyFailed { service: "user".into(), code: Code::DeadlineExceeded },
+                Code::DeadlineExceeded,
+            ),
         ];
         for (refusal, code) in cases {
             assert_eq!(refusal.status().code(), code, "{refusal:?}");

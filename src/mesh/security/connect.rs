@@ -1,7 +1,8 @@
 //! The client side of mutual TLS: a connector for tonic's `Endpoint` that opens TCP, then TLS
 //! with the configuration [`MeshTls`] holds at that moment, so reconnections after a
 //! certificate or CA rotation use the new files. The server is checked by its chain and SPIFFE
-//! ID, not its host name (endpoints are pod IPs).
+//! ID, not its host name (endpoints are pod IPs); a connector for a call to one service pins
+//! that service's exact ID ([`TlsConnector::expecting`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,18 +15,26 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tower::{BoxError, Service};
 
+use crate::mesh::security::identity::SpiffeId;
 use crate::mesh::security::tls::MeshTls;
 
 /// Connects to `http://host:port` URIs over mutual TLS.
 #[derive(Debug, Clone)]
 pub struct TlsConnector {
     tls: MeshTls,
+    expected: Option<SpiffeId>,
 }
 
 impl TlsConnector {
-    /// A connector presenting this service's certificate from `tls`.
+    /// A connector presenting this service's certificate from `tls`, accepting any server of
+    /// the mesh's CA and trust domain (a client that calls whoever answers, like a tool).
     pub fn new(tls: MeshTls) -> Self {
-        Self { tls }
+        Self { tls, expected: None }
+    }
+
+    /// As [`new`](Self::new), accepting only a server that presents `server`.
+    pub fn expecting(tls: MeshTls, server: SpiffeId) -> Self {
+        Self { tls, expected: Some(server) }
     }
 }
 
@@ -40,7 +49,11 @@ impl Service<Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connector = tokio_rustls::TlsConnector::from(self.tls.client_config());
+        let config = match &self.expected {
+            Some(server) => self.tls.client_config_expecting(server),
+            None => self.tls.client_config(),
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
         Box::pin(async move {
             let host = uri.host().ok_or("no host in the endpoint URI")?;
             let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();

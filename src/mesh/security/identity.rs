@@ -86,6 +86,19 @@ impl SpiffeId {
     pub fn service_account(&self) -> &str {
         &self.uri[self.service_account.0..self.service_account.1]
     }
+
+    /// The identity of the mesh's service `to` beside this one, by the naming the chart and
+    /// `shopmesh dev-certs` use: the same trust domain and namespace, and this ID's service
+    /// account `<release>-<from>` as `<release>-<to>`. `None` when this ID's service account
+    /// is not named that way.
+    pub fn sibling(&self, from: &str, to: &str) -> Option<Self> {
+        let release = self.service_account().strip_suffix(from)?;
+        if !(release.is_empty() || release.ends_with('-')) {
+            return None;
+        }
+        Self::parse(&format!("spiffe://{}/ns/{}/sa/{release}{to}", self.trust_domain(), self.namespace()))
+            .ok()
+    }
 }
 
 impl fmt::Display for SpiffeId {
@@ -144,5 +157,21 @@ mod tests {
         }
         let long = format!("spiffe://cluster.local/ns/shop/sa/{}", "a".repeat(MAX_LEN));
         assert!(SpiffeId::parse(&long).is_err());
+    }
+
+    #[test]
+    fn siblings_follow_the_charts_naming() {
+        let order = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/prod-shopmesh-order").expect("valid");
+        let payment = order.sibling("order", "payment").expect("named <release>-order");
+        assert_eq!(payment.as_str(), "spiffe://cluster.local/ns/shop/sa/prod-shopmesh-payment");
+        let bare = SpiffeId::parse("spiffe://td/ns/default/sa/order").expect("valid");
+        assert_eq!(
+            bare.sibling("order", "user").map(|id| id.to_string()).as_deref(),
+            Some("spiffe://td/ns/default/sa/user")
+        );
+        for other in ["spiffe://td/ns/default/sa/reorder", "spiffe://td/ns/default/sa/order-1"] {
+            let id = SpiffeId::parse(other).expect("valid");
+            assert_eq!(id.sibling("order", "payment"), None, "{other}");
+        }
     }
 }

@@ -15,6 +15,12 @@
 //! a call costs no certificate parsing. Its TLS alert says why: `certificate_required` (no
 //! certificate), `unknown_ca` (foreign CA), `certificate_expired`, `access_denied` (no SPIFFE
 //! URI SAN, or one outside the trust domain).
+//!
+//! Calls to another service of the mesh go further than the trust domain: the client pins the
+//! server's exact SPIFFE ID ([`MeshTls::client_config_expecting`]), so another workload with a
+//! valid certificate of the mesh (a pod that gets the traffic through a reused IP or matching
+//! labels) cannot pose as the service called. The check runs in the handshake, before this
+//! service's own certificate is sent.
 
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -51,6 +57,10 @@ struct Current {
     files: Files,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+    /// This service's own identity, from its certificate.
+    identity: SpiffeId,
+    /// The CA bundle, for verifiers that pin a server's identity.
+    roots: Arc<RootCertStore>,
 }
 
 impl std::fmt::Debug for MeshTls {
@@ -115,9 +125,29 @@ impl MeshTls {
         self.inner.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).server.clone()
     }
 
-    /// The configuration new outgoing connections use.
+    /// The configuration new outgoing connections use: any server of the mesh's CA and trust
+    /// domain is accepted.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         self.inner.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).client.clone()
+    }
+
+    /// The configuration of a new connection to a server that must present exactly `expected`
+    /// (its chain and trust domain checked as well). Built per connection, not per call.
+    pub fn client_config_expecting(&self, expected: &SpiffeId) -> Arc<rustls::ClientConfig> {
+        let current = self.inner.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut config = (*current.client).clone();
+        config.dangerous().set_certificate_verifier(Arc::new(SpiffeServerVerifier {
+            roots: current.roots.clone(),
+            provider: provider(),
+            trust_domain: self.inner.trust_domain.clone(),
+            expected: Some(expected.clone()),
+        }));
+        Arc::new(config)
+    }
+
+    /// This service's own identity, as its certificate names it now.
+    pub fn identity(&self) -> SpiffeId {
+        self.inner.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).identity.clone()
     }
 
     /// The trust domain peers must belong to.
@@ -211,15 +241,16 @@ fn build(files: Files, trust_domain: &Arc<str>) -> Result<Current, Error> {
         .map_err(|e| config_error("client", e))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
-            roots,
+            roots: roots.clone(),
             provider,
             trust_domain: trust_domain.clone(),
+            expected: None,
         }))
         .with_client_auth_cert(chain, key)
         .map_err(|e| config_error("certificate and key", e))?;
     client.alpn_protocols = vec![ALPN_H2.to_vec()];
     tracing::info!(identity = %own, "TLS identity loaded");
-    Ok(Current { files, server: Arc::new(server), client: Arc::new(client) })
+    Ok(Current { files, server: Arc::new(server), client: Arc::new(client), identity: own, roots })
 }
 
 /// Why a certificate's identity is not acceptable.
@@ -243,6 +274,14 @@ pub enum IdentityError {
         /// The ID presented.
         id: String,
         /// The configured trust domain.
+        expected: String,
+    },
+    /// A server of the mesh, but not the one called.
+    #[error("server presented SPIFFE ID {id}, not the {expected} this call is for")]
+    UnexpectedServer {
+        /// The ID presented.
+        id: String,
+        /// The ID the caller pinned.
         expected: String,
     },
 }
@@ -335,13 +374,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 }
 
 /// Client side: the chain must lead to the mesh's CA and the certificate name a SPIFFE ID of
-/// the trust domain; the SPIFFE ID replaces the host name check (servers are reached by pod
-/// IP, which no certificate names).
+/// the trust domain, and be `expected` when the caller pinned one; the SPIFFE ID replaces the
+/// host name check (servers are reached by pod IP, which no certificate names).
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     trust_domain: Arc<str>,
+    expected: Option<SpiffeId>,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -361,7 +401,11 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        spiffe_id(end_entity, &self.trust_domain).map_err(|e| reject("server", &e))?;
+        let id = spiffe_id(end_entity, &self.trust_domain).map_err(|e| reject("server", &e))?;
+        if let Some(expected) = self.expected.as_ref().filter(|expected| **expected != id) {
+            let err = IdentityError::UnexpectedServer { id: id.to_string(), expected: expected.to_string() };
+            return Err(reject("server", &err));
+        }
         Ok(ServerCertVerified::assertion())
     }
 

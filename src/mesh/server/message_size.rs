@@ -1,6 +1,11 @@
-//! Oversized messages answer RESOURCE_EXHAUSTED, as gRPC specifies and as every other gRPC
-//! implementation does; tonic's decoder answers OUT_OF_RANGE, so this layer rewrites exactly
-//! that answer (recognised by tonic's message) and leaves every other status alone.
+//! The decoder's answers, put right. Oversized messages answer RESOURCE_EXHAUSTED, as gRPC
+//! specifies and as every other gRPC implementation does; tonic's decoder answers OUT_OF_RANGE.
+//! A message that does not decode (invalid UTF-8 in a string field, a malformed varint, no
+//! message) is the caller's fault, INVALID_ARGUMENT, but tonic answers INTERNAL with prost's
+//! words, which name the field and type. This layer rewrites exactly those answers (recognised
+//! by tonic's and prost's messages, in a trailers-only response, before any handler ran) and
+//! leaves every other status alone; what the caller is told comes from
+//! [`respond`](crate::mesh::grpc::respond).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,10 +15,18 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::mesh::grpc::respond::Refusal;
+
 /// The start of tonic's (percent-encoded) `grpc-message` for a request over the size limit.
 const TONIC_TOO_LARGE: &[u8] = b"Error,%20decoded%20message%20length%20too%20large";
 
-/// Turns tonic's OUT_OF_RANGE for an oversized request into RESOURCE_EXHAUSTED.
+/// The starts of the (percent-encoded) `grpc-message`s of an INTERNAL from decoding a request:
+/// prost's `DecodeError` as tonic-prost reports it, and tonic's for a body without a message.
+const UNDECODABLE: [&[u8]; 2] =
+    [b"failed%20to%20decode%20Protobuf%20message", b"Missing%20request%20message"];
+
+/// Turns tonic's OUT_OF_RANGE for an oversized request into RESOURCE_EXHAUSTED, and its
+/// INTERNAL for an undecodable one into INVALID_ARGUMENT with a generic message.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MessageSizeLayer;
 
@@ -66,10 +79,16 @@ where
         let mut result = ready!(self.project().inner.poll(cx));
         if let Ok(response) = &mut result {
             let headers = response.headers_mut();
-            let too_large = headers.get("grpc-status").is_some_and(|c| c == "11")
-                && headers.get("grpc-message").is_some_and(|m| m.as_bytes().starts_with(TONIC_TOO_LARGE));
-            if too_large {
+            // Answers with a body carry their status in trailers: one lookup, then nothing.
+            let Some(code) = headers.get("grpc-status") else { return Poll::Ready(result) };
+            let message = headers.get("grpc-message").map_or(&b""[..], HeaderValue::as_bytes);
+            if code == "11" && message.starts_with(TONIC_TOO_LARGE) {
                 headers.insert("grpc-status", HeaderValue::from_static("8"));
+            } else if code == "13" && UNDECODABLE.iter().any(|start| message.starts_with(start)) {
+                tracing::debug!(detail = ?String::from_utf8_lossy(message), "request message does not decode");
+                headers.remove("grpc-status-details-bin");
+                // Replaces grpc-status and grpc-message; fails only for a status it cannot encode.
+                let _ = Refusal::Undecodable.status().add_header(headers);
             }
         }
         Poll::Ready(result)

@@ -9,8 +9,8 @@
 //!    runs each handshake before tonic sees the connection.
 //! 2. [`method`]: the called method, looked up once in the catalogue.
 //! 3. [`peer`]: the mTLS peer's identity and address as extensions.
-//! 4. [`observe`](crate::mesh::telemetry::observe): span continuing the caller's trace, RED
-//!    metrics.
+//! 4. [`observe`](crate::mesh::telemetry::observe): span continuing the caller's trace (with
+//!    authentication on, only a caller with a mesh identity's), RED metrics.
 //! 5. [`authz`](crate::mesh::security::authz): per-method policy (UNAUTHENTICATED,
 //!    PERMISSION_DENIED).
 //! 6. [`load_shed`]: bounded concurrency, RESOURCE_EXHAUSTED at once.
@@ -132,6 +132,17 @@ where
     let addr = listener.local_addr()?;
     let config = mesh.config();
     let security = &config.security;
+    // Refused before anything is served: a port other hosts reach, open to every caller.
+    if !addr.ip().to_canonical().is_loopback() && !mesh.authenticates_every_call() && !security.allow_insecure
+    {
+        return Err(Error::Config(format!(
+            "refusing to serve {addr} without authentication: other hosts can reach it, and any \
+             caller could call every method in plaintext. Turn on mutual TLS (--tls-cert, --tls-key, \
+             --tls-ca) or bearer tokens required of every caller (--jwt-jwks, --jwt-issuer, \
+             --jwt-audience, --jwt-require unidentified), listen on a loopback address, or accept \
+             the risk with --allow-insecure (SHOPMESH_ALLOW_INSECURE=true)"
+        )));
+    }
     let tls = mesh.tls().cloned();
     let (reporter, health) = tonic_health::server::health_reporter();
     let probe_health = health.clone();
@@ -208,7 +219,7 @@ where
         // The mTLS peer's identity and address, which every layer below may read.
         .layer(PeerLayer)
         // Every call, shed or refused or not, is traced and counted.
-        .layer(ServerObserveLayer)
+        .layer(ServerObserveLayer::new(mesh.authenticates()))
         // Before shedding: a refused caller must not take a slot from allowed ones.
         .layer(AuthzLayer::new(mesh.policy().cloned()))
         // Refusing an excess call must cost nothing beyond being counted.
@@ -224,7 +235,7 @@ where
         .layer(rate_limit)
         // The deadline covers everything the handler does, and the oversize answer below it.
         .layer(ServerDeadlineLayer)
-        // Innermost: sees the decoder's answer for an oversized request.
+        // Innermost: sees the decoder's answer for an oversized or undecodable request.
         .layer(MessageSizeLayer)
         .add_routes(routes);
     let server = match tls {

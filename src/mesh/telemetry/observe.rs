@@ -4,7 +4,12 @@
 //!
 //! The server layer continues the caller's trace from the W3C `traceparent` / `tracestate` /
 //! `baggage` metadata; the client layer sends its own span's context the same way, so order,
-//! user and payment spans form one trace. Spans carry `trace_id` and `span_id` fields, which
+//! user and payment spans form one trace. When the mesh authenticates callers (mutual TLS or
+//! bearer tokens), only a caller with a mesh identity (an mTLS certificate) is trusted with
+//! that: anyone else's call starts a new trace, its context kept only as a span link and its
+//! baggage dropped, so an outside caller can neither force sampling nor send baggage on to
+//! the services behind this one. Without authentication (local development) every caller's
+//! context is continued, so grpcurl with a `traceparent` joins the caller's trace. Spans carry `trace_id` and `span_id` fields, which
 //! the log formatter prints on every line written inside them.
 //!
 //! Metric and label names follow OpenTelemetry's RPC conventions in their Prometheus form:
@@ -29,6 +34,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::mesh::grpc::catalogue::{Catalogue, Method};
 use crate::mesh::grpc::code::code_of;
+use crate::mesh::security::identity::PeerIdentity;
 
 /// gRPC status codes as label values, by number.
 const CODES: [&str; 17] =
@@ -137,16 +143,26 @@ pub fn describe_metrics() {
     );
 }
 
-/// Server side: a span per call that continues the caller's trace, the call's duration by
-/// method and status, and the number of calls in progress.
+/// Server side: a span per call that continues the caller's trace (when the caller may steer
+/// it), the call's duration by method and status, and the number of calls in progress.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ServerObserveLayer;
+pub struct ServerObserveLayer {
+    authenticated: bool,
+}
+
+impl ServerObserveLayer {
+    /// With `authenticated` (the mesh runs with mutual TLS or bearer tokens), only callers with
+    /// a mesh identity continue their trace; without, every caller does.
+    pub fn new(authenticated: bool) -> Self {
+        Self { authenticated }
+    }
+}
 
 impl<S> Layer<S> for ServerObserveLayer {
     type Service = ServerObserve<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServerObserve { inner }
+        ServerObserve { inner, authenticated: self.authenticated }
     }
 }
 
@@ -154,6 +170,7 @@ impl<S> Layer<S> for ServerObserveLayer {
 #[derive(Debug, Clone)]
 pub struct ServerObserve<S> {
     inner: S,
+    authenticated: bool,
 }
 
 /// Decrements the in-progress gauge however the call ends (answered or dropped).
@@ -212,7 +229,13 @@ where
             let parent = opentelemetry::global::get_text_map_propagator(|p| {
                 p.extract(&HeaderExtractor(request.headers()))
             });
-            let _ = span.set_parent(parent);
+            if !self.authenticated || request.extensions().get::<PeerIdentity>().is_some() {
+                let _ = span.set_parent(parent);
+            } else {
+                // A new root with no baggage (an empty context); the caller's trace only linked.
+                let _ = span.set_parent(opentelemetry::Context::new());
+                span.add_link(parent.span().span_context().clone());
+            }
             record_ids(&span);
             span
         };
