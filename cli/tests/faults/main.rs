@@ -9,8 +9,9 @@
 //! at most one order and one successful charge per request id, charges minus refunds equal the
 //! PAID total (order by order), nothing stuck PENDING_PAYMENT or PROCESSING, every order the
 //! client saw acknowledged exists as acknowledged, and no order exists for a refused probe.
-//! Half-way through, payment's database loses its last commits: the harness copies its
-//! payments a third of the way in and, two thirds in, kills payment and puts the copy back.
+//! Payment's database also loses its last commits: the harness copies its payments a third of
+//! the way in and, two thirds in, lets the proxy lose payment's replies for 1.5 s (charges
+//! happen, their orders stay pending), kills payment and puts the copy back.
 //! The simulated processor's own ledger (outside payment's database) must still show at most
 //! one charge per order, and charges minus refunds equal to each order's PAID total.
 //! A violation fails with the offending ids.
@@ -313,7 +314,14 @@ async fn run(backend: Backend, settings: &Settings) {
             payments_copied = true;
         }
         if payments_copied && faults.payment_restores == 0 && now >= payments_restore_at {
+            // First some charges reach payment (and the processor) and lose their replies, so
+            // their orders are still pending when payment dies and forgets them: what a
+            // processor keyed by payment's own ids would charge a second time.
+            proxy.set(Mode::LoseReplies, Duration::ZERO);
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
             payment.kill().await;
+            proxy.reset_all();
+            proxy.set(Mode::Pass, Duration::ZERO);
             restore_payments(&payments_admin).await;
             faults.payment_restores += 1;
             payment.start();
@@ -874,6 +882,12 @@ async fn the_fault_proxy_passes_delays_swallows_refuses_and_resets() {
         matches!(&after_reset, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
         "reset, not closed politely: {after_reset:?}"
     );
+
+    proxy.set(Mode::LoseReplies, Duration::ZERO);
+    let mut one_way = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+    one_way.write_all(b"gone").await.expect("write");
+    let lost = tokio::time::timeout(Duration::from_millis(300), one_way.read_exact(&mut buf)).await;
+    assert!(lost.is_err(), "the echo of a call is lost");
 
     proxy.set(Mode::Refuse, Duration::ZERO);
     let mut refused = tokio::net::TcpStream::connect(proxy.addr).await.expect("the kernel accepts");
