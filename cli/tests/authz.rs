@@ -147,10 +147,13 @@ impl Mesh {
         let url = dbs[1].url.clone();
         let config = PaymentConfig {
             listen: testing::ANY_PORT,
+            // The simulated processor's ledger beside payment's tables: this test does not read it.
+            processor_ledger_url: url.clone(),
             database_url: url,
             payment_limit_minor: 100_000,
             payment_currencies: vec!["USD".into()],
             payment_latency: std::time::Duration::ZERO,
+            payment_processing_lease: std::time::Duration::from_secs(10),
         };
         let payment = spawn::<Payment>(&ca, dir.path(), "shopmesh-payment", config).await;
         let config = CatalogConfig { listen: testing::ANY_PORT, database_url: dbs[3].url.clone() };

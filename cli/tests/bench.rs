@@ -51,6 +51,9 @@ async fn start(backend: Backend) -> Mesh {
         payment_limit_minor: 100_000,
         payment_currencies: vec!["USD".into()],
         payment_latency: Duration::ZERO,
+        // The simulated processor's ledger beside payment's tables: this test does not read it.
+        processor_ledger_url: payment_db.url.clone(),
+        payment_processing_lease: Duration::from_secs(10),
     };
     let payment =
         testing::spawn_service::<shopmesh_payment::Payment>(&testing::mesh(testing::mesh_config()), config)

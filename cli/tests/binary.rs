@@ -34,7 +34,7 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = |name: &str| format!("sqlite://{}/{name}.db", dir.path().display());
     let (user_db, payment_db, order_db) = (db("user"), db("payment"), db("order"));
-    let catalog_db = db("catalog");
+    let (catalog_db, ledger) = (db("catalog"), db("processor"));
     // No trace exporter, JSON logs: the log lines of a call must still carry its trace id.
     let logs_env = [("RUST_LOG", "info,shopmesh_order=debug".to_owned()), ("SHOPMESH_LOG_FORMAT", "json".to_owned())];
     let mut process = Process::start_with(
@@ -50,6 +50,7 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
             &format!("--payment-database-url={payment_db}"),
             &format!("--order-database-url={order_db}"),
             &format!("--catalog-database-url={catalog_db}"),
+            &format!("--processor-ledger-url={ledger}"),
         ],
         &logs_env,
         Stdio::piped(),

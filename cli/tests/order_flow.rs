@@ -10,7 +10,7 @@ use shopmesh::api::order::v1::{
     order_service_client::OrderServiceClient,
 };
 use shopmesh::api::payment::v1::{
-    GetPaymentRequest, ListPaymentsRequest, Payment, PaymentState,
+    ChargeRequest, GetPaymentRequest, ListPaymentsRequest, Payment, PaymentState, RefundRequest,
     payment_service_client::PaymentServiceClient,
 };
 use shopmesh::api::user::v1::{
@@ -71,6 +71,9 @@ async fn start_payment(listener: TcpListener, db: &TestDb) -> Spawned {
         payment_limit_minor: LIMIT,
         payment_currencies: vec!["USD".into(), "EUR".into()],
         payment_latency: Duration::from_millis(2),
+        // The simulated processor's ledger beside payment's tables: this test does not read it.
+        processor_ledger_url: db.url.clone(),
+        payment_processing_lease: Duration::from_secs(10),
     };
     let mesh = testing::mesh(testing::mesh_config());
     testing::spawn_service_on::<shopmesh_payment::Payment>(listener, &mesh, config).await
@@ -337,6 +340,32 @@ async fn reusing_a_request_id_for_another_order_fails_and_changes_nothing() {
     }
 }
 
+/// A request id is the caller's key among its own orders: another user's order under the same
+/// key neither blocks nor reveals anything (issue 15).
+#[tokio::test]
+async fn request_ids_are_scoped_to_their_user() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let ada = m.new_user("ada@example.com").await;
+        let bob = m.new_user("bob@example.com").await;
+        let adas =
+            m.create(order_of(&ada.id, vec![line("A", 1, usd(100))], "first-order")).await.expect("ada");
+        let bobs = m
+            .create(order_of(&bob.id, vec![line("B", 3, usd(100))], "first-order"))
+            .await
+            .expect("bob's first order under the key ada also used");
+        assert_ne!(bobs.id, adas.id, "{backend:?}");
+        assert_eq!(bobs.state(), OrderState::Paid, "{backend:?}");
+        assert_eq!(bobs.user_id, bob.id, "{backend:?}");
+        let again = m.create(order_of(&bob.id, vec![line("B", 3, usd(100))], "first-order")).await;
+        assert_eq!(again.expect("bob's replay"), bobs, "{backend:?}: a replay finds bob's own order");
+        assert_eq!(m.orders_of(&ada.id, 0).await, vec![adas.clone()], "{backend:?}");
+        assert_eq!(m.payments_of(&adas.id).await.len(), 1, "{backend:?}");
+        assert_eq!(m.payments_of(&bobs.id).await.len(), 1, "{backend:?}");
+        m.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn declined_charges_leave_the_order_payment_declined() {
     for backend in testing::backends() {
@@ -529,6 +558,65 @@ async fn cancelling_a_paid_order_refunds_it_exactly_once() {
         assert_eq!(cancelled.state(), OrderState::Cancelled, "{backend:?}");
         let payments = m.payments_of(&declined.id).await;
         assert_eq!(payments[0].state(), PaymentState::Declined, "{backend:?}: nothing refunded");
+        m.stop().await;
+    }
+}
+
+/// A Refund made on the payment service itself (support, an operator) and a later CancelOrder
+/// converge: the order ends CANCELLED and the payment is not refunded a second time (issue 15).
+#[tokio::test]
+async fn cancelling_an_order_refunded_on_payment_converges() {
+    for backend in testing::backends() {
+        let mut m = start(backend, true).await;
+        let user = m.new_user("support@example.com").await;
+        let order =
+            m.create(order_of(&user.id, vec![line("LAMP", 1, usd(4_000))], "")).await.expect("create");
+        assert_eq!(order.state(), OrderState::Paid, "{backend:?}");
+        let refund = RefundRequest { payment_id: order.payment_id.clone(), request_id: "support-1".into() };
+        m.payments.refund(refund).await.expect("refund on payment");
+
+        let cancelled = m.cancel(&order.id, "cancel-1").await.expect("cancel converges");
+        assert_eq!(cancelled.state(), OrderState::Cancelled, "{backend:?}");
+        assert_eq!(m.cancel(&order.id, "cancel-1").await.expect("replay"), cancelled, "{backend:?}");
+        let payments = m.payments_of(&order.id).await;
+        assert_eq!(payments.len(), 1, "{backend:?}");
+        assert_eq!(payments[0].state(), PaymentState::Refunded, "{backend:?}");
+        assert_eq!(payments[0].refund_request_id, "support-1", "{backend:?}: refunded once, by support");
+        m.stop().await;
+    }
+}
+
+/// A pending order whose payment was charged and then refunded is not PAID: the money went back
+/// (issue 15).
+#[tokio::test]
+async fn a_refunded_payment_does_not_pay_a_pending_order() {
+    for backend in testing::backends() {
+        let reconcile = ReconcileConfig { reconcile_interval: Duration::ZERO, ..ReconcileConfig::default() };
+        let mut m = start_with(backend, false, reconcile).await;
+        let user = m.new_user("late@example.com").await;
+        let req = order_of(&user.id, vec![line("CHAIR", 1, usd(3_000))], "late-1");
+        assert_eq!(m.create(req.clone()).await.expect_err("down").code(), Code::Unavailable, "{backend:?}");
+        let pending = m.orders_of(&user.id, 0).await.remove(0);
+        m.start_payment().await;
+        // The order's own Charge reached payment (its reply was lost), then it was refunded there.
+        let charge = ChargeRequest {
+            order_id: pending.id.clone(),
+            user_id: user.id.clone(),
+            amount: pending.total.clone(),
+            request_id: pending.id.clone(),
+        };
+        let paid = m.payments.charge(charge).await.expect("charge").into_inner();
+        assert_eq!(paid.state(), PaymentState::Succeeded, "{backend:?}");
+        let refund = RefundRequest { payment_id: paid.id.clone(), request_id: "support-2".into() };
+        m.payments.refund(refund).await.expect("refund on payment");
+
+        let settled = m.create(req).await.expect("the retry settles the order");
+        assert_ne!(settled.state(), OrderState::Paid, "{backend:?}: a refunded payment paid the order");
+        assert_eq!(settled.state(), OrderState::Cancelled, "{backend:?}");
+        assert_eq!(settled.payment_id, paid.id, "{backend:?}");
+        let payments = m.payments_of(&pending.id).await;
+        assert_eq!(payments.len(), 1, "{backend:?}");
+        assert_eq!(payments[0].state(), PaymentState::Refunded, "{backend:?}");
         m.stop().await;
     }
 }

@@ -65,6 +65,9 @@ async fn start(backend: Backend, ttl: Duration, at: CatalogAt) -> World {
         payment_limit_minor: 1_000_000,
         payment_currencies: vec!["USD".into(), "EUR".into()],
         payment_latency: Duration::ZERO,
+        // The simulated processor's ledger beside payment's tables: this test does not read it.
+        processor_ledger_url: payment_db.url.clone(),
+        payment_processing_lease: Duration::from_secs(10),
     };
     let payment = testing::spawn_service::<shopmesh_payment::Payment>(&mesh(), config).await;
     let (catalog, catalog_url) = match at {

@@ -577,8 +577,12 @@ async fn lost_charge_replies_are_retried_without_charging_twice() {
             payment_limit_minor: 100_000,
             payment_currencies: vec!["USD".into()],
             payment_latency: Duration::ZERO,
+            // The simulated processor's ledger beside payment's tables: this test does not read it.
+            processor_ledger_url: payment_db.url.clone(),
+            payment_processing_lease: Duration::from_secs(10),
         };
-        let routes = shopmesh_payment::routes(&mesh, &payment_config, pool.clone());
+        let ledger = shopmesh::mesh::db::connect(&payment_db.url, &mesh).expect("ledger");
+        let routes = shopmesh_payment::routes(&mesh, &payment_config, pool.clone(), ledger);
         let charges = Arc::new(AtomicU32::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let payment_url = format!("http://{}", listener.local_addr().expect("addr"));

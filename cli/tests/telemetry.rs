@@ -184,6 +184,8 @@ async fn one_trace(backend: Backend) {
         let db = testing::database(backend, svc).await;
         dbs.push((svc, db));
     }
+    // The simulated processor's ledger on the same engine, so payment's spans name one system.
+    let ledger = testing::database(backend, "processor").await;
     let db = |svc: &str| {
         let url = &dbs.iter().find(|(s, _)| *s == svc).expect("db").1.url;
         format!("--{svc}-database-url={url}")
@@ -195,7 +197,13 @@ async fn one_trace(backend: Backend) {
         Stdio::null(),
     );
     let payment = Process::start_with(
-        &["serve", "payment", &format!("--payment-listen={payment_addr}"), &db("payment")],
+        &[
+            "serve",
+            "payment",
+            &format!("--payment-listen={payment_addr}"),
+            &db("payment"),
+            &format!("--processor-ledger-url={}", ledger.url),
+        ],
         &env(None),
         Stdio::null(),
     );
@@ -439,6 +447,7 @@ async fn one_trace(backend: Backend) {
     for (_, db) in dbs {
         db.drop_database().await;
     }
+    ledger.drop_database().await;
 }
 
 /// The `traceparent` and `baggage` of a call, as received.

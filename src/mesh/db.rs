@@ -41,6 +41,26 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// The engine `pool` connects to.
+    pub fn of_pool(pool: &Pool) -> Self {
+        if pool.connect_options().database_url.scheme() == "sqlite" { Self::Sqlite } else { Self::Postgres }
+    }
+}
+
+/// The database's clock in epoch milliseconds, as an SQL expression for `sqlite` or `postgres`
+/// (a literal, so a store can `concat!` it into its statements). Leases and schedules that
+/// replicas share are computed with it, never with one replica's clock, which may be skewed.
+#[macro_export]
+macro_rules! db_now_ms {
+    (sqlite) => {
+        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    };
+    (postgres) => {
+        "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)"
+    };
+}
+
 /// A service's embedded migrations, one directory per engine (their SQL differs in types).
 #[derive(Debug, Clone, Copy)]
 pub struct Migrations {

@@ -9,6 +9,11 @@
 //! at most one order and one successful charge per request id, charges minus refunds equal the
 //! PAID total (order by order), nothing stuck PENDING_PAYMENT or PROCESSING, every order the
 //! client saw acknowledged exists as acknowledged, and no order exists for a refused probe.
+//! Payment's database also loses its last commits: the harness copies its payments a third of
+//! the way in and, two thirds in, lets the proxy lose payment's replies for 1.5 s (charges
+//! happen, their orders stay pending), kills payment and puts the copy back.
+//! The simulated processor's own ledger (outside payment's database) must still show at most
+//! one charge per order, and charges minus refunds equal to each order's PAID total.
 //! A violation fails with the offending ids.
 //!
 //! `cargo test` runs a short round on SQLite (and PostgreSQL when `SHOPMESH_TEST_POSTGRES_URL`
@@ -151,6 +156,7 @@ struct Faults {
     catalog_kills: u32,
     user_stops: u32,
     order_restarts: u32,
+    payment_restores: u32,
     proxy_latency: u32,
     proxy_black_holes: u32,
     proxy_refusals: u32,
@@ -169,6 +175,7 @@ async fn run(backend: Backend, settings: &Settings) {
     let payment_db = testing::database(backend, "fault_payment").await;
     let order_db = testing::database(backend, "fault_order").await;
     let catalog_db = testing::database(backend, "fault_catalog").await;
+    let processor_db = testing::database(backend, "fault_processor").await;
     let (user_addr, payment_addr, order_addr) = (free_addr(), free_addr(), free_addr());
     let catalog_addr = free_addr();
     let proxy = Proxy::start(payment_addr).await;
@@ -190,6 +197,9 @@ async fn run(backend: Backend, settings: &Settings) {
             ("SHOPMESH_PAYMENT_DATABASE_URL", payment_db.url.clone()),
             // Room between payment's PROCESSING row and its outcome, for kills to land in.
             ("SHOPMESH_PAYMENT_LATENCY", "10ms".into()),
+            ("SHOPMESH_PROCESSOR_LEDGER_URL", processor_db.url.clone()),
+            // A killed payment's PROCESSING rows are taken over soon, well within the settle.
+            ("SHOPMESH_PAYMENT_PROCESSING_LEASE", "2s".into()),
         ],
         dir.path(),
     );
@@ -264,6 +274,12 @@ async fn run(backend: Backend, settings: &Settings) {
         + settings.duration.saturating_sub(started.elapsed()).saturating_sub(Duration::from_secs(1));
     let order_restart_at = Instant::now() + (load_end - Instant::now()) / 2;
     let mut order_restarted = false;
+    // Payment's database loses the commits between a copy a third of the way in and a restore
+    // two thirds in (a restore from backup, a failover to a standby that was behind).
+    let payments_copy_at = Instant::now() + (load_end - Instant::now()) / 3;
+    let payments_restore_at = Instant::now() + (load_end - Instant::now()) * 2 / 3;
+    let payments_admin = pool(&payment_db).await;
+    let mut payments_copied = false;
     let mut next_payment_kill = Instant::now() + jitter(&mut rng, 1_500, 3_000);
     let mut next_user_stop = Instant::now() + jitter(&mut rng, 2_000, 4_000);
     let mut next_catalog_kill = Instant::now() + jitter(&mut rng, 1_000, 3_000);
@@ -292,6 +308,23 @@ async fn run(backend: Backend, settings: &Settings) {
             tokio::time::sleep(jitter(&mut rng, 300, 1_200)).await;
             user.signal(Signal::SIGCONT);
             next_user_stop = Instant::now() + jitter(&mut rng, 3_000, 6_000);
+        }
+        if !payments_copied && now >= payments_copy_at {
+            copy_payments(&payments_admin).await;
+            payments_copied = true;
+        }
+        if payments_copied && faults.payment_restores == 0 && now >= payments_restore_at {
+            // First some charges reach payment (and the processor) and lose their replies, so
+            // their orders are still pending when payment dies and forgets them: what a
+            // processor keyed by payment's own ids would charge a second time.
+            proxy.set(Mode::LoseReplies, Duration::ZERO);
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            payment.kill().await;
+            proxy.reset_all();
+            proxy.set(Mode::Pass, Duration::ZERO);
+            restore_payments(&payments_admin).await;
+            faults.payment_restores += 1;
+            payment.start();
         }
         if !order_restarted && now >= order_restart_at {
             order.kill().await;
@@ -348,8 +381,10 @@ async fn run(backend: Backend, settings: &Settings) {
     for p in [&user, &payment, &catalog, &order] {
         p.serving().await;
     }
+    payments_admin.close().await;
     let orders = pool(&order_db).await;
     let payments = pool(&payment_db).await;
+    let ledger = pool(&processor_db).await;
     let settle_start = Instant::now();
     loop {
         let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders WHERE state = 'PENDING_PAYMENT'")
@@ -366,7 +401,9 @@ async fn run(backend: Backend, settings: &Settings) {
     println!("settled in {:?}", settle_start.elapsed());
 
     let acknowledged = read_record(&record);
-    let mut violations = check(&orders, &payments, &acknowledged).await;
+    let restored = faults.payment_restores > 0;
+    let mut violations = check(&orders, &payments, &acknowledged, restored).await;
+    violations.extend(check_processor(&orders, &ledger).await);
     violations.extend(probe.check(&orders).await);
     let stats = summary(&orders).await;
     println!(
@@ -394,18 +431,20 @@ async fn run(backend: Backend, settings: &Settings) {
     }
     orders.close().await;
     payments.close().await;
+    ledger.close().await;
     proxy.stop();
     for p in [&mut user, &mut payment, &mut catalog, &mut order] {
         p.kill().await;
     }
-    for db in [user_db, payment_db, catalog_db, order_db] {
+    for db in [user_db, payment_db, catalog_db, order_db, processor_db] {
         db.drop_database().await;
     }
     assert!(
         faults.payment_kills > 0
             && faults.catalog_kills > 0
             && faults.user_stops > 0
-            && faults.order_restarts == 1,
+            && faults.order_restarts == 1
+            && faults.payment_restores == 1,
         "{faults:?}"
     );
     assert_eq!(probe.refused.len(), faults.catalog_kills as usize, "one probe per catalog kill");
@@ -556,8 +595,89 @@ async fn summary(orders: &AnyPool) -> (i64, i64, i64) {
     (get("n"), get("paid"), get("declined"))
 }
 
-/// Every invariant, as a list of violations naming the ids involved.
-async fn check(orders: &AnyPool, payments: &AnyPool, acknowledged: &[Acknowledged]) -> Vec<String> {
+/// Copies payment's table inside its database, as a backup taken now.
+async fn copy_payments(payments: &AnyPool) {
+    sqlx::query("CREATE TABLE payments_copy AS SELECT * FROM payments")
+        .execute(payments)
+        .await
+        .expect("copy payments");
+}
+
+/// Puts the copy back (payment is down): every commit since the copy is lost.
+async fn restore_payments(payments: &AnyPool) {
+    let mut tx = payments.begin().await.expect("begin");
+    for sql in [
+        "DELETE FROM payments",
+        "INSERT INTO payments SELECT * FROM payments_copy",
+        "DROP TABLE payments_copy",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.expect("restore payments");
+    }
+    tx.commit().await.expect("commit the restore");
+}
+
+/// The processor's own ledger against the orders: at most one charge per order, whatever
+/// payment's database lost, and per order charges minus refunds equal to its PAID total.
+async fn check_processor(orders: &AnyPool, ledger: &AnyPool) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut owed: HashMap<String, i64> = HashMap::new();
+    for row in
+        sqlx::query("SELECT id, state, total_minor FROM orders").fetch_all(orders).await.expect("orders")
+    {
+        let state: String = row.try_get("state").expect("state");
+        let total: i64 = row.try_get("total_minor").expect("total");
+        owed.insert(row.try_get("id").expect("id"), if state == "PAID" { total } else { 0 });
+    }
+    let entries =
+        sqlx::query("SELECT kind, idempotency_key, order_id, amount_minor, outcome FROM processor_ledger")
+            .fetch_all(ledger)
+            .await
+            .expect("the processor's ledger");
+    let mut charges: HashMap<String, Vec<String>> = HashMap::new();
+    let mut net: HashMap<String, i64> = HashMap::new();
+    for row in &entries {
+        let kind: String = row.try_get("kind").expect("kind");
+        let key: String = row.try_get("idempotency_key").expect("key");
+        let order_id: String = row.try_get("order_id").expect("order_id");
+        let amount: i64 = row.try_get("amount_minor").expect("amount");
+        let outcome: String = row.try_get("outcome").expect("outcome");
+        match (kind.as_str(), outcome.as_str()) {
+            ("charge", "approved") => {
+                charges.entry(order_id.clone()).or_default().push(key);
+                *net.entry(order_id).or_default() += amount;
+            }
+            ("refund", _) => *net.entry(order_id).or_default() -= amount,
+            _ => {}
+        }
+    }
+    for (order_id, keys) in &charges {
+        if keys.len() > 1 {
+            violations
+                .push(format!("order {order_id} charged {} times at the processor: {keys:?}", keys.len()));
+        }
+    }
+    for (order_id, total) in &owed {
+        let got = net.get(order_id).copied().unwrap_or(0);
+        if got != *total {
+            violations.push(format!("order {order_id}: the processor holds {got}, the order says {total}"));
+        }
+    }
+    for order_id in net.keys().filter(|id| !owed.contains_key(*id)) {
+        violations.push(format!("the processor charged for order {order_id}, which does not exist"));
+    }
+    println!("processor ledger: {} entries, {} orders charged", entries.len(), charges.len());
+    violations
+}
+
+/// Every invariant, as a list of violations naming the ids involved. After `restored` (payment's
+/// database lost its last commits), a PAID order may have lost its payment row, or find it as the
+/// copy had it (PROCESSING): that is counted and left to the processor's ledger to check.
+async fn check(
+    orders: &AnyPool,
+    payments: &AnyPool,
+    acknowledged: &[Acknowledged],
+    restored: bool,
+) -> Vec<String> {
     let mut violations = Vec::new();
     let order_rows = sqlx::query("SELECT id, request_id, state, total_minor, payment_id FROM orders")
         .fetch_all(orders)
@@ -598,6 +718,7 @@ async fn check(orders: &AnyPool, payments: &AnyPool, acknowledged: &[Acknowledge
     // Successful charges (SUCCEEDED, or REFUNDED: charged, then given back) per request id.
     let mut charges: HashMap<String, Vec<(String, String, i64)>> = HashMap::new();
     let (mut charged, mut refunded) = (0_i64, 0_i64);
+    let mut lost_by_restore = 0_u32;
     for row in &payment_rows {
         let id: String = row.try_get("id").expect("id");
         let request_id: String = row.try_get("request_id").expect("request_id");
@@ -615,6 +736,10 @@ async fn check(orders: &AnyPool, payments: &AnyPool, acknowledged: &[Acknowledge
                     violations
                         .push(format!("payment {id}: request_id {request_id} is not its order {order_id}"));
                 }
+            }
+            // The copy's PROCESSING row of an order that was PAID after the copy was taken.
+            "PROCESSING" if restored && by_id.get(&order_id).is_some_and(|o| o.state == "PAID") => {
+                lost_by_restore += 1;
             }
             "PROCESSING" => violations.push(format!("payment {id} of order {order_id} stuck PROCESSING")),
             _ => {}
@@ -640,6 +765,7 @@ async fn check(orders: &AnyPool, payments: &AnyPool, acknowledged: &[Acknowledge
                         if state == "SUCCEEDED"
                             && *amount == o.total
                             && o.payment_id.as_deref() == Some(pid) => {}
+                    None if restored => lost_by_restore += 1,
                     other => violations.push(format!(
                         "order {id} PAID (payment {:?}, total {}) but its charge is {other:?}",
                         o.payment_id, o.total
@@ -659,7 +785,11 @@ async fn check(orders: &AnyPool, payments: &AnyPool, acknowledged: &[Acknowledge
             violations.push(format!("charges {list:?} for order {request_id}, which does not exist"));
         }
     }
-    if charged - refunded != paid_total {
+    if restored {
+        println!(
+            "payments lost by the restore of payment's database: {lost_by_restore} (checked at the processor)"
+        );
+    } else if charged - refunded != paid_total {
         violations.push(format!(
             "successful charges {charged} - refunds {refunded} = {} but PAID orders total {paid_total}",
             charged - refunded
@@ -752,6 +882,12 @@ async fn the_fault_proxy_passes_delays_swallows_refuses_and_resets() {
         matches!(&after_reset, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
         "reset, not closed politely: {after_reset:?}"
     );
+
+    proxy.set(Mode::LoseReplies, Duration::ZERO);
+    let mut one_way = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+    one_way.write_all(b"gone").await.expect("write");
+    let lost = tokio::time::timeout(Duration::from_millis(300), one_way.read_exact(&mut buf)).await;
+    assert!(lost.is_err(), "the echo of a call is lost");
 
     proxy.set(Mode::Refuse, Duration::ZERO);
     let mut refused = tokio::net::TcpStream::connect(proxy.addr).await.expect("the kernel accepts");

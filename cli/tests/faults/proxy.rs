@@ -25,6 +25,8 @@ pub enum Mode {
     BlackHole = 2,
     /// Close new connections at once; open ones keep forwarding.
     Refuse = 3,
+    /// Forward calls, discard replies: calls take effect and their callers never learn it.
+    LoseReplies = 4,
 }
 
 impl Mode {
@@ -33,6 +35,7 @@ impl Mode {
             1 => Self::Latency,
             2 => Self::BlackHole,
             3 => Self::Refuse,
+            4 => Self::LoseReplies,
             _ => Self::Pass,
         }
     }
@@ -123,8 +126,8 @@ impl Proxy {
         let was_reset = {
             let (mut client_read, mut client_write) = client.split();
             let (mut server_read, mut server_write) = server.split();
-            let up = self.pump(&mut client_read, &mut server_write);
-            let down = self.pump(&mut server_read, &mut client_write);
+            let up = self.pump(&mut client_read, &mut server_write, false);
+            let down = self.pump(&mut server_read, &mut client_write, true);
             tokio::select! {
                 _ = async { tokio::join!(up, down) } => false,
                 _ = reset.changed() => true,
@@ -137,8 +140,9 @@ impl Proxy {
         }
     }
 
-    /// Copies one direction until EOF or an error, applying the mode chunk by chunk.
-    async fn pump<R, W>(&self, from: &mut R, to: &mut W)
+    /// Copies one direction (`replies`: server to client) until EOF or an error, applying the
+    /// mode chunk by chunk.
+    async fn pump<R, W>(&self, from: &mut R, to: &mut W, replies: bool)
     where
         R: tokio::io::AsyncRead + Unpin,
         W: tokio::io::AsyncWrite + Unpin,
@@ -151,11 +155,12 @@ impl Proxy {
             };
             match self.mode() {
                 Mode::BlackHole => continue,
+                Mode::LoseReplies if replies => continue,
                 Mode::Latency => {
                     let ms = self.latency_ms.load(Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
-                Mode::Pass | Mode::Refuse => {}
+                Mode::Pass | Mode::Refuse | Mode::LoseReplies => {}
             }
             if to.write_all(&buf[..n]).await.is_err() {
                 break;

@@ -112,10 +112,17 @@ pub struct ReconcileConfig {
     #[arg(long, env = "SHOPMESH_RECONCILE_MAX_BACKOFF", default_value = "1m", value_parser = duration)]
     pub reconcile_max_backoff: Duration,
 
-    /// Orders one replica claims per round; they are charged concurrently.
+    /// Orders one replica claims per round; they are charged concurrently. Also how many PAID
+    /// orders one audit checks.
     #[arg(long, env = "SHOPMESH_RECONCILE_BATCH", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub reconcile_batch: u32,
+
+    /// How often the reconciler checks the next batch of PAID orders against the payment
+    /// service, counting and logging each whose payment is not SUCCEEDED (refunded on payment,
+    /// lost); `0s` turns the audit off.
+    #[arg(long, env = "SHOPMESH_RECONCILE_AUDIT_INTERVAL", default_value = "1m", value_parser = duration)]
+    pub reconcile_audit_interval: Duration,
 }
 
 impl Default for ReconcileConfig {
@@ -126,6 +133,7 @@ impl Default for ReconcileConfig {
             reconcile_lease: Duration::from_secs(30),
             reconcile_max_backoff: Duration::from_secs(60),
             reconcile_batch: 32,
+            reconcile_audit_interval: Duration::from_secs(60),
         }
     }
 }

@@ -101,7 +101,12 @@ impl MeshService for Order {
         );
         metrics::describe_counter!(
             "shopmesh_order_reconcile_attempts_total",
-            "Charges the reconciler re-sent, by outcome (paid, declined, unknown)."
+            "Charges the reconciler re-sent, by outcome (paid, declined, refunded, unknown)."
+        );
+        metrics::describe_counter!(
+            "shopmesh_order_payment_mismatches_total",
+            "PAID orders the reconciler's audit found whose payment is not SUCCEEDED, by the payment's state \
+             (refunded, declined, processing, missing); each is logged, and found again every sweep until fixed."
         );
     }
 

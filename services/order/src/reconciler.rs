@@ -8,11 +8,18 @@
 //! service keeps one payment per key, so however many times this happens — and whatever a
 //! retried CreateOrder or a CancelOrder does at the same time — the order is charged at most
 //! once. An attempt that learns nothing is repeated with exponential backoff and jitter.
+//!
+//! Beside that it audits: every `reconcile_audit_interval` it checks the next batch of PAID
+//! orders against the payment service, and counts (`shopmesh_order_payment_mismatches_total`)
+//! and logs each whose payment is not SUCCEEDED — refunded on the payment service itself, or
+//! lost with its database — since nothing else would notice the two services drifting apart.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::ReconcileConfig;
 use futures::StreamExt as _;
+use shopmesh::api::payment::v1::PaymentState;
 use shopmesh::mesh::ids;
 use tracing::Instrument as _;
 
@@ -28,6 +35,17 @@ pub struct Reconciler {
     config: ReconcileConfig,
     /// This replica's name in leases.
     owner: String,
+    /// The id of the last PAID order the audit checked ("" to start the sweep over).
+    audited: Arc<Mutex<String>>,
+}
+
+/// What one audit step found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Audit {
+    /// PAID orders whose payment was asked about.
+    pub checked: usize,
+    /// Of those, orders whose payment is not SUCCEEDED.
+    pub mismatched: usize,
 }
 
 /// What one round did.
@@ -42,7 +60,7 @@ pub struct Round {
 impl Reconciler {
     /// A reconciler over the order use cases, with a fresh owner name for its leases.
     pub fn new(orders: Orders, config: ReconcileConfig) -> Self {
-        Self { orders, config, owner: ids::new_id() }
+        Self { orders, config, owner: ids::new_id(), audited: Arc::default() }
     }
 
     fn store(&self) -> &Store {
@@ -61,6 +79,8 @@ impl Reconciler {
         // Until the first round succeeds the schema may not exist yet (the readiness tracker
         // is migrating, or waits for `shopmesh migrate`): not worth a warning.
         let mut working = false;
+        let audit_every = self.config.reconcile_audit_interval;
+        let mut last_audit = tokio::time::Instant::now();
         loop {
             ticker.tick().await;
             match self.round().await {
@@ -71,7 +91,53 @@ impl Reconciler {
                 }
                 Err(err) => tracing::debug!(error = %err, "reconciler round failed"),
             }
+            if working && !audit_every.is_zero() && last_audit.elapsed() >= audit_every {
+                last_audit = tokio::time::Instant::now();
+                if let Err(err) = self.audit().await {
+                    tracing::warn!(error = %err, "audit of paid orders failed; retrying next time");
+                }
+            }
         }
+    }
+
+    /// One step of the audit's sweep over PAID orders: asks the payment service about the next
+    /// `reconcile_batch` of them, and counts and logs each whose payment is not SUCCEEDED. The
+    /// sweep starts over after the last PAID order. A payment the service cannot answer about
+    /// now is skipped (the next sweep comes back to it).
+    ///
+    /// # Errors
+    /// A database error reading the orders.
+    pub async fn audit(&self) -> Result<Audit, sqlx::Error> {
+        let after = self.audited.lock().map(|a| a.clone()).unwrap_or_default();
+        let batch = self.store().paid_after(&after, self.config.reconcile_batch).await?;
+        let next = match batch.last() {
+            Some((id, _)) if batch.len() == self.config.reconcile_batch as usize => id.clone(),
+            _ => String::new(),
+        };
+        if let Ok(mut audited) = self.audited.lock() {
+            *audited = next;
+        }
+        let checked = batch.len();
+        let mismatched = futures::stream::iter(batch)
+            .map(|(order_id, payment_id)| async move {
+                let state = match self.orders.payment_state(&payment_id).await {
+                    Ok(Some(PaymentState::Succeeded)) => return false,
+                    Ok(Some(state)) => state.as_str_name().trim_start_matches("PAYMENT_STATE_").to_lowercase(),
+                    Ok(None) => "missing".to_owned(),
+                    Err(status) => {
+                        tracing::debug!(%order_id, error = %status, "audit: payment not reachable");
+                        return false;
+                    }
+                };
+                tracing::warn!(%order_id, %payment_id, payment_state = %state, "PAID order whose payment is not SUCCEEDED");
+                metrics::counter!("shopmesh_order_payment_mismatches_total", "payment_state" => state).increment(1);
+                true
+            })
+            .buffer_unordered(16)
+            .filter(|found| std::future::ready(*found))
+            .count()
+            .await;
+        Ok(Audit { checked, mismatched })
     }
 
     /// One round: publishes the pending gauges, claims the due orders and attempts them
@@ -86,10 +152,9 @@ impl Reconciler {
         let oldest = pending.oldest_create_time_ms.map_or(0, |t| now.saturating_sub(t).max(0));
         metrics::gauge!("shopmesh_order_oldest_pending_age_seconds").set(oldest as f64 / 1000.0);
 
-        let lease_until = now.saturating_add(millis(self.config.reconcile_lease));
         let mut claimed = Vec::new();
-        for due in self.store().due(now, self.config.reconcile_batch).await? {
-            if self.store().claim(&due, &self.owner, now, lease_until).await? {
+        for due in self.store().due(Duration::ZERO, self.config.reconcile_batch).await? {
+            if self.store().claim(&due, &self.owner, self.config.reconcile_lease).await? {
                 claimed.push(due);
             }
         }
@@ -115,7 +180,11 @@ impl Reconciler {
             };
             match result {
                 Ok(order) if order.state != State::PendingPayment => {
-                    let outcome = if order.state == State::Paid { "paid" } else { "declined" };
+                    let outcome = match order.state {
+                        State::Paid => "paid",
+                        State::Cancelled => "refunded",
+                        _ => "declined",
+                    };
                     metrics::counter!("shopmesh_order_reconcile_attempts_total", "outcome" => outcome)
                         .increment(1);
                     tracing::info!(state = order.state.as_str(), "reconciled");
@@ -131,8 +200,7 @@ impl Reconciler {
                     } else {
                         tracing::debug!(%error, retry_in = ?wait, "payment outcome still unknown");
                     }
-                    let next = ids::now_ms().saturating_add(millis(wait));
-                    if let Err(err) = self.store().defer(&due.id, &self.owner, next).await {
+                    if let Err(err) = self.store().defer(&due.id, &self.owner, wait).await {
                         // The lease runs out and the order becomes due again anyway.
                         tracing::warn!(error = %err, "could not record the attempt");
                     }
@@ -153,10 +221,6 @@ pub(crate) fn backoff(config: &ReconcileConfig, attempts: i64, jitter: f64) -> D
     let doublings = u32::try_from(attempts.clamp(0, 30)).unwrap_or(30);
     let full = base.saturating_mul(1 << doublings).min(config.reconcile_max_backoff.max(base));
     full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

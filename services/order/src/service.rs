@@ -4,7 +4,7 @@
 use crate::domain::{Order, OrderRequest, State};
 use crate::error::Error;
 use crate::store::Store;
-use crate::upstream::{Charged, Prices, Upstream, UserCheck};
+use crate::upstream::{Charged, Prices, Refunded, Upstream, UserCheck};
 use shopmesh::mesh::validation::{Page, Paged};
 use tonic::{Code, Status};
 
@@ -24,6 +24,15 @@ impl Orders {
     /// The store, for the reconciler, which works on the orders' records themselves.
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The payment service's state of payment `id` (`None`: it has no such payment), for the
+    /// reconciler's audit.
+    pub(crate) async fn payment_state(
+        &self,
+        id: &str,
+    ) -> Result<Option<shopmesh::api::payment::v1::PaymentState>, Status> {
+        self.upstream.payment_state(id).await
     }
 
     /// One page of `user_id`'s orders, oldest id first.
@@ -71,11 +80,11 @@ impl Orders {
         self.settle(order).await
     }
 
-    /// The order stored under `request`'s request id, if any; an error if it differs from
-    /// `request`.
+    /// The order its user stored under `request`'s request id, if any; an error if it differs
+    /// from `request`. Another user's order under the same key is not looked at.
     async fn replay(&self, request: &OrderRequest) -> Result<Option<Order>, Error> {
         let Some(request_id) = &request.request_id else { return Ok(None) };
-        match self.store.by_request_id(request_id).await? {
+        match self.store.by_request_id(&request.user_id, request_id).await? {
             Some(order) if request.matches(&order) => Ok(Some(order)),
             Some(_) => Err(Error::RequestIdReused(request_id.clone())),
             None => Ok(None),
@@ -86,12 +95,20 @@ impl Orders {
     /// they are. An unknown outcome leaves the order PENDING_PAYMENT, for a retry or the
     /// reconciler.
     pub(crate) async fn settle(&self, order: Order) -> Result<Order, Error> {
+        self.settle_with(order, None).await
+    }
+
+    /// [`Self::settle`], for a CancelOrder under `cancel_request_id`: an order whose payment
+    /// turns out refunded already is cancelled under that key.
+    async fn settle_with(&self, order: Order, cancel_request_id: Option<&str>) -> Result<Order, Error> {
         if order.state != State::PendingPayment {
             return Ok(order);
         }
         match resolve(self.upstream.charge(&order).await) {
             Resolution::Settled { state, payment_id, reason } => {
-                self.record(&order.id, state, payment_id.as_deref(), reason.as_deref()).await
+                let cancel_request_id = cancel_request_id.filter(|_| state == State::Cancelled);
+                self.record(&order.id, state, payment_id.as_deref(), reason.as_deref(), cancel_request_id)
+                    .await
             }
             Resolution::Unknown(Some(status)) => Err(Error::Payment(status)),
             Resolution::Unknown(None) => Err(Error::PaymentInFlight(order.id)),
@@ -105,18 +122,20 @@ impl Orders {
         state: State,
         payment_id: Option<&str>,
         reason: Option<&str>,
+        cancel_request_id: Option<&str>,
     ) -> Result<Order, Error> {
         let settled = self
             .store
-            .settle(id, state, payment_id, reason)
+            .settle(id, state, payment_id, reason, cancel_request_id)
             .await?
             .ok_or_else(|| Error::NotFound(id.to_owned()))?;
         tracing::debug!(order_id = %settled.id, state = settled.state.as_str(), "order settled");
         Ok(settled)
     }
 
-    /// Cancels an order: a PAID one is refunded (keyed by the order id, so exactly once), a
-    /// PAYMENT_DECLINED one just cancelled. Repeating with the same request id returns the
+    /// Cancels an order: a PAID one is refunded (keyed by the order id, so exactly once; one
+    /// refunded on the payment service already is not refunded again), a PAYMENT_DECLINED one
+    /// just cancelled. Repeating with the same request id returns the
     /// cancelled order. An `owner` (a bearer-token subject) may cancel only its own orders.
     ///
     /// A PENDING_PAYMENT order's charge may or may not have happened, and only the payment
@@ -132,14 +151,20 @@ impl Orders {
     ) -> Result<Order, Error> {
         let mut order = owned(self.store.get(id).await?, id, owner)?;
         if order.state == State::PendingPayment {
-            order = self.settle(order).await?;
+            order = self.settle_with(order, request_id).await?;
         }
         match order.state {
             State::Cancelled => return cancelled(order, request_id),
             State::PendingPayment => return Err(Error::PaymentInFlight(order.id)),
             State::Paid => {
                 let payment_id = order.payment_id.as_deref().unwrap_or_default();
-                self.upstream.refund(&order.id, payment_id).await.map_err(Error::Payment)?;
+                // A payment refunded on the payment service itself is not refunded again: the
+                // order just follows it.
+                if self.upstream.refund(&order.id, payment_id).await.map_err(Error::Payment)?
+                    == Refunded::Before
+                {
+                    tracing::warn!(order_id = %order.id, payment_id, "cancelling an order whose payment was refunded elsewhere");
+                }
             }
             State::PaymentDeclined => {}
         }
@@ -171,7 +196,7 @@ impl Orders {
     /// charge would; the payment's id.
     pub(crate) async fn settle_charge_only(&self, order: &Order) -> String {
         match self.upstream.charge(order).await.expect("charge") {
-            Charged::Succeeded(id) | Charged::Declined(id, _) => id,
+            Charged::Succeeded(id) | Charged::Declined(id, _) | Charged::Refunded(id) => id,
             Charged::Processing => panic!("still processing"),
         }
     }
@@ -194,7 +219,7 @@ fn cancelled(order: Order, request_id: Option<&str>) -> Result<Order, Error> {
 pub(crate) enum Resolution {
     /// The outcome is known and final.
     Settled {
-        /// PAID or PAYMENT_DECLINED.
+        /// PAID or PAYMENT_DECLINED; CANCELLED when the charge was refunded since.
         state: State,
         /// The payment, when one was made.
         payment_id: Option<String>,
@@ -221,6 +246,10 @@ pub(crate) fn resolve(answer: Result<Charged, Status>) -> Resolution {
             payment_id: Some(payment),
             reason: Some(reason),
         },
+        // Charged and then refunded on the payment service: not paid, and nothing to refund.
+        Ok(Charged::Refunded(payment)) => {
+            Resolution::Settled { state: State::Cancelled, payment_id: Some(payment), reason: None }
+        }
         Ok(Charged::Processing) => Resolution::Unknown(None),
         Err(status) if matches!(status.code(), Code::InvalidArgument | Code::OutOfRange) => {
             Resolution::Settled {
@@ -250,6 +279,12 @@ mod tests {
             matches!(declined, Resolution::Settled { state: State::PaymentDeclined, ref payment_id, ref reason }
                 if payment_id.as_deref() == Some("p2") && reason.as_deref() == Some("insufficient_funds")),
             "{declined:?}"
+        );
+        let refunded = resolve(Ok(Charged::Refunded("p3".into())));
+        assert!(
+            matches!(refunded, Resolution::Settled { state: State::Cancelled, ref payment_id, reason: None }
+                if payment_id.as_deref() == Some("p3")),
+            "a refunded payment does not pay an order: {refunded:?}"
         );
         assert!(matches!(resolve(Ok(Charged::Processing)), Resolution::Unknown(None)));
         let rejected = resolve(Err(Status::invalid_argument("amount too large")));

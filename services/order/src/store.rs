@@ -1,6 +1,8 @@
 //! Every SQL statement of the order service, portable across SQLite and PostgreSQL.
 
-use shopmesh::mesh::db::{self, Pool};
+use std::time::Duration;
+
+use shopmesh::mesh::db::{self, Backend, Pool};
 use shopmesh::mesh::ids;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row as _};
@@ -13,12 +15,65 @@ const SELECT: &str = "SELECT o.id, o.request_id, o.user_id, o.currency_code, o.t
      i.sku, i.quantity, i.unit_price_minor \
      FROM orders o JOIN order_items i ON i.order_id = o.id";
 
+/// The statements that read the database's clock (for leases and schedules the replicas share),
+/// for one engine.
+#[derive(Debug)]
+struct Clocked {
+    insert: &'static str,
+    due: &'static str,
+    claim: &'static str,
+    defer: &'static str,
+}
+
+macro_rules! clocked {
+    ($engine:ident) => {
+        Clocked {
+            insert: concat!(
+                "INSERT INTO orders (id, request_id, user_id, currency_code, total_minor, state, \
+                 create_time_ms, update_time_ms, next_attempt_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ",
+                shopmesh::db_now_ms!($engine),
+                " + $9) ON CONFLICT (user_id, request_id) DO NOTHING"
+            ),
+            due: concat!(
+                "SELECT id, reconcile_attempts FROM orders WHERE state = 'PENDING_PAYMENT' \
+                 AND next_attempt_ms <= ",
+                shopmesh::db_now_ms!($engine),
+                " + $1 AND lease_until_ms <= ",
+                shopmesh::db_now_ms!($engine),
+                " + $1 ORDER BY next_attempt_ms LIMIT $2"
+            ),
+            claim: concat!(
+                "UPDATE orders SET lease_owner = $1, lease_until_ms = ",
+                shopmesh::db_now_ms!($engine),
+                " + $2 WHERE id = $3 AND state = 'PENDING_PAYMENT' AND reconcile_attempts = $4 \
+                 AND lease_until_ms <= ",
+                shopmesh::db_now_ms!($engine)
+            ),
+            defer: concat!(
+                "UPDATE orders SET reconcile_attempts = reconcile_attempts + 1, next_attempt_ms = ",
+                shopmesh::db_now_ms!($engine),
+                " + $1, lease_owner = NULL, lease_until_ms = 0 \
+                 WHERE id = $2 AND lease_owner = $3 AND state = 'PENDING_PAYMENT'"
+            ),
+        }
+    };
+}
+
+static SQLITE: Clocked = clocked!(sqlite);
+static POSTGRES: Clocked = clocked!(postgres);
+
 /// The order service's database.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Its engine's statements that read the database's clock.
+    clocked: &'static Clocked,
     /// How long after its insert a PENDING_PAYMENT order becomes due for the reconciler.
     reconcile_after_ms: i64,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A PENDING_PAYMENT order the reconciler may take now.
@@ -42,12 +97,16 @@ pub struct Pending {
 impl Store {
     /// A store over a migrated pool, whose new orders the reconciler may take after
     /// `reconcile_after`.
-    pub fn new(pool: Pool, reconcile_after: std::time::Duration) -> Self {
-        Self { pool, reconcile_after_ms: i64::try_from(reconcile_after.as_millis()).unwrap_or(i64::MAX) }
+    pub fn new(pool: Pool, reconcile_after: Duration) -> Self {
+        let clocked = match Backend::of_pool(&pool) {
+            Backend::Sqlite => &SQLITE,
+            Backend::Postgres => &POSTGRES,
+        };
+        Self { pool, clocked, reconcile_after_ms: millis(reconcile_after) }
     }
 
-    /// Stores `new` as PENDING_PAYMENT with its lines, in one transaction. `None` when its
-    /// request id is already taken (a concurrent or earlier identical request).
+    /// Stores `new` as PENDING_PAYMENT with its lines, in one transaction. `None` when its user
+    /// already used its request id (a concurrent or earlier identical request).
     pub async fn insert(&self, new: &NewOrder) -> Result<Option<Order>, sqlx::Error> {
         let now = ids::now_ms();
         let order = Order {
@@ -67,23 +126,19 @@ impl Store {
         let mut tx = db::begin(&self.pool).await?;
         // The insert comes first so SQLite takes its write lock at once rather than upgrading a
         // read transaction, which could fail with SQLITE_BUSY instead of waiting.
-        let inserted = sqlx::query(
-            "INSERT INTO orders (id, request_id, user_id, currency_code, total_minor, state, \
-             create_time_ms, update_time_ms, next_attempt_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(&order.id)
-        .bind(&order.request_id)
-        .bind(&order.user_id)
-        .bind(&order.currency_code)
-        .bind(order.total_minor)
-        .bind(order.state.as_str())
-        .bind(now)
-        .bind(now)
-        .bind(now.saturating_add(self.reconcile_after_ms))
-        .execute(&mut tx)
-        .await?
-        .rows_affected();
+        let inserted = sqlx::query(self.clocked.insert)
+            .bind(&order.id)
+            .bind(&order.request_id)
+            .bind(&order.user_id)
+            .bind(&order.currency_code)
+            .bind(order.total_minor)
+            .bind(order.state.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(self.reconcile_after_ms)
+            .execute(&mut tx)
+            .await?
+            .rows_affected();
         if inserted == 0 {
             tx.rollback().await?;
             return Ok(None);
@@ -105,86 +160,93 @@ impl Store {
         Ok(Some(order))
     }
 
-    /// Records the charge's outcome on a PENDING_PAYMENT order (PAID or PAYMENT_DECLINED),
-    /// releasing any claim on it, and returns the order as stored; an order another call
-    /// already settled is left alone.
+    /// Records the charge's outcome on a PENDING_PAYMENT order (PAID or PAYMENT_DECLINED, or
+    /// CANCELLED under `cancel_request_id` when the charge was refunded since), releasing any
+    /// claim on it, and returns the order as stored; an order another call already settled is
+    /// left alone.
     pub async fn settle(
         &self,
         id: &str,
         state: State,
         payment_id: Option<&str>,
         decline_reason: Option<&str>,
+        cancel_request_id: Option<&str>,
     ) -> Result<Option<Order>, sqlx::Error> {
         sqlx::query(
             "UPDATE orders SET state = $1, payment_id = $2, decline_reason = $3, update_time_ms = $4, \
-             lease_owner = NULL, lease_until_ms = 0 WHERE id = $5 AND state = 'PENDING_PAYMENT'",
+             cancel_request_id = $5, lease_owner = NULL, lease_until_ms = 0 \
+             WHERE id = $6 AND state = 'PENDING_PAYMENT'",
         )
         .bind(state.as_str())
         .bind(payment_id)
         .bind(decline_reason)
         .bind(ids::now_ms())
+        .bind(cancel_request_id)
         .bind(id)
         .execute(&mut db::acquire(&self.pool).await?)
         .await?;
         self.get(id).await
     }
 
-    /// Up to `limit` PENDING_PAYMENT orders that are due at `now_ms` and not claimed by a live
-    /// lease, longest-waiting first.
-    pub async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<Due>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT id, reconcile_attempts FROM orders WHERE state = 'PENDING_PAYMENT' \
-             AND next_attempt_ms <= $1 AND lease_until_ms <= $1 ORDER BY next_attempt_ms LIMIT $2",
-        )
-        .bind(now_ms)
-        .bind(i64::from(limit))
-        .fetch_all(&mut db::acquire(&self.pool).await?)
-        .await?;
+    /// Up to `limit` PENDING_PAYMENT orders that are due `ahead` from now by the database's
+    /// clock and not claimed by a lease live then, longest-waiting first.
+    pub async fn due(&self, ahead: Duration, limit: u32) -> Result<Vec<Due>, sqlx::Error> {
+        let rows = sqlx::query(self.clocked.due)
+            .bind(millis(ahead))
+            .bind(i64::from(limit))
+            .fetch_all(&mut db::acquire(&self.pool).await?)
+            .await?;
         rows.iter()
             .map(|row| Ok(Due { id: row.try_get("id")?, attempts: row.try_get("reconcile_attempts")? }))
             .collect()
     }
 
-    /// Claims a due order for `owner` until `lease_until_ms`: a compare-and-set on the row, so
-    /// of several replicas racing for it exactly one gets `true` (on SQLite and PostgreSQL
-    /// alike, without `SKIP LOCKED`).
-    pub async fn claim(
-        &self,
-        due: &Due,
-        owner: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<bool, sqlx::Error> {
-        let claimed = sqlx::query(
-            "UPDATE orders SET lease_owner = $1, lease_until_ms = $2 WHERE id = $3 \
-             AND state = 'PENDING_PAYMENT' AND reconcile_attempts = $4 AND lease_until_ms <= $5",
-        )
-        .bind(owner)
-        .bind(lease_until_ms)
-        .bind(&due.id)
-        .bind(due.attempts)
-        .bind(now_ms)
-        .execute(&mut db::acquire(&self.pool).await?)
-        .await?
-        .rows_affected();
+    /// Claims a due order for `owner` for `lease` by the database's clock: a compare-and-set on
+    /// the row, so of several replicas racing for it exactly one gets `true` (on SQLite and
+    /// PostgreSQL alike, without `SKIP LOCKED`), and a replica's skewed clock neither steals a
+    /// live lease nor holds one too long.
+    pub async fn claim(&self, due: &Due, owner: &str, lease: Duration) -> Result<bool, sqlx::Error> {
+        let claimed = sqlx::query(self.clocked.claim)
+            .bind(owner)
+            .bind(millis(lease))
+            .bind(&due.id)
+            .bind(due.attempts)
+            .execute(&mut db::acquire(&self.pool).await?)
+            .await?
+            .rows_affected();
         Ok(claimed == 1)
     }
 
     /// Records a failed attempt by `owner` on a still-pending order: one more attempt, due
-    /// again at `next_attempt_ms`, claim released. `false` if `owner` no longer held it.
-    pub async fn defer(&self, id: &str, owner: &str, next_attempt_ms: i64) -> Result<bool, sqlx::Error> {
-        let updated = sqlx::query(
-            "UPDATE orders SET reconcile_attempts = reconcile_attempts + 1, next_attempt_ms = $1, \
-             lease_owner = NULL, lease_until_ms = 0 \
-             WHERE id = $2 AND lease_owner = $3 AND state = 'PENDING_PAYMENT'",
-        )
-        .bind(next_attempt_ms)
-        .bind(id)
-        .bind(owner)
-        .execute(&mut db::acquire(&self.pool).await?)
-        .await?
-        .rows_affected();
+    /// again `wait` from now by the database's clock, claim released. `false` if `owner` no
+    /// longer held it.
+    pub async fn defer(&self, id: &str, owner: &str, wait: Duration) -> Result<bool, sqlx::Error> {
+        let updated = sqlx::query(self.clocked.defer)
+            .bind(millis(wait))
+            .bind(id)
+            .bind(owner)
+            .execute(&mut db::acquire(&self.pool).await?)
+            .await?
+            .rows_affected();
         Ok(updated == 1)
+    }
+
+    /// Up to `limit` PAID orders with an id after `after`, in id order, with their payment:
+    /// one step of the audit's sweep.
+    pub async fn paid_after(&self, after: &str, limit: u32) -> Result<Vec<(String, String)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, payment_id FROM orders WHERE state = 'PAID' AND id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&mut db::acquire(&self.pool).await?)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let payment: Option<String> = row.try_get("payment_id")?;
+                Ok((row.try_get("id")?, payment.unwrap_or_default()))
+            })
+            .collect()
     }
 
     /// How many orders are PENDING_PAYMENT, and since when.
@@ -220,10 +282,15 @@ impl Store {
         Ok(group(&rows)?.pop())
     }
 
-    /// The order created with `request_id`.
-    pub async fn by_request_id(&self, request_id: &str) -> Result<Option<Order>, sqlx::Error> {
-        let sql = AssertSqlSafe(format!("{SELECT} WHERE o.request_id = $1 ORDER BY i.line_no"));
-        let rows = sqlx::query(sql).bind(request_id).fetch_all(&mut db::acquire(&self.pool).await?).await?;
+    /// The order `user_id` created with `request_id` (a key is its user's, not global).
+    pub async fn by_request_id(&self, user_id: &str, request_id: &str) -> Result<Option<Order>, sqlx::Error> {
+        let sql =
+            AssertSqlSafe(format!("{SELECT} WHERE o.user_id = $1 AND o.request_id = $2 ORDER BY i.line_no"));
+        let rows = sqlx::query(sql)
+            .bind(user_id)
+            .bind(request_id)
+            .fetch_all(&mut db::acquire(&self.pool).await?)
+            .await?;
         Ok(group(&rows)?.pop())
     }
 

@@ -61,36 +61,31 @@ impl Harness {
         self.get(id).await.expect("get order").expect("order exists").state
     }
 
-    /// Up to `limit` orders the reconciler may take at `now_ms` (epoch milliseconds).
+    /// Up to `limit` orders the reconciler may take `ahead` from now (the database's clock).
     ///
     /// # Errors
     /// A database error.
-    pub async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<Due>, sqlx::Error> {
-        self.orders.store().due(now_ms, limit).await
+    pub async fn due(&self, ahead: Duration, limit: u32) -> Result<Vec<Due>, sqlx::Error> {
+        self.orders.store().due(ahead, limit).await
     }
 
-    /// Claims `due` for `owner` until `lease_until_ms`, as a reconciler replica does; `false`
-    /// if another owner holds an unexpired lease on it (or it changed since it was due).
+    /// Claims `due` for `owner` for `lease` (the database's clock), as a reconciler replica
+    /// does; `false` if another owner holds an unexpired lease on it (or it changed since it
+    /// was due).
     ///
     /// # Errors
     /// A database error.
-    pub async fn claim(
-        &self,
-        due: &Due,
-        owner: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<bool, sqlx::Error> {
-        self.orders.store().claim(due, owner, now_ms, lease_until_ms).await
+    pub async fn claim(&self, due: &Due, owner: &str, lease: Duration) -> Result<bool, sqlx::Error> {
+        self.orders.store().claim(due, owner, lease).await
     }
 
-    /// Records a failed attempt by `owner` on order `id`, due again at `next_attempt_ms`;
-    /// `false` if `owner` does not hold its lease.
+    /// Records a failed attempt by `owner` on order `id`, due again `wait` from now; `false`
+    /// if `owner` does not hold its lease.
     ///
     /// # Errors
     /// A database error.
-    pub async fn defer(&self, id: &str, owner: &str, next_attempt_ms: i64) -> Result<bool, sqlx::Error> {
-        self.orders.store().defer(id, owner, next_attempt_ms).await
+    pub async fn defer(&self, id: &str, owner: &str, wait: Duration) -> Result<bool, sqlx::Error> {
+        self.orders.store().defer(id, owner, wait).await
     }
 
     /// Sends the order's Charge without recording the outcome, as a crash right after the

@@ -9,7 +9,8 @@ use std::time::Duration;
 use shopmesh::api::catalog::v1::{BatchGetProductsRequest, catalog_service_client::CatalogServiceClient};
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::payment::v1::{
-    ChargeRequest, PaymentState, RefundRequest, payment_service_client::PaymentServiceClient,
+    ChargeRequest, GetPaymentRequest, PaymentState, RefundRequest,
+    payment_service_client::PaymentServiceClient,
 };
 use shopmesh::api::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::client::Channel;
@@ -52,8 +53,20 @@ pub enum Charged {
     Succeeded(String),
     /// Declined, by this payment, for this reason.
     Declined(String, String),
+    /// Captured by this payment, then refunded (on the payment service itself): the money is
+    /// back with the user, so the order is not paid.
+    Refunded(String),
     /// Recorded but not decided yet (another Charge with this key is in flight).
     Processing,
+}
+
+/// What the payment service answered to a Refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refunded {
+    /// Refunded by this request (or a repeat of it).
+    Now,
+    /// Already refunded under another key (on the payment service itself): nothing to do.
+    Before,
 }
 
 /// Clients of the user, catalog and payment services.
@@ -151,19 +164,44 @@ impl Upstream {
         };
         let payment = self.payments.clone().charge(request).await?.into_inner();
         Ok(match payment.state() {
-            // A REFUNDED payment was a success that a cancel already undid.
-            PaymentState::Succeeded | PaymentState::Refunded => Charged::Succeeded(payment.id),
+            PaymentState::Succeeded => Charged::Succeeded(payment.id),
+            PaymentState::Refunded => Charged::Refunded(payment.id),
             PaymentState::Declined => Charged::Declined(payment.id, payment.decline_reason),
             PaymentState::Processing | PaymentState::Unspecified => Charged::Processing,
         })
     }
 
     /// Refunds `payment_id` with the order id as the idempotency key, so every CancelOrder of
-    /// one order lands on the same refund.
-    pub async fn refund(&self, order_id: &str, payment_id: &str) -> Result<(), Status> {
+    /// one order lands on the same refund. A payment refunded before under another key (on the
+    /// payment service itself) is [`Refunded::Before`]: it is not refunded twice.
+    pub async fn refund(&self, order_id: &str, payment_id: &str) -> Result<Refunded, Status> {
         let request = RefundRequest { payment_id: payment_id.to_owned(), request_id: order_id.to_owned() };
-        self.payments.clone().refund(request).await.map(drop)
+        match self.payments.clone().refund(request).await {
+            Ok(_) => Ok(Refunded::Now),
+            Err(status) if precondition(&status) == Some("ALREADY_REFUNDED") => Ok(Refunded::Before),
+            Err(status) => Err(status),
+        }
     }
+
+    /// The state of payment `id`; `None` if the payment service has no such payment.
+    pub async fn payment_state(&self, id: &str) -> Result<Option<PaymentState>, Status> {
+        match self.payments.clone().get_payment(GetPaymentRequest { id: id.to_owned() }).await {
+            Ok(reply) => Ok(Some(reply.get_ref().state())),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(status),
+        }
+    }
+}
+
+/// The kind of the first precondition failure in `status`'s details, if it is one.
+fn precondition(status: &Status) -> Option<&'static str> {
+    if status.code() != Code::FailedPrecondition {
+        return None;
+    }
+    let details = status.get_error_details();
+    let kind = details.precondition_failure()?.violations.first()?.r#type.as_str();
+    // Only the kinds the order flow acts on, so the answer borrows nothing from `status`.
+    ["ALREADY_REFUNDED"].into_iter().find(|k| *k == kind)
 }
 
 /// The first SKU a NOT_FOUND from the catalog names in its `google.rpc.ResourceInfo` details.

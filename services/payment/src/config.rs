@@ -53,4 +53,25 @@ pub struct PaymentConfig {
     /// How long the simulated processor takes to answer a charge or refund.
     #[arg(long, env = "SHOPMESH_PAYMENT_LATENCY", help_heading = PROCESSOR, default_value = "0ms", value_parser = duration)]
     pub payment_latency: Duration,
+
+    /// The simulated processor's own ledger of charges and refunds by idempotency key
+    /// (`sqlite://<file>` or `postgres://...`): outside the payment service's database, as a
+    /// real processor's records are, so it survives that database losing commits.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SHOPMESH_PROCESSOR_LEDGER_URL",
+        // It may hold a password: `--help` never shows the variable's value.
+        hide_env_values = true,
+        help_heading = PROCESSOR,
+        default_value = "sqlite://data/processor.db"
+    )]
+    pub processor_ledger_url: String,
+
+    /// How long one Charge owns a PROCESSING payment while it asks the processor (by the
+    /// database's clock): a duplicate meanwhile gets PROCESSING back, and once it runs out (the
+    /// owner died) the next Charge takes the payment over. Longer than the processor takes.
+    #[arg(long, env = "SHOPMESH_PAYMENT_PROCESSING_LEASE", help_heading = PROCESSOR, default_value = "10s",
+          value_parser = duration)]
+    pub payment_processing_lease: Duration,
 }

@@ -37,7 +37,7 @@ impl State {
 /// A stored payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
-    /// UUIDv7, also the idempotency key the processor sees.
+    /// UUIDv7. (Not the processor's key: that is the request id within the order.)
     pub id: String,
     /// The Charge's idempotency key.
     pub request_id: String,

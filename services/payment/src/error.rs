@@ -34,6 +34,10 @@ pub enum Error {
     /// ABORTED: a concurrent change got in the way; retrying the same request is safe.
     #[error("{0}")]
     Conflict(String),
+    /// UNAVAILABLE: the processor (its ledger) could not be reached; nothing is known to have
+    /// been charged, and retrying the same request is safe.
+    #[error("payment processor: {0}")]
+    Processor(sqlx::Error),
     /// UNAVAILABLE when the database cannot be reached in time, INTERNAL otherwise.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -61,6 +65,10 @@ impl From<Error> for Status {
                 status::failed_precondition("NOT_REFUNDABLE", &format!("payments/{id}"), err.to_string())
             }
             Error::Conflict(_) => Status::aborted(err.to_string()),
+            Error::Processor(ref cause) => {
+                tracing::warn!(error = %cause, "payment processor unavailable");
+                Status::unavailable("payment processor unavailable, retry with the same request_id")
+            }
             Error::Database(e) => status::database(&e),
         }
     }

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use shopmesh::api::payment::v1::payment_service_server::PaymentServiceServer;
 use shopmesh::mesh::Error;
 use shopmesh::mesh::config::MeshConfig;
-use shopmesh::mesh::db::{Migrations, Pool};
+use shopmesh::mesh::db::{self, Migrations, Pool};
 use shopmesh::mesh::service::{Mesh, MeshService, Started};
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
@@ -37,14 +37,17 @@ static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 /// The service's embedded migrations.
 pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-/// The service's routes over a migrated database.
-pub fn routes(mesh: &MeshConfig, config: &PaymentConfig, pool: Pool) -> Routes {
+/// The service's routes over a migrated database, charging through a simulated processor that
+/// keeps its ledger in `ledger` (see [`processor::Ledger`]).
+pub fn routes(mesh: &MeshConfig, config: &PaymentConfig, pool: Pool, ledger: Pool) -> Routes {
     let processor = processor::Processor::new(
         config.payment_limit_minor,
         config.payment_currencies.clone(),
         config.payment_latency,
+        processor::Ledger::new(ledger),
     );
-    let payments = service::Payments::new(store::Store::new(pool), processor);
+    let store = store::Store::new(pool, config.payment_processing_lease);
+    let payments = service::Payments::new(store, processor);
     Routes::new(
         PaymentServiceServer::new(grpc::PaymentApi::new(payments))
             .max_decoding_message_size(mesh.server.max_message_bytes),
@@ -69,7 +72,9 @@ impl MeshService for Payment {
         &config.database_url
     }
 
+    /// Opens (lazily) the simulated processor's ledger beside the service's own database.
     async fn start(mesh: &Mesh, config: &PaymentConfig, pool: Pool) -> Result<Started, Error> {
-        Ok(Started::routes(routes(mesh.config(), config, pool)))
+        let ledger = db::connect(&config.processor_ledger_url, mesh.config())?;
+        Ok(Started::routes(routes(mesh.config(), config, pool, ledger)))
     }
 }

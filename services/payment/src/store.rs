@@ -1,6 +1,8 @@
 //! Every SQL statement of the payment service, portable across SQLite and PostgreSQL.
 
-use shopmesh::mesh::db::{self, Pool};
+use std::time::Duration;
+
+use shopmesh::mesh::db::{self, Backend, Pool};
 use shopmesh::mesh::ids;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row as _};
@@ -10,19 +12,59 @@ use crate::domain::{NewCharge, Payment, State};
 const COLUMNS: &str = "id, request_id, order_id, user_id, amount_minor, currency_code, state, \
                        decline_reason, refund_request_id, create_time_ms, update_time_ms";
 
+/// The statements that read the database's clock (for the leases replicas share), for one
+/// engine.
+#[derive(Debug)]
+struct Clocked {
+    insert: &'static str,
+    claim: &'static str,
+}
+
+macro_rules! clocked {
+    ($engine:ident) => {
+        Clocked {
+            insert: concat!(
+                "INSERT INTO payments (id, request_id, order_id, user_id, amount_minor, currency_code, \
+                 state, create_time_ms, update_time_ms, lease_until_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, ",
+                shopmesh::db_now_ms!($engine),
+                " + $10) ON CONFLICT (order_id, request_id) DO NOTHING"
+            ),
+            claim: concat!(
+                "UPDATE payments SET lease_until_ms = ",
+                shopmesh::db_now_ms!($engine),
+                " + $1 WHERE id = $2 AND state = 'PROCESSING' AND lease_until_ms <= ",
+                shopmesh::db_now_ms!($engine)
+            ),
+        }
+    };
+}
+
+static SQLITE: Clocked = clocked!(sqlite);
+static POSTGRES: Clocked = clocked!(postgres);
+
 /// The payment service's database.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Its engine's statements that read the database's clock.
+    clocked: &'static Clocked,
+    /// How long a Charge owns the PROCESSING payment it wrote or claimed.
+    lease_ms: i64,
 }
 
 impl Store {
-    /// A store over a migrated pool.
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    /// A store over a migrated pool, whose Charges own a PROCESSING payment for `lease`.
+    pub fn new(pool: Pool, lease: Duration) -> Self {
+        let clocked = match Backend::of_pool(&pool) {
+            Backend::Sqlite => &SQLITE,
+            Backend::Postgres => &POSTGRES,
+        };
+        Self { pool, clocked, lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX) }
     }
 
-    /// Records `charge` as PROCESSING unless its request id is taken; `None` if it was.
+    /// Records `charge` as PROCESSING, owned by this call for the lease, unless its order
+    /// already has a payment under its request id; `None` if it had.
     pub async fn insert_processing(&self, charge: &NewCharge) -> Result<Option<Payment>, sqlx::Error> {
         let now = ids::now_ms();
         let payment = Payment {
@@ -38,24 +80,44 @@ impl Store {
             create_time_ms: now,
             update_time_ms: now,
         };
-        let inserted = sqlx::query(
-            "INSERT INTO payments (id, request_id, order_id, user_id, amount_minor, currency_code, \
-             state, create_time_ms, update_time_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(&payment.id)
-        .bind(&payment.request_id)
-        .bind(&payment.order_id)
-        .bind(&payment.user_id)
-        .bind(payment.amount_minor)
-        .bind(&payment.currency_code)
-        .bind(payment.state.as_str())
-        .bind(now)
-        .bind(now)
-        .execute(&mut db::acquire(&self.pool).await?)
-        .await?
-        .rows_affected();
+        let inserted = sqlx::query(self.clocked.insert)
+            .bind(&payment.id)
+            .bind(&payment.request_id)
+            .bind(&payment.order_id)
+            .bind(&payment.user_id)
+            .bind(payment.amount_minor)
+            .bind(&payment.currency_code)
+            .bind(payment.state.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(self.lease_ms)
+            .execute(&mut db::acquire(&self.pool).await?)
+            .await?
+            .rows_affected();
         Ok((inserted == 1).then_some(payment))
+    }
+
+    /// Takes a PROCESSING payment whose lease ran out (its owner died or gave up) for this call,
+    /// for the lease: a compare-and-set on the row, so of several callers exactly one gets
+    /// `true`, whatever their clocks say.
+    pub async fn claim(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let claimed = sqlx::query(self.clocked.claim)
+            .bind(self.lease_ms)
+            .bind(id)
+            .execute(&mut db::acquire(&self.pool).await?)
+            .await?
+            .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    /// Gives up this call's lease on a PROCESSING payment, so the next Charge need not wait
+    /// for it to run out.
+    pub async fn release(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE payments SET lease_until_ms = 0 WHERE id = $1 AND state = 'PROCESSING'")
+            .bind(id)
+            .execute(&mut db::acquire(&self.pool).await?)
+            .await
+            .map(drop)
     }
 
     /// Stores the processor's answer on a PROCESSING payment. A payment some other call already
@@ -96,22 +158,42 @@ impl Store {
 
     /// The payment with `id`.
     pub async fn get(&self, id: &str) -> Result<Option<Payment>, sqlx::Error> {
-        self.one("id", id).await
+        let sql = AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE id = $1"));
+        let row = sqlx::query(sql).bind(id).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
+        row.map(|r| from_row(&r)).transpose()
     }
 
-    /// The payment created by the Charge with `request_id`.
-    pub async fn by_request_id(&self, request_id: &str) -> Result<Option<Payment>, sqlx::Error> {
-        self.one("request_id", request_id).await
+    /// The payment of `order_id` created by the Charge with `request_id` (a key is scoped to
+    /// its order).
+    pub async fn by_request_id(
+        &self,
+        order_id: &str,
+        request_id: &str,
+    ) -> Result<Option<Payment>, sqlx::Error> {
+        let sql =
+            AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE order_id = $1 AND request_id = $2"));
+        let row = sqlx::query(sql)
+            .bind(order_id)
+            .bind(request_id)
+            .fetch_optional(&mut db::acquire(&self.pool).await?)
+            .await?;
+        row.map(|r| from_row(&r)).transpose()
     }
 
-    /// The payment refunded by the Refund with `request_id`.
-    pub async fn by_refund_request_id(&self, request_id: &str) -> Result<Option<Payment>, sqlx::Error> {
-        self.one("refund_request_id", request_id).await
-    }
-
-    async fn one(&self, column: &'static str, value: &str) -> Result<Option<Payment>, sqlx::Error> {
-        let sql = AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE {column} = $1"));
-        let row = sqlx::query(sql).bind(value).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
+    /// The payment of `order_id` refunded by the Refund with `request_id`.
+    pub async fn by_refund_request_id(
+        &self,
+        order_id: &str,
+        request_id: &str,
+    ) -> Result<Option<Payment>, sqlx::Error> {
+        let sql = AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM payments WHERE order_id = $1 AND refund_request_id = $2"
+        ));
+        let row = sqlx::query(sql)
+            .bind(order_id)
+            .bind(request_id)
+            .fetch_optional(&mut db::acquire(&self.pool).await?)
+            .await?;
         row.map(|r| from_row(&r)).transpose()
     }
 

@@ -7,32 +7,43 @@ use shopmesh::api::payment::v1::{
     ChargeRequest, GetPaymentRequest, ListPaymentsRequest, Payment, PaymentState, RefundRequest,
     payment_service_client::PaymentServiceClient,
 };
+use shopmesh::mesh::db;
 use shopmesh::mesh::ids::new_id;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
 use shopmesh_payment::PaymentConfig;
+use sqlx::{AssertSqlSafe, Row as _};
 use tonic::Code;
 use tonic::transport::Channel;
 
 struct Running {
     service: Spawned,
     db: TestDb,
+    /// The simulated processor's ledger: a database of its own, as a real processor's is.
+    ledger: TestDb,
     client: PaymentServiceClient<Channel>,
 }
 
 async fn start(backend: Backend) -> Running {
+    // A little processor latency widens the window in which duplicates race.
+    start_with(backend, Duration::from_millis(5)).await
+}
+
+async fn start_with(backend: Backend, payment_latency: Duration) -> Running {
     let db = testing::database(backend, "payment").await;
+    let ledger = testing::database(backend, "processor").await;
     let config = PaymentConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: db.url.clone(),
         payment_limit_minor: 50_000,
         payment_currencies: vec!["USD".into(), "EUR".into()],
-        // A little processor latency widens the window in which duplicates race.
-        payment_latency: Duration::from_millis(5),
+        payment_latency,
+        processor_ledger_url: ledger.url.clone(),
+        payment_processing_lease: Duration::from_secs(10),
     };
     let mesh = testing::mesh(testing::mesh_config());
     let service = testing::spawn_service::<shopmesh_payment::Payment>(&mesh, config).await;
     let client = PaymentServiceClient::connect(service.url()).await.expect("connect");
-    Running { service, db, client }
+    Running { service, db, ledger, client }
 }
 
 fn charge(order_id: &str, amount: i64, currency: &str, request_id: &str) -> ChargeRequest {
@@ -48,6 +59,29 @@ impl Running {
     async fn stop(self) {
         self.service.stop().await.expect("clean shutdown");
         self.db.drop_database().await;
+        self.ledger.drop_database().await;
+    }
+
+    /// Runs `sql` on payment's database, as a restore or a failover would change it.
+    async fn lose(&self, sql: &str, id: &str) {
+        let pool = db::connect(&self.db.url, &testing::mesh_config()).expect("payment db");
+        sqlx::query(AssertSqlSafe(sql.to_owned())).bind(id).execute(&pool).await.expect("lose a commit");
+        pool.close().await;
+    }
+
+    /// How many entries of `kind` the processor's ledger holds for `order_id`.
+    async fn at_the_processor(&self, kind: &str, order_id: &str) -> i64 {
+        let pool = db::connect(&self.ledger.url, &testing::mesh_config()).expect("ledger");
+        let n = sqlx::query("SELECT COUNT(*) AS n FROM processor_ledger WHERE kind = $1 AND order_id = $2")
+            .bind(kind)
+            .bind(order_id)
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+            .try_get("n")
+            .expect("n");
+        pool.close().await;
+        n
     }
 
     async fn payments_of(&mut self, order_id: &str) -> Vec<Payment> {
@@ -96,6 +130,78 @@ async fn concurrent_duplicates_share_one_payment() {
     }
 }
 
+/// While one Charge asks the processor, a duplicate does not ask it too: it gets the payment
+/// back PROCESSING at once (the order service treats that as "not known yet") (issue 15).
+#[tokio::test]
+async fn one_charge_at_a_time_owns_a_processing_payment() {
+    for backend in testing::backends() {
+        // The owner's processor call takes long enough to be sure to still run below.
+        let mut t = start_with(backend, Duration::from_secs(3)).await;
+        let order = new_id();
+        let mut owner = t.client.clone();
+        let owned = tokio::spawn({
+            let req = charge(&order, 1_200, "USD", &order);
+            async move { owner.charge(req).await.map(tonic::Response::into_inner) }
+        });
+        let mut seen = Vec::new();
+        for _ in 0..500 {
+            seen = t.payments_of(&order).await;
+            if !seen.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen.len(), 1, "{backend:?}: the owner's PROCESSING row");
+        assert_eq!(seen[0].state(), PaymentState::Processing, "{backend:?}");
+
+        let duplicate = t.client.charge(charge(&order, 1_200, "USD", &order)).await.expect("duplicate");
+        let duplicate = duplicate.into_inner();
+        assert_eq!(duplicate.id, seen[0].id, "{backend:?}");
+        assert_eq!(
+            duplicate.state(),
+            PaymentState::Processing,
+            "{backend:?}: a duplicate waited for the processor instead of answering PROCESSING"
+        );
+        let done = owned.await.expect("task").expect("the owner's charge");
+        assert_eq!(done.state(), PaymentState::Succeeded, "{backend:?}");
+        t.stop().await;
+    }
+}
+
+/// The processor is keyed by the caller's request id (within its order), so a payment row or a
+/// refund lost with payment's last commits (a restore, a failover to a standby that was behind)
+/// is not charged or refunded twice when the caller retries (issue 15).
+#[tokio::test]
+async fn commits_lost_by_payment_do_not_charge_or_refund_twice_at_the_processor() {
+    for backend in testing::backends() {
+        let mut t = start(backend).await;
+        let order = new_id();
+        let first = t.client.charge(charge(&order, 2_000, "USD", &order)).await.expect("charge").into_inner();
+        assert_eq!(first.state(), PaymentState::Succeeded, "{backend:?}");
+        t.lose("DELETE FROM payments WHERE id = $1", &first.id).await;
+        let again = t.client.charge(charge(&order, 2_000, "USD", &order)).await.expect("retry").into_inner();
+        assert_eq!(again.state(), PaymentState::Succeeded, "{backend:?}");
+        assert_eq!(
+            t.at_the_processor("charge", &order).await,
+            1,
+            "{backend:?}: charged twice at the processor"
+        );
+
+        let refund = || RefundRequest { payment_id: again.id.clone(), request_id: "cancel-1".into() };
+        t.client.refund(refund()).await.expect("refund");
+        t.lose("UPDATE payments SET state = 'SUCCEEDED', refund_request_id = NULL WHERE id = $1", &again.id)
+            .await;
+        let refunded = t.client.refund(refund()).await.expect("retried refund").into_inner();
+        assert_eq!(refunded.state(), PaymentState::Refunded, "{backend:?}");
+        assert_eq!(
+            t.at_the_processor("refund", &order).await,
+            1,
+            "{backend:?}: refunded twice at the processor"
+        );
+        t.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_reused_request_id_with_other_fields_changes_nothing() {
     for backend in testing::backends() {
@@ -103,11 +209,13 @@ async fn a_reused_request_id_with_other_fields_changes_nothing() {
         let order = new_id();
         let first =
             t.client.charge(charge(&order, 1_000, "USD", "key-1")).await.expect("charge").into_inner();
-        for other in [charge(&order, 1_001, "USD", "key-1"), charge(&order, 1_000, "EUR", "key-1"), {
-            let mut c = charge(&new_id(), 1_000, "USD", "key-1");
-            c.order_id = new_id();
-            c
-        }] {
+        // (Another order's charge under the same key is a payment of its own: keys are scoped
+        // to their order.)
+        let mut other_user = charge(&order, 1_000, "USD", "key-1");
+        other_user.user_id = new_id();
+        for other in
+            [charge(&order, 1_001, "USD", "key-1"), charge(&order, 1_000, "EUR", "key-1"), other_user]
+        {
             let err = t.client.charge(other).await.expect_err("reused key");
             assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
             assert_eq!(precondition(&err).as_deref(), Some("REQUEST_ID_REUSED"));
@@ -115,6 +223,38 @@ async fn a_reused_request_id_with_other_fields_changes_nothing() {
         let still = t.client.get_payment(GetPaymentRequest { id: first.id.clone() }).await.expect("get");
         assert_eq!(still.into_inner(), first, "{backend:?}: unchanged");
         assert_eq!(t.payments_of(&order).await.len(), 1);
+        t.stop().await;
+    }
+}
+
+/// Charge and refund keys are the caller's keys within one order: another order's payment under
+/// the same keys is a payment of its own (issue 15).
+#[tokio::test]
+async fn payment_keys_are_scoped_to_their_order() {
+    for backend in testing::backends() {
+        let mut t = start(backend).await;
+        let (first_order, second_order) = (new_id(), new_id());
+        let first =
+            t.client.charge(charge(&first_order, 1_000, "USD", "key-1")).await.expect("charge").into_inner();
+        let second = t
+            .client
+            .charge(charge(&second_order, 1_000, "USD", "key-1"))
+            .await
+            .expect("another order's charge under the same key")
+            .into_inner();
+        assert_ne!(second.id, first.id, "{backend:?}");
+        assert_eq!(second.state(), PaymentState::Succeeded, "{backend:?}");
+        for p in [&first, &second] {
+            let refunded = t
+                .client
+                .refund(RefundRequest { payment_id: p.id.clone(), request_id: "refund-1".into() })
+                .await
+                .expect("each order's refund under the same key")
+                .into_inner();
+            assert_eq!(refunded.state(), PaymentState::Refunded, "{backend:?}");
+        }
+        assert_eq!(t.payments_of(&first_order).await.len(), 1, "{backend:?}");
+        assert_eq!(t.payments_of(&second_order).await.len(), 1, "{backend:?}");
         t.stop().await;
     }
 }
@@ -155,9 +295,9 @@ async fn refunds_happen_once() {
         assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
         assert_eq!(precondition(&err).as_deref(), Some("ALREADY_REFUNDED"));
 
-        // The same refund key for another payment is a reuse.
-        let order2 = new_id();
-        let other = t.client.charge(charge(&order2, 900, "USD", &order2)).await.expect("charge").into_inner();
+        // The same refund key for another payment of the same order is a reuse.
+        let other =
+            t.client.charge(charge(&order, 900, "USD", "second-charge")).await.expect("charge").into_inner();
         let err = t
             .client
             .refund(RefundRequest { payment_id: other.id.clone(), request_id: "cancel-1".into() })
