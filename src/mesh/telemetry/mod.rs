@@ -13,6 +13,7 @@
 //! - Metrics: the `metrics` facade, exposed in Prometheus text format at `/metrics` on an admin
 //!   port by `metrics-exporter-prometheus`.
 
+pub mod log_fields;
 pub mod observe;
 
 use std::io::IsTerminal as _;
@@ -112,6 +113,8 @@ impl Telemetry {
                 .with_current_span(true)
                 .with_span_list(false)
                 .flatten_event(true)
+                // Set after the options above, which only JSON's own field formatter offers.
+                .fmt_fields(log_fields::LogSpanFields)
                 .boxed()
         } else {
             tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr).boxed()
@@ -122,7 +125,8 @@ impl Telemetry {
         // ever written inside it; a statement's span (its SQL text, escaped into JSON) was a
         // few percent of a call's CPU. Lines logged during a statement still carry the call's
         // span, the nearest one this layer sees.
-        let spans_for_logs = tracing_subscriber::filter::filter_fn(|meta| !meta.is_span() || meta.name() != "db");
+        let spans_for_logs =
+            tracing_subscriber::filter::filter_fn(|meta| !meta.is_span() || meta.name() != "db");
         tracing_subscriber::registry()
             .with(logs.with_filter(filter.and(spans_for_logs)))
             .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO))

@@ -1,0 +1,146 @@
+//! The fields of a call's span that JSON log lines carry: `trace_id`, `span_id`,
+//! `rpc.service` and `rpc.method`, and nothing else.
+//!
+//! tracing-subscriber's JSON layer formats every field of every span it sees into a JSON
+//! object when the span is created, and on every later `record` parses that object back,
+//! merges the new field and writes it again, whether or not a line is ever logged inside the
+//! span. With one span per call and four records on it (its ids, then its status), that was
+//! about a fifth of GetUser's CPU (issue 14's profile: serde_json's serializer and
+//! deserializer, `BTreeMap` inserts, `from_utf8`). This formatter keeps only what leads from a
+//! log line to its trace and call, writes it once, and appends a later field without parsing.
+
+use std::fmt::{self, Write as _};
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::FormattedFields;
+use tracing_subscriber::fmt::format::Writer;
+
+/// The span fields a log line shows.
+const SHOWN: [&str; 4] = ["trace_id", "span_id", "rpc.service", "rpc.method"];
+
+/// See the [module](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogSpanFields;
+
+/// `"name":"value"` pairs of the shown fields, comma-separated.
+#[derive(Default)]
+struct Pairs(String);
+
+impl Pairs {
+    fn push(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        if !SHOWN.contains(&field.name()) {
+            return;
+        }
+        if !self.0.is_empty() {
+            self.0.push(',');
+        }
+        // The names are plain; the values are escaped as JSON strings.
+        let _ = write!(self.0, "\"{}\":", field.name());
+        let text = value.to_string();
+        let _ = write!(self.0, "{}", serde_json::Value::String(text));
+    }
+}
+
+impl Visit for Pairs {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.push(field, format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.push(field, format_args!("{value:?}"));
+    }
+}
+
+impl<'writer> FormatFields<'writer> for LogSpanFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut pairs = Pairs::default();
+        fields.record(&mut pairs);
+        write!(writer, "{{{}}}", pairs.0)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        let mut pairs = Pairs::default();
+        fields.record(&mut pairs);
+        if pairs.0.is_empty() {
+            return Ok(());
+        }
+        // `current` is an object this formatter wrote: `{}` or `{...}`.
+        let object = &mut current.fields;
+        if object.len() <= 2 {
+            object.clear();
+            write!(object, "{{{}}}", pairs.0)
+        } else {
+            object.pop();
+            write!(object, ",{}}}", pairs.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    /// A writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_carry_the_ids_and_method_of_their_span_as_valid_json() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .fmt_fields(LogSpanFields)
+            .with_writer(move || writer.clone());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "rpc.server",
+                rpc.service = "shopmesh.user.v1.UserService",
+                rpc.method = "GetUser",
+                network.peer.address = "127.0.0.1",
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty,
+            );
+            span.record("trace_id", tracing::field::display("4bf92f3577b34da6a3ce929d0e0e4736"));
+            span.record("span_id", tracing::field::display("00f067aa0ba902b7"));
+            span.record("rpc.grpc.status_code", 0);
+            span.in_scope(|| tracing::info!(user = "a\"b", "inside"));
+        });
+        let text = String::from_utf8(lines.0.lock().expect("lock").clone()).expect("utf-8");
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+        let span = &line["span"];
+        assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{line}");
+        assert_eq!(span["span_id"], "00f067aa0ba902b7", "{line}");
+        assert_eq!(span["rpc.method"], "GetUser", "{line}");
+        assert_eq!(span["rpc.service"], "shopmesh.user.v1.UserService", "{line}");
+        assert!(span.get("network.peer.address").is_none(), "only the shown fields: {line}");
+        assert!(span.get("field_error").is_none(), "{line}");
+        assert_eq!(line["message"], "inside");
+        assert_eq!(line["user"], "a\"b", "event fields keep their own formatting: {line}");
+    }
+}
