@@ -41,8 +41,7 @@ async fn start(backend: Backend) -> Mesh {
     let user_db = testing::database(backend, "user").await;
     let payment_db = testing::database(backend, "payment").await;
     let order_db = testing::database(backend, "order").await;
-    let config =
-        UserConfig::new("127.0.0.1:0".parse().expect("addr"), user_db.url.clone());
+    let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), user_db.url.clone());
     let user =
         testing::spawn_service::<shopmesh_user::User>(&testing::mesh(testing::mesh_config()), config).await;
     let config = PaymentConfig {

@@ -42,8 +42,7 @@ async fn not_serving_until_the_database_is_migrated() {
         let mut mesh = testing::mesh_config();
         // Another process owns migrating (the Helm hook's `shopmesh migrate`).
         mesh.db_migrate = false;
-        let config =
-            UserConfig::new("127.0.0.1:0".parse().expect("addr"), test_db.url.clone());
+        let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), test_db.url.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let user = testing::start_service_on::<User>(listener, &testing::mesh(mesh.clone()), config);
         let url = user.url();
@@ -75,8 +74,7 @@ async fn readiness_follows_the_database_and_liveness_does_not() {
         return;
     }
     let test_db = testing::database(Backend::Postgres, "user").await;
-    let config =
-        UserConfig::new("127.0.0.1:0".parse().expect("addr"), test_db.url.clone());
+    let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), test_db.url.clone());
     let user = testing::spawn_service::<User>(&testing::mesh(testing::mesh_config()), config).await;
     let url = user.url();
     assert_eq!(status(&url, "").await, ServingStatus::Serving);
@@ -150,8 +148,7 @@ async fn on_shutdown_it_announces_not_serving_and_keeps_serving_through_the_drai
     let test_db = testing::database(Backend::Sqlite, "user").await;
     let mut mesh = testing::mesh_config();
     mesh.drain_delay = Duration::from_millis(600);
-    let config =
-        UserConfig::new("127.0.0.1:0".parse().expect("addr"), test_db.url.clone());
+    let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), test_db.url.clone());
     let user = testing::spawn_service::<User>(&testing::mesh(mesh), config).await;
     let url = user.url();
     let mut users = UserServiceClient::connect(url.clone()).await.expect("connect");

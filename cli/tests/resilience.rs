@@ -818,8 +818,7 @@ async fn overload_is_shed_at_once_and_admitted_calls_complete() {
 async fn oversized_messages_are_refused_with_resource_exhausted() {
     for backend in testing::backends() {
         let db = testing::database(backend, "user").await;
-        let config =
-            UserConfig::new("127.0.0.1:0".parse().expect("addr"), db.url.clone());
+        let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), db.url.clone());
         let mut mesh = testing::mesh_config();
         mesh.server.max_message_bytes = 1024;
         let user = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;

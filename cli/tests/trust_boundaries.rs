@@ -125,8 +125,7 @@ async fn start(backend: Backend) -> Mesh {
     let order_db = testing::database(backend, "order").await;
     let with_jwt = |require| MeshConfig { jwt: jwt(require), ..testing::mesh_config() };
 
-    let config =
-        UserConfig::new("127.0.0.1:0".parse().expect("addr"), user_db.url.clone());
+    let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), user_db.url.clone());
     let mesh = with_jwt(TokenRequirement::Never);
     let user = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
     let config = PaymentConfig {

@@ -71,7 +71,9 @@ pub fn database(err: &sqlx::Error) -> Status {
             tracing::warn!(error = %err, "database unavailable");
             Status::unavailable("database unavailable, retry later")
         }
-        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")) => {
+        sqlx::Error::Database(db)
+            if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")) =>
+        {
             tracing::warn!(error = %err, "database unavailable");
             Status::unavailable("database unavailable, retry later")
         }

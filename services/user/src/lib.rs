@@ -42,7 +42,8 @@ pub fn routes(mesh: &MeshConfig, pool: Pool) -> Routes {
 
 fn routes_over(mesh: &MeshConfig, store: store::Store) -> Routes {
     Routes::new(
-        UserServiceServer::new(grpc::UserApi::new(store)).max_decoding_message_size(mesh.server.max_message_bytes),
+        UserServiceServer::new(grpc::UserApi::new(store))
+            .max_decoding_message_size(mesh.server.max_message_bytes),
     )
 }
 

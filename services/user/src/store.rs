@@ -50,8 +50,9 @@ impl Store {
     /// cached user; other replicas' updates are seen once `ttl` has passed.
     #[must_use]
     pub fn with_cache(mut self, ttl: std::time::Duration) -> Self {
-        self.cache = (!ttl.is_zero())
-            .then(|| mini_moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(ttl).build());
+        self.cache = (!ttl.is_zero()).then(|| {
+            mini_moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(ttl).build()
+        });
         self
     }
 

@@ -337,7 +337,12 @@ async fn connections_the_database_dropped_are_replaced() {
 async fn rename_behind(db: &TestDb, id: &str, name: &str) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&db.url).await.expect("database");
-    sqlx::query("UPDATE users SET display_name = $1 WHERE id = $2").bind(name).bind(id).execute(&pool).await.expect("rename");
+    sqlx::query("UPDATE users SET display_name = $1 WHERE id = $2")
+        .bind(name)
+        .bind(id)
+        .execute(&pool)
+        .await
+        .expect("rename");
     pool.close().await;
 }
 
