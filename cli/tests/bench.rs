@@ -632,7 +632,7 @@ async fn a_mesh_on_mtls_with_tokens_is_measured_with_tls_flags_and_metadata() {
         jwt_audience: Some("shopmesh".into()),
         ..Default::default()
     };
-    let config = UserConfig { listen: testing::ANY_PORT, database_url: db.url.clone() };
+    let config = UserConfig::new(testing::ANY_PORT, db.url.clone());
     let (user, _probe) =
         testing::spawn_service_probed::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
     let target = user.url();

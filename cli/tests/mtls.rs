@@ -235,6 +235,8 @@ fn payment_config(db: &TestDb) -> shopmesh_payment::PaymentConfig {
         payment_limit_minor: 100_000,
         payment_currencies: vec!["USD".into()],
         payment_latency: Duration::ZERO,
+        processor_ledger_url: db.url.clone(),
+        payment_processing_lease: Duration::from_secs(10),
     }
 }
 
@@ -284,7 +286,7 @@ async fn impostors_are_refused(backend: Backend) {
         testing::database(backend, "pin-order").await,
         testing::database(backend, "pin-order2").await,
     ];
-    let config = UserConfig { listen: testing::ANY_PORT, database_url: dbs[0].url.clone() };
+    let config = UserConfig::new(testing::ANY_PORT, dbs[0].url.clone());
     let user = spawn_as::<User>(&ca, dir, "shopmesh-user", config).await;
     let config =
         shopmesh_catalog::CatalogConfig { listen: testing::ANY_PORT, database_url: dbs[1].url.clone() };
@@ -332,7 +334,7 @@ async fn impostors_are_refused(backend: Backend) {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let charged = shopmesh::mesh::db::connect(&dbs[3].url, &testing::mesh_config()).expect("pool");
     let (n,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM payments").fetch_one(&charged).await.expect("count");
+        sqlx::query_as("SELECT COUNT(*) FROM payments").fetch_one(&*charged).await.expect("count");
     assert_eq!(n, 0, "the impostor was sent a charge");
     charged.close().await;
 

@@ -165,7 +165,7 @@ async fn crash_inside_payment_before_its_status_update_is_completed_once() {
         .bind(&order.user_id)
         .bind(order.total_minor)
         .bind(ids::now_ms())
-        .execute(&pool)
+        .execute(&*pool)
         .await
         .expect("processing row");
         pool.close().await;

@@ -360,7 +360,8 @@ async fn one_trace(backend: Backend) {
         sample(&metrics, "rpc_server_active_requests", &[("rpc_service", "shopmesh.order.v1.OrderService")]),
         Some(0.0)
     );
-    assert!(metrics.contains("db_client_connections_usage"), "{metrics}");
+    assert!(metrics.contains("db_client_connections_usage{pool=\"order\",state=\"used\"}"), "{metrics}");
+    assert!(metrics.contains("db_client_connections_max{pool=\"order\"}"), "pools are told apart: {metrics}");
 
     // SIGTERM flushes each process's spans.
     for process in [order, catalog, payment, user] {

@@ -479,7 +479,7 @@ struct RawCreateUser {
 #[tokio::test]
 async fn an_undecodable_message_is_invalid_argument_and_says_nothing_of_the_decoder() {
     let db = testing::database(Backend::Sqlite, "undecodable").await;
-    let config = UserConfig { listen: testing::ANY_PORT, database_url: db.url.clone() };
+    let config = UserConfig::new(testing::ANY_PORT, db.url.clone());
     let user =
         testing::spawn_service::<shopmesh_user::User>(&testing::mesh(testing::mesh_config()), config).await;
     let channel =

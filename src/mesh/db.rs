@@ -2,6 +2,7 @@
 //! through sqlx `Any` so one store's SQL serves both; embedded migrations applied on start.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{Any, AnyPoolOptions};
@@ -10,8 +11,57 @@ use sqlx::{Executor as _, Transaction};
 
 use crate::mesh::{Error, config::MeshConfig};
 
-/// A service's database pool.
-pub type Pool = sqlx::Pool<Any>;
+/// A service's database pool: sqlx's (which it derefs to), and its metrics, labelled with the
+/// pool's name (`pool="user"`, `pool="processor"`), so the pools of the all-in-one run are
+/// told apart. The metric handles are registered once, not looked up on every acquire.
+#[derive(Clone)]
+pub struct Pool {
+    inner: sqlx::Pool<Any>,
+    metrics: Arc<PoolMetrics>,
+}
+
+struct PoolMetrics {
+    pending: metrics::Gauge,
+    wait: metrics::Histogram,
+    idle: metrics::Gauge,
+    used: metrics::Gauge,
+}
+
+impl PoolMetrics {
+    fn new(name: &'static str, max: u32) -> Self {
+        metrics::gauge!("db_client_connections_max", "pool" => name).set(f64::from(max));
+        Self {
+            pending: metrics::gauge!("db_client_connections_pending_requests", "pool" => name),
+            wait: metrics::histogram!("db_client_connections_wait_time_seconds", "pool" => name),
+            idle: metrics::gauge!("db_client_connections_usage", "pool" => name, "state" => "idle"),
+            used: metrics::gauge!("db_client_connections_usage", "pool" => name, "state" => "used"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("size", &self.inner.size()).field("idle", &self.inner.num_idle()).finish()
+    }
+}
+
+impl std::ops::Deref for Pool {
+    type Target = sqlx::Pool<Any>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl Pool {
+    /// The pool, its metrics labelled `pool="<name>"` (the service's name; `unnamed` until
+    /// then).
+    #[must_use]
+    pub fn named(self, name: &'static str) -> Self {
+        let max = self.inner.options().get_max_connections();
+        Self { inner: self.inner, metrics: Arc::new(PoolMetrics::new(name, max)) }
+    }
+}
 
 /// A transaction on a service's database.
 pub type Tx = Transaction<'static, Any>;
@@ -90,13 +140,14 @@ where
         return Err(sqlx::Error::PoolTimedOut);
     }
     let started = tokio::time::Instant::now();
-    metrics::gauge!("db_client_connections_pending_requests").increment(1.0);
+    let m = &pool.metrics;
+    m.pending.increment(1.0);
     let got = crate::mesh::deadline::within(get).await;
-    metrics::gauge!("db_client_connections_pending_requests").decrement(1.0);
-    metrics::histogram!("db_client_connections_wait_time_seconds").record(started.elapsed().as_secs_f64());
+    m.pending.decrement(1.0);
+    m.wait.record(started.elapsed().as_secs_f64());
     let idle = pool.num_idle() as f64;
-    metrics::gauge!("db_client_connections_usage", "state" => "idle").set(idle);
-    metrics::gauge!("db_client_connections_usage", "state" => "used").set(f64::from(pool.size()) - idle);
+    m.idle.set(idle);
+    m.used.set(f64::from(pool.size()) - idle);
     got.map_err(|_| sqlx::Error::PoolTimedOut)?
 }
 
@@ -308,8 +359,9 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
         }
         Backend::Postgres => url.to_owned(),
     };
-    metrics::gauge!("db_client_connections_max").set(f64::from(mesh.db_max_connections.max(1)));
-    Ok(options.connect_lazy(&url)?)
+    let inner = options.connect_lazy(&url)?;
+    let metrics = Arc::new(PoolMetrics::new("unnamed", mesh.db_max_connections.max(1)));
+    Ok(Pool { inner, metrics })
 }
 
 /// Applies `migrations` for `backend` to `pool`, retrying a few times: replicas starting at
@@ -322,7 +374,7 @@ pub async fn migrate(pool: &Pool, backend: Backend, migrations: Migrations) -> R
     let migrator = migrations.of(backend);
     let mut attempt = 1;
     loop {
-        match migrator.run(pool).await {
+        match migrator.run(&**pool).await {
             Ok(()) => return Ok(()),
             Err(err) if attempt < MIGRATE_ATTEMPTS => {
                 tracing::warn!(%err, attempt, "migrating failed, retrying (another replica may be migrating)");

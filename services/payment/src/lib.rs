@@ -74,7 +74,7 @@ impl MeshService for Payment {
 
     /// Opens (lazily) the simulated processor's ledger beside the service's own database.
     async fn start(mesh: &Mesh, config: &PaymentConfig, pool: Pool) -> Result<Started, Error> {
-        let ledger = db::connect(&config.processor_ledger_url, mesh.config())?;
+        let ledger = db::connect(&config.processor_ledger_url, mesh.config())?.named("processor");
         Ok(Started::routes(routes(mesh.config(), config, pool, ledger)))
     }
 }

@@ -71,7 +71,7 @@ impl Ledger {
 
     async fn ready(&self) -> Result<(), sqlx::Error> {
         self.ready
-            .get_or_try_init(|| async { sqlx::query(SCHEMA).execute(&self.pool).await.map(drop) })
+            .get_or_try_init(|| async { sqlx::query(SCHEMA).execute(&*self.pool).await.map(drop) })
             .await
             .map(drop)
     }
@@ -220,11 +220,9 @@ mod tests {
     /// A processor over a ledger in a private in-memory SQLite database (one connection, so
     /// every query sees the same database).
     fn processor(limit: i64, currencies: Vec<String>, latency: Duration) -> Processor {
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy("sqlite::memory:")
-            .expect("in-memory ledger");
+        let mut mesh = shopmesh::mesh::config::MeshConfig::default();
+        mesh.db_max_connections = 1;
+        let pool = shopmesh::mesh::db::connect("sqlite::memory:", &mesh).expect("in-memory ledger");
         Processor::new(limit, currencies, latency, Ledger::new(pool))
     }
 

@@ -65,7 +65,7 @@ impl Running {
     /// Runs `sql` on payment's database, as a restore or a failover would change it.
     async fn lose(&self, sql: &str, id: &str) {
         let pool = db::connect(&self.db.url, &testing::mesh_config()).expect("payment db");
-        sqlx::query(AssertSqlSafe(sql.to_owned())).bind(id).execute(&pool).await.expect("lose a commit");
+        sqlx::query(AssertSqlSafe(sql.to_owned())).bind(id).execute(&*pool).await.expect("lose a commit");
         pool.close().await;
     }
 
@@ -75,7 +75,7 @@ impl Running {
         let n = sqlx::query("SELECT COUNT(*) AS n FROM processor_ledger WHERE kind = $1 AND order_id = $2")
             .bind(kind)
             .bind(order_id)
-            .fetch_one(&pool)
+            .fetch_one(&*pool)
             .await
             .expect("count")
             .try_get("n")

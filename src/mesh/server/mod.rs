@@ -92,7 +92,7 @@ where
 {
     S::describe_metrics();
     let url = S::database_url(&config);
-    let pool = db::connect(url, mesh.config())?;
+    let pool = db::connect(url, mesh.config())?.named(S::NAME);
     let readiness = Readiness::new(url, pool.clone(), S::MIGRATIONS, mesh.config())?;
     let started = S::start(mesh, &config, pool.clone()).await?;
     // Stopped with the server; stopping them at any point must be safe.

@@ -68,7 +68,7 @@ impl Readiness {
 
     /// Whether the database answers now.
     pub async fn check(&self) -> bool {
-        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        let ping = sqlx::query("SELECT 1").execute(&*self.pool);
         matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(_)))
     }
 }
