@@ -587,3 +587,48 @@ async fn the_probe_port_has_the_same_http2_limits_as_the_service_port() {
     }
     service.stop().await.expect("stops cleanly");
 }
+
+#[tokio::test]
+async fn bytes_of_messages_being_read_are_bounded() {
+    const READ_TIMEOUT: Duration = Duration::from_secs(2);
+    let db = testing::database(Backend::Sqlite, "read-budget").await;
+    let mut mesh = testing::mesh_config();
+    mesh.server.max_message_bytes = 4096;
+    mesh.server.max_buffered_request_bytes = 3000;
+    mesh.server.request_read_timeout = READ_TIMEOUT;
+    let config = UserConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
+    let service = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
+    let addr = service.addr;
+    let mut users = UserServiceClient::connect(service.url()).await.expect("connect");
+    let create = |email: &str| CreateUserRequest {
+        email: email.into(),
+        display_name: "D".into(),
+        request_id: String::new(),
+    };
+
+    // A client sends 2990 bytes of a 4000-byte message, then stalls: they stay buffered.
+    let (mut send, mut ping) = raw_h2(addr).await;
+    let (response, mut body) =
+        headers_only(&mut send, addr, "/shopmesh.user.v1.UserService/CreateUser").await;
+    let mut partial = vec![0u8, 0, 0, 0x0f, 0xa0];
+    partial.resize(2990, b'x');
+    body.send_data(bytes::Bytes::from(partial), false).expect("send part of the message");
+    ping.ping(h2::Ping::opaque()).await.expect("the server has read the DATA");
+
+    // Another message (some 30 bytes) does not fit beside them.
+    let err = users.create_user(create("over@example.com")).await.expect_err("over the read budget");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // The stalled call is answered after the read timeout, and its bytes are given back.
+    let response = tokio::time::timeout(READ_TIMEOUT + Duration::from_secs(30), response)
+        .await
+        .expect("answered after the read timeout")
+        .expect("a response");
+    assert_eq!(
+        response.headers().get("grpc-status").map(|v| v.as_bytes().to_vec()).as_deref(),
+        Some(&b"4"[..])
+    );
+    users.create_user(create("fits@example.com")).await.expect("fits once the stalled call is gone");
+    drop((send, body));
+    service.stop().await.expect("stops cleanly");
+}

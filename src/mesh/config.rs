@@ -122,6 +122,13 @@ pub struct ServerConfig {
     #[arg(long, env = "SHOPMESH_REQUEST_READ_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub request_read_timeout: Duration,
 
+    /// Bytes of request messages being read at once, over all calls (each call's message is
+    /// read in full before its handler runs); a call whose message would go over is answered
+    /// RESOURCE_EXHAUSTED. Bounds the memory that clients sending large messages slowly hold.
+    #[arg(long, env = "SHOPMESH_MAX_BUFFERED_REQUEST_BYTES", hide_short_help = true,
+          default_value_t = 64 * 1024 * 1024)]
+    pub max_buffered_request_bytes: usize,
+
     /// HTTP/2 streams (calls) one connection may have open at once.
     #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_STREAMS", hide_short_help = true, default_value_t = 256)]
     pub max_concurrent_streams: u32,
@@ -211,6 +218,7 @@ impl Default for ServerConfig {
             max_concurrent_requests_per_connection: 128,
             max_concurrent_requests_per_identity: 384,
             request_read_timeout: Duration::from_secs(5),
+            max_buffered_request_bytes: 64 * 1024 * 1024,
             max_concurrent_streams: 256,
             max_message_bytes: 4 * 1024 * 1024,
             http2_keepalive_interval: Duration::from_secs(30),

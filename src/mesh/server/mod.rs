@@ -86,6 +86,15 @@ fn builder(limits: &crate::mesh::config::ServerConfig) -> Server {
         .max_connection_age_grace(limits.max_connection_age_grace)
 }
 
+/// The wait for request messages that `limits` sets (one budget of bytes per port).
+fn request_read(limits: &crate::mesh::config::ServerConfig) -> RequestReadLayer {
+    RequestReadLayer::new(
+        limits.request_read_timeout,
+        limits.max_message_bytes,
+        limits.max_buffered_request_bytes,
+    )
+}
+
 /// The bounds on calls in progress that `limits` sets (one instance per port).
 fn load_shed(limits: &crate::mesh::config::ServerConfig) -> LoadShedLayer {
     LoadShedLayer::new(limits.max_concurrent_requests)
@@ -193,7 +202,7 @@ where
         let probe_server = builder(limits)
             .layer(MethodLayer::new(mesh.api().catalogue))
             // A health request, too, must arrive in time, and hold a slot only while answered.
-            .layer(RequestReadLayer::new(limits.request_read_timeout, limits.max_message_bytes))
+            .layer(request_read(limits))
             .layer(load_shed(limits))
             .add_service(probe_health)
             .serve_with_incoming_shutdown(TcpIncoming::from(probe), probe_stop.clone().cancelled_owned());
@@ -239,7 +248,7 @@ where
         // Before shedding: a call waiting for its message holds no slot, so clients that send
         // HEADERS and never DATA cannot lock others out; after authz, so refused callers are
         // not read.
-        .layer(RequestReadLayer::new(limits.request_read_timeout, limits.max_message_bytes))
+        .layer(request_read(limits))
         // Refusing an excess call must cost nothing beyond being counted.
         .layer(load_shed(limits))
         // Cheap, and before any layer reads metadata (a huge token is refused unparsed).

@@ -11,10 +11,15 @@
 //! paths outside the catalogue (the router answers them UNIMPLEMENTED without reading). The
 //! message is held as the `Bytes` the connection delivered (one DATA frame, usually: no copy)
 //! and handed on as a complete body; reading stops, RESOURCE_EXHAUSTED, past the message size
-//! limit plus gRPC's 5-byte frame header.
+//! limit plus gRPC's 5-byte frame header. The bytes being read, over all calls, are bounded
+//! (`--max-buffered-request-bytes`): a call whose message would go over is answered
+//! RESOURCE_EXHAUSTED, so clients sending large messages slowly cannot hold unbounded memory.
+//! A call's share is given back when its message is handed on (load shedding bounds what
+//! follows) or it is answered.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +28,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body as _;
 use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tonic::body::Body;
 use tower::{Layer, Service};
@@ -34,16 +40,22 @@ use crate::mesh::grpc::respond::Refusal;
 const FRAME_HEADER: usize = 5;
 
 /// Reads each call's request message within `timeout`, at most `max_message_bytes` long.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RequestReadLayer {
     timeout: Duration,
     limit: usize,
+    buffered: Arc<Semaphore>,
 }
 
 impl RequestReadLayer {
-    /// Waits at most `timeout` for a request message of at most `max_message_bytes`.
-    pub fn new(timeout: Duration, max_message_bytes: usize) -> Self {
-        Self { timeout, limit: max_message_bytes.saturating_add(FRAME_HEADER) }
+    /// Waits at most `timeout` for a request message of at most `max_message_bytes`, with at
+    /// most `max_buffered_bytes` being read at once over all calls.
+    pub fn new(timeout: Duration, max_message_bytes: usize, max_buffered_bytes: usize) -> Self {
+        Self {
+            timeout,
+            limit: max_message_bytes.saturating_add(FRAME_HEADER),
+            buffered: Arc::new(Semaphore::new(max_buffered_bytes.clamp(1, Semaphore::MAX_PERMITS))),
+        }
     }
 }
 
@@ -51,7 +63,7 @@ impl<S> Layer<S> for RequestReadLayer {
     type Service = RequestRead<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestRead { inner, timeout: self.timeout, limit: self.limit }
+        RequestRead { inner, timeout: self.timeout, limit: self.limit, buffered: self.buffered.clone() }
     }
 }
 
@@ -61,6 +73,7 @@ pub struct RequestRead<S> {
     inner: S,
     timeout: Duration,
     limit: usize,
+    buffered: Arc<Semaphore>,
 }
 
 impl<S, ResBody> Service<Request<Body>> for RequestRead<S>
@@ -87,7 +100,16 @@ where
         let (parts, body) = request.into_parts();
         ResponseFuture::Reading {
             sleep: tokio::time::sleep(self.timeout),
-            read: Some(Read { inner, parts, body, message: Message::Empty, limit: self.limit, method }),
+            read: Some(Read {
+                inner,
+                parts,
+                body,
+                message: Message::Empty,
+                limit: self.limit,
+                method,
+                buffered: self.buffered.clone(),
+                share: None,
+            }),
         }
     }
 }
@@ -143,6 +165,9 @@ pub struct Read<S> {
     message: Message,
     limit: usize,
     method: Method,
+    /// The server-wide budget of bytes being read, and this call's share of it.
+    buffered: Arc<Semaphore>,
+    share: Option<OwnedSemaphorePermit>,
 }
 
 pin_project! {
@@ -198,6 +223,16 @@ where
                                 if r.message.len() + data.len() > r.limit {
                                     let refusal = Refusal::MessageTooLarge { limit: r.limit - FRAME_HEADER };
                                     return Self::refuse(r.method, "too_large", &refusal);
+                                }
+                                let Some(more) = u32::try_from(data.len())
+                                    .ok()
+                                    .and_then(|n| r.buffered.clone().try_acquire_many_owned(n).ok())
+                                else {
+                                    return Self::refuse(r.method, "buffer_full", &Refusal::Overloaded);
+                                };
+                                match &mut r.share {
+                                    Some(share) => share.merge(more),
+                                    None => r.share = Some(more),
                                 }
                                 r.message.push(data);
                             }
