@@ -359,3 +359,48 @@ async fn the_order_service_refuses_upstreams_of_another_identity() {
         impostors_are_refused(backend).await;
     }
 }
+
+#[tokio::test]
+async fn handshakes_in_progress_are_capped() {
+    use tokio::io::AsyncReadExt as _;
+    pki::metrics();
+    let db = testing::database(Backend::Sqlite, "mtls-pending").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("mesh CA").expect("ca");
+    let mut security = pki::security(dir.path(), &workload(&ca, "shopmesh-user"));
+    // Long enough that only the cap can close a silent connection during the test.
+    security.tls_handshake_timeout = Duration::from_secs(300);
+    security.tls_max_pending_handshakes = 2;
+    let (user, _probe) = start_user(&db, security).await;
+    let addr = user.addr;
+
+    // Two connections that never send a ClientHello take both handshake slots; connections
+    // are accepted in order, so the third is over the cap and closed at once.
+    let idle = [
+        tokio::net::TcpStream::connect(addr).await.expect("connect"),
+        tokio::net::TcpStream::connect(addr).await.expect("connect"),
+    ];
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(60), third.read(&mut byte))
+        .await
+        .expect("the connection over the cap is closed, not left to the handshake timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
+    assert!(
+        pki::counted("shopmesh_server_tls_handshake_failures_total", &[("reason", "too_many_handshakes")])
+            >= 1.0,
+        "{}",
+        pki::metrics().render()
+    );
+
+    // Once the silent peers go, their slots are free and a valid client is served again.
+    drop(idle);
+    let valid = client_config(&ca.cert_pem(), Some(&workload(&ca, "shopmesh-order")));
+    let served = async {
+        while handshake(addr, valid.clone()).await != Outcome::Served {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), served).await.expect("served once the slots are free");
+    user.stop().await.expect("stops cleanly");
+}

@@ -205,6 +205,27 @@ fn bad_tokens(sub: &str) -> Vec<(&'static str, String)> {
         ("expired", sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "exp": now() - 3600 })))),
         ("not yet valid", sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "nbf": now() + 3600 })))),
         ("no exp", sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "exp": null })))),
+        (
+            "valid for 100 years, over --jwt-max-lifetime",
+            sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "exp": now() + 100 * 365 * 86_400 }))),
+        ),
+        (
+            "valid for 25 hours, over --jwt-max-lifetime",
+            sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "exp": now() + 25 * 3600 }))),
+        ),
+        (
+            "no iat, so no lifetime to check",
+            sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "iat": null }))),
+        ),
+        (
+            "issued an hour from now",
+            sign(
+                Algorithm::RS256,
+                "rsa-1",
+                &rsa(),
+                &with(json!({ "iat": now() + 3600, "exp": now() + 4000 })),
+            ),
+        ),
         ("no sub", sign(Algorithm::RS256, "rsa-1", &rsa(), &with(json!({ "sub": null })))),
         (
             "wrong issuer",
@@ -264,6 +285,15 @@ async fn tokens_are_checked_and_callers_reach_only_their_own_objects() {
             .get_order(bearer(GetOrderRequest { id: own.id.clone() }, &tok_a_ed))
             .await
             .expect("an EdDSA token works too");
+        let day_long =
+            json!({ "sub": a.id, "iss": ISSUER, "aud": AUDIENCE, "iat": now(), "exp": now() + 23 * 3600 });
+        m.orders
+            .get_order(bearer(
+                GetOrderRequest { id: own.id.clone() },
+                &sign(Algorithm::RS256, "rsa-1", &rsa(), &day_long),
+            ))
+            .await
+            .expect("a token within --jwt-max-lifetime (24h) works");
 
         // No token, or any bad one: UNAUTHENTICATED, the same message, and nothing written.
         let no_token = m.orders.create_order(order_of(&a.id)).await.expect_err("no token");
@@ -507,4 +537,144 @@ async fn an_undecodable_message_is_invalid_argument_and_says_nothing_of_the_deco
     assert!(listed.expect("list").into_inner().users.is_empty());
     user.stop().await.expect("clean stop");
     db.drop_database().await;
+}
+
+/// A raw HTTP/2 connection to `addr` (the `h2` crate, as an attacker's client would be), with
+/// its connection task running; a PING round trip on it returns only once the server has read
+/// every frame sent before it.
+async fn raw_h2(addr: std::net::SocketAddr) -> (h2::client::SendRequest<bytes::Bytes>, h2::PingPong) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, mut connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let ping = connection.ping_pong().expect("ping_pong taken once");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (send.ready().await.expect("ready"), ping)
+}
+
+/// Opens a gRPC call to `path` that sends its HEADERS and never its message (nor ends the stream).
+async fn headers_only(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    *send = send.clone().ready().await.expect("a free stream");
+    send.send_request(request, false).expect("send headers")
+}
+
+#[tokio::test]
+async fn calls_that_never_send_their_message_take_no_slot_and_are_answered_after_the_read_timeout() {
+    const READ_TIMEOUT: Duration = Duration::from_secs(2);
+    let db = testing::database(Backend::Sqlite, "slow-streams").await;
+    let mut mesh = testing::mesh_config();
+    mesh.server.max_concurrent_requests = 4;
+    mesh.server.request_read_timeout = READ_TIMEOUT;
+    let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), db.url.clone());
+    let service = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
+    let addr = service.addr;
+    let mut users = UserServiceClient::connect(service.url()).await.expect("connect");
+    let user = users
+        .create_user(CreateUserRequest {
+            email: "s@example.com".into(),
+            display_name: "S".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create user")
+        .into_inner();
+
+    // Two connections × 8 calls that send HEADERS and never DATA: four times the service's slots.
+    let mut held = Vec::new();
+    let mut connections = Vec::new();
+    for _ in 0..2 {
+        let (mut send, mut ping) = raw_h2(addr).await;
+        for _ in 0..8 {
+            held.push(headers_only(&mut send, addr, "/shopmesh.user.v1.UserService/GetUser").await);
+        }
+        ping.ping(h2::Ping::opaque()).await.expect("the server has read every HEADERS frame");
+        connections.push((send, ping));
+    }
+    // Waiting for a message takes no slot: another caller is served at once, not after the
+    // read timeout (before, every slot stayed taken until the stalled clients went away).
+    let got = users.get_user(GetUserRequest { id: user.id.clone() }).await;
+    assert!(got.is_ok(), "a call beside 16 stalled ones: {got:?}");
+    // Each stalled call is answered DEADLINE_EXCEEDED once the read timeout has passed.
+    for (response, _body) in held {
+        let response = tokio::time::timeout(READ_TIMEOUT + Duration::from_secs(30), response)
+            .await
+            .expect("a stalled call is answered after the read timeout")
+            .expect("a response");
+        let status = response.headers().get("grpc-status").map(|v| v.as_bytes().to_vec());
+        assert_eq!(status.as_deref(), Some(&b"4"[..]), "DEADLINE_EXCEEDED: {response:?}");
+    }
+    users.get_user(GetUserRequest { id: user.id.clone() }).await.expect("served after the timeout too");
+    drop(connections);
+    service.stop().await.expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn the_probe_port_has_the_same_http2_limits_as_the_service_port() {
+    let db = testing::database(Backend::Sqlite, "probe-limits").await;
+    let mut mesh = testing::mesh_config();
+    mesh.server.max_concurrent_streams = 7;
+    let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), db.url.clone());
+    let (service, probe) =
+        testing::spawn_service_probed::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
+    for (port, addr) in [("service", service.addr), ("probe", probe)] {
+        let (send, mut ping) = raw_h2(addr).await;
+        // The server's SETTINGS come before its PING ack.
+        ping.ping(h2::Ping::opaque()).await.expect("ping");
+        assert_eq!(send.current_max_send_streams(), 7, "--max-concurrent-streams on the {port} port");
+    }
+    service.stop().await.expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn bytes_of_messages_being_read_are_bounded() {
+    const READ_TIMEOUT: Duration = Duration::from_secs(2);
+    let db = testing::database(Backend::Sqlite, "read-budget").await;
+    let mut mesh = testing::mesh_config();
+    mesh.server.max_message_bytes = 4096;
+    mesh.server.max_buffered_request_bytes = 3000;
+    mesh.server.request_read_timeout = READ_TIMEOUT;
+    let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), db.url.clone());
+    let service = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
+    let addr = service.addr;
+    let mut users = UserServiceClient::connect(service.url()).await.expect("connect");
+    let create = |email: &str| CreateUserRequest {
+        email: email.into(),
+        display_name: "D".into(),
+        request_id: String::new(),
+    };
+
+    // A client sends 2990 bytes of a 4000-byte message, then stalls: they stay buffered.
+    let (mut send, mut ping) = raw_h2(addr).await;
+    let (response, mut body) =
+        headers_only(&mut send, addr, "/shopmesh.user.v1.UserService/CreateUser").await;
+    let mut partial = vec![0u8, 0, 0, 0x0f, 0xa0];
+    partial.resize(2990, b'x');
+    body.send_data(bytes::Bytes::from(partial), false).expect("send part of the message");
+    ping.ping(h2::Ping::opaque()).await.expect("the server has read the DATA");
+
+    // Another message (some 30 bytes) does not fit beside them.
+    let err = users.create_user(create("over@example.com")).await.expect_err("over the read budget");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // The stalled call is answered after the read timeout, and its bytes are given back.
+    let response = tokio::time::timeout(READ_TIMEOUT + Duration::from_secs(30), response)
+        .await
+        .expect("answered after the read timeout")
+        .expect("a response");
+    assert_eq!(
+        response.headers().get("grpc-status").map(|v| v.as_bytes().to_vec()).as_deref(),
+        Some(&b"4"[..])
+    );
+    users.create_user(create("fits@example.com")).await.expect("fits once the stalled call is gone");
+    drop((send, body));
+    service.stop().await.expect("stops cleanly");
 }

@@ -104,6 +104,31 @@ pub struct ServerConfig {
     #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
     pub max_concurrent_requests: usize,
 
+    /// Calls one connection may have in progress at once, of --max-concurrent-requests; more
+    /// are answered RESOURCE_EXHAUSTED, so one connection cannot take every slot.
+    #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_REQUESTS_PER_CONNECTION", hide_short_help = true,
+          default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests_per_connection: u32,
+
+    /// Calls one mTLS identity (the peer's SPIFFE ID) may have in progress at once, over all its
+    /// connections, of --max-concurrent-requests; more are answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_REQUESTS_PER_IDENTITY", hide_short_help = true,
+          default_value_t = 384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests_per_identity: u32,
+
+    /// Longest wait for a call's request message once its headers have arrived; a call whose
+    /// message is not complete by then is answered DEADLINE_EXCEEDED. The wait takes no slot of
+    /// --max-concurrent-requests: a slot is taken only once the handler runs.
+    #[arg(long, env = "SHOPMESH_REQUEST_READ_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub request_read_timeout: Duration,
+
+    /// Bytes of request messages being read at once, over all calls (each call's message is
+    /// read in full before its handler runs); a call whose message would go over is answered
+    /// RESOURCE_EXHAUSTED. Bounds the memory that clients sending large messages slowly hold.
+    #[arg(long, env = "SHOPMESH_MAX_BUFFERED_REQUEST_BYTES", hide_short_help = true,
+          default_value_t = 64 * 1024 * 1024)]
+    pub max_buffered_request_bytes: usize,
+
     /// HTTP/2 streams (calls) one connection may have open at once.
     #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_STREAMS", hide_short_help = true, default_value_t = 256)]
     pub max_concurrent_streams: u32,
@@ -137,9 +162,9 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
     pub max_metadata_bytes: u32,
 
-    /// Calls per second each caller may make on average (its mTLS identity, else its bearer
-    /// token's subject, else its IP address); 0 turns the limit off. Over it: RESOURCE_EXHAUSTED
-    /// with `grpc-retry-pushback-ms`.
+    /// Calls per second each caller may make on average (its mTLS identity and bearer token's
+    /// subject together, else either one, else its IP address); 0 turns the limit off. Over
+    /// it: RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms`.
     #[arg(long, env = "SHOPMESH_RATE_LIMIT_RPS", default_value_t = 0.0, value_parser = rate)]
     pub rate_limit_rps: f64,
 
@@ -190,6 +215,10 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_concurrent_requests: 512,
+            max_concurrent_requests_per_connection: 128,
+            max_concurrent_requests_per_identity: 384,
+            request_read_timeout: Duration::from_secs(5),
+            max_buffered_request_bytes: 64 * 1024 * 1024,
             max_concurrent_streams: 256,
             max_message_bytes: 4 * 1024 * 1024,
             http2_keepalive_interval: Duration::from_secs(30),
@@ -244,6 +273,11 @@ pub struct JwtConfig {
     #[arg(long, env = "SHOPMESH_JWT_LEEWAY", hide_short_help = true, default_value = "30s", value_parser = duration)]
     pub jwt_leeway: Duration,
 
+    /// Longest lifetime a token may have, `exp` minus `iat` (so a token must carry `iat`);
+    /// `0s` turns the check off. A leaked token is then useful for at most this long.
+    #[arg(long, env = "SHOPMESH_JWT_MAX_LIFETIME", default_value = "24h", value_parser = duration)]
+    pub jwt_max_lifetime: Duration,
+
     /// Which calls must carry a token: `unidentified` (those without an mTLS identity) or
     /// `never` (tokens checked only when present). Health and reflection never need one.
     #[arg(long, env = "SHOPMESH_JWT_REQUIRE", value_enum, default_value_t = TokenRequirement::Unidentified)]
@@ -259,6 +293,7 @@ impl Default for JwtConfig {
             jwt_audience: None,
             jwt_algorithms: vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
             jwt_leeway: Duration::from_secs(30),
+            jwt_max_lifetime: Duration::from_secs(24 * 3600),
             jwt_require: TokenRequirement::Unidentified,
         }
     }
@@ -296,6 +331,12 @@ pub struct SecurityConfig {
     #[arg(long, env = "SHOPMESH_TLS_HANDSHAKE_TIMEOUT", hide_short_help = true, default_value = "10s", value_parser = duration)]
     pub tls_handshake_timeout: Duration,
 
+    /// TLS handshakes in progress at once; connections accepted beyond it are closed at once
+    /// (counted in `shopmesh_server_tls_handshake_failures_total{reason="too_many_handshakes"}`).
+    #[arg(long, env = "SHOPMESH_TLS_MAX_PENDING_HANDSHAKES", hide_short_help = true, default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub tls_max_pending_handshakes: u32,
+
     /// Per-method authorization policy (JSON): which SPIFFE IDs may call which methods. Once
     /// set, every call not allowed is refused (health checks excepted).
     #[arg(long, env = "SHOPMESH_AUTHZ_POLICY", value_name = "FILE")]
@@ -322,6 +363,7 @@ impl Default for SecurityConfig {
             trust_domain: "cluster.local".to_owned(),
             tls_reload_interval: Duration::from_secs(5),
             tls_handshake_timeout: Duration::from_secs(10),
+            tls_max_pending_handshakes: 256,
             authz_policy: None,
             probe_listen: None,
             allow_insecure: false,

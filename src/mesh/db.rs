@@ -41,7 +41,10 @@ impl PoolMetrics {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("size", &self.inner.size()).field("idle", &self.inner.num_idle()).finish()
+        f.debug_struct("Pool")
+            .field("size", &self.inner.size())
+            .field("idle", &self.inner.num_idle())
+            .finish()
     }
 }
 

@@ -40,6 +40,15 @@ pub enum Refusal {
         /// The limit.
         limit: usize,
     },
+    /// The request message is larger than the server accepts (seen before decoding).
+    MessageTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The request message did not arrive within the server's read timeout.
+    RequestReadTimeout,
+    /// The request stream failed (reset by the client) before its message arrived.
+    RequestBroken,
     /// The service's database is not ready yet.
     NotReady,
     /// The server ran out of the caller's deadline while handling the call.
@@ -105,6 +114,13 @@ impl Refusal {
             Self::MetadataTooLarge { size, limit } => Status::resource_exhausted(format!(
                 "request metadata is {size} bytes, over this server's limit of {limit} bytes"
             )),
+            Self::MessageTooLarge { limit } => Status::resource_exhausted(format!(
+                "request message larger than this server's limit of {limit} bytes"
+            )),
+            Self::RequestReadTimeout => Status::deadline_exceeded(
+                "the request message did not arrive within this server's read timeout",
+            ),
+            Self::RequestBroken => Status::cancelled("the request stream ended before its message arrived"),
             Self::NotReady => Status::unavailable("starting: the service's database is not ready yet"),
             Self::DeadlineWhileHandling => {
                 Status::deadline_exceeded("deadline exceeded while the server was handling the call")
@@ -182,6 +198,9 @@ mod tests {
             (Refusal::Overloaded, Code::ResourceExhausted),
             (Refusal::RateLimited { retry_after: Duration::from_micros(1500) }, Code::ResourceExhausted),
             (Refusal::MetadataTooLarge { size: 9, limit: 8 }, Code::ResourceExhausted),
+            (Refusal::MessageTooLarge { limit: 8 }, Code::ResourceExhausted),
+            (Refusal::RequestReadTimeout, Code::DeadlineExceeded),
+            (Refusal::RequestBroken, Code::Cancelled),
             (Refusal::NotReady, Code::Unavailable),
             (Refusal::DeadlineWhileHandling, Code::DeadlineExceeded),
             (Refusal::DeadlineBeforeSending, Code::DeadlineExceeded),

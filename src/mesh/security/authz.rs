@@ -4,8 +4,12 @@
 //! no identity); reflection is decided by the policy like any other method.
 //!
 //! A caller without an identity gets UNAUTHENTICATED; one whose identity no rule allows,
-//! PERMISSION_DENIED. Every refusal is logged (warn, inside the call's span, so with its
-//! trace id) and counted in `shopmesh_server_authz_denied_total{service,method,reason}`.
+//! PERMISSION_DENIED. Every refusal is counted in
+//! `shopmesh_server_authz_denied_total{service,method,reason}` and logged (warn, inside the
+//! call's span, so with its trace id), a few lines a second at most ([`Throttle`]), each naming
+//! the method as the catalogue knows it (`unknown` otherwise), never the path the caller sent.
+//!
+//! [`Throttle`]: crate::mesh::telemetry::throttle::Throttle
 //!
 //! The policy is JSON, because Helm renders a values tree into it exactly with `toJson` (Helm's
 //! `toToml` has no stable output for every value) and serde_json is already in the build:
@@ -27,7 +31,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -38,6 +42,7 @@ use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::{Catalogue, Method, REFLECTION};
 use crate::mesh::grpc::respond::Refusal;
 use crate::mesh::security::identity::{PeerIdentity, SpiffeId};
+use crate::mesh::telemetry::throttle::Throttle;
 
 /// The health service, always allowed.
 const HEALTH: &str = "/grpc.health.v1.Health/";
@@ -307,17 +312,20 @@ where
         let Some(policy) = &self.policy else {
             return Answer::inner(self.inner.call(request));
         };
-        let path = request.uri().path();
         let peer = request.extensions().get::<PeerIdentity>();
-        let (refusal, reason) = match policy.decide(path, peer) {
+        let method = Method::of(&request);
+        let (refusal, reason) = match policy.decide(request.uri().path(), peer) {
             Decision::Allow => return Answer::inner(self.inner.call(request)),
             Decision::NoIdentity => (Refusal::NoIdentity, "no_identity"),
             Decision::NotAllowed => (
-                Refusal::NotAllowed { caller: peer.map(|p| p.0.as_str().to_owned()), path: path.to_owned() },
+                // The catalogue's name: the answer does not echo what the caller sent.
+                Refusal::NotAllowed {
+                    caller: peer.map(|p| p.0.as_str().to_owned()),
+                    path: method.path.to_owned(),
+                },
                 "not_allowed",
             ),
         };
-        let method = Method::of(&request);
         metrics::counter!(
             "shopmesh_server_authz_denied_total",
             "service" => method.service,
@@ -325,13 +333,19 @@ where
             "reason" => reason,
         )
         .increment(1);
-        // Inside the call's span (the observe layer calls this layer in it): with its trace id.
-        tracing::warn!(
-            caller = peer.map_or("none", |p| p.0.as_str()),
-            method = %path,
-            reason,
-            "call refused by the authorization policy"
-        );
+        // A caller can be refused as fast as it can send: a few lines a second, the metric
+        // counts the rest.
+        static LINES: LazyLock<Throttle> = LazyLock::new(Throttle::for_refusals);
+        if let Some(left_out) = LINES.admit() {
+            // Inside the call's span (the observe layer calls this layer in it): with its trace id.
+            tracing::warn!(
+                caller = peer.map_or("none", |p| p.0.as_str()),
+                method = method.path,
+                reason,
+                left_out,
+                "call refused by the authorization policy"
+            );
+        }
         Answer::refuse(&refusal)
     }
 }
@@ -423,5 +437,60 @@ mod tests {
     fn the_shipped_policy_compiles() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/authz-policy.json");
         Policy::load(&path, &catalogue()).expect("deploy/authz-policy.json compiles");
+    }
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn denials_log_no_caller_chosen_path_and_a_flood_of_them_logs_few_lines() {
+        use tower::Layer as _;
+        let policy = Policy::from_json(r#"{"rules": []}"#, &catalogue()).expect("compiles");
+        let inner = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(tonic::body::Body::default()))
+        });
+        let mut svc = AuthzLayer::new(Some(Arc::new(policy))).layer(inner);
+        let long_path = format!("/shopmesh.user.v1.UserService/{}", "A".repeat(8000));
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let captured = captured.clone();
+                move || captured.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let mut answers = Vec::new();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..200 {
+                let mut request = Request::builder().uri(long_path.as_str()).body(()).expect("request");
+                request.extensions_mut().insert(peer("spiffe://td/ns/shop/sa/order"));
+                answers.push(svc.call(request));
+            }
+        });
+        let logs = String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
+        let lines = logs.lines().filter(|l| l.contains("authorization policy")).count();
+        assert!(lines >= 1, "denials are logged: {logs}");
+        assert!(lines <= 20, "200 denials at once log {lines} lines");
+        assert!(
+            !logs.contains("AAAAAAAA"),
+            "the caller-chosen path is not logged: {}",
+            &logs[..logs.len().min(300)]
+        );
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let first = rt.block_on(answers.swap_remove(0)).expect("answer");
+        let message = first.headers().get("grpc-message").map(|m| m.as_bytes().len()).unwrap_or_default();
+        assert!(message < 256, "the answer does not echo the 8 KiB path ({message} bytes)");
     }
 }

@@ -11,6 +11,11 @@
 //! and a token verifies only with an algorithm that is on the allow-list, of the key's own
 //! type, and the key's `alg` when the JWKS names one. `alg: none` is not an algorithm the
 //! decoder knows, so such a token never parses.
+//!
+//! A token may live at most `--jwt-max-lifetime` (`exp - iat`), so one minted for a century
+//! is refused. The check needs `iat`: with a maximum set, a token without one is refused
+//! rather than judged by `exp - now`, which a token could pass for a day and then, reissued
+//! by a compromised client, again; an `iat` later than now (beyond the leeway) is refused too.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,6 +48,10 @@ struct Key {
 pub struct Verifier {
     keys: HashMap<String, Key>,
     require: TokenRequirement,
+    /// The longest `exp - iat` accepted, in seconds; `None`: no maximum.
+    max_lifetime: Option<u64>,
+    /// Clock skew allowed on `iat`, in seconds.
+    leeway: u64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -57,6 +66,8 @@ impl std::fmt::Debug for Verifier {
 #[derive(serde::Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
+    iat: Option<u64>,
 }
 
 impl Verifier {
@@ -114,7 +125,8 @@ impl Verifier {
         if keys.is_empty() {
             return Err(Error::Config("the JWKS has no key usable with --jwt-algorithms".into()));
         }
-        Ok(Self { keys, require: config.jwt_require })
+        let max_lifetime = Some(config.jwt_max_lifetime.as_secs()).filter(|s| *s > 0);
+        Ok(Self { keys, require: config.jwt_require, max_lifetime, leeway: config.jwt_leeway.as_secs() })
     }
 
     /// The subject of `token` if it is signed by a known key with an allowed algorithm and its
@@ -133,6 +145,17 @@ impl Verifier {
             .ok_or_else(|| format!("algorithm {:?} not allowed for kid {kid:?}", header.alg))?;
         let data =
             jsonwebtoken::decode::<Claims>(token, &key.decoding, validation).map_err(|e| e.to_string())?;
+        if let Some(max) = self.max_lifetime {
+            let iat = data.claims.iat.ok_or("no iat, and a maximum lifetime is set")?;
+            let now = jsonwebtoken::get_current_timestamp();
+            if iat > now.saturating_add(self.leeway) {
+                return Err(format!("iat {iat} is in the future"));
+            }
+            let lifetime = data.claims.exp.saturating_sub(iat);
+            if lifetime > max {
+                return Err(format!("lifetime {lifetime}s over the maximum of {max}s"));
+            }
+        }
         let sub = data.claims.sub;
         if sub.is_empty() || sub.len() > MAX_SUBJECT_LEN || sub.chars().any(char::is_control) {
             return Err("unusable sub".into());

@@ -6,22 +6,45 @@
 //! tonic's own `ServerTlsConfig` cannot change its certificate or CA after start; driving the
 //! handshake here lets every new connection use the configuration [`MeshTls`] holds now.
 //!
+//! At most `--tls-max-pending-handshakes` handshakes run at once: a connection accepted beyond
+//! that is closed at once, so idle or garbage connections cannot pile up tasks and memory until
+//! their timeouts. Every refusal is counted in
+//! `shopmesh_server_tls_handshake_failures_total{reason}` (`failed`, `timeout`,
+//! `too_many_handshakes`); the warning lines, which any peer can cause, are limited to a few a
+//! second ([`Throttle`]).
+//!
+//! [`Throttle`]: crate::mesh::telemetry::throttle::Throttle
+//!
 //! [`tls`]: crate::mesh::security::tls
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::mesh::security::identity::PeerIdentity;
 use crate::mesh::security::tls::{MeshTls, spiffe_id};
+use crate::mesh::telemetry::throttle::Throttle;
+
+/// The warning lines of refused handshakes, which any peer can cause: a few a second.
+static REFUSALS: LazyLock<Throttle> = LazyLock::new(Throttle::for_refusals);
+
+/// Counts a refused handshake under `reason` and logs it, unless too many lines were written
+/// lately.
+fn refused(remote: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
+    metrics::counter!("shopmesh_server_tls_handshake_failures_total", "reason" => reason).increment(1);
+    if let Some(left_out) = REFUSALS.admit() {
+        tracing::warn!(peer = %remote, reason, error = %detail, left_out, "TLS connection refused");
+    }
+}
 
 /// Connections that finished their handshake and wait for tonic to take them.
 const READY: usize = 128;
@@ -93,10 +116,17 @@ impl AsyncWrite for TlsConn {
 pub type Incoming = tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>>;
 
 /// Accepts on `listener` until the returned stream is dropped (tonic drops it when it stops
-/// accepting), handshaking each connection with the configuration `tls` holds at that moment.
-pub fn incoming(listener: TcpListener, tls: MeshTls, handshake_timeout: Duration) -> Incoming {
+/// accepting), handshaking each connection with the configuration `tls` holds at that moment,
+/// at most `max_pending` at once, each within `handshake_timeout`.
+pub fn incoming(
+    listener: TcpListener,
+    tls: MeshTls,
+    handshake_timeout: Duration,
+    max_pending: usize,
+) -> Incoming {
     let (tx, rx) = mpsc::channel(READY);
-    tokio::spawn(accept_loop(listener, tls, handshake_timeout, tx));
+    let pending = Arc::new(Semaphore::new(max_pending.clamp(1, Semaphore::MAX_PERMITS)));
+    tokio::spawn(accept_loop(listener, tls, handshake_timeout, pending, tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
@@ -104,6 +134,7 @@ async fn accept_loop(
     listener: TcpListener,
     tls: MeshTls,
     handshake_timeout: Duration,
+    pending: Arc<Semaphore>,
     tx: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
     loop {
@@ -113,24 +144,24 @@ async fn accept_loop(
         };
         match accepted {
             Ok((tcp, remote)) => {
+                // Taken here, in accept order, and held until the handshake ends either way.
+                let Ok(slot) = pending.clone().try_acquire_owned() else {
+                    drop(tcp);
+                    refused(remote, "too_many_handshakes", &"too many TLS handshakes in progress");
+                    continue;
+                };
                 let local = tcp.local_addr().ok();
                 let _ = tcp.set_nodelay(true);
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
                 let tx = tx.clone();
                 let trust_domain: std::sync::Arc<str> = tls.trust_domain().into();
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+                    drop(slot);
+                    let stream = match handshake {
                         Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => {
-                            tracing::warn!(peer = %remote, error = %err, "TLS handshake failed; connection refused");
-                            metrics::counter!("shopmesh_server_tls_handshake_failures_total").increment(1);
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::warn!(peer = %remote, timeout = ?handshake_timeout, "TLS handshake timed out");
-                            metrics::counter!("shopmesh_server_tls_handshake_failures_total").increment(1);
-                            return;
-                        }
+                        Ok(Err(err)) => return refused(remote, "failed", &err),
+                        Err(_) => return refused(remote, "timeout", &"TLS handshake timed out"),
                     };
                     let Some(info) = peer_info(&stream, &trust_domain, local, remote) else {
                         // The verifier accepted the certificate, so this cannot happen; if it

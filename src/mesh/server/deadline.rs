@@ -1,6 +1,8 @@
 //! Server layer: the caller's `grpc-timeout` becomes the handler's deadline
 //! ([`deadline::current`]), and a handler still running when it passes is dropped and answered
-//! DEADLINE_EXCEEDED.
+//! DEADLINE_EXCEEDED. A `grpc-timeout` that does not parse gets the server's default deadline
+//! (`--call-timeout`) rather than none, and is counted in
+//! `shopmesh_server_malformed_timeout_total`: a caller cannot lift the deadline by garbling it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,8 +16,9 @@ use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use crate::mesh::deadline::scope;
+use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
-use crate::mesh::grpc::timeout::parse_timeout;
+use crate::mesh::grpc::timeout::{GRPC_TIMEOUT, parse_timeout};
 
 /// Tonic's own server timer answers CANCELLED when `grpc-timeout` runs out; this layer's timer
 /// is set this much earlier so the caller gets DEADLINE_EXCEEDED instead.
@@ -23,14 +26,23 @@ const AHEAD_OF_TONIC: Duration = Duration::from_millis(1);
 
 /// Server layer: the inbound `grpc-timeout` becomes the handler's deadline ([`current`]), and
 /// a handler still running when it passes is dropped and answered with DEADLINE_EXCEEDED.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ServerDeadlineLayer;
+#[derive(Debug, Clone, Copy)]
+pub struct ServerDeadlineLayer {
+    malformed: Duration,
+}
+
+impl ServerDeadlineLayer {
+    /// Deadlines from `grpc-timeout`; `malformed` for a call whose `grpc-timeout` does not parse.
+    pub fn new(malformed: Duration) -> Self {
+        Self { malformed }
+    }
+}
 
 impl<S> Layer<S> for ServerDeadlineLayer {
     type Service = ServerDeadline<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServerDeadline { inner }
+        ServerDeadline { inner, malformed: self.malformed }
     }
 }
 
@@ -38,6 +50,7 @@ impl<S> Layer<S> for ServerDeadlineLayer {
 #[derive(Debug, Clone)]
 pub struct ServerDeadline<S> {
     inner: S,
+    malformed: Duration,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ServerDeadline<S>
@@ -54,8 +67,22 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let deadline = parse_timeout(request.headers())
-            .map(|timeout| Instant::now() + timeout.saturating_sub(AHEAD_OF_TONIC));
+        let timeout = match parse_timeout(request.headers()) {
+            Some(timeout) => Some(timeout),
+            None if request.headers().contains_key(GRPC_TIMEOUT) => {
+                let method = Method::of(&request);
+                tracing::debug!(method = method.path, default = ?self.malformed, "malformed grpc-timeout; default deadline");
+                metrics::counter!(
+                    "shopmesh_server_malformed_timeout_total",
+                    "service" => method.service,
+                    "method" => method.method,
+                )
+                .increment(1);
+                Some(self.malformed)
+            }
+            None => None,
+        };
+        let deadline = timeout.map(|timeout| Instant::now() + timeout.saturating_sub(AHEAD_OF_TONIC));
         ServerFuture {
             sleep: deadline.map(tokio::time::sleep_until),
             inner: scope(deadline, self.inner.call(request)),
@@ -92,5 +119,40 @@ where
             return Poll::Ready(Ok(Refusal::DeadlineWhileHandling.respond()));
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_malformed_grpc_timeout_gets_the_default_deadline_and_is_counted() {
+        let inner = tower::service_fn(|_req: Request<()>| async {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(Response::new(tonic::body::Body::default()))
+        });
+        let mut svc = ServerDeadlineLayer::new(Duration::from_secs(5)).layer(inner);
+        let request = Request::builder()
+            .uri("/shopmesh.user.v1.UserService/GetUser")
+            .header("grpc-timeout", "1 hour")
+            .body(())
+            .expect("request");
+        let mut answer = None;
+        let labels =
+            crate::mesh::telemetry::recorded_labels("shopmesh_server_malformed_timeout_total", || {
+                answer = Some(svc.call(request));
+            });
+        assert_eq!(labels.len(), 1, "a malformed grpc-timeout is counted");
+        let started = Instant::now();
+        let response = tokio::time::timeout(Duration::from_secs(3600), answer.expect("called"))
+            .await
+            .expect("answered within the default deadline, not never")
+            .expect("a response");
+        assert_eq!(response.headers().get("grpc-status").map(|v| v.as_bytes()), Some(&b"4"[..]));
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(4) && waited <= Duration::from_secs(6), "{waited:?}");
     }
 }

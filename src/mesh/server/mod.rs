@@ -13,14 +13,20 @@
 //!    authentication on, only a caller with a mesh identity's), RED metrics.
 //! 5. [`authz`](crate::mesh::security::authz): per-method policy (UNAUTHENTICATED,
 //!    PERMISSION_DENIED).
-//! 6. [`load_shed`]: bounded concurrency, RESOURCE_EXHAUSTED at once.
-//! 7. [`metadata_size`]: oversized metadata, RESOURCE_EXHAUSTED.
-//! 8. [`readiness`]: UNAVAILABLE until the database is ready.
-//! 9. [`bearer`](crate::mesh::security::bearer): bearer tokens → `Subject`.
-//! 10. [`rate_limit`]: per caller.
-//! 11. [`deadline`]: the caller's `grpc-timeout` becomes the handler's deadline.
-//! 12. [`message_size`]: oversized messages, RESOURCE_EXHAUSTED.
-//! 13. The router: health, reflection, the service.
+//! 6. [`request_read`]: the request message read within the read timeout, before any slot is
+//!    taken (DEADLINE_EXCEEDED when late).
+//! 7. [`load_shed`]: bounded concurrency, per server, connection and identity; RESOURCE_EXHAUSTED
+//!    at once.
+//! 8. [`metadata_size`]: oversized metadata, RESOURCE_EXHAUSTED.
+//! 9. [`readiness`]: UNAVAILABLE until the database is ready.
+//! 10. [`bearer`](crate::mesh::security::bearer): bearer tokens → `Subject`.
+//! 11. [`rate_limit`]: per caller.
+//! 12. [`deadline`]: the caller's `grpc-timeout` becomes the handler's deadline.
+//! 13. [`message_size`]: oversized messages, RESOURCE_EXHAUSTED.
+//! 14. The router: health, reflection, the service.
+//!
+//! The plaintext probe port serves health alone, with the same HTTP/2 limits (1.) and the
+//! same read timeout and bounds (6., 7.).
 //!
 //! What each refusal tells the caller is decided in one place,
 //! [`respond`](crate::mesh::grpc::respond).
@@ -33,6 +39,7 @@ pub mod method;
 pub mod peer;
 pub mod rate_limit;
 pub mod readiness;
+pub mod request_read;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,6 +67,40 @@ use method::MethodLayer;
 use peer::PeerLayer;
 use rate_limit::RateLimitLayer;
 use readiness::{Readiness, ReadyGateLayer};
+use request_read::RequestReadLayer;
+
+/// A server builder with the HTTP/2 limits of `limits`: the service port and the probe port
+/// both get them, since either may face hostile peers.
+fn builder(limits: &crate::mesh::config::ServerConfig) -> Server {
+    Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // The hard cap on metadata; the metadata layer answers the configured limit.
+        .http2_max_header_list_size(limits.http2_header_list_cap())
+        // Set explicitly, so an h2 upgrade cannot loosen the rapid-reset protection unnoticed.
+        .http2_max_pending_accept_reset_streams(Some(limits.http2_max_pending_accept_reset_streams))
+        .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        // Closing old connections makes clients reconnect, and so spread over new replicas.
+        .max_connection_age(limits.max_connection_age)
+        .max_connection_age_grace(limits.max_connection_age_grace)
+}
+
+/// The wait for request messages that `limits` sets (one budget of bytes per port).
+fn request_read(limits: &crate::mesh::config::ServerConfig) -> RequestReadLayer {
+    RequestReadLayer::new(
+        limits.request_read_timeout,
+        limits.max_message_bytes,
+        limits.max_buffered_request_bytes,
+    )
+}
+
+/// The bounds on calls in progress that `limits` sets (one instance per port).
+fn load_shed(limits: &crate::mesh::config::ServerConfig) -> LoadShedLayer {
+    LoadShedLayer::new(limits.max_concurrent_requests)
+        .per_connection(limits.max_concurrent_requests_per_connection)
+        .per_identity(limits.max_concurrent_requests_per_identity)
+}
 
 /// The health service name that is SERVING for as long as the process runs: for liveness
 /// probes, which must not fail (and restart the process) when only the database is down.
@@ -165,10 +206,15 @@ where
     let tracker_handle = tracker.abort_handle();
     tracing::info!(%addr, services = ?services, mtls = tls.is_some(), authz = mesh.policy().is_some(), "listening");
     let probe_stop = tokio_util::sync::CancellationToken::new();
+    let limits = &config.server;
     if let Some(probe) = probe {
         tracing::info!(addr = ?probe.local_addr().ok(), "probe port: plaintext grpc.health.v1 only");
         // Nothing but health: probes carry no certificate, so this port must expose nothing else.
-        let probe_server = Server::builder()
+        let probe_server = builder(limits)
+            .layer(MethodLayer::new(mesh.api().catalogue))
+            // A health request, too, must arrive in time, and hold a slot only while answered.
+            .layer(request_read(limits))
+            .layer(load_shed(limits))
             .add_service(probe_health)
             .serve_with_incoming_shutdown(TcpIncoming::from(probe), probe_stop.clone().cancelled_owned());
         tokio::spawn(async move {
@@ -199,21 +245,9 @@ where
             let _ = draining_tx.send(());
         }
     };
-    let limits = &config.server;
     let rate_limit = RateLimitLayer::new(limits.rate_limit_rps, limits.rate_limit_burst);
     let housekeeping = rate_limit.housekeeping().map(tokio::spawn);
-    let router = Server::builder()
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        // The hard cap on metadata; the metadata layer below answers the configured limit.
-        .http2_max_header_list_size(limits.http2_header_list_cap())
-        // Set explicitly, so an h2 upgrade cannot loosen the rapid-reset protection unnoticed.
-        .http2_max_pending_accept_reset_streams(Some(limits.http2_max_pending_accept_reset_streams))
-        .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
-        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
-        // Closing old connections makes clients reconnect, and so spread over new replicas.
-        .max_connection_age(limits.max_connection_age)
-        .max_connection_age_grace(limits.max_connection_age_grace)
+    let router = builder(limits)
         // Outermost: the method, looked up once, which every layer below reads.
         .layer(MethodLayer::new(mesh.api().catalogue))
         // The mTLS peer's identity and address, which every layer below may read.
@@ -222,8 +256,12 @@ where
         .layer(ServerObserveLayer::new(mesh.authenticates()))
         // Before shedding: a refused caller must not take a slot from allowed ones.
         .layer(AuthzLayer::new(mesh.policy().cloned()))
+        // Before shedding: a call waiting for its message holds no slot, so clients that send
+        // HEADERS and never DATA cannot lock others out; after authz, so refused callers are
+        // not read.
+        .layer(request_read(limits))
         // Refusing an excess call must cost nothing beyond being counted.
-        .layer(LoadShedLayer::new(limits.max_concurrent_requests))
+        .layer(load_shed(limits))
         // Cheap, and before any layer reads metadata (a huge token is refused unparsed).
         .layer(MetadataSizeLayer::new(limits.max_metadata_bytes as usize))
         // Before the database is ready, calls get UNAVAILABLE rather than "no such table".
@@ -234,13 +272,18 @@ where
         // address a gateway shares among many users; refusals are still cheap.
         .layer(rate_limit)
         // The deadline covers everything the handler does, and the oversize answer below it.
-        .layer(ServerDeadlineLayer)
+        .layer(ServerDeadlineLayer::new(config.client.call_timeout))
         // Innermost: sees the decoder's answer for an oversized or undecodable request.
         .layer(MessageSizeLayer)
         .add_routes(routes);
     let server = match tls {
         Some(tls) => futures::future::Either::Left(router.serve_with_incoming_shutdown(
-            crate::mesh::security::incoming::incoming(listener, tls, security.tls_handshake_timeout),
+            crate::mesh::security::incoming::incoming(
+                listener,
+                tls,
+                security.tls_handshake_timeout,
+                security.tls_max_pending_handshakes as usize,
+            ),
             stop,
         )),
         None => futures::future::Either::Right(

@@ -1,7 +1,9 @@
 //! Per-caller rate limits: a token bucket (GCRA, from `governor`) per caller, so one noisy
 //! client cannot take a service's capacity from the others. A caller is its mesh identity
-//! ([`PeerIdentity`]), else its bearer token's [`Subject`], else its IP address (an IPv6
-//! address by its /64, which one host can fill). A call over its caller's rate is answered
+//! ([`PeerIdentity`]) and its bearer token's [`Subject`] together when it has both (a gateway
+//! calling for its signed-in users: each user gets a bucket, not one for the whole gateway),
+//! else whichever of the two it has, else its IP address (an IPv6 address by its /64, which
+//! one host can fill). A call over its caller's rate is answered
 //! RESOURCE_EXHAUSTED at once with `grpc-retry-pushback-ms`, the time until it would be admitted.
 //!
 //! Health checks and reflection are never limited: a probe refused would get a pod restarted.
@@ -33,6 +35,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 /// Whom a bucket belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Caller {
+    /// A subject behind a mesh identity: a user of a gateway.
+    PeerSubject(SpiffeId, Arc<str>),
     Peer(SpiffeId),
     Subject(Arc<str>),
     Ip(IpAddr),
@@ -43,11 +47,13 @@ enum Caller {
 impl Caller {
     fn of<B>(request: &Request<B>) -> Self {
         let ext = request.extensions();
-        if let Some(PeerIdentity(id)) = ext.get::<PeerIdentity>() {
-            return Self::Peer(id.clone());
-        }
-        if let Some(Subject(sub)) = ext.get::<Subject>() {
-            return Self::Subject(sub.clone());
+        match (ext.get::<PeerIdentity>(), ext.get::<Subject>()) {
+            (Some(PeerIdentity(id)), Some(Subject(sub))) => {
+                return Self::PeerSubject(id.clone(), sub.clone());
+            }
+            (Some(PeerIdentity(id)), None) => return Self::Peer(id.clone()),
+            (None, Some(Subject(sub))) => return Self::Subject(sub.clone()),
+            (None, None) => {}
         }
         match ext.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr).map(|a| a.ip()) {
             Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
@@ -140,11 +146,7 @@ where
             Ok(()) => ResponseFuture::inner(self.inner.call(request)),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(limiter.clock().now());
-                tracing::debug!(
-                    path = request.uri().path(),
-                    ?wait,
-                    "caller over its rate: refusing the call"
-                );
+                tracing::debug!(method = method.path, ?wait, "caller over its rate: refusing the call");
                 metrics::counter!(
                     "shopmesh_server_rate_limited_total",
                     "service" => method.service,
@@ -177,13 +179,15 @@ mod tests {
     }
 
     #[test]
-    fn callers_are_keyed_by_identity_then_subject_then_address() {
+    fn callers_are_keyed_by_identity_and_subject_then_address() {
         let mut r = from("10.0.0.1");
         assert_eq!(Caller::of(&r), Caller::Ip("10.0.0.1".parse().expect("ip")));
         r.extensions_mut().insert(Subject("u1".into()));
         assert_eq!(Caller::of(&r), Caller::Subject("u1".into()));
         let id = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/shopmesh-order").expect("id");
         r.extensions_mut().insert(PeerIdentity(id.clone()));
+        assert_eq!(Caller::of(&r), Caller::PeerSubject(id.clone(), "u1".into()));
+        r.extensions_mut().remove::<Subject>();
         assert_eq!(Caller::of(&r), Caller::Peer(id));
         assert_eq!(Caller::of(&from("2001:db8::1")), Caller::of(&from("2001:db8::ffff:1")), "same /64");
         assert_ne!(Caller::of(&from("2001:db8::1")), Caller::of(&from("2001:db8:0:1::1")));
@@ -214,6 +218,32 @@ mod tests {
         let mut health = from("10.0.0.1");
         *health.uri_mut() = "/grpc.health.v1.Health/Check".parse().expect("uri");
         assert_eq!(code(&svc.clone().oneshot(health).await.expect("answer")), None, "health is exempt");
+    }
+
+    #[tokio::test]
+    async fn users_behind_one_gateway_identity_keep_their_own_buckets() {
+        let inner = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(tonic::body::Body::default()))
+        });
+        let svc = RateLimitLayer::new(0.001, 1).layer(inner);
+        let gateway = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/shopmesh-gateway").expect("id");
+        let call = |subject: Option<&str>| {
+            let mut r = from("10.0.0.1");
+            r.extensions_mut().insert(PeerIdentity(gateway.clone()));
+            if let Some(sub) = subject {
+                r.extensions_mut().insert(Subject(sub.into()));
+            }
+            let svc = svc.clone();
+            async move {
+                let response = svc.oneshot(r).await.expect("answer");
+                response.headers().get("grpc-status").map(|v| v.as_bytes().to_vec())
+            }
+        };
+        assert_eq!(call(Some("u1")).await, None);
+        assert_eq!(call(Some("u1")).await.as_deref(), Some(&b"8"[..]), "u1 is over its rate");
+        assert_eq!(call(Some("u2")).await, None, "u2, behind the same gateway, is not");
+        assert_eq!(call(None).await, None, "nor is the gateway's own traffic");
+        assert_eq!(call(None).await.as_deref(), Some(&b"8"[..]), "which has a bucket of its own");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 pub mod log_fields;
 pub mod observe;
+pub mod throttle;
 
 use std::io::IsTerminal as _;
 
@@ -165,4 +166,19 @@ impl Telemetry {
             tracing::warn!(%err, "flushing traces failed");
         }
     }
+}
+
+/// The label sets of every `name` series that `call` records (for unit tests of layers).
+#[cfg(test)]
+pub(crate) fn recorded_labels(name: &str, call: impl FnOnce()) -> Vec<Vec<(String, String)>> {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, call);
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == name)
+        .map(|(key, ..)| key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect())
+        .collect()
 }

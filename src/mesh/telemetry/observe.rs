@@ -109,7 +109,15 @@ pub fn describe_metrics() {
     describe_gauge!("shopmesh_client_endpoints", "Endpoints a client balances over.");
     describe_counter!(
         "shopmesh_server_shed_total",
-        "Calls refused with RESOURCE_EXHAUSTED because the server was at its limit."
+        "Calls refused with RESOURCE_EXHAUSTED because the server, the connection or the identity was at its limit, by method (from the catalogue) and bound."
+    );
+    describe_counter!(
+        "shopmesh_server_request_read_refused_total",
+        "Calls answered before their handler because the request message was late (timeout), too large or broken off, by service, method and reason."
+    );
+    describe_counter!(
+        "shopmesh_server_malformed_timeout_total",
+        "Calls whose grpc-timeout did not parse and which got the server's default deadline instead, by service and method."
     );
     describe_counter!(
         "shopmesh_server_deadline_exceeded_total",
@@ -122,7 +130,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "shopmesh_server_tls_handshake_failures_total",
-        "Connections refused because their TLS handshake failed or timed out (no, foreign or invalid certificate)."
+        "Connections refused at the TLS handshake, by reason: failed (no, foreign or invalid certificate), timeout, too_many_handshakes."
     );
     describe_counter!(
         "shopmesh_server_unauthenticated_total",
