@@ -165,6 +165,7 @@ impl Mesh {
             user_url,
             catalog_url: catalog.url(),
             catalog_cache_ttl: std::time::Duration::from_secs(5),
+            user_check_ttl: std::time::Duration::from_secs(1),
             payment_url,
             identities: Default::default(),
             reconcile: Default::default(),

@@ -116,6 +116,7 @@ async fn readiness_never_follows_callees() {
             user_url,
             catalog_url,
             catalog_cache_ttl: Duration::from_secs(5),
+            user_check_ttl: Duration::from_secs(1),
             payment_url,
             identities: Default::default(),
             reconcile: Default::default(),

@@ -255,6 +255,7 @@ async fn order_calling(
         user_url: user.url(),
         catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
+        user_check_ttl: Duration::from_secs(1),
         payment_url: payment.url(),
         identities: Default::default(),
         reconcile: shopmesh_order::ReconcileConfig {

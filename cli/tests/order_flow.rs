@@ -87,6 +87,16 @@ async fn start(backend: Backend, payment_up: bool) -> Mesh {
 
 /// [`start`] with the order service's reconciler set by `reconcile`.
 async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConfig) -> Mesh {
+    start_checking_users(backend, payment_up, reconcile, Duration::from_secs(1)).await
+}
+
+/// [`start_with`], the order service reusing a user found active for `user_check_ttl`.
+async fn start_checking_users(
+    backend: Backend,
+    payment_up: bool,
+    reconcile: ReconcileConfig,
+    user_check_ttl: Duration,
+) -> Mesh {
     let user_db = testing::database(backend, "user").await;
     let payment_db = testing::database(backend, "payment").await;
     let order_db = testing::database(backend, "order").await;
@@ -112,6 +122,7 @@ async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConf
         user_url: user.url(),
         catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
+        user_check_ttl,
         payment_url: format!("http://{payment_addr}"),
         identities: Default::default(),
         reconcile,
@@ -390,6 +401,33 @@ async fn declined_charges_leave_the_order_payment_declined() {
         assert_eq!(again.expect("replay"), over, "{backend:?}");
         assert_eq!(m.payments_of(&over.id).await.len(), 1, "{backend:?}");
         m.stop().await;
+    }
+}
+
+/// A user found active is not asked about again for `--user-check-ttl` (one call fewer per
+/// order): deactivated meanwhile, the user can still order until it runs out, as documented;
+/// with `0s` the next order is refused at once.
+#[tokio::test]
+async fn a_user_found_active_is_reused_for_the_user_check_ttl() {
+    for backend in testing::backends() {
+        for (ttl, still_orders) in [(Duration::from_secs(600), true), (Duration::ZERO, false)] {
+            let mut m = start_checking_users(backend, true, ReconcileConfig::default(), ttl).await;
+            let user = m.new_user("leaving@example.com").await;
+            m.create(order_of(&user.id, vec![line("A", 1, usd(100))], "first")).await.expect("first order");
+            let deactivate = UpdateUserRequest {
+                user: Some(User { id: user.id.clone(), active: false, ..Default::default() }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["active".into()] }),
+            };
+            m.users.update_user(deactivate).await.expect("deactivate");
+            let second = m.create(order_of(&user.id, vec![line("A", 1, usd(100))], "second")).await;
+            if still_orders {
+                second.unwrap_or_else(|e| panic!("{backend:?}: within the TTL the check is reused: {e:?}"));
+            } else {
+                let err = second.expect_err("asked again");
+                assert_eq!(precondition(&err).as_deref(), Some("USER_INACTIVE"), "{backend:?}: {err:?}");
+            }
+            m.stop().await;
+        }
     }
 }
 

@@ -88,6 +88,7 @@ async fn start(backend: Backend, ttl: Duration, at: CatalogAt) -> World {
         user_url: user.url(),
         catalog_url,
         catalog_cache_ttl: ttl,
+        user_check_ttl: Duration::from_secs(1),
         payment_url: payment.url(),
         identities: Default::default(),
         reconcile: ReconcileConfig::default(),

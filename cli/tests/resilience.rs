@@ -270,6 +270,7 @@ async fn order_service(
         user_url,
         catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
+        user_check_ttl: Duration::from_secs(1),
         payment_url,
         identities: Default::default(),
         reconcile: Default::default(),

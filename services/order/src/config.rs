@@ -43,6 +43,13 @@ pub struct OrderConfig {
     #[arg(long, env = "SHOPMESH_USER_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50051")]
     pub user_url: String,
 
+    /// How long a user found active may order again without the user service being asked:
+    /// a user deactivated meanwhile can still order for up to this time; `0s` asks on every
+    /// order. Users found inactive or missing are asked again every time.
+    #[arg(long, env = "SHOPMESH_USER_CHECK_TTL", help_heading = CALLS, default_value = "1s",
+          value_parser = duration)]
+    pub user_check_ttl: Duration,
+
     /// The catalog service, which prices every order, as for --user-url.
     #[arg(long, env = "SHOPMESH_CATALOG_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50054")]
     pub catalog_url: String,

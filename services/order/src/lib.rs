@@ -54,6 +54,7 @@ async fn orders(mesh: &Mesh, config: &OrderConfig, pool: Pool) -> Result<service
         mesh.upstream_channel(own, "catalog", &config.catalog_url, pins.catalog_spiffe_id.as_deref()).await?,
         mesh.upstream_channel(own, "payment", &config.payment_url, pins.payment_spiffe_id.as_deref()).await?,
         config.catalog_cache_ttl,
+        config.user_check_ttl,
     );
     Ok(service::Orders::new(store::Store::new(pool, config.reconcile.reconcile_after), upstream))
 }

@@ -31,7 +31,7 @@ impl Harness {
     /// soon as they are stored (`reconcile_after` is zero).
     pub fn new(pool: Pool, users: Channel, payments: Channel) -> Self {
         // Reconciliation never asks the catalog: its channel is the user service's, unused.
-        let upstream = Upstream::new(users.clone(), users, payments, Duration::ZERO);
+        let upstream = Upstream::new(users.clone(), users, payments, Duration::ZERO, Duration::ZERO);
         Self { orders: Orders::new(Store::new(pool, Duration::ZERO), upstream) }
     }
 

@@ -77,28 +77,41 @@ pub struct Upstream {
     payments: PaymentServiceClient<Channel>,
     /// Prices by SKU, each kept for the cache's time to live; `None` when it is zero.
     prices: Option<mini_moka::sync::Cache<String, CatalogPrice>>,
+    /// Ids of users found active, each kept for `--user-check-ttl`; `None` when it is zero.
+    active_users: Option<mini_moka::sync::Cache<String, ()>>,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("cached_prices", &self.prices.as_ref().map(|c| c.entry_count()))
+            .field("cached_active_users", &self.active_users.as_ref().map(|c| c.entry_count()))
             .finish()
     }
 }
 
 impl Upstream {
-    /// Clients over the given channels; catalog prices are reused for `price_ttl` (zero: the
-    /// catalog is asked on every order).
-    pub fn new(users: Channel, catalog: Channel, payments: Channel, price_ttl: Duration) -> Self {
+    /// Clients over the given channels; catalog prices are reused for `price_ttl`, and a user
+    /// found active for `user_ttl` (zero: asked on every order).
+    pub fn new(
+        users: Channel,
+        catalog: Channel,
+        payments: Channel,
+        price_ttl: Duration,
+        user_ttl: Duration,
+    ) -> Self {
         let prices = (!price_ttl.is_zero()).then(|| {
             mini_moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(price_ttl).build()
+        });
+        let active_users = (!user_ttl.is_zero()).then(|| {
+            mini_moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(user_ttl).build()
         });
         Self {
             users: UserServiceClient::new(users),
             catalog: CatalogServiceClient::new(catalog),
             payments: PaymentServiceClient::new(payments),
             prices,
+            active_users,
         }
     }
 
@@ -142,9 +155,17 @@ impl Upstream {
 
     /// Whether `user_id` may order.
     pub async fn check_user(&self, user_id: &str) -> Result<UserCheck, Status> {
-        let request = GetUserRequest { id: user_id.to_owned() };
-        match self.users.clone().get_user(request).await {
-            Ok(reply) if reply.get_ref().active => Ok(UserCheck::Active),
+        let id = user_id.to_owned();
+        if self.active_users.as_ref().is_some_and(|c| c.contains_key(&id)) {
+            return Ok(UserCheck::Active);
+        }
+        match self.users.clone().get_user(GetUserRequest { id: id.clone() }).await {
+            Ok(reply) if reply.get_ref().active => {
+                if let Some(cache) = &self.active_users {
+                    cache.insert(id, ());
+                }
+                Ok(UserCheck::Active)
+            }
             Ok(_) => Ok(UserCheck::Inactive),
             Err(status) if status.code() == Code::NotFound => Ok(UserCheck::Missing),
             Err(status) => Err(status),
