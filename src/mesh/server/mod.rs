@@ -136,8 +136,19 @@ where
     let pool = db::connect(url, mesh.config())?.named(S::NAME);
     let readiness = Readiness::new(url, pool.clone(), S::MIGRATIONS, mesh.config())?;
     let started = S::start(mesh, &config, pool.clone()).await?;
-    // Stopped with the server; stopping them at any point must be safe.
-    let beside: Vec<_> = started.beside.into_iter().map(tokio::spawn).collect();
+    // Started once the schema is up to date (see `Readiness::prepared`); stopped with the
+    // server, and stopping them at any point must be safe.
+    let beside: Vec<_> = started
+        .beside
+        .into_iter()
+        .map(|task| {
+            let readiness = readiness.clone();
+            tokio::spawn(async move {
+                readiness.prepared().await;
+                task.await;
+            })
+        })
+        .collect();
     let result = serve(mesh, &[S::GRPC_SERVICE], started.routes, listeners, Some(readiness), shutdown).await;
     for task in beside {
         task.abort();

@@ -30,6 +30,8 @@ pub struct Readiness {
     migrations: Migrations,
     migrate: bool,
     interval: Duration,
+    /// True once the schema is up to date: what [`Readiness::prepared`] waits for.
+    prepared: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Readiness {
@@ -46,6 +48,7 @@ impl Readiness {
             migrations,
             migrate: mesh.db_migrate,
             interval: mesh.readiness_interval.max(Duration::from_millis(10)),
+            prepared: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 
@@ -60,10 +63,23 @@ impl Readiness {
     /// Why the database is not ready yet.
     pub async fn prepare(&self) -> Result<(), Error> {
         if self.migrate {
-            db::migrate(&self.pool, self.backend, self.migrations).await
+            db::migrate(&self.pool, self.backend, self.migrations).await?;
         } else {
-            db::check_migrated(&self.pool, self.backend, self.migrations).await
+            db::check_migrated(&self.pool, self.backend, self.migrations).await?;
         }
+        self.prepared.send_replace(true);
+        Ok(())
+    }
+
+    /// Completes once [`Readiness::prepare`] has succeeded. Work beside a service (the order
+    /// reconciler) waits for it before touching the database: a SQLite connection that read
+    /// the schema while migrations ran keeps that schema in memory, and a statement prepared
+    /// on it later fails on what it misses (an `ON CONFLICT` target the next migration
+    /// created is "not a UNIQUE constraint") instead of being prepared again.
+    pub async fn prepared(&self) {
+        let mut prepared = self.prepared.subscribe();
+        // The sender lives in `self`, so the wait cannot fail.
+        let _ = prepared.wait_for(|done| *done).await;
     }
 
     /// Whether the database answers now.
@@ -125,3 +141,36 @@ where
 
 /// The response of a [`ReadyGate`] service: handed on, or answered at once.
 pub type GateFuture<F, ResBody> = Answer<F, ResBody>;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::migrate::Migrator;
+
+    use super::*;
+
+    static EMPTY: Migrator = Migrator::DEFAULT;
+
+    /// Work beside a service waits on `prepared`: it must not complete before the schema is
+    /// up to date, and must complete once it is.
+    #[tokio::test]
+    async fn prepared_completes_only_once_the_schema_is_up_to_date() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}/ready.db", dir.path().display());
+        let mesh = MeshConfig::default();
+        let pool = db::connect(&url, &mesh).expect("pool");
+        let migrations = Migrations { sqlite: &EMPTY, postgres: &EMPTY };
+        let readiness = Readiness::new(&url, pool, migrations, &mesh).expect("readiness");
+        let waiting = tokio::spawn({
+            let readiness = readiness.clone();
+            async move { readiness.prepared().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "completed before the schema was prepared");
+        readiness.prepare().await.expect("prepare");
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("completes").expect("task");
+        // Later waiters do not wait at all.
+        tokio::time::timeout(Duration::from_secs(5), readiness.prepared()).await.expect("at once");
+    }
+}
