@@ -39,6 +39,9 @@ pub const DURATION_BUCKETS: [f64; 20] = [
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// How often the `process_*` metrics are read from the operating system.
+const PROCESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process's telemetry; [`Telemetry::shutdown`] flushes what is buffered.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -150,6 +153,20 @@ impl Telemetry {
                 "commit" => option_env!("SHOPMESH_GIT_COMMIT").unwrap_or("unknown"),
             )
             .set(1.0);
+            // The process itself (CPU seconds, resident and virtual memory, open and most file
+            // descriptors, threads, start time), by Prometheus's `process_*` conventions, read
+            // from /proc every PROCESS_INTERVAL: a scrape sees values at most that old.
+            let process = metrics_process::Collector::default();
+            process.describe();
+            process.collect();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(PROCESS_INTERVAL);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    every.tick().await;
+                    process.collect();
+                }
+            });
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
         }
         if exporting {
