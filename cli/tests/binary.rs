@@ -36,8 +36,7 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
     let (user_db, payment_db, order_db) = (db("user"), db("payment"), db("order"));
     let (catalog_db, ledger) = (db("catalog"), db("processor"));
     // No trace exporter, JSON logs: the log lines of a call must still carry its trace id.
-    let logs_env =
-        [("RUST_LOG", "info,shopmesh_order=debug".to_owned()), ("SHOPMESH_LOG_FORMAT", "json".to_owned())];
+    let logs_env = [("RUST_LOG", "debug".to_owned()), ("SHOPMESH_LOG_FORMAT", "json".to_owned())];
     let mut process = Process::start_with(
         &[
             "--user-listen=127.0.0.1:0",
