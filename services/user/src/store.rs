@@ -104,8 +104,7 @@ impl Store {
 
     /// The user with `id`, if any.
     pub async fn get(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
-        let key = id.to_owned();
-        if let Some(user) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+        if let Some(user) = self.cache.as_ref().and_then(|c| c.get(&id.to_owned())) {
             return Ok(Some(user));
         }
         let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id = $1"));
@@ -113,7 +112,7 @@ impl Store {
         let user = row.map(|r| from_row(&r)).transpose()?;
         // Unknown ids are not cached: a user created through another replica appears at once.
         if let (Some(cache), Some(user)) = (&self.cache, &user) {
-            cache.insert(key, user.clone());
+            cache.insert(user.id.clone(), user.clone());
         }
         Ok(user)
     }
