@@ -365,6 +365,7 @@ async fn one_trace(backend: Backend) {
     );
     assert!(metrics.contains("db_client_connections_usage{pool=\"order\",state=\"used\"}"), "{metrics}");
     assert!(metrics.contains("db_client_connections_max{pool=\"order\"}"), "pools are told apart: {metrics}");
+    assert!(!metrics.contains("pool=\"unnamed\""), "a series for a pool with no name: {metrics}");
     for process in [
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",

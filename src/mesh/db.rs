@@ -13,11 +13,12 @@ use crate::mesh::{Error, config::MeshConfig};
 
 /// A service's database pool: sqlx's (which it derefs to), and its metrics, labelled with the
 /// pool's name (`pool="user"`, `pool="processor"`), so the pools of the all-in-one run are
-/// told apart. The metric handles are registered once, not looked up on every acquire.
+/// told apart. The metric handles are registered once, not looked up on every acquire; a pool
+/// not named (a test's, `shopmesh migrate`'s) records none, so no unlabelled series appears.
 #[derive(Clone)]
 pub struct Pool {
     inner: sqlx::Pool<Any>,
-    metrics: Arc<PoolMetrics>,
+    metrics: Option<Arc<PoolMetrics>>,
 }
 
 struct PoolMetrics {
@@ -57,12 +58,11 @@ impl std::ops::Deref for Pool {
 }
 
 impl Pool {
-    /// The pool, its metrics labelled `pool="<name>"` (the service's name; `unnamed` until
-    /// then).
+    /// The pool, recording its metrics labelled `pool="<name>"` (the service's name).
     #[must_use]
     pub fn named(self, name: &'static str) -> Self {
         let max = self.inner.options().get_max_connections();
-        Self { inner: self.inner, metrics: Arc::new(PoolMetrics::new(name, max)) }
+        Self { inner: self.inner, metrics: Some(Arc::new(PoolMetrics::new(name, max))) }
     }
 }
 
@@ -142,8 +142,10 @@ where
     if crate::mesh::deadline::expired() {
         return Err(sqlx::Error::PoolTimedOut);
     }
+    let Some(m) = &pool.metrics else {
+        return crate::mesh::deadline::within(get).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
+    };
     let started = tokio::time::Instant::now();
-    let m = &pool.metrics;
     m.pending.increment(1.0);
     let got = crate::mesh::deadline::within(get).await;
     m.pending.decrement(1.0);
@@ -363,8 +365,7 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
         Backend::Postgres => url.to_owned(),
     };
     let inner = options.connect_lazy(&url)?;
-    let metrics = Arc::new(PoolMetrics::new("unnamed", mesh.db_max_connections.max(1)));
-    Ok(Pool { inner, metrics })
+    Ok(Pool { inner, metrics: None })
 }
 
 /// Applies `migrations` for `backend` to `pool`, retrying a few times: replicas starting at
