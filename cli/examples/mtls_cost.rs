@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 
 use shopmesh::api::user::v1::{CreateUserRequest, GetUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::config::{MeshConfig, SecurityConfig};
-use shopmesh::mesh::security::dev_certs;
+use shopmesh::mesh::security::certificates;
 use shopmesh::mesh::security::tls::MeshTls;
 use shopmesh::mesh::service::{Listeners, Mesh};
 use shopmesh::mesh::{client, db, server};
@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    dev_certs::generate(&certs, "cluster.local", "default")?;
+    certificates::generate(&certs, "cluster.local", "default")?;
     let mut mesh = MeshConfig::default();
     // Neither server may shed what the other would serve.
     mesh.server.max_concurrent_requests = 10_000;

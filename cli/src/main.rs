@@ -118,6 +118,29 @@ enum Command {
         #[arg(long, default_value = "default")]
         namespace: String,
     },
+    /// Sign a new workload certificate with a CA's key: `OUT/{tls.crt,tls.key,ca.crt}`, the key
+    /// made here and readable by its owner only. The Helm chart's init container runs this
+    /// when cert-manager does not issue the mesh's certificates (see docs/security.md).
+    IssueCertificate {
+        /// The CA's certificate (PEM).
+        #[arg(long, env = "SHOPMESH_CA_CERT")]
+        ca_cert: std::path::PathBuf,
+        /// The CA's private key (PKCS#8 PEM).
+        #[arg(long, env = "SHOPMESH_CA_KEY")]
+        ca_key: std::path::PathBuf,
+        /// The workload's identity, `spiffe://<trust domain>/ns/<namespace>/sa/<account>`.
+        #[arg(long)]
+        spiffe_id: String,
+        /// A DNS name for the certificate too (repeatable), for clients that check host names.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// How long the certificate is valid (never beyond the CA's own validity).
+        #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+        validity: Duration,
+        /// Directory to write to (created if missing; existing files are replaced).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// One service with the mesh's settings and its own.
@@ -295,11 +318,28 @@ fn main() -> ExitCode {
             runtime.block_on(bench::run(*args))
         }
         Some(Command::DevCerts { out, trust_domain, namespace }) => {
-            match shopmesh::mesh::security::dev_certs::generate(&out, &trust_domain, &namespace) {
+            match shopmesh::mesh::security::certificates::generate(&out, &trust_domain, &namespace) {
                 Ok(dirs) => {
                     for dir in dirs {
                         println!("{}", dir.display());
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::IssueCertificate { ca_cert, ca_key, spiffe_id, dns, validity, out }) => {
+            use shopmesh::mesh::security::certificates::issue_workload;
+            match issue_workload(&ca_cert, &ca_key, &spiffe_id, &dns, validity, &out) {
+                Ok(not_after) => {
+                    println!(
+                        "issued {spiffe_id} into {}, valid until {}",
+                        out.display(),
+                        humantime::format_rfc3339_seconds(not_after)
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(err) => {

@@ -19,8 +19,8 @@ use shopmesh::api::order::v1::{
 };
 use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::config::SecurityConfig;
+use shopmesh::mesh::security::certificates::{Ca, Leaf};
 use shopmesh::mesh::security::connect::TlsConnector;
-use shopmesh::mesh::security::dev_certs::{Ca, Leaf};
 use shopmesh::mesh::security::tls::MeshTls;
 use shopmesh::mesh::service::MeshService;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};

@@ -603,7 +603,7 @@ fn token_for(sub: &str) -> String {
 
 #[tokio::test]
 async fn a_mesh_on_mtls_with_tokens_is_measured_with_tls_flags_and_metadata() {
-    use shopmesh::mesh::security::dev_certs::{Ca, Leaf};
+    use shopmesh::mesh::security::certificates::{Ca, Leaf};
     let db = testing::database(Backend::Sqlite, "bench-mtls").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("mesh CA").expect("ca");
@@ -612,7 +612,7 @@ async fn a_mesh_on_mtls_with_tokens_is_measured_with_tls_flags_and_metadata() {
             .issue(&Leaf {
                 uris: vec![format!("spiffe://cluster.local/ns/default/sa/{sa}")],
                 dns: vec!["localhost".into()],
-                expired: false,
+                ..Leaf::default()
             })
             .expect("issue");
         let at = dir.path().join(sa);

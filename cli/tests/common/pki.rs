@@ -1,4 +1,4 @@
-//! Certificates for mutual TLS tests (made with rcgen through `shopmesh::mesh::security::dev_certs`), and
+//! Certificates for mutual TLS tests (made with rcgen through `shopmesh::mesh::security::certificates`), and
 //! clients that present them over raw rustls, so a test can offer certificates the mesh's own
 //! client would refuse to load.
 
@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use shopmesh::mesh::config::SecurityConfig;
-use shopmesh::mesh::security::dev_certs::{Ca, Issued, Leaf};
+use shopmesh::mesh::security::certificates::{Ca, Issued, Leaf};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
@@ -28,7 +28,7 @@ pub fn id(sa: &str) -> String {
 
 /// A certificate for `sa` that servers can present too (DNS SAN `localhost`).
 pub fn workload(ca: &Ca, sa: &str) -> Issued {
-    ca.issue(&Leaf { uris: vec![id(sa)], dns: vec!["localhost".into()], expired: false }).expect("issue")
+    ca.issue(&Leaf { uris: vec![id(sa)], dns: vec!["localhost".into()], ..Leaf::default() }).expect("issue")
 }
 
 /// Writes `issued` as `tls.crt`/`tls.key`/`ca.crt` into `dir` and returns settings that use

@@ -8,12 +8,13 @@
 //!   connections.
 //! - [`authz`]: the per-method authorization policy (a server layer).
 //! - [`bearer`]: bearer tokens (JWT) for callers outside the mesh (a server layer).
-//! - [`dev_certs`]: a development CA and certificates.
+//! - [`certificates`]: a CA that issues workload certificates: the development CA, and the
+//!   in-pod issuer behind the Helm chart's own mesh CA.
 
 pub mod authz;
 pub mod bearer;
+pub mod certificates;
 pub mod connect;
-pub mod dev_certs;
 pub mod identity;
 pub mod incoming;
 pub mod tls;
