@@ -13,7 +13,7 @@ use rustls::AlertDescription;
 use shopmesh::api::user::v1::ListUsersRequest;
 use shopmesh::api::user::v1::user_service_client::UserServiceClient;
 use shopmesh::mesh::config::SecurityConfig;
-use shopmesh::mesh::security::dev_certs::{Ca, Leaf};
+use shopmesh::mesh::security::certificates::{Ca, Leaf};
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
 use shopmesh_user::{User, UserConfig};
 use tonic::Code;
@@ -48,7 +48,28 @@ async fn matrix(backend: Backend) {
     let db = testing::database(backend, "mtls").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("mesh CA").expect("ca");
-    let (user, probe) = start_user(&db, pki::security(dir.path(), &workload(&ca, "shopmesh-user"))).await;
+    // Valid for 30 days, so the exported end of validity can be checked against it; an
+    // account of its own, as the gauge is per identity and other tests run user services too.
+    let user_cert = ca
+        .issue(&Leaf {
+            uris: vec![pki::id("shopmesh-user-matrix")],
+            dns: vec!["localhost".into()],
+            validity: Some(Duration::from_secs(30 * 86_400)),
+            ..Leaf::default()
+        })
+        .expect("issue");
+    let (user, probe) = start_user(&db, pki::security(dir.path(), &user_cert)).await;
+    let expiry = pki::counted(
+        shopmesh::mesh::security::tls::EXPIRY_GAUGE,
+        &[("identity", &pki::id("shopmesh-user-matrix"))],
+    );
+    let in_30_days =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs_f64()
+            + 30.0 * 86_400.0;
+    assert!(
+        (in_30_days - 120.0..=in_30_days + 1.0).contains(&expiry),
+        "the certificate's end of validity is exported as {expiry}, not about {in_30_days}"
+    );
     let addr = user.addr;
     let ca_pem = ca.cert_pem();
 

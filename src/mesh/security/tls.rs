@@ -211,6 +211,7 @@ fn build(files: Files, trust_domain: &Arc<str>) -> Result<Current, Error> {
         return Err(config_error("certificate", "no certificate in the file"));
     };
     let own = spiffe_id(leaf, trust_domain).map_err(|e| config_error("certificate", e))?;
+    let expires = not_after(leaf);
     let key = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| config_error("key", e))?;
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(&files.ca) {
@@ -249,7 +250,13 @@ fn build(files: Files, trust_domain: &Arc<str>) -> Result<Current, Error> {
         .with_client_auth_cert(chain, key)
         .map_err(|e| config_error("certificate and key", e))?;
     client.alpn_protocols = vec![ALPN_H2.to_vec()];
-    tracing::info!(identity = %own, "TLS identity loaded");
+    tracing::info!(identity = %own, expires = expires.unwrap_or_default(), "TLS identity loaded");
+    if let Some(expires) = expires {
+        // What ShopmeshCertificateExpiresSoon watches: a certificate nobody renews (the
+        // chart's own CA renews only at a pod's start) is refused by its peers once it expires.
+        #[allow(clippy::cast_precision_loss)] // seconds since 1970 fit a double exactly
+        metrics::gauge!(EXPIRY_GAUGE, "identity" => own.to_string()).set(expires as f64);
+    }
     Ok(Current { files, server: Arc::new(server), client: Arc::new(client), identity: own, roots })
 }
 
@@ -311,6 +318,15 @@ pub fn spiffe_id(cert: &CertificateDer<'_>, trust_domain: &str) -> Result<Spiffe
         });
     }
     Ok(id)
+}
+
+/// The gauge of this service's certificate's end of validity, seconds since 1970, by identity.
+pub const EXPIRY_GAUGE: &str = "shopmesh_tls_certificate_expiry_timestamp_seconds";
+
+/// When `cert` stops being valid, seconds since 1970 (`None` if it does not parse).
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }
 
 /// A rejected identity as the handshake error; its alert is `access_denied`.
@@ -445,7 +461,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::security::dev_certs::{Ca, Leaf};
+    use crate::mesh::security::certificates::{Ca, Leaf};
 
     #[test]
     fn identities_are_read_from_the_uri_san() {
