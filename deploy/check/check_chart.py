@@ -135,8 +135,22 @@ def services_of(r: "Rendered") -> list[str]:
 
 
 def tls_on(values: dict) -> bool:
-    # Rendered offline: `auto` finds no cert-manager.io/v1 and means off.
-    return values["tls"]["enabled"] is True
+    # `auto`, the old default, means on.
+    return values["tls"]["enabled"] in (True, "auto")
+
+
+def cert_manager_on(values: dict) -> bool:
+    # Rendered offline: `auto` finds no cert-manager.io/v1 and means the chart's own CA.
+    return tls_on(values) and values["tls"]["certManager"]["enabled"] is True
+
+
+def chart_issued(values: dict, svc: str) -> bool:
+    """Whether svc's pods sign their own certificate with the chart's CA (init container)."""
+    return tls_on(values) and not cert_manager_on(values) and not values["tls"]["secretNames"].get(svc)
+
+
+def edge_secret(values: dict) -> str:
+    return values["tls"]["secretNames"].get("edge") or f"{RELEASE}-edge-tls"
 
 
 def authz_on(values: dict) -> bool:
@@ -408,7 +422,8 @@ def check_secret(r: Rendered) -> str:
     deployments = [r.one("Deployment", name(s)) for s in services_of(r)]
     if existing:
         assert refs == {existing}, f"Deployments read Secrets {refs}, not {existing}"
-        assert not r.kind("Secret"), f"the chart creates Secrets although database.existingSecret is set: {[s['metadata']['name'] for s in r.kind('Secret')]}"
+        made = [x["metadata"]["name"] for x in r.kind("Secret") if x["metadata"]["name"] != f"{RELEASE}-mesh-ca"]
+        assert not made, f"the chart creates database Secrets although database.existingSecret is set: {made}"
         return f"existing Secret {existing}, none created"
     (ref,) = refs
     secret = r.one("Secret", ref)
@@ -557,6 +572,8 @@ TLS_ENV = ("SHOPMESH_TLS_CERT", "SHOPMESH_TLS_KEY", "SHOPMESH_TLS_CA", "SHOPMESH
 def check_tls(r: Rendered) -> str:
     tls = r.values["tls"]
     certs = {c["spec"]["secretName"]: c for c in r.kind("Certificate")}
+    ca_secret = tls["chartCA"]["existingSecret"] or f"{RELEASE}-mesh-ca"
+    issued = []
     for svc in services_of(r):
         pod = r.one("Deployment", name(svc))["spec"]["template"]["spec"]
         container = container_of(r, svc)
@@ -564,33 +581,82 @@ def check_tls(r: Rendered) -> str:
         mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        inits = [c for c in pod.get("initContainers", []) if c["name"] == "issue-certificate"]
         if not tls_on(r.values):
             assert not [k for k in TLS_ENV if k in env], f"{svc}: TLS settings with mTLS off"
             assert "probe" not in ports, f"{svc}: a probe port with mTLS off"
             assert not [v for v in volumes.values() if "secret" in v], f"{svc}: a Secret volume with mTLS off"
+            assert not inits, f"{svc}: a certificate issuer with mTLS off"
             continue
-        # Each file must lie in a read-only mount of this service's own Secret.
+        spiffe = f"spiffe://{tls['trustDomain']}/ns/{NAMESPACE}/sa/{name(svc)}"
+        # Each file must lie in a read-only mount: of this service's own Secret, or of the
+        # in-memory volume its init container writes with the chart's CA.
         want = tls["secretNames"].get(svc) or f"{name(svc)}-tls"
+        tls_dirs = set()
         for var, key in (("SHOPMESH_TLS_CERT", "tls.crt"), ("SHOPMESH_TLS_KEY", "tls.key"), ("SHOPMESH_TLS_CA", "ca.crt")):
             path = env.get(var)
             assert isinstance(path, str) and path.endswith("/" + key), f"{svc}: {var} is {path!r}, not a {key}"
+            tls_dirs.add(path.rsplit("/", 1)[0])
             mount = mounts.get(path.rsplit("/", 1)[0])
             assert mount and mount.get("readOnly") is True, f"{svc}: {var} {path} is not in a read-only mount"
-            secret = volumes[mount["name"]].get("secret", {})
-            assert secret.get("secretName") == want, f"{svc}: {var} comes from Secret {secret.get('secretName')!r}, not {want!r}"
-            assert secret.get("defaultMode", 0o644) & 0o077 == 0, f"{svc}: the TLS Secret's files are readable by others"
+            volume = volumes[mount["name"]]
+            if chart_issued(r.values, svc):
+                assert volume.get("emptyDir", {}).get("medium") == "Memory", f"{svc}: {var} is not in an in-memory volume of the pod's own ({volume})"
+            else:
+                secret = volume.get("secret", {})
+                assert secret.get("secretName") == want, f"{svc}: {var} comes from Secret {secret.get('secretName')!r}, not {want!r}"
+                assert secret.get("defaultMode", 0o644) & 0o077 == 0, f"{svc}: the TLS Secret's files are readable by others"
         assert env.get("SHOPMESH_TRUST_DOMAIN") == tls["trustDomain"], f"{svc}: trust domain is {env.get('SHOPMESH_TRUST_DOMAIN')!r}"
         assert env.get("SHOPMESH_PROBE_LISTEN") == f"0.0.0.0:{tls['probePort']}", f"{svc}: probe port listens on {env.get('SHOPMESH_PROBE_LISTEN')!r}"
         assert ports.get("probe") == tls["probePort"] != ports.get("grpc"), f"{svc}: probe port {ports.get('probe')} is not a port of its own"
-        if tls["certManager"]["enabled"]:
+        # The CA's key is mounted into the issuer alone, never into the service's container.
+        ca_volumes = {n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == ca_secret}
+        assert not [m for m in container.get("volumeMounts", []) if m["name"] in ca_volumes], f"{svc}: the CA's key is mounted into the service's container"
+        if chart_issued(r.values, svc):
+            assert len(inits) == 1 and pod["initContainers"][0]["name"] == "issue-certificate", f"{svc}: the certificate issuer is not the first init container"
+            init = inits[0]
+            args = init["args"]
+            assert args[0] == "issue-certificate", f"{svc}: the init container runs {args}"
+            flags = dict(a.removeprefix("--").split("=", 1) for a in args[1:])
+            assert flags.get("spiffe-id") == spiffe, f"{svc}: the init container issues {flags.get('spiffe-id')}, not its ServiceAccount's {spiffe}"
+            assert flags.get("validity") == tls["chartCA"]["duration"], f"{svc}: validity {flags.get('validity')}, not tls.chartCA.duration"
+            assert flags.get("dns") == fqdn(headless(svc)).rstrip("."), f"{svc}: DNS name {flags.get('dns')}"
+            assert init["image"] == container["image"], f"{svc}: the issuer runs {init['image']}, not the service's image"
+            init_mounts = {m["mountPath"]: m for m in init.get("volumeMounts", [])}
+            (tls_dir,) = tls_dirs
+            assert flags.get("out") == tls_dir and init_mounts.get(tls_dir, {}).get("readOnly") is not True, f"{svc}: the issuer does not write where the service reads ({flags.get('out')} vs {tls_dir})"
+            assert init_mounts[tls_dir]["name"] == mounts[tls_dir]["name"], f"{svc}: the issuer writes another volume than the service reads"
+            for flag, key in (("ca-cert", "tls.crt"), ("ca-key", "tls.key")):
+                path = flags.get(flag, "")
+                assert path.endswith("/" + key), f"{svc}: --{flag} is {path!r}"
+                mount = init_mounts.get(path.rsplit("/", 1)[0])
+                assert mount and mount.get("readOnly") is True, f"{svc}: --{flag} is not in a read-only mount"
+                secret = volumes[mount["name"]].get("secret", {})
+                assert secret.get("secretName") == ca_secret, f"{svc}: the CA comes from {secret.get('secretName')!r}, not {ca_secret!r}"
+                assert secret.get("defaultMode", 0o644) & 0o077 == 0, f"{svc}: the CA Secret's files are readable by others"
+            annotations = r.one("Deployment", name(svc))["spec"]["template"]["metadata"].get("annotations", {})
+            assert bool(annotations.get("checksum/mesh-ca")) != bool(tls["chartCA"]["existingSecret"]), f"{svc}: a new CA would not roll the pods (or the checksum of a CA the chart cannot read)"
+            issued.append(svc)
+        else:
+            assert not inits, f"{svc}: an issuer although its certificate comes from a Secret"
+        if cert_manager_on(r.values):
             cert = certs.get(want)
             assert cert, f"{svc}: no cert-manager Certificate writes Secret {want}"
-            spiffe = f"spiffe://{tls['trustDomain']}/ns/{NAMESPACE}/sa/{name(svc)}"
             assert cert["spec"].get("uris") == [spiffe], f"{svc}: certificate identity {cert['spec'].get('uris')}, not its ServiceAccount's {spiffe}"
             assert {"client auth", "server auth"} <= set(cert["spec"].get("usages", [])), f"{svc}: certificate usages {cert['spec'].get('usages')}"
-    if not tls_on(r.values) or not tls["certManager"]["enabled"]:
+    made = [x for x in r.kind("Secret") if x["metadata"]["name"] == f"{RELEASE}-mesh-ca"]
+    if issued and not tls["chartCA"]["existingSecret"]:
+        (ca,) = made
+        assert ca["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key"} <= set(ca["data"]), "the mesh CA Secret lacks tls.crt/tls.key"
+        assert "helm.sh/hook" not in ca["metadata"].get("annotations", {}), "the CA Secret is a hook: it would be made anew"
+    else:
+        assert not made, "the chart makes a CA nobody uses (or one beside tls.chartCA.existingSecret)"
+    if not cert_manager_on(r.values):
         assert not r.kind("Certificate") and not r.kind("Issuer"), "cert-manager objects with cert-manager off"
-        return f"{'on, your Secrets' if tls_on(r.values) else 'off: no TLS settings'}"
+        if not tls_on(r.values):
+            return "off: no TLS settings"
+        own = sorted(set(services_of(r)) - set(issued))
+        return f"on: {', '.join(issued) or 'none'} from the chart's CA ({ca_secret})" + (f"; {', '.join(own)} from your Secrets" if own else "")
     issuer = tls["certManager"]["issuerRef"]
     for cert in certs.values():
         if cert["spec"].get("isCA"):
@@ -804,9 +870,9 @@ def check_edge(r: Rendered) -> str:
             assert ing["spec"]["ingressClassName"] == r.values["ingress"]["className"], "IngressClass"
             if tls_on(r.values):
                 assert ann.get("nginx.ingress.kubernetes.io/backend-protocol") == "GRPCS", f"{ing['metadata']['name']}: not gRPC over TLS to the mTLS services"
-                assert ann.get("nginx.ingress.kubernetes.io/proxy-ssl-secret") == f"{NAMESPACE}/{RELEASE}-edge-tls", f"{ing['metadata']['name']}: does not present the edge's certificate"
-                edge_cert = [c for c in r.kind("Certificate") if c["spec"]["secretName"] == f"{RELEASE}-edge-tls"]
-                if r.values["tls"]["certManager"]["enabled"]:
+                assert ann.get("nginx.ingress.kubernetes.io/proxy-ssl-secret") == f"{NAMESPACE}/{edge_secret(r.values)}", f"{ing['metadata']['name']}: does not present the edge's certificate"
+                edge_cert = [c for c in r.kind("Certificate") if c["spec"]["secretName"] == edge_secret(r.values)]
+                if cert_manager_on(r.values):
                     assert edge_cert and edge_cert[0]["spec"]["uris"] == [f"spiffe://{r.values['tls']['trustDomain']}/ns/{NAMESPACE}/sa/{r.values['edge']['identity']}"], "the edge's certificate does not carry the edge identity"
             else:
                 assert ann.get("nginx.ingress.kubernetes.io/backend-protocol") == "GRPC", f"{ing['metadata']['name']}: backend protocol {ann.get('nginx.ingress.kubernetes.io/backend-protocol')}"
@@ -983,18 +1049,25 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "services": {"user": {"jwtRequire": "never"}, "payment": {"jwtRequire": "never", "limits": {"rateLimitRps": "0"}}},
         },
         "mTLS (cert-manager CA) and the policy, Ingress and Gateway at the edge": merged(mtls, {
+            "tls": {"certManager": {"enabled": True}},
             "ingress": {"enabled": True, "hosts": ["api.example.com"]},
             "gateway": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateway"}], "hostnames": ["grpc.example.com"], "presentsMeshCertificate": True},
             "networkPolicy": {"edgeClients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]},
         }),
-        "mTLS from your Secrets, policy off, another trust domain and probe port": {
+        "mTLS from the chart's CA and one Secret of yours, policy off, another trust domain and probe port": {
             "tls": {"enabled": True, "trustDomain": "shop.example", "probePort": 9000, "certManager": {"enabled": False}, "secretNames": {"payment": "payment-cert"}},
             "authz": {"enabled": False},
         },
         "no mTLS, Gateway with bearer tokens required": {
+            "tls": {"enabled": False},
             "jwt": {"jwks": JWKS, "issuer": "https://id.example", "audience": "shopmesh"},
             "gateway": {"enabled": True, "parentRefs": [{"name": "public"}]},
             "networkPolicy": {"edgeClients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}]},
+        },
+        "your CA for the chart's issuer, an Ingress presenting your edge Secret, shorter certificates": {
+            "tls": {"chartCA": {"existingSecret": "mesh-ca-of-ours", "duration": "720h"}, "secretNames": {"edge": "edge-cert"}},
+            "ingress": {"enabled": True, "hosts": ["api.example.com"]},
+            "networkPolicy": {"edgeClients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]},
         },
         # One service turns the metric off again: a `false` must beat the default's `true`.
         "in-flight metric on, off for payment only": {
@@ -1123,11 +1196,11 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "/authz/policy/rules/0/callers/0",
         ),
         "an Ingress to services without mTLS or required tokens": (
-            {"ingress": {"enabled": True}},
+            {"ingress": {"enabled": True}, "tls": {"enabled": False}},
             "mTLS off: the edge would reach the catalog service, whose callers would have neither an mTLS identity nor a required bearer token",
         ),
         "a Gateway reaching a service whose token is optional": (
-            {"gateway": {"enabled": True, "parentRefs": [{"name": "gw"}]}, "jwt": {"jwks": JWKS, "issuer": "i", "audience": "a"},
+            {"gateway": {"enabled": True, "parentRefs": [{"name": "gw"}]}, "jwt": {"jwks": JWKS, "issuer": "i", "audience": "a"}, "tls": {"enabled": False},
              "services": {"user": {"jwtRequire": "never"}}},
             "the edge would reach the user service",
         ),
@@ -1136,9 +1209,14 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "gateway.enabled with mTLS on: the services accept only callers with a mesh certificate",
         ),
         "an edge with mTLS on but the policy off": (
-            {"tls": {"enabled": True}, "authz": {"enabled": False}, "ingress": {"enabled": True}},
+            {"tls": {"enabled": True, "certManager": {"enabled": True}}, "authz": {"enabled": False}, "ingress": {"enabled": True}},
             "turn the authorization policy on",
         ),
+        "an edge with the chart's own CA but no Secret for the edge's certificate": (
+            {"ingress": {"enabled": True}},
+            "the edge needs a mesh certificate in a Secret (SPIFFE ID spiffe://cluster.local/ns/shop/sa/shopmesh-gateway), which Helm cannot write",
+        ),
+        "a certificate lifetime in days (schema)": ({"tls": {"chartCA": {"duration": "365d"}}}, "/tls/chartCA/duration"),
         "a service calling one that does not exist": ({"services": {"order": {"calls": ["inventory"]}}}, "services.order.calls names inventory"),
     }
     for label, (values, message) in refusals.items():

@@ -1,6 +1,7 @@
 """Proof that the chart checks can fail: each mutant breaks one thing in a copy of the chart, and
 check_chart.py must then report a failure naming it. A mutant that survives is a check that
-guards nothing. Run with `scripts/check-deploy --mutants` (slower than the checks themselves).
+guards nothing. Run with `scripts/check-deploy --mutants` (slower than the checks themselves);
+`mutants.py TEXT` runs only the mutants whose label contains TEXT.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ MUTANTS: list[Edit] = [
     ("Job reads the release's Secret", "templates/migrate-job.yaml", "{{- $urls := ternary (printf \"%s-migrate\" $fullname) .Values.database.existingSecret $bundled }}",
      "{{- $urls := ternary (include \"shopmesh.databaseSecret\" .) .Values.database.existingSecret $bundled }}", "which is not a hook of", False),
     ("created Secret despite existingSecret", "templates/secret.yaml", "{{- if not .Values.database.existingSecret }}", "{{- if true }}",
-     "creates Secrets although database.existingSecret is set", False),
+     "creates database Secrets although database.existingSecret is set", False),
     ("no checksum annotation", "templates/deployment.yaml", "checksum/database:", "checksum/other:", "do not roll when the database Secret changes", False),
     ("OTEL variables without an endpoint", "templates/deployment.yaml", "{{- with $.Values.otel.endpoint }}", "{{- with \"http://x:4317\" }}",
      "OTEL variables set with no endpoint", False),
@@ -184,6 +185,23 @@ MUTANTS: list[Edit] = [
      "bearer-token variables set with no jwt.jwks", False),
     ("the rate-limit burst ignores the values", "templates/deployment.yaml", "value: \"{{ $svc.limits.rateLimitBurst }}\"", "value: \"50\"",
      "limits {", False),
+    ("the chart's CA key mounted into the service's container", "templates/deployment.yaml",
+     "            - name: tls\n              mountPath: /etc/shopmesh/tls\n              readOnly: true\n",
+     "            - name: tls\n              mountPath: /etc/shopmesh/tls\n              readOnly: true\n            {{- if $issued }}\n            - name: mesh-ca\n              mountPath: /var/run/shopmesh/mesh-ca\n              readOnly: true\n            {{- end }}\n",
+     "the CA's key is mounted into the service's container", False),
+    ("every pod's issuer signs the gateway's identity", "templates/deployment.yaml",
+     "--spiffe-id={{ include \"shopmesh.spiffeId\" (dict \"root\" $ \"sa\" (include \"shopmesh.componentName\" $ctx)) }}",
+     "--spiffe-id={{ include \"shopmesh.spiffeId\" (dict \"root\" $ \"sa\" \"shopmesh-gateway\") }}",
+     "the init container issues", False),
+    ("issued keys on a disk-backed volume", "templates/deployment.yaml", "            medium: Memory\n", "",
+     "in-memory volume", False),
+    ("pods not rolled on a new chart CA", "templates/deployment.yaml", "checksum/mesh-ca:", "x-checksum/mesh-ca:",
+     "a new CA would not roll the pods", False),
+    ("the chart's CA always rendered", "templates/mesh-ca.yaml",
+     "{{- if and (include \"shopmesh.anyChartIssued\" .) (not .Values.tls.chartCA.existingSecret) }}",
+     "{{- if true }}", "the chart makes a CA nobody uses", False),
+    ("certificates valid for the CA's lifetime", "templates/deployment.yaml",
+     "--validity={{ $.Values.tls.chartCA.duration }}", "--validity=87600h", "not tls.chartCA.duration", False),
 ]
 
 
@@ -218,7 +236,10 @@ def main() -> int:
 
             results.run(f"killed: {label}", killed)
 
+        only = sys.argv[1] if len(sys.argv) > 1 else ""
         for label, file, old, new, expect, validate in MUTANTS:
+            if only not in label:
+                continue
             def edit(chart: Path, file: str = file, old: str = old, new: str = new) -> None:
                 path = chart / file
                 text = path.read_text()
@@ -227,6 +248,8 @@ def main() -> int:
 
             attempt(label, edit, expect, validate)
         for label, mutate, expect in FUNCTION_MUTANTS:
+            if only not in label:
+                continue
             attempt(label, mutate, expect, False)
     return results.finish()
 

@@ -208,10 +208,63 @@ capabilities:
   drop: [ALL]
 {{- end -}}
 
-{{/* Whether mTLS is on: "true" or "" (tls.enabled auto = cert-manager.io/v1 is served). */}}
+{{/* Whether mTLS is on: "true" or "" (`auto`, the old default, means true: it no longer needs cert-manager). */}}
 {{- define "shopmesh.tlsEnabled" -}}
-{{- $v := toString .Values.tls.enabled -}}
-{{- if or (eq $v "true") (and (eq $v "auto") (.Capabilities.APIVersions.Has "cert-manager.io/v1")) -}}true{{- end -}}
+{{- if has (toString .Values.tls.enabled) (list "true" "auto") -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether cert-manager issues the certificates: "true" or "" (certManager.enabled auto = the cluster serves cert-manager.io/v1). */}}
+{{- define "shopmesh.certManager" -}}
+{{- $v := toString .Values.tls.certManager.enabled -}}
+{{- if and (include "shopmesh.tlsEnabled" .) (or (eq $v "true") (and (eq $v "auto") (.Capabilities.APIVersions.Has "cert-manager.io/v1"))) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Whether one service's pods get their certificate from the chart's own CA, signed at start by
+their init container: "true" or "". Takes (dict "root" $ "name" "user"). True with mTLS on,
+cert-manager not issuing, and no Secret of yours named in tls.secretNames.<name>.
+*/}}
+{{- define "shopmesh.chartIssued" -}}
+{{- if and (include "shopmesh.tlsEnabled" .root) (not (include "shopmesh.certManager" .root)) (not (get .root.Values.tls.secretNames .name)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the chart's mesh CA (tls.crt, tls.key): tls.chartCA.existingSecret or the one the chart makes. */}}
+{{- define "shopmesh.meshCASecret" -}}
+{{- default (printf "%s-mesh-ca" (include "shopmesh.fullname" .)) .Values.tls.chartCA.existingSecret -}}
+{{- end -}}
+
+{{/*
+The mesh CA the chart makes (no existingSecret): the one its Secret already holds (lookup, so
+identities survive upgrades), else a new Ed25519 key (PKCS#8, which the issuer reads) and a
+self-signed CA certificate. Computed once per rendering. Returns JSON {"crt": PEM, "key": PEM}.
+*/}}
+{{- define "shopmesh.meshCA" -}}
+{{- if not (hasKey .Values "__shopmeshMeshCA") -}}
+{{- $existing := (lookup "v1" "Secret" .Release.Namespace (include "shopmesh.meshCASecret" .)) | default dict -}}
+{{- $data := $existing.data | default dict -}}
+{{- $ca := dict -}}
+{{- if and (hasKey $data "tls.crt") (hasKey $data "tls.key") -}}
+{{- $ca = dict "crt" (get $data "tls.crt" | b64dec) "key" (get $data "tls.key" | b64dec) -}}
+{{- else -}}
+{{- $key := genPrivateKey "ed25519" -}}
+{{- $cert := genCAWithKey (printf "shopmesh mesh CA (%s/%s)" .Release.Namespace .Release.Name) (int .Values.tls.chartCA.caDays) $key -}}
+{{- $ca = dict "crt" $cert.Cert "key" $cert.Key -}}
+{{- end -}}
+{{- $_ := set .Values "__shopmeshMeshCA" $ca -}}
+{{- end -}}
+{{- get .Values "__shopmeshMeshCA" | toJson -}}
+{{- end -}}
+
+{{/* Whether any service's pods are issued by the chart's CA: "true" or "". */}}
+{{- define "shopmesh.anyChartIssued" -}}
+{{- range $name := include "shopmesh.serviceNames" . | fromJsonArray -}}
+{{- if include "shopmesh.chartIssued" (dict "root" $ "name" $name) -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with the edge's mesh certificate (tls.crt, tls.key, ca.crt), which the Ingress presents to the services. */}}
+{{- define "shopmesh.edgeTlsSecret" -}}
+{{- default (printf "%s-edge-tls" (include "shopmesh.fullname" .)) .Values.tls.secretNames.edge -}}
 {{- end -}}
 
 {{/* Whether the authorization policy is enforced: "true" or "" (auto = whenever mTLS is on). */}}
@@ -286,7 +339,10 @@ it; a Gateway must say so); with mTLS off, every public service must require a b
 {{- end -}}
 {{- if include "shopmesh.tlsEnabled" . -}}
 {{- if and .Values.gateway.enabled (not .Values.gateway.presentsMeshCertificate) -}}
-{{- fail (printf "gateway.enabled with mTLS on: the services accept only callers with a mesh certificate, and the GRPCRoutes would reach %s with none. Configure your Gateway to present Secret %s-edge-tls to the backends and set gateway.presentsMeshCertificate=true" (keys $public | sortAlpha | join ", ") (include "shopmesh.fullname" .)) -}}
+{{- fail (printf "gateway.enabled with mTLS on: the services accept only callers with a mesh certificate, and the GRPCRoutes would reach %s with none. Configure your Gateway to present Secret %s to the backends and set gateway.presentsMeshCertificate=true" (keys $public | sortAlpha | join ", ") (include "shopmesh.edgeTlsSecret" .)) -}}
+{{- end -}}
+{{- if and (not (include "shopmesh.certManager" .)) (not .Values.tls.secretNames.edge) -}}
+{{- fail (printf "ingress/gateway enabled with mTLS from the chart's own CA: the edge needs a mesh certificate in a Secret (SPIFFE ID %s), which Helm cannot write. Use cert-manager (tls.certManager.enabled=true), or issue one from the CA in Secret %s with `shopmesh issue-certificate`, store it as a Secret and name it in tls.secretNames.edge (docs/security.md)" (include "shopmesh.spiffeId" (dict "root" . "sa" .Values.edge.identity)) (include "shopmesh.meshCASecret" .)) -}}
 {{- end -}}
 {{- if not (include "shopmesh.authzEnabled" .) -}}
 {{- fail "ingress/gateway enabled with mTLS on but authz.enabled false: any certificate of the mesh could call every method from the edge; turn the authorization policy on" -}}
@@ -295,7 +351,7 @@ it; a Gateway must say so); with mTLS off, every public service must require a b
 {{- range $name := keys $public | sortAlpha -}}
 {{- $svc := include "shopmesh.settings" (dict "root" $ "name" $name) | fromYaml -}}
 {{- if or (not $.Values.jwt.jwks) (ne $svc.jwtRequire "unidentified") -}}
-{{- fail (printf "ingress/gateway enabled, mTLS off: the edge would reach the %s service, whose callers would have neither an mTLS identity nor a required bearer token. Turn mTLS on (tls.enabled, with cert-manager), or set jwt.jwks/issuer/audience and keep services.%s.jwtRequire=unidentified" $name $name) -}}
+{{- fail (printf "ingress/gateway enabled, mTLS off: the edge would reach the %s service, whose callers would have neither an mTLS identity nor a required bearer token. Turn mTLS on (tls.enabled), or set jwt.jwks/issuer/audience and keep services.%s.jwtRequire=unidentified" $name $name) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
