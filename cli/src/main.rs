@@ -192,6 +192,8 @@ trait Part: Send {
     fn database(&self) -> (&str, Migrations);
     /// Points the upstream `name` at `url`, if this service calls it.
     fn point_at(&mut self, name: &str, url: &str);
+    /// Requires `id` of every service it calls, unless told another.
+    fn expect_upstream_identity(&mut self, id: &str);
     /// Runs it until `shutdown`.
     fn run(
         self: Box<Self>,
@@ -226,6 +228,12 @@ impl<S: MeshService> Part for Configured<S> {
             if upstream == name {
                 url.clone_into(target);
             }
+        }
+    }
+
+    fn expect_upstream_identity(&mut self, id: &str) {
+        for expected in S::upstream_identities(&mut self.0) {
+            expected.get_or_insert_with(|| id.to_owned());
         }
     }
 
@@ -456,8 +464,22 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
             part.point_at(name, url);
         }
     }
+    // With mTLS on, the banner's grpcurl examples present these files.
+    let tls_files = match (&config.security.tls_ca, &config.security.tls_cert, &config.security.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(format!("-cacert {} -cert {} -key {}", ca.display(), cert.display(), key.display()))
+        }
+        _ => None,
+    };
     // One mesh for every service: certificates, key set and policy are loaded once.
     let mesh = mesh_of(config)?;
+    // Every service presents the one certificate, so each calls servers of that identity.
+    if let Some(tls) = mesh.tls() {
+        let own = tls.identity().to_string();
+        for part in &mut parts {
+            part.expect_upstream_identity(&own);
+        }
+    }
     let authenticated = mesh.authenticates_every_call();
     let shown: Vec<(&'static str, SocketAddr, &'static str)> =
         parts.iter().zip(&addrs).map(|(p, a)| (p.name(), *a, p.grpc_service())).collect();
@@ -477,9 +499,11 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         });
     }
 
+    // Asked through the mesh's own client: with mutual TLS on, a plaintext probe is refused.
     let ready = async {
         for (_, addr, grpc_service) in &shown {
-            if !health::wait_serving(&local_url(*addr), grpc_service, Duration::from_secs(60)).await {
+            let Ok(channel) = mesh.channel(&local_url(*addr)).await else { return false };
+            if !health::wait_serving_on(channel, grpc_service, Duration::from_secs(60)).await {
                 return false;
             }
         }
@@ -489,7 +513,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     tokio::select! {
         ok = ready => {
             if ok {
-                print_banner(&shown, started.elapsed(), authenticated);
+                print_banner(&shown, started.elapsed(), authenticated, tls_files.as_deref());
             } else {
                 failure = Some(anyhow::anyhow!("the services did not become SERVING within 60s"));
                 stop.cancel();
@@ -520,7 +544,12 @@ fn task_error(
     }
 }
 
-fn print_banner(services: &[(&'static str, SocketAddr, &'static str)], took: Duration, authenticated: bool) {
+fn print_banner(
+    services: &[(&'static str, SocketAddr, &'static str)],
+    took: Duration,
+    authenticated: bool,
+    tls_files: Option<&str>,
+) {
     let address =
         |name: &str| services.iter().find(|s| s.0 == name).map_or(String::new(), |s| s.1.to_string());
     let (u, c, o) = (address("user"), address("catalog"), address("order"));
@@ -541,15 +570,17 @@ fn print_banner(services: &[(&'static str, SocketAddr, &'static str)], took: Dur
         "Running without authentication: plaintext, no mutual TLS, no bearer tokens; any caller \
          that reaches these ports may call every method (docs/security.md).\n\n"
     };
+    // Over mTLS, grpcurl presents the mesh's certificate (the policy decides what it may call).
+    let how = tls_files.unwrap_or("-plaintext");
     println!(
         "\nshopmesh is up in {took:.0?}: {} services, each on its own port.\n\n{table}\n{exposure}\
          Try it (grpcurl and jq): create a product, a user, and an order the server prices.\n\n  \
-         grpcurl -plaintext {o} list\n  \
-         grpcurl -plaintext -d {product} \\\n      \
+         grpcurl {how} {o} list\n  \
+         grpcurl {how} -d {product} \\\n      \
          {c} shopmesh.catalog.v1.CatalogService/CreateProduct\n  \
-         USER_ID=$(grpcurl -plaintext -d {user} \\\n      \
+         USER_ID=$(grpcurl {how} -d {user} \\\n      \
          {u} shopmesh.user.v1.UserService/CreateUser | jq -r .id)\n  \
-         grpcurl -plaintext -d {order} \\\n      \
+         grpcurl {how} -d {order} \\\n      \
          {o} shopmesh.order.v1.OrderService/CreateOrder\n\n\
          Ctrl-C stops every service.\n",
         services.len()

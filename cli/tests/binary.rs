@@ -17,6 +17,8 @@ use shopmesh::mesh::testing;
 
 mod common;
 use common::{Process, free_addr};
+#[path = "common/pki.rs"]
+mod pki;
 
 /// The address printed on the banner line of `service` ("  order    127.0.0.1:41234   ...").
 fn address_of(banner: &[String], service: &str) -> SocketAddr {
@@ -432,4 +434,78 @@ fn every_variable_the_deployments_set_is_a_setting_of_the_binary() {
         }
     }
     assert!(checked >= 10, "only {checked} variables found: did the chart move?");
+}
+
+/// With `--tls-*` the all-in-one run waited for its services over plaintext, which mutual TLS
+/// refuses: it never became ready. Now it asks through its own client, and every service, all
+/// presenting the one certificate, requires that identity of the services it calls.
+#[tokio::test]
+async fn the_whole_mesh_on_mutual_tls_starts_and_places_an_order() {
+    use shopmesh::mesh::security::certificates::Ca;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("mesh CA").expect("ca");
+    let own = dir.path().join("order");
+    pki::workload(&ca, "shopmesh-order").write_to(&own).expect("write");
+    let client = pki::client_config(&ca.cert_pem(), Some(&pki::workload(&ca, "shopmesh-gateway")));
+    let db = |name: &str| format!("--{name}=sqlite://{}/{name}.db", dir.path().display());
+    let file = |flag: &str, name: &str| format!("--{flag}={}", own.join(name).display());
+    let process = Process::start_with(
+        &[
+            "--user-listen=127.0.0.1:0",
+            "--order-listen=127.0.0.1:0",
+            "--payment-listen=127.0.0.1:0",
+            "--catalog-listen=127.0.0.1:0",
+            &db("user-database-url"),
+            &db("payment-database-url"),
+            &db("order-database-url"),
+            &db("catalog-database-url"),
+            &db("processor-ledger-url"),
+            &file("tls-cert", "tls.crt"),
+            &file("tls-key", "tls.key"),
+            &file("tls-ca", "ca.crt"),
+        ],
+        &[],
+        Stdio::null(),
+    );
+    let banner = process.read_until("Ctrl-C stops every service");
+    let text = banner.join("\n");
+    assert!(text.contains("shopmesh is up"), "{text}");
+    assert!(!text.contains("without authentication"), "mutual TLS authenticates every caller: {text}");
+    assert!(text.contains(&format!("grpcurl -cacert {}", own.join("ca.crt").display())), "{text}");
+
+    let (user_addr, catalog_addr, order_addr) =
+        (address_of(&banner, "user"), address_of(&banner, "catalog"), address_of(&banner, "order"));
+    let user = UserServiceClient::new(pki::channel(user_addr, client.clone()))
+        .create_user(CreateUserRequest {
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create user over mTLS")
+        .into_inner();
+    let product = Product {
+        sku: "BOOK-42".into(),
+        display_name: "The book".into(),
+        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1_250 }),
+        active: true,
+        ..Product::default()
+    };
+    CatalogServiceClient::new(pki::channel(catalog_addr, client.clone()))
+        .create_product(CreateProductRequest { product: Some(product) })
+        .await
+        .expect("create product over mTLS");
+    // Order calls user, catalog and payment over mTLS, each presenting the process's identity.
+    let order = OrderServiceClient::new(pki::channel(order_addr, client))
+        .create_order(CreateOrderRequest {
+            user_id: user.id,
+            line_items: vec![LineItem { sku: "BOOK-42".into(), quantity: 2, unit_price: None }],
+            request_id: "first-order".into(),
+        })
+        .await
+        .expect("create order over mTLS")
+        .into_inner();
+    assert_eq!(order.state(), OrderState::Paid);
+    assert!(process.terminate().await.success());
 }

@@ -60,6 +60,13 @@ pub trait MeshService: 'static {
         Vec::new()
     }
 
+    /// The SPIFFE IDs it requires of the services it calls (`None`: derived from its own), for a
+    /// run of every service in one process, where they all present the same certificate.
+    fn upstream_identities(config: &mut Self::Config) -> Vec<&mut Option<String>> {
+        let _ = config;
+        Vec::new()
+    }
+
     /// Registers the help texts of the metrics the service records itself (the runtime's are
     /// registered with the metrics exporter), so every series it exports has its HELP line.
     fn describe_metrics() {}

@@ -119,6 +119,11 @@ impl MeshService for Order {
         ]
     }
 
+    fn upstream_identities(config: &mut OrderConfig) -> Vec<&mut Option<String>> {
+        let ids = &mut config.identities;
+        vec![&mut ids.user_spiffe_id, &mut ids.catalog_spiffe_id, &mut ids.payment_spiffe_id]
+    }
+
     /// Opens the dependency channels; the reconciler runs beside the routes for as long as
     /// they are served (stopping it at any point is safe: an attempt cut short leaves a lease
     /// that runs out).
