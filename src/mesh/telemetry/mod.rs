@@ -131,9 +131,19 @@ impl Telemetry {
         // span, the nearest one this layer sees.
         let spans_for_logs =
             tracing_subscriber::filter::filter_fn(|meta| !meta.is_span() || meta.name() != "db");
+        // The OpenTelemetry layer's filter is a dynamic one, whose callsites are never cached
+        // as `Interest::always`. tracing-subscriber's per-layer filters pass each decision from
+        // `enabled()` to `on_new_span` through a thread-local; a callsite cached as `always`
+        // skips `enabled()`, and its span then reads a decision left by an unrelated check
+        // (sqlx asks whether its statement logs are enabled after each query). With a log
+        // filter that mixes levels by target, that dropped a call's `rpc.server` span from the
+        // trace now and then (tokio-rs/tracing#2519). Being asked on every span and event costs
+        // a level comparison.
+        let traced =
+            tracing_subscriber::filter::dynamic_filter_fn(|meta, _| *meta.level() <= LevelFilter::INFO);
         tracing_subscriber::registry()
             .with(logs.with_filter(filter.and(spans_for_logs)))
-            .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO))
+            .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(traced))
             .try_init()
             .map_err(|e| Error::Config(format!("logging is already set up: {e}")))?;
 
