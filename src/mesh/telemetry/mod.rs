@@ -138,9 +138,16 @@ impl Telemetry {
         // (sqlx asks whether its statement logs are enabled after each query). With a log
         // filter that mixes levels by target, that dropped a call's `rpc.server` span from the
         // trace now and then (tokio-rs/tracing#2519). Being asked on every span and event costs
-        // a level comparison.
+        // a level comparison; callsites below INFO stay `never`, skipped without asking.
         let traced =
-            tracing_subscriber::filter::dynamic_filter_fn(|meta, _| *meta.level() <= LevelFilter::INFO);
+            tracing_subscriber::filter::dynamic_filter_fn(|meta, _| *meta.level() <= LevelFilter::INFO)
+                .with_callsite_filter(|meta| {
+                    if *meta.level() <= LevelFilter::INFO {
+                        tracing::subscriber::Interest::sometimes()
+                    } else {
+                        tracing::subscriber::Interest::never()
+                    }
+                });
         tracing_subscriber::registry()
             .with(logs.with_filter(filter.and(spans_for_logs)))
             .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(traced))
