@@ -16,6 +16,14 @@
 //! is refused. The check needs `iat`: with a maximum set, a token without one is refused
 //! rather than judged by `exp - now`, which a token could pass for a day and then, reissued
 //! by a compromised client, again; an `iat` later than now (beyond the leeway) is refused too.
+//!
+//! A client sends the same token on every call until it expires, and checking its signature
+//! (RS256: tens of microseconds) cost more than the rest of a call. Tokens that verified are
+//! remembered by their SHA-256 for at most [`VERIFIED_TTL`], and never past their `exp` (plus
+//! the leeway): a repeat costs a hash and a lookup. Only the exact token verified matches, so
+//! a changed byte anywhere (a forged signature, another claim) is verified in full; a token
+//! that failed is never remembered. The key set is fixed for the process's life, so nothing
+//! a remembered token relied on can change.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,6 +33,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sha2::{Digest as _, Sha256};
 use tower::{Layer, Service};
 
 use crate::mesh::Error;
@@ -36,6 +45,19 @@ use crate::mesh::security::identity::{PeerIdentity, Subject};
 
 /// Longest `sub` accepted; user ids are UUIDs, and a subject also keys the rate limiter.
 const MAX_SUBJECT_LEN: usize = 256;
+
+/// How long a verified token is remembered at most (its `exp` may end it sooner).
+pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How many verified tokens are remembered at most (32 bytes of key and a subject each).
+const VERIFIED_CAPACITY: u64 = 10_000;
+
+/// A token that verified: its subject, and until when (seconds since 1970) it stays valid.
+#[derive(Clone)]
+struct Verified {
+    sub: Arc<str>,
+    valid_until: u64,
+}
 
 /// One verification key from the JWKS, with the algorithms it may verify.
 struct Key {
@@ -52,6 +74,8 @@ pub struct Verifier {
     max_lifetime: Option<u64>,
     /// Clock skew allowed on `iat`, in seconds.
     leeway: u64,
+    /// Tokens that verified lately, by their SHA-256.
+    verified: mini_moka::sync::Cache<[u8; 32], Verified>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -126,7 +150,17 @@ impl Verifier {
             return Err(Error::Config("the JWKS has no key usable with --jwt-algorithms".into()));
         }
         let max_lifetime = Some(config.jwt_max_lifetime.as_secs()).filter(|s| *s > 0);
-        Ok(Self { keys, require: config.jwt_require, max_lifetime, leeway: config.jwt_leeway.as_secs() })
+        let verified = mini_moka::sync::Cache::builder()
+            .max_capacity(VERIFIED_CAPACITY)
+            .time_to_live(VERIFIED_TTL)
+            .build();
+        Ok(Self {
+            keys,
+            require: config.jwt_require,
+            max_lifetime,
+            leeway: config.jwt_leeway.as_secs(),
+            verified,
+        })
     }
 
     /// The subject of `token` if it is signed by a known key with an allowed algorithm and its
@@ -135,6 +169,22 @@ impl Verifier {
     /// # Errors
     /// Why the token was rejected, for logs only.
     pub fn verify(&self, token: &str) -> Result<Arc<str>, String> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&digest) {
+            if jsonwebtoken::get_current_timestamp() <= hit.valid_until {
+                return Ok(hit.sub);
+            }
+            // Expired since: verified in full below, which says so.
+            self.verified.invalidate(&digest);
+        }
+        let (sub, exp) = self.verify_signed(token)?;
+        let valid_until = exp.saturating_add(self.leeway);
+        self.verified.insert(digest, Verified { sub: sub.clone(), valid_until });
+        Ok(sub)
+    }
+
+    /// [`Verifier::verify`] without the memory: the subject and `exp` of a token that checks out.
+    fn verify_signed(&self, token: &str) -> Result<(Arc<str>, u64), String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
         let kid = header.kid.as_deref().ok_or("no kid")?;
         let key = self.keys.get(kid).ok_or_else(|| format!("unknown kid {kid:?}"))?;
@@ -160,7 +210,7 @@ impl Verifier {
         if sub.is_empty() || sub.len() > MAX_SUBJECT_LEN || sub.chars().any(char::is_control) {
             return Err("unusable sub".into());
         }
-        Ok(sub.into())
+        Ok((sub.into(), data.claims.exp))
     }
 }
 
@@ -336,5 +386,54 @@ mod tests {
         let verifier = Verifier::new(&ed, &config).expect("usable");
         assert_eq!(verifier.keys["e"].validations.len(), 1, "EdDSA only, from RS256,ES256,EdDSA");
         assert!(Verifier::new(&ed, &JwtConfig { jwt_audience: None, ..config }).is_err());
+    }
+
+    /// The test key set of `cli/tests/fixtures/jwt`, and a token its Ed25519 key signs.
+    fn fixture(file: &str) -> Vec<u8> {
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("cli/tests/fixtures/jwt").join(file))
+            .expect("fixture")
+    }
+
+    fn signed(claims: &serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(&fixture("ed25519.pem")).expect("ed25519 key");
+        let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
+        header.kid = Some("ed-1".into());
+        jsonwebtoken::encode(&header, claims, &key).expect("sign")
+    }
+
+    #[test]
+    fn a_remembered_token_is_the_exact_token_verified_and_ends_with_its_exp() {
+        let config = JwtConfig {
+            jwt_issuer: Some("https://id.shopmesh.test".into()),
+            jwt_audience: Some("shopmesh".into()),
+            jwt_leeway: std::time::Duration::ZERO,
+            ..JwtConfig::default()
+        };
+        let jwks: JwkSet = serde_json::from_slice(&fixture("jwks.json")).expect("jwks");
+        let verifier = Verifier::new(&jwks, &config).expect("verifier");
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = |sub: &str, exp: u64| serde_json::json!({"sub": sub, "iss": "https://id.shopmesh.test", "aud": "shopmesh", "iat": now, "exp": exp});
+
+        let remembered =
+            |token: &str| verifier.verified.contains_key(&<[u8; 32]>::from(Sha256::digest(token)));
+        let token = signed(&claims("ada", now + 3600));
+        assert_eq!(verifier.verify(&token).as_deref(), Ok("ada"));
+        assert!(remembered(&token), "a verified token is remembered");
+        assert_eq!(verifier.verify(&token).as_deref(), Ok("ada"), "and accepted again");
+
+        // One byte changed anywhere is another token: verified in full, and refused.
+        let (body, signature) = token.rsplit_once('.').expect("three parts");
+        let mut forged = signature.as_bytes().to_vec();
+        forged[0] = if forged[0] == b'A' { b'B' } else { b'A' };
+        let forged = format!("{body}.{}", String::from_utf8(forged).expect("ascii"));
+        assert!(verifier.verify(&forged).is_err(), "a forged signature passed as the remembered token");
+        assert!(!remembered(&forged), "a refused token is never remembered");
+
+        // A token remembered while valid is refused once its exp has passed.
+        let brief = signed(&claims("bob", now + 1));
+        assert_eq!(verifier.verify(&brief).as_deref(), Ok("bob"));
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let expired = verifier.verify(&brief);
+        assert!(expired.as_ref().is_err_and(|e| e.contains("xpired")), "{expired:?}");
     }
 }
