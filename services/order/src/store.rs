@@ -66,6 +66,8 @@ static POSTGRES: Clocked = clocked!(postgres);
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Its engine, whose SQL differs where one statement does the work of several.
+    backend: Backend,
     /// Its engine's statements that read the database's clock.
     clocked: &'static Clocked,
     /// How long after its insert a PENDING_PAYMENT order becomes due for the reconciler.
@@ -98,15 +100,17 @@ impl Store {
     /// A store over a migrated pool, whose new orders the reconciler may take after
     /// `reconcile_after`.
     pub fn new(pool: Pool, reconcile_after: Duration) -> Self {
-        let clocked = match Backend::of_pool(&pool) {
+        let backend = Backend::of_pool(&pool);
+        let clocked = match backend {
             Backend::Sqlite => &SQLITE,
             Backend::Postgres => &POSTGRES,
         };
-        Self { pool, clocked, reconcile_after_ms: millis(reconcile_after) }
+        Self { pool, backend, clocked, reconcile_after_ms: millis(reconcile_after) }
     }
 
-    /// Stores `new` as PENDING_PAYMENT with its lines, in one transaction. `None` when its user
-    /// already used its request id (a concurrent or earlier identical request).
+    /// Stores `new` as PENDING_PAYMENT with its lines, all or nothing: one statement on
+    /// PostgreSQL, one transaction on SQLite. `None` when its user already used its request id
+    /// (a concurrent or earlier identical request).
     pub async fn insert(&self, new: &NewOrder) -> Result<Option<Order>, sqlx::Error> {
         let now = ids::now_ms();
         let order = Order {
@@ -123,10 +127,8 @@ impl Store {
             create_time_ms: now,
             update_time_ms: now,
         };
-        let mut tx = db::begin(&self.pool).await?;
-        // The insert comes first so SQLite takes its write lock at once rather than upgrading a
-        // read transaction, which could fail with SQLITE_BUSY instead of waiting.
-        let inserted = sqlx::query(self.clocked.insert)
+        let sql = AssertSqlSafe(self.insert_sql(order.items.len()));
+        let mut query = sqlx::query(sql)
             .bind(&order.id)
             .bind(&order.request_id)
             .bind(&order.user_id)
@@ -135,29 +137,54 @@ impl Store {
             .bind(order.state.as_str())
             .bind(now)
             .bind(now)
-            .bind(self.reconcile_after_ms)
-            .execute(&mut tx)
-            .await?
-            .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
+            .bind(self.reconcile_after_ms);
         for (line_no, item) in (0_i64..).zip(&order.items) {
-            sqlx::query(
-                "INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_minor) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&order.id)
-            .bind(line_no)
-            .bind(&item.sku)
-            .bind(item.quantity)
-            .bind(item.unit_price_minor)
-            .execute(&mut tx)
-            .await?;
+            query = query.bind(line_no).bind(&item.sku).bind(item.quantity).bind(item.unit_price_minor);
         }
-        tx.commit().await?;
-        Ok(Some(order))
+        let inserted = match self.backend {
+            // One statement, atomic on its own: no BEGIN and COMMIT round trips.
+            Backend::Postgres => query.execute(&mut db::acquire(&self.pool).await?).await?,
+            // Two statements in one call to SQLite's worker thread, in a transaction (SQLite
+            // has no INSERT in a WITH). The order's insert comes first so SQLite takes its
+            // write lock at once rather than upgrading a read transaction, which could fail
+            // with SQLITE_BUSY instead of waiting.
+            Backend::Sqlite => {
+                let mut tx = db::begin(&self.pool).await?;
+                let inserted = query.execute(&mut tx).await?;
+                tx.commit().await?;
+                inserted
+            }
+        };
+        // Nothing at all was written when the order's insert conflicted: an order has lines.
+        Ok((inserted.rows_affected() > 0).then_some(order))
+    }
+
+    /// The SQL storing an order (parameters 1 to 9, as in [`Clocked::insert`]) with its `lines`
+    /// lines (four parameters each from 10: line number, SKU, quantity, unit price), whose
+    /// lines are written only if the order was.
+    fn insert_sql(&self, lines: usize) -> String {
+        use std::fmt::Write as _;
+        let mut values = String::with_capacity(lines * 24);
+        for line in 0..lines {
+            let p = 10 + 4 * line;
+            let sep = if line == 0 { "" } else { ", " };
+            let _ = write!(values, "{sep}(${}, ${}, ${}, ${})", p, p + 1, p + 2, p + 3);
+        }
+        let insert = self.clocked.insert;
+        match self.backend {
+            Backend::Postgres => format!(
+                "WITH o AS ({insert} RETURNING id) \
+                 INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_minor) \
+                 SELECT o.id, v.line_no, v.sku, v.quantity, v.unit_price_minor \
+                 FROM o, (VALUES {values}) AS v (line_no, sku, quantity, unit_price_minor)"
+            ),
+            Backend::Sqlite => format!(
+                "{insert}; \
+                 INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_minor) \
+                 SELECT $1, column1, column2, column3, column4 FROM (VALUES {values}) \
+                 WHERE EXISTS (SELECT 1 FROM orders WHERE id = $1)"
+            ),
+        }
     }
 
     /// Records the charge's outcome on a PENDING_PAYMENT order (PAID or PAYMENT_DECLINED, or
