@@ -107,18 +107,17 @@ impl Orders {
         match resolve(self.upstream.charge(&order).await) {
             Resolution::Settled { state, payment_id, reason } => {
                 let cancel_request_id = cancel_request_id.filter(|_| state == State::Cancelled);
-                self.record(&order.id, state, payment_id.as_deref(), reason.as_deref(), cancel_request_id)
-                    .await
+                self.record(&order, state, payment_id.as_deref(), reason.as_deref(), cancel_request_id).await
             }
             Resolution::Unknown(Some(status)) => Err(Error::Payment(status)),
             Resolution::Unknown(None) => Err(Error::PaymentInFlight(order.id)),
         }
     }
 
-    /// Stores a known charge outcome on a PENDING_PAYMENT order.
+    /// Stores a known charge outcome on PENDING_PAYMENT `order`.
     pub(crate) async fn record(
         &self,
-        id: &str,
+        order: &Order,
         state: State,
         payment_id: Option<&str>,
         reason: Option<&str>,
@@ -126,9 +125,9 @@ impl Orders {
     ) -> Result<Order, Error> {
         let settled = self
             .store
-            .settle(id, state, payment_id, reason, cancel_request_id)
+            .settle(order, state, payment_id, reason, cancel_request_id)
             .await?
-            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+            .ok_or_else(|| Error::NotFound(order.id.clone()))?;
         tracing::debug!(order_id = %settled.id, state = settled.state.as_str(), "order settled");
         Ok(settled)
     }

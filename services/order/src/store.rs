@@ -62,6 +62,10 @@ macro_rules! clocked {
 static SQLITE: Clocked = clocked!(sqlite);
 static POSTGRES: Clocked = clocked!(postgres);
 
+/// Order columns, as `UPDATE ... RETURNING` gives them back.
+const ORDER_COLUMNS: &str = "id, request_id, user_id, currency_code, total_minor, state, payment_id, \
+     decline_reason, cancel_request_id, create_time_ms, update_time_ms";
+
 /// The order service's database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -193,26 +197,32 @@ impl Store {
     /// left alone.
     pub async fn settle(
         &self,
-        id: &str,
+        order: &Order,
         state: State,
         payment_id: Option<&str>,
         decline_reason: Option<&str>,
         cancel_request_id: Option<&str>,
     ) -> Result<Option<Order>, sqlx::Error> {
-        sqlx::query(
+        let sql = AssertSqlSafe(format!(
             "UPDATE orders SET state = $1, payment_id = $2, decline_reason = $3, update_time_ms = $4, \
              cancel_request_id = $5, lease_owner = NULL, lease_until_ms = 0 \
-             WHERE id = $6 AND state = 'PENDING_PAYMENT'",
-        )
-        .bind(state.as_str())
-        .bind(payment_id)
-        .bind(decline_reason)
-        .bind(ids::now_ms())
-        .bind(cancel_request_id)
-        .bind(id)
-        .execute(&mut db::acquire(&self.pool).await?)
-        .await?;
-        self.get(id).await
+             WHERE id = $6 AND state = 'PENDING_PAYMENT' RETURNING {ORDER_COLUMNS}"
+        ));
+        let row = sqlx::query(sql)
+            .bind(state.as_str())
+            .bind(payment_id)
+            .bind(decline_reason)
+            .bind(ids::now_ms())
+            .bind(cancel_request_id)
+            .bind(&order.id)
+            .fetch_optional(&mut db::acquire(&self.pool).await?)
+            .await?;
+        match row {
+            // An order's lines never change: the ones at hand are the stored ones.
+            Some(row) => order_from_row(&row, order.items.clone()).map(Some),
+            // Settled (or gone) meanwhile: the stored order decides.
+            None => self.get(&order.id).await,
+        }
     }
 
     /// Up to `limit` PENDING_PAYMENT orders that are due `ahead` from now by the database's
@@ -354,27 +364,30 @@ fn group(rows: &[AnyRow]) -> Result<Vec<Order>, sqlx::Error> {
         };
         match orders.last_mut() {
             Some(last) if last.id == id => last.items.push(item),
-            _ => {
-                let state: String = row.try_get("state")?;
-                orders.push(Order {
-                    id,
-                    request_id: row.try_get("request_id")?,
-                    user_id: row.try_get("user_id")?,
-                    items: vec![item],
-                    currency_code: row.try_get("currency_code")?,
-                    total_minor: row.try_get("total_minor")?,
-                    state: State::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
-                        index: "state".into(),
-                        source: format!("unknown order state {state:?}").into(),
-                    })?,
-                    payment_id: row.try_get("payment_id")?,
-                    decline_reason: row.try_get("decline_reason")?,
-                    cancel_request_id: row.try_get("cancel_request_id")?,
-                    create_time_ms: row.try_get("create_time_ms")?,
-                    update_time_ms: row.try_get("update_time_ms")?,
-                });
-            }
+            _ => orders.push(order_from_row(row, vec![item])?),
         }
     }
     Ok(orders)
+}
+
+/// The order in `row` (its columns as [`ORDER_COLUMNS`] names them), with `items`.
+fn order_from_row(row: &AnyRow, items: Vec<LineItem>) -> Result<Order, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    Ok(Order {
+        id: row.try_get("id")?,
+        request_id: row.try_get("request_id")?,
+        user_id: row.try_get("user_id")?,
+        items,
+        currency_code: row.try_get("currency_code")?,
+        total_minor: row.try_get("total_minor")?,
+        state: State::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "state".into(),
+            source: format!("unknown order state {state:?}").into(),
+        })?,
+        payment_id: row.try_get("payment_id")?,
+        decline_reason: row.try_get("decline_reason")?,
+        cancel_request_id: row.try_get("cancel_request_id")?,
+        create_time_ms: row.try_get("create_time_ms")?,
+        update_time_ms: row.try_get("update_time_ms")?,
+    })
 }
