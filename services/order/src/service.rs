@@ -1,7 +1,7 @@
 //! The order use cases: CreateOrder (check the user, store, charge, settle) and CancelOrder
 //! (refund exactly once), each safe to repeat under the same request id.
 
-use crate::domain::{Order, OrderRequest, State};
+use crate::domain::{NewOrder, Order, OrderRequest, State};
 use crate::error::Error;
 use crate::store::Store;
 use crate::upstream::{Charged, Prices, Refunded, Upstream, UserCheck};
@@ -54,9 +54,31 @@ impl Orders {
     /// can never charge twice. Nothing is written unless the user may order and the catalog
     /// priced every line.
     pub async fn create(&self, request: &OrderRequest) -> Result<Order, Error> {
-        if let Some(existing) = self.replay(request).await? {
-            return self.settle(existing).await;
-        }
+        // A repeat is not looked for first, which would cost every new order a query: the
+        // insert finds it (its key conflicts), and a request that cannot be priced or whose
+        // user may not order now looks for it before failing, so a repeat still gets its order
+        // whatever the user service and the catalog say now.
+        let new = match self.priced(request).await {
+            Ok(new) => new,
+            Err(err) => {
+                return match self.replay(request).await? {
+                    Some(existing) => self.settle(existing).await,
+                    None => Err(err),
+                };
+            }
+        };
+        let order = match self.store.insert(&new).await? {
+            Some(order) => order,
+            // An earlier or concurrent request with the same key stored first: continue with
+            // its order.
+            None => self.replay(request).await?.ok_or_else(|| Error::Conflict("order vanished".into()))?,
+        };
+        tracing::debug!(order_id = %order.id, total = order.total_minor, "order stored");
+        self.settle(order).await
+    }
+
+    /// `request` priced by the catalog, if its user may order.
+    async fn priced(&self, request: &OrderRequest) -> Result<NewOrder, Error> {
         // Both answers are needed before anything is written; neither depends on the other.
         let skus = request.skus();
         let (user, prices) =
@@ -70,14 +92,7 @@ impl Orders {
             Prices::Found(prices) => prices,
             Prices::Missing(sku) => return Err(Error::ProductUnavailable(sku)),
         };
-        let new = request.price(&prices)?;
-        let order = match self.store.insert(&new).await? {
-            Some(order) => order,
-            // A concurrent request with the same key stored first: continue with its order.
-            None => self.replay(request).await?.ok_or_else(|| Error::Conflict("order vanished".into()))?,
-        };
-        tracing::debug!(order_id = %order.id, total = order.total_minor, "order stored");
-        self.settle(order).await
+        Ok(request.price(&prices)?)
     }
 
     /// The order its user stored under `request`'s request id, if any; an error if it differs
