@@ -366,6 +366,10 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // NORMAL syncs only at checkpoints: checkpointing every 4 000 pages (16 MiB
+                    // of WAL) rather than SQLite's 1 000 syncs a quarter as often and writes a
+                    // page changed by many commits (an index's last leaf) back once.
+                    conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     Ok(())
                 })
