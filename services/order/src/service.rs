@@ -1,7 +1,7 @@
 //! The order use cases: CreateOrder (check the user, store, charge, settle) and CancelOrder
 //! (refund exactly once), each safe to repeat under the same request id.
 
-use crate::domain::{Order, OrderRequest, State};
+use crate::domain::{NewOrder, Order, OrderRequest, State};
 use crate::error::Error;
 use crate::store::Store;
 use crate::upstream::{Charged, Prices, Refunded, Upstream, UserCheck};
@@ -54,9 +54,31 @@ impl Orders {
     /// can never charge twice. Nothing is written unless the user may order and the catalog
     /// priced every line.
     pub async fn create(&self, request: &OrderRequest) -> Result<Order, Error> {
-        if let Some(existing) = self.replay(request).await? {
-            return self.settle(existing).await;
-        }
+        // A repeat is not looked for first, which would cost every new order a query: the
+        // insert finds it (its key conflicts), and a request that cannot be priced or whose
+        // user may not order now looks for it before failing, so a repeat still gets its order
+        // whatever the user service and the catalog say now.
+        let new = match self.priced(request).await {
+            Ok(new) => new,
+            Err(err) => {
+                return match self.replay(request).await? {
+                    Some(existing) => self.settle(existing).await,
+                    None => Err(err),
+                };
+            }
+        };
+        let order = match self.store.insert(&new).await? {
+            Some(order) => order,
+            // An earlier or concurrent request with the same key stored first: continue with
+            // its order.
+            None => self.replay(request).await?.ok_or_else(|| Error::Conflict("order vanished".into()))?,
+        };
+        tracing::debug!(order_id = %order.id, total = order.total_minor, "order stored");
+        self.settle(order).await
+    }
+
+    /// `request` priced by the catalog, if its user may order.
+    async fn priced(&self, request: &OrderRequest) -> Result<NewOrder, Error> {
         // Both answers are needed before anything is written; neither depends on the other.
         let skus = request.skus();
         let (user, prices) =
@@ -70,14 +92,7 @@ impl Orders {
             Prices::Found(prices) => prices,
             Prices::Missing(sku) => return Err(Error::ProductUnavailable(sku)),
         };
-        let new = request.price(&prices)?;
-        let order = match self.store.insert(&new).await? {
-            Some(order) => order,
-            // A concurrent request with the same key stored first: continue with its order.
-            None => self.replay(request).await?.ok_or_else(|| Error::Conflict("order vanished".into()))?,
-        };
-        tracing::debug!(order_id = %order.id, total = order.total_minor, "order stored");
-        self.settle(order).await
+        Ok(request.price(&prices)?)
     }
 
     /// The order its user stored under `request`'s request id, if any; an error if it differs
@@ -107,18 +122,17 @@ impl Orders {
         match resolve(self.upstream.charge(&order).await) {
             Resolution::Settled { state, payment_id, reason } => {
                 let cancel_request_id = cancel_request_id.filter(|_| state == State::Cancelled);
-                self.record(&order.id, state, payment_id.as_deref(), reason.as_deref(), cancel_request_id)
-                    .await
+                self.record(&order, state, payment_id.as_deref(), reason.as_deref(), cancel_request_id).await
             }
             Resolution::Unknown(Some(status)) => Err(Error::Payment(status)),
             Resolution::Unknown(None) => Err(Error::PaymentInFlight(order.id)),
         }
     }
 
-    /// Stores a known charge outcome on a PENDING_PAYMENT order.
+    /// Stores a known charge outcome on PENDING_PAYMENT `order`.
     pub(crate) async fn record(
         &self,
-        id: &str,
+        order: &Order,
         state: State,
         payment_id: Option<&str>,
         reason: Option<&str>,
@@ -126,9 +140,9 @@ impl Orders {
     ) -> Result<Order, Error> {
         let settled = self
             .store
-            .settle(id, state, payment_id, reason, cancel_request_id)
+            .settle(order, state, payment_id, reason, cancel_request_id)
             .await?
-            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+            .ok_or_else(|| Error::NotFound(order.id.clone()))?;
         tracing::debug!(order_id = %settled.id, state = settled.state.as_str(), "order settled");
         Ok(settled)
     }

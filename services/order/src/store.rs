@@ -62,10 +62,16 @@ macro_rules! clocked {
 static SQLITE: Clocked = clocked!(sqlite);
 static POSTGRES: Clocked = clocked!(postgres);
 
+/// Order columns, as `UPDATE ... RETURNING` gives them back.
+const ORDER_COLUMNS: &str = "id, request_id, user_id, currency_code, total_minor, state, payment_id, \
+     decline_reason, cancel_request_id, create_time_ms, update_time_ms";
+
 /// The order service's database.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Its engine, whose SQL differs where one statement does the work of several.
+    backend: Backend,
     /// Its engine's statements that read the database's clock.
     clocked: &'static Clocked,
     /// How long after its insert a PENDING_PAYMENT order becomes due for the reconciler.
@@ -98,15 +104,17 @@ impl Store {
     /// A store over a migrated pool, whose new orders the reconciler may take after
     /// `reconcile_after`.
     pub fn new(pool: Pool, reconcile_after: Duration) -> Self {
-        let clocked = match Backend::of_pool(&pool) {
+        let backend = Backend::of_pool(&pool);
+        let clocked = match backend {
             Backend::Sqlite => &SQLITE,
             Backend::Postgres => &POSTGRES,
         };
-        Self { pool, clocked, reconcile_after_ms: millis(reconcile_after) }
+        Self { pool, backend, clocked, reconcile_after_ms: millis(reconcile_after) }
     }
 
-    /// Stores `new` as PENDING_PAYMENT with its lines, in one transaction. `None` when its user
-    /// already used its request id (a concurrent or earlier identical request).
+    /// Stores `new` as PENDING_PAYMENT with its lines, all or nothing: one statement on
+    /// PostgreSQL, one transaction on SQLite. `None` when its user already used its request id
+    /// (a concurrent or earlier identical request).
     pub async fn insert(&self, new: &NewOrder) -> Result<Option<Order>, sqlx::Error> {
         let now = ids::now_ms();
         let order = Order {
@@ -123,10 +131,8 @@ impl Store {
             create_time_ms: now,
             update_time_ms: now,
         };
-        let mut tx = db::begin(&self.pool).await?;
-        // The insert comes first so SQLite takes its write lock at once rather than upgrading a
-        // read transaction, which could fail with SQLITE_BUSY instead of waiting.
-        let inserted = sqlx::query(self.clocked.insert)
+        let sql = AssertSqlSafe(self.insert_sql(order.items.len()));
+        let mut query = sqlx::query(sql)
             .bind(&order.id)
             .bind(&order.request_id)
             .bind(&order.user_id)
@@ -135,29 +141,54 @@ impl Store {
             .bind(order.state.as_str())
             .bind(now)
             .bind(now)
-            .bind(self.reconcile_after_ms)
-            .execute(&mut tx)
-            .await?
-            .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
+            .bind(self.reconcile_after_ms);
         for (line_no, item) in (0_i64..).zip(&order.items) {
-            sqlx::query(
-                "INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_minor) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&order.id)
-            .bind(line_no)
-            .bind(&item.sku)
-            .bind(item.quantity)
-            .bind(item.unit_price_minor)
-            .execute(&mut tx)
-            .await?;
+            query = query.bind(line_no).bind(&item.sku).bind(item.quantity).bind(item.unit_price_minor);
         }
-        tx.commit().await?;
-        Ok(Some(order))
+        let inserted = match self.backend {
+            // One statement, atomic on its own: no BEGIN and COMMIT round trips.
+            Backend::Postgres => query.execute(&mut db::acquire(&self.pool).await?).await?,
+            // Two statements in one call to SQLite's worker thread, in a transaction (SQLite
+            // has no INSERT in a WITH). The order's insert comes first so SQLite takes its
+            // write lock at once rather than upgrading a read transaction, which could fail
+            // with SQLITE_BUSY instead of waiting.
+            Backend::Sqlite => {
+                let mut tx = db::begin(&self.pool).await?;
+                let inserted = query.execute(&mut tx).await?;
+                tx.commit().await?;
+                inserted
+            }
+        };
+        // Nothing at all was written when the order's insert conflicted: an order has lines.
+        Ok((inserted.rows_affected() > 0).then_some(order))
+    }
+
+    /// The SQL storing an order (parameters 1 to 9, as in [`Clocked::insert`]) with its `lines`
+    /// lines (four parameters each from 10: line number, SKU, quantity, unit price), whose
+    /// lines are written only if the order was.
+    fn insert_sql(&self, lines: usize) -> String {
+        use std::fmt::Write as _;
+        let mut values = String::with_capacity(lines * 24);
+        for line in 0..lines {
+            let p = 10 + 4 * line;
+            let sep = if line == 0 { "" } else { ", " };
+            let _ = write!(values, "{sep}(${}, ${}, ${}, ${})", p, p + 1, p + 2, p + 3);
+        }
+        let insert = self.clocked.insert;
+        match self.backend {
+            Backend::Postgres => format!(
+                "WITH o AS ({insert} RETURNING id) \
+                 INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_minor) \
+                 SELECT o.id, v.line_no, v.sku, v.quantity, v.unit_price_minor \
+                 FROM o, (VALUES {values}) AS v (line_no, sku, quantity, unit_price_minor)"
+            ),
+            Backend::Sqlite => format!(
+                "{insert}; \
+                 INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_minor) \
+                 SELECT $1, column1, column2, column3, column4 FROM (VALUES {values}) \
+                 WHERE EXISTS (SELECT 1 FROM orders WHERE id = $1)"
+            ),
+        }
     }
 
     /// Records the charge's outcome on a PENDING_PAYMENT order (PAID or PAYMENT_DECLINED, or
@@ -166,26 +197,32 @@ impl Store {
     /// left alone.
     pub async fn settle(
         &self,
-        id: &str,
+        order: &Order,
         state: State,
         payment_id: Option<&str>,
         decline_reason: Option<&str>,
         cancel_request_id: Option<&str>,
     ) -> Result<Option<Order>, sqlx::Error> {
-        sqlx::query(
+        let sql = AssertSqlSafe(format!(
             "UPDATE orders SET state = $1, payment_id = $2, decline_reason = $3, update_time_ms = $4, \
              cancel_request_id = $5, lease_owner = NULL, lease_until_ms = 0 \
-             WHERE id = $6 AND state = 'PENDING_PAYMENT'",
-        )
-        .bind(state.as_str())
-        .bind(payment_id)
-        .bind(decline_reason)
-        .bind(ids::now_ms())
-        .bind(cancel_request_id)
-        .bind(id)
-        .execute(&mut db::acquire(&self.pool).await?)
-        .await?;
-        self.get(id).await
+             WHERE id = $6 AND state = 'PENDING_PAYMENT' RETURNING {ORDER_COLUMNS}"
+        ));
+        let row = sqlx::query(sql)
+            .bind(state.as_str())
+            .bind(payment_id)
+            .bind(decline_reason)
+            .bind(ids::now_ms())
+            .bind(cancel_request_id)
+            .bind(&order.id)
+            .fetch_optional(&mut db::acquire(&self.pool).await?)
+            .await?;
+        match row {
+            // An order's lines never change: the ones at hand are the stored ones.
+            Some(row) => order_from_row(&row, order.items.clone()).map(Some),
+            // Settled (or gone) meanwhile: the stored order decides.
+            None => self.get(&order.id).await,
+        }
     }
 
     /// Up to `limit` PENDING_PAYMENT orders that are due `ahead` from now by the database's
@@ -327,27 +364,30 @@ fn group(rows: &[AnyRow]) -> Result<Vec<Order>, sqlx::Error> {
         };
         match orders.last_mut() {
             Some(last) if last.id == id => last.items.push(item),
-            _ => {
-                let state: String = row.try_get("state")?;
-                orders.push(Order {
-                    id,
-                    request_id: row.try_get("request_id")?,
-                    user_id: row.try_get("user_id")?,
-                    items: vec![item],
-                    currency_code: row.try_get("currency_code")?,
-                    total_minor: row.try_get("total_minor")?,
-                    state: State::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
-                        index: "state".into(),
-                        source: format!("unknown order state {state:?}").into(),
-                    })?,
-                    payment_id: row.try_get("payment_id")?,
-                    decline_reason: row.try_get("decline_reason")?,
-                    cancel_request_id: row.try_get("cancel_request_id")?,
-                    create_time_ms: row.try_get("create_time_ms")?,
-                    update_time_ms: row.try_get("update_time_ms")?,
-                });
-            }
+            _ => orders.push(order_from_row(row, vec![item])?),
         }
     }
     Ok(orders)
+}
+
+/// The order in `row` (its columns as [`ORDER_COLUMNS`] names them), with `items`.
+fn order_from_row(row: &AnyRow, items: Vec<LineItem>) -> Result<Order, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    Ok(Order {
+        id: row.try_get("id")?,
+        request_id: row.try_get("request_id")?,
+        user_id: row.try_get("user_id")?,
+        items,
+        currency_code: row.try_get("currency_code")?,
+        total_minor: row.try_get("total_minor")?,
+        state: State::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "state".into(),
+            source: format!("unknown order state {state:?}").into(),
+        })?,
+        payment_id: row.try_get("payment_id")?,
+        decline_reason: row.try_get("decline_reason")?,
+        cancel_request_id: row.try_get("cancel_request_id")?,
+        create_time_ms: row.try_get("create_time_ms")?,
+        update_time_ms: row.try_get("update_time_ms")?,
+    })
 }

@@ -92,10 +92,10 @@ impl Ledger {
     /// Records `entry` unless its key has an entry already; either way, what is recorded.
     async fn record(&self, entry: &Entry<'_>) -> Result<(String, Option<String>), sqlx::Error> {
         self.ready().await?;
-        sqlx::query(
+        let row = sqlx::query(
             "INSERT INTO processor_ledger (kind, idempotency_key, order_id, amount_minor, currency_code, \
              outcome, decline_reason, create_time_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (kind, idempotency_key) DO NOTHING",
+             ON CONFLICT (kind, idempotency_key) DO NOTHING RETURNING outcome, decline_reason",
         )
         .bind(entry.kind)
         .bind(entry.key)
@@ -105,10 +105,14 @@ impl Ledger {
         .bind(entry.outcome)
         .bind(entry.decline_reason)
         .bind(ids::now_ms())
-        .execute(&mut db::acquire(&self.pool).await?)
+        .fetch_optional(&mut db::acquire(&self.pool).await?)
         .await?;
-        // A concurrent call under the same key may have recorded first: its entry is the answer.
-        self.get(entry.kind, entry.key).await?.ok_or(sqlx::Error::RowNotFound)
+        match row {
+            Some(r) => Ok((r.try_get("outcome")?, r.try_get("decline_reason")?)),
+            // An earlier or concurrent call under the same key recorded first: its entry is
+            // the answer.
+            None => self.get(entry.kind, entry.key).await?.ok_or(sqlx::Error::RowNotFound),
+        }
     }
 }
 
@@ -142,9 +146,9 @@ impl Processor {
         currency: &str,
     ) -> Result<Outcome, sqlx::Error> {
         self.wait().await;
-        if let Some(done) = self.ledger.get("charge", key).await? {
-            return Ok(outcome(&done));
-        }
+        // The decision is a function of the charge, so deciding before looking at the ledger
+        // changes nothing; recording it is a no-op under a key that has an entry, whose
+        // decision is then the answer. One statement for a new key instead of three.
         let decided = if !self.currencies.iter().any(|c| c == currency) {
             Outcome::Declined("currency_not_supported")
         } else if amount_minor > self.limit_minor {
@@ -181,18 +185,17 @@ impl Processor {
         currency: &str,
     ) -> Result<(), sqlx::Error> {
         self.wait().await;
-        if self.ledger.get("refund", key).await?.is_none() {
-            let entry = Entry {
-                kind: "refund",
-                key,
-                order_id,
-                amount_minor,
-                currency_code: currency,
-                outcome: "refunded",
-                decline_reason: None,
-            };
-            self.ledger.record(&entry).await?;
-        }
+        // Recorded once: a key with an entry keeps it.
+        let entry = Entry {
+            kind: "refund",
+            key,
+            order_id,
+            amount_minor,
+            currency_code: currency,
+            outcome: "refunded",
+            decline_reason: None,
+        };
+        self.ledger.record(&entry).await?;
         Ok(())
     }
 

@@ -128,17 +128,22 @@ impl Store {
         state: State,
         decline_reason: Option<&str>,
     ) -> Result<Option<Payment>, sqlx::Error> {
-        sqlx::query(
+        let sql = AssertSqlSafe(format!(
             "UPDATE payments SET state = $1, decline_reason = $2, update_time_ms = $3 \
-             WHERE id = $4 AND state = 'PROCESSING'",
-        )
-        .bind(state.as_str())
-        .bind(decline_reason)
-        .bind(ids::now_ms())
-        .bind(id)
-        .execute(&mut db::acquire(&self.pool).await?)
-        .await?;
-        self.get(id).await
+             WHERE id = $4 AND state = 'PROCESSING' RETURNING {COLUMNS}"
+        ));
+        let row = sqlx::query(sql)
+            .bind(state.as_str())
+            .bind(decline_reason)
+            .bind(ids::now_ms())
+            .bind(id)
+            .fetch_optional(&mut db::acquire(&self.pool).await?)
+            .await?;
+        match row {
+            Some(row) => from_row(&row).map(Some),
+            // Finished by another call meanwhile (or gone): the stored payment decides.
+            None => self.get(id).await,
+        }
     }
 
     /// Marks a SUCCEEDED payment REFUNDED under `request_id`; `false` if it was not SUCCEEDED.
