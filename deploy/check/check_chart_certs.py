@@ -19,7 +19,6 @@ import base64
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 import yaml
 from helm_python.chart import Chart
 
-from harness import Checks
+from harness import Checks, free_port, until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "shopmesh"
@@ -41,25 +40,6 @@ DEADLINE_SECONDS = 60
 
 def spiffe(sa: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{sa}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def until(what: str, probe, deadline: float):
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-            if last:
-                return last
-        except Exception as e:  # not up yet
-            last = e
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def main() -> int:

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import Checks
+from harness import Checks, free_port, until
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "compose" / "prometheus-rules.yml"
@@ -50,29 +49,9 @@ GRPC = {"user": "shopmesh.user.v1.UserService", "order": "shopmesh.order.v1.Orde
 DEADLINE_SECONDS = 120
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
-
-
-def until(what: str, probe, deadline: float):
-    """Polls probe() every 0.5 s until it returns something truthy; fails at the deadline."""
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-            if last:
-                return last
-        except Exception as e:  # not up yet
-            last = e
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def served(binary: str) -> set[str]:

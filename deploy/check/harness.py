@@ -1,11 +1,13 @@
-"""The small harness both deploy checks share: named checks, one summary line each, a total."""
+"""The small harness the deploy checks share: named checks, one summary line each, a total; and
+the two helpers of the checks that run the binary (a free loopback port, a poll with a deadline)."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 
 class Checks:
@@ -39,3 +41,24 @@ class Checks:
         # The plain closing line CI reads: "<word>: N passed, N failed".
         print(f"{self.suite}: {self.passed} passed, {self.failed} failed")
         return 1 if self.failed else 0
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def until(what: str, probe: Callable[[], Any], deadline: float, every: float = 0.5) -> Any:
+    """Polls probe() every `every` seconds until it returns something truthy; fails at the deadline."""
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+            if last:
+                return last
+        except Exception as e:  # not up yet
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
