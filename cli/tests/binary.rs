@@ -31,6 +31,17 @@ fn address_of(banner: &[String], service: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no address for {service} in {banner:#?}"))
 }
 
+/// The product both all-in-one tests order: BOOK-42 at 12.50 USD.
+fn book() -> Product {
+    Product {
+        sku: "BOOK-42".into(),
+        display_name: "The book".into(),
+        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1_250 }),
+        active: true,
+        ..Product::default()
+    }
+}
+
 #[tokio::test]
 async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -86,13 +97,7 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
         .into_inner();
     // The order service prices the order from the catalog: the product is created there first.
     let mut catalog = CatalogServiceClient::connect(format!("http://{catalog_addr}")).await.expect("catalog");
-    let product = Product {
-        sku: "BOOK-42".into(),
-        display_name: "The book".into(),
-        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1_250 }),
-        active: true,
-        ..Product::default()
-    };
+    let product = book();
     catalog.create_product(CreateProductRequest { product: Some(product) }).await.expect("create product");
     let mut orders = OrderServiceClient::connect(format!("http://{order_addr}")).await.expect("order");
     let order = orders
@@ -485,13 +490,7 @@ async fn the_whole_mesh_on_mutual_tls_starts_and_places_an_order() {
         .await
         .expect("create user over mTLS")
         .into_inner();
-    let product = Product {
-        sku: "BOOK-42".into(),
-        display_name: "The book".into(),
-        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1_250 }),
-        active: true,
-        ..Product::default()
-    };
+    let product = book();
     CatalogServiceClient::new(pki::channel(catalog_addr, client.clone()))
         .create_product(CreateProductRequest { product: Some(product) })
         .await
