@@ -1,0 +1,252 @@
+//! Each service's own database: SQLite (a file under `./data`, created on start) or PostgreSQL,
+//! through sqlx `Any` so one store's SQL serves both; embedded migrations applied on start.
+//!
+//! Here: the [`Pool`] (with its metrics), connecting, migrating, and the deadline-bounded
+//! [`acquire`] and [`begin`] every store uses. Beside it: `traced.rs` (the span of each
+//! statement) and `url.rs` (engines, SQLite files, redaction).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{Any, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Executor as _, Transaction};
+
+mod traced;
+mod url;
+
+pub use traced::Traced;
+use url::prepare_sqlite;
+pub use url::{Backend, redact};
+
+use crate::mesh::{Error, config::MeshConfig};
+
+/// A service's database pool: sqlx's (which it derefs to), and its metrics, labelled with the
+/// pool's name (`pool="user"`, `pool="processor"`), so the pools of the all-in-one run are
+/// told apart. The metric handles are registered once, not looked up on every acquire; a pool
+/// not named (a test's, `shopmesh migrate`'s) records none, so no unlabelled series appears.
+#[derive(Clone)]
+pub struct Pool {
+    inner: sqlx::Pool<Any>,
+    metrics: Option<Arc<PoolMetrics>>,
+}
+
+struct PoolMetrics {
+    pending: metrics::Gauge,
+    wait: metrics::Histogram,
+    idle: metrics::Gauge,
+    used: metrics::Gauge,
+}
+
+impl PoolMetrics {
+    fn new(name: &'static str, max: u32) -> Self {
+        metrics::gauge!("db_client_connections_max", "pool" => name).set(f64::from(max));
+        Self {
+            pending: metrics::gauge!("db_client_connections_pending_requests", "pool" => name),
+            wait: metrics::histogram!("db_client_connections_wait_time_seconds", "pool" => name),
+            idle: metrics::gauge!("db_client_connections_usage", "pool" => name, "state" => "idle"),
+            used: metrics::gauge!("db_client_connections_usage", "pool" => name, "state" => "used"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("size", &self.inner.size())
+            .field("idle", &self.inner.num_idle())
+            .finish()
+    }
+}
+
+impl std::ops::Deref for Pool {
+    type Target = sqlx::Pool<Any>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl Pool {
+    /// The pool, recording its metrics labelled `pool="<name>"` (the service's name).
+    #[must_use]
+    pub fn named(self, name: &'static str) -> Self {
+        let max = self.inner.options().get_max_connections();
+        Self { metrics: Some(Arc::new(PoolMetrics::new(name, max))), ..self }
+    }
+}
+
+/// A transaction on a service's database.
+pub type Tx = Transaction<'static, Any>;
+
+/// The database's clock in epoch milliseconds, as an SQL expression for `sqlite` or `postgres`
+/// (a literal, so a store can `concat!` it into its statements). Leases and schedules that
+/// replicas share are computed with it, never with one replica's clock, which may be skewed.
+#[macro_export]
+macro_rules! db_now_ms {
+    (sqlite) => {
+        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    };
+    (postgres) => {
+        "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)"
+    };
+}
+
+/// A service's embedded migrations, one directory per engine (their SQL differs in types).
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// `migrations/sqlite`, embedded with `sqlx::migrate!`.
+    pub sqlite: &'static Migrator,
+    /// `migrations/postgres`, embedded with `sqlx::migrate!`.
+    pub postgres: &'static Migrator,
+}
+
+impl Migrations {
+    /// The migrations for `backend`.
+    pub fn of(&self, backend: Backend) -> &'static Migrator {
+        match backend {
+            Backend::Sqlite => self.sqlite,
+            Backend::Postgres => self.postgres,
+        }
+    }
+}
+
+/// Waits for `get` (a connection or a transaction from `pool`) no longer than the request's
+/// deadline, counting the wait in the pool metrics.
+async fn bounded<T, F>(pool: &Pool, get: F) -> Result<T, sqlx::Error>
+where
+    F: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    if crate::mesh::deadline::expired() {
+        return Err(sqlx::Error::PoolTimedOut);
+    }
+    let Some(m) = &pool.metrics else {
+        return crate::mesh::deadline::within(get).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
+    };
+    let started = tokio::time::Instant::now();
+    m.pending.increment(1.0);
+    let got = crate::mesh::deadline::within(get).await;
+    m.pending.decrement(1.0);
+    m.wait.record(started.elapsed().as_secs_f64());
+    let idle = pool.num_idle() as f64;
+    m.idle.set(idle);
+    m.used.set(f64::from(pool.size()) - idle);
+    got.map_err(|_| sqlx::Error::PoolTimedOut)?
+}
+
+/// A pooled connection for the request being handled, each of whose statements gets a span.
+/// The wait for it ends at the request's deadline if that is nearer than the pool's acquire
+/// timeout, so database work never runs on after the caller has given up. Out of time is
+/// reported as [`sqlx::Error::PoolTimedOut`], which [`crate::mesh::status::database`] answers
+/// with DEADLINE_EXCEEDED.
+pub async fn acquire(pool: &Pool) -> Result<Traced<sqlx::pool::PoolConnection<Any>>, sqlx::Error> {
+    bounded(pool, pool.acquire()).await.map(Traced)
+}
+
+/// A transaction for the request being handled, bounded by its deadline as [`acquire`] is.
+pub async fn begin(pool: &Pool) -> Result<Traced<Tx>, sqlx::Error> {
+    bounded(pool, pool.begin()).await.map(Traced)
+}
+
+/// How many times migrating is tried before giving up (see [`migrate`]).
+const MIGRATE_ATTEMPTS: u32 = 5;
+
+/// A pool on `url` that connects on first use, so a service can answer health checks (NOT
+/// SERVING) while its database is still unreachable. For SQLite the file and its directory are
+/// created if missing and each connection is set up for concurrent use (WAL, busy timeout).
+///
+/// # Errors
+/// [`Error::Config`] for an unsupported URL or a SQLite directory that cannot be created.
+pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::of(url)?;
+    let mut options = AnyPoolOptions::new()
+        .max_connections(mesh.db_max_connections.max(1))
+        .acquire_timeout(mesh.db_acquire_timeout)
+        // sqlx pings every connection before handing it out by default: a round trip to
+        // PostgreSQL, and on SQLite a hop to the connection's worker thread and back, on every
+        // acquire (a third of GetUser's context switches). A connection the server closed fails
+        // its next statement instead, which the caller sees as UNAVAILABLE and the pool
+        // replaces; `max_lifetime` and `idle_timeout` (sqlx's defaults, 30 and 10 minutes) retire
+        // connections before most servers and proxies would drop them.
+        .test_before_acquire(false);
+    let url = match backend {
+        Backend::Sqlite => {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the writer; the busy timeout makes writers
+                    // queue instead of failing with SQLITE_BUSY; NORMAL is durable in WAL mode
+                    // except on power loss, which the order flow's idempotency keys tolerate.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // NORMAL syncs only at checkpoints: checkpointing every 4 000 pages (16 MiB
+                    // of WAL) rather than SQLite's 1 000 syncs a quarter as often and writes a
+                    // page changed by many commits (an index's last leaf) back once.
+                    conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            });
+            prepare_sqlite(url)?
+        }
+        Backend::Postgres => url.to_owned(),
+    };
+    let inner = options.connect_lazy(&url)?;
+    Ok(Pool { inner, metrics: None })
+}
+
+/// Applies `migrations` for `backend` to `pool`, retrying a few times: replicas starting at
+/// once on PostgreSQL serialize on sqlx's advisory lock; on SQLite (no such lock) the loser of
+/// the race fails on the tables the winner created and succeeds on the next try.
+///
+/// # Errors
+/// The last migration error.
+pub async fn migrate(pool: &Pool, backend: Backend, migrations: Migrations) -> Result<(), Error> {
+    let migrator = migrations.of(backend);
+    let mut attempt = 1;
+    loop {
+        match migrator.run(&**pool).await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < MIGRATE_ATTEMPTS => {
+                tracing::warn!(%err, attempt, "migrating failed, retrying (another replica may be migrating)");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Checks that every embedded migration is applied (when another process, such as a Helm
+/// hook's `shopmesh migrate`, owns migrating).
+///
+/// # Errors
+/// [`Error::Config`] naming the first missing migration, or the database error.
+pub async fn check_migrated(pool: &Pool, backend: Backend, migrations: Migrations) -> Result<(), Error> {
+    use sqlx::migrate::Migrate as _;
+    let migrator = migrations.of(backend);
+    let mut conn = pool.acquire().await?;
+    // Fails while the table does not exist yet: not migrated either.
+    let applied = conn.list_applied_migrations(&migrator.table_name).await?;
+    for migration in migrator.iter().filter(|m| m.migration_type.is_up_migration()) {
+        if !applied.iter().any(|a| a.version == migration.version) {
+            return Err(Error::Config(format!(
+                "migration {} ({}) is not applied; run `shopmesh migrate`",
+                migration.version, migration.description
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Opens a pool on `url` and applies `migrations`: what `shopmesh migrate` and tests use.
+///
+/// # Errors
+/// As [`connect`] and [`migrate`].
+pub async fn open(url: &str, mesh: &MeshConfig, migrations: Migrations) -> Result<Pool, Error> {
+    let pool = connect(url, mesh)?;
+    migrate(&pool, Backend::of(url)?, migrations).await?;
+    tracing::info!(url = %redact(url), "database ready");
+    Ok(pool)
+}

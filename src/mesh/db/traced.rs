@@ -1,0 +1,195 @@
+//! Every statement a store runs gets a span: [`Traced`] wraps a pooled connection or a
+//! transaction and is the executor the stores use.
+
+use sqlx::any::Any;
+
+use super::Tx;
+
+/// A connection (or transaction) whose every statement gets a child span following
+/// OpenTelemetry's database conventions: named `<operation> <table>`, with the engine and the
+/// SQL text (placeholders only, never values). Use `&mut traced` as the executor.
+#[derive(Debug)]
+pub struct Traced<C>(pub(super) C);
+
+impl Traced<Tx> {
+    /// Commits the transaction.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.0.commit().await
+    }
+
+    /// Rolls the transaction back.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.0.rollback().await
+    }
+}
+
+/// A statement taken apart so its SQL can be read before it runs.
+struct Statement {
+    sql: sqlx::SqlStr,
+    arguments: Option<Result<Option<sqlx::any::AnyArguments>, sqlx::error::BoxDynError>>,
+    persistent: bool,
+}
+
+impl<'q> sqlx::Execute<'q, Any> for Statement {
+    fn sql(self) -> sqlx::SqlStr {
+        self.sql
+    }
+
+    fn statement(&self) -> Option<&sqlx::any::AnyStatement> {
+        None
+    }
+
+    fn take_arguments(&mut self) -> Result<Option<sqlx::any::AnyArguments>, sqlx::error::BoxDynError> {
+        self.arguments.take().unwrap_or(Ok(None))
+    }
+
+    fn persistent(&self) -> bool {
+        self.persistent
+    }
+}
+
+/// `INSERT INTO orders …` → ("INSERT", "orders"): the operation and the first table named.
+fn operation_and_table(sql: &str) -> (&str, &str) {
+    // A statement led by a data-modifying WITH (`WITH o AS (INSERT INTO orders ...) INSERT INTO
+    // order_items ...`) is named after the first statement in it, the one the rest hangs on.
+    let sql = match sql.split_once('(') {
+        Some((head, rest))
+            if head.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case("WITH")) =>
+        {
+            rest
+        }
+        _ => sql,
+    };
+    let mut words = sql.split_whitespace();
+    let operation = words.next().unwrap_or("SQL");
+    let mut table = "";
+    let mut prev = operation;
+    for word in words {
+        if ["FROM", "INTO", "UPDATE"].iter().any(|k| prev.eq_ignore_ascii_case(k)) {
+            table = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+            break;
+        }
+        prev = word;
+    }
+    if operation.eq_ignore_ascii_case("UPDATE") {
+        table = sql.split_whitespace().nth(1).unwrap_or("");
+    }
+    (operation, table)
+}
+
+fn statement_span<'q, E: sqlx::Execute<'q, Any>>(
+    mut query: E,
+    conn: &sqlx::AnyConnection,
+) -> (Statement, tracing::Span) {
+    let arguments = Some(query.take_arguments());
+    let persistent = query.persistent();
+    let sql = query.sql();
+    let text = sql.as_str();
+    let system = match conn.backend_name() {
+        "PostgreSQL" => "postgresql",
+        "SQLite" => "sqlite",
+        other => other,
+    };
+    let span = span(system, text);
+    (Statement { sql, arguments, persistent }, span)
+}
+
+/// The span of one statement on `system` (`sqlite`, `postgresql`), after OpenTelemetry's
+/// database conventions.
+pub(super) fn span(system: &str, sql: &str) -> tracing::Span {
+    let (operation, table) = operation_and_table(sql);
+    tracing::info_span!(
+        "db",
+        otel.name = %format_args!("{operation} {table}"),
+        otel.kind = "client",
+        db.system.name = system,
+        db.operation.name = operation,
+        db.collection.name = table,
+        db.query.text = sql,
+    )
+}
+
+impl<'c, C> sqlx::Executor<'c> for &'c mut Traced<C>
+where
+    C: std::ops::DerefMut<Target = sqlx::AnyConnection> + Send + std::fmt::Debug,
+{
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures::stream::BoxStream<
+        'e,
+        Result<sqlx::Either<sqlx::any::AnyQueryResult, sqlx::any::AnyRow>, sqlx::Error>,
+    >
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
+        let (statement, span) = statement_span(query, conn);
+        Box::pin(tracing_futures::Instrument::instrument(conn.fetch_many(statement), span))
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures::future::BoxFuture<'e, Result<Option<sqlx::any::AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + sqlx::Execute<'q, Any>,
+    {
+        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
+        let (statement, span) = statement_span(query, conn);
+        Box::pin(tracing::Instrument::instrument(conn.fetch_optional(statement), span))
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [sqlx::any::AnyTypeInfo],
+    ) -> futures::future::BoxFuture<'e, Result<sqlx::any::AnyStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
+        conn.prepare_with(sql, parameters)
+    }
+
+    // Required because sqlx's `macros` feature turns on its `offline` feature.
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> futures::future::BoxFuture<'e, Result<sqlx::Describe<Any>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
+        conn.describe(sql)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_named_after_their_operation_and_table() {
+        assert_eq!(operation_and_table("SELECT id FROM orders WHERE id = $1"), ("SELECT", "orders"));
+        assert_eq!(operation_and_table("INSERT INTO payments (id) VALUES ($1)"), ("INSERT", "payments"));
+        assert_eq!(operation_and_table("UPDATE orders SET state = $1"), ("UPDATE", "orders"));
+        assert_eq!(
+            operation_and_table(
+                "WITH o AS (INSERT INTO orders (id) VALUES ($1) RETURNING id) \
+                 INSERT INTO order_items (order_id) SELECT o.id FROM o"
+            ),
+            ("INSERT", "orders")
+        );
+    }
+}
