@@ -9,6 +9,9 @@ use sqlx::any::AnyRow;
 use crate::domain::{NewUser, User, UserPatch};
 
 const COLUMNS: &str = "id, email, display_name, active, request_id, create_time_ms, update_time_ms";
+/// GetUser's read, spelled out (not formatted from [`COLUMNS`]) so it is built once.
+const BY_ID: &str = "SELECT id, email, display_name, active, request_id, create_time_ms, update_time_ms \
+                     FROM users WHERE id = $1";
 
 /// What inserting a user led to.
 #[derive(Debug)]
@@ -107,9 +110,15 @@ impl Store {
         if let Some(user) = self.cache.as_ref().and_then(|c| c.get(&id.to_owned())) {
             return Ok(Some(user));
         }
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id = $1"));
-        let row = sqlx::query(sql).bind(id).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
-        let user = row.map(|r| from_row(&r)).transpose()?;
+        // On a SQLite file, read at once on this thread (no hop to sqlx's worker thread).
+        let user = match self.pool.read_row_now(BY_ID, [id], from_sqlite_row) {
+            Some(user) => user,
+            None => {
+                let row =
+                    sqlx::query(BY_ID).bind(id).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
+                row.map(|r| from_row(&r)).transpose()?
+            }
+        };
         // Unknown ids are not cached: a user created through another replica appears at once.
         if let (Some(cache), Some(user)) = (&self.cache, &user) {
             cache.insert(user.id.clone(), user.clone());
@@ -150,6 +159,19 @@ impl Store {
         }
         Ok(user)
     }
+}
+
+/// [`from_row`] for [`Pool::read_row_now`](db::Pool::read_row_now), whose columns are [`BY_ID`]'s.
+fn from_sqlite_row(row: &db::rusqlite::Row<'_>) -> db::rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        email: row.get(1)?,
+        display_name: row.get(2)?,
+        active: row.get::<_, i64>(3)? != 0,
+        request_id: row.get(4)?,
+        create_time_ms: row.get(5)?,
+        update_time_ms: row.get(6)?,
+    })
 }
 
 fn from_row(row: &AnyRow) -> Result<User, sqlx::Error> {

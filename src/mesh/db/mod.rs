@@ -3,7 +3,8 @@
 //!
 //! Here: the [`Pool`] (with its metrics), connecting, migrating, and the deadline-bounded
 //! [`acquire`] and [`begin`] every store uses. Beside it: `traced.rs` (the span of each
-//! statement) and `url.rs` (engines, SQLite files, redaction).
+//! statement), `url.rs` (engines, SQLite files, redaction) and `inline.rs` (SQLite point reads
+//! without sqlx's thread hop, [`Pool::read_row_now`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,12 @@ use sqlx::any::{Any, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{Executor as _, Transaction};
 
+mod inline;
 mod traced;
 mod url;
 
+/// The SQLite API of [`Pool::read_row_now`]'s closures (rows, parameters), at sqlx's version.
+pub use rusqlite;
 pub use traced::Traced;
 use url::prepare_sqlite;
 pub use url::{Backend, redact};
@@ -29,6 +33,8 @@ use crate::mesh::{Error, config::MeshConfig};
 pub struct Pool {
     inner: sqlx::Pool<Any>,
     metrics: Option<Arc<PoolMetrics>>,
+    /// A SQLite file's read-only connections for [`Pool::read_row_now`].
+    readers: Option<Arc<inline::Readers>>,
 }
 
 struct PoolMetrics {
@@ -73,6 +79,27 @@ impl Pool {
     pub fn named(self, name: &'static str) -> Self {
         let max = self.inner.options().get_max_connections();
         Self { metrics: Some(Arc::new(PoolMetrics::new(name, max))), ..self }
+    }
+
+    /// A point read (a few rows by key) answered at once on this thread when the database is a
+    /// SQLite file: `map` of the first row of `sql` with positional parameters `params`
+    /// (`$1`, `$2`, as the stores write them), `Some(None)` when there is no row. `None` when
+    /// it is not answered here (PostgreSQL, an in-memory database, a lock, an error, the
+    /// request's deadline passed): the caller then runs the same read through sqlx, which
+    /// waits, retries or reports as usual. Each read gets the same span as a sqlx statement.
+    /// Why, and the rules that keep it safe: `src/mesh/db/inline.rs`.
+    pub fn read_row_now<T, P: rusqlite::Params>(
+        &self,
+        sql: &'static str,
+        params: P,
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Option<Option<T>> {
+        let readers = self.readers.as_ref()?;
+        if crate::mesh::deadline::expired() {
+            return None;
+        }
+        let _span = traced::span("sqlite", sql).entered();
+        readers.row(sql, params, map)
     }
 }
 
@@ -192,8 +219,9 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
         }
         Backend::Postgres => url.to_owned(),
     };
+    let readers = url::sqlite_file(&url).map(|path| Arc::new(inline::Readers::new(path.into())));
     let inner = options.connect_lazy(&url)?;
-    Ok(Pool { inner, metrics: None })
+    Ok(Pool { inner, metrics: None, readers })
 }
 
 /// Applies `migrations` for `backend` to `pool`, retrying a few times: replicas starting at

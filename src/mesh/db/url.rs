@@ -39,6 +39,14 @@ impl Backend {
     }
 }
 
+/// The file a SQLite URL names; `None` for an in-memory database or another engine's URL.
+pub(super) fn sqlite_file(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    let memory = path.is_empty() || path == ":memory:" || rest.contains("mode=memory");
+    (!memory).then_some(path)
+}
+
 /// Creates the directory of a SQLite file and makes the URL create the file if missing.
 pub(super) fn prepare_sqlite(url: &str) -> Result<String, Error> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
@@ -162,6 +170,15 @@ mod tests {
             assert_eq!(redact(url), shown, "{url}");
             assert!(!redact(url).contains("secret"), "{url}");
         }
+    }
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        assert_eq!(sqlite_file("sqlite://data/user.db?mode=rwc"), Some("data/user.db"));
+        assert_eq!(sqlite_file("sqlite:///tmp/x.db"), Some("/tmp/x.db"));
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("sqlite://shared?mode=memory&cache=shared"), None);
+        assert_eq!(sqlite_file("postgres://u@h/db"), None);
     }
 
     #[test]
