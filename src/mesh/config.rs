@@ -30,9 +30,12 @@ pub struct MeshConfig {
           help_heading = LISTEN_AND_DATABASES)]
     pub db_migrate: bool,
 
-    /// Largest number of database connections each service's pool opens.
-    #[arg(long, env = "SHOPMESH_DB_MAX_CONNECTIONS", default_value_t = 10, help_heading = LISTEN_AND_DATABASES)]
-    pub db_max_connections: u32,
+    /// Largest number of database connections each service's pool opens: unless set, 10 on
+    /// PostgreSQL and 2 on SQLite (one writer at a time gets SQLite's lock, and a writer that
+    /// finds it taken sleeps in SQLite's busy handler: more connections lengthen the tail, not
+    /// the throughput).
+    #[arg(long, env = "SHOPMESH_DB_MAX_CONNECTIONS", help_heading = LISTEN_AND_DATABASES)]
+    pub db_max_connections: Option<u32>,
 
     /// Longest a request waits for a free database connection before failing UNAVAILABLE
     /// (less when the request's own deadline is nearer).
@@ -85,7 +88,7 @@ impl Default for MeshConfig {
             shutdown_timeout: Duration::from_secs(10),
             db_migrate: true,
             readiness_interval: Duration::from_secs(5),
-            db_max_connections: 10,
+            db_max_connections: None,
             db_acquire_timeout: Duration::from_secs(3),
             server: ServerConfig::default(),
             client: ClientConfig::default(),

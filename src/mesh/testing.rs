@@ -116,12 +116,13 @@ fn with_database(url: &str, name: &str) -> String {
     out
 }
 
-/// Settings for services under test: short shutdown, small pools, frequent readiness checks.
+/// Settings for services under test: short shutdown, small pools (five connections each, so
+/// the tests running at once stay within PostgreSQL's 100), frequent readiness checks.
 pub fn mesh_config() -> MeshConfig {
     MeshConfig {
         shutdown_timeout: Duration::from_secs(2),
         readiness_interval: Duration::from_millis(50),
-        db_max_connections: 5,
+        db_max_connections: Some(5),
         db_acquire_timeout: Duration::from_secs(5),
         ..MeshConfig::default()
     }

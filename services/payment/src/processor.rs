@@ -223,7 +223,7 @@ mod tests {
     /// A processor over a ledger in a private in-memory SQLite database (one connection, so
     /// every query sees the same database).
     fn processor(limit: i64, currencies: Vec<String>, latency: Duration) -> Processor {
-        let mesh = shopmesh::mesh::config::MeshConfig { db_max_connections: 1, ..Default::default() };
+        let mesh = shopmesh::mesh::config::MeshConfig { db_max_connections: Some(1), ..Default::default() };
         let pool = shopmesh::mesh::db::connect("sqlite::memory:", &mesh).expect("in-memory ledger");
         Processor::new(limit, currencies, latency, Ledger::new(pool))
     }
