@@ -62,6 +62,38 @@ macro_rules! clocked {
 static SQLITE: Clocked = clocked!(sqlite);
 static POSTGRES: Clocked = clocked!(postgres);
 
+/// A statement on either engine, its parameters bound as they are added.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// SQLite's insert of an order with its lines: [`Clocked::insert`] with a tenth parameter, the
+/// lines as JSON, which a trigger writes to `order_items` (migration 0004).
+const SQLITE_INSERT: &str = concat!(
+    "INSERT INTO orders (id, request_id, user_id, currency_code, total_minor, state, \
+     create_time_ms, update_time_ms, next_attempt_ms, new_lines) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ",
+    shopmesh::db_now_ms!(sqlite),
+    " + $9, $10) ON CONFLICT (user_id, request_id) DO NOTHING"
+);
+
+/// PostgreSQL's insert of an order with its `lines` lines in one statement: [`Clocked::insert`]
+/// (parameters 1 to 9) and four parameters per line from 10 (line number, SKU, quantity, unit
+/// price), the lines written only if the order was.
+fn postgres_insert_sql(lines: usize) -> String {
+    use std::fmt::Write as _;
+    let mut values = String::with_capacity(lines * 24);
+    for line in 0..lines {
+        let p = 10 + 4 * line;
+        let sep = if line == 0 { "" } else { ", " };
+        let _ = write!(values, "{sep}(${}, ${}, ${}, ${})", p, p + 1, p + 2, p + 3);
+    }
+    let insert = POSTGRES.insert;
+    format!(
+        "WITH o AS ({insert} RETURNING id) \
+         INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_minor) \
+         SELECT o.id, v.line_no, v.sku, v.quantity, v.unit_price_minor \
+         FROM o, (VALUES {values}) AS v (line_no, sku, quantity, unit_price_minor)"
+    )
+}
+
 /// Order columns, as `UPDATE ... RETURNING` gives them back.
 const ORDER_COLUMNS: &str = "id, request_id, user_id, currency_code, total_minor, state, payment_id, \
      decline_reason, cancel_request_id, create_time_ms, update_time_ms";
@@ -112,8 +144,8 @@ impl Store {
         Self { pool, backend, clocked, reconcile_after_ms: millis(reconcile_after) }
     }
 
-    /// Stores `new` as PENDING_PAYMENT with its lines, all or nothing: one statement on
-    /// PostgreSQL, one transaction on SQLite. `None` when its user already used its request id
+    /// Stores `new` as PENDING_PAYMENT with its lines, all or nothing, in one statement on
+    /// either engine. `None` when its user already used its request id
     /// (a concurrent or earlier identical request).
     pub async fn insert(&self, new: &NewOrder) -> Result<Option<Order>, sqlx::Error> {
         let now = ids::now_ms();
@@ -131,64 +163,44 @@ impl Store {
             create_time_ms: now,
             update_time_ms: now,
         };
-        let sql = AssertSqlSafe(self.insert_sql(order.items.len()));
-        let mut query = sqlx::query(sql)
+        let query = match self.backend {
+            // One statement, atomic on its own: no BEGIN and COMMIT round trips.
+            Backend::Postgres => {
+                let mut query = self
+                    .insert_base(sqlx::query(AssertSqlSafe(postgres_insert_sql(order.items.len()))), &order);
+                for (line_no, item) in (0_i64..).zip(&order.items) {
+                    query =
+                        query.bind(line_no).bind(&item.sku).bind(item.quantity).bind(item.unit_price_minor);
+                }
+                query
+            }
+            // One statement too: the lines ride along as JSON and a trigger writes them
+            // (migrations/sqlite/0004_lines_with_the_order.sql), so one call to SQLite's worker
+            // thread, with no BEGIN and COMMIT hops while the write lock is held.
+            Backend::Sqlite => {
+                let lines: Vec<(&str, i64, i64)> =
+                    order.items.iter().map(|i| (i.sku.as_str(), i.quantity, i.unit_price_minor)).collect();
+                let lines = serde_json::to_string(&lines).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                self.insert_base(sqlx::query(SQLITE_INSERT), &order).bind(lines)
+            }
+        };
+        let inserted = query.execute(&mut db::acquire(&self.pool).await?).await?;
+        // Nothing at all was written when the order's insert conflicted: an order has lines.
+        Ok((inserted.rows_affected() > 0).then_some(order))
+    }
+
+    /// `query` with the order's own parameters, 1 to 9 of [`Clocked::insert`].
+    fn insert_base<'q>(&self, query: AnyQuery<'q>, order: &'q Order) -> AnyQuery<'q> {
+        query
             .bind(&order.id)
             .bind(&order.request_id)
             .bind(&order.user_id)
             .bind(&order.currency_code)
             .bind(order.total_minor)
             .bind(order.state.as_str())
-            .bind(now)
-            .bind(now)
-            .bind(self.reconcile_after_ms);
-        for (line_no, item) in (0_i64..).zip(&order.items) {
-            query = query.bind(line_no).bind(&item.sku).bind(item.quantity).bind(item.unit_price_minor);
-        }
-        let inserted = match self.backend {
-            // One statement, atomic on its own: no BEGIN and COMMIT round trips.
-            Backend::Postgres => query.execute(&mut db::acquire(&self.pool).await?).await?,
-            // Two statements in one call to SQLite's worker thread, in a transaction (SQLite
-            // has no INSERT in a WITH). The order's insert comes first so SQLite takes its
-            // write lock at once rather than upgrading a read transaction, which could fail
-            // with SQLITE_BUSY instead of waiting.
-            Backend::Sqlite => {
-                let mut tx = db::begin(&self.pool).await?;
-                let inserted = query.execute(&mut tx).await?;
-                tx.commit().await?;
-                inserted
-            }
-        };
-        // Nothing at all was written when the order's insert conflicted: an order has lines.
-        Ok((inserted.rows_affected() > 0).then_some(order))
-    }
-
-    /// The SQL storing an order (parameters 1 to 9, as in [`Clocked::insert`]) with its `lines`
-    /// lines (four parameters each from 10: line number, SKU, quantity, unit price), whose
-    /// lines are written only if the order was.
-    fn insert_sql(&self, lines: usize) -> String {
-        use std::fmt::Write as _;
-        let mut values = String::with_capacity(lines * 24);
-        for line in 0..lines {
-            let p = 10 + 4 * line;
-            let sep = if line == 0 { "" } else { ", " };
-            let _ = write!(values, "{sep}(${}, ${}, ${}, ${})", p, p + 1, p + 2, p + 3);
-        }
-        let insert = self.clocked.insert;
-        match self.backend {
-            Backend::Postgres => format!(
-                "WITH o AS ({insert} RETURNING id) \
-                 INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_minor) \
-                 SELECT o.id, v.line_no, v.sku, v.quantity, v.unit_price_minor \
-                 FROM o, (VALUES {values}) AS v (line_no, sku, quantity, unit_price_minor)"
-            ),
-            Backend::Sqlite => format!(
-                "{insert}; \
-                 INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_minor) \
-                 SELECT $1, column1, column2, column3, column4 FROM (VALUES {values}) \
-                 WHERE EXISTS (SELECT 1 FROM orders WHERE id = $1)"
-            ),
-        }
+            .bind(order.create_time_ms)
+            .bind(order.update_time_ms)
+            .bind(self.reconcile_after_ms)
     }
 
     /// Records the charge's outcome on a PENDING_PAYMENT order (PAID or PAYMENT_DECLINED, or
@@ -390,4 +402,61 @@ fn order_from_row(row: &AnyRow, items: Vec<LineItem>) -> Result<Order, sqlx::Err
         create_time_ms: row.try_get("create_time_ms")?,
         update_time_ms: row.try_get("update_time_ms")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use shopmesh::mesh::testing;
+
+    use super::*;
+    use crate::domain::{LineItem, NewOrder};
+
+    fn new_order(request_id: &str, quantities: &[i64]) -> NewOrder {
+        let items: Vec<LineItem> = (0..)
+            .zip(quantities)
+            .map(|(i, &quantity)| LineItem { sku: format!("SKU-{i}"), quantity, unit_price_minor: 100 + i })
+            .collect();
+        let total_minor = items.iter().map(|i| i.quantity * i.unit_price_minor).sum::<i64>().max(1);
+        NewOrder {
+            user_id: "u1".into(),
+            items,
+            currency_code: "EUR".into(),
+            total_minor,
+            request_id: Some(request_id.into()),
+        }
+    }
+
+    async fn count(pool: &Pool, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&**pool).await.expect("count")
+    }
+
+    /// One statement stores the order and its lines on either engine (a trigger writes the
+    /// lines on SQLite): all of them, in line order, or nothing at all.
+    #[tokio::test]
+    async fn an_order_and_its_lines_are_stored_together_or_not_at_all() {
+        for backend in testing::backends() {
+            let db = testing::database(backend, "order_store").await;
+            let pool = db::open(&db.url, &testing::mesh_config(), crate::MIGRATIONS).await.expect("open");
+            let store = Store::new(pool.clone(), Duration::from_secs(60));
+
+            let order = store.insert(&new_order("r1", &[2, 1, 5])).await.expect("insert").expect("new");
+            let stored = store.get(&order.id).await.expect("get").expect("stored");
+            assert_eq!(stored.items, order.items, "{backend:?}");
+            assert_eq!(stored.items.len(), 3, "{backend:?}");
+
+            // The request id again: skipped by ON CONFLICT, and no lines either.
+            assert!(store.insert(&new_order("r1", &[7])).await.expect("insert").is_none(), "{backend:?}");
+            // A line the schema refuses (quantity 0) undoes its order as well.
+            assert!(store.insert(&new_order("r2", &[1, 0])).await.is_err(), "{backend:?}");
+
+            assert_eq!(count(&pool, "SELECT COUNT(*) FROM orders").await, 1, "{backend:?}");
+            assert_eq!(count(&pool, "SELECT COUNT(*) FROM order_items").await, 3, "{backend:?}");
+            if backend == testing::Backend::Sqlite {
+                let left = count(&pool, "SELECT COUNT(*) FROM orders WHERE new_lines IS NOT NULL").await;
+                assert_eq!(left, 0, "the trigger clears the lines it wrote");
+            }
+            pool.close().await;
+            db.drop_database().await;
+        }
+    }
 }
