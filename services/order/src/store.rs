@@ -19,7 +19,6 @@ const SELECT: &str = "SELECT o.id, o.request_id, o.user_id, o.currency_code, o.t
 /// for one engine.
 #[derive(Debug)]
 struct Clocked {
-    insert: &'static str,
     due: &'static str,
     claim: &'static str,
     defer: &'static str,
@@ -28,12 +27,6 @@ struct Clocked {
 macro_rules! clocked {
     ($engine:ident) => {
         Clocked {
-            insert: concat!(
-                "INSERT INTO orders (id, request_id, user_id, currency_code, total_minor, state, \
-                 create_time_ms, update_time_ms, next_attempt_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ",
-                shopmesh::db_now_ms!($engine),
-                " + $9) ON CONFLICT (user_id, request_id) DO NOTHING"
-            ),
             due: concat!(
                 "SELECT id, reconcile_attempts FROM orders WHERE state = 'PENDING_PAYMENT' \
                  AND next_attempt_ms <= ",
@@ -65,7 +58,17 @@ static POSTGRES: Clocked = clocked!(postgres);
 /// A statement on either engine, its parameters bound as they are added.
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// SQLite's insert of an order with its lines: [`Clocked::insert`] with a tenth parameter, the
+/// PostgreSQL's insert of an order: parameters 1 to 9 (id, request id, user, currency, total,
+/// state, create and update time, the delay before the reconciler may take it), skipped when
+/// its user already used its request id. [`postgres_insert_sql`] adds the lines.
+const POSTGRES_INSERT: &str = concat!(
+    "INSERT INTO orders (id, request_id, user_id, currency_code, total_minor, state, \
+     create_time_ms, update_time_ms, next_attempt_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ",
+    shopmesh::db_now_ms!(postgres),
+    " + $9) ON CONFLICT (user_id, request_id) DO NOTHING"
+);
+
+/// SQLite's insert of an order with its lines: [`POSTGRES_INSERT`]'s parameters and a tenth, the
 /// lines as JSON, which a trigger writes to `order_items` (migration 0004).
 const SQLITE_INSERT: &str = concat!(
     "INSERT INTO orders (id, request_id, user_id, currency_code, total_minor, state, \
@@ -74,7 +77,7 @@ const SQLITE_INSERT: &str = concat!(
     " + $9, $10) ON CONFLICT (user_id, request_id) DO NOTHING"
 );
 
-/// PostgreSQL's insert of an order with its `lines` lines in one statement: [`Clocked::insert`]
+/// PostgreSQL's insert of an order with its `lines` lines in one statement: [`POSTGRES_INSERT`]
 /// (parameters 1 to 9) and four parameters per line from 10 (line number, SKU, quantity, unit
 /// price), the lines written only if the order was.
 fn postgres_insert_sql(lines: usize) -> String {
@@ -85,7 +88,7 @@ fn postgres_insert_sql(lines: usize) -> String {
         let sep = if line == 0 { "" } else { ", " };
         let _ = write!(values, "{sep}(${}, ${}, ${}, ${})", p, p + 1, p + 2, p + 3);
     }
-    let insert = POSTGRES.insert;
+    let insert = POSTGRES_INSERT;
     format!(
         "WITH o AS ({insert} RETURNING id) \
          INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_minor) \
@@ -189,7 +192,7 @@ impl Store {
         Ok((inserted.rows_affected() > 0).then_some(order))
     }
 
-    /// `query` with the order's own parameters, 1 to 9 of [`Clocked::insert`].
+    /// `query` with the order's own parameters, 1 to 9 of [`POSTGRES_INSERT`] (and of [`SQLITE_INSERT`]).
     fn insert_base<'q>(&self, query: AnyQuery<'q>, order: &'q Order) -> AnyQuery<'q> {
         query
             .bind(&order.id)
