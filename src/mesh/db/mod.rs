@@ -3,8 +3,9 @@
 //!
 //! Here: the [`Pool`] (with its metrics), connecting, migrating, and the deadline-bounded
 //! [`acquire`] and [`begin`] every store uses. Beside it: `traced.rs` (the span of each
-//! statement), `url.rs` (engines, SQLite files, redaction) and `inline.rs` (SQLite point reads
-//! without sqlx's thread hop, [`Pool::read_row_now`]).
+//! statement), `url.rs` (engines, SQLite files, redaction) and `inline/` (SQLite point reads and
+//! single-statement writes without sqlx's thread hop: [`Pool::read_row_now`],
+//! [`Pool::execute_now`], [`Pool::write_row_now`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,8 @@ mod inline;
 mod traced;
 mod url;
 
-/// The SQLite API of [`Pool::read_row_now`]'s closures (rows, parameters), at sqlx's version.
+/// The SQLite API of [`Pool::read_row_now`]'s and [`Pool::write_row_now`]'s closures (rows,
+/// parameters), at sqlx's version.
 pub use rusqlite;
 pub use traced::Traced;
 use url::prepare_sqlite;
@@ -35,6 +37,8 @@ pub struct Pool {
     metrics: Option<Arc<PoolMetrics>>,
     /// A SQLite file's read-only connections for [`Pool::read_row_now`].
     readers: Option<Arc<inline::Readers>>,
+    /// A SQLite file's write connection for [`Pool::execute_now`] and [`Pool::write_row_now`].
+    writer: Option<Arc<inline::Writer>>,
 }
 
 struct PoolMetrics {
@@ -87,7 +91,7 @@ impl Pool {
     /// it is not answered here (PostgreSQL, an in-memory database, a lock, an error, the
     /// request's deadline passed): the caller then runs the same read through sqlx, which
     /// waits, retries or reports as usual. Each read gets the same span as a sqlx statement.
-    /// Why, and the rules that keep it safe: `src/mesh/db/inline.rs`.
+    /// Why, and the rules that keep it safe: `src/mesh/db/inline/mod.rs`.
     pub fn read_row_now<T, P: rusqlite::Params>(
         &self,
         sql: &'static str,
@@ -100,6 +104,44 @@ impl Pool {
         }
         let _span = traced::span("sqlite", sql).entered();
         readers.row(sql, params, map)
+    }
+
+    /// A single-statement write (an INSERT, UPDATE or DELETE touching a few rows by key, with
+    /// positional parameters `params`) committed at once on this thread when the database is a
+    /// SQLite file: the rows it changed. `None` when it was not done here (PostgreSQL, an
+    /// in-memory database, a lock, an error, the request's deadline passed), in which case
+    /// nothing was written and the caller runs the same statement through sqlx. Each write
+    /// gets the same span as a sqlx statement. Why, and the rules that keep it safe (a write
+    /// is never done twice, no fsync on this thread): `src/mesh/db/inline/mod.rs`.
+    pub fn execute_now<P: rusqlite::Params>(&self, sql: &'static str, params: P) -> Option<u64> {
+        self.write_now(sql, params, |_| Ok(())).map(|written| written.rows_affected)
+    }
+
+    /// [`Pool::execute_now`] for a statement with a `RETURNING` clause: `map` of its first row,
+    /// `None` inside when no row was changed. A row `map` refuses is an error, though the write
+    /// stands (it is not handed back).
+    pub fn write_row_now<T, P: rusqlite::Params>(
+        &self,
+        sql: &'static str,
+        params: P,
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Option<Result<Option<T>, sqlx::Error>> {
+        let written = self.write_now(sql, params, map)?;
+        Some(written.first.transpose().map_err(|err| sqlx::Error::Decode(Box::new(err))))
+    }
+
+    fn write_now<T, P: rusqlite::Params>(
+        &self,
+        sql: &'static str,
+        params: P,
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Option<inline::Written<T>> {
+        let writer = self.writer.as_ref()?;
+        if crate::mesh::deadline::expired() {
+            return None;
+        }
+        let _span = traced::span("sqlite", sql).entered();
+        writer.write(sql, params, map)
     }
 }
 
@@ -197,7 +239,7 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
         // SQLite's busy handler (1, 2, 5, 10 ... 100 ms) rather than queueing. Ten connections
         // made CreateOrder's p99 100-110 ms and its slowest calls 600-850 ms; two keep p99
         // near 47 ms at the same throughput (docs/benchmarks.md). Point reads do not need
-        // more: they run on read-only connections of their own (`inline.rs`).
+        // more: they run on read-only connections of their own (`inline/`).
         Backend::Sqlite => SQLITE_MAX_CONNECTIONS,
         Backend::Postgres => POSTGRES_MAX_CONNECTIONS,
     });
@@ -233,9 +275,14 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
         }
         Backend::Postgres => url.to_owned(),
     };
-    let readers = url::sqlite_file(&url).map(|path| Arc::new(inline::Readers::new(path.into())));
+    let file = url::sqlite_file(&url);
+    let readers = file.map(|path| Arc::new(inline::Readers::new(path.into())));
+    // A file opened read-only (`mode=ro`) is not written behind sqlx's back either.
+    let writer = file.filter(|_| !url.contains("mode=ro")).map(|path| {
+        Arc::new(inline::Writer::new(path.into(), inline::CHECKPOINT_EVERY, inline::RESTART_AT_PAGES))
+    });
     let inner = options.connect_lazy(&url)?;
-    Ok(Pool { inner, metrics: None, readers })
+    Ok(Pool { inner, metrics: None, readers, writer })
 }
 
 /// Applies `migrations` for `backend` to `pool`, retrying a few times: replicas starting at

@@ -1,24 +1,4 @@
-//! Point reads a SQLite store answers on the calling thread, without sqlx's thread hop.
-//!
-//! sqlx runs every SQLite statement on a worker thread of its own per connection and hands the
-//! rows back over a channel: two thread wake-ups per statement. For a read by primary key that
-//! is most of the cost (a profile of GetUser reading the database: ~40% of its CPU in the
-//! kernel's task switch), while the read itself takes a few microseconds once its pages are in
-//! memory. [`Readers`] keeps read-only connections (rusqlite, on the same bundled SQLite that
-//! sqlx links) and runs such a read right where it is asked for.
-//!
-//! The rules that keep this safe:
-//! - **Reads only.** The connections are opened read-only; every write still goes through
-//!   sqlx, so transactions, the busy timeout and the pool's bounds are unchanged.
-//! - **Never waits on a lock.** The busy timeout is zero: if SQLite answers `SQLITE_BUSY` (a
-//!   checkpoint or recovery holding the WAL index), the read is handed back and the caller
-//!   runs it through sqlx, whose worker thread may wait. So may any other failure (no file
-//!   yet, a schema the statement does not match), and sqlx then reports the error as usual.
-//! - **Sees every commit.** In WAL mode a statement outside a transaction reads the latest
-//!   committed state, so a read after a write through sqlx sees that write.
-//! - **Short by construction.** Only statements that read a handful of rows by key belong
-//!   here; a scan would stall the async runtime's thread. A page not in the operating
-//!   system's cache costs a disk read on this thread.
+//! Point reads on read-only connections: [`Readers`]. The rules they keep are in `mod.rs`.
 //!
 //! A read never yields, so at most one connection per runtime thread is in use at a time: the
 //! idle list needs no bound or wait queue.
@@ -30,7 +10,7 @@ use std::time::Duration;
 use rusqlite::{OpenFlags, OptionalExtension as _};
 
 /// Read-only connections to one SQLite file.
-pub(super) struct Readers {
+pub(in crate::mesh::db) struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<rusqlite::Connection>>,
 }
@@ -42,7 +22,7 @@ impl std::fmt::Debug for Readers {
 }
 
 impl Readers {
-    pub(super) fn new(path: PathBuf) -> Self {
+    pub(in crate::mesh::db) fn new(path: PathBuf) -> Self {
         Self { path, idle: Mutex::new(Vec::new()) }
     }
 
@@ -58,7 +38,7 @@ impl Readers {
 
     /// `map` of the first row of `sql` (positional parameters `params`), `Some(None)` when it
     /// returns no row, and `None` when it could not be answered here (see the module docs).
-    pub(super) fn row<T, P: rusqlite::Params>(
+    pub(in crate::mesh::db) fn row<T, P: rusqlite::Params>(
         &self,
         sql: &str,
         params: P,
@@ -75,8 +55,13 @@ impl Readers {
                 }
             },
         };
-        let read =
-            conn.prepare_cached(sql).and_then(|mut statement| statement.query_row(params, map).optional());
+        let read = conn.prepare_cached(sql).and_then(|mut statement| {
+            debug_assert!(
+                super::positional(&statement),
+                "{sql}: parameters must appear as $1, $2 ... in order"
+            );
+            statement.query_row(params, map).optional()
+        });
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
         match read {
             Ok(row) => Some(row),

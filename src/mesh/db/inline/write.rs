@@ -1,0 +1,380 @@
+//! Single-statement writes on one connection per SQLite file: [`Writer`]. The rules it keeps
+//! are in `mod.rs`.
+//!
+//! The connection sits behind a mutex held for one statement and never across an `.await`:
+//! SQLite lets one writer in at a time anyway, so two runtime threads writing the same file
+//! take turns here, for the tens of microseconds a statement takes, instead of one of them
+//! meeting `SQLITE_BUSY` and going the long way through sqlx. One connection also keeps its
+//! page cache: SQLite empties a connection's cache when another connection has written since
+//! its last transaction, which with a pool of two happened on nearly every statement.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rusqlite::OpenFlags;
+
+/// Commits between two passive checkpoints of a file written here. An order's insert appends
+/// 5-8 pages to the WAL, so 500 commits are about the 4 000 pages at which sqlx's connections
+/// checkpoint (`connect`'s `wal_autocheckpoint`).
+pub(in crate::mesh::db) const CHECKPOINT_EVERY: u64 = 500;
+
+/// The WAL's length, in pages, from which a checkpoint makes it start over (`checkpoint`):
+/// 64 MiB of 4 KiB pages.
+pub(in crate::mesh::db) const RESTART_AT_PAGES: i64 = 16_384;
+
+/// The one write connection to a SQLite file, opened on first use.
+pub(in crate::mesh::db) struct Writer {
+    path: PathBuf,
+    conn: Mutex<Option<rusqlite::Connection>>,
+    checkpoint_every: u64,
+    restart_at_pages: i64,
+    commits: AtomicU64,
+    /// A checkpoint is running on the blocking pool; no second one is started meanwhile.
+    checkpointing: AtomicBool,
+    /// Checkpoints that ran to the end, for tests and debugging.
+    checkpoints: AtomicU64,
+}
+
+/// What a write committed: the rows it changed (`sqlite3_changes`, as sqlx's `rows_affected`)
+/// and its first `RETURNING` row, mapped; a mapping error comes back with the commit, which
+/// stands.
+#[derive(Debug)]
+pub(in crate::mesh::db) struct Written<T> {
+    pub rows_affected: u64,
+    pub first: Option<rusqlite::Result<T>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("path", &self.path)
+            .field("commits", &self.commits.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a file is not written here.
+type OpenError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Writer {
+    /// A writer to `path` that checkpoints every `checkpoint_every` commits and makes the WAL
+    /// start over once it is `restart_at_pages` long.
+    pub(in crate::mesh::db) fn new(path: PathBuf, checkpoint_every: u64, restart_at_pages: i64) -> Self {
+        Self {
+            path,
+            conn: Mutex::new(None),
+            checkpoint_every: checkpoint_every.max(1),
+            restart_at_pages,
+            commits: AtomicU64::new(0),
+            checkpointing: AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
+        }
+    }
+
+    fn open(&self) -> Result<rusqlite::Connection, OpenError> {
+        // Read-write, never create: a file that is not there yet is sqlx's to create.
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::ZERO)?;
+        // A rollback-journal commit syncs and shuts readers out: only WAL files are written
+        // here (sqlx's connections put every file of the mesh in WAL mode; the mode is kept
+        // in the file).
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(format!("journal mode is {mode}, not wal").into());
+        }
+        // As sqlx's connections (`connect`), except that this one never checkpoints itself.
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+        )?;
+        Ok(conn)
+    }
+
+    /// Runs `sql` (one INSERT, UPDATE or DELETE, with positional parameters `params`) to its
+    /// end and commits it; `None` when it was not done here, in which case nothing was written
+    /// (see the module docs).
+    pub(in crate::mesh::db) fn write<T, P: rusqlite::Params>(
+        self: &Arc<Self>,
+        sql: &str,
+        params: P,
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Option<Written<T>> {
+        let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            match self.open() {
+                Ok(conn) => *slot = Some(conn),
+                Err(err) => {
+                    tracing::debug!(%err, path = %self.path.display(), "no inline SQLite writer; writing through sqlx");
+                    return None;
+                }
+            }
+        }
+        let conn = slot.as_ref()?;
+        let outcome = run(conn, sql, params, map);
+        if !conn.is_autocommit() {
+            // Not committed (a statement that began a transaction, or a failure that left one
+            // open): undo it, and keep the connection only if that worked.
+            if let Err(err) = conn.execute_batch("ROLLBACK") {
+                tracing::debug!(%err, "inline SQLite writer dropped after a failed rollback");
+                *slot = None;
+            }
+            return None;
+        }
+        let rows_affected = conn.changes();
+        drop(slot);
+        match outcome {
+            Ok(first) => {
+                self.committed();
+                Some(Written { rows_affected, first })
+            }
+            Err(err) => {
+                tracing::debug!(%err, sql, "inline SQLite write handed to sqlx");
+                None
+            }
+        }
+    }
+
+    /// Counts a commit, and every `checkpoint_every` commits starts a checkpoint on the
+    /// blocking pool (none without a tokio runtime: sqlx's connections then checkpoint at their
+    /// next commit).
+    fn committed(self: &Arc<Self>) {
+        let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        if !n.is_multiple_of(self.checkpoint_every) || self.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.checkpointing.store(false, Ordering::Release);
+            return;
+        };
+        let writer = Arc::clone(self);
+        runtime.spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match checkpoint(&writer.path, writer.restart_at_pages) {
+                Ok(Checkpointed { wal_pages, restarted }) => {
+                    writer.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    let took_ms = started.elapsed().as_secs_f64() * 1e3;
+                    tracing::debug!(wal_pages, restarted, took_ms, path = %writer.path.display(), "checkpoint");
+                }
+                Err(err) => tracing::debug!(%err, path = %writer.path.display(), "checkpoint failed; the next one retries"),
+            }
+            writer.checkpointing.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// How long a RESTART checkpoint waits for the write lock and for readers of the old frames.
+const RESTART_WAIT: Duration = Duration::from_secs(1);
+
+/// What a checkpoint did: how long the WAL was (in pages), and whether it starts over.
+struct Checkpointed {
+    wal_pages: i64,
+    restarted: bool,
+}
+
+/// Checkpoints `path` on a connection of its own: a PASSIVE checkpoint, then, when the WAL has
+/// grown to `restart_at_pages`, a RESTART one.
+///
+/// A PASSIVE checkpoint copies the WAL into the database file beside the writers, never
+/// stopping them, but they append behind it as fast as it copies: the WAL comes back to its
+/// start only when a commit finds it copied whole, which under steady load it never is (a
+/// gigabyte of WAL in a ten-second benchmark). A RESTART checkpoint takes the write lock, so
+/// it finishes, and waits until no reader uses the WAL, so the next commit writes it from its
+/// start; meanwhile the writer here meets `SQLITE_BUSY` and hands its statements to sqlx,
+/// whose worker threads wait for the lock (the runtime's threads never do). RESTARTing at
+/// every checkpoint held the writers off 13 ms (median) eight times a second per file under
+/// CreateOrder load, and cost a third of its throughput; after a PASSIVE one, a RESTART has
+/// only the frames of the last milliseconds left to copy.
+fn checkpoint(path: &std::path::Path, restart_at_pages: i64) -> rusqlite::Result<Checkpointed> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let pages = |mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            Ok((row.get::<_, i64>(0)? == 0, row.get::<_, i64>(1)?))
+        })
+    };
+    let (_, wal_pages) = pages("PASSIVE")?;
+    if wal_pages < restart_at_pages {
+        return Ok(Checkpointed { wal_pages, restarted: false });
+    }
+    conn.busy_timeout(RESTART_WAIT)?;
+    let (restarted, _) = pages("RESTART")?;
+    Ok(Checkpointed { wal_pages, restarted })
+}
+
+/// `sql` stepped to its end: its first row mapped, if it returns rows.
+fn run<T, P: rusqlite::Params>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: P,
+    map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<rusqlite::Result<T>>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    debug_assert!(super::positional(&statement), "{sql}: parameters must appear as $1, $2 ... in order");
+    let mut rows = statement.query(params)?;
+    let first = rows.next()?.map(map);
+    // A RETURNING statement commits on the step that ends it: an error there is a write that
+    // did not happen.
+    while rows.next()?.is_some() {}
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database() -> (tempfile::TempDir, PathBuf, rusqlite::Connection) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.db");
+        let setup = rusqlite::Connection::open(&path).expect("opens");
+        setup
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; \
+                 CREATE TABLE t (id TEXT PRIMARY KEY, n INTEGER NOT NULL CHECK (n >= 0));",
+            )
+            .expect("creates");
+        (dir, path, setup)
+    }
+
+    fn writer(path: &std::path::Path) -> Arc<Writer> {
+        Arc::new(Writer::new(path.to_owned(), CHECKPOINT_EVERY, RESTART_AT_PAGES))
+    }
+
+    const INSERT: &str = "INSERT INTO t VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+    const SET: &str = "UPDATE t SET n = $1 WHERE id = $2 RETURNING n";
+
+    fn count(conn: &rusqlite::Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("counts")
+    }
+
+    fn no_row(_: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
+    #[test]
+    fn writes_commit_and_count_the_rows_they_changed() {
+        let (_dir, path, other) = database();
+        let writer = writer(&path);
+        let written = writer.write(INSERT, rusqlite::params!["a", 1], no_row).expect("written here");
+        assert_eq!(written.rows_affected, 1);
+        assert!(written.first.is_none());
+        // Another connection sees the commit.
+        assert_eq!(count(&other), 1);
+        // A conflict changes nothing, and says so.
+        let again = writer.write(INSERT, rusqlite::params!["a", 5], no_row).expect("written here");
+        assert_eq!(again.rows_affected, 0);
+        let n: i64 = other.query_row("SELECT n FROM t WHERE id = 'a'", [], |r| r.get(0)).expect("reads");
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn returning_rows_come_back_with_the_commit() {
+        let (_dir, path, other) = database();
+        let writer = writer(&path);
+        writer.write(INSERT, rusqlite::params!["a", 1], no_row).expect("written here");
+        let written =
+            writer.write(SET, rusqlite::params![7, "a"], |r| r.get::<_, i64>(0)).expect("written here");
+        assert_eq!(written.rows_affected, 1);
+        assert_eq!(written.first.expect("a row").expect("maps"), 7);
+        let n: i64 = other.query_row("SELECT n FROM t WHERE id = 'a'", [], |r| r.get(0)).expect("reads");
+        assert_eq!(n, 7);
+        // No row matched: no row back, nothing changed.
+        let none =
+            writer.write(SET, rusqlite::params![8, "zz"], |r| r.get::<_, i64>(0)).expect("written here");
+        assert_eq!((none.rows_affected, none.first.is_none()), (0, true));
+        // A row that does not map still committed: the error comes back with it.
+        let bad =
+            writer.write(SET, rusqlite::params![9, "a"], |r| r.get::<_, String>(5)).expect("written here");
+        assert!(bad.first.expect("a row").is_err());
+        let n: i64 = other.query_row("SELECT n FROM t WHERE id = 'a'", [], |r| r.get(0)).expect("reads");
+        assert_eq!(n, 9);
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing_and_is_handed_back() {
+        let (_dir, path, other) = database();
+        let writer = writer(&path);
+        writer.write(INSERT, rusqlite::params!["a", 5], no_row).expect("written here");
+        // A constraint fails on the second of two rows the statement changes: the first is
+        // undone too.
+        writer.write(INSERT, rusqlite::params!["b", 1], no_row).expect("written here");
+        let both = "UPDATE t SET n = n - 2 WHERE id IN ('a', 'b') RETURNING n";
+        assert!(writer.write(both, [], |r| r.get::<_, i64>(0)).is_none());
+        let values: Vec<i64> = other
+            .prepare("SELECT n FROM t ORDER BY id")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("reads");
+        assert_eq!(values, [5, 1]);
+        // A statement the schema does not match.
+        assert!(writer.write("INSERT INTO nowhere VALUES ($1)", ["x"], no_row).is_none());
+        // A statement that would leave a transaction open is undone, and the connection is
+        // fine afterwards.
+        assert!(writer.write("BEGIN", [], no_row).is_none());
+        let written = writer.write(INSERT, rusqlite::params!["c", 3], no_row).expect("written here");
+        assert_eq!(written.rows_affected, 1);
+        assert_eq!(count(&other), 3);
+    }
+
+    #[test]
+    fn a_held_write_lock_is_handed_back_at_once() {
+        let (_dir, path, other) = database();
+        let writer = writer(&path);
+        other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES ('held', 1);").expect("locks");
+        let started = std::time::Instant::now();
+        assert!(writer.write(INSERT, rusqlite::params!["a", 1], no_row).is_none());
+        // rusqlite's own default would wait 5 s for the lock.
+        assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+        other.execute_batch("COMMIT;").expect("unlocks");
+        // Nothing of the refused write got in; the next one does.
+        assert_eq!(count(&other), 1);
+        let written = writer.write(INSERT, rusqlite::params!["a", 1], no_row).expect("written here");
+        assert_eq!(written.rows_affected, 1);
+    }
+
+    #[test]
+    fn only_wal_files_that_exist_are_written_here() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.db");
+        assert!(writer(&missing).write(INSERT, rusqlite::params!["a", 1], no_row).is_none());
+        assert!(!missing.exists(), "the writer created the file");
+        let path = dir.path().join("journal.db");
+        let setup = rusqlite::Connection::open(&path).expect("opens");
+        setup.execute_batch("CREATE TABLE t (id TEXT PRIMARY KEY, n INTEGER);").expect("creates");
+        assert!(writer(&path).write(INSERT, rusqlite::params!["a", 1], no_row).is_none());
+        assert_eq!(count(&setup), 0);
+    }
+
+    #[tokio::test]
+    async fn checkpoints_run_every_so_many_commits_and_the_wal_starts_over() {
+        let (_dir, path, _other) = database();
+        let size = |file: &std::path::Path| std::fs::metadata(file).expect("stat").len();
+        let wal = path.with_extension("db-wal");
+        // Any WAL is long enough to start over.
+        let writer = Arc::new(Writer::new(path.clone(), 50, 1));
+        let before = size(&path);
+        for i in 0..49 {
+            writer.write(INSERT, rusqlite::params![format!("k{i}"), i], no_row).expect("written here");
+        }
+        // Everything is still in the WAL: the writer does not checkpoint on its own.
+        assert_eq!(size(&path), before);
+        assert_eq!(writer.checkpoints.load(Ordering::Relaxed), 0);
+        writer.write(INSERT, rusqlite::params!["k49", 49], no_row).expect("written here");
+        let started = std::time::Instant::now();
+        while writer.checkpoints.load(Ordering::Relaxed) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "no checkpoint ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(size(&path) > before, "the checkpoint copied nothing into the database file");
+        // The next commits write the WAL from its start: it does not grow.
+        let wal_size = size(&wal);
+        for i in 50..75 {
+            writer.write(INSERT, rusqlite::params![format!("k{i}"), i], no_row).expect("written here");
+        }
+        assert_eq!(size(&wal), wal_size, "the WAL grew after a checkpoint");
+    }
+}
