@@ -97,6 +97,11 @@ fn postgres_insert_sql(lines: usize) -> String {
     )
 }
 
+/// Settles a PENDING_PAYMENT order, releasing any claim on it.
+const SETTLE: &str = "UPDATE orders SET state = $1, payment_id = $2, decline_reason = $3, update_time_ms = $4, \
+     cancel_request_id = $5, lease_owner = NULL, lease_until_ms = 0 \
+     WHERE id = $6 AND state = 'PENDING_PAYMENT'";
+
 /// Order columns, as `UPDATE ... RETURNING` gives them back.
 const ORDER_COLUMNS: &str = "id, request_id, user_id, currency_code, total_minor, state, payment_id, \
      decline_reason, cancel_request_id, create_time_ms, update_time_ms";
@@ -184,6 +189,25 @@ impl Store {
                 let lines: Vec<(&str, i64, i64)> =
                     order.items.iter().map(|i| (i.sku.as_str(), i.quantity, i.unit_price_minor)).collect();
                 let lines = serde_json::to_string(&lines).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                // Committed on this thread unless it cannot be (`Pool::execute_now`).
+                let inline = self.pool.execute_now(
+                    SQLITE_INSERT,
+                    db::rusqlite::params![
+                        &order.id,
+                        &order.request_id,
+                        &order.user_id,
+                        &order.currency_code,
+                        order.total_minor,
+                        order.state.as_str(),
+                        order.create_time_ms,
+                        order.update_time_ms,
+                        self.reconcile_after_ms,
+                        &lines,
+                    ],
+                );
+                if let Some(inserted) = inline {
+                    return Ok((inserted > 0).then_some(order));
+                }
                 self.insert_base(sqlx::query(SQLITE_INSERT), &order).bind(lines)
             }
         };
@@ -218,23 +242,46 @@ impl Store {
         decline_reason: Option<&str>,
         cancel_request_id: Option<&str>,
     ) -> Result<Option<Order>, sqlx::Error> {
-        let sql = AssertSqlSafe(format!(
-            "UPDATE orders SET state = $1, payment_id = $2, decline_reason = $3, update_time_ms = $4, \
-             cancel_request_id = $5, lease_owner = NULL, lease_until_ms = 0 \
-             WHERE id = $6 AND state = 'PENDING_PAYMENT' RETURNING {ORDER_COLUMNS}"
-        ));
-        let row = sqlx::query(sql)
-            .bind(state.as_str())
-            .bind(payment_id)
-            .bind(decline_reason)
-            .bind(ids::now_ms())
-            .bind(cancel_request_id)
-            .bind(&order.id)
-            .fetch_optional(&mut db::acquire(&self.pool).await?)
-            .await?;
-        match row {
-            // An order's lines never change: the ones at hand are the stored ones.
-            Some(row) => order_from_row(&row, order.items.clone()).map(Some),
+        let now = ids::now_ms();
+        // SQLite: committed on this thread unless it cannot be (`Pool::execute_now`). A changed
+        // row is `order` with what was just set: nothing else of an order ever changes, its
+        // lines included.
+        let inline = self.pool.execute_now(
+            SETTLE,
+            db::rusqlite::params![
+                state.as_str(),
+                payment_id,
+                decline_reason,
+                now,
+                cancel_request_id,
+                &order.id
+            ],
+        );
+        let settled = match inline {
+            Some(changed) => (changed == 1).then(|| Order {
+                state,
+                payment_id: payment_id.map(str::to_owned),
+                decline_reason: decline_reason.map(str::to_owned),
+                cancel_request_id: cancel_request_id.map(str::to_owned),
+                update_time_ms: now,
+                ..order.clone()
+            }),
+            None => {
+                let sql = AssertSqlSafe(format!("{SETTLE} RETURNING {ORDER_COLUMNS}"));
+                let row = sqlx::query(sql)
+                    .bind(state.as_str())
+                    .bind(payment_id)
+                    .bind(decline_reason)
+                    .bind(now)
+                    .bind(cancel_request_id)
+                    .bind(&order.id)
+                    .fetch_optional(&mut db::acquire(&self.pool).await?)
+                    .await?;
+                row.map(|row| order_from_row(&row, order.items.clone())).transpose()?
+            }
+        };
+        match settled {
+            Some(order) => Ok(Some(order)),
             // Settled (or gone) meanwhile: the stored order decides.
             None => self.get(&order.id).await,
         }
@@ -457,6 +504,53 @@ mod tests {
             if backend == testing::Backend::Sqlite {
                 let left = count(&pool, "SELECT COUNT(*) FROM orders WHERE new_lines IS NOT NULL").await;
                 assert_eq!(left, 0, "the trigger clears the lines it wrote");
+            }
+            pool.close().await;
+            db.drop_database().await;
+        }
+    }
+
+    /// Settling answers the order exactly as stored, whichever way the write went: on SQLite
+    /// on the calling thread, or through sqlx when the write lock is taken (held here by
+    /// another connection for a moment), and on PostgreSQL. An order settled already is left
+    /// alone and answered as stored.
+    #[tokio::test]
+    async fn settling_answers_the_order_as_stored_whichever_way_it_is_written() {
+        for backend in testing::backends() {
+            let db = testing::database(backend, "order_settle").await;
+            let pool = db::open(&db.url, &testing::mesh_config(), crate::MIGRATIONS).await.expect("open");
+            let store = Store::new(pool.clone(), Duration::from_secs(60));
+
+            let paid = store.insert(&new_order("r1", &[2])).await.expect("insert").expect("new");
+            let settled = store.settle(&paid, State::Paid, Some("pay-1"), None, None).await.expect("settle");
+            let settled = settled.expect("settled");
+            assert_eq!(settled.state, State::Paid, "{backend:?}");
+            assert_eq!(Some(&settled), store.get(&paid.id).await.expect("get").as_ref(), "{backend:?}");
+
+            // Settled already: left alone, and the stored order is the answer.
+            let again = store.settle(&paid, State::PaymentDeclined, None, Some("declined"), None).await;
+            assert_eq!(again.expect("settle").as_ref(), Some(&settled), "{backend:?}");
+
+            if backend == testing::Backend::Sqlite {
+                let declined = store.insert(&new_order("r2", &[1])).await.expect("insert").expect("new");
+                let path = db.url.trim_start_matches("sqlite://").to_owned();
+                let holder = db::rusqlite::Connection::open(&path).expect("opens");
+                holder.execute_batch("BEGIN IMMEDIATE").expect("takes the write lock");
+                let release = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    holder.execute_batch("COMMIT").expect("releases the write lock");
+                });
+                // Handed to sqlx, which waits out the lock.
+                let started = std::time::Instant::now();
+                let settled = store
+                    .settle(&declined, State::PaymentDeclined, None, Some("amount_over_limit"), None)
+                    .await
+                    .expect("settle")
+                    .expect("settled");
+                release.join().expect("holder");
+                assert!(started.elapsed() >= Duration::from_millis(150), "written while the lock was held");
+                assert_eq!(settled.decline_reason.as_deref(), Some("amount_over_limit"));
+                assert_eq!(Some(&settled), store.get(&declined.id).await.expect("get").as_ref());
             }
             pool.close().await;
             db.drop_database().await;

@@ -92,29 +92,51 @@ impl Ledger {
     /// Records `entry` unless its key has an entry already; either way, what is recorded.
     async fn record(&self, entry: &Entry<'_>) -> Result<(String, Option<String>), sqlx::Error> {
         self.ready().await?;
-        let row = sqlx::query(
-            "INSERT INTO processor_ledger (kind, idempotency_key, order_id, amount_minor, currency_code, \
-             outcome, decline_reason, create_time_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (kind, idempotency_key) DO NOTHING RETURNING outcome, decline_reason",
-        )
-        .bind(entry.kind)
-        .bind(entry.key)
-        .bind(entry.order_id)
-        .bind(entry.amount_minor)
-        .bind(entry.currency_code)
-        .bind(entry.outcome)
-        .bind(entry.decline_reason)
-        .bind(ids::now_ms())
-        .fetch_optional(&mut db::acquire(&self.pool).await?)
-        .await?;
-        match row {
-            Some(r) => Ok((r.try_get("outcome")?, r.try_get("decline_reason")?)),
+        let now = ids::now_ms();
+        // SQLite: committed on this thread unless it cannot be (`Pool::write_row_now`).
+        let inline = self.pool.write_row_now(
+            RECORD,
+            db::rusqlite::params![
+                entry.kind,
+                entry.key,
+                entry.order_id,
+                entry.amount_minor,
+                entry.currency_code,
+                entry.outcome,
+                entry.decline_reason,
+                now,
+            ],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        );
+        let recorded = match inline {
+            Some(recorded) => recorded?,
+            None => sqlx::query(RECORD)
+                .bind(entry.kind)
+                .bind(entry.key)
+                .bind(entry.order_id)
+                .bind(entry.amount_minor)
+                .bind(entry.currency_code)
+                .bind(entry.outcome)
+                .bind(entry.decline_reason)
+                .bind(now)
+                .fetch_optional(&mut db::acquire(&self.pool).await?)
+                .await?
+                .map(|r| Ok::<_, sqlx::Error>((r.try_get("outcome")?, r.try_get("decline_reason")?)))
+                .transpose()?,
+        };
+        match recorded {
+            Some(recorded) => Ok(recorded),
             // An earlier or concurrent call under the same key recorded first: its entry is
             // the answer.
             None => self.get(entry.kind, entry.key).await?.ok_or(sqlx::Error::RowNotFound),
         }
     }
 }
+
+/// Records an entry unless its key has one; the entry when it was recorded.
+const RECORD: &str = "INSERT INTO processor_ledger (kind, idempotency_key, order_id, amount_minor, currency_code, \
+     outcome, decline_reason, create_time_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (kind, idempotency_key) DO NOTHING RETURNING outcome, decline_reason";
 
 /// The simulated processor's settings and its ledger.
 #[derive(Debug, Clone)]

@@ -77,10 +77,7 @@ impl Payments {
             Outcome::Declined(reason) => (State::Declined, Some(reason)),
         };
         tracing::debug!(payment_id = %payment.id, order_id = %payment.order_id, state = state.as_str(), "charge decided");
-        self.store
-            .finish(&payment.id, state, reason)
-            .await?
-            .ok_or_else(|| Error::NotFound(payment.id.clone()))
+        self.store.finish(&payment, state, reason).await?.ok_or_else(|| Error::NotFound(payment.id.clone()))
     }
 
     /// Refunds a SUCCEEDED payment once per request id (a key is scoped to the payment's order).

@@ -14,6 +14,10 @@ const COLUMNS: &str = "id, request_id, order_id, user_id, amount_minor, currency
 
 /// The statements that read the database's clock (for the leases replicas share), for one
 /// engine.
+/// Stores the processor's answer on a payment still PROCESSING.
+const FINISH: &str = "UPDATE payments SET state = $1, decline_reason = $2, update_time_ms = $3 \
+                      WHERE id = $4 AND state = 'PROCESSING'";
+
 #[derive(Debug)]
 struct Clocked {
     insert: &'static str,
@@ -80,6 +84,25 @@ impl Store {
             create_time_ms: now,
             update_time_ms: now,
         };
+        // SQLite: committed on this thread unless it cannot be (`Pool::execute_now`).
+        let inline = self.pool.execute_now(
+            self.clocked.insert,
+            db::rusqlite::params![
+                &payment.id,
+                &payment.request_id,
+                &payment.order_id,
+                &payment.user_id,
+                payment.amount_minor,
+                &payment.currency_code,
+                payment.state.as_str(),
+                now,
+                now,
+                self.lease_ms,
+            ],
+        );
+        if let Some(inserted) = inline {
+            return Ok((inserted == 1).then_some(payment));
+        }
         let inserted = sqlx::query(self.clocked.insert)
             .bind(&payment.id)
             .bind(&payment.request_id)
@@ -120,29 +143,43 @@ impl Store {
             .map(drop)
     }
 
-    /// Stores the processor's answer on a PROCESSING payment. A payment some other call already
-    /// finished is left alone; either way the stored payment is returned.
+    /// Stores the processor's answer on `payment`, PROCESSING when it was read. A payment some
+    /// other call already finished is left alone; either way the stored payment is returned.
     pub async fn finish(
         &self,
-        id: &str,
+        payment: &Payment,
         state: State,
         decline_reason: Option<&str>,
     ) -> Result<Option<Payment>, sqlx::Error> {
-        let sql = AssertSqlSafe(format!(
-            "UPDATE payments SET state = $1, decline_reason = $2, update_time_ms = $3 \
-             WHERE id = $4 AND state = 'PROCESSING' RETURNING {COLUMNS}"
-        ));
-        let row = sqlx::query(sql)
-            .bind(state.as_str())
-            .bind(decline_reason)
-            .bind(ids::now_ms())
-            .bind(id)
-            .fetch_optional(&mut db::acquire(&self.pool).await?)
-            .await?;
-        match row {
-            Some(row) => from_row(&row).map(Some),
+        let now = ids::now_ms();
+        // SQLite: committed on this thread unless it cannot be (`Pool::execute_now`). A changed
+        // row is `payment` with what was just set: nothing else of a payment ever changes.
+        let inline = self
+            .pool
+            .execute_now(FINISH, db::rusqlite::params![state.as_str(), decline_reason, now, &payment.id]);
+        let finished = match inline {
+            Some(changed) => (changed == 1).then(|| Payment {
+                state,
+                decline_reason: decline_reason.map(str::to_owned),
+                update_time_ms: now,
+                ..payment.clone()
+            }),
+            None => {
+                let sql = AssertSqlSafe(format!("{FINISH} RETURNING {COLUMNS}"));
+                let row = sqlx::query(sql)
+                    .bind(state.as_str())
+                    .bind(decline_reason)
+                    .bind(now)
+                    .bind(&payment.id)
+                    .fetch_optional(&mut db::acquire(&self.pool).await?)
+                    .await?;
+                row.map(|row| from_row(&row)).transpose()?
+            }
+        };
+        match finished {
+            Some(payment) => Ok(Some(payment)),
             // Finished by another call meanwhile (or gone): the stored payment decides.
-            None => self.get(id).await,
+            None => self.get(&payment.id).await,
         }
     }
 
@@ -240,4 +277,67 @@ fn from_row(row: &AnyRow) -> Result<Payment, sqlx::Error> {
         create_time_ms: row.try_get("create_time_ms")?,
         update_time_ms: row.try_get("update_time_ms")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use shopmesh::mesh::testing;
+
+    use super::*;
+
+    fn charge(request_id: &str) -> NewCharge {
+        NewCharge {
+            order_id: "o1".into(),
+            user_id: "u1".into(),
+            amount_minor: 1250,
+            currency_code: "EUR".into(),
+            request_id: request_id.into(),
+        }
+    }
+
+    /// A payment's insert and finish answer it exactly as stored, whichever way the write went:
+    /// on SQLite on the calling thread, or through sqlx when the write lock is taken (held here
+    /// by another connection for a moment), and on PostgreSQL. A request id used already
+    /// inserts nothing, and a payment finished already is left alone.
+    #[tokio::test]
+    async fn payments_are_answered_as_stored_whichever_way_they_are_written() {
+        for backend in testing::backends() {
+            let db = testing::database(backend, "payment_store").await;
+            let pool = db::open(&db.url, &testing::mesh_config(), crate::MIGRATIONS).await.expect("open");
+            let store = Store::new(pool.clone(), Duration::from_secs(30));
+
+            let new = store.insert_processing(&charge("r1")).await.expect("insert").expect("new");
+            assert_eq!(Some(&new), store.get(&new.id).await.expect("get").as_ref(), "{backend:?}");
+            assert!(store.insert_processing(&charge("r1")).await.expect("insert").is_none(), "{backend:?}");
+
+            let finished = store.finish(&new, State::Succeeded, None).await.expect("finish").expect("stored");
+            assert_eq!(finished.state, State::Succeeded, "{backend:?}");
+            assert_eq!(Some(&finished), store.get(&new.id).await.expect("get").as_ref(), "{backend:?}");
+            // Finished already: left alone, and the stored payment is the answer.
+            let again = store.finish(&new, State::Declined, Some("amount_over_limit")).await.expect("finish");
+            assert_eq!(again.as_ref(), Some(&finished), "{backend:?}");
+
+            if backend == testing::Backend::Sqlite {
+                let other = store.insert_processing(&charge("r2")).await.expect("insert").expect("new");
+                let path = db.url.trim_start_matches("sqlite://").to_owned();
+                let holder = db::rusqlite::Connection::open(&path).expect("opens");
+                holder.execute_batch("BEGIN IMMEDIATE").expect("takes the write lock");
+                let release = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    holder.execute_batch("COMMIT").expect("releases the write lock");
+                });
+                // Handed to sqlx, which waits out the lock.
+                let started = std::time::Instant::now();
+                let declined =
+                    store.finish(&other, State::Declined, Some("amount_over_limit")).await.expect("finish");
+                release.join().expect("holder");
+                assert!(started.elapsed() >= Duration::from_millis(150), "written while the lock was held");
+                let declined = declined.expect("stored");
+                assert_eq!(declined.decline_reason.as_deref(), Some("amount_over_limit"));
+                assert_eq!(Some(&declined), store.get(&other.id).await.expect("get").as_ref());
+            }
+            pool.close().await;
+            db.drop_database().await;
+        }
+    }
 }
