@@ -238,8 +238,9 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
         // SQLite lets one writer in at a time; a writer that finds the lock taken sleeps in
         // SQLite's busy handler (1, 2, 5, 10 ... 100 ms) rather than queueing. Ten connections
         // made CreateOrder's p99 100-110 ms and its slowest calls 600-850 ms; two keep p99
-        // near 47 ms at the same throughput (docs/benchmarks.md). Point reads do not need
-        // more: they run on read-only connections of their own (`inline/`).
+        // near 47 ms at the same throughput (docs/benchmarks.md). Point reads and the
+        // stores' single-statement writes do not use them: they run on connections of
+        // their own (`inline/`), and these two carry what is handed back and the rest.
         Backend::Sqlite => SQLITE_MAX_CONNECTIONS,
         Backend::Postgres => POSTGRES_MAX_CONNECTIONS,
     });
