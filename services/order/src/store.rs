@@ -102,10 +102,6 @@ const SETTLE: &str = "UPDATE orders SET state = $1, payment_id = $2, decline_rea
      cancel_request_id = $5, lease_owner = NULL, lease_until_ms = 0 \
      WHERE id = $6 AND state = 'PENDING_PAYMENT'";
 
-/// Order columns, as `UPDATE ... RETURNING` gives them back.
-const ORDER_COLUMNS: &str = "id, request_id, user_id, currency_code, total_minor, state, payment_id, \
-     decline_reason, cancel_request_id, create_time_ms, update_time_ms";
-
 /// The order service's database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -243,9 +239,7 @@ impl Store {
         cancel_request_id: Option<&str>,
     ) -> Result<Option<Order>, sqlx::Error> {
         let now = ids::now_ms();
-        // SQLite: committed on this thread unless it cannot be (`Pool::execute_now`). A changed
-        // row is `order` with what was just set: nothing else of an order ever changes, its
-        // lines included.
+        // SQLite: committed on this thread unless it cannot be (`Pool::execute_now`).
         let inline = self.pool.execute_now(
             SETTLE,
             db::rusqlite::params![
@@ -257,29 +251,29 @@ impl Store {
                 &order.id
             ],
         );
-        let settled = match inline {
-            Some(changed) => (changed == 1).then(|| Order {
-                state,
-                payment_id: payment_id.map(str::to_owned),
-                decline_reason: decline_reason.map(str::to_owned),
-                cancel_request_id: cancel_request_id.map(str::to_owned),
-                update_time_ms: now,
-                ..order.clone()
-            }),
-            None => {
-                let sql = AssertSqlSafe(format!("{SETTLE} RETURNING {ORDER_COLUMNS}"));
-                let row = sqlx::query(sql)
-                    .bind(state.as_str())
-                    .bind(payment_id)
-                    .bind(decline_reason)
-                    .bind(now)
-                    .bind(cancel_request_id)
-                    .bind(&order.id)
-                    .fetch_optional(&mut db::acquire(&self.pool).await?)
-                    .await?;
-                row.map(|row| order_from_row(&row, order.items.clone())).transpose()?
-            }
+        let changed = match inline {
+            Some(changed) => changed,
+            None => sqlx::query(SETTLE)
+                .bind(state.as_str())
+                .bind(payment_id)
+                .bind(decline_reason)
+                .bind(now)
+                .bind(cancel_request_id)
+                .bind(&order.id)
+                .execute(&mut db::acquire(&self.pool).await?)
+                .await?
+                .rows_affected(),
         };
+        // The changed row is `order` with what was just set: nothing else of an order ever
+        // changes, its lines included, so it need not be read back.
+        let settled = (changed == 1).then(|| Order {
+            state,
+            payment_id: payment_id.map(str::to_owned),
+            decline_reason: decline_reason.map(str::to_owned),
+            cancel_request_id: cancel_request_id.map(str::to_owned),
+            update_time_ms: now,
+            ..order.clone()
+        });
         match settled {
             Some(order) => Ok(Some(order)),
             // Settled (or gone) meanwhile: the stored order decides.
@@ -432,7 +426,7 @@ fn group(rows: &[AnyRow]) -> Result<Vec<Order>, sqlx::Error> {
     Ok(orders)
 }
 
-/// The order in `row` (its columns as [`ORDER_COLUMNS`] names them), with `items`.
+/// The order in `row` (the order columns of [`SELECT`]), with `items`.
 fn order_from_row(row: &AnyRow, items: Vec<LineItem>) -> Result<Order, sqlx::Error> {
     let state: String = row.try_get("state")?;
     Ok(Order {

@@ -152,30 +152,29 @@ impl Store {
         decline_reason: Option<&str>,
     ) -> Result<Option<Payment>, sqlx::Error> {
         let now = ids::now_ms();
-        // SQLite: committed on this thread unless it cannot be (`Pool::execute_now`). A changed
-        // row is `payment` with what was just set: nothing else of a payment ever changes.
+        // SQLite: committed on this thread unless it cannot be (`Pool::execute_now`).
         let inline = self
             .pool
             .execute_now(FINISH, db::rusqlite::params![state.as_str(), decline_reason, now, &payment.id]);
-        let finished = match inline {
-            Some(changed) => (changed == 1).then(|| Payment {
-                state,
-                decline_reason: decline_reason.map(str::to_owned),
-                update_time_ms: now,
-                ..payment.clone()
-            }),
-            None => {
-                let sql = AssertSqlSafe(format!("{FINISH} RETURNING {COLUMNS}"));
-                let row = sqlx::query(sql)
-                    .bind(state.as_str())
-                    .bind(decline_reason)
-                    .bind(now)
-                    .bind(&payment.id)
-                    .fetch_optional(&mut db::acquire(&self.pool).await?)
-                    .await?;
-                row.map(|row| from_row(&row)).transpose()?
-            }
+        let changed = match inline {
+            Some(changed) => changed,
+            None => sqlx::query(FINISH)
+                .bind(state.as_str())
+                .bind(decline_reason)
+                .bind(now)
+                .bind(&payment.id)
+                .execute(&mut db::acquire(&self.pool).await?)
+                .await?
+                .rows_affected(),
         };
+        // The changed row is `payment` with what was just set: nothing else of a payment
+        // ever changes, so it need not be read back.
+        let finished = (changed == 1).then(|| Payment {
+            state,
+            decline_reason: decline_reason.map(str::to_owned),
+            update_time_ms: now,
+            ..payment.clone()
+        });
         match finished {
             Some(payment) => Ok(Some(payment)),
             // Finished by another call meanwhile (or gone): the stored payment decides.
