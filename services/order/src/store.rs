@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shopmesh::mesh::db::{self, Backend, Pool};
+use shopmesh::mesh::db::{self, Backend, Param, Pool};
 use shopmesh::mesh::ids;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row as _};
@@ -54,9 +54,6 @@ macro_rules! clocked {
 
 static SQLITE: Clocked = clocked!(sqlite);
 static POSTGRES: Clocked = clocked!(postgres);
-
-/// A statement on either engine, its parameters bound as they are added.
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
 /// PostgreSQL's insert of an order: parameters 1 to 9 (id, request id, user, currency, total,
 /// state, create and update time, the delay before the reconciler may take it), skipped when
@@ -167,63 +164,47 @@ impl Store {
             create_time_ms: now,
             update_time_ms: now,
         };
-        let query = match self.backend {
+        let mut params = vec![
+            (&order.id).into(),
+            order.request_id.as_deref().into(),
+            (&order.user_id).into(),
+            (&order.currency_code).into(),
+            order.total_minor.into(),
+            order.state.as_str().into(),
+            order.create_time_ms.into(),
+            order.update_time_ms.into(),
+            self.reconcile_after_ms.into(),
+        ];
+        let inserted = match self.backend {
             // One statement, atomic on its own: no BEGIN and COMMIT round trips.
             Backend::Postgres => {
-                let mut query = self
-                    .insert_base(sqlx::query(AssertSqlSafe(postgres_insert_sql(order.items.len()))), &order);
                 for (line_no, item) in (0_i64..).zip(&order.items) {
-                    query =
-                        query.bind(line_no).bind(&item.sku).bind(item.quantity).bind(item.unit_price_minor);
+                    params.extend::<[Param<'_>; 4]>([
+                        line_no.into(),
+                        (&item.sku).into(),
+                        item.quantity.into(),
+                        item.unit_price_minor.into(),
+                    ]);
                 }
-                query
+                let sql = AssertSqlSafe(postgres_insert_sql(order.items.len()));
+                db::bind(sqlx::query(sql), &params)
+                    .execute(&mut db::acquire(&self.pool).await?)
+                    .await?
+                    .rows_affected()
             }
             // One statement too: the lines ride along as JSON and a trigger writes them
-            // (migrations/sqlite/0004_lines_with_the_order.sql), so one call to SQLite's worker
-            // thread, with no BEGIN and COMMIT hops while the write lock is held.
+            // (migrations/sqlite/0004_lines_with_the_order.sql), so no BEGIN and COMMIT while the
+            // write lock is held; committed on this thread unless it cannot be (`Pool::execute`).
             Backend::Sqlite => {
                 let lines: Vec<(&str, i64, i64)> =
                     order.items.iter().map(|i| (i.sku.as_str(), i.quantity, i.unit_price_minor)).collect();
                 let lines = serde_json::to_string(&lines).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                // Committed on this thread unless it cannot be (`Pool::execute_now`).
-                let inline = self.pool.execute_now(
-                    SQLITE_INSERT,
-                    db::rusqlite::params![
-                        &order.id,
-                        &order.request_id,
-                        &order.user_id,
-                        &order.currency_code,
-                        order.total_minor,
-                        order.state.as_str(),
-                        order.create_time_ms,
-                        order.update_time_ms,
-                        self.reconcile_after_ms,
-                        &lines,
-                    ],
-                );
-                if let Some(inserted) = inline {
-                    return Ok((inserted > 0).then_some(order));
-                }
-                self.insert_base(sqlx::query(SQLITE_INSERT), &order).bind(lines)
+                params.push((&lines).into());
+                self.pool.execute(SQLITE_INSERT, &params).await?
             }
         };
-        let inserted = query.execute(&mut db::acquire(&self.pool).await?).await?;
         // Nothing at all was written when the order's insert conflicted: an order has lines.
-        Ok((inserted.rows_affected() > 0).then_some(order))
-    }
-
-    /// `query` with the order's own parameters, 1 to 9 of [`POSTGRES_INSERT`] (and of [`SQLITE_INSERT`]).
-    fn insert_base<'q>(&self, query: AnyQuery<'q>, order: &'q Order) -> AnyQuery<'q> {
-        query
-            .bind(&order.id)
-            .bind(&order.request_id)
-            .bind(&order.user_id)
-            .bind(&order.currency_code)
-            .bind(order.total_minor)
-            .bind(order.state.as_str())
-            .bind(order.create_time_ms)
-            .bind(order.update_time_ms)
-            .bind(self.reconcile_after_ms)
+        Ok((inserted > 0).then_some(order))
     }
 
     /// Records the charge's outcome on a PENDING_PAYMENT order (PAID or PAYMENT_DECLINED, or
@@ -239,31 +220,16 @@ impl Store {
         cancel_request_id: Option<&str>,
     ) -> Result<Option<Order>, sqlx::Error> {
         let now = ids::now_ms();
-        // SQLite: committed on this thread unless it cannot be (`Pool::execute_now`).
-        let inline = self.pool.execute_now(
-            SETTLE,
-            db::rusqlite::params![
-                state.as_str(),
-                payment_id,
-                decline_reason,
-                now,
-                cancel_request_id,
-                &order.id
-            ],
-        );
-        let changed = match inline {
-            Some(changed) => changed,
-            None => sqlx::query(SETTLE)
-                .bind(state.as_str())
-                .bind(payment_id)
-                .bind(decline_reason)
-                .bind(now)
-                .bind(cancel_request_id)
-                .bind(&order.id)
-                .execute(&mut db::acquire(&self.pool).await?)
-                .await?
-                .rows_affected(),
-        };
+        // On SQLite committed on this thread unless it cannot be (`Pool::execute`).
+        let params = [
+            state.as_str().into(),
+            payment_id.into(),
+            decline_reason.into(),
+            now.into(),
+            cancel_request_id.into(),
+            (&order.id).into(),
+        ];
+        let changed = self.pool.execute(SETTLE, &params).await?;
         // The changed row is `order` with what was just set: nothing else of an order ever
         // changes, its lines included, so it need not be read back.
         let settled = (changed == 1).then(|| Order {

@@ -93,32 +93,20 @@ impl Ledger {
     async fn record(&self, entry: &Entry<'_>) -> Result<(String, Option<String>), sqlx::Error> {
         self.ready().await?;
         let now = ids::now_ms();
-        // SQLite: committed on this thread unless it cannot be (`Pool::write_row_now`).
-        let inline = self.pool.write_row_now(
-            RECORD,
-            db::rusqlite::params![
-                entry.kind,
-                entry.key,
-                entry.order_id,
-                entry.amount_minor,
-                entry.currency_code,
-                entry.outcome,
-                entry.decline_reason,
-                now,
-            ],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        );
-        let recorded = match inline {
+        let params = [
+            entry.kind.into(),
+            entry.key.into(),
+            entry.order_id.into(),
+            entry.amount_minor.into(),
+            entry.currency_code.into(),
+            entry.outcome.into(),
+            entry.decline_reason.into(),
+            now.into(),
+        ];
+        // On SQLite committed on this thread unless it cannot be (`Pool::write_row_now`).
+        let recorded = match self.pool.write_row_now(RECORD, &params, |row| Ok((row.get(0)?, row.get(1)?))) {
             Some(recorded) => recorded?,
-            None => sqlx::query(RECORD)
-                .bind(entry.kind)
-                .bind(entry.key)
-                .bind(entry.order_id)
-                .bind(entry.amount_minor)
-                .bind(entry.currency_code)
-                .bind(entry.outcome)
-                .bind(entry.decline_reason)
-                .bind(now)
+            None => db::bind(sqlx::query(RECORD), &params)
                 .fetch_optional(&mut db::acquire(&self.pool).await?)
                 .await?
                 .map(|r| Ok::<_, sqlx::Error>((r.try_get("outcome")?, r.try_get("decline_reason")?)))

@@ -84,39 +84,25 @@ impl Store {
             create_time_ms: now,
             update_time_ms: now,
         };
-        // SQLite: committed on this thread unless it cannot be (`Pool::execute_now`).
-        let inline = self.pool.execute_now(
-            self.clocked.insert,
-            db::rusqlite::params![
-                &payment.id,
-                &payment.request_id,
-                &payment.order_id,
-                &payment.user_id,
-                payment.amount_minor,
-                &payment.currency_code,
-                payment.state.as_str(),
-                now,
-                now,
-                self.lease_ms,
-            ],
-        );
-        if let Some(inserted) = inline {
-            return Ok((inserted == 1).then_some(payment));
-        }
-        let inserted = sqlx::query(self.clocked.insert)
-            .bind(&payment.id)
-            .bind(&payment.request_id)
-            .bind(&payment.order_id)
-            .bind(&payment.user_id)
-            .bind(payment.amount_minor)
-            .bind(&payment.currency_code)
-            .bind(payment.state.as_str())
-            .bind(now)
-            .bind(now)
-            .bind(self.lease_ms)
-            .execute(&mut db::acquire(&self.pool).await?)
-            .await?
-            .rows_affected();
+        // On SQLite committed on this thread unless it cannot be (`Pool::execute`).
+        let inserted = self
+            .pool
+            .execute(
+                self.clocked.insert,
+                &[
+                    (&payment.id).into(),
+                    (&payment.request_id).into(),
+                    (&payment.order_id).into(),
+                    (&payment.user_id).into(),
+                    payment.amount_minor.into(),
+                    (&payment.currency_code).into(),
+                    payment.state.as_str().into(),
+                    now.into(),
+                    now.into(),
+                    self.lease_ms.into(),
+                ],
+            )
+            .await?;
         Ok((inserted == 1).then_some(payment))
     }
 
@@ -152,21 +138,14 @@ impl Store {
         decline_reason: Option<&str>,
     ) -> Result<Option<Payment>, sqlx::Error> {
         let now = ids::now_ms();
-        // SQLite: committed on this thread unless it cannot be (`Pool::execute_now`).
-        let inline = self
+        // On SQLite committed on this thread unless it cannot be (`Pool::execute`).
+        let changed = self
             .pool
-            .execute_now(FINISH, db::rusqlite::params![state.as_str(), decline_reason, now, &payment.id]);
-        let changed = match inline {
-            Some(changed) => changed,
-            None => sqlx::query(FINISH)
-                .bind(state.as_str())
-                .bind(decline_reason)
-                .bind(now)
-                .bind(&payment.id)
-                .execute(&mut db::acquire(&self.pool).await?)
-                .await?
-                .rows_affected(),
-        };
+            .execute(
+                FINISH,
+                &[state.as_str().into(), decline_reason.into(), now.into(), (&payment.id).into()],
+            )
+            .await?;
         // The changed row is `payment` with what was just set: nothing else of a payment
         // ever changes, so it need not be read back.
         let finished = (changed == 1).then(|| Payment {

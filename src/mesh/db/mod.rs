@@ -5,7 +5,7 @@
 //! [`acquire`] and [`begin`] every store uses. Beside it: `traced.rs` (the span of each
 //! statement), `url.rs` (engines, SQLite files, redaction) and `inline/` (SQLite point reads and
 //! single-statement writes without sqlx's thread hop: [`Pool::read_row_now`],
-//! [`Pool::execute_now`], [`Pool::write_row_now`]).
+//! [`Pool::execute`], [`Pool::write_row_now`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +37,7 @@ pub struct Pool {
     metrics: Option<Arc<PoolMetrics>>,
     /// A SQLite file's read-only connections for [`Pool::read_row_now`].
     readers: Option<Arc<inline::Readers>>,
-    /// A SQLite file's write connection for [`Pool::execute_now`] and [`Pool::write_row_now`].
+    /// A SQLite file's write connection for [`Pool::execute`] and [`Pool::write_row_now`].
     writer: Option<Arc<inline::Writer>>,
 }
 
@@ -106,27 +106,35 @@ impl Pool {
         readers.row(sql, params, map)
     }
 
-    /// A single-statement write (an INSERT, UPDATE or DELETE touching a few rows by key, with
-    /// positional parameters `params`) committed at once on this thread when the database is a
-    /// SQLite file: the rows it changed. `None` when it was not done here (PostgreSQL, an
-    /// in-memory database, a lock, an error, the request's deadline passed), in which case
-    /// nothing was written and the caller runs the same statement through sqlx. Each write
-    /// gets the same span as a sqlx statement. Why, and the rules that keep it safe (a write
-    /// is never done twice, no fsync on this thread): `src/mesh/db/inline/mod.rs`.
-    pub fn execute_now<P: rusqlite::Params>(&self, sql: &'static str, params: P) -> Option<u64> {
-        self.write_now(sql, params, |_| Ok(())).map(|written| written.rows_affected)
+    /// Runs a single-statement write (an INSERT, UPDATE or DELETE touching a few rows by key,
+    /// with positional parameters `params`): the rows it changed. On a SQLite file it is
+    /// committed at once on this thread; on PostgreSQL, an in-memory database, a lock, an
+    /// error or a deadline already passed it runs through sqlx on a pooled connection instead
+    /// (nothing was written the first way then), which waits, retries or reports as usual.
+    /// Either way it gets the same span. Why, and the rules that keep it safe (a write is never
+    /// done twice, no fsync on this thread): `src/mesh/db/inline/mod.rs`.
+    ///
+    /// # Errors
+    /// sqlx's, from the pooled connection or the statement.
+    pub async fn execute(&self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, sqlx::Error> {
+        if let Some(written) = self.write_now(sql, rusqlite::params_from_iter(params), |_| Ok(())) {
+            return Ok(written.rows_affected);
+        }
+        Ok(bind(sqlx::query(sql), params).execute(&mut acquire(self).await?).await?.rows_affected())
     }
 
-    /// [`Pool::execute_now`] for a statement with a `RETURNING` clause: `map` of its first row,
-    /// `None` inside when no row was changed. A row `map` refuses is an error, though the write
-    /// stands (it is not handed back).
-    pub fn write_row_now<T, P: rusqlite::Params>(
+    /// A write with a `RETURNING` clause committed at once on this thread when the database is
+    /// a SQLite file, as [`Pool::execute`] does: `map` of its first row, `None` inside when no
+    /// row was changed. `None` when it was not done here (nothing was written): the caller runs
+    /// the same statement through sqlx, with [`bind`]. A row `map` refuses is an error, though
+    /// the write stands (it is not handed back).
+    pub fn write_row_now<T>(
         &self,
         sql: &'static str,
-        params: P,
+        params: &[Param<'_>],
         map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Option<Result<Option<T>, sqlx::Error>> {
-        let written = self.write_now(sql, params, map)?;
+        let written = self.write_now(sql, rusqlite::params_from_iter(params), map)?;
         Some(written.first.transpose().map_err(|err| sqlx::Error::Decode(Box::new(err))))
     }
 
@@ -142,6 +150,62 @@ impl Pool {
         }
         let _span = traced::span("sqlite", sql).entered();
         writer.write(sql, params, map)
+    }
+}
+
+/// A parameter of [`Pool::execute`], bound the same way on either path (rusqlite on the calling
+/// thread, sqlx's `Any` otherwise): text (`None` is NULL) or an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param<'a> {
+    /// TEXT, or NULL.
+    Text(Option<&'a str>),
+    /// INTEGER / BIGINT.
+    Int(i64),
+}
+
+/// A sqlx statement on a service's pool.
+pub type Query<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
+
+/// `query` with `params` bound in order, as [`Pool::execute`] binds them on its sqlx path.
+pub fn bind<'q>(query: Query<'q>, params: &[Param<'q>]) -> Query<'q> {
+    params.iter().fold(query, |query, param| match *param {
+        Param::Text(text) => query.bind(text),
+        Param::Int(int) => query.bind(int),
+    })
+}
+
+impl<'a> From<&'a str> for Param<'a> {
+    fn from(text: &'a str) -> Self {
+        Self::Text(Some(text))
+    }
+}
+
+impl<'a> From<&'a String> for Param<'a> {
+    fn from(text: &'a String) -> Self {
+        Self::Text(Some(text))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Param<'a> {
+    fn from(text: Option<&'a str>) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl From<i64> for Param<'_> {
+    fn from(int: i64) -> Self {
+        Self::Int(int)
+    }
+}
+
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Self::Text(Some(text)) => ValueRef::Text(text.as_bytes()),
+            Self::Text(None) => ValueRef::Null,
+            Self::Int(int) => ValueRef::Integer(int),
+        }))
     }
 }
 

@@ -11,7 +11,7 @@
 //!
 //! - [`Readers`] (`read.rs`): read-only connections for point reads ([`crate::mesh::db::Pool::read_row_now`]).
 //! - [`Writer`] (`write.rs`): one connection per file for single-statement writes
-//!   ([`crate::mesh::db::Pool::execute_now`], [`crate::mesh::db::Pool::write_row_now`]).
+//!   ([`crate::mesh::db::Pool::execute`], [`crate::mesh::db::Pool::write_row_now`]).
 //!
 //! The rules that keep this safe:
 //! - **Never waits on a lock.** The busy timeout is zero: if SQLite answers `SQLITE_BUSY` (a
