@@ -20,8 +20,9 @@ use shopmesh::api::user::v1::{CreateUserRequest, GetUserRequest, user_service_cl
 use shopmesh::mesh::config::{MeshConfig, SecurityConfig};
 use shopmesh::mesh::security::certificates;
 use shopmesh::mesh::security::tls::MeshTls;
-use shopmesh::mesh::service::{Listeners, Mesh};
+use shopmesh::mesh::service::{Listeners, Mesh, MeshService as _};
 use shopmesh::mesh::{client, db, server};
+use shopmesh_user::{User, UserConfig};
 use tokio::net::TcpListener;
 
 mod common;
@@ -48,12 +49,12 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    certificates::generate(&certs, "cluster.local", "default")?;
+    certificates::generate(&certs, "cluster.local", "default", &["user", "order"])?;
     let mut mesh = MeshConfig::default();
     // Neither server may shed what the other would serve.
     mesh.server.max_concurrent_requests = 10_000;
     let url = format!("sqlite://{}/user.db", dir.path().display());
-    let pool = db::open(&url, &mesh, shopmesh_user::MIGRATIONS).await?;
+    let pool = db::open(&url, &mesh, User::MIGRATIONS).await?;
 
     let mut tls_mesh = mesh.clone();
     tls_mesh.security = security(&certs, "shopmesh-user");
@@ -61,12 +62,14 @@ async fn main() -> anyhow::Result<()> {
     for config in [mesh.clone(), tls_mesh] {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         started.push(format!("http://{}", listener.local_addr()?));
-        let routes = shopmesh_user::routes(&config, pool.clone());
         let mesh = Mesh::new(config, shopmesh::mesh_api())?;
+        // The service as it runs, through its one door.
+        let user = UserConfig::new("127.0.0.1:0".parse()?, url.clone());
+        let routes = User::start(&mesh, &user, pool.clone()).await?.routes;
         tokio::spawn(async move {
             server::serve(
                 &mesh,
-                &[shopmesh_user::SERVICE_NAME],
+                &[User::GRPC_SERVICE],
                 routes,
                 Listeners::new(listener),
                 None,
@@ -76,8 +79,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let (plain_url, tls_url) = (started[0].clone(), started[1].clone());
-    shopmesh::mesh::health::wait_serving(&plain_url, shopmesh_user::SERVICE_NAME, Duration::from_secs(10))
-        .await;
+    shopmesh::mesh::health::wait_serving(&plain_url, User::GRPC_SERVICE, Duration::from_secs(10)).await;
 
     let client_tls = MeshTls::load(&security(&certs, "shopmesh-order"))?;
     let catalogue = shopmesh::mesh_api().catalogue;

@@ -17,8 +17,9 @@ use hdrhistogram::Histogram;
 
 use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::config::MeshConfig;
-use shopmesh::mesh::service::{Listeners, Mesh};
+use shopmesh::mesh::service::{Listeners, Mesh, MeshService as _};
 use shopmesh::mesh::{client, db, server};
+use shopmesh_user::{User, UserConfig};
 use tokio::net::TcpListener;
 
 mod common;
@@ -37,17 +38,20 @@ async fn main() -> anyhow::Result<()> {
     // The stack must not shed or throttle what the bare server would serve.
     mesh.server.max_concurrent_requests = 10_000;
     let url = format!("sqlite://{}/user.db", dir.path().display());
-    let pool = db::open(&url, &mesh, shopmesh_user::MIGRATIONS).await?;
+    let pool = db::open(&url, &mesh, User::MIGRATIONS).await?;
 
     // Layers on: the mesh's server::serve.
     let on = TcpListener::bind("127.0.0.1:0").await?;
     let on_url = format!("http://{}", on.local_addr()?);
-    let routes = shopmesh_user::routes(&mesh, pool.clone());
     let mesh_for_server = Mesh::new(mesh.clone(), shopmesh::mesh_api())?;
+    // The service as it runs (GetUser's cache included), through its one door.
+    let user_config = UserConfig::new("127.0.0.1:0".parse()?, url.clone());
+    let routes = User::start(&mesh_for_server, &user_config, pool.clone()).await?.routes;
+    let serving = mesh_for_server.clone();
     tokio::spawn(async move {
         server::serve(
-            &mesh_for_server,
-            &[shopmesh_user::SERVICE_NAME],
+            &serving,
+            &[User::GRPC_SERVICE],
             routes,
             Listeners::new(on),
             None,
@@ -58,13 +62,13 @@ async fn main() -> anyhow::Result<()> {
     // Layers off: the same routes on a bare tonic server.
     let off = TcpListener::bind("127.0.0.1:0").await?;
     let off_url = format!("http://{}", off.local_addr()?);
-    let routes = shopmesh_user::routes(&mesh, pool.clone());
+    let routes = User::start(&mesh_for_server, &user_config, pool.clone()).await?.routes;
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_routes(routes)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(off).with_nodelay(Some(true))),
     );
-    shopmesh::mesh::health::wait_serving(&on_url, shopmesh_user::SERVICE_NAME, Duration::from_secs(10)).await;
+    shopmesh::mesh::health::wait_serving(&on_url, User::GRPC_SERVICE, Duration::from_secs(10)).await;
 
     let mut stacked = UserServiceClient::new(
         client::channel(&on_url, &mesh.client, shopmesh::mesh_api().catalogue, None).await?,

@@ -24,6 +24,7 @@ use shopmesh::mesh::security::connect::TlsConnector;
 use shopmesh::mesh::security::tls::MeshTls;
 use shopmesh::mesh::service::MeshService;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh::mesh::upstream::Upstreams;
 use shopmesh_catalog::{Catalog, CatalogConfig};
 use shopmesh_order::{Order, OrderConfig};
 use shopmesh_payment::{Payment, PaymentConfig};
@@ -123,12 +124,23 @@ struct Mesh {
 
 /// Spawns service `S` as service account `sa`, waiting on its probe port.
 async fn spawn<S: MeshService>(ca: &Ca, dir: &Path, sa: &str, config: S::Config) -> Spawned {
+    spawn_calling::<S>(ca, dir, sa, config, Upstreams::new()).await
+}
+
+/// Like [`spawn`], calling the services `upstreams` names.
+async fn spawn_calling<S: MeshService>(
+    ca: &Ca,
+    dir: &Path,
+    sa: &str,
+    config: S::Config,
+    upstreams: Upstreams,
+) -> Spawned {
     let mut mesh = testing::mesh_config();
     mesh.security = SecurityConfig {
         authz_policy: Some(policy_file()),
         ..pki::security(&dir.join(sa), &workload(ca, sa))
     };
-    testing::spawn_service_probed::<S>(&testing::mesh(mesh), config).await.0
+    testing::spawn_service_probed::<S>(&testing::mesh(mesh).with_upstreams(upstreams), config).await.0
 }
 
 impl Mesh {
@@ -162,15 +174,18 @@ impl Mesh {
         let config = OrderConfig {
             listen: testing::ANY_PORT,
             database_url: url,
-            user_url,
-            catalog_url: catalog.url(),
             catalog_cache_ttl: std::time::Duration::from_secs(5),
             user_check_ttl: std::time::Duration::from_secs(1),
-            payment_url,
-            identities: Default::default(),
             reconcile: Default::default(),
         };
-        let order = spawn::<Order>(&ca, dir.path(), "shopmesh-order", config).await;
+        let order = spawn_calling::<Order>(
+            &ca,
+            dir.path(),
+            "shopmesh-order",
+            config,
+            Upstreams::new().at("user", user_url).at("catalog", catalog.url()).at("payment", payment_url),
+        )
+        .await;
         let mesh = Self { user, payment, order, catalog, dbs, ca, dir };
         // The catalog's administrators stock it, through the policy like everyone else.
         let mut products = CatalogServiceClient::new(mesh.channel(&id("shopmesh-admin"), mesh.catalog.addr));

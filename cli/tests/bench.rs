@@ -16,6 +16,7 @@ use shopmesh::api::order::v1::{
 };
 use shopmesh::api::payment::v1::{ListPaymentsRequest, payment_service_client::PaymentServiceClient};
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh::mesh::upstream::Upstreams;
 use shopmesh_order::OrderConfig;
 use shopmesh_payment::PaymentConfig;
 use shopmesh_user::UserConfig;
@@ -61,16 +62,17 @@ async fn start(backend: Backend) -> Mesh {
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: order_db.url.clone(),
-        user_url: user.url(),
-        catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl: Duration::from_secs(1),
-        payment_url: payment.url(),
-        identities: Default::default(),
         reconcile: Default::default(),
     };
-    let order =
-        testing::spawn_service::<shopmesh_order::Order>(&testing::mesh(testing::mesh_config()), config).await;
+    let order = testing::spawn_service::<shopmesh_order::Order>(
+        &testing::mesh(testing::mesh_config()).with_upstreams(
+            Upstreams::new().at("user", user.url()).at("catalog", catalog.url()).at("payment", payment.url()),
+        ),
+        config,
+    )
+    .await;
     Mesh { user, payment, catalog, order, dbs: vec![user_db, payment_db, order_db] }
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use shopmesh::api::order::v1::{CreateOrderRequest, order_service_client::OrderServiceClient};
 use shopmesh::api::user::v1::{ListUsersRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::server::LIVENESS;
+use shopmesh::mesh::service::MeshService as _;
 use shopmesh::mesh::testing::{self, Backend};
+use shopmesh::mesh::upstream::Upstreams;
 use shopmesh::mesh::{db, health};
 use shopmesh_order::{Order, OrderConfig};
 use shopmesh_user::{User, UserConfig};
@@ -16,7 +18,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-const USER: &str = shopmesh_user::SERVICE_NAME;
+const USER: &str = shopmesh_user::User::GRPC_SERVICE;
 
 async fn status(url: &str, service: &str) -> ServingStatus {
     health::check(url, service, Duration::from_secs(2)).await.expect("health answers")
@@ -56,7 +58,7 @@ async fn not_serving_until_the_database_is_migrated() {
         assert_eq!(refused.code(), Code::Unavailable, "{backend:?}: {refused:?}");
 
         // `shopmesh migrate` does exactly this.
-        let pool = db::open(&test_db.url, &mesh, shopmesh_user::MIGRATIONS).await.expect("migrate");
+        let pool = db::open(&test_db.url, &mesh, shopmesh_user::User::MIGRATIONS).await.expect("migrate");
         pool.close().await;
         wait_for(&url, USER, ServingStatus::Serving).await;
         wait_for(&url, "", ServingStatus::Serving).await;
@@ -113,16 +115,18 @@ async fn readiness_never_follows_callees() {
         let config = OrderConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             database_url: test_db.url.clone(),
-            user_url,
-            catalog_url,
             catalog_cache_ttl: Duration::from_secs(5),
             user_check_ttl: Duration::from_secs(1),
-            payment_url,
-            identities: Default::default(),
             reconcile: Default::default(),
         };
         // spawn() returns only once the order service is SERVING: its callees do not matter.
-        let order = testing::spawn_service::<Order>(&testing::mesh(testing::mesh_config()), config).await;
+        let order = testing::spawn_service::<Order>(
+            &testing::mesh(testing::mesh_config()).with_upstreams(
+                Upstreams::new().at("user", user_url).at("catalog", catalog_url).at("payment", payment_url),
+            ),
+            config,
+        )
+        .await;
         let mut orders = OrderServiceClient::connect(order.url()).await.expect("connect");
         let req = CreateOrderRequest {
             user_id: shopmesh::mesh::ids::new_id(),

@@ -14,7 +14,9 @@ use shopmesh::api::user::v1::ListUsersRequest;
 use shopmesh::api::user::v1::user_service_client::UserServiceClient;
 use shopmesh::mesh::config::SecurityConfig;
 use shopmesh::mesh::security::certificates::{Ca, Leaf};
+use shopmesh::mesh::service::MeshService as _;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh::mesh::upstream::Upstreams;
 use shopmesh_user::{User, UserConfig};
 use tonic::Code;
 
@@ -153,7 +155,7 @@ async fn matrix(backend: Backend) {
     // The probe port: health, in plaintext, and nothing else.
     let status = shopmesh::mesh::health::check(
         &format!("http://{probe}"),
-        shopmesh_user::SERVICE_NAME,
+        shopmesh_user::User::GRPC_SERVICE,
         Duration::from_secs(5),
     )
     .await
@@ -234,9 +236,20 @@ async fn spawn_as<S: shopmesh::mesh::service::MeshService>(
     sa: &str,
     config: S::Config,
 ) -> Spawned {
+    spawn_calling::<S>(ca, dir, sa, config, Upstreams::new()).await
+}
+
+/// Like [`spawn_as`], calling the services `upstreams` names.
+async fn spawn_calling<S: shopmesh::mesh::service::MeshService>(
+    ca: &Ca,
+    dir: &std::path::Path,
+    sa: &str,
+    config: S::Config,
+    upstreams: Upstreams,
+) -> Spawned {
     let mut mesh = testing::mesh_config();
     mesh.security = pki::security(&dir.join(sa), &workload(ca, sa));
-    testing::spawn_service_probed::<S>(&testing::mesh(mesh), config).await.0
+    testing::spawn_service_probed::<S>(&testing::mesh(mesh).with_upstreams(upstreams), config).await.0
 }
 
 /// A channel through the mesh's own TLS client to `addr`, as the workload `sa`.
@@ -273,18 +286,21 @@ async fn order_calling(
     let config = shopmesh_order::OrderConfig {
         listen: testing::ANY_PORT,
         database_url: db.url.clone(),
-        user_url: user.url(),
-        catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl: Duration::from_secs(1),
-        payment_url: payment.url(),
-        identities: Default::default(),
         reconcile: shopmesh_order::ReconcileConfig {
             reconcile_interval: Duration::ZERO,
             ..Default::default()
         },
     };
-    spawn_as::<shopmesh_order::Order>(ca, dir, "shopmesh-order", config).await
+    spawn_calling::<shopmesh_order::Order>(
+        ca,
+        dir,
+        "shopmesh-order",
+        config,
+        Upstreams::new().at("user", user.url()).at("catalog", catalog.url()).at("payment", payment.url()),
+    )
+    .await
 }
 
 async fn impostors_are_refused(backend: Backend) {

@@ -18,6 +18,7 @@ use shopmesh::api::user::v1::{
 };
 use shopmesh::mesh::ids::new_id;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
+use shopmesh::mesh::upstream::Upstreams;
 use shopmesh_order::{OrderConfig, ReconcileConfig};
 use shopmesh_payment::PaymentConfig;
 use shopmesh_user::UserConfig;
@@ -119,16 +120,20 @@ async fn start_checking_users(
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: order_db.url.clone(),
-        user_url: user.url(),
-        catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl,
-        payment_url: format!("http://{payment_addr}"),
-        identities: Default::default(),
         reconcile,
     };
-    let order =
-        testing::spawn_service::<shopmesh_order::Order>(&testing::mesh(testing::mesh_config()), config).await;
+    let order = testing::spawn_service::<shopmesh_order::Order>(
+        &testing::mesh(testing::mesh_config()).with_upstreams(
+            Upstreams::new()
+                .at("user", user.url())
+                .at("catalog", catalog.url())
+                .at("payment", format!("http://{payment_addr}")),
+        ),
+        config,
+    )
+    .await;
 
     let users = UserServiceClient::connect(user.url()).await.expect("connect user");
     let payments = PaymentServiceClient::new(

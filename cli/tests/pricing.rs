@@ -15,6 +15,7 @@ use shopmesh::api::payment::v1::{
 };
 use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
+use shopmesh::mesh::upstream::Upstreams;
 use shopmesh_order::{OrderConfig, ReconcileConfig};
 use shopmesh_payment::PaymentConfig;
 use shopmesh_user::UserConfig;
@@ -85,15 +86,17 @@ async fn start(backend: Backend, ttl: Duration, at: CatalogAt) -> World {
     let config = OrderConfig {
         listen: testing::ANY_PORT,
         database_url: order_db.url.clone(),
-        user_url: user.url(),
-        catalog_url,
         catalog_cache_ttl: ttl,
         user_check_ttl: Duration::from_secs(1),
-        payment_url: payment.url(),
-        identities: Default::default(),
         reconcile: ReconcileConfig::default(),
     };
-    let order = testing::spawn_service::<shopmesh_order::Order>(&mesh(), config).await;
+    let order = testing::spawn_service::<shopmesh_order::Order>(
+        &mesh().with_upstreams(
+            Upstreams::new().at("user", user.url()).at("catalog", catalog_url).at("payment", payment.url()),
+        ),
+        config,
+    )
+    .await;
     let users = UserServiceClient::connect(user.url()).await.expect("connect user");
     let payments = PaymentServiceClient::connect(payment.url()).await.expect("connect payment");
     let orders = OrderServiceClient::connect(order.url()).await.expect("connect order");

@@ -12,6 +12,7 @@ use shopmesh::api::payment::v1::{
     ListPaymentsRequest, Payment, PaymentState, RefundRequest, payment_service_client::PaymentServiceClient,
 };
 use shopmesh::mesh::config::ClientConfig;
+use shopmesh::mesh::service::MeshService as _;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
 use shopmesh::mesh::{client, db, ids};
 use shopmesh_order::ReconcileConfig;
@@ -44,8 +45,9 @@ fn config() -> ReconcileConfig {
 async fn world(backend: Backend, payment_up: bool) -> World {
     let order_db = testing::database(backend, "order").await;
     let payment_db = testing::database(backend, "payment").await;
-    let pool =
-        db::open(&order_db.url, &testing::mesh_config(), shopmesh_order::MIGRATIONS).await.expect("order db");
+    let pool = db::open(&order_db.url, &testing::mesh_config(), shopmesh_order::Order::MIGRATIONS)
+        .await
+        .expect("order db");
     let (payment, payment_url) = if payment_up {
         let config = PaymentConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),

@@ -25,7 +25,9 @@ use shopmesh::api::user::v1::{
 use shopmesh::mesh::config::{ClientConfig, MeshConfig};
 use shopmesh::mesh::grpc::timeout::parse_timeout;
 use shopmesh::mesh::service::Listeners;
+use shopmesh::mesh::service::MeshService as _;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh::mesh::upstream::Upstreams;
 use shopmesh::mesh::{client, server};
 use shopmesh_order::OrderConfig;
 use shopmesh_payment::PaymentConfig;
@@ -267,19 +269,21 @@ async fn order_service(
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: db.url.clone(),
-        user_url,
-        catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl: Duration::from_secs(1),
-        payment_url,
-        identities: Default::default(),
         reconcile: Default::default(),
     };
     let mut mesh = testing::mesh_config();
     // A margin well above loopback transit even on a loaded machine, so that "the callee's
     // deadline ends before its caller's" holds when measured from the callee's arrival.
     mesh.client = ClientConfig { deadline_margin: Duration::from_millis(40), ..client_config() };
-    let spawned = testing::spawn_service::<shopmesh_order::Order>(&testing::mesh(mesh), config).await;
+    let spawned = testing::spawn_service::<shopmesh_order::Order>(
+        &testing::mesh(mesh).with_upstreams(
+            Upstreams::new().at("user", user_url).at("catalog", catalog.url()).at("payment", payment_url),
+        ),
+        config,
+    )
+    .await;
     (spawned, db, catalog)
 }
 
@@ -570,8 +574,9 @@ async fn lost_charge_replies_are_retried_without_charging_twice() {
         // The real payment service, behind a fault layer on a tonic server of its own.
         let payment_db = testing::database(backend, "payment").await;
         let mesh = testing::mesh_config();
-        let pool =
-            shopmesh::mesh::db::open(&payment_db.url, &mesh, shopmesh_payment::MIGRATIONS).await.expect("db");
+        let pool = shopmesh::mesh::db::open(&payment_db.url, &mesh, shopmesh_payment::Payment::MIGRATIONS)
+            .await
+            .expect("db");
         let payment_config = PaymentConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             database_url: payment_db.url.clone(),
@@ -582,8 +587,10 @@ async fn lost_charge_replies_are_retried_without_charging_twice() {
             processor_ledger_url: payment_db.url.clone(),
             payment_processing_lease: Duration::from_secs(10),
         };
-        let ledger = shopmesh::mesh::db::connect(&payment_db.url, &mesh).expect("ledger");
-        let routes = shopmesh_payment::routes(&mesh, &payment_config, pool.clone(), ledger);
+        let routes = shopmesh_payment::Payment::start(&testing::mesh(mesh), &payment_config, pool.clone())
+            .await
+            .expect("start")
+            .routes;
         let charges = Arc::new(AtomicU32::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let payment_url = format!("http://{}", listener.local_addr().expect("addr"));

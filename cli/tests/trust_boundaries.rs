@@ -23,7 +23,9 @@ use shopmesh::api::user::v1::{
 };
 use shopmesh::mesh::config::{JwtConfig, MeshConfig, TokenRequirement};
 use shopmesh::mesh::ids::new_id;
+use shopmesh::mesh::service::MeshService as _;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh::mesh::upstream::Upstreams;
 use shopmesh_order::OrderConfig;
 use shopmesh_payment::PaymentConfig;
 use shopmesh_user::UserConfig;
@@ -145,16 +147,18 @@ async fn start(backend: Backend) -> Mesh {
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: order_db.url.clone(),
-        user_url: user.url(),
-        catalog_url: catalog.url(),
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl: Duration::from_secs(1),
-        payment_url: payment.url(),
-        identities: Default::default(),
         reconcile: Default::default(),
     };
     let mesh = with_jwt(TokenRequirement::Unidentified);
-    let order = testing::spawn_service::<shopmesh_order::Order>(&testing::mesh(mesh), config).await;
+    let order = testing::spawn_service::<shopmesh_order::Order>(
+        &testing::mesh(mesh).with_upstreams(
+            Upstreams::new().at("user", user.url()).at("catalog", catalog.url()).at("payment", payment.url()),
+        ),
+        config,
+    )
+    .await;
     let users = UserServiceClient::connect(user.url()).await.expect("connect user");
     let orders = OrderServiceClient::connect(order.url()).await.expect("connect order");
     let payments = PaymentServiceClient::connect(payment.url()).await.expect("connect payment");
@@ -491,7 +495,7 @@ async fn limits_answer_resource_exhausted_per_caller() {
     users.get_user(GetUserRequest { id: a.id.clone() }).await.expect("this address has tokens left");
     // And health is never limited.
     for _ in 0..10 {
-        testing::wait_serving(service.addr, shopmesh_user::SERVICE_NAME).await;
+        testing::wait_serving(service.addr, shopmesh_user::User::GRPC_SERVICE).await;
     }
 
     service.stop().await.expect("stops cleanly");

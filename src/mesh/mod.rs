@@ -36,6 +36,7 @@ pub mod service;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod upstream;
 pub mod validation;
 
 #[cfg(feature = "testing")]

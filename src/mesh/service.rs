@@ -25,6 +25,7 @@ use crate::mesh::security::authz::Policy;
 use crate::mesh::security::bearer::Verifier;
 use crate::mesh::security::identity::SpiffeId;
 use crate::mesh::security::tls::MeshTls;
+use crate::mesh::upstream::{Upstream, Upstreams};
 
 /// The API a mesh serves and calls, given as data: its method catalogue and the encoded
 /// descriptor set that server reflection serves.
@@ -53,19 +54,9 @@ pub trait MeshService: 'static {
     /// Its database.
     fn database_url(config: &Self::Config) -> &str;
 
-    /// The URLs of the services it calls, by their [`NAME`](Self::NAME), for a run of every
-    /// service in one process to point at the local ones.
-    fn upstreams(config: &mut Self::Config) -> Vec<(&'static str, &mut String)> {
-        let _ = config;
-        Vec::new()
-    }
-
-    /// The SPIFFE IDs it requires of the services it calls (`None`: derived from its own), for a
-    /// run of every service in one process, where they all present the same certificate.
-    fn upstream_identities(config: &mut Self::Config) -> Vec<&mut Option<String>> {
-        let _ = config;
-        Vec::new()
-    }
+    /// The services it calls: the CLI makes their flags, and [`Mesh::upstream_channel`] finds
+    /// them in the mesh's table.
+    const UPSTREAMS: &'static [Upstream] = &[];
 
     /// Registers the help texts of the metrics the service records itself (the runtime's are
     /// registered with the metrics exporter), so every series it exports has its HELP line.
@@ -130,6 +121,8 @@ impl Listeners {
 #[derive(Clone)]
 pub struct Mesh {
     inner: Arc<Inner>,
+    /// Where the services this process calls are, and who they must be.
+    upstreams: Arc<Upstreams>,
 }
 
 struct Inner {
@@ -168,7 +161,22 @@ impl Mesh {
             .transpose()
             .map_err(|e| Error::Config(e.to_string()))?
             .map(Arc::new);
-        Ok(Self { inner: Arc::new(Inner { config, api, tls, verifier, policy }) })
+        Ok(Self {
+            inner: Arc::new(Inner { config, api, tls, verifier, policy }),
+            upstreams: Arc::new(Upstreams::new()),
+        })
+    }
+
+    /// This mesh with `upstreams` as its table of the services its services call.
+    #[must_use]
+    pub fn with_upstreams(mut self, upstreams: Upstreams) -> Self {
+        self.upstreams = Arc::new(upstreams);
+        self
+    }
+
+    /// The table of the services this process's services call.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 
     /// The mesh-wide settings.
@@ -220,32 +228,34 @@ impl Mesh {
         client::channel(target, &self.inner.config.client, self.inner.api.catalogue, self.tls()).await
     }
 
-    /// A channel from this process's service `own` to the mesh's service `name` at `target`.
-    /// Over mutual TLS only a server presenting `expected` is accepted; without it, the ID of
-    /// `name` beside this process's own ([`SpiffeId::sibling`]: `<release>-<own>` calls
-    /// `<release>-<name>`, the chart's and `dev-certs`' naming).
+    /// A channel from this process's service `own` to its `upstream`, at the addresses the
+    /// mesh's table gives. Over mutual TLS only a server presenting the table's expected ID is
+    /// accepted; without one, the ID of the upstream beside this process's own
+    /// ([`SpiffeId::sibling`]: `<release>-<own>` calls `<release>-<name>`, the chart's and
+    /// `dev-certs`' naming).
     ///
     /// # Errors
-    /// [`Error::Config`] for a malformed target, an `expected` that is not a SPIFFE ID of the
-    /// trust domain, or an own identity the default cannot be derived from.
-    pub async fn upstream_channel(
-        &self,
-        own: &str,
-        name: &str,
-        target: &str,
-        expected: Option<&str>,
-    ) -> Result<Channel, Error> {
+    /// [`Error::Config`] for an upstream missing from the table, a malformed target, an expected
+    /// ID that is not a SPIFFE ID of the trust domain, or an own identity the default cannot be
+    /// derived from.
+    pub async fn upstream_channel(&self, own: &str, upstream: &Upstream) -> Result<Channel, Error> {
+        let name = upstream.name;
+        let target = self.upstreams.get(name).ok_or_else(|| {
+            Error::Config(format!(
+                "the {own} service calls {name}, but the mesh's upstream table has no {name}"
+            ))
+        })?;
         let config = &self.inner.config.client;
         let Some(tls) = self.tls() else {
-            return client::channel(target, config, self.inner.api.catalogue, None).await;
+            return client::channel(&target.url, config, self.inner.api.catalogue, None).await;
         };
-        let server = match expected {
+        let flag = upstream.spiffe_id_flag();
+        let server = match target.expected.as_deref() {
             Some(id) => {
-                let id = SpiffeId::parse(id)
-                    .map_err(|e| Error::Config(format!("--{name}-spiffe-id {id:?}: {e}")))?;
+                let id = SpiffeId::parse(id).map_err(|e| Error::Config(format!("{flag} {id:?}: {e}")))?;
                 if id.trust_domain() != tls.trust_domain() {
                     return Err(Error::Config(format!(
-                        "--{name}-spiffe-id {id} is outside trust domain {}",
+                        "{flag} {id} is outside trust domain {}",
                         tls.trust_domain()
                     )));
                 }
@@ -256,12 +266,12 @@ impl Mesh {
                 own_id.sibling(own, name).ok_or_else(|| {
                     Error::Config(format!(
                         "cannot derive the {name} service's SPIFFE ID from this service's own, {own_id} \
-                         (its service account does not end in -{own}): set --{name}-spiffe-id"
+                         (its service account does not end in -{own}): set {flag}"
                     ))
                 })?
             }
         };
-        tracing::info!(upstream = name, server = %server, "calls accept only this server identity");
-        client::pinned_channel(target, config, self.inner.api.catalogue, tls, server).await
+        tracing::info!(upstream = name, grpc_service = upstream.grpc_service, server = %server, "calls accept only this server identity");
+        client::pinned_channel(&target.url, config, self.inner.api.catalogue, tls, server).await
     }
 }

@@ -29,9 +29,8 @@ mod store;
 
 use std::net::SocketAddr;
 
-use shopmesh::api::catalog::v1::catalog_service_server::CatalogServiceServer;
+use shopmesh::api::catalog::v1::catalog_service_server::{self, CatalogServiceServer};
 use shopmesh::mesh::Error;
-use shopmesh::mesh::config::MeshConfig;
 use shopmesh::mesh::db::{Migrations, Pool};
 use shopmesh::mesh::service::{Mesh, MeshService, Started};
 use sqlx::migrate::Migrator;
@@ -40,22 +39,8 @@ use tonic::service::Routes;
 pub use config::CatalogConfig;
 pub use error::{Error as CatalogError, RESOURCE_TYPE};
 
-/// The fully-qualified gRPC service name, also its health-check name.
-pub const SERVICE_NAME: &str = "shopmesh.catalog.v1.CatalogService";
-
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// The service's embedded migrations.
-pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
-
-/// The service's routes over a migrated database.
-pub fn routes(mesh: &MeshConfig, pool: Pool) -> Routes {
-    Routes::new(
-        CatalogServiceServer::new(grpc::CatalogApi::new(store::Store::new(pool)))
-            .max_decoding_message_size(mesh.server.max_message_bytes),
-    )
-}
 
 /// The catalog service, as the mesh runs it.
 #[derive(Debug)]
@@ -63,8 +48,8 @@ pub struct Catalog;
 
 impl MeshService for Catalog {
     const NAME: &'static str = "catalog";
-    const GRPC_SERVICE: &'static str = SERVICE_NAME;
-    const MIGRATIONS: Migrations = MIGRATIONS;
+    const GRPC_SERVICE: &'static str = catalog_service_server::SERVICE_NAME;
+    const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
     type Config = CatalogConfig;
 
     fn listen(config: &CatalogConfig) -> SocketAddr {
@@ -76,6 +61,9 @@ impl MeshService for Catalog {
     }
 
     async fn start(mesh: &Mesh, _config: &CatalogConfig, pool: Pool) -> Result<Started, Error> {
-        Ok(Started::routes(routes(mesh.config(), pool)))
+        Ok(Started::routes(Routes::new(
+            CatalogServiceServer::new(grpc::CatalogApi::new(store::Store::new(pool)))
+                .max_decoding_message_size(mesh.config().server.max_message_bytes),
+        )))
     }
 }

@@ -5,6 +5,7 @@ use shopmesh::api::catalog::v1::{
     Product, UpdateProductRequest, catalog_service_client::CatalogServiceClient,
 };
 use shopmesh::api::common::v1::Money;
+use shopmesh::mesh::service::MeshService as _;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations};
 use shopmesh_catalog::CatalogConfig;
 use tonic::transport::Channel;
@@ -476,7 +477,7 @@ async fn health_and_reflection() {
     let t = start(Backend::Sqlite).await;
     let channel = Channel::from_shared(t.service.url()).expect("url").connect().await.expect("connect");
     let mut health = HealthClient::new(channel.clone());
-    for service in ["", shopmesh_catalog::SERVICE_NAME] {
+    for service in ["", shopmesh_catalog::Catalog::GRPC_SERVICE] {
         let status =
             health.check(HealthCheckRequest { service: service.into() }).await.expect("check").into_inner();
         assert_eq!(status.status(), ServingStatus::Serving, "{service:?}");
@@ -504,7 +505,7 @@ async fn health_and_reflection() {
         "google.rpc.ResourceInfo is not resolvable: {reply:?}"
     );
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.iter().any(|n| n == shopmesh_catalog::SERVICE_NAME), "{names:?}");
+    assert!(names.iter().any(|n| n == shopmesh_catalog::Catalog::GRPC_SERVICE), "{names:?}");
     t.stop().await;
 }
 
@@ -514,7 +515,7 @@ async fn replicas_migrating_at_once_both_start() {
     for backend in testing::backends() {
         let test_db = testing::database(backend, "migrate").await;
         let mesh = testing::mesh_config();
-        let opens = (0..3).map(|_| db::open(&test_db.url, &mesh, shopmesh_catalog::MIGRATIONS));
+        let opens = (0..3).map(|_| db::open(&test_db.url, &mesh, shopmesh_catalog::Catalog::MIGRATIONS));
         let pools = futures::future::join_all(opens).await;
         for pool in pools {
             let pool = pool.unwrap_or_else(|e| panic!("{backend:?}: a replica failed to migrate: {e}"));

@@ -10,7 +10,7 @@ fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
 
-/// The order service and where it finds its dependencies.
+/// The order service. Where its dependencies are is the mesh's upstream table (see `upstream.rs`).
 #[derive(Debug, Clone, Args)]
 pub struct OrderConfig {
     /// Address the order service listens on.
@@ -37,12 +37,6 @@ pub struct OrderConfig {
     )]
     pub database_url: String,
 
-    /// The user service: `http://host:port`, or several comma-separated. A DNS name is
-    /// resolved to all its addresses (a Kubernetes headless Service) and re-resolved; calls
-    /// are balanced over them. When all services run in one process, the local one is used.
-    #[arg(long, env = "SHOPMESH_USER_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50051")]
-    pub user_url: String,
-
     /// How long a user found active may order again without the user service being asked:
     /// a user deactivated meanwhile can still order for up to this time; `0s` asks on every
     /// order. Users found inactive or missing are asked again every time.
@@ -50,51 +44,15 @@ pub struct OrderConfig {
           value_parser = duration)]
     pub user_check_ttl: Duration,
 
-    /// The catalog service, which prices every order, as for --user-url.
-    #[arg(long, env = "SHOPMESH_CATALOG_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50054")]
-    pub catalog_url: String,
-
     /// How long a product's catalog price is reused before the catalog is asked again: a price
     /// change reaches new orders within this time; `0s` asks the catalog on every order.
     #[arg(long, env = "SHOPMESH_CATALOG_CACHE_TTL", help_heading = CALLS, default_value = "5s",
           value_parser = duration)]
     pub catalog_cache_ttl: Duration,
 
-    /// The payment service, as for --user-url.
-    #[arg(long, env = "SHOPMESH_PAYMENT_URL", help_heading = CALLS, default_value = "http://127.0.0.1:50053")]
-    pub payment_url: String,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub identities: UpstreamIdentities,
-
     #[command(flatten, next_help_heading = "Reconciler")]
     #[allow(missing_docs)]
     pub reconcile: ReconcileConfig,
-}
-
-/// Who the services the order service calls must be, over mutual TLS: each server's exact
-/// SPIFFE ID, so another workload with a valid certificate of the mesh cannot answer for it.
-#[derive(Debug, Clone, Default, Args)]
-pub struct UpstreamIdentities {
-    /// The SPIFFE ID the user service must present over mutual TLS. By default this service's
-    /// own with its service account's `-order` suffix as `-user` (`<release>-user`, the
-    /// chart's and `shopmesh dev-certs`' naming).
-    #[arg(long, env = "SHOPMESH_USER_SPIFFE_ID", value_name = "SPIFFE_ID", help_heading = CALLS,
-          hide_short_help = true)]
-    pub user_spiffe_id: Option<String>,
-
-    /// The SPIFFE ID the catalog service must present, as for --user-spiffe-id
-    /// (`<release>-catalog` by default).
-    #[arg(long, env = "SHOPMESH_CATALOG_SPIFFE_ID", value_name = "SPIFFE_ID", help_heading = CALLS,
-          hide_short_help = true)]
-    pub catalog_spiffe_id: Option<String>,
-
-    /// The SPIFFE ID the payment service must present, as for --user-spiffe-id
-    /// (`<release>-payment` by default).
-    #[arg(long, env = "SHOPMESH_PAYMENT_SPIFFE_ID", value_name = "SPIFFE_ID", help_heading = CALLS,
-          hide_short_help = true)]
-    pub payment_spiffe_id: Option<String>,
 }
 
 /// The order service's reconciler, which settles orders whose charge outcome is unknown.

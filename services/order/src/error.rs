@@ -125,11 +125,11 @@ impl From<Error> for Status {
             Error::CurrencyMismatch(ref sku) => {
                 status::failed_precondition("CURRENCY_MISMATCH", &format!("products/{sku}"), err.to_string())
             }
-            Error::Catalog(s) => status::upstream("catalog", &s),
+            Error::Catalog(s) => status::upstream(crate::upstream::CATALOG.name, &s),
             Error::PaymentInFlight(_) => Status::unavailable(err.to_string()),
-            Error::User(s) => status::upstream("user", &s),
+            Error::User(s) => status::upstream(crate::upstream::USER.name, &s),
             Error::Payment(s) => {
-                let mapped = status::upstream("payment", &s);
+                let mapped = status::upstream(crate::upstream::PAYMENT.name, &s);
                 if matches!(mapped.code(), Code::Unavailable | Code::DeadlineExceeded) {
                     Status::new(
                         mapped.code(),

@@ -3,8 +3,9 @@
 //! (PENDING_PAYMENT, then PAID or PAYMENT_DECLINED, then CANCELLED).
 //!
 //! [`Order`] is the service as the mesh runs it (its settings in [`OrderConfig`]): the runtime
-//! opens its database (migrating it), [`Order::start`] opens lazy channels to the user, catalog
-//! and payment services and starts the reconciler, and `OrderService` is served with health and
+//! opens its database (migrating it), [`Order::start`] opens lazy channels to the services it
+//! declares in `upstream` (user, catalog, payment; found in the mesh's upstream table) and
+//! starts the reconciler, and `OrderService` is served with health and
 //! reflection until shutdown.
 //! Rules live in [`domain`], the use cases in `service`, calls to other services in `upstream`,
 //! every SQL statement in `store`, request validation in [`convert`] and the rest of the
@@ -24,52 +25,26 @@ mod upstream;
 
 use std::net::SocketAddr;
 
-use shopmesh::api::order::v1::order_service_server::OrderServiceServer;
+use shopmesh::api::order::v1::order_service_server::{self, OrderServiceServer};
 use shopmesh::mesh::Error;
-use shopmesh::mesh::config::MeshConfig;
 use shopmesh::mesh::db::{Migrations, Pool};
 use shopmesh::mesh::service::{Mesh, MeshService, Started};
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
-pub use config::{OrderConfig, ReconcileConfig, UpstreamIdentities};
+pub use config::{OrderConfig, ReconcileConfig};
 pub use error::Error as OrderError;
-
-/// The fully-qualified gRPC service name, also its health-check name.
-pub const SERVICE_NAME: &str = "shopmesh.order.v1.OrderService";
 
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// The service's embedded migrations.
-pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
-
-/// The order use cases over `pool`, calling the services `config` names through the mesh's
-/// client stack (deadlines, retries, balancing; mutual TLS when it is on).
+/// The order use cases over `pool`, calling the services of the mesh's upstream table through
+/// its client stack (deadlines, retries, balancing; mutual TLS when it is on).
 async fn orders(mesh: &Mesh, config: &OrderConfig, pool: Pool) -> Result<service::Orders, Error> {
-    let pins = &config.identities;
     let own = <Order as MeshService>::NAME;
-    let upstream = upstream::Upstream::new(
-        mesh.upstream_channel(own, "user", &config.user_url, pins.user_spiffe_id.as_deref()).await?,
-        mesh.upstream_channel(own, "catalog", &config.catalog_url, pins.catalog_spiffe_id.as_deref()).await?,
-        mesh.upstream_channel(own, "payment", &config.payment_url, pins.payment_spiffe_id.as_deref()).await?,
-        config.catalog_cache_ttl,
-        config.user_check_ttl,
-    );
+    let upstream =
+        upstream::Upstream::connect(mesh, own, config.catalog_cache_ttl, config.user_check_ttl).await?;
     Ok(service::Orders::new(store::Store::new(pool, config.reconcile.reconcile_after), upstream))
-}
-
-fn routes_of(mesh: &MeshConfig, orders: service::Orders) -> Routes {
-    Routes::new(
-        OrderServiceServer::new(grpc::OrderApi::new(orders))
-            .max_decoding_message_size(mesh.server.max_message_bytes),
-    )
-}
-
-/// The service's routes over a migrated database, calling the services `config` names through
-/// the mesh's client stack. No reconciler runs: [`Order::start`] starts one beside them.
-pub async fn routes(mesh: &Mesh, config: &OrderConfig, pool: Pool) -> Result<Routes, Error> {
-    Ok(routes_of(mesh.config(), orders(mesh, config, pool).await?))
 }
 
 /// The order service, as the mesh runs it.
@@ -78,9 +53,10 @@ pub struct Order;
 
 impl MeshService for Order {
     const NAME: &'static str = "order";
-    const GRPC_SERVICE: &'static str = SERVICE_NAME;
-    const MIGRATIONS: Migrations = MIGRATIONS;
+    const GRPC_SERVICE: &'static str = order_service_server::SERVICE_NAME;
+    const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
     type Config = OrderConfig;
+    const UPSTREAMS: &'static [shopmesh::mesh::upstream::Upstream] = upstream::UPSTREAMS;
 
     fn listen(config: &OrderConfig) -> SocketAddr {
         config.listen
@@ -111,25 +87,16 @@ impl MeshService for Order {
         );
     }
 
-    fn upstreams(config: &mut OrderConfig) -> Vec<(&'static str, &mut String)> {
-        vec![
-            ("user", &mut config.user_url),
-            ("catalog", &mut config.catalog_url),
-            ("payment", &mut config.payment_url),
-        ]
-    }
-
-    fn upstream_identities(config: &mut OrderConfig) -> Vec<&mut Option<String>> {
-        let ids = &mut config.identities;
-        vec![&mut ids.user_spiffe_id, &mut ids.catalog_spiffe_id, &mut ids.payment_spiffe_id]
-    }
-
     /// Opens the dependency channels; the reconciler runs beside the routes for as long as
     /// they are served (stopping it at any point is safe: an attempt cut short leaves a lease
     /// that runs out).
     async fn start(mesh: &Mesh, config: &OrderConfig, pool: Pool) -> Result<Started, Error> {
         let orders = orders(mesh, config, pool).await?;
         let reconciler = reconciler::Reconciler::new(orders.clone(), config.reconcile.clone());
-        Ok(Started { routes: routes_of(mesh.config(), orders), beside: vec![Box::pin(reconciler.run())] })
+        let routes = Routes::new(
+            OrderServiceServer::new(grpc::OrderApi::new(orders))
+                .max_decoding_message_size(mesh.config().server.max_message_bytes),
+        );
+        Ok(Started { routes, beside: vec![Box::pin(reconciler.run())] })
     }
 }

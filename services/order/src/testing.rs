@@ -26,7 +26,7 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// The use cases over `pool` (migrated with [`crate::MIGRATIONS`]), calling the user and
+    /// The use cases over `pool` (migrated with the service's migrations), calling the user and
     /// payment services over the given channels. Pending orders are due for reconciliation as
     /// soon as they are stored (`reconcile_after` is zero).
     pub fn new(pool: Pool, users: Channel, payments: Channel) -> Self {

@@ -1,6 +1,7 @@
-//! The order service's calls to its dependencies, through the generated clients over the
-//! mesh's client stack (which gives each call its deadline and retries); answers are reduced to
-//! what the order flow needs. Catalog prices are kept in an in-process cache for a short,
+//! The order service's calls to its dependencies, declared once as data ([`UPSTREAMS`]: the
+//! mesh finds them in its table, the binary makes their flags), through the generated clients
+//! over the mesh's client stack (which gives each call its deadline and retries); answers are
+//! reduced to what the order flow needs. Catalog prices are kept in an in-process cache for a short,
 //! configured time, so a hit costs no network hop.
 
 use std::collections::HashMap;
@@ -13,12 +14,40 @@ use shopmesh::api::payment::v1::{
     payment_service_client::PaymentServiceClient,
 };
 use shopmesh::api::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
+use shopmesh::mesh::Error;
 use shopmesh::mesh::client::Channel;
+use shopmesh::mesh::service::Mesh;
+use shopmesh::mesh::upstream::Upstream as Callee;
 use tonic::{Code, Status};
 
 use tonic_types::{ErrorDetail, StatusExt as _};
 
 use crate::domain::{CatalogPrice, Order};
+
+/// The user service, which says whether a user may order.
+pub(crate) const USER: Callee = Callee {
+    name: "user",
+    grpc_service: shopmesh::api::user::v1::user_service_server::SERVICE_NAME,
+    default_url: "http://127.0.0.1:50051",
+    role: "says who may order",
+};
+/// The catalog service, which prices every order.
+pub(crate) const CATALOG: Callee = Callee {
+    name: "catalog",
+    grpc_service: shopmesh::api::catalog::v1::catalog_service_server::SERVICE_NAME,
+    default_url: "http://127.0.0.1:50054",
+    role: "prices every order",
+};
+/// The payment service, which charges and refunds orders.
+pub(crate) const PAYMENT: Callee = Callee {
+    name: "payment",
+    grpc_service: shopmesh::api::payment::v1::payment_service_server::SERVICE_NAME,
+    default_url: "http://127.0.0.1:50053",
+    role: "charges and refunds orders",
+};
+
+/// The services the order service calls.
+pub const UPSTREAMS: &[Callee] = &[USER, CATALOG, PAYMENT];
 
 /// Most products a BatchGetProducts may ask for.
 const BATCH_LIMIT: usize = 100;
@@ -113,6 +142,23 @@ impl Upstream {
             prices,
             active_users,
         }
+    }
+
+    /// Clients of the services `mesh`'s table names, called as service `own`; catalog prices
+    /// are reused for `price_ttl`, and a user found active for `user_ttl`.
+    pub async fn connect(
+        mesh: &Mesh,
+        own: &str,
+        price_ttl: Duration,
+        user_ttl: Duration,
+    ) -> Result<Self, Error> {
+        Ok(Self::new(
+            mesh.upstream_channel(own, &USER).await?,
+            mesh.upstream_channel(own, &CATALOG).await?,
+            mesh.upstream_channel(own, &PAYMENT).await?,
+            price_ttl,
+            user_ttl,
+        ))
     }
 
     /// The catalog's price of every SKU in `skus` (at most one order's lines): from the cache

@@ -17,9 +17,8 @@ mod store;
 
 use std::net::SocketAddr;
 
-use shopmesh::api::payment::v1::payment_service_server::PaymentServiceServer;
+use shopmesh::api::payment::v1::payment_service_server::{self, PaymentServiceServer};
 use shopmesh::mesh::Error;
-use shopmesh::mesh::config::MeshConfig;
 use shopmesh::mesh::db::{self, Migrations, Pool};
 use shopmesh::mesh::service::{Mesh, MeshService, Started};
 use sqlx::migrate::Migrator;
@@ -28,18 +27,12 @@ use tonic::service::Routes;
 pub use config::PaymentConfig;
 pub use error::Error as PaymentError;
 
-/// The fully-qualified gRPC service name, also its health-check name.
-pub const SERVICE_NAME: &str = "shopmesh.payment.v1.PaymentService";
-
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// The service's embedded migrations.
-pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
-
 /// The service's routes over a migrated database, charging through a simulated processor that
 /// keeps its ledger in `ledger` (see [`processor::Ledger`]).
-pub fn routes(mesh: &MeshConfig, config: &PaymentConfig, pool: Pool, ledger: Pool) -> Routes {
+fn routes(mesh: &Mesh, config: &PaymentConfig, pool: Pool, ledger: Pool) -> Routes {
     let processor = processor::Processor::new(
         config.payment_limit_minor,
         config.payment_currencies.clone(),
@@ -50,7 +43,7 @@ pub fn routes(mesh: &MeshConfig, config: &PaymentConfig, pool: Pool, ledger: Poo
     let payments = service::Payments::new(store, processor);
     Routes::new(
         PaymentServiceServer::new(grpc::PaymentApi::new(payments))
-            .max_decoding_message_size(mesh.server.max_message_bytes),
+            .max_decoding_message_size(mesh.config().server.max_message_bytes),
     )
 }
 
@@ -60,8 +53,8 @@ pub struct Payment;
 
 impl MeshService for Payment {
     const NAME: &'static str = "payment";
-    const GRPC_SERVICE: &'static str = SERVICE_NAME;
-    const MIGRATIONS: Migrations = MIGRATIONS;
+    const GRPC_SERVICE: &'static str = payment_service_server::SERVICE_NAME;
+    const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
     type Config = PaymentConfig;
 
     fn listen(config: &PaymentConfig) -> SocketAddr {
@@ -75,6 +68,6 @@ impl MeshService for Payment {
     /// Opens (lazily) the simulated processor's ledger beside the service's own database.
     async fn start(mesh: &Mesh, config: &PaymentConfig, pool: Pool) -> Result<Started, Error> {
         let ledger = db::connect(&config.processor_ledger_url, mesh.config())?.named("processor");
-        Ok(Started::routes(routes(mesh.config(), config, pool, ledger)))
+        Ok(Started::routes(routes(mesh, config, pool, ledger)))
     }
 }

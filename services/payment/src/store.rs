@@ -281,7 +281,13 @@ mod tests {
     async fn payments_are_answered_as_stored_whichever_way_they_are_written() {
         for backend in testing::backends() {
             let db = testing::database(backend, "payment_store").await;
-            let pool = db::open(&db.url, &testing::mesh_config(), crate::MIGRATIONS).await.expect("open");
+            let pool = db::open(
+                &db.url,
+                &testing::mesh_config(),
+                <crate::Payment as shopmesh::mesh::service::MeshService>::MIGRATIONS,
+            )
+            .await
+            .expect("open");
             let store = Store::new(pool.clone(), Duration::from_secs(30));
 
             let new = store.insert_processing(&charge("r1")).await.expect("insert").expect("new");

@@ -15,9 +15,8 @@ mod store;
 
 use std::net::SocketAddr;
 
-use shopmesh::api::user::v1::user_service_server::UserServiceServer;
+use shopmesh::api::user::v1::user_service_server::{self, UserServiceServer};
 use shopmesh::mesh::Error;
-use shopmesh::mesh::config::MeshConfig;
 use shopmesh::mesh::db::{Migrations, Pool};
 use shopmesh::mesh::service::{Mesh, MeshService, Started};
 use sqlx::migrate::Migrator;
@@ -26,26 +25,8 @@ use tonic::service::Routes;
 pub use config::UserConfig;
 pub use error::Error as UserError;
 
-/// The fully-qualified gRPC service name, also its health-check name.
-pub const SERVICE_NAME: &str = "shopmesh.user.v1.UserService";
-
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// The service's embedded migrations.
-pub const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
-
-/// The service's routes over a migrated database, reading it on every call.
-pub fn routes(mesh: &MeshConfig, pool: Pool) -> Routes {
-    routes_over(mesh, store::Store::new(pool))
-}
-
-fn routes_over(mesh: &MeshConfig, store: store::Store) -> Routes {
-    Routes::new(
-        UserServiceServer::new(grpc::UserApi::new(store))
-            .max_decoding_message_size(mesh.server.max_message_bytes),
-    )
-}
 
 /// The user service, as the mesh runs it.
 #[derive(Debug)]
@@ -53,8 +34,8 @@ pub struct User;
 
 impl MeshService for User {
     const NAME: &'static str = "user";
-    const GRPC_SERVICE: &'static str = SERVICE_NAME;
-    const MIGRATIONS: Migrations = MIGRATIONS;
+    const GRPC_SERVICE: &'static str = user_service_server::SERVICE_NAME;
+    const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
     type Config = UserConfig;
 
     fn listen(config: &UserConfig) -> SocketAddr {
@@ -65,7 +46,12 @@ impl MeshService for User {
         &config.database_url
     }
 
+    /// Its routes over the database, answering GetUser from memory for `--user-cache-ttl`.
     async fn start(mesh: &Mesh, config: &UserConfig, pool: Pool) -> Result<Started, Error> {
-        Ok(Started::routes(routes_over(mesh.config(), store::Store::new(pool).with_cache(config.cache_ttl))))
+        let store = store::Store::new(pool).with_cache(config.cache_ttl);
+        Ok(Started::routes(Routes::new(
+            UserServiceServer::new(grpc::UserApi::new(store))
+                .max_decoding_message_size(mesh.config().server.max_message_bytes),
+        )))
     }
 }

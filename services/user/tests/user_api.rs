@@ -4,6 +4,7 @@ use shopmesh::api::user::v1::{
     CreateUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User,
     user_service_client::UserServiceClient,
 };
+use shopmesh::mesh::service::MeshService as _;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
 use shopmesh_user::UserConfig;
 use tonic::Code;
@@ -227,7 +228,7 @@ async fn health_and_reflection() {
     let t = start(Backend::Sqlite).await;
     let channel = Channel::from_shared(t.service.url()).expect("url").connect().await.expect("connect");
     let mut health = HealthClient::new(channel.clone());
-    for service in ["", shopmesh_user::SERVICE_NAME] {
+    for service in ["", shopmesh_user::User::GRPC_SERVICE] {
         let status =
             health.check(HealthCheckRequest { service: service.into() }).await.expect("check").into_inner();
         assert_eq!(status.status(), ServingStatus::Serving, "{service:?}");
@@ -279,7 +280,7 @@ async fn replicas_migrating_at_once_both_start() {
     for backend in testing::backends() {
         let test_db = testing::database(backend, "migrate").await;
         let mesh = testing::mesh_config();
-        let opens = (0..3).map(|_| db::open(&test_db.url, &mesh, shopmesh_user::MIGRATIONS));
+        let opens = (0..3).map(|_| db::open(&test_db.url, &mesh, shopmesh_user::User::MIGRATIONS));
         let pools = futures::future::join_all(opens).await;
         for pool in pools {
             let pool = pool.unwrap_or_else(|e| panic!("{backend:?}: a replica failed to migrate: {e}"));

@@ -22,17 +22,10 @@ use rustls_pki_types::CertificateDer;
 
 use crate::mesh::Error;
 
-/// The identities the mesh's own workloads run as, by service account; `shopmesh-gateway` is
-/// the edge (an API gateway or ingress) that calls the public methods on behalf of users, and
-/// `shopmesh-admin` the operator identity that may change the catalog.
-pub const IDENTITIES: [&str; 6] = [
-    "shopmesh-user",
-    "shopmesh-order",
-    "shopmesh-payment",
-    "shopmesh-catalog",
-    "shopmesh-gateway",
-    "shopmesh-admin",
-];
+/// The identities beside the services': `shopmesh-gateway` is the edge (an API gateway or
+/// ingress) that calls the public methods on behalf of users, and `shopmesh-admin` the operator
+/// identity that may change the catalog. Each service runs as `shopmesh-<service>`.
+pub const EDGE_IDENTITIES: [&str; 2] = ["shopmesh-gateway", "shopmesh-admin"];
 
 fn rcgen_error(e: rcgen::Error) -> Error {
     Error::Config(format!("certificate generation: {e}"))
@@ -252,19 +245,27 @@ pub fn spiffe_uri(trust_domain: &str, namespace: &str, sa: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{sa}")
 }
 
-/// Makes a CA and a certificate for each of [`IDENTITIES`] under `out`, returning the
-/// directories written (`<out>/<service-account>/`).
+/// Makes a CA and a certificate for each of `services` (as `shopmesh-<service>`) and each of
+/// [`EDGE_IDENTITIES`] under `out`, returning the directories written
+/// (`<out>/<service-account>/`).
 ///
 /// # Errors
 /// [`Error::Config`] for a trust domain or namespace that makes no valid SPIFFE ID, or
 /// [`Error::Io`] when writing fails.
-pub fn generate(out: &Path, trust_domain: &str, namespace: &str) -> Result<Vec<PathBuf>, Error> {
+pub fn generate(
+    out: &Path,
+    trust_domain: &str,
+    namespace: &str,
+    services: &[&str],
+) -> Result<Vec<PathBuf>, Error> {
     let ca = Ca::new("shopmesh development CA")?;
     std::fs::create_dir_all(out)?;
     write_atomic(&out.join("ca.crt"), &ca.cert_pem())?;
     write_atomic(&out.join("ca.key"), &ca.key_pem())?;
     let mut dirs = Vec::new();
-    for sa in IDENTITIES {
+    let accounts = services.iter().map(|s| format!("shopmesh-{s}")).chain(EDGE_IDENTITIES.map(String::from));
+    for sa in accounts {
+        let sa = sa.as_str();
         let uri = spiffe_uri(trust_domain, namespace, sa);
         crate::mesh::security::identity::SpiffeId::parse(&uri).map_err(|e| Error::Config(e.to_string()))?;
         // The service's name as a DNS SAN too, so tools that check host names (grpcurl
