@@ -21,9 +21,9 @@ use crate::mesh::config::MeshConfig;
 use crate::mesh::config::TokenRequirement;
 use crate::mesh::db::{Migrations, Pool};
 use crate::mesh::grpc::catalogue::Catalogue;
+use crate::mesh::identity::SpiffeId;
 use crate::mesh::security::authz::Policy;
 use crate::mesh::security::bearer::Verifier;
-use crate::mesh::security::identity::SpiffeId;
 use crate::mesh::security::tls::MeshTls;
 use crate::mesh::upstream::{Upstream, Upstreams};
 

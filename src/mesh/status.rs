@@ -59,7 +59,7 @@ pub fn failed_precondition(kind: &str, subject: &str, description: String) -> St
 /// database that cannot be reached, is UNAVAILABLE (the caller may retry); anything else is
 /// INTERNAL. The cause is logged here and never sent to the caller.
 pub fn database(err: &sqlx::Error) -> Status {
-    if crate::mesh::deadline::expired() {
+    if crate::mesh::request_deadline::expired() {
         tracing::debug!(error = %err, "database work cut short by the request's deadline");
         return Status::deadline_exceeded("deadline exceeded during database work");
     }

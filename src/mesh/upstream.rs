@@ -53,7 +53,7 @@ pub struct Target {
     /// [`client::channel`](crate::mesh::client::channel)).
     pub url: String,
     /// The SPIFFE ID the server must present over mutual TLS; `None`: the caller's own ID with
-    /// the callee's name ([`SpiffeId::sibling`](crate::mesh::security::identity::SpiffeId::sibling)).
+    /// the callee's name ([`SpiffeId::sibling`](crate::mesh::identity::SpiffeId::sibling)).
     pub expected: Option<String>,
 }
 

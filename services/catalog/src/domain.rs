@@ -6,7 +6,7 @@ use std::fmt;
 use shopmesh::mesh::validation::{self, Violations};
 
 /// Longest SKU, in characters (all ASCII, so also bytes).
-pub use validation::MAX_SKU_LEN;
+pub use shopmesh_shop::MAX_SKU_LEN;
 
 /// Longest display name, in characters.
 pub const MAX_DISPLAY_NAME: usize = 200;
@@ -43,7 +43,7 @@ pub struct Sku(String);
 impl Sku {
     /// The SKU `value` is, or what is wrong with it (to report against a field).
     pub fn parse(value: &str) -> Result<Self, &'static str> {
-        match validation::sku_problem(value) {
+        match shopmesh_shop::sku_problem(value) {
             Some(problem) => Err(problem),
             None => Ok(Self(value.to_owned())),
         }
@@ -97,7 +97,7 @@ impl Price {
         let code_field = format!("{field}.currency_code");
         if currency_code.len() != 3 || !currency_code.bytes().all(|b| b.is_ascii_uppercase()) {
             // The shared check words what a code looks like; only codes of that shape are looked up.
-            validation::currency_code(v, &code_field, currency_code);
+            shopmesh_shop::currency_code(v, &code_field, currency_code);
             valid = false;
         } else if CURRENCIES.binary_search(&currency_code).is_err() {
             v.add(code_field, "is not the ISO 4217 code of a currency in circulation");

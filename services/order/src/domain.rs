@@ -151,7 +151,7 @@ impl OrderRequest {
         for (i, line) in lines.iter().enumerate().take(MAX_LINES) {
             let at = |f: &str| format!("line_items[{i}].{f}");
             // The catalog's rule: a SKU it could never hold is the caller's mistake.
-            validation::sku(&mut v, &at("sku"), line.sku);
+            shopmesh_shop::sku(&mut v, &at("sku"), line.sku);
             if !(1..=MAX_QUANTITY).contains(&line.quantity) {
                 v.add(at("quantity"), format!("must be between 1 and {MAX_QUANTITY}"));
             }
@@ -159,7 +159,7 @@ impl OrderRequest {
                 if amount < 0 {
                     v.add(at("unit_price.amount_minor"), "must not be negative");
                 }
-                validation::currency_code(&mut v, &at("unit_price.currency_code"), code);
+                shopmesh_shop::currency_code(&mut v, &at("unit_price.currency_code"), code);
             }
             parsed.push(RequestedLine {
                 sku: line.sku.to_owned(),
@@ -314,7 +314,7 @@ impl NewOrder {
             });
         }
         if !lines.is_empty() {
-            validation::currency_code(&mut v, "line_items[0].unit_price.currency_code", currency);
+            shopmesh_shop::currency_code(&mut v, "line_items[0].unit_price.currency_code", currency);
         }
         match total {
             None => v.add("line_items", "the order total does not fit in a 64-bit amount"),

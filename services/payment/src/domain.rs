@@ -94,7 +94,7 @@ impl NewCharge {
             if amount_minor <= 0 {
                 v.add("amount.amount_minor", "must be positive");
             }
-            validation::currency_code(&mut v, "amount.currency_code", currency_code);
+            shopmesh_shop::currency_code(&mut v, "amount.currency_code", currency_code);
         }
         let request_id = validation::request_id(&mut v, "request_id", request_id, true);
         v.check(Self {

@@ -3,7 +3,7 @@
 //! Layers, outermost first (this list is the one place the client stack's order is written):
 //! 1. [`ClientObserve`]: the call's span (sent on as `traceparent`) and its duration metric,
 //!    retries included.
-//! 2. [`ClientDeadline`](deadline::ClientDeadline): the call's deadline (the handled request's
+//! 2. [`ClientDeadline`](call_deadline::ClientDeadline): the call's deadline (the handled request's
 //!    remaining time minus a margin, capped per method), sent as `grpc-timeout`; out of time
 //!    means not sent at all.
 //! 3. [`Retry`](retry::Retry): repeats UNAVAILABLE answers of repeatable calls within the
@@ -15,7 +15,8 @@
 //! Most services get their channels from [`Mesh::channel`](crate::mesh::service::Mesh::channel).
 
 pub mod balance;
-pub mod deadline;
+pub mod call_deadline;
+pub mod config;
 pub mod retry;
 
 use std::net::SocketAddr;
@@ -26,12 +27,12 @@ use tokio::sync::watch;
 use crate::mesh::Error;
 use crate::mesh::config::ClientConfig;
 use crate::mesh::grpc::catalogue::Catalogue;
+use crate::mesh::identity::SpiffeId;
 use crate::mesh::security::connect::TlsConnector;
-use crate::mesh::security::identity::SpiffeId;
 use crate::mesh::security::tls::MeshTls;
 use crate::mesh::telemetry::observe::{ClientObserve, ClientObserveLayer};
 use balance::{Balanced, Source};
-use deadline::{ClientDeadline, ClientDeadlineLayer};
+use call_deadline::{ClientDeadline, ClientDeadlineLayer};
 use retry::{Retry, RetryLayer};
 
 /// A channel to one service through the mesh's client stack; hand it to a generated client

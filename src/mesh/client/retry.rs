@@ -25,7 +25,7 @@ use tower::util::Oneshot;
 use tower::util::rng::HasherRng;
 use tower::{BoxError, Layer, Service};
 
-use crate::mesh::client::deadline::CallDeadline;
+use crate::mesh::client::call_deadline::CallDeadline;
 use crate::mesh::config::{ClientConfig, MAX_ATTEMPTS_CAP};
 use crate::mesh::grpc::catalogue::Catalogue;
 use crate::mesh::grpc::code::header_code;

@@ -99,7 +99,7 @@ impl Pool {
         map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Option<Option<T>> {
         let readers = self.readers.as_ref()?;
-        if crate::mesh::deadline::expired() {
+        if crate::mesh::request_deadline::expired() {
             return None;
         }
         let _span = traced::span("sqlite", sql).entered();
@@ -145,7 +145,7 @@ impl Pool {
         map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Option<inline::Written<T>> {
         let writer = self.writer.as_ref()?;
-        if crate::mesh::deadline::expired() {
+        if crate::mesh::request_deadline::expired() {
             return None;
         }
         let _span = traced::span("sqlite", sql).entered();
@@ -250,15 +250,15 @@ async fn bounded<T, F>(pool: &Pool, get: F) -> Result<T, sqlx::Error>
 where
     F: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
-    if crate::mesh::deadline::expired() {
+    if crate::mesh::request_deadline::expired() {
         return Err(sqlx::Error::PoolTimedOut);
     }
     let Some(m) = &pool.metrics else {
-        return crate::mesh::deadline::within(get).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
+        return crate::mesh::request_deadline::within(get).await.map_err(|_| sqlx::Error::PoolTimedOut)?;
     };
     let started = tokio::time::Instant::now();
     m.pending.increment(1.0);
-    let got = crate::mesh::deadline::within(get).await;
+    let got = crate::mesh::request_deadline::within(get).await;
     m.pending.decrement(1.0);
     m.wait.record(started.elapsed().as_secs_f64());
     let idle = pool.num_idle() as f64;

@@ -9,7 +9,7 @@
 //! call's span, so with its trace id), a few lines a second at most ([`Throttle`]), each naming
 //! the method as the catalogue knows it (`unknown` otherwise), never the path the caller sent.
 //!
-//! [`Throttle`]: crate::mesh::telemetry::throttle::Throttle
+//! [`Throttle`]: crate::mesh::throttle::Throttle
 //!
 //! The policy is JSON, because Helm renders a values tree into it exactly with `toJson` (Helm's
 //! `toToml` has no stable output for every value) and serde_json is already in the build:
@@ -41,8 +41,8 @@ use tower::{Layer, Service};
 use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::{Catalogue, Method, REFLECTION};
 use crate::mesh::grpc::respond::Refusal;
-use crate::mesh::security::identity::{PeerIdentity, SpiffeId};
-use crate::mesh::telemetry::throttle::Throttle;
+use crate::mesh::identity::{PeerIdentity, SpiffeId};
+use crate::mesh::throttle::Throttle;
 
 /// The health service, always allowed.
 const HEALTH: &str = "/grpc.health.v1.Health/";

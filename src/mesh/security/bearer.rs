@@ -41,7 +41,7 @@ use crate::mesh::config::{JwtConfig, TokenRequirement};
 use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
-use crate::mesh::security::identity::{PeerIdentity, Subject};
+use crate::mesh::identity::{PeerIdentity, Subject};
 
 /// Longest `sub` accepted; user ids are UUIDs, and a subject also keys the rate limiter.
 const MAX_SUBJECT_LEN: usize = 256;

@@ -267,7 +267,7 @@ pub fn generate(
     for sa in accounts {
         let sa = sa.as_str();
         let uri = spiffe_uri(trust_domain, namespace, sa);
-        crate::mesh::security::identity::SpiffeId::parse(&uri).map_err(|e| Error::Config(e.to_string()))?;
+        crate::mesh::identity::SpiffeId::parse(&uri).map_err(|e| Error::Config(e.to_string()))?;
         // The service's name as a DNS SAN too, so tools that check host names (grpcurl
         // without -authority) can reach it by that name.
         let dns = sa.trim_start_matches("shopmesh-").to_owned();
@@ -302,7 +302,7 @@ pub fn issue_workload(
     if validity.is_zero() {
         return Err(Error::Config("--validity must be above zero".into()));
     }
-    crate::mesh::security::identity::SpiffeId::parse(spiffe_id)
+    crate::mesh::identity::SpiffeId::parse(spiffe_id)
         .map_err(|e| Error::Config(format!("--spiffe-id {spiffe_id}: {e}")))?;
     let read = |path: &Path, what: &str| {
         std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))

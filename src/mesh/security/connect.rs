@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tower::{BoxError, Service};
 
-use crate::mesh::security::identity::SpiffeId;
+use crate::mesh::identity::SpiffeId;
 use crate::mesh::security::tls::MeshTls;
 
 /// Connects to `http://host:port` URIs over mutual TLS.

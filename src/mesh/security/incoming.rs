@@ -13,7 +13,7 @@
 //! `too_many_handshakes`); the warning lines, which any peer can cause, are limited to a few a
 //! second ([`Throttle`]).
 //!
-//! [`Throttle`]: crate::mesh::telemetry::throttle::Throttle
+//! [`Throttle`]: crate::mesh::throttle::Throttle
 //!
 //! [`tls`]: crate::mesh::security::tls
 
@@ -30,9 +30,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::mesh::security::identity::PeerIdentity;
+use crate::mesh::identity::PeerIdentity;
 use crate::mesh::security::tls::{MeshTls, spiffe_id};
-use crate::mesh::telemetry::throttle::Throttle;
+use crate::mesh::throttle::Throttle;
 
 /// The warning lines of refused handshakes, which any peer can cause: a few a second.
 static REFUSALS: LazyLock<Throttle> = LazyLock::new(Throttle::for_refusals);

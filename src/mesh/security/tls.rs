@@ -35,7 +35,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::mesh::Error;
 use crate::mesh::config::SecurityConfig;
-use crate::mesh::security::identity::SpiffeId;
+use crate::mesh::identity::SpiffeId;
 
 /// The protocol both sides speak inside TLS; gRPC clients (grpc-go, grpcurl) require it.
 const ALPN_H2: &[u8] = b"h2";
@@ -254,6 +254,12 @@ fn build(files: Files, trust_domain: &Arc<str>) -> Result<Current, Error> {
     if let Some(expires) = expires {
         // What ShopmeshCertificateExpiresSoon watches: a certificate nobody renews (the
         // chart's own CA renews only at a pod's start) is refused by its peers once it expires.
+        // Described here, where it is recorded, so telemetry need not know the security wing.
+        metrics::describe_gauge!(
+            EXPIRY_GAUGE,
+            metrics::Unit::Seconds,
+            "When this service's mTLS certificate expires, seconds since 1970, by SPIFFE ID (with mTLS on)."
+        );
         #[allow(clippy::cast_precision_loss)] // seconds since 1970 fit a double exactly
         metrics::gauge!(EXPIRY_GAUGE, "identity" => own.to_string()).set(expires as f64);
     }

@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
-use crate::mesh::security::identity::{PeerIdentity, SpiffeId};
+use crate::mesh::identity::{PeerIdentity, SpiffeId};
 
 /// Bounds concurrent calls to `limit` across every connection of a server, and the share of
 /// one connection and one identity.
@@ -271,8 +271,8 @@ mod tests {
         r.extensions_mut()
             .insert(tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr: Some(remote) });
         if let Some(id) = identity {
-            let id = crate::mesh::security::identity::SpiffeId::parse(id).expect("id");
-            r.extensions_mut().insert(crate::mesh::security::identity::PeerIdentity(id));
+            let id = crate::mesh::identity::SpiffeId::parse(id).expect("id");
+            r.extensions_mut().insert(crate::mesh::identity::PeerIdentity(id));
         }
         r
     }

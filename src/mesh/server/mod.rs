@@ -31,7 +31,8 @@
 //! What each refusal tells the caller is decided in one place,
 //! [`respond`](crate::mesh::grpc::respond).
 
-pub mod deadline;
+pub mod caller_deadline;
+pub mod config;
 pub mod load_shed;
 pub mod message_size;
 pub mod metadata_size;
@@ -59,7 +60,7 @@ use crate::mesh::security::authz::AuthzLayer;
 use crate::mesh::security::bearer::BearerAuthLayer;
 use crate::mesh::service::{Listeners, Mesh, MeshService};
 use crate::mesh::telemetry::observe::ServerObserveLayer;
-use deadline::ServerDeadlineLayer;
+use caller_deadline::ServerDeadlineLayer;
 use load_shed::LoadShedLayer;
 use message_size::MessageSizeLayer;
 use metadata_size::MetadataSizeLayer;

@@ -10,7 +10,7 @@ use http::Request;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
-use crate::mesh::security::identity::PeerIdentity;
+use crate::mesh::identity::PeerIdentity;
 use crate::mesh::security::incoming::PeerInfo;
 
 /// Puts the connection's [`PeerIdentity`] and [`TcpConnectInfo`] into each request.

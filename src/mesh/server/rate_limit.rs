@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
-use crate::mesh::security::identity::{PeerIdentity, SpiffeId, Subject};
+use crate::mesh::identity::{PeerIdentity, SpiffeId, Subject};
 
 /// How often buckets that have refilled are dropped.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);

@@ -12,10 +12,13 @@
 //!   the rest (service name, resource attributes, sampler: parent-based always-on by default).
 //! - Metrics: the `metrics` facade, exposed in Prometheus text format at `/metrics` on an admin
 //!   port by `metrics-exporter-prometheus`.
+//!
+//! Its settings are [`config`]; [`log_fields`] holds the fields every log line of a call
+//! carries.
 
+pub mod config;
 pub mod log_fields;
 pub mod observe;
-pub mod throttle;
 
 use std::io::IsTerminal as _;
 

@@ -34,7 +34,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::mesh::grpc::catalogue::{Catalogue, Method};
 use crate::mesh::grpc::code::code_of;
-use crate::mesh::security::identity::PeerIdentity;
+use crate::mesh::identity::PeerIdentity;
 
 /// gRPC status codes as label values, by number.
 const CODES: [&str; 17] =
@@ -97,11 +97,6 @@ pub fn describe_metrics() {
         "Duration of calls made (retries included), by method and status code."
     );
     describe_gauge!("rpc_server_active_requests", "Calls being handled now.");
-    describe_gauge!(
-        crate::mesh::security::tls::EXPIRY_GAUGE,
-        Unit::Seconds,
-        "When this service's mTLS certificate expires, seconds since 1970, by SPIFFE ID (with mTLS on)."
-    );
     describe_counter!("shopmesh_client_retries_total", "Retry attempts made.");
     describe_counter!(
         "shopmesh_client_retries_refused_total",

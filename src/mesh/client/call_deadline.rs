@@ -13,10 +13,10 @@ use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use crate::mesh::config::ClientConfig;
-use crate::mesh::deadline::current;
 use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::respond::Refusal;
 use crate::mesh::grpc::timeout::{GRPC_TIMEOUT, encode_timeout, parse_timeout};
+use crate::mesh::request_deadline::current;
 
 /// The absolute deadline of an outgoing call, set by [`ClientDeadline`] in the request's
 /// extensions for the layers below it (retries never start an attempt past it).

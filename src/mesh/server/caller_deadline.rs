@@ -1,5 +1,5 @@
 //! Server layer: the caller's `grpc-timeout` becomes the handler's deadline
-//! ([`deadline::current`]), and a handler still running when it passes is dropped and answered
+//! ([`request_deadline::current`]), and a handler still running when it passes is dropped and answered
 //! DEADLINE_EXCEEDED. A `grpc-timeout` that does not parse gets the server's default deadline
 //! (`--call-timeout`) rather than none, and is counted in
 //! `shopmesh_server_malformed_timeout_total`: a caller cannot lift the deadline by garbling it.
@@ -15,10 +15,10 @@ use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-use crate::mesh::deadline::scope;
 use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
 use crate::mesh::grpc::timeout::{GRPC_TIMEOUT, parse_timeout};
+use crate::mesh::request_deadline::scope;
 
 /// Tonic's own server timer answers CANCELLED when `grpc-timeout` runs out; this layer's timer
 /// is set this much earlier so the caller gets DEADLINE_EXCEEDED instead.

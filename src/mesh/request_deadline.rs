@@ -1,6 +1,6 @@
 //! The deadline of the request being handled, as handler code sees it. The server's
-//! [deadline layer](crate::mesh::server::deadline) sets it from the caller's `grpc-timeout`;
-//! the client's [deadline layer](crate::mesh::client::deadline) sends what is left of it on
+//! [deadline layer](crate::mesh::server::caller_deadline) sets it from the caller's `grpc-timeout`;
+//! the client's [deadline layer](crate::mesh::client::call_deadline) sends what is left of it on
 //! every outgoing call; [`db`](crate::mesh::db) stops waiting for a connection when it passes.
 //!
 //! The deadline lives in a task-local, which `tokio::spawn` does not carry (nor the tracing
