@@ -16,7 +16,7 @@ use shopmesh::mesh::service::MeshService as _;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
 use shopmesh::mesh::{client, db, ids};
 use shopmesh_order::ReconcileConfig;
-use shopmesh_order::domain::{LineInput, NewOrder, Order, State};
+use shopmesh_order::domain::{CatalogPrice, LineInput, Order, OrderRequest, State};
 use shopmesh_order::reconciler::{Audit, Round};
 use shopmesh_order::testing::{Due, Harness};
 use shopmesh_payment::{Payment as PaymentService, PaymentConfig};
@@ -85,7 +85,14 @@ impl World {
     async fn pending_order(&self, total: i64) -> Order {
         let user_id = ids::new_id();
         let line = LineInput { sku: "SKU-1", quantity: 1, unit_price: Some((total, "USD")) };
-        let new = NewOrder::parse(&user_id, &[line], &ids::new_id()).expect("valid");
+        let prices = [(
+            "SKU-1".to_owned(),
+            CatalogPrice { amount_minor: total, currency_code: "USD".into(), active: true },
+        )];
+        let new = OrderRequest::parse(&user_id, &[line], &ids::new_id())
+            .expect("valid")
+            .price(&prices.into())
+            .expect("priced");
         self.orders.insert_pending(&new).await.expect("insert").expect("new request id")
     }
 

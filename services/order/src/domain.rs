@@ -78,8 +78,6 @@ pub struct Order {
 pub const MAX_LINES: usize = 100;
 /// Most units of one line.
 pub const MAX_QUANTITY: i64 = 10_000;
-/// Longest SKU.
-pub const MAX_SKU_LEN: usize = 64;
 
 /// A line of a CreateOrder, validated: what and how many, and the price the caller expects, if
 /// it said one.
@@ -189,7 +187,8 @@ impl OrderRequest {
         prices: &std::collections::HashMap<String, CatalogPrice>,
     ) -> Result<NewOrder, Unpriced> {
         let mut currency: Option<&str> = None;
-        let mut inputs = Vec::with_capacity(self.lines.len());
+        let mut items = Vec::with_capacity(self.lines.len());
+        let mut total: Option<i64> = Some(0);
         for line in &self.lines {
             let product = prices
                 .get(&line.sku)
@@ -208,14 +207,35 @@ impl OrderRequest {
             if *currency.get_or_insert(&product.currency_code) != product.currency_code {
                 return Err(Unpriced::CurrencyMismatch(line.sku.clone()));
             }
-            inputs.push(LineInput {
-                sku: &line.sku,
+            total = total.and_then(|t| {
+                line.quantity
+                    .checked_mul(product.amount_minor)
+                    .and_then(|line_total| t.checked_add(line_total))
+            });
+            items.push(LineItem {
+                sku: line.sku.clone(),
                 quantity: line.quantity,
-                unit_price: Some((product.amount_minor, &product.currency_code)),
+                unit_price_minor: product.amount_minor,
             });
         }
-        NewOrder::parse(&self.user_id, &inputs, self.request_id.as_deref().unwrap_or_default())
-            .map_err(Unpriced::Invalid)
+        // The request was checked when parsed: only what the prices add is checked here, the
+        // catalog's currency and the total.
+        let currency = currency.unwrap_or_default();
+        let mut v = Violations::new();
+        shopmesh_shop::currency_code(&mut v, "line_items[0].unit_price.currency_code", currency);
+        match total {
+            None => v.add("line_items", "the order total does not fit in a 64-bit amount"),
+            Some(t) if t <= 0 && v.is_empty() => v.add("line_items", "the order total must be positive"),
+            _ => {}
+        }
+        v.check(NewOrder {
+            user_id: self.user_id.clone(),
+            items,
+            currency_code: currency.to_owned(),
+            total_minor: total.unwrap_or(0),
+            request_id: self.request_id.clone(),
+        })
+        .map_err(Unpriced::Invalid)
     }
 
     /// Whether `order` is what this request created: a replay of the same CreateOrder (same
@@ -245,7 +265,8 @@ pub struct LineInput<'a> {
     pub unit_price: Option<(i64, &'a str)>,
 }
 
-/// An order ready to store: every line priced (by the catalog, see [`OrderRequest::price`]).
+/// An order ready to store: every line priced by the catalog ([`OrderRequest::price`], its only
+/// maker).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
     /// Who orders.
@@ -260,96 +281,34 @@ pub struct NewOrder {
     pub request_id: Option<String>,
 }
 
-impl NewOrder {
-    /// Validates priced lines: every field, one currency, a positive total without overflow.
-    pub fn parse(user_id: &str, lines: &[LineInput<'_>], request_id: &str) -> Result<Self, Violations> {
-        let mut v = Violations::new();
-        validation::id(&mut v, "user_id", user_id);
-        let request_id = validation::request_id(&mut v, "request_id", request_id, false);
-        if lines.is_empty() {
-            v.add("line_items", "must have at least one line");
-        } else if lines.len() > MAX_LINES {
-            v.add("line_items", format!("must have at most {MAX_LINES} lines"));
-        }
-        let currency = lines.iter().find_map(|l| l.unit_price.map(|(_, c)| c)).unwrap_or_default();
-        let mut items = Vec::with_capacity(lines.len().min(MAX_LINES));
-        let mut total: Option<i64> = Some(0);
-        for (i, line) in lines.iter().enumerate().take(MAX_LINES) {
-            let at = |f: &str| format!("line_items[{i}].{f}");
-            if line.sku.is_empty() {
-                v.add(at("sku"), "is required");
-            } else if line.sku.len() > MAX_SKU_LEN
-                || !line.sku.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                v.add(at("sku"), format!("must be 1 to {MAX_SKU_LEN} letters, digits, '-', '_' or '.'"));
-            }
-            if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-                v.add(at("quantity"), format!("must be between 1 and {MAX_QUANTITY}"));
-            }
-            let price = match line.unit_price {
-                None => {
-                    v.add(at("unit_price"), "is required");
-                    0
-                }
-                Some((amount, code)) => {
-                    if amount < 0 {
-                        v.add(at("unit_price.amount_minor"), "must not be negative");
-                    }
-                    if code != currency {
-                        v.add(
-                            at("unit_price.currency_code"),
-                            format!("must be {currency}, the currency of the first line"),
-                        );
-                    }
-                    amount
-                }
-            };
-            total = total.and_then(|t| {
-                line.quantity.checked_mul(price).and_then(|line_total| t.checked_add(line_total))
-            });
-            items.push(LineItem {
-                sku: line.sku.to_owned(),
-                quantity: line.quantity,
-                unit_price_minor: price,
-            });
-        }
-        if !lines.is_empty() {
-            shopmesh_shop::currency_code(&mut v, "line_items[0].unit_price.currency_code", currency);
-        }
-        match total {
-            None => v.add("line_items", "the order total does not fit in a 64-bit amount"),
-            Some(t) if t <= 0 && !lines.is_empty() && v.is_empty() => {
-                v.add("line_items", "the order total must be positive");
-            }
-            _ => {}
-        }
-        v.check(Self {
-            user_id: user_id.to_owned(),
-            items,
-            currency_code: currency.to_owned(),
-            total_minor: total.unwrap_or(0),
-            request_id,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use shopmesh::mesh::ids::new_id;
 
-    fn line(sku: &str, quantity: i64, price: i64, currency: &str) -> LineInput<'static> {
-        LineInput {
-            sku: Box::leak(sku.to_owned().into_boxed_str()),
-            quantity,
-            unit_price: Some((price, Box::leak(currency.to_owned().into_boxed_str()))),
+    fn priced(amount_minor: i64, currency: &str, active: bool) -> CatalogPrice {
+        CatalogPrice { amount_minor, currency_code: currency.into(), active }
+    }
+
+    /// The order of `lines` (SKU, quantity) at the catalog's `prices` (SKU, price, currency).
+    fn order_of(lines: &[(&'static str, i64)], prices: &[(&str, i64, &str)]) -> Result<NewOrder, Unpriced> {
+        let lines: Vec<_> =
+            lines.iter().map(|&(sku, quantity)| LineInput { sku, quantity, unit_price: None }).collect();
+        let prices =
+            prices.iter().map(|&(sku, amount, code)| (sku.to_owned(), priced(amount, code, true))).collect();
+        OrderRequest::parse(&new_id(), &lines, "r").expect("valid").price(&prices)
+    }
+
+    fn invalid(priced: Result<NewOrder, Unpriced>) -> Violations {
+        match priced {
+            Err(Unpriced::Invalid(v)) => v,
+            other => panic!("not invalid: {other:?}"),
         }
     }
 
     #[test]
     fn totals_are_summed() {
-        let o = NewOrder::parse(&new_id(), &[line("a", 2, 150, "USD"), line("b", 1, 99, "USD")], "r")
-            .expect("valid");
+        let o = order_of(&[("A", 2), ("B", 1)], &[("A", 150, "USD"), ("B", 99, "USD")]).expect("valid");
         assert_eq!(o.total_minor, 399);
         assert_eq!(o.currency_code, "USD");
         assert_eq!(o.items.len(), 2);
@@ -358,9 +317,10 @@ mod tests {
     #[test]
     fn empty_orders_and_bad_lines_are_rejected() {
         let user = new_id();
-        assert!(NewOrder::parse(&user, &[], "").expect_err("empty").has("line_items"));
-        let err = NewOrder::parse(&user, &[line("", 0, -1, "USD"), line("b c", -3, 1, "USD")], "")
-            .expect_err("bad lines");
+        assert!(OrderRequest::parse(&user, &[], "").expect_err("empty").has("line_items"));
+        let line = |sku, quantity, price| LineInput { sku, quantity, unit_price: Some((price, "USD")) };
+        let err =
+            OrderRequest::parse(&user, &[line("", 0, -1), line("B C", -3, 1)], "").expect_err("bad lines");
         for f in [
             "line_items[0].sku",
             "line_items[0].quantity",
@@ -370,44 +330,36 @@ mod tests {
         ] {
             assert!(err.has(f), "{f} missing from {err}");
         }
-        let missing = LineInput { sku: "a", quantity: 1, unit_price: None };
-        assert!(
-            NewOrder::parse(&user, &[missing], "").expect_err("no price").has("line_items[0].unit_price")
-        );
-        let too_many: Vec<_> = (0..=MAX_LINES).map(|_| line("a", 1, 1, "USD")).collect();
-        assert!(NewOrder::parse(&user, &too_many, "").expect_err("too many").has("line_items"));
+        let too_many: Vec<_> = (0..=MAX_LINES).map(|_| line("A", 1, 1)).collect();
+        assert!(OrderRequest::parse(&user, &too_many, "").expect_err("too many").has("line_items"));
     }
 
     #[test]
     fn mixed_currencies_are_rejected() {
-        let err = NewOrder::parse(&new_id(), &[line("a", 1, 1, "USD"), line("b", 1, 1, "EUR")], "")
-            .expect_err("mixed");
-        assert!(err.has("line_items[1].unit_price.currency_code"));
-        let err = NewOrder::parse(&new_id(), &[line("a", 1, 1, "usd")], "").expect_err("bad code");
-        assert!(err.has("line_items[0].unit_price.currency_code"));
+        let mixed = order_of(&[("A", 1), ("B", 1)], &[("A", 1, "USD"), ("B", 1, "EUR")]);
+        assert_eq!(mixed, Err(Unpriced::CurrencyMismatch("B".into())));
+        let err = invalid(order_of(&[("A", 1)], &[("A", 1, "usd")]));
+        assert!(err.has("line_items[0].unit_price.currency_code"), "{err}");
     }
 
     #[test]
     fn overflowing_and_zero_totals_are_rejected() {
-        let user = new_id();
-        let err = NewOrder::parse(&user, &[line("a", 2, i64::MAX / 2 + 1, "USD")], "").expect_err("mul");
+        let err = invalid(order_of(&[("A", 2)], &[("A", i64::MAX / 2 + 1, "USD")]));
         assert!(err.has("line_items"), "{err}");
-        let err = NewOrder::parse(&user, &[line("a", 1, i64::MAX, "USD"), line("b", 1, 1, "USD")], "")
-            .expect_err("add");
+        let err = invalid(order_of(&[("A", 1), ("B", 1)], &[("A", i64::MAX, "USD"), ("B", 1, "USD")]));
         assert!(err.has("line_items"), "{err}");
-        let err = NewOrder::parse(&user, &[line("a", 1, 0, "USD")], "").expect_err("zero");
+        let err = invalid(order_of(&[("A", 1)], &[("A", 0, "USD")]));
         assert!(err.has("line_items"), "{err}");
     }
 
     #[test]
     fn replays_must_match() {
         let user = new_id();
-        let req = NewOrder::parse(&user, &[line("a", 1, 5, "USD")], "r").expect("valid");
         let order = Order {
             id: new_id(),
             request_id: Some("r".into()),
             user_id: user.clone(),
-            items: req.items.clone(),
+            items: vec![LineItem { sku: "A".into(), quantity: 1, unit_price_minor: 5 }],
             currency_code: "USD".into(),
             total_minor: 5,
             state: State::Paid,
@@ -421,15 +373,10 @@ mod tests {
             OrderRequest::parse(&user, &[LineInput { sku: "A", quantity, unit_price: price }], "r")
                 .expect("valid")
         };
-        let order = Order { items: vec![LineItem { sku: "A".into(), ..req.items[0].clone() }], ..order };
         assert!(ask(1, None).matches(&order), "a replay without prices matches whatever was charged");
         assert!(ask(1, Some((5, "USD"))).matches(&order));
         assert!(!ask(1, Some((6, "USD"))).matches(&order), "another expected price");
         assert!(!ask(2, None).matches(&order), "another quantity");
-    }
-
-    fn priced(amount_minor: i64, currency: &str, active: bool) -> CatalogPrice {
-        CatalogPrice { amount_minor, currency_code: currency.into(), active }
     }
 
     #[test]
