@@ -132,6 +132,19 @@ pub struct ServerConfig {
           default_value_t = 64 * 1024 * 1024)]
     pub max_buffered_request_bytes: usize,
 
+    /// Bytes of request messages being read at once over the calls of one connection, within
+    /// --max-buffered-request-bytes: one connection cannot take the whole port's buffer.
+    #[arg(long, env = "SHOPMESH_MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION", hide_short_help = true,
+          default_value_t = 16 * 1024 * 1024)]
+    pub max_buffered_request_bytes_per_connection: usize,
+
+    /// Bytes of request messages being read at once for one caller (its mesh identity and token
+    /// subject, else its IP address), over all its connections, within
+    /// --max-buffered-request-bytes: one client cannot take the whole port's buffer.
+    #[arg(long, env = "SHOPMESH_MAX_BUFFERED_REQUEST_BYTES_PER_CALLER", hide_short_help = true,
+          default_value_t = 8 * 1024 * 1024)]
+    pub max_buffered_request_bytes_per_caller: usize,
+
     /// HTTP/2 streams (calls) one connection may have open at once.
     #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_STREAMS", hide_short_help = true, default_value_t = 256)]
     pub max_concurrent_streams: u32,
@@ -222,6 +235,8 @@ impl Default for ServerConfig {
             max_concurrent_requests_per_identity: 384,
             request_read_timeout: Duration::from_secs(5),
             max_buffered_request_bytes: 64 * 1024 * 1024,
+            max_buffered_request_bytes_per_connection: 16 * 1024 * 1024,
+            max_buffered_request_bytes_per_caller: 8 * 1024 * 1024,
             max_concurrent_streams: 256,
             max_message_bytes: 4 * 1024 * 1024,
             http2_keepalive_interval: Duration::from_secs(30),
@@ -285,6 +300,13 @@ pub struct JwtConfig {
     /// `never` (tokens checked only when present). Health and reflection never need one.
     #[arg(long, env = "SHOPMESH_JWT_REQUIRE", value_enum, default_value_t = TokenRequirement::Unidentified)]
     pub jwt_require: TokenRequirement,
+
+    /// Signature checks per second, per caller (mesh identity, else IP address), of tokens not
+    /// seen lately; twice as many at once. A caller over it is answered RESOURCE_EXHAUSTED with
+    /// pushback, so forged tokens cannot buy CPU. Tokens that verified, or failed, lately cost
+    /// a lookup. 0 turns the bound off.
+    #[arg(long, env = "SHOPMESH_JWT_NEW_TOKENS_PER_SECOND", hide_short_help = true, default_value_t = 100.0)]
+    pub jwt_new_tokens_per_second: f64,
 }
 
 impl Default for JwtConfig {
@@ -298,6 +320,7 @@ impl Default for JwtConfig {
             jwt_leeway: Duration::from_secs(30),
             jwt_max_lifetime: Duration::from_secs(24 * 3600),
             jwt_require: TokenRequirement::Unidentified,
+            jwt_new_tokens_per_second: 100.0,
         }
     }
 }
