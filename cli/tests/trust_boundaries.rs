@@ -31,9 +31,13 @@ use shopmesh_payment::PaymentConfig;
 use shopmesh_user::UserConfig;
 use tonic::transport::Channel;
 
-#[path = "common/catalog.rs"]
-mod catalog;
-use catalog::Catalog;
+#[path = "common/pki.rs"]
+mod pki;
+use shopmesh::api::catalog::v1::{
+    CreateProductRequest, Product, catalog_service_client::CatalogServiceClient,
+};
+use shopmesh::mesh::security::certificates::Ca;
+use shopmesh_catalog::CatalogConfig;
 use tonic::{Code, Request};
 
 const ISSUER: &str = "https://id.shopmesh.test";
@@ -109,29 +113,61 @@ fn order_of(user_id: &str) -> CreateOrderRequest {
     }
 }
 
-/// The user, payment, catalog and order services. The order service (the mesh's entry point) wants a
-/// token from every caller; the user and payment services check tokens only when present,
-/// because without mTLS the order service's own calls to them carry no mesh identity.
+/// The policy of the tests with mutual TLS: any workload of the namespace may call any method
+/// (which rule allows what is `authz.rs`'s and `mtls.rs`'s to test), and the gateway is an edge:
+/// it acts for end users, so each of its calls must carry the user's token.
+const POLICY: &str = r#"{
+  "rules": [ {
+    "callers": ["spiffe://cluster.local/ns/default/sa/*"],
+    "methods": ["/shopmesh.user.v1.UserService/*", "/shopmesh.order.v1.OrderService/*",
+                "/shopmesh.payment.v1.PaymentService/*", "/shopmesh.catalog.v1.CatalogService/*"]
+  } ],
+  "edges": ["spiffe://cluster.local/ns/default/sa/shopmesh-gateway"]
+}"#;
+
+/// The user, payment, catalog and order services as the chart runs them with tokens on: mutual
+/// TLS between them, each its own workload identity, the policy above, tokens required of
+/// callers without a mesh identity. End users come through the edge (`shopmesh-gateway`) with
+/// their tokens; `shopmesh-admin` is a workload of the mesh acting for itself (a sign-up flow,
+/// an operator's tool).
 struct Mesh {
     services: Vec<Spawned>,
-    catalog: Catalog,
     dbs: Vec<TestDb>,
+    _pki: tempfile::TempDir,
+    /// Clients as the edge, for end users' calls.
     users: UserServiceClient<Channel>,
     orders: OrderServiceClient<Channel>,
     payments: PaymentServiceClient<Channel>,
+    /// Clients as a workload of the mesh.
+    mesh_users: UserServiceClient<Channel>,
+    mesh_payments: PaymentServiceClient<Channel>,
 }
 
 async fn start(backend: Backend) -> Mesh {
+    let pki_dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new("trust boundaries CA").expect("ca");
+    let policy = pki_dir.path().join("policy.json");
+    std::fs::write(&policy, POLICY).expect("write the policy");
+    let as_workload = |sa: &str| {
+        let mut mesh = MeshConfig { jwt: jwt(TokenRequirement::Unidentified), ..testing::mesh_config() };
+        mesh.security = pki::security(&pki_dir.path().join(sa), &pki::workload(&ca, sa));
+        mesh.security.authz_policy = Some(policy.clone());
+        testing::mesh(mesh)
+    };
+    let client = |sa: &str, addr| {
+        pki::channel(addr, pki::client_config(&ca.cert_pem(), Some(&pki::workload(&ca, sa))))
+    };
+
     let user_db = testing::database(backend, "user").await;
     let payment_db = testing::database(backend, "payment").await;
     let order_db = testing::database(backend, "order").await;
-    let with_jwt = |require| MeshConfig { jwt: jwt(require), ..testing::mesh_config() };
+    let catalog_db = testing::database(backend, "catalog").await;
 
-    let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), user_db.url.clone());
-    let mesh = with_jwt(TokenRequirement::Never);
-    let user = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
+    let config = UserConfig::new(testing::ANY_PORT, user_db.url.clone());
+    let user =
+        testing::spawn_service_probed::<shopmesh_user::User>(&as_workload("shopmesh-user"), config).await.0;
     let config = PaymentConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
+        listen: testing::ANY_PORT,
         database_url: payment_db.url.clone(),
         payment_limit_minor: 100_000,
         payment_currencies: vec!["USD".into()],
@@ -140,35 +176,52 @@ async fn start(backend: Backend) -> Mesh {
         processor_ledger_url: payment_db.url.clone(),
         payment_processing_lease: Duration::from_secs(10),
     };
-    let mesh = with_jwt(TokenRequirement::Never);
-    let payment = testing::spawn_service::<shopmesh_payment::Payment>(&testing::mesh(mesh), config).await;
-    // The order service's own calls carry no token; the catalog sells the tea ordered here.
-    let catalog = Catalog::with(backend, &[("TEA", 450, "USD")]).await;
+    let payment =
+        testing::spawn_service_probed::<shopmesh_payment::Payment>(&as_workload("shopmesh-payment"), config)
+            .await
+            .0;
+    let config = CatalogConfig { listen: testing::ANY_PORT, database_url: catalog_db.url.clone() };
+    let catalog =
+        testing::spawn_service_probed::<shopmesh_catalog::Catalog>(&as_workload("shopmesh-catalog"), config)
+            .await
+            .0;
+    // The catalog sells the tea ordered here; products are the mesh's to create.
+    let tea = Product {
+        sku: "TEA".into(),
+        display_name: "Tea".into(),
+        unit_price: usd(450),
+        active: true,
+        ..Product::default()
+    };
+    CatalogServiceClient::new(client("shopmesh-admin", catalog.addr))
+        .create_product(CreateProductRequest { product: Some(tea) })
+        .await
+        .expect("the mesh creates a product");
     let config = OrderConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
+        listen: testing::ANY_PORT,
         database_url: order_db.url.clone(),
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl: Duration::from_secs(1),
         reconcile: Default::default(),
     };
-    let mesh = with_jwt(TokenRequirement::Unidentified);
-    let order = testing::spawn_service::<shopmesh_order::Order>(
-        &testing::mesh(mesh).with_upstreams(
+    let order = testing::spawn_service_probed::<shopmesh_order::Order>(
+        &as_workload("shopmesh-order").with_upstreams(
             Upstreams::new().at("user", user.url()).at("catalog", catalog.url()).at("payment", payment.url()),
         ),
         config,
     )
-    .await;
-    let users = UserServiceClient::connect(user.url()).await.expect("connect user");
-    let orders = OrderServiceClient::connect(order.url()).await.expect("connect order");
-    let payments = PaymentServiceClient::connect(payment.url()).await.expect("connect payment");
+    .await
+    .0;
+    let edge = |addr| client("shopmesh-gateway", addr);
     Mesh {
-        services: vec![order, payment, user],
-        catalog,
-        dbs: vec![user_db, payment_db, order_db],
-        users,
-        orders,
-        payments,
+        users: UserServiceClient::new(edge(user.addr)),
+        orders: OrderServiceClient::new(edge(order.addr)),
+        payments: PaymentServiceClient::new(edge(payment.addr)),
+        mesh_users: UserServiceClient::new(client("shopmesh-admin", user.addr)),
+        mesh_payments: PaymentServiceClient::new(client("shopmesh-admin", payment.addr)),
+        services: vec![order, catalog, payment, user],
+        dbs: vec![user_db, payment_db, order_db, catalog_db],
+        _pki: pki_dir,
     }
 }
 
@@ -177,17 +230,16 @@ impl Mesh {
         for service in self.services {
             service.stop().await.expect("service stops cleanly");
         }
-        self.catalog.stop().await;
         for db in self.dbs {
             db.drop_database().await;
         }
     }
 
-    /// A user created by the mesh itself (no token), as a sign-up flow would.
+    /// A user created by a workload of the mesh (no token), as a sign-up flow would.
     async fn new_user(&mut self, email: &str) -> User {
         let req =
             CreateUserRequest { email: email.into(), display_name: "Test".into(), request_id: String::new() };
-        self.users.create_user(req).await.expect("create user").into_inner()
+        self.mesh_users.create_user(req).await.expect("create user").into_inner()
     }
 }
 
@@ -300,10 +352,10 @@ async fn tokens_are_checked_and_callers_reach_only_their_own_objects() {
             .await
             .expect("a token within --jwt-max-lifetime (24h) works");
 
-        // No token, or any bad one: UNAUTHENTICATED, the same message, and nothing written.
+        // The edge without a token, or with any bad one: UNAUTHENTICATED, and nothing written.
         let no_token = m.orders.create_order(order_of(&a.id)).await.expect_err("no token");
         assert_eq!(no_token.code(), Code::Unauthenticated, "{backend:?}: {no_token:?}");
-        assert_eq!(no_token.message(), REJECTED);
+        assert!(no_token.message().contains("bearer token"), "{backend:?}: {no_token:?}");
         for (what, token) in bad_tokens(&a.id) {
             let err = m.orders.create_order(bearer(order_of(&a.id), &token)).await.expect_err(what);
             assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}: {what}: {err:?}");
@@ -325,6 +377,28 @@ async fn tokens_are_checked_and_callers_reach_only_their_own_objects() {
             [&own.id],
             "{backend:?}: nothing else written"
         );
+
+        // Leaving the token out never gives the edge's caller more than sending one: every call
+        // that would reach another user's data with A's token is UNAUTHENTICATED without one.
+        let unauthenticated = |r: Result<(), tonic::Status>, what: &str| {
+            let err = r.err().unwrap_or_else(|| panic!("{backend:?}: {what} without a token succeeded"));
+            assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}: {what}: {err:?}");
+        };
+        unauthenticated(m.users.list_users(ListUsersRequest::default()).await.map(drop), "list users");
+        unauthenticated(m.users.get_user(GetUserRequest { id: b.id.clone() }).await.map(drop), "read B");
+        let rename_b = UpdateUserRequest {
+            user: Some(User { display_name: "Mallory".into(), ..b.clone() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+        };
+        unauthenticated(m.users.update_user(rename_b).await.map(drop), "rename B");
+        let list_b = ListOrdersRequest { user_id: b.id.clone(), ..Default::default() };
+        unauthenticated(m.orders.list_orders(list_b).await.map(drop), "list B's orders");
+        unauthenticated(
+            m.orders.get_order(GetOrderRequest { id: theirs.id.clone() }).await.map(drop),
+            "read B's order",
+        );
+        let payments_of_b = ListPaymentsRequest { order_id: theirs.id.clone(), ..Default::default() };
+        unauthenticated(m.payments.list_payments(payments_of_b).await.map(drop), "read B's payments");
 
         // Orders: another's, or one that does not exist, are both PERMISSION_DENIED (AIP-211).
         let denied = |r: Result<(), tonic::Status>, what: &str| {
@@ -390,13 +464,16 @@ async fn tokens_are_checked_and_callers_reach_only_their_own_objects() {
         let payments_of_own = ListPaymentsRequest { order_id: own.id.clone(), ..Default::default() };
         denied(m.payments.list_payments(bearer(payments_of_own, &tok_a)).await.map(drop), "read payments");
         let paid = m
-            .payments
+            .mesh_payments
             .list_payments(ListPaymentsRequest { order_id: own.id.clone(), ..Default::default() })
             .await;
         assert_eq!(paid.expect("the mesh reads payments").into_inner().payments.len(), 1, "{backend:?}");
 
-        let read_b = m.users.get_user(GetUserRequest { id: b.id.clone() }).await;
-        assert_eq!(read_b.expect("the mesh (no token) reads any user").into_inner().display_name, "Test");
+        let read_b = m.mesh_users.get_user(GetUserRequest { id: b.id.clone() }).await;
+        assert_eq!(
+            read_b.expect("a workload of the mesh (no token) reads any user").into_inner().display_name,
+            "Test"
+        );
         let expired = &bad_tokens(&a.id)[0].1;
         let err = m
             .users
@@ -406,8 +483,14 @@ async fn tokens_are_checked_and_callers_reach_only_their_own_objects() {
         assert_eq!(
             err.code(),
             Code::Unauthenticated,
-            "{backend:?}: a bad token is refused even where tokens are optional"
+            "{backend:?}: a bad token is refused at the user service too"
         );
+        let err = m
+            .mesh_users
+            .get_user(bearer(GetUserRequest { id: a.id.clone() }, expired))
+            .await
+            .expect_err("expired, from a workload");
+        assert_eq!(err.code(), Code::Unauthenticated, "{backend:?}: a bad token is refused whoever sends it");
 
         m.stop().await;
     }
@@ -429,16 +512,36 @@ async fn limited_user_service(db: &TestDb) -> Spawned {
 #[tokio::test]
 async fn limits_answer_resource_exhausted_per_caller() {
     let db = testing::database(Backend::Sqlite, "limits").await;
-    let service = limited_user_service(&db).await;
-    let mut users = UserServiceClient::connect(service.url()).await.expect("connect");
-    // Two calls from this address (no token): its bucket has 3 left.
+    // Users are created by the mesh: here a second user service over the same database, with
+    // tokens off, where every caller is the mesh (a token-optional service serves no one's data
+    // to a caller without a token).
+    let signup = testing::spawn_service::<shopmesh_user::User>(
+        &testing::mesh(testing::mesh_config()),
+        UserConfig::new(testing::ANY_PORT, db.url.clone()),
+    )
+    .await;
     let create = |email: &str| {
         let req =
             CreateUserRequest { email: email.into(), display_name: "T".into(), request_id: String::new() };
-        let mut users = users.clone();
-        async move { users.create_user(req).await.expect("create user").into_inner() }
+        let url = signup.url();
+        async move {
+            let mut users = UserServiceClient::connect(url).await.expect("connect");
+            users.create_user(req).await.expect("create user").into_inner()
+        }
     };
     let (a, b) = (create("a@example.com").await, create("b@example.com").await);
+    signup.stop().await.expect("stops cleanly");
+    let service = limited_user_service(&db).await;
+    let mut users = UserServiceClient::connect(service.url()).await.expect("connect");
+    // Two calls from this address (no token): its bucket has 3 left.
+    for _ in 0..2 {
+        let anonymous = users.get_user(GetUserRequest { id: a.id.clone() }).await.expect_err("anonymous");
+        assert_eq!(
+            anonymous.code(),
+            Code::Unauthenticated,
+            "no token and no identity reads no one: {anonymous:?}"
+        );
+    }
     let (tok_a, tok_b) = (token_for(&a.id), token_for(&b.id));
 
     // A message over --max-message-bytes.
@@ -492,7 +595,12 @@ async fn limits_answer_resource_exhausted_per_caller() {
             .await
             .expect("B is not limited by A");
     }
-    users.get_user(GetUserRequest { id: a.id.clone() }).await.expect("this address has tokens left");
+    let anonymous = users.get_user(GetUserRequest { id: a.id.clone() }).await.expect_err("anonymous");
+    assert_eq!(
+        anonymous.code(),
+        Code::Unauthenticated,
+        "this address has tokens left: the call reaches the handler, which reads no one for nobody"
+    );
     // And health is never limited.
     for _ in 0..10 {
         testing::wait_serving(service.addr, shopmesh_user::User::GRPC_SERVICE).await;
@@ -682,4 +790,240 @@ async fn bytes_of_messages_being_read_are_bounded() {
     users.create_user(create("fits@example.com")).await.expect("fits once the stalled call is gone");
     drop((send, body));
     service.stop().await.expect("stops cleanly");
+}
+
+/// [`raw_h2`] from another loopback address, so the server sees another caller (its IP).
+async fn raw_h2_from(
+    local: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+) -> (h2::client::SendRequest<bytes::Bytes>, h2::PingPong) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(std::net::SocketAddr::new(local, 0)).expect("bind another loopback address");
+    let tcp = socket.connect(addr).await.expect("connect");
+    let (send, mut connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let ping = connection.ping_pong().expect("ping_pong taken once");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (send.ready().await.expect("ready"), ping)
+}
+
+/// Opens `calls` calls to `path` on `send`, each sending `sent` bytes of a 4 000-byte message and
+/// then stalling; returns them once the server has read every frame.
+async fn stalled_calls(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    ping: &mut h2::PingPong,
+    addr: std::net::SocketAddr,
+    path: &str,
+    calls: usize,
+) -> Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)> {
+    let mut held = Vec::new();
+    for _ in 0..calls {
+        let (response, mut body) = headers_only(send, addr, path).await;
+        let mut partial = vec![0u8, 0, 0, 0x0f, 0xa0];
+        partial.resize(3990, b'x');
+        body.send_data(bytes::Bytes::from(partial), false).expect("send part of a message");
+        held.push((response, body));
+    }
+    ping.ping(h2::Ping::opaque()).await.expect("the server has read the DATA");
+    held
+}
+
+/// The status and message of a call answered within 10 s (well before the read timeout of the
+/// tests that use it, so the answer was not the timeout's).
+async fn answered(response: h2::client::ResponseFuture) -> (String, String) {
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answered at once, not after the read timeout")
+        .expect("a response");
+    let header = |name: &str| {
+        response.headers().get(name).map(|v| v.to_str().unwrap_or_default().to_owned()).unwrap_or_default()
+    };
+    (header("grpc-status"), header("grpc-message"))
+}
+
+/// The health of `service` at `addr`, asked once within 10 s.
+async fn health(addr: std::net::SocketAddr, service: &str) -> Result<i32, Code> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .map_err(|_| Code::Unavailable)?;
+    let mut client = HealthClient::new(channel);
+    let mut request = Request::new(HealthCheckRequest { service: service.into() });
+    request.set_timeout(Duration::from_secs(10));
+    client.check(request).await.map(|r| r.into_inner().status).map_err(|s| s.code())
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_the_read_buffer_from_others_nor_starve_health() {
+    // Long: every answer asserted below comes long before it.
+    const READ_TIMEOUT: Duration = Duration::from_secs(60);
+    let db = testing::database(Backend::Sqlite, "read-shares").await;
+    let mut mesh = testing::mesh_config();
+    mesh.server.max_message_bytes = 4096;
+    mesh.server.max_buffered_request_bytes = 40_000;
+    mesh.server.max_buffered_request_bytes_per_connection = 8_000;
+    mesh.server.max_buffered_request_bytes_per_caller = 12_000;
+    mesh.server.request_read_timeout = READ_TIMEOUT;
+    let config = UserConfig::new(testing::ANY_PORT, db.url.clone());
+    let (service, probe) =
+        testing::spawn_service_probed::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
+    let addr = service.addr;
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let path = "/shopmesh.user.v1.UserService/CreateUser";
+
+    // One connection opens 16 calls of ~4 KB and never finishes them (64 KB, more than the
+    // port's 40 KB): the connection's share holds two; the others are answered at once.
+    let (mut send, mut ping) = raw_h2_from(attacker, addr).await;
+    let mut first = stalled_calls(&mut send, &mut ping, addr, path, 16).await;
+    for (response, _) in first.drain(2..) {
+        let (code, message) = answered(response).await;
+        assert_eq!(code, "8", "RESOURCE_EXHAUSTED: {message}");
+        assert!(message.contains("connection"), "says whose share is full: {message}");
+        assert!(!message.contains("too many calls"), "says what happened: {message}");
+    }
+    // Its second connection holds one more, then the caller's share (all its connections) is full.
+    let (mut send2, mut ping2) = raw_h2_from(attacker, addr).await;
+    let mut second = stalled_calls(&mut send2, &mut ping2, addr, path, 4).await;
+    for (response, _) in second.drain(1..) {
+        let (code, message) = answered(response).await;
+        assert_eq!(code, "8", "RESOURCE_EXHAUSTED: {message}");
+        assert!(message.contains("caller"), "says whose share is full: {message}");
+    }
+
+    // Everyone else is served: calls, and health on both ports.
+    let mut users = UserServiceClient::connect(service.url()).await.expect("connect");
+    for i in 0..5 {
+        let req = CreateUserRequest {
+            email: format!("other-{i}@example.com"),
+            display_name: "Other".into(),
+            request_id: String::new(),
+        };
+        users.create_user(req).await.expect("another caller is served while one holds its share");
+    }
+    assert_eq!(health(addr, shopmesh_user::User::GRPC_SERVICE).await, Ok(1), "SERVING on the service port");
+    assert_eq!(health(probe, shopmesh_user::User::GRPC_SERVICE).await, Ok(1), "SERVING on the probe port");
+
+    // The probe port reads nothing but health: API calls stalled there hold nothing and are
+    // answered UNIMPLEMENTED at once, and health stays answered.
+    let (mut send3, mut ping3) = raw_h2_from(attacker, probe).await;
+    for (response, _) in stalled_calls(&mut send3, &mut ping3, probe, path, 16).await {
+        let (code, _) = answered(response).await;
+        assert_eq!(code, "12", "UNIMPLEMENTED on the probe port");
+    }
+    // Health stalled by the same client takes no share of anyone's, and others' health is answered.
+    let health_path = "/grpc.health.v1.Health/Check";
+    let _stalled_health = stalled_calls(&mut send, &mut ping, addr, health_path, 8).await;
+    assert_eq!(health(addr, shopmesh_user::User::GRPC_SERVICE).await, Ok(1));
+    assert_eq!(health(probe, "").await, Ok(1));
+
+    drop((first, second, send, send2, send3));
+    service.stop().await.expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn a_caller_without_a_token_is_refused_before_it_holds_a_byte() {
+    const READ_TIMEOUT: Duration = Duration::from_secs(60);
+    let db = testing::database(Backend::Sqlite, "read-unauthenticated").await;
+    let mut mesh = MeshConfig { jwt: jwt(TokenRequirement::Unidentified), ..testing::mesh_config() };
+    mesh.server.max_message_bytes = 4096;
+    mesh.server.max_buffered_request_bytes = 8_000;
+    mesh.server.request_read_timeout = READ_TIMEOUT;
+    let config = UserConfig::new(testing::ANY_PORT, db.url.clone());
+    let service = testing::spawn_service::<shopmesh_user::User>(&testing::mesh(mesh), config).await;
+    let addr = service.addr;
+    let path = "/shopmesh.user.v1.UserService/GetUser";
+    let (mut send, mut ping) = raw_h2_from("127.0.0.2".parse().expect("ip"), addr).await;
+    for (response, _) in stalled_calls(&mut send, &mut ping, addr, path, 16).await {
+        let (code, message) = answered(response).await;
+        assert_eq!(code, "16", "UNAUTHENTICATED at once, unread: {message}");
+    }
+    // Nothing was held: a caller with a token sends a message as large as the whole buffer allows.
+    let req =
+        CreateUserRequest { email: "x".repeat(3000), display_name: "T".into(), request_id: String::new() };
+    let mut users = UserServiceClient::connect(service.url()).await.expect("connect");
+    let err =
+        users.create_user(bearer(req, &token_for("someone"))).await.expect_err("a user creates no user");
+    assert_eq!(err.code(), Code::PermissionDenied, "read in full and answered by the handler: {err:?}");
+    service.stop().await.expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn without_mtls_no_token_is_nobody_and_tokens_need_mtls_between_services() {
+    let user_db = testing::database(Backend::Sqlite, "anonymous-user").await;
+    let order_db = testing::database(Backend::Sqlite, "anonymous-order").await;
+    let optional =
+        || testing::mesh(MeshConfig { jwt: jwt(TokenRequirement::Never), ..testing::mesh_config() });
+    let user = testing::spawn_service::<shopmesh_user::User>(
+        &optional(),
+        UserConfig::new(testing::ANY_PORT, user_db.url.clone()),
+    )
+    .await;
+    let catalog_db = testing::database(Backend::Sqlite, "anonymous-catalog").await;
+    let catalog = testing::spawn_service::<shopmesh_catalog::Catalog>(
+        &optional(),
+        CatalogConfig { listen: testing::ANY_PORT, database_url: catalog_db.url.clone() },
+    )
+    .await;
+
+    // Tokens optional, no mTLS: a caller without a token proves nothing, so it changes nothing
+    // and reads no one's data; it reads what is public.
+    let mut products = CatalogServiceClient::connect(catalog.url()).await.expect("connect");
+    let tea = Product {
+        sku: "TEA".into(),
+        display_name: "Tea".into(),
+        unit_price: usd(450),
+        active: true,
+        ..Product::default()
+    };
+    let create = CreateProductRequest { product: Some(tea) };
+    let err = products.create_product(create.clone()).await.expect_err("anonymous writes");
+    assert_eq!(err.code(), Code::Unauthenticated, "the catalog is never writable by anyone: {err:?}");
+    let err = products.create_product(bearer(create, &token_for("customer"))).await.expect_err("a user");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let listed = products
+        .list_products(shopmesh::api::catalog::v1::ListProductsRequest::default())
+        .await
+        .expect("the catalog is public to read");
+    assert!(listed.into_inner().products.is_empty(), "nothing was created");
+    let mut users = UserServiceClient::connect(user.url()).await.expect("connect");
+    let err = users.list_users(ListUsersRequest::default()).await.expect_err("anonymous lists users");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let req = CreateUserRequest {
+        email: "a@example.com".into(),
+        display_name: "A".into(),
+        request_id: String::new(),
+    };
+    let err = users.create_user(req).await.expect_err("anonymous signs up");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // A service that calls others refuses to start with tokens on and no mTLS, naming the fix:
+    // its calls would carry no credential of its own.
+    let config = OrderConfig {
+        listen: testing::ANY_PORT,
+        database_url: order_db.url.clone(),
+        catalog_cache_ttl: Duration::from_secs(5),
+        user_check_ttl: Duration::from_secs(1),
+        reconcile: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind(testing::ANY_PORT).await.expect("bind");
+    let refused = shopmesh::mesh::server::run::<shopmesh_order::Order, _>(
+        &optional().with_upstreams(
+            Upstreams::new().at("user", user.url()).at("catalog", catalog.url()).at("payment", user.url()),
+        ),
+        config,
+        shopmesh::mesh::service::Listeners::new(listener),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("order with tokens and without mTLS");
+    let refused = refused.to_string();
+    for named in ["--tls-cert", "mutual TLS", "tls.enabled"] {
+        assert!(refused.contains(named), "the refusal names {named}: {refused}");
+    }
+    for service in [user, catalog] {
+        service.stop().await.expect("stops cleanly");
+    }
 }

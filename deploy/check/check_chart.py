@@ -693,6 +693,14 @@ def check_authz(r: Rendered) -> str:
     # The chart's default policy is the shipped file, in the release's namespace.
     if r.values["authz"]["policy"] == Chart_default_policy[0]:
         assert got == shipped_policy_rules(NAMESPACE), f"the chart's policy differs from deploy/authz-policy.json:\n{got}"
+    # With tokens on, the edge must present the user's token on every call: the policy names it
+    # an edge. With tokens off there is no token to ask for, and the services refuse to start
+    # with edges named (so none may be).
+    edge = f"spiffe://{r.values['tls']['trustDomain']}/ns/{NAMESPACE}/sa/{r.values['edge']['identity']}"
+    if r.values["jwt"]["jwks"]:
+        assert policy.get("edges") == [edge], f"tokens on, but the policy's edges are {policy.get('edges')}, not [{edge}]"
+    else:
+        assert "edges" not in policy, f"tokens off, but the policy names edges: {policy['edges']}"
     charge = [callers for callers, methods in got if "/shopmesh.payment.v1.PaymentService/Charge" in methods]
     assert charge == [(f"spiffe://{r.values['tls']['trustDomain']}/ns/{NAMESPACE}/sa/{name('order')}",)], f"Charge may be called by {charge}"
     for svc in services_of(r):

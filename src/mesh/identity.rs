@@ -123,6 +123,105 @@ pub struct PeerIdentity(pub SpiffeId);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject(pub Arc<str>);
 
+/// Request extension: whom an API call acts for, decided once per call by the token layer
+/// ([`bearer`](crate::mesh::security::bearer)) from what the caller proved. Handlers scope what
+/// they serve by it; none of them infers "a service of the mesh" from a missing token.
+///
+/// Absent only on calls outside the API (health, reflection) and on requests that never went
+/// through the server stack: [`Principal::of`] reads an absent one as [`Principal::Anonymous`],
+/// so a forgotten layer fails closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A workload of the mesh acting for itself: an mTLS identity that the authorization
+    /// policy does not name as an edge, calling without a token. On a mesh that authenticates
+    /// nobody (no mTLS, no tokens: development on loopback) every caller is this.
+    Mesh,
+    /// An end user: the `sub` of a verified bearer token, sent by the user or by an edge acting
+    /// for the user.
+    User(Arc<str>),
+    /// Nobody proven: no token and no mesh identity, where tokens are optional
+    /// (`--jwt-require never`). May read what is public; changes nothing and reads no one's data.
+    Anonymous,
+}
+
+/// A call that proved no one's identity reached something that needs one: UNAUTHENTICATED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this call needs a bearer token (or a mesh identity)")]
+pub struct Unproven;
+
+impl Principal {
+    /// Whose data the call may reach: `None` for the mesh's own calls (anyone's), `Some(user)`
+    /// for an end user (only its own); [`Unproven`] for an anonymous caller (no one's).
+    pub fn scope(&self) -> Result<Option<&str>, Unproven> {
+        match self {
+            Self::Mesh => Ok(None),
+            Self::User(sub) => Ok(Some(sub)),
+            Self::Anonymous => Err(Unproven),
+        }
+    }
+
+    /// The principal of `request`; [`Principal::Anonymous`] when none was set.
+    pub fn of<B>(request: &http::Request<B>) -> &Self {
+        request.extensions().get::<Self>().unwrap_or(&Self::Anonymous)
+    }
+
+    /// The principal of a tonic request (what handlers hold); [`Principal::Anonymous`] when
+    /// none was set.
+    pub fn of_call<T>(request: &tonic::Request<T>) -> &Self {
+        request.extensions().get::<Self>().unwrap_or(&Self::Anonymous)
+    }
+}
+
+/// Whom a per-caller budget (rate, buffered bytes, signature checks) belongs to: its mesh
+/// identity ([`PeerIdentity`]) and its bearer token's [`Subject`] together when it has both (a
+/// gateway calling for its signed-in users: each user gets a budget, not one for the whole
+/// gateway), else whichever of the two it has, else its IP address (an IPv6 address by its
+/// /64, which one host can fill).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CallerKey {
+    /// A subject behind a mesh identity: a user of a gateway.
+    PeerSubject(SpiffeId, Arc<str>),
+    /// A mesh identity.
+    Peer(SpiffeId),
+    /// A token's subject, on a connection without a mesh identity.
+    Subject(Arc<str>),
+    /// Neither: the address the connection comes from.
+    Ip(std::net::IpAddr),
+    /// No address known (not a TCP connection): all such calls share one budget.
+    Unknown,
+}
+
+impl CallerKey {
+    /// The key of `request`, from the extensions the server's layers set.
+    pub fn of<B>(request: &http::Request<B>) -> Self {
+        Self::from_extensions(request.extensions())
+    }
+
+    /// The key of a request with these extensions.
+    pub fn from_extensions(ext: &http::Extensions) -> Self {
+        use std::net::IpAddr;
+        use tonic::transport::server::TcpConnectInfo;
+        match (ext.get::<PeerIdentity>(), ext.get::<Subject>()) {
+            (Some(PeerIdentity(id)), Some(Subject(sub))) => {
+                return Self::PeerSubject(id.clone(), sub.clone());
+            }
+            (Some(PeerIdentity(id)), None) => return Self::Peer(id.clone()),
+            (None, Some(Subject(sub))) => return Self::Subject(sub.clone()),
+            (None, None) => {}
+        }
+        match ext.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr).map(|a| a.ip()) {
+            Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::Ip(IpAddr::V4(v4)),
+                // One host usually owns a whole /64; keying by full address would let it mint
+                // budgets (and map entries) at will.
+                None => Self::Ip(IpAddr::V6((u128::from(v6) & !(u128::from(u64::MAX))).into())),
+            },
+            Some(ip) => Self::Ip(ip),
+            None => Self::Unknown,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +272,30 @@ mod tests {
             let id = SpiffeId::parse(other).expect("valid");
             assert_eq!(id.sibling("order", "payment"), None, "{other}");
         }
+    }
+
+    fn from(ip: &str) -> http::Request<()> {
+        let mut r =
+            http::Request::builder().uri("/shopmesh.user.v1.UserService/GetUser").body(()).expect("request");
+        let addr = std::net::SocketAddr::new(ip.parse().expect("ip"), 4000);
+        r.extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr: Some(addr) });
+        r
+    }
+
+    #[test]
+    fn callers_are_keyed_by_identity_and_subject_then_address() {
+        let mut r = from("10.0.0.1");
+        assert_eq!(CallerKey::of(&r), CallerKey::Ip("10.0.0.1".parse().expect("ip")));
+        r.extensions_mut().insert(Subject("u1".into()));
+        assert_eq!(CallerKey::of(&r), CallerKey::Subject("u1".into()));
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/shopmesh-order").expect("id");
+        r.extensions_mut().insert(PeerIdentity(id.clone()));
+        assert_eq!(CallerKey::of(&r), CallerKey::PeerSubject(id.clone(), "u1".into()));
+        r.extensions_mut().remove::<Subject>();
+        assert_eq!(CallerKey::of(&r), CallerKey::Peer(id));
+        assert_eq!(CallerKey::of(&from("2001:db8::1")), CallerKey::of(&from("2001:db8::ffff:1")), "same /64");
+        assert_ne!(CallerKey::of(&from("2001:db8::1")), CallerKey::of(&from("2001:db8:0:1::1")));
+        assert_eq!(CallerKey::of(&from("::ffff:10.0.0.1")), CallerKey::of(&from("10.0.0.1")));
     }
 }

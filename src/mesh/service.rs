@@ -161,6 +161,14 @@ impl Mesh {
             .transpose()
             .map_err(|e| Error::Config(e.to_string()))?
             .map(Arc::new);
+        if verifier.is_none() && policy.as_ref().is_some_and(|p| p.has_edges()) {
+            return Err(Error::Config(
+                "the authorization policy names edges (workloads acting for end users), whose calls \
+                 must carry the user's bearer token, but bearer tokens are off: set --jwt-jwks, \
+                 --jwt-issuer and --jwt-audience, or remove `edges` from the policy"
+                    .into(),
+            ));
+        }
         Ok(Self {
             inner: Arc::new(Inner { config, api, tls, verifier, policy }),
             upstreams: Arc::new(Upstreams::new()),
@@ -247,6 +255,15 @@ impl Mesh {
         })?;
         let config = &self.inner.config.client;
         let Some(tls) = self.tls() else {
+            if self.verifier().is_some() {
+                // Tokens are end users' credentials: without mTLS a service has none of its own,
+                // and its calls would be refused (or, with tokens optional, served as nobody's).
+                return Err(Error::Config(format!(
+                    "the {own} service calls {name}, and with bearer tokens on, calls between services \
+                     need mutual TLS to prove which service makes them: set --tls-cert, --tls-key and \
+                     --tls-ca (the chart's tls.enabled=true), or turn tokens off"
+                )));
+            }
             return client::channel(&target.url, config, self.inner.api.catalogue, None).await;
         };
         let flag = upstream.spiffe_id_flag();

@@ -87,8 +87,10 @@ pub fn database(err: &sqlx::Error) -> Status {
 /// The status to answer with when a call to another service failed. Statuses that mean "try
 /// again" or "out of time" keep their code so the caller can act on them, with a message that
 /// names the dependency and nothing of the transport (addresses, OS errors: the cause is logged
-/// here, inside the call's span, so it reaches the log and the trace); anything else means this
-/// service misused its dependency or the dependency broke, which is INTERNAL here.
+/// here, inside the call's span, so it reaches the log and the trace). A dependency refusing
+/// this service's credentials (UNAUTHENTICATED, PERMISSION_DENIED) is the mesh's configuration,
+/// not the caller's doing: UNAVAILABLE, with an error log naming the settings to check. Anything
+/// else means this service misused its dependency or the dependency broke: INTERNAL here.
 pub fn upstream(service: &str, status: &Status) -> Status {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => {
@@ -96,6 +98,23 @@ pub fn upstream(service: &str, status: &Status) -> Status {
             let code = if status.code() == Code::Cancelled { Code::Unavailable } else { status.code() };
             crate::mesh::grpc::respond::Refusal::DependencyFailed { service: service.to_owned(), code }
                 .status()
+        }
+        Code::Unauthenticated | Code::PermissionDenied => {
+            // The mesh's own configuration, never the caller's doing: say which settings.
+            tracing::error!(
+                %service,
+                code = ?status.code(),
+                message = status.message(),
+                "the dependency refused this service's calls: check this service's mesh identity \
+                 (--tls-cert, --tls-key, --tls-ca; the chart's tls.*) and the dependency's \
+                 authorization policy (--authz-policy; the chart's authz.policy) for a rule that lets \
+                 this service call it"
+            );
+            crate::mesh::grpc::respond::Refusal::DependencyFailed {
+                service: service.to_owned(),
+                code: Code::Unavailable,
+            }
+            .status()
         }
         _ => {
             tracing::error!(%service, code = ?status.code(), message = status.message(), "unexpected dependency error");
@@ -159,5 +178,19 @@ mod tests {
         assert_eq!(upstream("user", &Status::deadline_exceeded("x")).code(), Code::DeadlineExceeded);
         assert_eq!(upstream("user", &Status::invalid_argument("x")).code(), Code::Internal);
         assert_eq!(upstream("user", &Status::unknown("x")).code(), Code::Internal);
+    }
+
+    #[test]
+    fn a_dependency_refusing_this_services_credentials_is_unavailable_never_internal() {
+        for refused in [Status::unauthenticated("no token"), Status::permission_denied("not allowed")] {
+            let answered = upstream("user", &refused);
+            assert_eq!(
+                answered.code(),
+                Code::Unavailable,
+                "{refused:?}: a configuration problem is not INTERNAL"
+            );
+            assert!(answered.message().starts_with("user:"), "names the dependency: {answered:?}");
+            assert!(!answered.message().contains("not allowed"), "tells nothing of the dependency's words");
+        }
     }
 }

@@ -299,7 +299,13 @@ self-signed CA certificate. Computed once per rendering. Returns JSON {"crt": PE
 {{- end -}}
 {{- $rules = append $rules (dict "description" (default "" .description) "callers" $callers "methods" .methods) -}}
 {{- end -}}
-{{- dict "rules" $rules | toPrettyJson -}}
+{{- $policy := dict "rules" $rules -}}
+{{- /* With tokens on, the edge acts for end users: every call of its must carry the user's token
+(leaving it out must never give more than sending one). With tokens off it is trusted as the mesh. */ -}}
+{{- if .Values.jwt.jwks -}}
+{{- $_ := set $policy "edges" (list (include "shopmesh.spiffeId" (dict "root" . "sa" .Values.edge.identity))) -}}
+{{- end -}}
+{{- $policy | toPrettyJson -}}
 {{- end -}}
 
 {{/*

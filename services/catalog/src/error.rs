@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use shopmesh::mesh::identity::Unproven;
 use shopmesh::mesh::status::{self, MAX_INVALID_MESSAGE};
 use shopmesh::mesh::validation::{self, MAX_LISTED_VIOLATIONS, Violations};
 use tonic::{Code, Status};
@@ -22,6 +23,10 @@ pub enum Error {
     /// INVALID_ARGUMENT, with a `google.rpc.BadRequest` violation per bad field.
     #[error("invalid request: {0}")]
     Invalid(Violations),
+    /// UNAUTHENTICATED: a caller that proved no identity (no token, no mesh identity, where
+    /// tokens are optional) asked for what needs one.
+    #[error(transparent)]
+    Unauthenticated(#[from] Unproven),
     /// PERMISSION_DENIED: a bearer-token caller changing the catalog, which only the mesh may.
     #[error("permission denied: {0}")]
     PermissionDenied(&'static str),
@@ -75,6 +80,7 @@ impl From<Error> for Status {
         let message = err.to_string();
         match err {
             Error::Invalid(v) => status::invalid_argument(&v),
+            Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::PermissionDenied(_) => Status::permission_denied(message),
             Error::NotFound(missing) => Status::with_error_details_vec(
                 Code::NotFound,

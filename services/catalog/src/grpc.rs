@@ -6,8 +6,8 @@ use shopmesh::api::catalog::v1::{
     catalog_service_server::CatalogService,
 };
 use shopmesh::api::common::v1::Money;
-use shopmesh::mesh::identity::Subject;
 use shopmesh::mesh::ids;
+use shopmesh::mesh::identity::Principal;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -44,14 +44,15 @@ fn to_proto(p: Product) -> ProductProto {
     }
 }
 
-/// Refuses changes from a bearer-token caller (someone outside the mesh, such as a shop's
-/// customer): the catalog is read by anyone but managed by the mesh's own services and tools.
+/// Refuses changes from anyone but the mesh's own workloads: an end user (a shop's customer,
+/// with a bearer token) gets PERMISSION_DENIED, a caller that proved nothing UNAUTHENTICATED.
+/// The catalog is read by anyone but managed by the mesh's own services and tools.
 fn mesh_only<T>(req: &Request<T>) -> Result<(), Error> {
-    match req.extensions().get::<Subject>() {
+    match Principal::of_call(req).scope()? {
+        None => Ok(()),
         Some(_) => {
             Err(Error::PermissionDenied("the catalog is changed by the mesh, not bearer-token callers"))
         }
-        None => Ok(()),
     }
 }
 
@@ -139,10 +140,19 @@ mod tests {
 
     #[test]
     fn only_the_mesh_changes_the_catalog() {
-        assert!(mesh_only(&Request::new(())).is_ok(), "a call without a bearer token");
-        let mut from_outside = Request::new(());
-        from_outside.extensions_mut().insert(Subject("customer-1".into()));
-        let status = Status::from(mesh_only(&from_outside).expect_err("a bearer-token caller"));
-        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        let as_principal = |principal: Principal| {
+            let mut request = Request::new(());
+            request.extensions_mut().insert(principal);
+            mesh_only(&request).map_err(|e| Status::from(e).code())
+        };
+        assert_eq!(as_principal(Principal::Mesh), Ok(()), "a workload of the mesh");
+        assert_eq!(as_principal(Principal::User("customer-1".into())), Err(tonic::Code::PermissionDenied));
+        assert_eq!(
+            as_principal(Principal::Anonymous),
+            Err(tonic::Code::Unauthenticated),
+            "no token and no mesh identity is nobody, never the mesh"
+        );
+        let unmarked = mesh_only(&Request::new(())).map_err(|e| Status::from(e).code());
+        assert_eq!(unmarked, Err(tonic::Code::Unauthenticated), "a call no layer vouched for");
     }
 }

@@ -1,5 +1,6 @@
 //! How an order-service call fails: one enum, each variant documenting its gRPC status.
 
+use shopmesh::mesh::identity::Unproven;
 use shopmesh::mesh::{status, validation::Violations};
 use tonic::{Code, Status};
 
@@ -12,6 +13,10 @@ pub enum Error {
     /// NOT_FOUND: no order has this id.
     #[error("order {0} not found")]
     NotFound(String),
+    /// UNAUTHENTICATED: a caller that proved no identity (no token, no mesh identity, where
+    /// tokens are optional) asked for what needs one.
+    #[error(transparent)]
+    Unauthenticated(#[from] Unproven),
     /// PERMISSION_DENIED: a bearer-token caller acting on another user's orders; answered
     /// whether or not the order exists (AIP-211), so it reveals nothing.
     #[error("permission denied: a caller may access only its own orders")]
@@ -104,6 +109,7 @@ impl From<Error> for Status {
         match err {
             Error::Invalid(v) => status::invalid_argument(&v),
             Error::NotFound(_) | Error::UserNotFound(_) => Status::not_found(err.to_string()),
+            Error::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
             Error::PermissionDenied => Status::permission_denied(err.to_string()),
             Error::UserInactive(ref id) => {
                 status::failed_precondition("USER_INACTIVE", &format!("users/{id}"), err.to_string())

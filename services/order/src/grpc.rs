@@ -5,8 +5,8 @@ use shopmesh::api::order::v1::{
     CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem as LineItemProto, ListOrdersRequest,
     ListOrdersResponse, Order as OrderProto, OrderState, order_service_server::OrderService,
 };
-use shopmesh::mesh::identity::Subject;
 use shopmesh::mesh::ids;
+use shopmesh::mesh::identity::Principal;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -61,16 +61,11 @@ fn to_proto(o: Order) -> OrderProto {
     }
 }
 
-/// The bearer-token subject of the call, if any: such a caller (from outside the mesh) may act
-/// only on its own orders; calls without one (services, or tokens off) are unrestricted.
-fn subject<T>(req: &Request<T>) -> Option<Subject> {
-    req.extensions().get::<Subject>().cloned()
-}
-
-/// Denies a subject acting for any user but itself, before anything is looked up.
-fn as_self(subject: Option<&Subject>, user_id: &str) -> Result<(), Error> {
-    match subject {
-        Some(Subject(sub)) if **sub != *user_id => Err(Error::PermissionDenied),
+/// Denies an end user acting for any user but itself, before anything is looked up. `scope` is
+/// the call's [`Principal::scope`]: an end user's subject, or `None` for the mesh's own calls.
+fn as_self(scope: Option<&str>, user_id: &str) -> Result<(), Error> {
+    match scope {
+        Some(sub) if sub != user_id => Err(Error::PermissionDenied),
         _ => Ok(()),
     }
 }
@@ -78,17 +73,15 @@ fn as_self(subject: Option<&Subject>, user_id: &str) -> Result<(), Error> {
 #[tonic::async_trait]
 impl OrderService for OrderApi {
     async fn create_order(&self, req: Request<CreateOrderRequest>) -> Result<Response<OrderProto>, Status> {
-        let subject = subject(&req);
         // Whose order it is decides first (AIP-211), before the request is even validated.
-        as_self(subject.as_ref(), &req.get_ref().user_id)?;
+        as_self(Principal::of_call(&req).scope().map_err(Error::from)?, &req.get_ref().user_id)?;
         let new = convert::create_order(req.get_ref())?;
         Ok(Response::new(to_proto(self.orders.create(&new).await?)))
     }
 
     async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Response<OrderProto>, Status> {
-        let subject = subject(&req);
+        let owner = Principal::of_call(&req).scope().map_err(Error::from)?;
         let id = convert::get_order(req.get_ref())?;
-        let owner = subject.as_ref().map(|s| &*s.0);
         Ok(Response::new(to_proto(self.orders.get(&id, owner).await?)))
     }
 
@@ -96,8 +89,7 @@ impl OrderService for OrderApi {
         &self,
         req: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        let subject = subject(&req);
-        as_self(subject.as_ref(), &req.get_ref().user_id)?;
+        as_self(Principal::of_call(&req).scope().map_err(Error::from)?, &req.get_ref().user_id)?;
         let (user_id, page) = convert::list_orders(req.get_ref())?;
         let orders = self.orders.list(&user_id, &page).await?;
         Ok(Response::new(ListOrdersResponse {
@@ -107,9 +99,8 @@ impl OrderService for OrderApi {
     }
 
     async fn cancel_order(&self, req: Request<CancelOrderRequest>) -> Result<Response<OrderProto>, Status> {
-        let subject = subject(&req);
+        let owner = Principal::of_call(&req).scope().map_err(Error::from)?;
         let (id, request_id) = convert::cancel_order(req.get_ref())?;
-        let owner = subject.as_ref().map(|s| &*s.0);
         Ok(Response::new(to_proto(self.orders.cancel(&id, request_id.as_deref(), owner).await?)))
     }
 }

@@ -1,5 +1,6 @@
 //! How a payment-service call fails: one enum, each variant documenting its gRPC status.
 
+use shopmesh::mesh::identity::Unproven;
 use shopmesh::mesh::{status, validation::Violations};
 use tonic::Status;
 
@@ -11,6 +12,10 @@ pub enum Error {
     /// INVALID_ARGUMENT, with a `google.rpc.BadRequest` violation per bad field.
     #[error("invalid request: {0}")]
     Invalid(Violations),
+    /// UNAUTHENTICATED: a caller that proved no identity (no token, no mesh identity, where
+    /// tokens are optional) asked for what needs one.
+    #[error(transparent)]
+    Unauthenticated(#[from] Unproven),
     /// PERMISSION_DENIED: a bearer-token caller; payments are moved by the order service only.
     #[error("permission denied: the payment service serves the mesh, not bearer-token callers")]
     PermissionDenied,
@@ -53,6 +58,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::Invalid(v) => status::invalid_argument(&v),
+            Error::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
             Error::PermissionDenied => Status::permission_denied(err.to_string()),
             Error::NotFound(_) => Status::not_found(err.to_string()),
             Error::RequestIdReused(ref id) => {

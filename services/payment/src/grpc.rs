@@ -5,8 +5,8 @@ use shopmesh::api::payment::v1::{
     ChargeRequest, GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse, Payment as PaymentProto,
     PaymentState, RefundRequest as RefundProto, payment_service_server::PaymentService,
 };
-use shopmesh::mesh::identity::Subject;
 use shopmesh::mesh::ids;
+use shopmesh::mesh::identity::Principal;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -48,12 +48,13 @@ fn to_proto(p: Payment) -> PaymentProto {
     }
 }
 
-/// Refuses calls with a bearer-token subject: a caller from outside the mesh has no business
-/// charging, refunding or reading payments directly (it reads its orders instead).
+/// Refuses calls that are not the mesh's own: an end user (a bearer-token caller) has no
+/// business charging, refunding or reading payments directly (it reads its orders instead),
+/// and a caller that proved nothing is UNAUTHENTICATED.
 fn mesh_only<T>(req: &Request<T>) -> Result<(), Error> {
-    match req.extensions().get::<Subject>() {
-        Some(_) => Err(Error::PermissionDenied),
+    match Principal::of_call(req).scope()? {
         None => Ok(()),
+        Some(_) => Err(Error::PermissionDenied),
     }
 }
 

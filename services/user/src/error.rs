@@ -1,5 +1,6 @@
 //! How a user-service call fails: one enum, each variant documenting its gRPC status.
 
+use shopmesh::mesh::identity::Unproven;
 use shopmesh::mesh::{status, validation::Violations};
 use tonic::Status;
 
@@ -12,6 +13,10 @@ pub enum Error {
     /// NOT_FOUND: no user has this id.
     #[error("user {0} not found")]
     NotFound(String),
+    /// UNAUTHENTICATED: a caller that proved no identity (no token, no mesh identity, where
+    /// tokens are optional) asked for what needs one.
+    #[error(transparent)]
+    Unauthenticated(#[from] Unproven),
     /// PERMISSION_DENIED: a bearer-token caller acting on another user, or on what only the
     /// mesh may do; answered whether or not the user exists (AIP-211), so it reveals nothing.
     #[error("permission denied: {0}")]
@@ -38,6 +43,7 @@ impl From<Error> for Status {
         match err {
             Error::Invalid(v) => status::invalid_argument(&v),
             Error::NotFound(_) => Status::not_found(err.to_string()),
+            Error::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
             Error::PermissionDenied(_) => Status::permission_denied(err.to_string()),
             Error::EmailTaken(_) => Status::already_exists(err.to_string()),
             Error::RequestIdReused(ref id) => {

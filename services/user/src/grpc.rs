@@ -4,8 +4,8 @@ use shopmesh::api::user::v1::{
     CreateUserRequest, GetUserRequest, ListUsersRequest, ListUsersResponse, UpdateUserRequest,
     User as UserProto, user_service_server::UserService,
 };
-use shopmesh::mesh::identity::Subject;
 use shopmesh::mesh::ids;
+use shopmesh::mesh::identity::Principal;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -37,18 +37,18 @@ fn to_proto(u: User) -> UserProto {
     }
 }
 
-/// The bearer-token subject of the call, if any. Such a caller (from outside the mesh) may read
-/// and change only its own user; calls without one (services, or tokens off) are unrestricted.
-fn subject<T>(req: &Request<T>) -> Option<Subject> {
-    req.extensions().get::<Subject>().cloned()
+/// Refuses a call that is not the mesh's own: an end user's (`denied`), or nobody's.
+fn mesh_only<T>(req: &Request<T>, denied: &'static str) -> Result<(), Error> {
+    match Principal::of_call(req).scope()? {
+        None => Ok(()),
+        Some(_) => Err(Error::PermissionDenied(denied)),
+    }
 }
 
-/// Denies a subject access to any user but its own, before anything is looked up.
-fn own_user(subject: Option<&Subject>, id: &str) -> Result<(), Error> {
-    match subject {
-        Some(Subject(sub)) if **sub != *id => {
-            Err(Error::PermissionDenied("a caller may access only its own user"))
-        }
+/// Denies an end user access to any user but its own, before anything is looked up.
+fn own_user(scope: Option<&str>, id: &str) -> Result<(), Error> {
+    match scope {
+        Some(sub) if sub != id => Err(Error::PermissionDenied("a caller may access only its own user")),
         _ => Ok(()),
     }
 }
@@ -56,11 +56,9 @@ fn own_user(subject: Option<&Subject>, id: &str) -> Result<(), Error> {
 #[tonic::async_trait]
 impl UserService for UserApi {
     async fn create_user(&self, req: Request<CreateUserRequest>) -> Result<Response<UserProto>, Status> {
-        if subject(&req).is_some() {
-            // The server picks the new user's id, so no token can name it: accounts are
-            // created by the mesh (a sign-up flow), not by end users' tokens.
-            return Err(Error::PermissionDenied("users are not created with a bearer token").into());
-        }
+        // The server picks the new user's id, so no token can name it: accounts are created by
+        // the mesh (a sign-up flow), not by end users' tokens.
+        mesh_only(&req, "users are not created with a bearer token")?;
         let new = convert::create_user(req.get_ref())?;
         let user = match self.store.create(&new).await.map_err(Error::from)? {
             Created::Inserted(user) => user,
@@ -74,8 +72,7 @@ impl UserService for UserApi {
     }
 
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<UserProto>, Status> {
-        let subject = subject(&req);
-        own_user(subject.as_ref(), &req.get_ref().id)?;
+        own_user(Principal::of_call(&req).scope().map_err(Error::from)?, &req.get_ref().id)?;
         let id = convert::get_user(req.get_ref())?;
         match self.store.get(&id).await.map_err(Error::from)? {
             Some(user) => Ok(Response::new(to_proto(user))),
@@ -87,9 +84,7 @@ impl UserService for UserApi {
         &self,
         req: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
-        if subject(&req).is_some() {
-            return Err(Error::PermissionDenied("listing users is not open to bearer-token callers").into());
-        }
+        mesh_only(&req, "listing users is not open to bearer-token callers")?;
         let page = convert::list_users(req.get_ref())?;
         let users = self.store.list(page.after.as_deref(), page.fetch()).await.map_err(Error::from)?;
         let users = page.split(users, |u| &u.id);
@@ -100,10 +95,10 @@ impl UserService for UserApi {
     }
 
     async fn update_user(&self, req: Request<UpdateUserRequest>) -> Result<Response<UserProto>, Status> {
-        let subject = subject(&req);
-        own_user(subject.as_ref(), req.get_ref().user.as_ref().map_or("", |u| u.id.as_str()))?;
+        let scope = Principal::of_call(&req).scope().map_err(Error::from)?;
+        own_user(scope, req.get_ref().user.as_ref().map_or("", |u| u.id.as_str()))?;
         let (id, patch) = convert::update_user(req.get_ref())?;
-        if subject.is_some() && patch.active.is_some() {
+        if scope.is_some() && patch.active.is_some() {
             // Deactivation is how operators stop an account ordering; its owner cannot undo it.
             return Err(Error::PermissionDenied("a caller may not change its own active state").into());
         }

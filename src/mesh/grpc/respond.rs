@@ -26,8 +26,23 @@ pub enum Refusal {
     /// message: which check failed is logged, never sent, so a caller probing with forged
     /// tokens learns nothing.
     BadToken,
+    /// An edge (a workload the policy names as acting for end users) called without a user's
+    /// bearer token.
+    EdgeWithoutToken,
     /// More calls in progress than the server takes at once.
     Overloaded,
+    /// Request messages being read already fill `bound`'s share of the server's read buffer
+    /// (`connection`, `caller` or `server`); answered at once, nothing is held.
+    ReadBufferFull {
+        /// Whose share is full.
+        bound: &'static str,
+    },
+    /// The caller sent more tokens not seen before than its share of signature checks; it may
+    /// retry after `retry_after`.
+    TooManyNewTokens {
+        /// When the caller may have another token checked.
+        retry_after: Duration,
+    },
     /// The caller is over its rate; it may retry after `retry_after`.
     RateLimited {
         /// When the caller's bucket has a token again.
@@ -83,6 +98,17 @@ pub enum Refusal {
     },
 }
 
+/// RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms`, the time until a retry would be admitted.
+fn pushback(retry_after: Duration, message: &'static str) -> Status {
+    // Rounded up, so a client that waits exactly this long finds a token.
+    let ms = retry_after.as_nanos().div_ceil(1_000_000).max(1);
+    let mut metadata = MetadataMap::new();
+    if let Ok(value) = MetadataValue::try_from(ms.to_string()) {
+        metadata.insert("grpc-retry-pushback-ms", value);
+    }
+    Status::with_metadata(Code::ResourceExhausted, message, metadata)
+}
+
 impl Refusal {
     /// What the caller is told.
     pub fn status(&self) -> Status {
@@ -95,22 +121,25 @@ impl Refusal {
                 caller.as_deref().unwrap_or("the caller")
             )),
             Self::BadToken => Status::unauthenticated("missing or invalid bearer token"),
+            Self::EdgeWithoutToken => Status::unauthenticated(
+                "this caller acts for end users (an edge in the authorization policy): every call \
+                 must carry the user's bearer token",
+            ),
             Self::Overloaded => {
                 Status::resource_exhausted("server overloaded: too many calls in progress, retry later")
             }
-            Self::RateLimited { retry_after } => {
-                // Rounded up, so a client that waits exactly this long finds a token.
-                let ms = retry_after.as_nanos().div_ceil(1_000_000).max(1);
-                let mut metadata = MetadataMap::new();
-                if let Ok(value) = MetadataValue::try_from(ms.to_string()) {
-                    metadata.insert("grpc-retry-pushback-ms", value);
-                }
-                Status::with_metadata(
-                    Code::ResourceExhausted,
-                    "rate limit exceeded for this caller; retry after grpc-retry-pushback-ms",
-                    metadata,
-                )
-            }
+            Self::ReadBufferFull { bound } => Status::resource_exhausted(format!(
+                "request messages being read fill this {bound}'s share of the server's read buffer; \
+                 finish or cancel calls in progress, then retry"
+            )),
+            Self::RateLimited { retry_after } => pushback(
+                *retry_after,
+                "rate limit exceeded for this caller; retry after grpc-retry-pushback-ms",
+            ),
+            Self::TooManyNewTokens { retry_after } => pushback(
+                *retry_after,
+                "too many bearer tokens not seen before from this caller; retry after grpc-retry-pushback-ms",
+            ),
             Self::MetadataTooLarge { size, limit } => Status::resource_exhausted(format!(
                 "request metadata is {size} bytes, over this server's limit of {limit} bytes"
             )),
@@ -195,7 +224,10 @@ mod tests {
             (Refusal::NoIdentity, Code::Unauthenticated),
             (Refusal::NotAllowed { caller: None, path: "/a.B/C".into() }, Code::PermissionDenied),
             (Refusal::BadToken, Code::Unauthenticated),
+            (Refusal::EdgeWithoutToken, Code::Unauthenticated),
             (Refusal::Overloaded, Code::ResourceExhausted),
+            (Refusal::ReadBufferFull { bound: "connection" }, Code::ResourceExhausted),
+            (Refusal::TooManyNewTokens { retry_after: Duration::from_millis(3) }, Code::ResourceExhausted),
             (Refusal::RateLimited { retry_after: Duration::from_micros(1500) }, Code::ResourceExhausted),
             (Refusal::MetadataTooLarge { size: 9, limit: 8 }, Code::ResourceExhausted),
             (Refusal::MessageTooLarge { limit: 8 }, Code::ResourceExhausted),

@@ -19,8 +19,15 @@
 //!     "description": "the order service charges and refunds orders",
 //!     "callers": ["spiffe://cluster.local/ns/shop/sa/shopmesh-order"],
 //!     "methods": ["/shopmesh.payment.v1.PaymentService/Charge", "/shopmesh.payment.v1.PaymentService/Refund"]
-//! } ] }
+//! } ],
+//!   "edges": ["spiffe://cluster.local/ns/shop/sa/shopmesh-gateway"] }
 //! ```
+//!
+//! `edges` (optional) names the workloads that act for end users, such as the API gateway or
+//! ingress that presents its certificate for every internet request. A call from an edge is
+//! served only with a user's verified bearer token and acts for that user; without one it is
+//! UNAUTHENTICATED, so leaving the token out never gives an edge's caller more than sending
+//! one. Naming edges needs bearer tokens on (`--jwt-jwks`): the mesh refuses to start otherwise.
 //!
 //! A caller is a SPIFFE ID, where any of the trust domain, namespace and service account may be
 //! `*` (any value of that one segment). A method is `/package.Service/Method` or
@@ -52,6 +59,10 @@ const HEALTH: &str = "/grpc.health.v1.Health/";
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     rules: Vec<RuleFile>,
+    /// The identities that act for end users (an API gateway, an ingress): every API call
+    /// they make must carry the user's bearer token. Same syntax as a rule's callers.
+    #[serde(default)]
+    edges: Vec<String>,
 }
 
 /// One rule as written: these callers may call these methods.
@@ -181,6 +192,8 @@ fn known_methods(catalogue: &Catalogue) -> Vec<&'static str> {
 #[derive(Debug)]
 pub struct Policy {
     entries: Vec<Entry>,
+    /// Who acts for end users: their calls count as the mesh's only with a user's token.
+    edges: Allowed,
 }
 
 /// What the policy says about one call.
@@ -212,6 +225,15 @@ impl Policy {
     /// [`PolicyError`] naming what is wrong.
     pub fn from_json(text: &str, catalogue: &Catalogue) -> Result<Self, PolicyError> {
         let file: PolicyFile = serde_json::from_str(text)?;
+        let mut edges = Allowed::default();
+        for edge in &file.edges {
+            match parse_caller(edge)? {
+                Caller::Exact(id) => {
+                    edges.exact.insert(id);
+                }
+                Caller::Pattern(p) => edges.patterns.push(p),
+            }
+        }
         let mut entries: Vec<Entry> = known_methods(catalogue)
             .into_iter()
             .map(|path| {
@@ -247,7 +269,18 @@ impl Policy {
                 }
             }
         }
-        Ok(Self { entries })
+        Ok(Self { entries, edges })
+    }
+
+    /// Whether the policy names `id` as an edge: a workload that acts for end users, whose
+    /// API calls must carry the user's bearer token (see [`bearer`](crate::mesh::security::bearer)).
+    pub fn is_edge(&self, id: &SpiffeId) -> bool {
+        self.edges.allows(id)
+    }
+
+    /// Whether the policy names any edge.
+    pub fn has_edges(&self) -> bool {
+        !self.edges.exact.is_empty() || !self.edges.patterns.is_empty()
     }
 
     fn entry(&self, path: &str) -> Option<&Entry> {

@@ -4,8 +4,16 @@
 //! UNAUTHENTICATED, whoever sends it.
 //!
 //! Which calls must carry a token is [`TokenRequirement`]: by default those without a mesh
-//! [`PeerIdentity`] (services calling each other are identified by their mTLS certificates).
+//! [`PeerIdentity`] (services calling each other are identified by their mTLS certificates),
+//! and always those of an edge: a workload the authorization policy names as acting for end
+//! users (`edges`), such as the ingress presenting its certificate for every internet request.
 //! Health and reflection never need one: probes and tooling carry no tokens.
+//!
+//! The layer decides every API call's [`Principal`], which handlers scope their answers by:
+//! a verified token is that [`Principal::User`]; a mesh identity that is no edge, calling
+//! without a token, is [`Principal::Mesh`]; no token and no identity where tokens are optional
+//! is [`Principal::Anonymous`]. With tokens off, every caller the server admitted is the mesh
+//! (mutual TLS identifies them, or nothing is authenticated at all).
 //!
 //! Algorithm confusion is closed by construction: a key is chosen by the token's `kid` alone,
 //! and a token verifies only with an algorithm that is on the allow-list, of the key's own
@@ -22,13 +30,26 @@
 //! remembered by their SHA-256 for at most [`VERIFIED_TTL`], and never past their `exp` (plus
 //! the leeway): a repeat costs a hash and a lookup. Only the exact token verified matches, so
 //! a changed byte anywhere (a forged signature, another claim) is verified in full; a token
-//! that failed is never remembered. The key set is fixed for the process's life, so nothing
-//! a remembered token relied on can change.
+//! that failed is never remembered as valid. The key set is fixed for the process's life, so
+//! nothing a remembered token relied on can change.
+//!
+//! Forged tokens must not buy CPU either: a token that failed is remembered as failed for
+//! [`REFUSED_TTL`] (a repeat is refused for a hash and a lookup), and signature checks of tokens
+//! not seen lately are rate-limited per caller (its mesh identity, else its IP address;
+//! `--jwt-new-tokens-per-second`), answered RESOURCE_EXHAUSTED with pushback past it. This
+//! layer runs before a request message is read, so a caller that has not proved who it is
+//! holds no buffer.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use governor::clock::Clock as _;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use http::{Request, Response};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -41,7 +62,8 @@ use crate::mesh::config::{JwtConfig, TokenRequirement};
 use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
-use crate::mesh::identity::{PeerIdentity, Subject};
+use crate::mesh::security::authz::Policy;
+use crate::mesh::identity::{CallerKey, PeerIdentity, Principal, Subject};
 
 /// Longest `sub` accepted; user ids are UUIDs, and a subject also keys the rate limiter.
 const MAX_SUBJECT_LEN: usize = 256;
@@ -51,6 +73,16 @@ pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300
 
 /// How many verified tokens are remembered at most (32 bytes of key and a subject each).
 const VERIFIED_CAPACITY: u64 = 10_000;
+
+/// How long a token that failed is refused without being checked again. Short: a token that
+/// failed only for the clock (`nbf`, `iat` ahead) may pass a little later.
+pub const REFUSED_TTL: Duration = Duration::from_secs(30);
+
+/// How many failed tokens are remembered at most (32 bytes each).
+const REFUSED_CAPACITY: u64 = 10_000;
+
+/// New-token checks between two sweeps of the per-caller limiter's idle entries.
+const SWEEP_EVERY: u32 = 4096;
 
 /// A token that verified: its subject, and until when (seconds since 1970) it stays valid.
 #[derive(Clone)]
@@ -76,6 +108,12 @@ pub struct Verifier {
     leeway: u64,
     /// Tokens that verified lately, by their SHA-256.
     verified: mini_moka::sync::Cache<[u8; 32], Verified>,
+    /// Tokens that failed lately, by their SHA-256.
+    refused: mini_moka::sync::Cache<[u8; 32], ()>,
+    /// Signature checks per caller; `None`: unbounded.
+    new_tokens: Option<DefaultKeyedRateLimiter<CallerKey>>,
+    /// New-token checks since the limiter was last swept.
+    since_sweep: AtomicU32,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -154,13 +192,61 @@ impl Verifier {
             .max_capacity(VERIFIED_CAPACITY)
             .time_to_live(VERIFIED_TTL)
             .build();
+        let refused = mini_moka::sync::Cache::builder()
+            .max_capacity(REFUSED_CAPACITY)
+            .time_to_live(REFUSED_TTL)
+            .build();
         Ok(Self {
             keys,
             require: config.jwt_require,
             max_lifetime,
             leeway: config.jwt_leeway.as_secs(),
             verified,
+            refused,
+            new_tokens: new_token_limiter(config.jwt_new_tokens_per_second),
+            since_sweep: AtomicU32::new(0),
         })
+    }
+
+    /// Whether `caller` may have one more token not seen lately checked; `Err` is the wait
+    /// until it may.
+    fn admit_new_token(&self, caller: &CallerKey) -> Result<(), Duration> {
+        let Some(limiter) = &self.new_tokens else { return Ok(()) };
+        if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= SWEEP_EVERY {
+            // Callers idle long enough for their bucket to refill hold nothing worth keeping.
+            self.since_sweep.store(0, Ordering::Relaxed);
+            limiter.retain_recent();
+        }
+        limiter.check_key(caller).map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
+    }
+
+    /// What is remembered of `token` (by its SHA-256 `digest`): its subject if it verified
+    /// lately and is still valid, an error if it failed lately; `None` if it must be checked.
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Result<Arc<str>, String>> {
+        if let Some(hit) = self.verified.get(digest) {
+            if jsonwebtoken::get_current_timestamp() <= hit.valid_until {
+                return Some(Ok(hit.sub));
+            }
+            // Expired since: verified in full, which says so.
+            self.verified.invalidate(digest);
+            return None;
+        }
+        self.refused.contains_key(digest).then(|| Err("refused lately".to_owned()))
+    }
+
+    /// Checks `token` in full and remembers the outcome under `digest`.
+    fn verify_new(&self, token: &str, digest: [u8; 32]) -> Result<Arc<str>, String> {
+        match self.verify_signed(token) {
+            Ok((sub, exp)) => {
+                let valid_until = exp.saturating_add(self.leeway);
+                self.verified.insert(digest, Verified { sub: sub.clone(), valid_until });
+                Ok(sub)
+            }
+            Err(why) => {
+                self.refused.insert(digest, ());
+                Err(why)
+            }
+        }
     }
 
     /// The subject of `token` if it is signed by a known key with an allowed algorithm and its
@@ -170,17 +256,10 @@ impl Verifier {
     /// Why the token was rejected, for logs only.
     pub fn verify(&self, token: &str) -> Result<Arc<str>, String> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = self.verified.get(&digest) {
-            if jsonwebtoken::get_current_timestamp() <= hit.valid_until {
-                return Ok(hit.sub);
-            }
-            // Expired since: verified in full below, which says so.
-            self.verified.invalidate(&digest);
+        match self.remembered(&digest) {
+            Some(known) => known,
+            None => self.verify_new(token, digest),
         }
-        let (sub, exp) = self.verify_signed(token)?;
-        let valid_until = exp.saturating_add(self.leeway);
-        self.verified.insert(digest, Verified { sub: sub.clone(), valid_until });
-        Ok(sub)
     }
 
     /// [`Verifier::verify`] without the memory: the subject and `exp` of a token that checks out.
@@ -212,6 +291,19 @@ impl Verifier {
         }
         Ok((sub.into(), data.claims.exp))
     }
+}
+
+/// The per-caller bound on signature checks: `per_second` on average, twice that at once; `None`
+/// for 0 (or less): unbounded.
+fn new_token_limiter(per_second: f64) -> Option<DefaultKeyedRateLimiter<CallerKey>> {
+    if !per_second.is_finite() || per_second <= 0.0 {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
+    // Saturating float-to-int conversion: any rate beyond u32 is as good as unbounded.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let burst = NonZeroU32::new((per_second * 2.0).ceil() as u32).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period).map(|q| RateLimiter::keyed(q.allow_burst(burst)))
 }
 
 fn is_hmac(a: Algorithm) -> bool {
@@ -254,16 +346,18 @@ fn bearer_token<B>(request: &Request<B>) -> Result<Option<&str>, &'static str> {
     Ok(Some(token.trim()))
 }
 
-/// Checks bearer tokens (see the module docs); passes every call through when tokens are off.
+/// Checks bearer tokens and sets each API call's [`Principal`] (see the module docs).
 #[derive(Debug, Clone)]
 pub struct BearerAuthLayer {
     verifier: Option<Arc<Verifier>>,
+    policy: Option<Arc<Policy>>,
 }
 
 impl BearerAuthLayer {
-    /// Checks tokens with `verifier`; `None` turns the layer into a pass-through.
-    pub fn new(verifier: Option<Arc<Verifier>>) -> Self {
-        Self { verifier }
+    /// Checks tokens with `verifier` (`None`: tokens off, every admitted caller is the mesh),
+    /// requiring them of the edges `policy` names.
+    pub fn new(verifier: Option<Arc<Verifier>>, policy: Option<Arc<Policy>>) -> Self {
+        Self { verifier, policy }
     }
 }
 
@@ -271,7 +365,7 @@ impl<S> Layer<S> for BearerAuthLayer {
     type Service = BearerAuth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BearerAuth { inner, verifier: self.verifier.clone() }
+        BearerAuth { inner, layer: self.clone() }
     }
 }
 
@@ -279,21 +373,56 @@ impl<S> Layer<S> for BearerAuthLayer {
 #[derive(Debug, Clone)]
 pub struct BearerAuth<S> {
     inner: S,
-    verifier: Option<Arc<Verifier>>,
+    layer: BearerAuthLayer,
 }
 
-impl<S> BearerAuth<S> {
-    /// Whether the call may go on, with the subject to attach; `Err` is the log line of a
-    /// rejection.
-    fn check<B>(verifier: &Verifier, request: &Request<B>) -> Result<Option<Arc<str>>, String> {
-        match bearer_token(request)? {
-            Some(token) => verifier.verify(token).map(Some),
-            None => match verifier.require {
-                TokenRequirement::Never => Ok(None),
-                TokenRequirement::Unidentified if request.extensions().get::<PeerIdentity>().is_some() => {
-                    Ok(None)
+/// Why a call was refused here: what the caller is told, and a line for the logs.
+struct Rejected {
+    refusal: Refusal,
+    why: String,
+}
+
+impl Rejected {
+    fn token(why: impl Into<String>) -> Self {
+        Self { refusal: Refusal::BadToken, why: why.into() }
+    }
+}
+
+impl BearerAuthLayer {
+    /// Whom `request` acts for, or why it is refused.
+    fn principal<B>(&self, request: &Request<B>) -> Result<Principal, Rejected> {
+        let Some(verifier) = &self.verifier else { return Ok(Principal::Mesh) };
+        let peer = request.extensions().get::<PeerIdentity>();
+        match bearer_token(request).map_err(Rejected::token)? {
+            Some(token) => {
+                let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                let sub = match verifier.remembered(&digest) {
+                    Some(known) => known,
+                    None => {
+                        verifier.admit_new_token(&CallerKey::of(request)).map_err(|retry_after| {
+                            Rejected {
+                                refusal: Refusal::TooManyNewTokens { retry_after },
+                                why: "over this caller's signature checks".into(),
+                            }
+                        })?;
+                        verifier.verify_new(token, digest)
+                    }
                 }
-                TokenRequirement::Unidentified => Err("no token and no mesh identity".into()),
+                .map_err(Rejected::token)?;
+                Ok(Principal::User(sub))
+            }
+            None => match peer {
+                Some(PeerIdentity(id)) if self.policy.as_ref().is_some_and(|p| p.is_edge(id)) => {
+                    Err(Rejected {
+                        refusal: Refusal::EdgeWithoutToken,
+                        why: format!("{id} is an edge and sent no token"),
+                    })
+                }
+                Some(_) => Ok(Principal::Mesh),
+                None => match verifier.require {
+                    TokenRequirement::Never => Ok(Principal::Anonymous),
+                    TokenRequirement::Unidentified => Err(Rejected::token("no token and no mesh identity")),
+                },
             },
         }
     }
@@ -313,26 +442,31 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let Some(verifier) = &self.verifier else {
-            return ResponseFuture::inner(self.inner.call(request));
-        };
+        // Who a call acts for is only ever what this layer decided, never what came along.
+        let extensions = request.extensions_mut();
+        extensions.remove::<Subject>();
+        extensions.remove::<Principal>();
         if Method::of(&request).infrastructure {
             return ResponseFuture::inner(self.inner.call(request));
         }
-        // A subject is only ever what this layer verified, never what a caller sent along.
-        request.extensions_mut().remove::<Subject>();
-        match Self::check(verifier, &request) {
-            Ok(subject) => {
-                if let Some(sub) = subject {
-                    request.extensions_mut().insert(Subject(sub));
+        match self.layer.principal(&request) {
+            Ok(principal) => {
+                if let Principal::User(sub) = &principal {
+                    request.extensions_mut().insert(Subject(sub.clone()));
                 }
+                request.extensions_mut().insert(principal);
                 ResponseFuture::inner(self.inner.call(request))
             }
-            Err(why) => {
+            Err(Rejected { refusal, why }) => {
                 // Debug, not info: a flood of forged tokens must not become a flood of logs.
-                tracing::debug!(path = request.uri().path(), reason = %why, "bearer token rejected");
-                metrics::counter!("shopmesh_server_unauthenticated_total").increment(1);
-                ResponseFuture::refuse(&Refusal::BadToken)
+                tracing::debug!(path = request.uri().path(), reason = %why, "call refused: not authenticated");
+                let reason = match refusal {
+                    Refusal::TooManyNewTokens { .. } => "new_tokens",
+                    Refusal::EdgeWithoutToken => "edge_without_token",
+                    _ => "token",
+                };
+                metrics::counter!("shopmesh_server_unauthenticated_total", "reason" => reason).increment(1);
+                ResponseFuture::refuse(&refusal)
             }
         }
     }
@@ -435,5 +569,60 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2100));
         let expired = verifier.verify(&brief);
         assert!(expired.as_ref().is_err_and(|e| e.contains("xpired")), "{expired:?}");
+    }
+
+    #[tokio::test]
+    async fn failed_tokens_are_refused_from_memory_and_new_ones_are_bounded_per_caller() {
+        use tower::ServiceExt as _;
+        let config = JwtConfig {
+            jwt_issuer: Some("https://id.shopmesh.test".into()),
+            jwt_audience: Some("shopmesh".into()),
+            // One new token per 500 s, one at once: nothing refills during the test.
+            jwt_new_tokens_per_second: 0.002,
+            ..JwtConfig::default()
+        };
+        let jwks: JwkSet = serde_json::from_slice(&fixture("jwks.json")).expect("jwks");
+        let verifier = Arc::new(Verifier::new(&jwks, &config).expect("verifier"));
+        let inner = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(tonic::body::Body::default()))
+        });
+        let svc = BearerAuthLayer::new(Some(verifier.clone()), None).layer(inner);
+        let call = |from: &str, token: &str| {
+            let mut r = request(&[&format!("Bearer {token}")]);
+            let addr = std::net::SocketAddr::new(from.parse().expect("ip"), 4000);
+            r.extensions_mut().insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(addr),
+            });
+            let svc = svc.clone();
+            async move {
+                let response = svc.oneshot(r).await.expect("answer");
+                response.headers().get("grpc-status").map(|v| v.to_str().expect("ascii").to_owned())
+            }
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = |sub: &str| serde_json::json!({"sub": sub, "iss": "https://id.shopmesh.test", "aud": "shopmesh", "iat": now, "exp": now + 600});
+        let forged = |sub: &str| {
+            let token = signed(&claims(sub));
+            let (body, _) = token.rsplit_once('.').expect("three parts");
+            format!("{body}.AAAA")
+        };
+        let valid = signed(&claims("ada"));
+        assert_eq!(verifier.verify(&valid).as_deref(), Ok("ada"), "verified once, by someone");
+
+        let (one, two) = (forged("mallory"), forged("mallory-2"));
+        assert_eq!(call("10.0.0.1", &one).await.as_deref(), Some("16"), "checked, and refused");
+        assert_eq!(
+            call("10.0.0.1", &one).await.as_deref(),
+            Some("16"),
+            "refused from memory: it does not count as a new token (which would be over the bound)"
+        );
+        assert_eq!(
+            call("10.0.0.1", &two).await.as_deref(),
+            Some("8"),
+            "a second new token from the same caller is over its signature checks"
+        );
+        assert_eq!(call("10.0.0.2", &two).await.as_deref(), Some("16"), "another caller has its own bound");
+        assert_eq!(call("10.0.0.1", &valid).await, None, "a token verified lately costs no check");
     }
 }

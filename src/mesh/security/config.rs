@@ -56,6 +56,13 @@ pub struct JwtConfig {
     /// `never` (tokens checked only when present). Health and reflection never need one.
     #[arg(long, env = "SHOPMESH_JWT_REQUIRE", value_enum, default_value_t = TokenRequirement::Unidentified)]
     pub jwt_require: TokenRequirement,
+
+    /// Signature checks per second, per caller (mesh identity, else IP address), of tokens not
+    /// seen lately; twice as many at once. A caller over it is answered RESOURCE_EXHAUSTED with
+    /// pushback, so forged tokens cannot buy CPU. Tokens that verified, or failed, lately cost
+    /// a lookup. 0 turns the bound off.
+    #[arg(long, env = "SHOPMESH_JWT_NEW_TOKENS_PER_SECOND", hide_short_help = true, default_value_t = 100.0)]
+    pub jwt_new_tokens_per_second: f64,
 }
 
 impl Default for JwtConfig {
@@ -69,6 +76,7 @@ impl Default for JwtConfig {
             jwt_leeway: Duration::from_secs(30),
             jwt_max_lifetime: Duration::from_secs(24 * 3600),
             jwt_require: TokenRequirement::Unidentified,
+            jwt_new_tokens_per_second: 100.0,
         }
     }
 }

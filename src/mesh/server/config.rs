@@ -39,6 +39,19 @@ pub struct ServerConfig {
           default_value_t = 64 * 1024 * 1024)]
     pub max_buffered_request_bytes: usize,
 
+    /// Bytes of request messages being read at once over the calls of one connection, within
+    /// --max-buffered-request-bytes: one connection cannot take the whole port's buffer.
+    #[arg(long, env = "SHOPMESH_MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION", hide_short_help = true,
+          default_value_t = 16 * 1024 * 1024)]
+    pub max_buffered_request_bytes_per_connection: usize,
+
+    /// Bytes of request messages being read at once for one caller (its mesh identity and token
+    /// subject, else its IP address), over all its connections, within
+    /// --max-buffered-request-bytes: one client cannot take the whole port's buffer.
+    #[arg(long, env = "SHOPMESH_MAX_BUFFERED_REQUEST_BYTES_PER_CALLER", hide_short_help = true,
+          default_value_t = 8 * 1024 * 1024)]
+    pub max_buffered_request_bytes_per_caller: usize,
+
     /// HTTP/2 streams (calls) one connection may have open at once.
     #[arg(long, env = "SHOPMESH_MAX_CONCURRENT_STREAMS", hide_short_help = true, default_value_t = 256)]
     pub max_concurrent_streams: u32,
@@ -129,6 +142,8 @@ impl Default for ServerConfig {
             max_concurrent_requests_per_identity: 384,
             request_read_timeout: Duration::from_secs(5),
             max_buffered_request_bytes: 64 * 1024 * 1024,
+            max_buffered_request_bytes_per_connection: 16 * 1024 * 1024,
+            max_buffered_request_bytes_per_caller: 8 * 1024 * 1024,
             max_concurrent_streams: 256,
             max_message_bytes: 4 * 1024 * 1024,
             http2_keepalive_interval: Duration::from_secs(30),

@@ -13,12 +13,10 @@
 //! a bound of their own, as large, and the per-connection bound, so their long-lived streams
 //! cannot pile up without end either.
 
-use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use dashmap::DashMap;
 use http::{Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::TcpConnectInfo;
@@ -28,6 +26,7 @@ use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
 use crate::mesh::identity::{PeerIdentity, SpiffeId};
+use crate::mesh::server::per_key::{KeyPermit, PerKey};
 
 /// Bounds concurrent calls to `limit` across every connection of a server, and the share of
 /// one connection and one identity.
@@ -47,22 +46,22 @@ impl LoadShedLayer {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             infrastructure: Arc::new(Semaphore::new(limit)),
-            per_connection: Arc::new(PerKey::new(u32::MAX)),
-            per_identity: Arc::new(PerKey::new(u32::MAX)),
+            per_connection: Arc::new(PerKey::new(u64::MAX)),
+            per_identity: Arc::new(PerKey::new(u64::MAX)),
         }
     }
 
     /// At most `limit` calls at once on one connection (at least 1).
     #[must_use]
     pub fn per_connection(mut self, limit: u32) -> Self {
-        self.per_connection = Arc::new(PerKey::new(limit));
+        self.per_connection = Arc::new(PerKey::new(u64::from(limit)));
         self
     }
 
     /// At most `limit` calls at once from one mTLS identity, over all its connections.
     #[must_use]
     pub fn per_identity(mut self, limit: u32) -> Self {
-        self.per_identity = Arc::new(PerKey::new(limit));
+        self.per_identity = Arc::new(PerKey::new(u64::from(limit)));
         self
     }
 }
@@ -95,12 +94,12 @@ impl LoadShedLayer {
     fn acquire<B>(&self, request: &Request<B>, method: Method) -> Result<Permits, &'static str> {
         let ext = request.extensions();
         let connection = match ext.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr) {
-            Some(addr) => Some(self.per_connection.try_acquire(addr).ok_or("connection")?),
+            Some(addr) => Some(self.per_connection.try_acquire(addr, 1).ok_or("connection")?),
             None => None,
         };
         let identity = match ext.get::<PeerIdentity>() {
             Some(PeerIdentity(id)) if !method.infrastructure => {
-                Some(self.per_identity.try_acquire(id.clone()).ok_or("identity")?)
+                Some(self.per_identity.try_acquire(id.clone(), 1).ok_or("identity")?)
             }
             _ => None,
         };
@@ -141,47 +140,6 @@ where
 /// The response of a [`LoadShed`] service: handled while holding its slots (returned with the
 /// answer), or refused.
 pub type ResponseFuture<F, ResBody> = Answer<F, ResBody, Option<Permits>>;
-
-/// Calls in progress per key (a connection, an identity), each key at most `limit`. Entries
-/// live only while a call of theirs does, so the map holds no more than the calls in progress.
-#[derive(Debug)]
-struct PerKey<K: Eq + Hash> {
-    counts: DashMap<K, u32>,
-    limit: u32,
-}
-
-impl<K: Eq + Hash + Clone> PerKey<K> {
-    fn new(limit: u32) -> Self {
-        Self { counts: DashMap::new(), limit: limit.max(1) }
-    }
-
-    fn try_acquire(self: &Arc<Self>, key: K) -> Option<KeyPermit<K>> {
-        {
-            let mut count = self.counts.entry(key.clone()).or_insert(0);
-            if *count >= self.limit {
-                return None;
-            }
-            *count += 1;
-        }
-        Some(KeyPermit { owner: self.clone(), key })
-    }
-}
-
-/// One call's slot of a key; given back when dropped.
-#[derive(Debug)]
-pub struct KeyPermit<K: Eq + Hash> {
-    owner: Arc<PerKey<K>>,
-    key: K,
-}
-
-impl<K: Eq + Hash> Drop for KeyPermit<K> {
-    fn drop(&mut self) {
-        self.owner.counts.remove_if_mut(&self.key, |_, count| {
-            *count -= 1;
-            *count == 0
-        });
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -13,20 +13,22 @@
 //!    authentication on, only a caller with a mesh identity's), RED metrics.
 //! 5. [`authz`](crate::mesh::security::authz): per-method policy (UNAUTHENTICATED,
 //!    PERMISSION_DENIED).
-//! 6. [`request_read`]: the request message read within the read timeout, before any slot is
-//!    taken (DEADLINE_EXCEEDED when late).
-//! 7. [`load_shed`]: bounded concurrency, per server, connection and identity; RESOURCE_EXHAUSTED
+//! 6. [`metadata_size`]: oversized metadata, RESOURCE_EXHAUSTED.
+//! 7. [`bearer`](crate::mesh::security::bearer): bearer tokens → the call's `Principal`
+//!    (UNAUTHENTICATED; RESOURCE_EXHAUSTED past a caller's checks of new tokens).
+//! 8. [`request_read`]: the request message read within the read timeout, within the caller's,
+//!    the connection's and the port's shares of the read buffer, before any slot is taken
+//!    (DEADLINE_EXCEEDED when late, RESOURCE_EXHAUSTED when a share is full).
+//! 9. [`load_shed`]: bounded concurrency, per server, connection and identity; RESOURCE_EXHAUSTED
 //!    at once.
-//! 8. [`metadata_size`]: oversized metadata, RESOURCE_EXHAUSTED.
-//! 9. [`readiness`]: UNAVAILABLE until the database is ready.
-//! 10. [`bearer`](crate::mesh::security::bearer): bearer tokens → `Subject`.
+//! 10. [`readiness`]: UNAVAILABLE until the database is ready.
 //! 11. [`rate_limit`]: per caller.
 //! 12. [`deadline`]: the caller's `grpc-timeout` becomes the handler's deadline.
 //! 13. [`message_size`]: oversized messages, RESOURCE_EXHAUSTED.
 //! 14. The router: health, reflection, the service.
 //!
 //! The plaintext probe port serves health alone, with the same HTTP/2 limits (1.) and the
-//! same read timeout and bounds (6., 7.).
+//! same read timeout and bounds (8., 9.); it reads no other message.
 //!
 //! What each refusal tells the caller is decided in one place,
 //! [`respond`](crate::mesh::grpc::respond).
@@ -38,6 +40,7 @@ pub mod message_size;
 pub mod metadata_size;
 pub mod method;
 pub mod peer;
+pub mod per_key;
 pub mod rate_limit;
 pub mod readiness;
 pub mod request_read;
@@ -68,7 +71,7 @@ use method::MethodLayer;
 use peer::PeerLayer;
 use rate_limit::RateLimitLayer;
 use readiness::{Readiness, ReadyGateLayer};
-use request_read::RequestReadLayer;
+use request_read::{ReadBudget, RequestReadLayer};
 
 /// A server builder with the HTTP/2 limits of `limits`: the service port and the probe port
 /// both get them, since either may face hostile peers.
@@ -92,7 +95,11 @@ fn request_read(limits: &crate::mesh::config::ServerConfig) -> RequestReadLayer 
     RequestReadLayer::new(
         limits.request_read_timeout,
         limits.max_message_bytes,
-        limits.max_buffered_request_bytes,
+        ReadBudget {
+            server: limits.max_buffered_request_bytes,
+            per_connection: limits.max_buffered_request_bytes_per_connection,
+            per_caller: limits.max_buffered_request_bytes_per_caller,
+        },
     )
 }
 
@@ -224,8 +231,9 @@ where
         // Nothing but health: probes carry no certificate, so this port must expose nothing else.
         let probe_server = builder(limits)
             .layer(MethodLayer::new(mesh.api().catalogue))
-            // A health request, too, must arrive in time, and hold a slot only while answered.
-            .layer(request_read(limits))
+            // A health request, too, must arrive in time, and hold a slot only while answered;
+            // nothing else is read here (the router answers it UNIMPLEMENTED).
+            .layer(request_read(limits).health_only())
             .layer(load_shed(limits))
             .add_service(probe_health)
             .serve_with_incoming_shutdown(TcpIncoming::from(probe), probe_stop.clone().cancelled_owned());
@@ -268,18 +276,20 @@ where
         .layer(ServerObserveLayer::new(mesh.authenticates()))
         // Before shedding: a refused caller must not take a slot from allowed ones.
         .layer(AuthzLayer::new(mesh.policy().cloned()))
+        // Cheap, and before any layer reads metadata (a huge token is refused unparsed).
+        .layer(MetadataSizeLayer::new(limits.max_metadata_bytes as usize))
+        // Before the message is read: a caller that has not proved who it is holds no buffer.
+        // Needs the mesh identity (mTLS, outside this stack); gives the layers below and the
+        // handler the call's principal. Cheap for known tokens, bounded per caller for new ones.
+        .layer(BearerAuthLayer::new(mesh.verifier().cloned(), mesh.policy().cloned()))
         // Before shedding: a call waiting for its message holds no slot, so clients that send
-        // HEADERS and never DATA cannot lock others out; after authz, so refused callers are
-        // not read.
+        // HEADERS and never DATA cannot lock others out; within per-caller and per-connection
+        // shares, so one client cannot take the port's buffer either.
         .layer(request_read(limits))
         // Refusing an excess call must cost nothing beyond being counted.
         .layer(load_shed(limits))
-        // Cheap, and before any layer reads metadata (a huge token is refused unparsed).
-        .layer(MetadataSizeLayer::new(limits.max_metadata_bytes as usize))
         // Before the database is ready, calls get UNAVAILABLE rather than "no such table".
         .layer(ReadyGateLayer::new(gate))
-        // Needs the mesh identity (mTLS, outside this stack); gives the rate limiter a subject.
-        .layer(BearerAuthLayer::new(mesh.verifier().cloned()))
         // After authentication, so a caller is its verified identity or subject, not an
         // address a gateway shares among many users; refusals are still cheap.
         .layer(rate_limit)

@@ -1,9 +1,8 @@
 //! Per-caller rate limits: a token bucket (GCRA, from `governor`) per caller, so one noisy
-//! client cannot take a service's capacity from the others. A caller is its mesh identity
-//! ([`PeerIdentity`]) and its bearer token's [`Subject`] together when it has both (a gateway
-//! calling for its signed-in users: each user gets a bucket, not one for the whole gateway),
-//! else whichever of the two it has, else its IP address (an IPv6 address by its /64, which
-//! one host can fill). A call over its caller's rate is answered
+//! client cannot take a service's capacity from the others. A caller is its [`CallerKey`]: its
+//! mesh identity and its token's subject together when it has both (a gateway calling for its
+//! signed-in users: each user gets a bucket, not one for the whole gateway), else whichever of
+//! the two it has, else its IP address. A call over its caller's rate is answered
 //! RESOURCE_EXHAUSTED at once with `grpc-retry-pushback-ms`, the time until it would be admitted.
 //!
 //! Health checks and reflection are never limited: a probe refused would get a pod restarted.
@@ -12,7 +11,6 @@
 //! seen within that time.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,54 +19,17 @@ use std::time::Duration;
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Request, Response};
-use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
 use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
-use crate::mesh::identity::{PeerIdentity, SpiffeId, Subject};
+use crate::mesh::identity::CallerKey;
 
 /// How often buckets that have refilled are dropped.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Whom a bucket belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Caller {
-    /// A subject behind a mesh identity: a user of a gateway.
-    PeerSubject(SpiffeId, Arc<str>),
-    Peer(SpiffeId),
-    Subject(Arc<str>),
-    Ip(IpAddr),
-    /// No address known (not a TCP connection): all such calls share one bucket.
-    Unknown,
-}
-
-impl Caller {
-    fn of<B>(request: &Request<B>) -> Self {
-        let ext = request.extensions();
-        match (ext.get::<PeerIdentity>(), ext.get::<Subject>()) {
-            (Some(PeerIdentity(id)), Some(Subject(sub))) => {
-                return Self::PeerSubject(id.clone(), sub.clone());
-            }
-            (Some(PeerIdentity(id)), None) => return Self::Peer(id.clone()),
-            (None, Some(Subject(sub))) => return Self::Subject(sub.clone()),
-            (None, None) => {}
-        }
-        match ext.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr).map(|a| a.ip()) {
-            Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self::Ip(IpAddr::V4(v4)),
-                // One host usually owns a whole /64; keying by full address would let it mint
-                // buckets (and map entries) at will.
-                None => Self::Ip(IpAddr::V6((u128::from(v6) & !(u128::from(u64::MAX))).into())),
-            },
-            Some(ip) => Self::Ip(ip),
-            None => Self::Unknown,
-        }
-    }
-}
-
-type Limiter = DefaultKeyedRateLimiter<Caller>;
+type Limiter = DefaultKeyedRateLimiter<CallerKey>;
 
 /// Limits each caller to a rate with a burst; a pass-through when no rate is set.
 #[derive(Debug, Clone)]
@@ -142,7 +103,7 @@ where
         if method.infrastructure {
             return ResponseFuture::inner(self.inner.call(request));
         }
-        match limiter.check_key(&Caller::of(&request)) {
+        match limiter.check_key(&CallerKey::of(&request)) {
             Ok(()) => ResponseFuture::inner(self.inner.call(request)),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(limiter.clock().now());
@@ -166,9 +127,11 @@ pub type ResponseFuture<F, ResBody> = Answer<F, ResBody>;
 mod tests {
     use std::convert::Infallible;
 
+    use tonic::transport::server::TcpConnectInfo;
     use tower::ServiceExt as _;
 
     use super::*;
+    use crate::mesh::identity::{PeerIdentity, SpiffeId, Subject};
 
     fn from(ip: &str) -> Request<()> {
         let mut r =
@@ -176,22 +139,6 @@ mod tests {
         let addr = std::net::SocketAddr::new(ip.parse().expect("ip"), 4000);
         r.extensions_mut().insert(TcpConnectInfo { local_addr: None, remote_addr: Some(addr) });
         r
-    }
-
-    #[test]
-    fn callers_are_keyed_by_identity_and_subject_then_address() {
-        let mut r = from("10.0.0.1");
-        assert_eq!(Caller::of(&r), Caller::Ip("10.0.0.1".parse().expect("ip")));
-        r.extensions_mut().insert(Subject("u1".into()));
-        assert_eq!(Caller::of(&r), Caller::Subject("u1".into()));
-        let id = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/shopmesh-order").expect("id");
-        r.extensions_mut().insert(PeerIdentity(id.clone()));
-        assert_eq!(Caller::of(&r), Caller::PeerSubject(id.clone(), "u1".into()));
-        r.extensions_mut().remove::<Subject>();
-        assert_eq!(Caller::of(&r), Caller::Peer(id));
-        assert_eq!(Caller::of(&from("2001:db8::1")), Caller::of(&from("2001:db8::ffff:1")), "same /64");
-        assert_ne!(Caller::of(&from("2001:db8::1")), Caller::of(&from("2001:db8:0:1::1")));
-        assert_eq!(Caller::of(&from("::ffff:10.0.0.1")), Caller::of(&from("10.0.0.1")));
     }
 
     #[tokio::test]

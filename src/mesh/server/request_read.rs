@@ -11,11 +11,22 @@
 //! paths outside the catalogue (the router answers them UNIMPLEMENTED without reading). The
 //! message is held as the `Bytes` the connection delivered (one DATA frame, usually: no copy)
 //! and handed on as a complete body; reading stops, RESOURCE_EXHAUSTED, past the message size
-//! limit plus gRPC's 5-byte frame header. The bytes being read, over all calls, are bounded
-//! (`--max-buffered-request-bytes`): a call whose message would go over is answered
-//! RESOURCE_EXHAUSTED, so clients sending large messages slowly cannot hold unbounded memory.
-//! A call's share is given back when its message is handed on (load shedding bounds what
-//! follows) or it is answered.
+//! limit plus gRPC's 5-byte frame header.
+//!
+//! The bytes being read are bounded three times over, so clients sending large messages slowly
+//! can neither hold unbounded memory nor lock others out: per connection
+//! (`--max-buffered-request-bytes-per-connection`), per caller (its [`CallerKey`]: mesh
+//! identity and token subject, else IP address; `--max-buffered-request-bytes-per-caller`),
+//! and over the whole port (`--max-buffered-request-bytes`). A caller's bytes count against
+//! the port only within its own shares, so one client can take at most its share from the
+//! others. A call whose message would go over any of them is answered RESOURCE_EXHAUSTED at
+//! once, saying whose share is full. A call's shares are given back when its message is handed
+//! on (load shedding bounds what follows) or it is answered.
+//!
+//! Health checks take no share: their messages are small (at most [`HEALTH_MESSAGE_LIMIT`]
+//! bytes, however large API messages may be), so API traffic can never starve a probe. The
+//! layer sits below authentication (authz, bearer tokens): a caller that has not proved who
+//! it is is refused before it can hold a byte.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,27 +46,67 @@ use tower::{Layer, Service};
 
 use crate::mesh::grpc::catalogue::{Method, REFLECTION};
 use crate::mesh::grpc::respond::Refusal;
+use crate::mesh::identity::CallerKey;
+use crate::mesh::server::per_key::{KeyPermit, PerKey};
+use tonic::transport::server::TcpConnectInfo;
 
 /// gRPC's length-prefixed message framing: a compression flag and a 4-byte length.
 const FRAME_HEADER: usize = 5;
+
+/// The largest health-check message read (`HealthCheckRequest` holds a service name).
+pub const HEALTH_MESSAGE_LIMIT: usize = 4096;
+
+/// How many bytes of request messages may be being read at once, and by whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBudget {
+    /// Over every call of the port.
+    pub server: usize,
+    /// Over the calls of one connection.
+    pub per_connection: usize,
+    /// Over the calls of one caller ([`CallerKey`]), on all its connections.
+    pub per_caller: usize,
+}
+
+/// The shares of the read budget, shared by every call of one port.
+#[derive(Debug)]
+struct Budgets {
+    server: Arc<Semaphore>,
+    connections: Arc<PerKey<std::net::SocketAddr>>,
+    callers: Arc<PerKey<CallerKey>>,
+}
 
 /// Reads each call's request message within `timeout`, at most `max_message_bytes` long.
 #[derive(Debug, Clone)]
 pub struct RequestReadLayer {
     timeout: Duration,
     limit: usize,
-    buffered: Arc<Semaphore>,
+    budgets: Arc<Budgets>,
+    health_only: bool,
 }
 
 impl RequestReadLayer {
     /// Waits at most `timeout` for a request message of at most `max_message_bytes`, with at
-    /// most `max_buffered_bytes` being read at once over all calls.
-    pub fn new(timeout: Duration, max_message_bytes: usize, max_buffered_bytes: usize) -> Self {
+    /// most what `budget` allows being read at once.
+    pub fn new(timeout: Duration, max_message_bytes: usize, budget: ReadBudget) -> Self {
+        let share = |bytes: usize| u64::try_from(bytes).unwrap_or(u64::MAX);
         Self {
             timeout,
             limit: max_message_bytes.saturating_add(FRAME_HEADER),
-            buffered: Arc::new(Semaphore::new(max_buffered_bytes.clamp(1, Semaphore::MAX_PERMITS))),
+            budgets: Arc::new(Budgets {
+                server: Arc::new(Semaphore::new(budget.server.clamp(1, Semaphore::MAX_PERMITS))),
+                connections: Arc::new(PerKey::new(share(budget.per_connection))),
+                callers: Arc::new(PerKey::new(share(budget.per_caller))),
+            }),
+            health_only: false,
         }
+    }
+
+    /// For a port that serves health alone (the probe port): only health messages are read;
+    /// every other call goes on unread, to be answered UNIMPLEMENTED by the router.
+    #[must_use]
+    pub fn health_only(mut self) -> Self {
+        self.health_only = true;
+        self
     }
 }
 
@@ -63,7 +114,7 @@ impl<S> Layer<S> for RequestReadLayer {
     type Service = RequestRead<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestRead { inner, timeout: self.timeout, limit: self.limit, buffered: self.buffered.clone() }
+        RequestRead { inner, layer: self.clone() }
     }
 }
 
@@ -71,9 +122,7 @@ impl<S> Layer<S> for RequestReadLayer {
 #[derive(Debug, Clone)]
 pub struct RequestRead<S> {
     inner: S,
-    timeout: Duration,
-    limit: usize,
-    buffered: Arc<Semaphore>,
+    layer: RequestReadLayer,
 }
 
 impl<S, ResBody> Service<Request<Body>> for RequestRead<S>
@@ -91,7 +140,11 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let method = Method::of(&request);
-        if method == Method::UNKNOWN || REFLECTION.contains(&method.path) {
+        let health = method.infrastructure && !REFLECTION.contains(&method.path);
+        if method == Method::UNKNOWN
+            || REFLECTION.contains(&method.path)
+            || (self.layer.health_only && !health)
+        {
             return ResponseFuture::Calling { future: self.inner.call(request) };
         }
         // The service that was made ready goes with the call; a fresh clone stays (tower's rule).
@@ -99,16 +152,21 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
         ResponseFuture::Reading {
-            sleep: tokio::time::sleep(self.timeout),
+            sleep: tokio::time::sleep(self.layer.timeout),
             read: Some(Read {
                 inner,
                 parts,
                 body,
                 message: Message::Empty,
-                limit: self.limit,
+                limit: if health {
+                    self.layer.limit.min(HEALTH_MESSAGE_LIMIT + FRAME_HEADER)
+                } else {
+                    self.layer.limit
+                },
                 method,
-                buffered: self.buffered.clone(),
-                share: None,
+                // Health takes no share: its messages are small, and it must never wait on API calls.
+                budgets: (!health).then(|| self.layer.budgets.clone()),
+                shares: None,
             }),
         }
     }
@@ -165,9 +223,63 @@ pub struct Read<S> {
     message: Message,
     limit: usize,
     method: Method,
-    /// The server-wide budget of bytes being read, and this call's share of it.
-    buffered: Arc<Semaphore>,
-    share: Option<OwnedSemaphorePermit>,
+    /// The port's read budget (`None` for health), and this call's shares of it.
+    budgets: Option<Arc<Budgets>>,
+    shares: Option<Shares>,
+}
+
+/// What one call holds of the read budget.
+#[derive(Debug)]
+struct Shares {
+    caller: KeyPermit<CallerKey>,
+    connection: Option<KeyPermit<std::net::SocketAddr>>,
+    server: OwnedSemaphorePermit,
+}
+
+impl<S> Read<S> {
+    /// Counts `n` more bytes of this call's message against its caller's, its connection's and
+    /// the port's shares; `Err` names the one that is full (this call then holds nothing).
+    fn take(&mut self, n: usize) -> Result<(), &'static str> {
+        let Some(budgets) = &self.budgets else { return Ok(()) };
+        let amount = u64::try_from(n).unwrap_or(u64::MAX);
+        match &mut self.shares {
+            None => {
+                let caller = budgets
+                    .callers
+                    .try_acquire(CallerKey::from_extensions(&self.parts.extensions), amount)
+                    .ok_or("caller")?;
+                let connection =
+                    match self.parts.extensions.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr)
+                    {
+                        Some(addr) => {
+                            Some(budgets.connections.try_acquire(addr, amount).ok_or("connection")?)
+                        }
+                        None => None,
+                    };
+                let server = u32::try_from(n)
+                    .ok()
+                    .and_then(|n| budgets.server.clone().try_acquire_many_owned(n).ok())
+                    .ok_or("server")?;
+                self.shares = Some(Shares { caller, connection, server });
+            }
+            Some(shares) => {
+                if !shares.caller.try_grow(amount) {
+                    return Err("caller");
+                }
+                if let Some(connection) = &mut shares.connection
+                    && !connection.try_grow(amount)
+                {
+                    return Err("connection");
+                }
+                let more = u32::try_from(n)
+                    .ok()
+                    .and_then(|n| budgets.server.clone().try_acquire_many_owned(n).ok())
+                    .ok_or("server")?;
+                shares.server.merge(more);
+            }
+        }
+        Ok(())
+    }
 }
 
 pin_project! {
@@ -204,6 +316,15 @@ where
     }
 }
 
+/// The metric's `reason` for a full share of `bound`.
+fn bound_reason(bound: &'static str) -> &'static str {
+    match bound {
+        "caller" => "buffer_full_caller",
+        "connection" => "buffer_full_connection",
+        _ => "buffer_full_server",
+    }
+}
+
 impl<S, ResBody> Future for ResponseFuture<S, S::Future>
 where
     S: Service<Request<Body>, Response = Response<ResBody>>,
@@ -224,15 +345,9 @@ where
                                     let refusal = Refusal::MessageTooLarge { limit: r.limit - FRAME_HEADER };
                                     return Self::refuse(r.method, "too_large", &refusal);
                                 }
-                                let Some(more) = u32::try_from(data.len())
-                                    .ok()
-                                    .and_then(|n| r.buffered.clone().try_acquire_many_owned(n).ok())
-                                else {
-                                    return Self::refuse(r.method, "buffer_full", &Refusal::Overloaded);
-                                };
-                                match &mut r.share {
-                                    Some(share) => share.merge(more),
-                                    None => r.share = Some(more),
+                                if let Err(bound) = r.take(data.len()) {
+                                    let refusal = Refusal::ReadBufferFull { bound };
+                                    return Self::refuse(r.method, bound_reason(bound), &refusal);
                                 }
                                 r.message.push(data);
                             }
