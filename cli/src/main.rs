@@ -32,6 +32,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use shopmesh::mesh::config::TelemetryConfig;
+use shopmesh::mesh::security::certificates;
 use shopmesh::mesh::telemetry::Telemetry;
 
 use cli::{Cli, Command};
@@ -68,7 +69,8 @@ fn main() -> ExitCode {
             tools::dev_certs(&out, &trust_domain, &namespace)
         }
         Some(Command::IssueCertificate { ca_cert, ca_key, spiffe_id, dns, validity, out }) => {
-            tools::issue_certificate(&ca_cert, &ca_key, &spiffe_id, &dns, validity, &out)
+            let result = certificates::issue_workload(&ca_cert, &ca_key, &spiffe_id, &dns, validity, &out);
+            tools::issued(&spiffe_id, &out, result)
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use shopmesh::mesh::health;
 use shopmesh::mesh::security::certificates;
@@ -41,16 +41,10 @@ pub fn dev_certs(out: &Path, trust_domain: &str, namespace: &str) -> ExitCode {
     }
 }
 
-/// `issue-certificate`: a workload certificate signed with a CA's key.
-pub fn issue_certificate(
-    ca_cert: &Path,
-    ca_key: &Path,
-    spiffe_id: &str,
-    dns: &[String],
-    validity: Duration,
-    out: &Path,
-) -> ExitCode {
-    match certificates::issue_workload(ca_cert, ca_key, spiffe_id, dns, validity, out) {
+/// `issue-certificate`: says what [`certificates::issue_workload`] issued for `spiffe_id` into
+/// `out`, or why it could not.
+pub fn issued(spiffe_id: &str, out: &Path, result: Result<SystemTime, shopmesh::mesh::Error>) -> ExitCode {
+    match result {
         Ok(not_after) => {
             println!(
                 "issued {spiffe_id} into {}, valid until {}",

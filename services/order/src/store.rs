@@ -416,6 +416,7 @@ fn order_from_row(row: &AnyRow, items: Vec<LineItem>) -> Result<Order, sqlx::Err
 
 #[cfg(test)]
 mod tests {
+    use shopmesh::mesh::service::MeshService as _;
     use shopmesh::mesh::testing;
 
     use super::*;
@@ -446,13 +447,8 @@ mod tests {
     async fn an_order_and_its_lines_are_stored_together_or_not_at_all() {
         for backend in testing::backends() {
             let db = testing::database(backend, "order_store").await;
-            let pool = db::open(
-                &db.url,
-                &testing::mesh_config(),
-                <crate::Order as shopmesh::mesh::service::MeshService>::MIGRATIONS,
-            )
-            .await
-            .expect("open");
+            let pool =
+                db::open(&db.url, &testing::mesh_config(), crate::Order::MIGRATIONS).await.expect("open");
             let store = Store::new(pool.clone(), Duration::from_secs(60));
 
             let order = store.insert(&new_order("r1", &[2, 1, 5])).await.expect("insert").expect("new");
@@ -484,13 +480,8 @@ mod tests {
     async fn settling_answers_the_order_as_stored_whichever_way_it_is_written() {
         for backend in testing::backends() {
             let db = testing::database(backend, "order_settle").await;
-            let pool = db::open(
-                &db.url,
-                &testing::mesh_config(),
-                <crate::Order as shopmesh::mesh::service::MeshService>::MIGRATIONS,
-            )
-            .await
-            .expect("open");
+            let pool =
+                db::open(&db.url, &testing::mesh_config(), crate::Order::MIGRATIONS).await.expect("open");
             let store = Store::new(pool.clone(), Duration::from_secs(60));
 
             let paid = store.insert(&new_order("r1", &[2])).await.expect("insert").expect("new");

@@ -259,6 +259,7 @@ fn from_row(row: &AnyRow) -> Result<Payment, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
+    use shopmesh::mesh::service::MeshService as _;
     use shopmesh::mesh::testing;
 
     use super::*;
@@ -281,13 +282,8 @@ mod tests {
     async fn payments_are_answered_as_stored_whichever_way_they_are_written() {
         for backend in testing::backends() {
             let db = testing::database(backend, "payment_store").await;
-            let pool = db::open(
-                &db.url,
-                &testing::mesh_config(),
-                <crate::Payment as shopmesh::mesh::service::MeshService>::MIGRATIONS,
-            )
-            .await
-            .expect("open");
+            let pool =
+                db::open(&db.url, &testing::mesh_config(), crate::Payment::MIGRATIONS).await.expect("open");
             let store = Store::new(pool.clone(), Duration::from_secs(30));
 
             let new = store.insert_processing(&charge("r1")).await.expect("insert").expect("new");
