@@ -59,12 +59,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .await
     });
-    // Layers off: the same routes on a bare tonic server.
+    // Layers off: the same routes on a bare tonic server, with only the token layer (tokens off),
+    // which tells handlers whom a call acts for (the mesh, here) and costs a few extensions.
     let off = TcpListener::bind("127.0.0.1:0").await?;
     let off_url = format!("http://{}", off.local_addr()?);
     let routes = User::start(&mesh_for_server, &user_config, pool.clone()).await?.routes;
     tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(shopmesh::mesh::security::bearer::BearerAuthLayer::new(None, None))
             .add_routes(routes)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(off).with_nodelay(Some(true))),
     );

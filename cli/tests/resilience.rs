@@ -601,6 +601,8 @@ async fn lost_charge_replies_are_retried_without_charging_twice() {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .layer(layer)
+                // What the handlers need of the mesh's stack: whom a call acts for (the mesh).
+                .layer(shopmesh::mesh::security::bearer::BearerAuthLayer::new(None, None))
                 .add_routes(routes)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );

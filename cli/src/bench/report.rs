@@ -346,9 +346,10 @@ mod tests {
         }
         let report = stats.report(run(), now);
         let latency = report.latency_ms.expect("latency");
-        // Each answer came at least as long after its due time as it was due before `now`.
-        assert!((50.0..55.0).contains(&latency.p50), "{latency:?}");
-        assert!((2_000.0..2_100.0).contains(&latency.max), "{latency:?}");
+        // Each answer came at least as long after its due time as it was due before `now` (the
+        // upper bounds leave room for a loaded machine between `now` and the answers).
+        assert!((50.0..1_000.0).contains(&latency.p50), "{latency:?}");
+        assert!((2_000.0..3_000.0).contains(&latency.max), "{latency:?}");
         assert!(latency.p90 >= 60.0, "{latency:?}");
     }
 
