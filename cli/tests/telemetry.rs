@@ -632,12 +632,11 @@ async fn served_by_the_catalog(extra: &[&str], caller_trace: &str) -> Vec<Receiv
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", otlp), ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned())];
     let process = Process::start_with(&args, &env, Stdio::null());
     testing::wait_serving(catalog_addr, "shopmesh.catalog.v1.CatalogService").await;
-    let mut catalog =
-        shopmesh::api::catalog::v1::catalog_service_client::CatalogServiceClient::connect(format!(
-            "http://{catalog_addr}"
-        ))
-        .await
-        .expect("connect");
+    let mut catalog = shopmesh::api::catalog::v1::catalog_service_client::CatalogServiceClient::connect(
+        format!("http://{catalog_addr}"),
+    )
+    .await
+    .expect("connect");
     let mut request = tonic::Request::new(shopmesh::api::catalog::v1::ListProductsRequest::default());
     let traceparent = format!("00-{caller_trace}-00f067aa0ba902b7-01");
     request.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));

@@ -6,8 +6,8 @@ use shopmesh::api::catalog::v1::{
     catalog_service_server::CatalogService,
 };
 use shopmesh::api::common::v1::Money;
-use shopmesh::mesh::ids;
 use shopmesh::mesh::identity::Principal;
+use shopmesh::mesh::ids;
 use tonic::{Request, Response, Status};
 
 use crate::convert;

@@ -5,8 +5,8 @@ use shopmesh::api::order::v1::{
     CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem as LineItemProto, ListOrdersRequest,
     ListOrdersResponse, Order as OrderProto, OrderState, order_service_server::OrderService,
 };
-use shopmesh::mesh::ids;
 use shopmesh::mesh::identity::Principal;
+use shopmesh::mesh::ids;
 use tonic::{Request, Response, Status};
 
 use crate::convert;

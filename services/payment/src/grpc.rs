@@ -5,8 +5,8 @@ use shopmesh::api::payment::v1::{
     ChargeRequest, GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse, Payment as PaymentProto,
     PaymentState, RefundRequest as RefundProto, payment_service_server::PaymentService,
 };
-use shopmesh::mesh::ids;
 use shopmesh::mesh::identity::Principal;
+use shopmesh::mesh::ids;
 use tonic::{Request, Response, Status};
 
 use crate::convert;

@@ -4,8 +4,8 @@ use shopmesh::api::user::v1::{
     CreateUserRequest, GetUserRequest, ListUsersRequest, ListUsersResponse, UpdateUserRequest,
     User as UserProto, user_service_server::UserService,
 };
-use shopmesh::mesh::ids;
 use shopmesh::mesh::identity::Principal;
+use shopmesh::mesh::ids;
 use tonic::{Request, Response, Status};
 
 use crate::convert;

@@ -62,8 +62,8 @@ use crate::mesh::config::{JwtConfig, TokenRequirement};
 use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
-use crate::mesh::security::authz::Policy;
 use crate::mesh::identity::{CallerKey, PeerIdentity, Principal, Subject};
+use crate::mesh::security::authz::Policy;
 
 /// Longest `sub` accepted; user ids are UUIDs, and a subject also keys the rate limiter.
 const MAX_SUBJECT_LEN: usize = 256;
