@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use crate::domain::{NewOrder, Order, OrderRequest, State};
 use crate::error::Error;
-use crate::in_flight::{Entered, InFlight};
+use crate::in_flight::{Entered, InFlight, Turn};
 use crate::store::Store;
 use crate::upstream::{Charged, Prices, Refunded, Upstream, UserCheck};
 use shopmesh::mesh::validation::{Page, Paged};
@@ -128,24 +128,33 @@ impl Orders {
     /// charge in flight elsewhere (the payment answers PROCESSING) by reading the order again,
     /// less and less often. UNAVAILABLE only when the deadline would pass first.
     async fn settle_with(&self, mut order: Order, cancel_request_id: Option<&str>) -> Result<Order, Error> {
-        let mut pause = FIRST_PAUSE;
         loop {
             if order.state != State::PendingPayment {
                 return Ok(order);
             }
-            let _turn = match self.in_flight.enter(&order.id) {
-                Entered::Turn(turn) => turn,
+            match self.in_flight.enter(&order.id) {
+                Entered::Turn(turn) => return self.settle_on_turn(order, cancel_request_id, turn).await,
                 Entered::Wait(mut settling) => {
                     // Ends with the other call (settled, failed or cancelled): read what it left.
-                    let until = wait_until();
-                    if tokio::time::timeout_at(until, settling.changed()).await.is_err() {
+                    if tokio::time::timeout_at(wait_until(), settling.changed()).await.is_err() {
                         return Err(Error::PaymentInFlight(order.id));
                     }
-                    order =
-                        self.store.get(&order.id).await?.ok_or_else(|| Error::NotFound(order.id.clone()))?;
-                    continue;
+                    order = self.reread(&order.id).await?;
                 }
-            };
+            }
+        }
+    }
+
+    /// Charges PENDING_PAYMENT `order` and records the outcome, holding this process's turn on
+    /// it until done; a charge in flight in another process is waited for on the order's row.
+    async fn settle_on_turn(
+        &self,
+        mut order: Order,
+        cancel_request_id: Option<&str>,
+        _turn: Turn,
+    ) -> Result<Order, Error> {
+        let mut pause = FIRST_PAUSE;
+        loop {
             match resolve(self.upstream.charge(&order).await) {
                 Resolution::Settled { state, payment_id, reason } => {
                     let cancel_request_id = cancel_request_id.filter(|_| state == State::Cancelled);
@@ -160,11 +169,18 @@ impl Orders {
                         return Err(Error::PaymentInFlight(order.id));
                     }
                     pause = (pause * 2).min(LONGEST_PAUSE);
-                    order =
-                        self.store.get(&order.id).await?.ok_or_else(|| Error::NotFound(order.id.clone()))?;
+                    order = self.reread(&order.id).await?;
+                    if order.state != State::PendingPayment {
+                        return Ok(order);
+                    }
                 }
             }
         }
+    }
+
+    /// The order `id` as stored now.
+    async fn reread(&self, id: &str) -> Result<Order, Error> {
+        self.store.get(id).await?.ok_or_else(|| Error::NotFound(id.to_owned()))
     }
 
     /// Stores a known charge outcome on PENDING_PAYMENT `order`.
