@@ -65,13 +65,13 @@ struct Mesh {
     orders: OrderServiceClient<Channel>,
 }
 
-async fn start_payment(listener: TcpListener, db: &TestDb) -> Spawned {
+async fn start_payment(listener: TcpListener, db: &TestDb, payment_latency: Duration) -> Spawned {
     let config = PaymentConfig {
         listen: listener.local_addr().expect("addr"),
         database_url: db.url.clone(),
         payment_limit_minor: LIMIT,
         payment_currencies: vec!["USD".into(), "EUR".into()],
-        payment_latency: Duration::from_millis(2),
+        payment_latency,
         // The simulated processor's ledger beside payment's tables: this test does not read it.
         processor_ledger_url: db.url.clone(),
         payment_processing_lease: Duration::from_secs(10),
@@ -88,8 +88,11 @@ async fn start(backend: Backend, payment_up: bool) -> Mesh {
 
 /// [`start`] with the order service's reconciler set by `reconcile`.
 async fn start_with(backend: Backend, payment_up: bool, reconcile: ReconcileConfig) -> Mesh {
-    start_checking_users(backend, payment_up, reconcile, Duration::from_secs(1)).await
+    start_checking_users(backend, payment_up, reconcile, Duration::from_secs(1), PAYMENT_LATENCY).await
 }
+
+/// The simulated processor's latency in most tests.
+const PAYMENT_LATENCY: Duration = Duration::from_millis(2);
 
 /// [`start_with`], the order service reusing a user found active for `user_check_ttl`.
 async fn start_checking_users(
@@ -97,6 +100,7 @@ async fn start_checking_users(
     payment_up: bool,
     reconcile: ReconcileConfig,
     user_check_ttl: Duration,
+    payment_latency: Duration,
 ) -> Mesh {
     let user_db = testing::database(backend, "user").await;
     let payment_db = testing::database(backend, "payment").await;
@@ -109,7 +113,7 @@ async fn start_checking_users(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let payment_addr = listener.local_addr().expect("addr");
     let payment = if payment_up {
-        Some(start_payment(listener, &payment_db).await)
+        Some(start_payment(listener, &payment_db, payment_latency).await)
     } else {
         // Closed, so connecting is refused until the payment service binds this address.
         drop(listener);
@@ -189,7 +193,7 @@ impl Mesh {
     async fn start_payment(&mut self) {
         assert!(self.payment.is_none(), "payment is already up");
         let listener = TcpListener::bind(self.payment_addr).await.expect("rebind the payment address");
-        self.payment = Some(start_payment(listener, &self.dbs[1]).await);
+        self.payment = Some(start_payment(listener, &self.dbs[1], PAYMENT_LATENCY).await);
     }
 
     async fn new_user(&mut self, email: &str) -> User {
@@ -237,6 +241,20 @@ impl Mesh {
             }
             page_token = page.next_page_token;
         }
+    }
+
+    /// How many charges the simulated processor's ledger (beside payment's tables) holds for
+    /// `order_id`.
+    async fn charges_at_the_processor(&self, order_id: &str) -> i64 {
+        let pool = shopmesh::mesh::db::connect(&self.dbs[1].url, &testing::mesh_config()).expect("ledger");
+        let n =
+            sqlx::query("SELECT COUNT(*) AS n FROM processor_ledger WHERE kind = 'charge' AND order_id = $1")
+                .bind(order_id)
+                .fetch_one(&*pool)
+                .await
+                .expect("count");
+        pool.close().await;
+        sqlx::Row::try_get(&n, "n").expect("n")
     }
 
     async fn payments_of(&mut self, order_id: &str) -> Vec<Payment> {
@@ -306,32 +324,36 @@ async fn ten_replays_of_create_order_give_one_order_and_one_payment() {
     }
 }
 
+/// 40 first attempts of one CreateOrder at once: one order, one charge at the processor, and
+/// every caller gets the same answer, the paid order. A replay of a call still in progress
+/// waits for it (within its deadline) instead of failing UNAVAILABLE (issue 26).
 #[tokio::test]
-async fn concurrent_first_attempts_with_one_request_id_create_one_order() {
+async fn concurrent_first_attempts_with_one_request_id_get_one_answer() {
     for backend in testing::backends() {
-        let mut m = start(backend, true).await;
+        // The charge takes long enough that every replay arrives while it is in progress.
+        let mut m = start_checking_users(
+            backend,
+            true,
+            ReconcileConfig::default(),
+            Duration::from_secs(1),
+            Duration::from_millis(200),
+        )
+        .await;
         let user = m.new_user("race@example.com").await;
         let req = order_of(&user.id, vec![line("PEN", 4, usd(250))], "race-1");
-        let results = m.race(8, &req).await;
+        let results = m.race(40, &req).await;
         let orders = m.orders_of(&user.id, 0).await;
         assert_eq!(orders.len(), 1, "{backend:?}: one order for one request id");
         let payments = m.payments_of(&orders[0].id).await;
         assert_eq!(payments.len(), 1, "{backend:?}: one payment");
+        assert_eq!(m.charges_at_the_processor(&orders[0].id).await, 1, "{backend:?}: charged once");
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        println!("{backend:?}: 40 concurrent CreateOrder with one request id: {} failed", failed.len());
+        assert!(failed.is_empty(), "{backend:?}: {} of 40 failed: {failed:?}", failed.len());
         for r in results {
-            match r {
-                Ok(order) => assert_eq!(order.id, orders[0].id, "{backend:?}"),
-                // A loser may find the winner's charge still in flight: retryable, nothing lost.
-                Err(status) => {
-                    assert!(
-                        matches!(status.code(), Code::Unavailable | Code::Aborted),
-                        "{backend:?}: {status:?}"
-                    );
-                }
-            }
+            assert_eq!(r.expect("checked"), orders[0], "{backend:?}: every caller gets the paid order");
         }
-        let settled = m.create(req).await.expect("replay after the race");
-        assert_eq!(settled.state(), OrderState::Paid, "{backend:?}");
-        assert_eq!(settled.id, orders[0].id, "{backend:?}");
+        assert_eq!(orders[0].state(), OrderState::Paid, "{backend:?}");
         m.stop().await;
     }
 }
@@ -416,7 +438,8 @@ async fn declined_charges_leave_the_order_payment_declined() {
 async fn a_user_found_active_is_reused_for_the_user_check_ttl() {
     for backend in testing::backends() {
         for (ttl, still_orders) in [(Duration::from_secs(600), true), (Duration::ZERO, false)] {
-            let mut m = start_checking_users(backend, true, ReconcileConfig::default(), ttl).await;
+            let mut m =
+                start_checking_users(backend, true, ReconcileConfig::default(), ttl, PAYMENT_LATENCY).await;
             let user = m.new_user("leaving@example.com").await;
             m.create(order_of(&user.id, vec![line("A", 1, usd(100))], "first")).await.expect("first order");
             let deactivate = UpdateUserRequest {

@@ -763,6 +763,75 @@ async fn the_last_endpoint_is_never_ejected() {
     replicas.stop().await;
 }
 
+/// An address on 127.0.0.1 where nothing listens: connecting is refused at once.
+async fn refusing_addr() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    addr
+}
+
+/// A replica that refuses connections (restarting in a rolling update) beside one that serves:
+/// with two attempts per call, every call succeeds, so no call was sent to the refusing one
+/// twice; a refusal does not need the failure threshold (set out of reach here) to take it out
+/// of the balancer's choice (issue 26).
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_another_endpoint() {
+    let script = Arc::new(Script::default());
+    let serving = fake_users(&script).await;
+    let config = ClientConfig { retry_max_attempts: 2, eject_after_failures: 1_000, ..client_config() };
+    let (_addresses, rx) = tokio::sync::watch::channel(vec![refusing_addr().await, serving.addr]);
+    let channel = client::channel_from_watch("users", rx, &config, shopmesh::mesh_api().catalogue)
+        .await
+        .expect("channel");
+    let mut users = UserServiceClient::new(channel);
+    let mut failed = Vec::new();
+    for i in 0..100 {
+        if let Err(status) = users.get_user(GetUserRequest { id: format!("u-{i}") }).await {
+            failed.push(status);
+        }
+    }
+    assert!(failed.is_empty(), "{} of 100 calls failed: {:?}", failed.len(), failed.first());
+    assert_eq!(script.calls(), 100, "every call reached the serving replica once");
+    serving.stop().await.expect("stops");
+}
+
+/// A call that was never sent (its connection was refused) is safe to send again whatever its
+/// method: a Charge without request_id goes to the replica that serves. One that was sent and
+/// answered UNAVAILABLE is not sent again.
+#[tokio::test]
+async fn a_call_never_sent_is_retried_whatever_its_method_and_a_sent_one_is_not() {
+    let script = Arc::new(Script::default());
+    let serving = fake_payments(&script).await;
+    let config = ClientConfig { retry_max_attempts: 2, eject_after_failures: 1_000, ..client_config() };
+    let (_addresses, rx) = tokio::sync::watch::channel(vec![refusing_addr().await, serving.addr]);
+    let channel = client::channel_from_watch("payments", rx, &config, shopmesh::mesh_api().catalogue)
+        .await
+        .expect("channel");
+    let mut payments = PaymentServiceClient::new(channel);
+    let mut failed = Vec::new();
+    for _ in 0..50 {
+        if let Err(status) = payments.charge(charge("")).await {
+            failed.push(status);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 50 Charges without request_id failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(script.calls(), 50, "each Charge reached the serving replica once");
+
+    // Sent, and answered UNAVAILABLE: a Charge without request_id is not sent again.
+    script.code.store(Code::Unavailable as i32, Ordering::SeqCst);
+    script.always_fail.store(true, Ordering::SeqCst);
+    let err = payments.charge(charge("")).await.expect_err("unavailable");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(script.calls(), 51, "a Charge that was sent went once");
+    serving.stop().await.expect("stops");
+}
+
 #[tokio::test]
 async fn overload_is_shed_at_once_and_admitted_calls_complete() {
     metrics();

@@ -62,6 +62,18 @@ pub async fn within<F: Future>(future: F) -> Result<F::Output, tokio::time::erro
     }
 }
 
+/// Sleeps `delay` and answers `true`; or answers `false` at once when the request's deadline,
+/// less `margin` for the answer's way back, would pass first. For a call waiting on work
+/// another call is doing: it gives up while it can still say so in time.
+pub async fn sleep_within(delay: Duration, margin: Duration) -> bool {
+    let wake = Instant::now() + delay;
+    if current().is_some_and(|deadline| wake + margin >= deadline) {
+        return false;
+    }
+    tokio::time::sleep_until(wake).await;
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

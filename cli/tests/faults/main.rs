@@ -7,13 +7,17 @@
 //! cannot answer): it must be refused UNAVAILABLE and write nothing.
 //! After the load and a settle period it checks, from the databases and the client's record:
 //! at most one order and one successful charge per request id, charges minus refunds equal the
-//! PAID total (order by order), nothing stuck PENDING_PAYMENT or PROCESSING, every order the
+//! PAID total (order by order), nothing stuck PENDING_PAYMENT, PROCESSING or REFUNDING, every order the
 //! client saw acknowledged exists as acknowledged, and no order exists for a refused probe.
 //! Payment's database also loses its last commits: the harness copies its payments a third of
 //! the way in and, two thirds in, lets the proxy lose payment's replies for 1.5 s (charges
 //! happen, their orders stay pending), kills payment and puts the copy back.
+//! After the settle period, refunds race on some PAID orders: a CancelOrder through the order
+//! service and three Refunds sent straight to payment under keys of their own, at once (an
+//! operator's refund racing a customer's cancellation).
 //! The simulated processor's own ledger (outside payment's database) must still show at most
-//! one charge per order, and charges minus refunds equal to each order's PAID total.
+//! one charge and at most one refund per order (one payment each), and charges minus refunds
+//! equal to each order's PAID total.
 //! A violation fails with the offending ids.
 //!
 //! `cargo test` runs a short round on SQLite (and PostgreSQL when `SHOPMESH_TEST_POSTGRES_URL`
@@ -35,7 +39,10 @@ use shopmesh::api::catalog::v1::{
     CreateProductRequest, Product, catalog_service_client::CatalogServiceClient,
 };
 use shopmesh::api::common::v1::Money;
-use shopmesh::api::order::v1::{CreateOrderRequest, LineItem, order_service_client::OrderServiceClient};
+use shopmesh::api::order::v1::{
+    CancelOrderRequest, CreateOrderRequest, LineItem, order_service_client::OrderServiceClient,
+};
+use shopmesh::api::payment::v1::{RefundRequest, payment_service_client::PaymentServiceClient};
 use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
 use shopmesh::mesh::testing::{self, Backend, TestDb};
 use sqlx::any::AnyPoolOptions;
@@ -399,6 +406,8 @@ async fn run(backend: Backend, settings: &Settings) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("settled in {:?}", settle_start.elapsed());
+    let raced = race_refunds(&orders, order_addr, payment_addr, 10).await;
+    println!("refunds raced on {raced} PAID orders (one CancelOrder and three Refunds each, at once)");
 
     let acknowledged = read_record(&record);
     let restored = faults.payment_restores > 0;
@@ -616,8 +625,50 @@ async fn restore_payments(payments: &AnyPool) {
     tx.commit().await.expect("commit the restore");
 }
 
-/// The processor's own ledger against the orders: at most one charge per order, whatever
-/// payment's database lost, and per order charges minus refunds equal to its PAID total.
+/// Races refunds on up to `n` PAID orders: per order one CancelOrder (sent again on UNAVAILABLE,
+/// with its key) and three Refunds of its payment under keys of their own, all at once. The
+/// number of orders raced on.
+async fn race_refunds(orders: &AnyPool, order_addr: SocketAddr, payment_addr: SocketAddr, n: i64) -> usize {
+    let paid = sqlx::query("SELECT id, payment_id FROM orders WHERE state = 'PAID' ORDER BY id LIMIT $1")
+        .bind(n)
+        .fetch_all(orders)
+        .await
+        .expect("paid orders");
+    let lazy = |addr: SocketAddr| {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("url").connect_lazy()
+    };
+    let (order_client, payment_client) =
+        (OrderServiceClient::new(lazy(order_addr)), PaymentServiceClient::new(lazy(payment_addr)));
+    let races = paid.iter().map(|row| {
+        let id: String = row.try_get("id").expect("id");
+        let payment_id: String = row.try_get("payment_id").expect("payment_id");
+        let mut orders = order_client.clone();
+        let payment_client = payment_client.clone();
+        let cancel = async move {
+            for _ in 0..5 {
+                let req = CancelOrderRequest { id: id.clone(), request_id: "harness-cancel".into() };
+                match orders.cancel_order(req).await {
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    _ => return,
+                }
+            }
+        };
+        let refunds = (0..3).map(move |i| {
+            let mut payments = payment_client.clone();
+            let req = RefundRequest { payment_id: payment_id.clone(), request_id: format!("operator-{i}") };
+            async move { drop(payments.refund(req).await) }
+        });
+        async move { futures::future::join(cancel, futures::future::join_all(refunds)).await }
+    });
+    futures::future::join_all(races).await;
+    paid.len()
+}
+
+/// The processor's own ledger against the orders: at most one charge and one refund per order,
+/// whatever payment's database lost and however refunds raced, and per order charges minus
+/// refunds equal to its PAID total.
 async fn check_processor(orders: &AnyPool, ledger: &AnyPool) -> Vec<String> {
     let mut violations = Vec::new();
     let mut owed: HashMap<String, i64> = HashMap::new();
@@ -634,6 +685,7 @@ async fn check_processor(orders: &AnyPool, ledger: &AnyPool) -> Vec<String> {
             .await
             .expect("the processor's ledger");
     let mut charges: HashMap<String, Vec<String>> = HashMap::new();
+    let mut refunds: HashMap<String, Vec<String>> = HashMap::new();
     let mut net: HashMap<String, i64> = HashMap::new();
     for row in &entries {
         let kind: String = row.try_get("kind").expect("kind");
@@ -646,7 +698,10 @@ async fn check_processor(orders: &AnyPool, ledger: &AnyPool) -> Vec<String> {
                 charges.entry(order_id.clone()).or_default().push(key);
                 *net.entry(order_id).or_default() += amount;
             }
-            ("refund", _) => *net.entry(order_id).or_default() -= amount,
+            ("refund", _) => {
+                refunds.entry(order_id.clone()).or_default().push(key);
+                *net.entry(order_id).or_default() -= amount;
+            }
             _ => {}
         }
     }
@@ -654,6 +709,12 @@ async fn check_processor(orders: &AnyPool, ledger: &AnyPool) -> Vec<String> {
         if keys.len() > 1 {
             violations
                 .push(format!("order {order_id} charged {} times at the processor: {keys:?}", keys.len()));
+        }
+    }
+    for (order_id, keys) in &refunds {
+        if keys.len() > 1 {
+            violations
+                .push(format!("order {order_id} refunded {} times at the processor: {keys:?}", keys.len()));
         }
     }
     for (order_id, total) in &owed {
@@ -665,7 +726,12 @@ async fn check_processor(orders: &AnyPool, ledger: &AnyPool) -> Vec<String> {
     for order_id in net.keys().filter(|id| !owed.contains_key(*id)) {
         violations.push(format!("the processor charged for order {order_id}, which does not exist"));
     }
-    println!("processor ledger: {} entries, {} orders charged", entries.len(), charges.len());
+    println!(
+        "processor ledger: {} entries, {} orders charged, {} refunded",
+        entries.len(),
+        charges.len(),
+        refunds.len()
+    );
     violations
 }
 
@@ -742,6 +808,7 @@ async fn check(
                 lost_by_restore += 1;
             }
             "PROCESSING" => violations.push(format!("payment {id} of order {order_id} stuck PROCESSING")),
+            "REFUNDING" => violations.push(format!("payment {id} of order {order_id} stuck REFUNDING")),
             _ => {}
         }
     }

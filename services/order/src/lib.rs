@@ -16,6 +16,7 @@ pub mod convert;
 pub mod domain;
 mod error;
 mod grpc;
+mod in_flight;
 pub mod reconciler;
 mod service;
 mod store;

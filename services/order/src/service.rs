@@ -1,8 +1,13 @@
 //! The order use cases: CreateOrder (check the user, store, charge, settle) and CancelOrder
 //! (refund exactly once), each safe to repeat under the same request id.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use crate::domain::{NewOrder, Order, OrderRequest, State};
 use crate::error::Error;
+use crate::in_flight::{Entered, InFlight, Turn};
 use crate::store::Store;
 use crate::upstream::{Charged, Prices, Refunded, Upstream, UserCheck};
 use shopmesh::mesh::validation::{Page, Paged};
@@ -13,12 +18,14 @@ use tonic::{Code, Status};
 pub struct Orders {
     store: Store,
     upstream: Upstream,
+    /// The orders this process is settling now, which replays wait for.
+    in_flight: InFlight,
 }
 
 impl Orders {
     /// The use cases over `store`, calling the other services through `upstream`.
     pub fn new(store: Store, upstream: Upstream) -> Self {
-        Self { store, upstream }
+        Self { store, upstream, in_flight: InFlight::default() }
     }
 
     /// The store, for the reconciler, which works on the orders' records themselves.
@@ -115,18 +122,65 @@ impl Orders {
 
     /// [`Self::settle`], for a CancelOrder under `cancel_request_id`: an order whose payment
     /// turns out refunded already is cancelled under that key.
-    async fn settle_with(&self, order: Order, cancel_request_id: Option<&str>) -> Result<Order, Error> {
-        if order.state != State::PendingPayment {
-            return Ok(order);
-        }
-        match resolve(self.upstream.charge(&order).await) {
-            Resolution::Settled { state, payment_id, reason } => {
-                let cancel_request_id = cancel_request_id.filter(|_| state == State::Cancelled);
-                self.record(&order, state, payment_id.as_deref(), reason.as_deref(), cancel_request_id).await
+    ///
+    /// A call whose order another call is settling waits for it, within its own deadline, and
+    /// answers what it stored: in this process on that call's turn ([`InFlight`]), and for a
+    /// charge in flight elsewhere (the payment answers PROCESSING) by reading the order again,
+    /// less and less often. UNAVAILABLE only when the deadline would pass first.
+    async fn settle_with(&self, mut order: Order, cancel_request_id: Option<&str>) -> Result<Order, Error> {
+        loop {
+            if order.state != State::PendingPayment {
+                return Ok(order);
             }
-            Resolution::Unknown(Some(status)) => Err(Error::Payment(status)),
-            Resolution::Unknown(None) => Err(Error::PaymentInFlight(order.id)),
+            match self.in_flight.enter(&order.id) {
+                Entered::Turn(turn) => return self.settle_on_turn(order, cancel_request_id, turn).await,
+                Entered::Wait(mut settling) => {
+                    // Ends with the other call (settled, failed or cancelled): read what it left.
+                    if tokio::time::timeout_at(wait_until(), settling.changed()).await.is_err() {
+                        return Err(Error::PaymentInFlight(order.id));
+                    }
+                    order = self.reread(&order.id).await?;
+                }
+            }
         }
+    }
+
+    /// Charges PENDING_PAYMENT `order` and records the outcome, holding this process's turn on
+    /// it until done; a charge in flight in another process is waited for on the order's row.
+    async fn settle_on_turn(
+        &self,
+        mut order: Order,
+        cancel_request_id: Option<&str>,
+        _turn: Turn,
+    ) -> Result<Order, Error> {
+        let mut pause = FIRST_PAUSE;
+        loop {
+            match resolve(self.upstream.charge(&order).await) {
+                Resolution::Settled { state, payment_id, reason } => {
+                    let cancel_request_id = cancel_request_id.filter(|_| state == State::Cancelled);
+                    return self
+                        .record(&order, state, payment_id.as_deref(), reason.as_deref(), cancel_request_id)
+                        .await;
+                }
+                Resolution::Unknown(Some(status)) => return Err(Error::Payment(status)),
+                Resolution::Unknown(None) => {
+                    // Another process's call is charging it: its outcome lands on the order's row.
+                    if !shopmesh::mesh::deadline::sleep_within(pause, REPLY_MARGIN).await {
+                        return Err(Error::PaymentInFlight(order.id));
+                    }
+                    pause = (pause * 2).min(LONGEST_PAUSE);
+                    order = self.reread(&order.id).await?;
+                    if order.state != State::PendingPayment {
+                        return Ok(order);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The order `id` as stored now.
+    async fn reread(&self, id: &str) -> Result<Order, Error> {
+        self.store.get(id).await?.ok_or_else(|| Error::NotFound(id.to_owned()))
     }
 
     /// Stores a known charge outcome on PENDING_PAYMENT `order`.
@@ -190,6 +244,25 @@ impl Orders {
         }
         // A concurrent CancelOrder got there first: the stored order decides.
         cancelled(now, request_id)
+    }
+}
+
+/// First and longest pause between two looks at an order whose charge another process is
+/// making.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const LONGEST_PAUSE: Duration = Duration::from_millis(200);
+
+/// Time kept back from the caller's deadline for the answer's way back.
+const REPLY_MARGIN: Duration = Duration::from_millis(20);
+
+/// Longest a call with no deadline waits for another call of this process to settle.
+const NO_DEADLINE_WAIT: Duration = Duration::from_secs(10);
+
+/// When a call waiting for another to settle gives up: its deadline less the reply's margin.
+fn wait_until() -> Instant {
+    match shopmesh::mesh::deadline::current() {
+        Some(deadline) => deadline.checked_sub(REPLY_MARGIN).unwrap_or(deadline),
+        None => Instant::now() + NO_DEADLINE_WAIT,
     }
 }
 

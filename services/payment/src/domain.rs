@@ -11,6 +11,9 @@ pub enum State {
     Succeeded,
     /// Refused by the processor.
     Declined,
+    /// Claimed by one Refund, which is asking the processor to return it; a Refund under any
+    /// key finishes it once that claim's lease runs out.
+    Refunding,
     /// Captured, then returned in full.
     Refunded,
 }
@@ -22,13 +25,14 @@ impl State {
             Self::Processing => "PROCESSING",
             Self::Succeeded => "SUCCEEDED",
             Self::Declined => "DECLINED",
+            Self::Refunding => "REFUNDING",
             Self::Refunded => "REFUNDED",
         }
     }
 
     /// The state a stored string names, if any.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Processing, Self::Succeeded, Self::Declined, Self::Refunded]
+        [Self::Processing, Self::Succeeded, Self::Declined, Self::Refunding, Self::Refunded]
             .into_iter()
             .find(|state| state.as_str() == s)
     }
@@ -53,7 +57,7 @@ pub struct Payment {
     pub state: State,
     /// Why it was declined.
     pub decline_reason: Option<String>,
-    /// The Refund's idempotency key, once refunded.
+    /// The idempotency key of the Refund that claimed it (REFUNDING) and refunded it.
     pub refund_request_id: Option<String>,
     /// Creation time, epoch milliseconds.
     pub create_time_ms: i64,
@@ -141,7 +145,7 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        for s in [State::Processing, State::Succeeded, State::Declined, State::Refunded] {
+        for s in [State::Processing, State::Succeeded, State::Declined, State::Refunding, State::Refunded] {
             assert_eq!(State::parse(s.as_str()), Some(s));
         }
         assert_eq!(State::parse("LOST"), None);

@@ -36,6 +36,10 @@ pub enum Error {
         /// Its state.
         state: State,
     },
+    /// UNAVAILABLE: another call is refunding the payment and did not finish within this
+    /// call's deadline; retrying (with any key) waits for it again, or finishes it.
+    #[error("payment {0} is being refunded by another call; retry")]
+    RefundInFlight(String),
     /// ABORTED: a concurrent change got in the way; retrying the same request is safe.
     #[error("{0}")]
     Conflict(String),
@@ -70,6 +74,7 @@ impl From<Error> for Status {
             Error::NotRefundable { ref id, .. } => {
                 status::failed_precondition("NOT_REFUNDABLE", &format!("payments/{id}"), err.to_string())
             }
+            Error::RefundInFlight(_) => Status::unavailable(err.to_string()),
             Error::Conflict(_) => Status::aborted(err.to_string()),
             Error::Processor(ref cause) => {
                 tracing::warn!(error = %cause, "payment processor unavailable");

@@ -30,10 +30,13 @@ impl PaymentApi {
 fn to_proto(p: Payment) -> PaymentProto {
     let state = match p.state {
         State::Processing => PaymentState::Processing,
-        State::Succeeded => PaymentState::Succeeded,
+        // The money is still captured until the processor has returned it: a refund in flight
+        // shows as SUCCEEDED, with no refund key yet.
+        State::Succeeded | State::Refunding => PaymentState::Succeeded,
         State::Declined => PaymentState::Declined,
         State::Refunded => PaymentState::Refunded,
     };
+    let refund_request_id = if p.state == State::Refunded { p.refund_request_id } else { None };
     PaymentProto {
         id: p.id,
         order_id: p.order_id,
@@ -42,7 +45,7 @@ fn to_proto(p: Payment) -> PaymentProto {
         state: state.into(),
         decline_reason: p.decline_reason.unwrap_or_default(),
         request_id: p.request_id,
-        refund_request_id: p.refund_request_id.unwrap_or_default(),
+        refund_request_id: refund_request_id.unwrap_or_default(),
         create_time: Some(ids::timestamp(p.create_time_ms)),
         update_time: Some(ids::timestamp(p.update_time_ms)),
     }

@@ -51,7 +51,9 @@ impl Payments {
                     return Err(Error::RequestIdReused(charge.request_id.clone()));
                 }
                 // Another call owns it while its lease runs: "not decided yet".
-                if existing.state != State::Processing || !self.store.claim(&existing.id).await? {
+                if existing.state != State::Processing
+                    || !self.store.claim(&existing.id, State::Processing).await?
+                {
                     return Ok(existing);
                 }
                 existing
@@ -66,7 +68,7 @@ impl Payments {
             Ok(outcome) => outcome,
             Err(err) => {
                 // Nothing is known to have happened: let the next Charge ask at once.
-                if let Err(release) = self.store.release(&payment.id).await {
+                if let Err(release) = self.store.release(&payment.id, State::Processing).await {
                     tracing::debug!(error = %release, "could not release the lease; it runs out");
                 }
                 return Err(Error::Processor(err));
@@ -80,51 +82,101 @@ impl Payments {
         self.store.finish(&payment, state, reason).await?.ok_or_else(|| Error::NotFound(payment.id.clone()))
     }
 
-    /// Refunds a SUCCEEDED payment once per request id (a key is scoped to the payment's order).
+    /// Refunds a SUCCEEDED payment, once at the processor whatever the keys and the races.
+    ///
+    /// The Refund first claims the payment (SUCCEEDED -> REFUNDING under its request id, owned
+    /// for a lease, a compare-and-set on the row): of concurrent Refunds exactly one does, and
+    /// only that one asks the processor; the others wait for it (within their deadline) and get
+    /// its outcome: the refunded payment under the same key, ALREADY_REFUNDED under another. A
+    /// claim whose owner died is taken over by the next Refund, under any key, once its lease
+    /// runs out, and finished under the same processor key: the charge's (one refund per
+    /// payment), never the refund's request id.
     pub async fn refund(&self, req: &RefundRequest) -> Result<Payment, Error> {
-        let payment =
-            self.store.get(&req.payment_id).await?.ok_or_else(|| Error::NotFound(req.payment_id.clone()))?;
-        match payment.state {
-            State::Succeeded => {}
-            State::Refunded if payment.refund_request_id.as_deref() == Some(req.request_id.as_str()) => {
-                return Ok(payment);
-            }
-            State::Refunded => return Err(Error::AlreadyRefunded(payment.id)),
-            State::Processing | State::Declined => {
-                return Err(Error::NotRefundable { id: payment.id, state: payment.state });
+        let mut pause = INITIAL_PAUSE;
+        loop {
+            let payment = self
+                .store
+                .get(&req.payment_id)
+                .await?
+                .ok_or_else(|| Error::NotFound(req.payment_id.clone()))?;
+            match payment.state {
+                State::Succeeded => match self.store.claim_refund(&payment.id, &req.request_id).await {
+                    Ok(true) => {
+                        let claimed = Payment {
+                            state: State::Refunding,
+                            refund_request_id: Some(req.request_id.clone()),
+                            ..payment
+                        };
+                        return self.finish_refund(claimed, req).await;
+                    }
+                    // Claimed (or changed) by another call since it was read: look again.
+                    Ok(false) => continue,
+                    // The key was taken by a refund of another payment of the same order.
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        return Err(Error::RequestIdReused(req.request_id.clone()));
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                State::Refunding => {
+                    if self.store.claim(&payment.id, State::Refunding).await? {
+                        tracing::info!(payment_id = %payment.id, "finishing a refund whose owner gave up");
+                        return self.finish_refund(payment, req).await;
+                    }
+                    // Its owner is at the processor: wait for its outcome while time is left.
+                    if !shopmesh::mesh::deadline::sleep_within(pause, REPLY_MARGIN).await {
+                        return Err(Error::RefundInFlight(payment.id));
+                    }
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+                State::Refunded => return refunded_for(payment, req),
+                State::Processing | State::Declined => {
+                    return Err(Error::NotRefundable { id: payment.id, state: payment.state });
+                }
             }
         }
-        if self.store.by_refund_request_id(&payment.order_id, &req.request_id).await?.is_some() {
-            // Another payment of the same order was refunded under this key.
-            return Err(Error::RequestIdReused(req.request_id.clone()));
-        }
-        // The processor is keyed by the refund's request id within the order, so asking again
-        // after a crash here, or after the refund's commit was lost, is safe.
-        let key = processor_key(&payment.order_id, &req.request_id);
-        self.processor
-            .refund(&key, &payment.order_id, payment.amount_minor, &payment.currency_code)
-            .await
-            .map_err(Error::Processor)?;
-        match self.store.mark_refunded(&payment.id, &req.request_id).await {
-            Ok(true) => {}
-            Ok(false) => {
-                // Another Refund got there first: same key is a replay, another key a conflict.
-                let now =
-                    self.store.get(&payment.id).await?.ok_or_else(|| Error::NotFound(payment.id.clone()))?;
-                return if now.refund_request_id.as_deref() == Some(req.request_id.as_str()) {
-                    Ok(now)
-                } else {
-                    Err(Error::AlreadyRefunded(payment.id))
-                };
+    }
+
+    /// Asks the processor to return a payment this call claimed (REFUNDING), then marks it
+    /// REFUNDED; the answer is for `req`, whose key may not be the claim's.
+    async fn finish_refund(&self, payment: Payment, req: &RefundRequest) -> Result<Payment, Error> {
+        // Keyed by the payment's charge, so however many Refunds (and takeovers, and commits
+        // lost by payment's database) there are, the processor refunds it once.
+        let key = processor_key(&payment.order_id, &payment.request_id);
+        if let Err(err) =
+            self.processor.refund(&key, &payment.order_id, payment.amount_minor, &payment.currency_code).await
+        {
+            // Nothing is known to have happened: the next Refund, under any key, finishes it.
+            if let Err(release) = self.store.release(&payment.id, State::Refunding).await {
+                tracing::debug!(error = %release, "could not release the refund's lease; it runs out");
             }
-            // The key was taken by a refund of another payment of the same order.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(Error::RequestIdReused(req.request_id.clone()));
-            }
-            Err(e) => return Err(e.into()),
+            return Err(Error::Processor(err));
         }
-        tracing::info!(payment_id = %payment.id, "refunded");
-        self.store.get(&payment.id).await?.ok_or_else(|| Error::NotFound(payment.id))
+        if self.store.mark_refunded(&payment.id).await? {
+            tracing::info!(payment_id = %payment.id, "refunded");
+        }
+        let now = self.store.get(&payment.id).await?.ok_or_else(|| Error::NotFound(payment.id.clone()))?;
+        refunded_for(now, req)
+    }
+}
+
+/// First and longest pause between two looks at a refund another call is finishing.
+const INITIAL_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+const MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Time kept back from the caller's deadline for the answer's way back.
+const REPLY_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The answer to `req` about a REFUNDED `payment`: the payment for the key that refunded it
+/// (a replay), ALREADY_REFUNDED for any other.
+fn refunded_for(payment: Payment, req: &RefundRequest) -> Result<Payment, Error> {
+    if payment.state == State::Refunded
+        && payment.refund_request_id.as_deref() == Some(req.request_id.as_str())
+    {
+        Ok(payment)
+    } else if payment.state == State::Refunded {
+        Err(Error::AlreadyRefunded(payment.id))
+    } else {
+        Err(Error::Conflict(format!("payment {} changed while being refunded", payment.id)))
     }
 }
 

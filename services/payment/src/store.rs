@@ -18,10 +18,15 @@ const COLUMNS: &str = "id, request_id, order_id, user_id, amount_minor, currency
 const FINISH: &str = "UPDATE payments SET state = $1, decline_reason = $2, update_time_ms = $3 \
                       WHERE id = $4 AND state = 'PROCESSING'";
 
+/// Finishes a refund: the processor returned the money.
+const MARK_REFUNDED: &str =
+    "UPDATE payments SET state = 'REFUNDED', update_time_ms = $1 WHERE id = $2 AND state = 'REFUNDING'";
+
 #[derive(Debug)]
 struct Clocked {
     insert: &'static str,
     claim: &'static str,
+    claim_refund: &'static str,
 }
 
 macro_rules! clocked {
@@ -37,8 +42,14 @@ macro_rules! clocked {
             claim: concat!(
                 "UPDATE payments SET lease_until_ms = ",
                 shopmesh::db_now_ms!($engine),
-                " + $1 WHERE id = $2 AND state = 'PROCESSING' AND lease_until_ms <= ",
+                " + $1 WHERE id = $2 AND state = $3 AND lease_until_ms <= ",
                 shopmesh::db_now_ms!($engine)
+            ),
+            claim_refund: concat!(
+                "UPDATE payments SET state = 'REFUNDING', refund_request_id = $1, update_time_ms = $2, \
+                 lease_until_ms = ",
+                shopmesh::db_now_ms!($engine),
+                " + $3 WHERE id = $4 AND state = 'SUCCEEDED'"
             ),
         }
     };
@@ -106,27 +117,45 @@ impl Store {
         Ok((inserted == 1).then_some(payment))
     }
 
-    /// Takes a PROCESSING payment whose lease ran out (its owner died or gave up) for this call,
-    /// for the lease: a compare-and-set on the row, so of several callers exactly one gets
-    /// `true`, whatever their clocks say.
-    pub async fn claim(&self, id: &str) -> Result<bool, sqlx::Error> {
+    /// Takes a payment in `state` (PROCESSING or REFUNDING) whose lease ran out (its owner died
+    /// or gave up) for this call, for the lease: a compare-and-set on the row, so of several
+    /// callers exactly one gets `true`, whatever their clocks say.
+    pub async fn claim(&self, id: &str, state: State) -> Result<bool, sqlx::Error> {
         let claimed = sqlx::query(self.clocked.claim)
             .bind(self.lease_ms)
             .bind(id)
+            .bind(state.as_str())
             .execute(&mut db::acquire(&self.pool).await?)
             .await?
             .rows_affected();
         Ok(claimed == 1)
     }
 
-    /// Gives up this call's lease on a PROCESSING payment, so the next Charge need not wait
-    /// for it to run out.
-    pub async fn release(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE payments SET lease_until_ms = 0 WHERE id = $1 AND state = 'PROCESSING'")
+    /// Gives up this call's lease on a payment still in `state`, so the next call need not
+    /// wait for it to run out.
+    pub async fn release(&self, id: &str, state: State) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE payments SET lease_until_ms = 0 WHERE id = $1 AND state = $2")
             .bind(id)
+            .bind(state.as_str())
             .execute(&mut db::acquire(&self.pool).await?)
             .await
             .map(drop)
+    }
+
+    /// Claims a SUCCEEDED payment for the Refund with `request_id`: REFUNDING under that key,
+    /// owned by this call for the lease. A compare-and-set, so of concurrent Refunds exactly
+    /// one gets `true`; a key another payment of the order was refunded under is a unique
+    /// violation.
+    pub async fn claim_refund(&self, id: &str, request_id: &str) -> Result<bool, sqlx::Error> {
+        // On SQLite committed on this thread unless it cannot be (`Pool::execute`).
+        let claimed = self
+            .pool
+            .execute(
+                self.clocked.claim_refund,
+                &[request_id.into(), ids::now_ms().into(), self.lease_ms.into(), id.into()],
+            )
+            .await?;
+        Ok(claimed == 1)
     }
 
     /// Stores the processor's answer on `payment`, PROCESSING when it was read. A payment some
@@ -161,18 +190,11 @@ impl Store {
         }
     }
 
-    /// Marks a SUCCEEDED payment REFUNDED under `request_id`; `false` if it was not SUCCEEDED.
-    pub async fn mark_refunded(&self, id: &str, request_id: &str) -> Result<bool, sqlx::Error> {
-        let updated = sqlx::query(
-            "UPDATE payments SET state = 'REFUNDED', refund_request_id = $1, update_time_ms = $2 \
-             WHERE id = $3 AND state = 'SUCCEEDED'",
-        )
-        .bind(request_id)
-        .bind(ids::now_ms())
-        .bind(id)
-        .execute(&mut db::acquire(&self.pool).await?)
-        .await?
-        .rows_affected();
+    /// Marks a REFUNDING payment REFUNDED, under the key that claimed it; `false` if it was not
+    /// REFUNDING (another call finished it).
+    pub async fn mark_refunded(&self, id: &str) -> Result<bool, sqlx::Error> {
+        // On SQLite committed on this thread unless it cannot be (`Pool::execute`).
+        let updated = self.pool.execute(MARK_REFUNDED, &[ids::now_ms().into(), id.into()]).await?;
         Ok(updated == 1)
     }
 
@@ -192,23 +214,6 @@ impl Store {
     ) -> Result<Option<Payment>, sqlx::Error> {
         let sql =
             AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE order_id = $1 AND request_id = $2"));
-        let row = sqlx::query(sql)
-            .bind(order_id)
-            .bind(request_id)
-            .fetch_optional(&mut db::acquire(&self.pool).await?)
-            .await?;
-        row.map(|r| from_row(&r)).transpose()
-    }
-
-    /// The payment of `order_id` refunded by the Refund with `request_id`.
-    pub async fn by_refund_request_id(
-        &self,
-        order_id: &str,
-        request_id: &str,
-    ) -> Result<Option<Payment>, sqlx::Error> {
-        let sql = AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM payments WHERE order_id = $1 AND refund_request_id = $2"
-        ));
         let row = sqlx::query(sql)
             .bind(order_id)
             .bind(request_id)

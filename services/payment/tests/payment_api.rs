@@ -322,6 +322,91 @@ async fn refunds_happen_once() {
     }
 }
 
+/// Refunds racing under different request ids (an operator's refund and a customer's
+/// CancelOrder) refund the payment once at the processor: one answer REFUNDED, the others
+/// ALREADY_REFUNDED (issue 26).
+#[tokio::test]
+async fn concurrent_refunds_under_different_keys_refund_once_at_the_processor() {
+    for backend in testing::backends() {
+        // Every Refund is at the processor at the same time unless one claims the payment.
+        let mut t = start_with(backend, Duration::from_millis(50)).await;
+        let order = new_id();
+        let paid = t.client.charge(charge(&order, 4_200, "USD", &order)).await.expect("charge").into_inner();
+        let calls = (0..8).map(|i| {
+            let mut client = t.client.clone();
+            let req = RefundRequest { payment_id: paid.id.clone(), request_id: format!("refund-{i}") };
+            async move { client.refund(req).await.map(tonic::Response::into_inner) }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let refunded: Vec<_> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+        let refused: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+        let at_the_processor = t.at_the_processor("refund", &order).await;
+        println!(
+            "{backend:?}: 8 concurrent Refunds: {} refunded, {} refused, {at_the_processor} refund(s) in the processor's ledger",
+            refunded.len(),
+            refused.len()
+        );
+        assert_eq!(at_the_processor, 1, "{backend:?}: refunded {at_the_processor} times at the processor");
+        assert_eq!(refunded.len(), 1, "{backend:?}: {answers:?}");
+        assert_eq!(refunded[0].state(), PaymentState::Refunded, "{backend:?}");
+        for err in refused {
+            assert_eq!(precondition(err).as_deref(), Some("ALREADY_REFUNDED"), "{backend:?}: {err:?}");
+        }
+        let stored = t.client.get_payment(GetPaymentRequest { id: paid.id }).await.expect("get").into_inner();
+        assert_eq!(&stored, refunded[0], "{backend:?}");
+        t.stop().await;
+    }
+}
+
+/// A Refund that claimed its payment and died before finishing is finished by the next Refund,
+/// whatever its key, once the claim's lease has run out; while the lease runs, a Refund waits
+/// for it and answers UNAVAILABLE only when its own deadline would pass.
+#[tokio::test]
+async fn a_refund_cut_short_is_finished_by_the_next_under_any_key() {
+    for backend in testing::backends() {
+        let mut t = start(backend).await;
+        let order = new_id();
+        let paid = t.client.charge(charge(&order, 1_500, "EUR", &order)).await.expect("charge").into_inner();
+        // Claimed by a Refund whose owner is still alive: the next one waits, within its deadline.
+        t.lose(
+            "UPDATE payments SET state = 'REFUNDING', refund_request_id = 'operator-1', \
+             lease_until_ms = 9000000000000 WHERE id = $1",
+            &paid.id,
+        )
+        .await;
+        let mut held =
+            tonic::Request::new(RefundRequest { payment_id: paid.id.clone(), request_id: "cancel-1".into() });
+        held.set_timeout(Duration::from_millis(300));
+        let err = t.client.refund(held).await.expect_err("the claim is held");
+        assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
+        assert_eq!(t.at_the_processor("refund", &order).await, 0, "{backend:?}");
+
+        // Its owner died: once the lease is over, any key finishes it, under the claim's key.
+        t.lose("UPDATE payments SET lease_until_ms = 0 WHERE id = $1", &paid.id).await;
+        let err = t
+            .client
+            .refund(RefundRequest { payment_id: paid.id.clone(), request_id: "cancel-1".into() })
+            .await
+            .expect_err("refunded under the claim's key");
+        assert_eq!(precondition(&err).as_deref(), Some("ALREADY_REFUNDED"), "{backend:?}: {err:?}");
+        let stored =
+            t.client.get_payment(GetPaymentRequest { id: paid.id.clone() }).await.expect("get").into_inner();
+        assert_eq!(stored.state(), PaymentState::Refunded, "{backend:?}");
+        assert_eq!(stored.refund_request_id, "operator-1", "{backend:?}");
+        assert_eq!(t.at_the_processor("refund", &order).await, 1, "{backend:?}");
+        // The claim's own key gets the refunded payment back.
+        let replay = t
+            .client
+            .refund(RefundRequest { payment_id: paid.id.clone(), request_id: "operator-1".into() })
+            .await
+            .expect("the claim's key")
+            .into_inner();
+        assert_eq!(replay, stored, "{backend:?}");
+        assert_eq!(t.at_the_processor("refund", &order).await, 1, "{backend:?}");
+        t.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn bad_input_is_invalid_argument_or_not_found() {
     for backend in testing::backends() {

@@ -5,7 +5,10 @@
 //! replica: a list of addresses, or a DNS name (a headless Service) re-resolved on an interval.
 //! Calls are spread by power-of-two-choices over the endpoints' in-flight counts (tower's p2c
 //! balancer). An endpoint that fails several calls in a row (UNAVAILABLE or a connection error)
-//! is ejected for a backoff period, doubled each time, but never the last one left.
+//! is ejected for a backoff period, doubled each time, but never the last one left. One that
+//! refuses a connection (a replica restarting, gone) is ejected at its first refusal, and is
+//! out of the balancer's choice at once, before the ejection is processed: the retry of the
+//! refused call (never sent, so safe on any method) goes to another endpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -32,7 +35,7 @@ use crate::mesh::Error;
 use crate::mesh::config::ClientConfig;
 use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::code::header_code;
-use crate::mesh::grpc::respond::{Refusal, is_timeout};
+use crate::mesh::grpc::respond::{Refusal, is_timeout, never_sent};
 use crate::mesh::security::connect::TlsConnector;
 
 /// Longest an endpoint stays ejected, however often it failed.
@@ -181,11 +184,30 @@ impl Service<Request<Bytes>> for Balanced {
 /// the target has no endpoints.
 pub type BalancedFuture = Answer<tower::buffer::future::ResponseFuture<BalanceFuture>, tonic::body::Body>;
 
-/// An endpoint that failed `eject_after_failures` calls in a row.
+/// An endpoint that failed `eject_after_failures` calls in a row, or refused a connection.
 #[derive(Debug)]
 struct Eject {
     addr: SocketAddr,
     generation: u64,
+    /// Its hold, to let it back in when it is the last endpoint.
+    held: Arc<Held>,
+}
+
+/// Whether an endpoint is held out of the balancer's choice: set on the call path as soon as it
+/// refuses a connection, so the very next pick avoids it, until the controller has ejected it
+/// (or let it back, when it is the last one).
+#[derive(Debug, Default)]
+struct Held {
+    out: std::sync::atomic::AtomicBool,
+    /// The balancer's task, waiting for this endpoint to be ready again.
+    waker: futures::task::AtomicWaker,
+}
+
+impl Held {
+    fn release(&self) {
+        self.out.store(false, Ordering::Release);
+        self.waker.wake();
+    }
 }
 
 /// One endpoint: a lazily connected HTTP/2 channel, counting consecutive failures.
@@ -197,6 +219,7 @@ pub struct EndpointService {
     addr: SocketAddr,
     generation: u64,
     eject: mpsc::UnboundedSender<Eject>,
+    held: Arc<Held>,
 }
 
 impl Service<Request<Bytes>> for EndpointService {
@@ -205,6 +228,13 @@ impl Service<Request<Bytes>> for EndpointService {
     type Future = EndpointFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Not ready while held out: the p2c balancer then picks among the other endpoints.
+        if self.held.out.load(Ordering::Acquire) {
+            self.held.waker.register(cx.waker());
+            if self.held.out.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+        }
         self.channel.poll_ready(cx).map_err(BoxError::from)
     }
 
@@ -222,8 +252,20 @@ impl EndpointService {
         }
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures == self.threshold {
-            let _ = self.eject.send(Eject { addr: self.addr, generation: self.generation });
+            self.send_eject();
         }
+    }
+
+    /// The endpoint refused a connection: out of the balancer's choice now, ejected next.
+    fn refused(&self) {
+        if !self.held.out.swap(true, Ordering::AcqRel) {
+            self.send_eject();
+        }
+    }
+
+    fn send_eject(&self) {
+        let eject = Eject { addr: self.addr, generation: self.generation, held: self.held.clone() };
+        let _ = self.eject.send(eject);
     }
 }
 
@@ -244,6 +286,13 @@ impl Future for EndpointFuture {
         let result = ready!(this.inner.poll(cx));
         let failed = match &result {
             Ok(response) => Some(header_code(response) == Some(tonic::Code::Unavailable)),
+            // No connection: out at once, whatever the threshold.
+            Err(err) if never_sent(err) => {
+                if let Some(endpoint) = this.endpoint.take() {
+                    endpoint.refused();
+                }
+                None
+            }
             // The call ran out of time: says nothing about the endpoint's health.
             Err(err) if is_timeout(err) => None,
             Err(_) => Some(true),
@@ -342,6 +391,7 @@ impl Controller {
             addr,
             generation: self.generation,
             eject: self.eject_tx.clone(),
+            held: Arc::default(),
         };
         self.active.insert(addr, self.generation);
         self.publish();
@@ -388,6 +438,7 @@ impl Controller {
         }
         if self.active.len() <= 1 {
             tracing::warn!(upstream = %self.target, addr = %eject.addr, "endpoint keeps failing but is the last one; not ejecting it");
+            eject.held.release();
             return;
         }
         let times = self.ejections.entry(eject.addr).or_insert(0);

@@ -1,6 +1,8 @@
 //! Retries of outgoing calls, as gRPC's retry design (gRFC A6) and Linkerd do them: only
 //! UNAVAILABLE answers and connection failures; only methods the proto marks safe
-//! (`idempotency_level`) or calls that carry a `request_id`; exponential backoff with jitter;
+//! (`idempotency_level`) or calls that carry a `request_id`, except that a call that was never
+//! sent (no connection could be made) is sent again whatever its method, and the balancer
+//! below has already taken the endpoint that refused it out of its choice; exponential backoff with jitter;
 //! never an attempt after the call's deadline; `grpc-retry-pushback-ms` honoured; and a retry
 //! budget shared by every call of the channel, so a dependency failing everything sees at most
 //! about `1 + ratio` times the load instead of `max_attempts` times.
@@ -29,7 +31,7 @@ use crate::mesh::client::call_deadline::CallDeadline;
 use crate::mesh::config::{ClientConfig, MAX_ATTEMPTS_CAP};
 use crate::mesh::grpc::catalogue::Catalogue;
 use crate::mesh::grpc::code::header_code;
-use crate::mesh::grpc::respond::is_timeout;
+use crate::mesh::grpc::respond::{is_timeout, never_sent};
 use crate::mesh::grpc::timeout::{GRPC_TIMEOUT, encode_timeout};
 
 const PUSHBACK: &str = "grpc-retry-pushback-ms";
@@ -217,6 +219,7 @@ impl tower::retry::Policy<Request<Bytes>, Response<tonic::body::Body>, BoxError>
         request: &mut Request<Bytes>,
         result: &mut Result<Response<tonic::body::Body>, BoxError>,
     ) -> Option<Self::Future> {
+        let mut sent = true;
         let pushback = match result {
             Ok(response) if header_code(response) == Some(tonic::Code::Unavailable) => {
                 match response.headers().get(PUSHBACK).map(|v| std::str::from_utf8(v.as_bytes())) {
@@ -230,6 +233,11 @@ impl tower::retry::Policy<Request<Bytes>, Response<tonic::body::Body>, BoxError>
                 }
             }
             Ok(_) => return None,
+            // No connection could be made: nothing reached a server, so any call may go again.
+            Err(err) if never_sent(&**err) => {
+                sent = false;
+                None
+            }
             // Out of time: the deadline layer above answers DEADLINE_EXCEEDED.
             Err(err) if is_timeout(&**err) => return None,
             // The request may not have reached a server (connect failure) or its answer was
@@ -237,7 +245,7 @@ impl tower::retry::Policy<Request<Bytes>, Response<tonic::body::Body>, BoxError>
             Err(_) => None,
         };
         let path = request.uri().path();
-        if self.attempts >= self.max_attempts || !self.repeatable(request) {
+        if self.attempts >= self.max_attempts || (sent && !self.repeatable(request)) {
             return None;
         }
         let sleep = match pushback {

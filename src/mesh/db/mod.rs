@@ -82,6 +82,9 @@ impl Pool {
     #[must_use]
     pub fn named(self, name: &'static str) -> Self {
         let max = self.inner.options().get_max_connections();
+        if let Some(writer) = &self.writer {
+            writer.name(name);
+        }
         Self { metrics: Some(Arc::new(PoolMetrics::new(name, max))), ..self }
     }
 
@@ -332,6 +335,9 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
                     // of WAL) rather than SQLite's 1 000 syncs a quarter as often and writes a
                     // page changed by many commits (an index's last leaf) back once.
                     conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
+                    // A WAL a long reader let grow is cut back to 64 MiB (`RESTART_AT_PAGES`)
+                    // when it starts over, whichever connection writes first then.
+                    conn.execute("PRAGMA journal_size_limit = 67108864").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     Ok(())
                 })

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use rusqlite::OpenFlags;
@@ -24,6 +24,10 @@ pub(in crate::mesh::db) const CHECKPOINT_EVERY: u64 = 500;
 /// 64 MiB of 4 KiB pages.
 pub(in crate::mesh::db) const RESTART_AT_PAGES: i64 = 16_384;
 
+/// Longest backoff between two RESTART attempts that could not finish, in checkpoints:
+/// 64 x 500 commits.
+const MAX_RESTART_BACKOFF: u64 = 64;
+
 /// The one write connection to a SQLite file, opened on first use.
 pub(in crate::mesh::db) struct Writer {
     path: PathBuf,
@@ -33,8 +37,48 @@ pub(in crate::mesh::db) struct Writer {
     commits: AtomicU64,
     /// A checkpoint is running on the blocking pool; no second one is started meanwhile.
     checkpointing: AtomicBool,
+    /// No RESTART is tried before this many commits: set after one that could not finish.
+    restart_not_before: AtomicU64,
+    /// Checkpoints to wait after the next RESTART that cannot finish (doubling).
+    restart_backoff: AtomicU64,
+    /// The pool's name, labelling this writer's metrics (none until the pool is named).
+    name: OnceLock<&'static str>,
     /// Checkpoints that ran to the end, for tests and debugging.
     checkpoints: AtomicU64,
+    /// What the checkpoints did, by [`Outcome`], for tests and debugging (as the metrics).
+    outcomes: [AtomicU64; Outcome::ALL.len()],
+    /// Writes handed back to sqlx (busy, or failed here), for tests and debugging.
+    handed_back: AtomicU64,
+}
+
+/// What one checkpoint did (the `outcome` label of `db_sqlite_checkpoints_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::mesh::db) enum Outcome {
+    /// The WAL was copied as far as it could be; it is not yet long enough to start over.
+    Passive,
+    /// Long enough to start over, but a reader's snapshot holds frames the PASSIVE checkpoint
+    /// could not copy: a RESTART would wait for that reader, holding writers off, so none ran.
+    ReaderHolds,
+    /// Long enough, but the last RESTART could not finish: waiting a while before the next.
+    BackingOff,
+    /// RESTARTed: the next commit writes the WAL from its start (and cuts it to its limit).
+    Restarted,
+    /// A RESTART met a writer or reader it could not wait out within [`RESTART_WAIT`].
+    Busy,
+}
+
+impl Outcome {
+    const ALL: [Self; 5] = [Self::Passive, Self::ReaderHolds, Self::BackingOff, Self::Restarted, Self::Busy];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Passive => "passive",
+            Self::ReaderHolds => "reader_holds",
+            Self::BackingOff => "backing_off",
+            Self::Restarted => "restarted",
+            Self::Busy => "busy",
+        }
+    }
 }
 
 /// What a write committed: the rows it changed (`sqlite3_changes`, as sqlx's `rows_affected`)
@@ -69,8 +113,35 @@ impl Writer {
             restart_at_pages,
             commits: AtomicU64::new(0),
             checkpointing: AtomicBool::new(false),
+            restart_not_before: AtomicU64::new(0),
+            restart_backoff: AtomicU64::new(1),
+            name: OnceLock::new(),
             checkpoints: AtomicU64::new(0),
+            outcomes: Default::default(),
+            handed_back: AtomicU64::new(0),
         }
+    }
+
+    /// Labels this writer's metrics with the pool's name.
+    pub(in crate::mesh::db) fn name(&self, name: &'static str) {
+        let _ = self.name.set(name);
+    }
+
+    /// Counts a write handed back to sqlx: `busy` when the file was locked (a writer through
+    /// sqlx, a checkpoint), otherwise anything else (see the module docs).
+    fn count_hand_back(&self, busy: bool) {
+        self.handed_back.fetch_add(1, Ordering::Relaxed);
+        if let Some(pool) = self.name.get() {
+            let reason = if busy { "busy" } else { "other" };
+            metrics::counter!("db_sqlite_writes_handed_back_total", "pool" => *pool, "reason" => reason)
+                .increment(1);
+        }
+    }
+
+    /// How many checkpoints ended with `outcome`.
+    #[cfg(test)]
+    fn outcomes(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome as usize].load(Ordering::Relaxed)
     }
 
     fn open(&self) -> Result<rusqlite::Connection, OpenError> {
@@ -88,9 +159,12 @@ impl Writer {
             return Err(format!("journal mode is {mode}, not wal").into());
         }
         // As sqlx's connections (`connect`), except that this one never checkpoints itself.
+        // The size limit cuts a WAL that a long reader let grow back to it when the WAL
+        // starts over.
         conn.execute_batch(
             "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
         )?;
+        conn.pragma_update(None, "journal_size_limit", self.restart_at_pages.saturating_mul(PAGE_BYTES))?;
         Ok(conn)
     }
 
@@ -109,6 +183,7 @@ impl Writer {
                 Ok(conn) => *slot = Some(conn),
                 Err(err) => {
                     tracing::debug!(%err, path = %self.path.display(), "no inline SQLite writer; writing through sqlx");
+                    self.count_hand_back(false);
                     return None;
                 }
             }
@@ -122,6 +197,8 @@ impl Writer {
                 tracing::debug!(%err, "inline SQLite writer dropped after a failed rollback");
                 *slot = None;
             }
+            drop(slot);
+            self.count_hand_back(is_busy(outcome.as_ref().err()));
             return None;
         }
         let rows_affected = conn.changes();
@@ -133,6 +210,7 @@ impl Writer {
             }
             Err(err) => {
                 tracing::debug!(%err, sql, "inline SQLite write handed to sqlx");
+                self.count_hand_back(is_busy(Some(&err)));
                 None
             }
         }
@@ -152,31 +230,71 @@ impl Writer {
         };
         let writer = Arc::clone(self);
         runtime.spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            match checkpoint(&writer.path, writer.restart_at_pages) {
-                Ok(Checkpointed { wal_pages, restarted }) => {
+            let restart = n >= writer.restart_not_before.load(Ordering::Relaxed);
+            match checkpoint(&writer.path, writer.restart_at_pages, restart) {
+                Ok(Checkpointed { wal_pages, outcome, held }) => {
                     writer.checkpoints.fetch_add(1, Ordering::Relaxed);
-                    let took_ms = started.elapsed().as_secs_f64() * 1e3;
-                    tracing::debug!(wal_pages, restarted, took_ms, path = %writer.path.display(), "checkpoint");
+                    writer.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+                    writer.after_restart(n, outcome);
+                    if let Some(pool) = writer.name.get() {
+                        let label = outcome.label();
+                        metrics::counter!("db_sqlite_checkpoints_total", "pool" => *pool, "outcome" => label)
+                            .increment(1);
+                        if let Some(held) = held {
+                            metrics::histogram!("db_sqlite_checkpoint_hold_seconds", "pool" => *pool, "outcome" => label)
+                                .record(held.as_secs_f64());
+                        }
+                    }
+                    tracing::debug!(wal_pages, outcome = outcome.label(), ?held, path = %writer.path.display(), "checkpoint");
                 }
                 Err(err) => tracing::debug!(%err, path = %writer.path.display(), "checkpoint failed; the next one retries"),
             }
             writer.checkpointing.store(false, Ordering::Release);
         });
     }
+
+    /// After a RESTART attempt at commit `n`: one that finished resets the backoff; one that
+    /// could not puts the next attempt off by the backoff (in checkpoints), then doubles it.
+    fn after_restart(&self, n: u64, outcome: Outcome) {
+        match outcome {
+            Outcome::Restarted => self.restart_backoff.store(1, Ordering::Relaxed),
+            Outcome::Busy => {
+                let backoff = self.restart_backoff.load(Ordering::Relaxed);
+                self.restart_not_before.store(n + backoff * self.checkpoint_every, Ordering::Relaxed);
+                self.restart_backoff.store((backoff * 2).min(MAX_RESTART_BACKOFF), Ordering::Relaxed);
+            }
+            Outcome::Passive | Outcome::ReaderHolds | Outcome::BackingOff => {}
+        }
+    }
 }
 
-/// How long a RESTART checkpoint waits for the write lock and for readers of the old frames.
-const RESTART_WAIT: Duration = Duration::from_secs(1);
+/// Whether `err` is SQLite's "locked": another connection holds what the write needed.
+fn is_busy(err: Option<&rusqlite::Error>) -> bool {
+    matches!(
+        err.and_then(rusqlite::Error::sqlite_error_code),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
 
-/// What a checkpoint did: how long the WAL was (in pages), and whether it starts over.
+/// The page size the WAL's length limit is computed with (SQLite's default).
+const PAGE_BYTES: i64 = 4096;
+
+/// Longest a RESTART checkpoint waits for the write lock and for readers of the WAL: writers
+/// are held off meanwhile, so only a moment. One that cannot finish in it is tried again later
+/// (`after_restart`).
+const RESTART_WAIT: Duration = Duration::from_millis(10);
+
+/// What a checkpoint did: how long the WAL was (in pages), what came of it, and how long a
+/// RESTART held writers off, when one was tried.
 struct Checkpointed {
     wal_pages: i64,
-    restarted: bool,
+    outcome: Outcome,
+    held: Option<Duration>,
 }
 
 /// Checkpoints `path` on a connection of its own: a PASSIVE checkpoint, then, when the WAL has
-/// grown to `restart_at_pages`, a RESTART one.
+/// grown to `restart_at_pages`, `restart` allows it and the PASSIVE one copied every frame, a
+/// RESTART one.
 ///
 /// A PASSIVE checkpoint copies the WAL into the database file beside the writers, never
 /// stopping them, but they append behind it as fast as it copies: the WAL comes back to its
@@ -188,23 +306,45 @@ struct Checkpointed {
 /// every checkpoint held the writers off 13 ms (median) eight times a second per file under
 /// CreateOrder load, and cost a third of its throughput; after a PASSIVE one, a RESTART has
 /// only the frames of the last milliseconds left to copy.
-fn checkpoint(path: &std::path::Path, restart_at_pages: i64) -> rusqlite::Result<Checkpointed> {
+///
+/// A reader's open transaction keeps the frames after its snapshot from being copied, and a
+/// RESTART waits for it: with a 1 s wait, retried every 500 commits while such a reader lasted,
+/// writers were held off most of the time (CreateOrder fell from 1 392/s to 317/s). So a
+/// RESTART is tried only when the PASSIVE checkpoint copied every frame (no reader holds an
+/// older snapshot; a reader that began after that reads the database file, not the WAL), waits
+/// [`RESTART_WAIT`] at most, and after one that could not finish the next waits longer.
+fn checkpoint(
+    path: &std::path::Path,
+    restart_at_pages: i64,
+    restart: bool,
+) -> rusqlite::Result<Checkpointed> {
     let conn = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    let pages = |mode: &str| {
+    // (finished, frames in the WAL, frames copied into the database file)
+    let run = |mode: &str| {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-            Ok((row.get::<_, i64>(0)? == 0, row.get::<_, i64>(1)?))
+            Ok((row.get::<_, i64>(0)? == 0, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
         })
     };
-    let (_, wal_pages) = pages("PASSIVE")?;
+    let (_, wal_pages, copied) = run("PASSIVE")?;
+    let outcome = |outcome| Ok(Checkpointed { wal_pages, outcome, held: None });
     if wal_pages < restart_at_pages {
-        return Ok(Checkpointed { wal_pages, restarted: false });
+        return outcome(Outcome::Passive);
+    }
+    if copied < wal_pages {
+        return outcome(Outcome::ReaderHolds);
+    }
+    if !restart {
+        return outcome(Outcome::BackingOff);
     }
     conn.busy_timeout(RESTART_WAIT)?;
-    let (restarted, _) = pages("RESTART")?;
-    Ok(Checkpointed { wal_pages, restarted })
+    let started = std::time::Instant::now();
+    let (restarted, _, _) = run("RESTART")?;
+    let held = Some(started.elapsed());
+    let outcome = if restarted { Outcome::Restarted } else { Outcome::Busy };
+    Ok(Checkpointed { wal_pages, outcome, held })
 }
 
 /// `sql` stepped to its end: its first row mapped, if it returns rows.
@@ -375,6 +515,88 @@ mod tests {
         for i in 50..75 {
             writer.write(INSERT, rusqlite::params![format!("k{i}"), i], no_row).expect("written here");
         }
-        assert_eq!(size(&wal), wal_size, "the WAL grew after a checkpoint");
+        assert!(size(&wal) <= wal_size, "the WAL grew after a checkpoint");
+    }
+
+    /// Waits until no checkpoint is running (bounded: a checkpoint of a small file takes
+    /// milliseconds).
+    async fn no_checkpoint_running(writer: &Writer) {
+        for _ in 0..10_000 {
+            if !writer.checkpointing.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("a checkpoint never ended");
+    }
+
+    /// A reader's open transaction keeps the WAL from starting over. Writers must not wait on
+    /// checkpoints that cannot finish meanwhile (issue 26: a RESTART held them off 1 s in
+    /// every 500 commits): every write is still committed here, none is handed back to sqlx
+    /// for a lock, and no RESTART is tried. Once the reader ends the WAL starts over and is
+    /// cut back to its limit.
+    #[tokio::test]
+    async fn a_long_reader_never_holds_writers_off_and_the_wal_is_cut_once_it_ends() {
+        let (_dir, path, reader) = database();
+        let size = |file: &std::path::Path| std::fs::metadata(file).expect("stat").len();
+        let wal = path.with_extension("db-wal");
+        // A checkpoint every 10 commits; the WAL should start over from 8 pages.
+        let writer = Arc::new(Writer::new(path.clone(), 10, 8));
+        let mut key = 0_u64;
+        let mut write = || {
+            key += 1;
+            writer.write(INSERT, rusqlite::params![format!("k{key}"), 1], no_row).is_some()
+        };
+        assert!(write());
+        // The reader's snapshot: the frames committed after it cannot be copied while it lasts.
+        reader.execute_batch("BEGIN").expect("begins");
+        let seen: i64 = reader.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("reads");
+        assert_eq!(seen, 1);
+        let mut writes = 0;
+        while writer.checkpoints.load(Ordering::Relaxed) < 5 {
+            assert!(writes < 200_000, "no checkpoint ran");
+            assert!(write(), "write {writes} was handed back while a reader held the WAL");
+            writes += 1;
+            if writes % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        no_checkpoint_running(&writer).await;
+        assert_eq!(writer.handed_back.load(Ordering::Relaxed), 0, "writes handed back to sqlx");
+        assert!(writer.outcomes(Outcome::ReaderHolds) >= 5, "{:?}", outcomes(&writer));
+        assert_eq!(
+            writer.outcomes(Outcome::Restarted) + writer.outcomes(Outcome::Busy),
+            0,
+            "a RESTART was tried"
+        );
+        let grown = size(&wal);
+        assert!(
+            grown > 8 * 4096,
+            "the WAL did not outgrow its limit ({grown} bytes): the test proves nothing"
+        );
+
+        // The reader ends: the next checkpoint starts the WAL over, and the commit after it
+        // cuts the file back to its limit.
+        reader.execute_batch("COMMIT").expect("ends the read");
+        for _ in 0..50 {
+            if writer.outcomes(Outcome::Restarted) > 0 {
+                break;
+            }
+            for _ in 0..10 {
+                write();
+            }
+            no_checkpoint_running(&writer).await;
+        }
+        assert!(
+            writer.outcomes(Outcome::Restarted) > 0,
+            "the WAL never started over: {:?}",
+            outcomes(&writer)
+        );
+        write();
+        assert!(size(&wal) <= 8 * 4096, "the WAL is {} bytes after starting over (was {grown})", size(&wal));
+    }
+
+    fn outcomes(writer: &Writer) -> Vec<(&'static str, u64)> {
+        Outcome::ALL.iter().map(|o| (o.label(), writer.outcomes(*o))).collect()
     }
 }
