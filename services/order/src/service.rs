@@ -165,7 +165,7 @@ impl Orders {
                 Resolution::Unknown(Some(status)) => return Err(Error::Payment(status)),
                 Resolution::Unknown(None) => {
                     // Another process's call is charging it: its outcome lands on the order's row.
-                    if !shopmesh::mesh::deadline::sleep_within(pause, REPLY_MARGIN).await {
+                    if !shopmesh::mesh::request_deadline::sleep_within(pause, REPLY_MARGIN).await {
                         return Err(Error::PaymentInFlight(order.id));
                     }
                     pause = (pause * 2).min(LONGEST_PAUSE);
@@ -260,7 +260,7 @@ const NO_DEADLINE_WAIT: Duration = Duration::from_secs(10);
 
 /// When a call waiting for another to settle gives up: its deadline less the reply's margin.
 fn wait_until() -> Instant {
-    match shopmesh::mesh::deadline::current() {
+    match shopmesh::mesh::request_deadline::current() {
         Some(deadline) => deadline.checked_sub(REPLY_MARGIN).unwrap_or(deadline),
         None => Instant::now() + NO_DEADLINE_WAIT,
     }

@@ -123,7 +123,7 @@ impl Payments {
                         return self.finish_refund(payment, req).await;
                     }
                     // Its owner is at the processor: wait for its outcome while time is left.
-                    if !shopmesh::mesh::deadline::sleep_within(pause, REPLY_MARGIN).await {
+                    if !shopmesh::mesh::request_deadline::sleep_within(pause, REPLY_MARGIN).await {
                         return Err(Error::RefundInFlight(payment.id));
                     }
                     pause = (pause * 2).min(MAX_PAUSE);
