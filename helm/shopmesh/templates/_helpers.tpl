@@ -195,6 +195,9 @@ runAsNonRoot: true
 # The distroless image's nonroot user, numeric so the kubelet can verify runAsNonRoot.
 runAsUser: 65532
 runAsGroup: 65532
+# Secret files (the CA's key, tls.key) are the kubelet's, root-owned: fsGroup gives them this
+# group, readable by the pod's processes and by no other user.
+fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
