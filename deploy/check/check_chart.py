@@ -1073,8 +1073,11 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "tls": {"enabled": True, "trustDomain": "shop.example", "probePort": 9000, "certManager": {"enabled": False}, "secretNames": {"payment": "payment-cert"}},
             "authz": {"enabled": False},
         },
-        "no mTLS, Gateway with bearer tokens required": {
+        # Tokens without mTLS only where no service calls another (service-to-service calls carry
+        # no token): order, the one caller, is left out.
+        "no mTLS, order off, Gateway with bearer tokens required": {
             "tls": {"enabled": False},
+            "services": {"order": {"enabled": False}},
             "jwt": {"jwks": JWKS, "issuer": "https://id.example", "audience": "shopmesh"},
             "gateway": {"enabled": True, "parentRefs": [{"name": "public"}]},
             "networkPolicy": {"edgeClients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}]},
@@ -1232,6 +1235,15 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "the edge needs a mesh certificate in a Secret (SPIFFE ID spiffe://cluster.local/ns/shop/sa/shopmesh-gateway), which Helm cannot write",
         ),
         "a certificate lifetime in days (schema)": ({"tls": {"chartCA": {"duration": "365d"}}}, "/tls/chartCA/duration"),
+        "bearer tokens without mTLS where services call each other": (
+            {"tls": {"enabled": False}, "jwt": {"jwks": JWKS, "issuer": "i", "audience": "a"}},
+            "service-to-service calls (order -> user, order -> payment, order -> catalog) carry no token and need mTLS. Set tls.enabled=true",
+        ),
+        "bearer tokens without mTLS, the callees' tokens optional (a writable catalog)": (
+            {"tls": {"enabled": False}, "jwt": {"jwks": JWKS, "issuer": "i", "audience": "a"},
+             "services": {"catalog": {"jwtRequire": "never"}, "user": {"jwtRequire": "never"}, "payment": {"jwtRequire": "never"}}},
+            "jwt.jwks is set with tls.enabled=false",
+        ),
         "a service calling one that does not exist": ({"services": {"order": {"calls": ["inventory"]}}}, "services.order.calls names inventory"),
     }
     for label, (values, message) in refusals.items():

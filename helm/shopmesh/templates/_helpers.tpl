@@ -360,3 +360,23 @@ it; a Gateway must say so); with mTLS off, every public service must require a b
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Refuses bearer tokens without mTLS where services call each other: tokens identify callers from
+outside the mesh, and a service's calls to another carry none, so each such call would fail
+(with `jwtRequire: unidentified`) or the callee would take calls from anyone (`never`, a
+writable catalog). Service-to-service calls are authenticated by mTLS only.
+*/}}
+{{- define "shopmesh.checkTokenOnly" -}}
+{{- if and .Values.jwt.jwks (not (include "shopmesh.tlsEnabled" .)) -}}
+{{- $calls := list -}}
+{{- range $name := include "shopmesh.serviceNames" . | fromJsonArray -}}
+{{- range $callee := include "shopmesh.callees" (dict "root" $ "name" $name) | fromJsonArray -}}
+{{- $calls = append $calls (printf "%s -> %s" $name $callee) -}}
+{{- end -}}
+{{- end -}}
+{{- if $calls -}}
+{{- fail (printf "jwt.jwks is set with tls.enabled=false: bearer tokens identify callers from outside the mesh, but service-to-service calls (%s) carry no token and need mTLS. Set tls.enabled=true (the chart's own CA needs nothing else), keeping jwt.* for the edge" (join ", " $calls)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
