@@ -22,6 +22,7 @@ import yaml
 from helm_python.chart import Chart, lint, values_from_yaml
 from helm_python.errors import HelmError
 
+import kubelet_files
 from harness import Checks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -566,6 +567,20 @@ def check_service_monitor(r: Rendered) -> str:
     return "on: one per service, port metrics"
 
 
+def check_file_access(r: Rendered) -> str:
+    """Every file a container is told about is readable by its process as the kubelet lays it out
+    (uid, fsGroup, modes: kubelet_files.py), and private keys by nobody else."""
+    reads = 0
+    for kind in ("Deployment", "StatefulSet", "Job", "Pod"):
+        for obj in r.kind(kind):
+            pod = obj["spec"] if kind == "Pod" else obj["spec"]["template"]["spec"]
+            try:
+                reads += len(kubelet_files.access(pod))
+            except AssertionError as e:
+                raise AssertionError(f"{kind} {obj['metadata']['name']}: {e}")
+    return f"{reads} file reads, each allowed by owner, group or mode"
+
+
 TLS_ENV = ("SHOPMESH_TLS_CERT", "SHOPMESH_TLS_KEY", "SHOPMESH_TLS_CA", "SHOPMESH_PROBE_LISTEN")
 
 
@@ -605,7 +620,7 @@ def check_tls(r: Rendered) -> str:
             else:
                 secret = volume.get("secret", {})
                 assert secret.get("secretName") == want, f"{svc}: {var} comes from Secret {secret.get('secretName')!r}, not {want!r}"
-                assert secret.get("defaultMode", 0o644) & 0o077 == 0, f"{svc}: the TLS Secret's files are readable by others"
+                assert secret.get("defaultMode", 0o644) & 0o007 == 0, f"{svc}: the TLS Secret's files are readable by others"
         assert env.get("SHOPMESH_TRUST_DOMAIN") == tls["trustDomain"], f"{svc}: trust domain is {env.get('SHOPMESH_TRUST_DOMAIN')!r}"
         assert env.get("SHOPMESH_PROBE_LISTEN") == f"0.0.0.0:{tls['probePort']}", f"{svc}: probe port listens on {env.get('SHOPMESH_PROBE_LISTEN')!r}"
         assert ports.get("probe") == tls["probePort"] != ports.get("grpc"), f"{svc}: probe port {ports.get('probe')} is not a port of its own"
@@ -633,7 +648,7 @@ def check_tls(r: Rendered) -> str:
                 assert mount and mount.get("readOnly") is True, f"{svc}: --{flag} is not in a read-only mount"
                 secret = volumes[mount["name"]].get("secret", {})
                 assert secret.get("secretName") == ca_secret, f"{svc}: the CA comes from {secret.get('secretName')!r}, not {ca_secret!r}"
-                assert secret.get("defaultMode", 0o644) & 0o077 == 0, f"{svc}: the CA Secret's files are readable by others"
+                assert secret.get("defaultMode", 0o644) & 0o007 == 0, f"{svc}: the CA Secret's files are readable by others"
             annotations = r.one("Deployment", name(svc))["spec"]["template"]["metadata"].get("annotations", {})
             assert bool(annotations.get("checksum/mesh-ca")) != bool(tls["chartCA"]["existingSecret"]), f"{svc}: a new CA would not roll the pods (or the checksum of a CA the chart cannot read)"
             issued.append(svc)
@@ -1058,8 +1073,11 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "tls": {"enabled": True, "trustDomain": "shop.example", "probePort": 9000, "certManager": {"enabled": False}, "secretNames": {"payment": "payment-cert"}},
             "authz": {"enabled": False},
         },
-        "no mTLS, Gateway with bearer tokens required": {
+        # Tokens without mTLS only where no service calls another (service-to-service calls carry
+        # no token): order, the one caller, is left out.
+        "no mTLS, order off, Gateway with bearer tokens required": {
             "tls": {"enabled": False},
+            "services": {"order": {"enabled": False}},
             "jwt": {"jwks": JWKS, "issuer": "https://id.example", "audience": "shopmesh"},
             "gateway": {"enabled": True, "parentRefs": [{"name": "public"}]},
             "networkPolicy": {"edgeClients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}]},
@@ -1141,7 +1159,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
         for check in (check_autoscaler, check_upstreams, check_migration, check_test_pod, check_secret, check_postgresql, check_otel,
                       check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
-                      check_tls, check_authz, check_edge, check_extension_points, check_prometheus_rule, check_dashboards):
+                      check_tls, check_file_access, check_authz, check_edge, check_extension_points, check_prometheus_rule, check_dashboards):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
     # Values the chart must refuse, and the message it must refuse them with.
@@ -1217,6 +1235,15 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "the edge needs a mesh certificate in a Secret (SPIFFE ID spiffe://cluster.local/ns/shop/sa/shopmesh-gateway), which Helm cannot write",
         ),
         "a certificate lifetime in days (schema)": ({"tls": {"chartCA": {"duration": "365d"}}}, "/tls/chartCA/duration"),
+        "bearer tokens without mTLS where services call each other": (
+            {"tls": {"enabled": False}, "jwt": {"jwks": JWKS, "issuer": "i", "audience": "a"}},
+            "service-to-service calls (order -> user, order -> payment, order -> catalog) carry no token and need mTLS. Set tls.enabled=true",
+        ),
+        "bearer tokens without mTLS, the callees' tokens optional (a writable catalog)": (
+            {"tls": {"enabled": False}, "jwt": {"jwks": JWKS, "issuer": "i", "audience": "a"},
+             "services": {"catalog": {"jwtRequire": "never"}, "user": {"jwtRequire": "never"}, "payment": {"jwtRequire": "never"}}},
+            "jwt.jwks is set with tls.enabled=false",
+        ),
         "a service calling one that does not exist": ({"services": {"order": {"calls": ["inventory"]}}}, "services.order.calls names inventory"),
     }
     for label, (values, message) in refusals.items():

@@ -195,6 +195,9 @@ runAsNonRoot: true
 # The distroless image's nonroot user, numeric so the kubelet can verify runAsNonRoot.
 runAsUser: 65532
 runAsGroup: 65532
+# Secret files (the CA's key, tls.key) are the kubelet's, root-owned: fsGroup gives them this
+# group, readable by the pod's processes and by no other user.
+fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
@@ -354,6 +357,26 @@ it; a Gateway must say so); with mTLS off, every public service must require a b
 {{- fail (printf "ingress/gateway enabled, mTLS off: the edge would reach the %s service, whose callers would have neither an mTLS identity nor a required bearer token. Turn mTLS on (tls.enabled), or set jwt.jwks/issuer/audience and keep services.%s.jwtRequire=unidentified" $name $name) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Refuses bearer tokens without mTLS where services call each other: tokens identify callers from
+outside the mesh, and a service's calls to another carry none, so each such call would fail
+(with `jwtRequire: unidentified`) or the callee would take calls from anyone (`never`, a
+writable catalog). Service-to-service calls are authenticated by mTLS only.
+*/}}
+{{- define "shopmesh.checkTokenOnly" -}}
+{{- if and .Values.jwt.jwks (not (include "shopmesh.tlsEnabled" .)) -}}
+{{- $calls := list -}}
+{{- range $name := include "shopmesh.serviceNames" . | fromJsonArray -}}
+{{- range $callee := include "shopmesh.callees" (dict "root" $ "name" $name) | fromJsonArray -}}
+{{- $calls = append $calls (printf "%s -> %s" $name $callee) -}}
+{{- end -}}
+{{- end -}}
+{{- if $calls -}}
+{{- fail (printf "jwt.jwks is set with tls.enabled=false: bearer tokens identify callers from outside the mesh, but service-to-service calls (%s) carry no token and need mTLS. Set tls.enabled=true (the chart's own CA needs nothing else), keeping jwt.* for the edge" (join ", " $calls)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
