@@ -30,8 +30,9 @@ Key = tuple[str, str, str]
 
 class Cluster:
     def __init__(self, binary: Path, domain: str = "cluster.local", log: Callable[[str], None] | None = None,
-                 shopmesh_repository: str = "shopmesh") -> None:
+                 shopmesh_repository: str = "shopmesh", logs: Path | None = None) -> None:
         self.binary = binary
+        self.logs = logs  # where the containers' logs are copied, pod by pod, when a pod goes
         self.images = ImageMap(binary, shopmesh_repository)
         self.domain = domain
         self.started = time.monotonic()

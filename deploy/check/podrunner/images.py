@@ -74,6 +74,7 @@ class ImageMap:
         self.images = {shopmesh_repository.rsplit("/", 1)[-1]: shopmesh(binary), "postgres": postgres(), "toolbox": toolbox()}
 
     def __getitem__(self, ref: str) -> Image:
+        """The image of a reference: `registry/path/name:tag` or `name@sha256:…` -> by `name`."""
         repository = ref.split("@", 1)[0]
         last = repository.rsplit("/", 1)[-1]
         name = last.split(":", 1)[0]

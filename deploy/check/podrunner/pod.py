@@ -280,4 +280,8 @@ class Pod:
         for t in self._tmpfs:
             subprocess.run(["umount", "-l", str(t)], capture_output=True)
         self._tmpfs = []
+        if self.cluster.logs is not None:
+            self.cluster.logs.mkdir(parents=True, exist_ok=True)
+            for log in self.dir.glob("*.log"):
+                shutil.copy(log, self.cluster.logs / f"{self.dir.name}_{log.name}")
         shutil.rmtree(self.dir, ignore_errors=True)

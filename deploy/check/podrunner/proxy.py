@@ -47,7 +47,7 @@ class Proxies:
                 while data := await src.read(65536):
                     dst.write(data)
                     await dst.drain()
-            except (OSError, asyncio.IncompleteReadError):
+            except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
                 pass
             finally:
                 try:
@@ -61,8 +61,14 @@ class Proxies:
         async def stop() -> None:
             for s in self.servers.values():
                 s.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         try:
             asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
         except Exception:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
