@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness import Checks
 from podrunner import Cluster, Release
-from pods import default_install
+from pods import default_install, scale, upgrade, variants
 from pods.edge import Edge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,8 @@ def main() -> int:
             pods = [p for p in cluster.pods if p.namespace == NAMESPACE]
             return f"install-to-Ready {state['ready']:.1f} s, {len(pods)} pods: {', '.join(sorted(p.name for p in pods))}"
 
-        checks.run("default values: helm install, every pod Ready", install)
+        if wanted & {"default", "scale", "upgrade"}:
+            checks.run("default values (payment's HPA minimum 1): helm install, every pod Ready", install)
         if "ready" in state:
             def first_order() -> str:
                 state["edge"] = Edge(cluster, NAMESPACE, f"{RELEASE}-mesh-ca")
@@ -64,19 +65,42 @@ def main() -> int:
                 return default_install.order_through_services(state["edge"])
 
             checks.run("default values: a user, a product and a PAID order through the Services, as the edge", first_order)
-
         if "edge" in state:
-            def refused_is_caught() -> str:
-                # The edge may not reach payment (only order may): the runner must notice.
-                before = len(cluster.violations)
-                state["edge"].run(["/usr/local/bin/shopmesh", "healthcheck", f"{state['edge'].host('payment')}:50053", "--timeout=2s"])
-                cluster.wait("the runner to see the edge's connection to payment", lambda: len(cluster.violations) > before, 10)
-                caught = cluster.violations[before:]
-                del cluster.violations[before:]
-                assert all("payment" in v for v in caught), caught
-                return caught[0]
+            checks.run("a connection the NetworkPolicies refuse is caught (the edge to payment)",
+                       lambda: state["edge"].refused_is_caught())
 
-            checks.run("a connection the NetworkPolicies refuse is caught (the edge to payment)", refused_is_caught)
+        if "edge" in state and "scale" in wanted:
+            state["edge"].products()
+            checks.run("payment scaled 1 -> 3 as the HPA would, under CreateOrder load through the order Service",
+                       lambda: scale.scale_out(cluster, state["edge"], NAMESPACE))
+            checks.run("a payment pod SIGKILLed is restarted per its restartPolicy", lambda: scale.sigkill(cluster, NAMESPACE))
+            checks.run("a drain of order and payment that respects their PodDisruptionBudgets, under load",
+                       lambda: scale.drain_under_load(cluster, state["edge"], NAMESPACE))
+
+        if "edge" in state and "upgrade" in wanted:
+            state["edge"].products()
+            upgraded = []
+
+            def do_upgrade() -> str:
+                out = upgrade.upgrade(cluster, release, state["edge"], default_install.values())
+                upgraded.append(True)
+                return out
+
+            checks.run("helm upgrade to a release with a new additive migration, under CreateOrder load", do_upgrade)
+            if upgraded:
+                checks.run("helm rollback across that migration, under CreateOrder load: every pod Ready, no acknowledged order lost",
+                           lambda: upgrade.rollback(cluster, release, state["edge"]))
+
+        if "variants" in wanted:
+            if release.revisions:
+                release.uninstall(grace=1)  # the machine's two cores for one release at a time
+            checks.run("variant: token-only values fail to render, saying mTLS is needed", lambda: variants.token_only(CHART, cluster))
+            for name, variant in (("external database with database.existingSecret", variants.external_database),
+                                  ("cert-manager issues the mesh's certificates", variants.cert_manager),
+                                  ("bearer tokens on beside mTLS", variants.tokens),
+                                  ("an Ingress presenting the edge certificate (tls.secretNames.edge)", variants.ingress_edge_certificate)):
+                checks.run(f"variant: {name}: every pod Ready, a PAID order through the Services",
+                           lambda variant=variant: variant(cluster, CHART))
 
         def policies() -> str:
             assert not cluster.violations, "; ".join(cluster.violations)

@@ -51,7 +51,8 @@ def issue(cert: Manifest, issuer_secret: Manifest | None) -> dict[str, str]:
         if sans:
             ext.append("subjectAltName=critical," + ",".join(sans) if not spec.get("commonName") else "subjectAltName=" + ",".join(sans))
         ext_args = [a for e in ext for a in ("-addext", e)]
-        subject = f"/CN={spec['commonName']}" if spec.get("commonName") else "/"
+        # openssl's -subj separates RDNs with "/": one in the name is escaped.
+        subject = "/CN=" + spec["commonName"].replace("/", "\\/") if spec.get("commonName") else "/"
         days = str(max(1, _hours(spec.get("duration")) // 24))
         if issuer_secret is None:
             _openssl("req", "-x509", "-new", "-key", "key.pem", "-subj", subject, "-days", days, *ext_args, "-out", "crt.pem", cwd=d)

@@ -113,7 +113,8 @@ class Cluster:
                     target.replicas = max(target.replicas, obj["spec"].get("minReplicas", 1))
         self.changed()
 
-    def delete(self, kind: str, namespace: str, name: str, wait: bool = False) -> None:
+    def delete(self, kind: str, namespace: str, name: str, wait: bool = False, grace: float | None = None) -> None:
+        """kubectl delete [--grace-period]: a workload's pods go with it."""
         with self.lock:
             key = (kind, namespace, name)
             self.objects.pop(key, None)
@@ -121,7 +122,7 @@ class Cluster:
         if workload:
             pods = list(workload.pods)
             for p in pods:
-                p.delete(wait=False)
+                p.delete(grace=grace, wait=False)
             if wait:
                 for p in pods:
                     p.deleted.wait(120)

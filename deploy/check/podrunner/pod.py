@@ -148,6 +148,8 @@ class Pod:
                             del due[k]
                     continue
                 if not c.running():
+                    if self.terminating:
+                        continue  # stopping: nothing is restarted
                     c.exit_code = c.proc.returncode
                     was_ready = c.ready
                     c.ready = False

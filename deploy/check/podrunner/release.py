@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from helm_python.chart import Chart
@@ -18,6 +18,7 @@ from helm_python.chart import Chart
 from .cluster import Cluster
 
 Manifest = dict[str, Any]
+PostRenderer = Callable[[list[Manifest]], list[Manifest]]
 # Helm's InstallOrder (pkg/release/util/kind_sorter.go); kinds it does not know go last.
 ORDER = ["PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PodSecurityPolicy", "PodDisruptionBudget",
          "ServiceAccount", "Secret", "SecretList", "ConfigMap", "StorageClass", "PersistentVolume", "PersistentVolumeClaim",
@@ -43,7 +44,7 @@ class HookFailed(Exception):
 
 
 class Release:
-    def __init__(self, cluster: Cluster, chart_dir: Path, name: str, namespace: str, timeout: float = 300) -> None:
+    def __init__(self, cluster: Cluster, chart_dir: Path, name: str, namespace: str, timeout: float = 120) -> None:
         self.cluster, self.chart_dir, self.name, self.namespace, self.timeout = cluster, chart_dir, name, namespace, timeout
         self.revisions: list[tuple[dict, list[Manifest]]] = []  # (values, every rendered object, hooks included)
 
@@ -64,15 +65,28 @@ class Release:
                     objects.append(doc)
         return objects
 
-    def install(self, values: dict) -> None:
-        self._deploy(values, self.render(values, upgrade=False), "install")
+    def install(self, values: dict, post_renderer: PostRenderer | None = None) -> None:
+        objects = self.render(values, upgrade=False)
+        self._deploy(values, post_renderer(objects) if post_renderer else objects, "install")
 
-    def upgrade(self, values: dict) -> None:
-        self._deploy(values, self.render(values, upgrade=True), "upgrade")
+    def upgrade(self, values: dict, post_renderer: PostRenderer | None = None) -> None:
+        """`helm upgrade [--post-renderer]`: the post-renderer sees and may change every object."""
+        objects = self.render(values, upgrade=True)
+        self._deploy(values, post_renderer(objects) if post_renderer else objects, "upgrade")
 
     def rollback(self, revision: int) -> None:
         values, objects = self.revisions[revision - 1]
         self._deploy(values, copy.deepcopy(objects), "rollback")
+
+    def uninstall(self, timeout: float = 60, grace: float | None = None) -> None:
+        """`helm uninstall`: every object of the last revision, in reverse order; then waits
+        (unlike Helm) until their pods are gone, so the next install has the machine. `grace`
+        overrides the pods' terminationGracePeriodSeconds (a cleanup, not a scenario)."""
+        _, objects = self.revisions[-1]
+        for o in sorted((o for o in objects if not hook_of(o)[0]), key=kind_rank, reverse=True):
+            if (o["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") != "keep":
+                self.cluster.delete(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"], grace=grace)
+        self.cluster.wait(f"the pods of {self.namespace}/{self.name} gone", lambda: not [p for p in self.cluster.pods if p.namespace == self.namespace], timeout)
 
     def test(self) -> None:
         _, objects = self.revisions[-1]
@@ -95,6 +109,9 @@ class Release:
         self._hooks(objects, f"post-{action}")
 
     def _hooks(self, objects: list[Manifest], event: str) -> None:
+        """As Helm's execHook: each hook created in order and waited for; on a failure its
+        hook-failed policy applies and the rest are not run; hook-succeeded deletions come only
+        once every hook of the event has succeeded (a ConfigMap hook outlives the Job after it)."""
         hooks = sorted((o for o in objects if event in hook_of(o)[0]), key=lambda o: (hook_of(o)[1], kind_rank(o), o["metadata"]["name"]))
         for obj in hooks:
             kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
@@ -106,10 +123,13 @@ class Release:
             ok, why = True, ""
             if kind in ("Job", "Pod"):
                 ok, why = self._wait_hook(kind, ns, name)
-            if (ok and "hook-succeeded" in policies) or (not ok and "hook-failed" in policies):
-                self.cluster.delete(kind, ns, name, wait=True)
             if not ok:
+                if "hook-failed" in policies:
+                    self.cluster.delete(kind, ns, name, wait=True)
                 raise HookFailed(f"{event} hook {kind}/{name} failed: {why}")
+        for obj in hooks:
+            if "hook-succeeded" in hook_of(obj)[2]:
+                self.cluster.delete(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"], wait=True)
 
     def _wait_hook(self, kind: str, ns: str, name: str) -> tuple[bool, str]:
         w = self.cluster.workload(kind, ns, name)

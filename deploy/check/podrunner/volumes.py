@@ -110,13 +110,14 @@ def lay_out(pod: Manifest, pod_dir: Path, pvc_dir: Path, lookup: Lookup, pod_ip:
     root.mkdir(mode=0o755, exist_ok=True)
     paths: dict[str, Path] = {}
     mounts: list[Path] = []
-    claims = {c: c for c in []}
     for vol in spec.get("volumes", []):
         name = vol["name"]
         target = root / name
         if "persistentVolumeClaim" in vol:
-            target = pvc_dir / vol["persistentVolumeClaim"]["claimName"]
+            # PVCs are namespaced: the same claim name in another namespace is another volume.
+            target = pvc_dir / pod["metadata"]["namespace"] / vol["persistentVolumeClaim"]["claimName"]
             fresh = not target.exists()
+            target.parent.mkdir(mode=0o700, exist_ok=True)
             target.mkdir(mode=0o755, exist_ok=True)
             if fs_group is not None:
                 _own_tree(target, fs_group, fresh)

@@ -17,7 +17,9 @@ RESOLVE_INTERVAL = 6.0
 
 
 def values() -> dict:
-    return {"networkPolicy": {"edgeClients": EDGE_CLIENTS}}
+    """The default values, plus the edge pod admitted, plus payment's HPA allowed down to one pod
+    (scenario 4 scales it 1 -> 3; nothing else changes)."""
+    return {"networkPolicy": {"edgeClients": EDGE_CLIENTS}, "services": {"payment": {"autoscaling": {"minReplicas": 1}}}}
 
 
 def install(cluster: Cluster, release: Release, vals: dict) -> float:

@@ -37,7 +37,11 @@ def issue(binary: Path, ca_crt: bytes, ca_key: bytes, spiffe: str) -> dict[str, 
 
 
 class Edge:
-    def __init__(self, cluster: Cluster, namespace: str, ca_secret: str, release: str = "shopmesh", trust_domain: str = "cluster.local") -> None:
+    def __init__(self, cluster: Cluster, namespace: str, ca_secret: str, release: str = "shopmesh", trust_domain: str = "cluster.local",
+                 edge_secret: str | None = None) -> None:
+        """An edge pod for the release in `namespace`, with certificates issued from the CA in
+        Secret `ca_secret`; with `edge_secret`, the gateway's certificate is that Secret's (the one
+        an Ingress controller presents to the backends)."""
         self.cluster, self.namespace, self.release = cluster, namespace, release
         ca = cluster.get("Secret", namespace, ca_secret)
         assert ca is not None, f"no Secret {ca_secret} in {namespace}"
@@ -47,17 +51,27 @@ class Edge:
         for who in ("shopmesh-gateway", "shopmesh-admin"):
             for k, v in issue(cluster.binary, crt, key, f"spiffe://{trust_domain}/ns/{namespace}/sa/{who}").items():
                 data[f"{who}-{k}"] = base64.b64encode(v.encode()).decode()
+        if edge_secret:
+            presented = cluster.get("Secret", namespace, edge_secret)
+            assert presented is not None, f"no Secret {edge_secret} in {namespace}"
+            for k in ("tls.crt", "tls.key", "ca.crt"):
+                data[f"shopmesh-gateway-{k}"] = presented["data"][k]
+        name = f"edge-{namespace}"
         cluster.images["toolbox"].binds.update({GRPCURL: str(GRPCURL_BINARY), SHOPMESH: str(cluster.binary)})
         cluster.namespace(EDGE_NS, {"role": "edge"})
-        cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "edge-certificates", "namespace": EDGE_NS}, "data": data}, EDGE_NS)
-        cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "edge", "namespace": EDGE_NS, "labels": {"app": "edge"}},
+        cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": EDGE_NS}, "data": data}, EDGE_NS)
+        cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": EDGE_NS, "labels": {"app": "edge"}},
                        "spec": {"securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
                                 "containers": [{"name": "edge", "image": "podrunner/toolbox", "command": ["sleep", "infinity"],
                                                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-                                                "volumeMounts": [{"name": "certs", "mountPath": CERTS, "readOnly": True}]}],
-                                "volumes": [{"name": "certs", "secret": {"secretName": "edge-certificates", "defaultMode": 0o400}}]}}, EDGE_NS)
-        self.pod = cluster.workload("Pod", EDGE_NS, "edge").pods[0]
+                                                "volumeMounts": [{"name": "certs", "mountPath": CERTS, "readOnly": True},
+                                                                 {"name": "out", "mountPath": "/out"}]}],
+                                "volumes": [{"name": "certs", "secret": {"secretName": name, "defaultMode": 0o400}},
+                                            {"name": "out", "emptyDir": {}}]}}, EDGE_NS)
+        self.name = name
+        self.pod = cluster.workload("Pod", EDGE_NS, name).pods[0]
         cluster.wait("the edge pod", lambda: self.pod.ready, 30)
+        self.out = self.pod.volumes["out"]  # the pod's /out, read by the runner
 
     def host(self, svc: str) -> str:
         return f"{self.release}-{svc}-headless.{self.namespace}.svc.cluster.local"
@@ -87,3 +101,18 @@ class Edge:
                              "-key", f"{CERTS}/shopmesh-admin-tls.key", "-max-time", "10", "-d", json.dumps(body),
                              f"{self.host('catalog')}:50054", "shopmesh.catalog.v1.CatalogService/CreateProduct"])
             assert done.returncode == 0 or "AlreadyExists" in done.stderr, f"CreateProduct BENCH-{i}: {done.stderr.strip()}"
+
+    def refused_is_caught(self) -> str:
+        """The edge may not reach payment (only order may): the runner must notice a connection."""
+        cluster = self.cluster
+        before = len(cluster.violations)
+        self.run([SHOPMESH, "healthcheck", f"{self.host('payment')}:50053", "--timeout=2s"])
+        cluster.wait("the runner to see the edge's connection to payment", lambda: len(cluster.violations) > before, 10)
+        caught = cluster.violations[before:]
+        del cluster.violations[before:]
+        assert all("payment" in v for v in caught), caught
+        return caught[0]
+
+    def close(self) -> None:
+        self.cluster.delete("Pod", EDGE_NS, self.name, wait=True)
+        self.cluster.delete("Secret", EDGE_NS, self.name)

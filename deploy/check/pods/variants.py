@@ -1,0 +1,120 @@
+"""Scenario 5: value variants, each installed into a namespace of its own and used through its
+Services: an external database with `database.existingSecret`, cert-manager issuing the mesh's
+certificates, bearer tokens on beside mTLS, an Ingress whose controller presents the edge's
+certificate (`tls.secretNames.edge`); and token-only values, which must fail to render with a
+message that says service-to-service calls need mTLS."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from helm_python.errors import HelmError
+from podrunner import Cluster, Release
+
+from .default_install import RESOLVE_INTERVAL, install, order_through_services
+from .edge import EDGE_CLIENTS, Edge, issue
+
+SERVICES = ("catalog", "order", "payment", "user")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def run(cluster: Cluster, chart: Path, namespace: str, values: dict, edge_secret: str | None = None,
+        ca_secret: str = "shopmesh-mesh-ca") -> str:
+    release = Release(cluster, chart, "shopmesh", namespace)
+    try:
+        ready = install(cluster, release, {"networkPolicy": {"edgeClients": EDGE_CLIENTS}, **values})
+        time.sleep(RESOLVE_INTERVAL)
+        edge = Edge(cluster, namespace, ca_secret, edge_secret=edge_secret)
+        try:
+            stored = sorted({o["kind"] for o in release.revisions[-1][1] if o["kind"] in ("Ingress", "GRPCRoute", "Certificate", "Issuer")})
+            return f"install-to-Ready {ready:.1f} s; {order_through_services(edge)}" + (f"; also rendered: {', '.join(stored)}" if stored else "")
+        finally:
+            edge.close()
+    finally:
+        if release.revisions:
+            release.uninstall(grace=1)
+
+
+def external_database(cluster: Cluster, chart: Path) -> str:
+    """A PostgreSQL outside the release (namespace db), one role and database per service made by
+    its init script, and the Secret of URLs the chart is given."""
+    ns, db_ns = "variant-db", "db"
+    passwords = {s: f"pw-{s}-{int(time.time())}" for s in SERVICES}
+    sql = "".join(f"CREATE ROLE shopmesh_{s} LOGIN PASSWORD '{pw}';\nCREATE DATABASE shopmesh_{s} OWNER shopmesh_{s};\n" for s, pw in passwords.items())
+    cluster.namespace(db_ns)
+    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "init", "namespace": db_ns}, "data": {"roles.sql": sql}}, db_ns)
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "superuser", "namespace": db_ns}, "data": {"password": _b64("postgres-pw")}}, db_ns)
+    cluster.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "postgres", "namespace": db_ns},
+                   "spec": {"selector": {"app": "external-db"}, "ports": [{"port": 5432, "targetPort": 5432}]}}, db_ns)
+    cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "postgres", "namespace": db_ns, "labels": {"app": "external-db"}},
+                   "spec": {"securityContext": {"runAsUser": 999, "runAsGroup": 999, "fsGroup": 999},
+                            "containers": [{"name": "postgres", "image": "postgres:15", "ports": [{"containerPort": 5432}],
+                                            "env": [{"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "superuser", "key": "password"}}},
+                                                    {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
+                                            "readinessProbe": {"exec": {"command": ["pg_isready", "-q", "-h", "127.0.0.1"]}, "periodSeconds": 2},
+                                            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"},
+                                                             {"name": "run", "mountPath": "/var/run/postgresql"},
+                                                             {"name": "init", "mountPath": "/docker-entrypoint-initdb.d"}]}],
+                            "volumes": [{"name": "data", "emptyDir": {}}, {"name": "run", "emptyDir": {}}, {"name": "init", "configMap": {"name": "init"}}]}}, db_ns)
+    cluster.namespace(ns)
+    urls = {f"{s}-database-url": _b64(f"postgres://shopmesh_{s}:{pw}@postgres.{db_ns}.svc.cluster.local:5432/shopmesh_{s}") for s, pw in passwords.items()}
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-db", "namespace": ns}, "data": urls}, ns)
+    try:
+        return run(cluster, chart, ns, {"postgresql": {"enabled": False}, "database": {"existingSecret": "shop-db"}})
+    finally:
+        cluster.delete("Pod", db_ns, "postgres", wait=True, grace=1)
+
+
+def cert_manager(cluster: Cluster, chart: Path) -> str:
+    return run(cluster, chart, "variant-cm", {"tls": {"certManager": {"enabled": True}}})
+
+
+def tokens(cluster: Cluster, chart: Path) -> str:
+    """Bearer tokens on beside mTLS: a JWKS of a fresh EC key; the edge, identified by mTLS, needs none."""
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{d}/k.pem"], check=True, capture_output=True)
+        der = subprocess.run(["openssl", "pkey", "-in", f"{d}/k.pem", "-pubout", "-outform", "DER"], check=True, capture_output=True).stdout
+    point = der[-64:]
+    b64url = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
+    jwks = json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "podrunner", "alg": "ES256", "use": "sig", "x": b64url(point[:32]), "y": b64url(point[32:])}]})
+    return run(cluster, chart, "variant-jwt", {"jwt": {"jwks": jwks, "issuer": "https://issuer.example", "audience": "shopmesh"}})
+
+
+def ingress_edge_certificate(cluster: Cluster, chart: Path) -> str:
+    """An Ingress with `tls.secretNames.edge`: the controller (the edge pod) presents that Secret,
+    issued from the chart's CA with `shopmesh issue-certificate`, to the backends."""
+    ns = "variant-ingress"
+    ca_values = {"tls": {"chartCA": {"existingSecret": "mesh-ca"}, "secretNames": {"edge": "shop-edge"}},
+                 "ingress": {"enabled": True, "hosts": ["shop.example.com"], "tls": [{"secretName": "shop-tls", "hosts": ["shop.example.com"]}]}}
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", f"{d}/ca.key"], check=True, capture_output=True)
+        subprocess.run(["openssl", "req", "-x509", "-new", "-key", f"{d}/ca.key", "-subj", "/CN=shop mesh CA", "-days", "30",
+                        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", f"{d}/ca.crt"],
+                       check=True, capture_output=True)
+        ca_crt, ca_key = Path(d, "ca.crt").read_bytes(), Path(d, "ca.key").read_bytes()
+    cluster.namespace(ns)
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "mesh-ca", "namespace": ns},
+                   "data": {"tls.crt": base64.b64encode(ca_crt).decode(), "tls.key": base64.b64encode(ca_key).decode()}}, ns)
+    edge = issue(cluster.binary, ca_crt, ca_key, f"spiffe://cluster.local/ns/{ns}/sa/shopmesh-gateway")
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "shop-edge", "namespace": ns},
+                   "data": {k: _b64(v) for k, v in edge.items()}}, ns)
+    return run(cluster, chart, ns, ca_values, edge_secret="shop-edge", ca_secret="mesh-ca")
+
+
+def token_only(chart: Path, cluster: Cluster) -> str:
+    release = Release(cluster, chart, "shopmesh", "variant-token-only")
+    try:
+        release.render({"tls": {"enabled": False}, "jwt": {"jwks": '{"keys":[]}', "issuer": "https://issuer.example", "audience": "shopmesh"}}, upgrade=False)
+    except HelmError as e:
+        message = str(e)
+        assert "mTLS" in message or "mutual TLS" in message or "tls.enabled" in message, f"the render failed, but says: {message}"
+        return f"render refused: {message.strip().splitlines()[-1].split('): ', 1)[-1]}"
+    raise AssertionError("token-only values rendered; every CreateOrder would fail INTERNAL (order's calls carry no credential)")
