@@ -7,6 +7,7 @@ bridge and the state directory."""
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import subprocess
@@ -48,6 +49,7 @@ class Cluster:
         self.violations: list[str] = []
         self.connections: set[tuple[str, str, int]] = set()
         self._checked: set[tuple[str, str, int]] = set()
+        self._queue: collections.deque[tuple[str, str, int]] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         run_id = f"{os.getpid() % 0xFFFF:x}"
@@ -221,8 +223,13 @@ class Cluster:
     # -- NetworkPolicies --------------------------------------------------------------------
 
     def observe(self, src_ip: str, dst_ip: str, port: int) -> None:
-        """A connection seen: checked against the policies; a refused one is a violation."""
-        key = (src_ip, dst_ip, port)
+        """A connection seen (called by the Service proxies' event loop, which must never wait
+        for the controllers' lock: it is queued and checked by the controller loop)."""
+        self._queue.append((src_ip, dst_ip, port))
+        self._wake.set()
+
+    def _check(self, key: tuple[str, str, int]) -> None:
+        src_ip, dst_ip, port = key
         with self.lock:
             if key in self._checked:
                 return
@@ -235,8 +242,11 @@ class Cluster:
             self.event(f"NetworkPolicy violation: {why}")
 
     def _check_seen(self) -> None:
-        for src, dst, port in self.net.seen() - self._checked:
-            self.observe(src, dst, port)
+        """Checks what the proxies queued and what the bridge's nftables set recorded."""
+        while self._queue:
+            self._check(self._queue.popleft())
+        for key in self.net.seen() - self._checked:
+            self._check(key)
 
     # -- waiting ----------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class Container:
         self.started = False  # startupProbe passed
         self.ready = False
         self.exit_code: int | None = None
+        self.last_exit: int | None = None  # of the previous run, kept across a restart
         self.log_path = pod.dir / f"{self.name}.log"
 
     # -- what the kubelet resolves ----------------------------------------------------------

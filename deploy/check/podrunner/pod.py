@@ -150,7 +150,7 @@ class Pod:
                 if not c.running():
                     if self.terminating:
                         continue  # stopping: nothing is restarted
-                    c.exit_code = c.proc.returncode
+                    c.exit_code = c.last_exit = c.proc.returncode
                     was_ready = c.ready
                     c.ready = False
                     if was_ready:

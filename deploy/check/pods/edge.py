@@ -10,6 +10,7 @@ import base64
 import json
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,7 @@ class Edge:
         before = len(cluster.violations)
         self.run([SHOPMESH, "healthcheck", f"{self.host('payment')}:50053", "--timeout=2s"])
         cluster.wait("the runner to see the edge's connection to payment", lambda: len(cluster.violations) > before, 10)
+        time.sleep(1)  # both ends' records of it
         caught = cluster.violations[before:]
         del cluster.violations[before:]
         assert all("payment" in v for v in caught), caught

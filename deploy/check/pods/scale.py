@@ -59,7 +59,7 @@ def sigkill(cluster: Cluster, ns: str) -> str:
     start = time.monotonic()
     cluster.wait(f"{pod.name} restarted and Ready", lambda: c.restarts > restarts and pod.ready, 60)
     assert not pod.terminating and pod in payment_pods(cluster, ns), "the pod was replaced, not restarted"
-    return f"{pod.name}: exit {c.exit_code}, restarted in place (restarts {c.restarts}), Ready again after {time.monotonic() - start:.1f} s"
+    return f"{pod.name}: exit {c.last_exit}, restarted in place (restarts {c.restarts}), Ready again after {time.monotonic() - start:.1f} s"
 
 
 def drain_under_load(cluster: Cluster, edge: Edge, ns: str) -> str:
