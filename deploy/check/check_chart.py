@@ -55,6 +55,10 @@ DOMAIN = "cluster.local."
 GRACE_MARGIN_SECONDS = 3
 
 Manifest = dict[str, Any]
+# These renders have no cluster (lookup finds nothing), where the chart refuses to generate its CA
+# and passwords unless told this is a one-off render. Added to every rendering's values unless it
+# says otherwise (the GitOps renderings set existing Secrets instead).
+ONE_OFF = {"generateSecretsWithoutCluster": True}
 
 
 # The version issue 16 names as the platform teams' target, validated besides both ends.
@@ -85,7 +89,8 @@ class Rendered:
 
     def __init__(self, chart: Chart, values: dict) -> None:
         self.values = values
-        files = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        self.chart, self.input = chart, values
+        files = chart.render(values=merged(ONE_OFF, values), name=RELEASE, namespace=NAMESPACE, is_install=True)
         self.notes = files.pop(f"{chart.name}/templates/NOTES.txt", "")
         self.objects: list[tuple[str, Manifest]] = [
             (path, doc) for path, text in sorted(files.items()) for doc in yaml.safe_load_all(text) if doc
@@ -124,6 +129,33 @@ def seconds(duration: str) -> int:
 
 def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def password_secret(values: dict) -> str:
+    """The Secret with the bundled PostgreSQL's passwords."""
+    return values["postgresql"]["existingSecret"] or f"{RELEASE}-postgresql"
+
+
+def check_database_env(values: dict, container: Manifest, svc: str, secret: str) -> str:
+    """svc's database URL in container: an external database's from database.existingSecret;
+    the bundled PostgreSQL's composed by the kubelet from the role's password in `secret`, so no
+    render ever holds a URL with a password (nor a password of its own making)."""
+    env = container.get("env", [])
+    names = [e["name"] for e in env]
+    var = f"SHOPMESH_{svc.upper()}_DATABASE_URL"
+    assert var in names, f"{container['name']}: no {var}"
+    url = env[names.index(var)]
+    if not values["postgresql"]["enabled"]:
+        ref = url.get("valueFrom", {}).get("secretKeyRef", {})
+        assert ref == {"name": values["database"]["existingSecret"], "key": f"{svc}-database-url"}, f"{container['name']}: {var} is {url}, not its own key of database.existingSecret"
+        return "database.existingSecret"
+    want = f"postgres://shopmesh_{svc}:$(SHOPMESH_DATABASE_PASSWORD)@{fqdn(RELEASE + '-postgresql')}:5432/shopmesh_{svc}"
+    assert url.get("value") == want, f"{container['name']}: {var} is {url}, not {want!r} (composed from the role's password)"
+    # The kubelet expands $(X) only from variables defined before.
+    assert "SHOPMESH_DATABASE_PASSWORD" in names[:names.index(var)], f"{container['name']}: SHOPMESH_DATABASE_PASSWORD is not defined before {var}"
+    ref = env[names.index("SHOPMESH_DATABASE_PASSWORD")].get("valueFrom", {}).get("secretKeyRef", {})
+    assert ref == {"name": secret, "key": f"{svc}-password"}, f"{container['name']}: the password comes from {ref}, not {secret}/{svc}-password"
+    return f"composed from {secret}/{svc}-password"
 
 
 def settings(r: "Rendered", svc: str) -> dict:
@@ -226,8 +258,7 @@ def check_service(r: Rendered, svc: str) -> str:
     # database before install, so the pods migrate (the pre-upgrade Job too, on upgrades).
     want_migrate = "true" if r.values["postgresql"]["enabled"] else "false"
     assert env.get("SHOPMESH_DB_MIGRATE") == want_migrate, f"{svc}: SHOPMESH_DB_MIGRATE is {env.get('SHOPMESH_DB_MIGRATE')!r}, not {want_migrate!r}"
-    db = env.get(f"SHOPMESH_{svc.upper()}_DATABASE_URL")
-    assert isinstance(db, dict) and db["secretKeyRef"]["key"] == f"{svc}-database-url", f"{svc}: database URL is not its own key of a Secret"
+    check_database_env(r.values, container, svc, password_secret(r.values))
     others = [k for k in env if k.endswith("_DATABASE_URL") and k != f"SHOPMESH_{svc.upper()}_DATABASE_URL"]
     assert not others, f"{svc}: the pod sees other services' database URLs: {others}"
 
@@ -379,21 +410,22 @@ def check_migration(r: Rendered) -> str:
     assert "waiting for PostgreSQL at" in script and "gave up" in script and "deadline" in script, "the wait script does not log what it waits for or give up"
     assert set(script_cm["metadata"]["annotations"]["helm.sh/hook"].split(",")) == want_hooks, "the wait script is not a hook of the same events"
     assert wenv.get("SERVICES", "").split() == services_of(r), f"the wait covers {wenv.get('SERVICES')}"
-    existing = r.values["database"]["existingSecret"]
+    existing = r.values["database"]["existingSecret"] or r.values["postgresql"]["existingSecret"]
+    copy = f"{RELEASE}-migrate"
     for c in pod["containers"]:
         svc = c["args"][1]
-        ref = env_of(c)[f"SHOPMESH_{svc.upper()}_DATABASE_URL"]["secretKeyRef"]
         if existing:
-            assert ref["name"] == existing, f"migrate/{svc} reads Secret {ref['name']}, not the existing {existing}"
+            check_database_env(r.values, c, svc, existing)
         else:
             # The release's Secret is updated after pre-upgrade hooks: the Job reads a hook copy
-            # of the same events, created before it.
-            secret = r.one("Secret", ref["name"])
+            # of the generated passwords, of the same events, created before it.
+            check_database_env(r.values, c, svc, copy)
+            secret = r.one("Secret", copy)
             sann = secret["metadata"].get("annotations", {})
-            assert set(sann.get("helm.sh/hook", "").split(",")) >= want_hooks, f"migrate/{svc} reads Secret {ref['name']}, which is not a hook of {sorted(want_hooks)}"
-            assert int(sann.get("helm.sh/hook-weight", 0)) < int(ann.get("helm.sh/hook-weight", 0)), f"Secret {ref['name']} is not created before the migrate Job (hook weight)"
-            release_secret = r.one("Secret", f"{RELEASE}-database")
-            assert secret["data"][f"{svc}-database-url"] == release_secret["data"][f"{svc}-database-url"], f"migrate/{svc}: the hook's URL differs from the pods'"
+            assert set(sann.get("helm.sh/hook", "").split(",")) >= want_hooks, f"migrate/{svc} reads Secret {copy}, which is not a hook of {sorted(want_hooks)}"
+            assert int(sann.get("helm.sh/hook-weight", 0)) < int(ann.get("helm.sh/hook-weight", 0)), f"Secret {copy} is not created before the migrate Job (hook weight)"
+            release_secret = r.one("Secret", f"{RELEASE}-postgresql")
+            assert secret["data"][f"{svc}-password"] == release_secret["data"][f"{svc}-password"], f"migrate/{svc}: the hook's password differs from the pods'"
     if bundled:
         assert wenv.get("PROVISION") == "true" and isinstance(wenv.get("PGPASSWORD"), dict), "the pre-upgrade Job does not create the databases of new services"
     return f"{','.join(sorted(want_hooks))}, wait <= {wenv['WAIT_SECONDS']}s logged, " + ("existing Secret" if existing else "hook Secret created first")
@@ -416,35 +448,26 @@ def check_test_pod(r: Rendered) -> str:
 
 
 def check_secret(r: Rendered) -> str:
-    existing = r.values["database"]["existingSecret"]
-    refs = {
-        env_of(container_of(r, s))[f"SHOPMESH_{s.upper()}_DATABASE_URL"]["secretKeyRef"]["name"] for s in services_of(r)
-    }
-    deployments = [r.one("Deployment", name(s)) for s in services_of(r)]
-    if existing:
-        assert refs == {existing}, f"Deployments read Secrets {refs}, not {existing}"
-        made = [x["metadata"]["name"] for x in r.kind("Secret") if x["metadata"]["name"] != f"{RELEASE}-mesh-ca"]
-        assert not made, f"the chart creates database Secrets although database.existingSecret is set: {made}"
-        return f"existing Secret {existing}, none created"
-    (ref,) = refs
-    secret = r.one("Secret", ref)
-    assert "helm.sh/hook" not in secret["metadata"].get("annotations", {}), "the Deployments' Secret is a hook (it would outlive the release)"
-    assert set(secret["data"]) == {f"{s}-database-url" for s in services_of(r)}, f"Secret keys are {sorted(secret['data'])}"
-    passwords = r.one("Secret", f"{RELEASE}-postgresql")["data"]
+    """The database credentials: your Secret's, or passwords generated once; never a URL with a
+    password in a rendered object."""
     import base64
+    made = [x["metadata"]["name"] for x in r.kind("Secret") if x["metadata"]["name"] != f"{RELEASE}-mesh-ca"]
+    url_keys = [k for x in r.kind("Secret") for k in x.get("data", {}) if k.endswith("-database-url")]
+    assert not url_keys, f"a rendered Secret holds database URLs ({url_keys}): they would carry passwords of the render's making"
+    existing = r.values["database"]["existingSecret"] or r.values["postgresql"]["existingSecret"]
+    if existing:
+        generated = [m for m in made if m == f"{RELEASE}-postgresql" or m == f"{RELEASE}-migrate"]
+        assert not generated, f"the chart creates password Secrets although {existing} holds them: {generated}"
+        return f"existing Secret {existing}, none created"
+    passwords = r.one("Secret", f"{RELEASE}-postgresql")["data"]
     seen = set()
     for s in services_of(r):
-        url = base64.b64decode(secret["data"][f"{s}-database-url"]).decode()
         pw = base64.b64decode(passwords[f"{s}-password"]).decode()
-        want = f"postgres://shopmesh_{s}:{pw}@{fqdn(RELEASE + '-postgresql')}:5432/shopmesh_{s}"
-        assert url == want, f"{s}: database URL {url!r} is not the bundled PostgreSQL's with its generated password"
         assert len(pw) >= 24 and pw != f"shopmesh_{s}", f"{s}: a weak or fixed password"
+        assert re.fullmatch(r"[A-Za-z0-9]+", pw), f"{s}: a password that is not URL-safe"
         seen.add(pw)
     assert len(seen) == len(services_of(r)), "services share a password"
-    for d in deployments:
-        ann = d["spec"]["template"]["metadata"].get("annotations", {})
-        assert "checksum/database" in ann, f"{d['metadata']['name']}: pods do not roll when the database Secret changes"
-    return f"Secret {ref}: generated passwords, one role per service, pods carry its checksum"
+    return f"Secret {RELEASE}-postgresql: generated passwords, one role per service; URLs composed in the pods"
 
 
 def check_postgresql(r: Rendered) -> str:
@@ -478,8 +501,10 @@ def check_postgresql(r: Rendered) -> str:
     assert "CREATE DATABASE" in cm["data"]["provision.sh"] and init["configMap"].get("defaultMode") == 0o555, "the init script does not create the databases or is not executable"
     service = r.one("Service", f"{RELEASE}-postgresql")
     assert selects(service["spec"]["selector"], ss["spec"]["template"]["metadata"]["labels"]), "the PostgreSQL Service does not select its pod"
-    secret = r.one("Secret", f"{RELEASE}-postgresql")
-    assert secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep", "the passwords are deleted on uninstall (the PVC stays)"
+    assert env["POSTGRES_PASSWORD"]["secretKeyRef"]["name"] == password_secret(r.values), "the superuser password is not from the passwords' Secret"
+    if not r.values["postgresql"]["existingSecret"]:
+        secret = r.one("Secret", f"{RELEASE}-postgresql")
+        assert secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep", "the passwords are deleted on uninstall (the PVC stays)"
     return f"StatefulSet, PVC {claim['spec']['resources']['requests']['storage']}, {len(services_of(r))} databases and roles"
 
 
@@ -581,6 +606,22 @@ def check_file_access(r: Rendered) -> str:
     return f"{reads} file reads, each allowed by owner, group or mode"
 
 
+def check_deterministic(r: Rendered) -> str:
+    """Two renders of the same values roll nothing: every pod template is the same (no checksum
+    of a generated secret). Where nothing is generated (existing Secrets, GitOps), every object
+    is the same: a sync changes nothing."""
+    again = Rendered(r.chart, r.input)
+    templates = lambda x: {(k, o["metadata"]["name"]): o["spec"]["template"] for k in ("Deployment", "StatefulSet") for o in x.kind(k)}  # noqa: E731
+    first, second = templates(r), templates(again)
+    changed = sorted(f"{k}/{n}" for k, n in first if first[(k, n)] != second.get((k, n)))
+    assert not changed, f"two renders of the same values differ in the pod templates of {changed}: every sync would roll them"
+    if not r.values["generateSecretsWithoutCluster"]:
+        diff = sorted(f"{o['kind']}/{o['metadata']['name']}" for (_, o), (_, p) in zip(r.objects, again.objects) if o != p)
+        assert not diff and len(r.objects) == len(again.objects), f"two renders of the same values differ in {diff}"
+        return f"{len(r.objects)} objects identical across renders"
+    return f"{len(first)} pod templates identical across renders"
+
+
 TLS_ENV = ("SHOPMESH_TLS_CERT", "SHOPMESH_TLS_KEY", "SHOPMESH_TLS_CA", "SHOPMESH_PROBE_LISTEN")
 
 
@@ -611,10 +652,19 @@ def check_tls(r: Rendered) -> str:
         for var, key in (("SHOPMESH_TLS_CERT", "tls.crt"), ("SHOPMESH_TLS_KEY", "tls.key"), ("SHOPMESH_TLS_CA", "ca.crt")):
             path = env.get(var)
             assert isinstance(path, str) and path.endswith("/" + key), f"{svc}: {var} is {path!r}, not a {key}"
-            tls_dirs.add(path.rsplit("/", 1)[0])
             mount = mounts.get(path.rsplit("/", 1)[0])
             assert mount and mount.get("readOnly") is True, f"{svc}: {var} {path} is not in a read-only mount"
             volume = volumes[mount["name"]]
+            if chart_issued(r.values, svc) and var == "SHOPMESH_TLS_CA":
+                # The CAs to trust come from the CA Secret's ca.crt, which the kubelet updates in
+                # place and the service re-reads: a rotation's new CA is trusted before any pod
+                # presents it. Its key is not projected.
+                secret = volume.get("secret", {})
+                assert secret.get("secretName") == ca_secret and secret.get("items") == [{"key": "ca.crt", "path": "ca.crt"}], (
+                    f"{svc}: the trust bundle is {volume}, not the CA Secret's ca.crt alone (a new CA could not be trusted before pods present it)"
+                )
+                continue
+            tls_dirs.add(path.rsplit("/", 1)[0])
             if chart_issued(r.values, svc):
                 assert volume.get("emptyDir", {}).get("medium") == "Memory", f"{svc}: {var} is not in an in-memory volume of the pod's own ({volume})"
             else:
@@ -625,7 +675,8 @@ def check_tls(r: Rendered) -> str:
         assert env.get("SHOPMESH_PROBE_LISTEN") == f"0.0.0.0:{tls['probePort']}", f"{svc}: probe port listens on {env.get('SHOPMESH_PROBE_LISTEN')!r}"
         assert ports.get("probe") == tls["probePort"] != ports.get("grpc"), f"{svc}: probe port {ports.get('probe')} is not a port of its own"
         # The CA's key is mounted into the issuer alone, never into the service's container.
-        ca_volumes = {n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == ca_secret}
+        ca_volumes = {n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == ca_secret
+                      and any(i["key"] == "tls.key" for i in v["secret"].get("items", [{"key": "tls.key"}]))}
         assert not [m for m in container.get("volumeMounts", []) if m["name"] in ca_volumes], f"{svc}: the CA's key is mounted into the service's container"
         if chart_issued(r.values, svc):
             assert len(inits) == 1 and pod["initContainers"][0]["name"] == "issue-certificate", f"{svc}: the certificate issuer is not the first init container"
@@ -649,8 +700,10 @@ def check_tls(r: Rendered) -> str:
                 secret = volumes[mount["name"]].get("secret", {})
                 assert secret.get("secretName") == ca_secret, f"{svc}: the CA comes from {secret.get('secretName')!r}, not {ca_secret!r}"
                 assert secret.get("defaultMode", 0o644) & 0o007 == 0, f"{svc}: the CA Secret's files are readable by others"
+            # A new CA must not roll the pods at once: those still running would not trust the new
+            # pods until the bundle reached them (the rotation in the README rolls them later).
             annotations = r.one("Deployment", name(svc))["spec"]["template"]["metadata"].get("annotations", {})
-            assert bool(annotations.get("checksum/mesh-ca")) != bool(tls["chartCA"]["existingSecret"]), f"{svc}: a new CA would not roll the pods (or the checksum of a CA the chart cannot read)"
+            assert "checksum/mesh-ca" not in annotations, f"{svc}: a new CA rolls the pods at once (old pods would refuse the new ones)"
             issued.append(svc)
         else:
             assert not inits, f"{svc}: an issuer although its certificate comes from a Secret"
@@ -662,7 +715,8 @@ def check_tls(r: Rendered) -> str:
     made = [x for x in r.kind("Secret") if x["metadata"]["name"] == f"{RELEASE}-mesh-ca"]
     if issued and not tls["chartCA"]["existingSecret"]:
         (ca,) = made
-        assert ca["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key"} <= set(ca["data"]), "the mesh CA Secret lacks tls.crt/tls.key"
+        assert ca["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key", "ca.crt"} <= set(ca["data"]), "the mesh CA Secret lacks tls.crt/tls.key/ca.crt"
+        assert ca["data"]["ca.crt"] == ca["data"]["tls.crt"], "a new CA's trust bundle is not its own certificate"
         assert "helm.sh/hook" not in ca["metadata"].get("annotations", {}), "the CA Secret is a hook: it would be made anew"
     else:
         assert not made, "the chart makes a CA nobody uses (or one beside tls.chartCA.existingSecret)"
@@ -977,7 +1031,7 @@ def crd_validate(objects: list[tuple[str, Manifest]]) -> None:
 
 def check_rules_in_compose(chart: Chart) -> str:
     """docker compose's Prometheus loads the chart's rules (default thresholds) from a file: the same."""
-    files = chart.render(values={"prometheusRule": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)
+    files = chart.render(values={"prometheusRule": {"enabled": True}, **ONE_OFF}, name=RELEASE, namespace=NAMESPACE)
     (pr,) = [d for p, t in files.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d and d.get("kind") == "PrometheusRule"]
     compose = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus-rules.yml").read_text())
     assert compose == {"groups": pr["spec"]["groups"]}, (
@@ -991,7 +1045,7 @@ def check_rules_in_compose(chart: Chart) -> str:
 
 def write_compose_rules() -> None:
     chart = Chart.load(CHART)
-    files = chart.render(values={"prometheusRule": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)
+    files = chart.render(values={"prometheusRule": {"enabled": True}, **ONE_OFF}, name=RELEASE, namespace=NAMESPACE)
     (pr,) = [d for p, t in files.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d and d.get("kind") == "PrometheusRule"]
     header = ("# Generated from the Helm chart's PrometheusRule (default values) by\n"
               "# `.venv-deploy/bin/python deploy/check/check_chart.py --write-compose-rules`; scripts/check-deploy\n"
@@ -1018,7 +1072,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             assert not problems, f"helm lint --strict ({label}, {version}): {problems}"
         return f"Kubernetes {' and '.join(versions)}"
 
-    checks.run("helm lint --strict, default values", lambda: lint_clean(None, "default values"))
+    checks.run("helm lint --strict, default values (a one-off render)", lambda: lint_clean(ONE_OFF, "default values"))
     checks.run("helm lint --strict, ci/production-values.yaml", lambda: lint_clean(production, "production"))
     checks.run("deploy/authz-policy.json: catalog rules", check_shipped_policy)
     checks.run("compose's Prometheus rules are the chart's", lambda: check_rules_in_compose(chart))
@@ -1096,6 +1150,18 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "defaults": {"autoscaling": {"keda": {"enabled": True}}},
             "services": {"order": {"autoscaling": {"keda": {"metric": "rate"}}}, "user": {"autoscaling": {"enabled": False, "minReplicas": 3}}},
         },
+        # Argo CD and Flux render without a cluster: nothing generated, every render the same.
+        "GitOps: your CA and PostgreSQL passwords in existing Secrets, no cluster at render time": {
+            "generateSecretsWithoutCluster": False,
+            "tls": {"chartCA": {"existingSecret": "mesh-ca"}},
+            "postgresql": {"existingSecret": "shopmesh-postgresql-passwords"},
+        },
+        "GitOps: cert-manager and an external database, no cluster at render time": {
+            "generateSecretsWithoutCluster": False,
+            "tls": {"certManager": {"enabled": True}},
+            "postgresql": {"enabled": False},
+            "database": {"existingSecret": "shopmesh-db"},
+        },
         "external database, every extension point, names overridden": {
             "postgresql": {"enabled": False},
             "database": {"existingSecret": "shopmesh-db", "waitTimeoutSeconds": 60},
@@ -1124,7 +1190,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
     for label, values in scenarios.items():
         def do_render(label: str = label, values: dict = values) -> str:
             r = Rendered(chart, values)
-            r.values = chart.merge_values(values)
+            r.values = chart.merge_values(merged(ONE_OFF, values))
             rendered[label] = r
             return f"{len(r.objects)} objects"
 
@@ -1159,13 +1225,13 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
         for check in (check_autoscaler, check_upstreams, check_migration, check_test_pod, check_secret, check_postgresql, check_otel,
                       check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
-                      check_tls, check_file_access, check_authz, check_edge, check_extension_points, check_prometheus_rule, check_dashboards):
+                      check_tls, check_file_access, check_deterministic, check_authz, check_edge, check_extension_points, check_prometheus_rule, check_dashboards):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
     # Values the chart must refuse, and the message it must refuse them with.
     def refused(values: dict, message: str) -> str:
         try:
-            chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+            chart.render(values=merged(ONE_OFF, values), name=RELEASE, namespace=NAMESPACE)
         except HelmError as e:
             text = re.sub(r"\s+", " ", str(e))
             assert message in text, f"refused, but without {message!r}: {text}"
@@ -1243,6 +1309,14 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             {"tls": {"enabled": False}, "jwt": {"jwks": JWKS, "issuer": "i", "audience": "a"},
              "services": {"catalog": {"jwtRequire": "never"}, "user": {"jwtRequire": "never"}, "payment": {"jwtRequire": "never"}}},
             "jwt.jwks is set with tls.enabled=false",
+        ),
+        "a render without a cluster that would generate the CA and passwords (GitOps)": (
+            {"generateSecretsWithoutCluster": False},
+            "rendered without a cluster (helm template, Argo CD, --dry-run=client): lookup finds nothing, so the mesh CA and the database passwords would be generated anew on every render",
+        ),
+        "a render without a cluster that would generate the CA": (
+            {"generateSecretsWithoutCluster": False, "postgresql": {"existingSecret": "pw"}},
+            "Set tls.chartCA.existingSecret (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt; or tls.certManager.enabled=true); or, for a one-off render",
         ),
         "a service calling one that does not exist": ({"services": {"order": {"calls": ["inventory"]}}}, "services.order.calls names inventory"),
     }

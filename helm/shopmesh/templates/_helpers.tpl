@@ -100,25 +100,58 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The Secret the Deployments read the database URLs from. */}}
-{{- define "shopmesh.databaseSecret" -}}
-{{- default (printf "%s-database" (include "shopmesh.fullname" .)) .Values.database.existingSecret -}}
-{{- end -}}
-
 {{- define "shopmesh.postgresName" -}}
 {{- printf "%s-postgresql" (include "shopmesh.fullname" .) -}}
 {{- end -}}
 
+{{/* The Secret with the bundled PostgreSQL's passwords: postgresql.existingSecret or the chart's. */}}
+{{- define "shopmesh.postgresSecret" -}}
+{{- default (include "shopmesh.postgresName" .) .Values.postgresql.existingSecret -}}
+{{- end -}}
+
 {{/*
-The bundled PostgreSQL's passwords, {"postgres-password": …, "<service>-password": …}: from
-postgresql.existingSecret's name if set (read at install, kept by the reader), else the ones the
-release's Secret already holds (lookup), else new random ones. Computed once per rendering and
-kept in .Values, so every template (Secrets, checksums) sees the same ones. Returns JSON.
+Whether a cluster answers `lookup`: "true" or "". Listing the release namespace's Secrets answers
+with a (maybe empty) list whenever Helm talks to a cluster (Helm keeps its releases there, so
+its user may list them), and with nothing under `helm template`, Argo CD and `--dry-run=client`.
+Asked once per rendering.
+*/}}
+{{- define "shopmesh.clusterAnswers" -}}
+{{- if not (hasKey .Values "__shopmeshCluster") -}}
+{{- $_ := set .Values "__shopmeshCluster" (ternary "true" "" (not (empty (lookup "v1" "Secret" .Release.Namespace "")))) -}}
+{{- end -}}
+{{- get .Values "__shopmeshCluster" -}}
+{{- end -}}
+
+{{/*
+Refuses to generate a secret that the next render would generate again. The chart makes the
+mesh CA and the bundled PostgreSQL's passwords once and keeps them by reading them back
+(`lookup`); rendered without a cluster it cannot, and each GitOps sync would rotate them (a new
+CA splits the mesh, new passwords lock the services out of a database initialised with the old).
+*/}}
+{{- define "shopmesh.checkGenerated" -}}
+{{- if and (not (include "shopmesh.clusterAnswers" .)) (not .Values.generateSecretsWithoutCluster) -}}
+{{- $set := list -}}
+{{- if and (include "shopmesh.anyChartIssued" .) (not .Values.tls.chartCA.existingSecret) -}}
+{{- $set = append $set "tls.chartCA.existingSecret (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt; or tls.certManager.enabled=true)" -}}
+{{- end -}}
+{{- if and .Values.postgresql.enabled (not .Values.postgresql.existingSecret) -}}
+{{- $set = append $set "postgresql.existingSecret (keys postgres-password and <service>-password; or an external database: postgresql.enabled=false, database.existingSecret)" -}}
+{{- end -}}
+{{- if $set -}}
+{{- fail (printf "rendered without a cluster (helm template, Argo CD, --dry-run=client): lookup finds nothing, so the mesh CA and the database passwords would be generated anew on every render and a GitOps sync would rotate them. Set %s; or, for a one-off render, generateSecretsWithoutCluster=true (helm/shopmesh/README.md: GitOps)" (join " and " $set)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The passwords the chart generates for the bundled PostgreSQL (no postgresql.existingSecret),
+{"postgres-password": …, "<service>-password": …}: the ones its Secret already holds (lookup),
+else new random ones (URL-safe: they are spliced into the database URLs). Computed once per
+rendering. Returns JSON.
 */}}
 {{- define "shopmesh.postgresPasswords" -}}
 {{- if not (hasKey .Values "__shopmeshPasswords") -}}
-{{- $secretName := default (include "shopmesh.postgresName" .) .Values.postgresql.existingSecret -}}
-{{- $existing := (lookup "v1" "Secret" .Release.Namespace $secretName) | default dict -}}
+{{- $existing := (lookup "v1" "Secret" .Release.Namespace (include "shopmesh.postgresName" .)) | default dict -}}
 {{- $data := $existing.data | default dict -}}
 {{- $out := dict -}}
 {{- $keys := list "postgres-password" -}}
@@ -137,13 +170,24 @@ kept in .Values, so every template (Secrets, checksums) sees the same ones. Retu
 {{- get .Values "__shopmeshPasswords" | toJson -}}
 {{- end -}}
 
-{{/* With the bundled PostgreSQL: the data of the Secret of database URLs, one key per service. */}}
-{{- define "shopmesh.databaseSecretData" -}}
-{{- $pw := include "shopmesh.postgresPasswords" . | fromJson -}}
-{{- $host := include "shopmesh.fqdn" (dict "root" . "service" (include "shopmesh.postgresName" .)) -}}
-{{- range $name := include "shopmesh.serviceNames" . | fromJsonArray }}
-{{ $name }}-database-url: {{ printf "postgres://shopmesh_%s:%s@%s:5432/shopmesh_%s" $name (get $pw (printf "%s-password" $name)) $host $name | b64enc | quote }}
-{{- end }}
+{{/*
+A container's database URL variable for one service. An external database: the URL from
+database.existingSecret. The bundled PostgreSQL: composed by the kubelet from the role's password
+in `secret` (dependent-variable expansion), so no URL with a password is ever rendered and the
+password is whatever that Secret holds (postgresql.existingSecret's, or the generated one).
+Takes (dict "root" $ "name" "user" "secret" <Secret with the passwords>); returns EnvVar YAML.
+*/}}
+{{- define "shopmesh.databaseEnv" -}}
+{{- $var := printf "SHOPMESH_%s_DATABASE_URL" (upper .name) -}}
+{{- if .root.Values.postgresql.enabled -}}
+- name: SHOPMESH_DATABASE_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ .secret }}, key: {{ .name }}-password}}
+- name: {{ $var }}
+  value: {{ printf "postgres://shopmesh_%s:$(SHOPMESH_DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (include "shopmesh.postgresName" .root))) .name | quote }}
+{{- else -}}
+- name: {{ $var }}
+  valueFrom: {secretKeyRef: {name: {{ .root.Values.database.existingSecret }}, key: {{ .name }}-database-url}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -239,7 +283,9 @@ cert-manager not issuing, and no Secret of yours named in tls.secretNames.<name>
 {{/*
 The mesh CA the chart makes (no existingSecret): the one its Secret already holds (lookup, so
 identities survive upgrades), else a new Ed25519 key (PKCS#8, which the issuer reads) and a
-self-signed CA certificate. Computed once per rendering. Returns JSON {"crt": PEM, "key": PEM}.
+self-signed CA certificate. "bundle" is the CAs the services trust (the Secret's ca.crt): kept
+as found, so a rotation's old + new CA stays; a new CA's own certificate otherwise. Computed once
+per rendering. Returns JSON {"crt": PEM, "key": PEM, "bundle": PEM}.
 */}}
 {{- define "shopmesh.meshCA" -}}
 {{- if not (hasKey .Values "__shopmeshMeshCA") -}}
@@ -247,11 +293,12 @@ self-signed CA certificate. Computed once per rendering. Returns JSON {"crt": PE
 {{- $data := $existing.data | default dict -}}
 {{- $ca := dict -}}
 {{- if and (hasKey $data "tls.crt") (hasKey $data "tls.key") -}}
-{{- $ca = dict "crt" (get $data "tls.crt" | b64dec) "key" (get $data "tls.key" | b64dec) -}}
+{{- $crt := get $data "tls.crt" | b64dec -}}
+{{- $ca = dict "crt" $crt "key" (get $data "tls.key" | b64dec) "bundle" (get $data "ca.crt" | default (b64enc $crt) | b64dec) -}}
 {{- else -}}
 {{- $key := genPrivateKey "ed25519" -}}
 {{- $cert := genCAWithKey (printf "shopmesh mesh CA (%s/%s)" .Release.Namespace .Release.Name) (int .Values.tls.chartCA.caDays) $key -}}
-{{- $ca = dict "crt" $cert.Cert "key" $cert.Key -}}
+{{- $ca = dict "crt" $cert.Cert "key" $cert.Key "bundle" $cert.Cert -}}
 {{- end -}}
 {{- $_ := set .Values "__shopmeshMeshCA" $ca -}}
 {{- end -}}
