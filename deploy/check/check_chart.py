@@ -401,7 +401,8 @@ def check_migration(r: Rendered) -> str:
     args = sorted(tuple(c["args"]) for c in pod["containers"])
     assert args == sorted(("migrate", s) for s in services_of(r)), f"migrate Job runs {args}"
     # The wait: bounded, logged, before the migrations.
-    (wait,) = pod.get("initContainers", [])
+    # (Native sidecars, the values' extra containers, may come before it.)
+    (wait,) = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") != "Always"]
     wenv = env_of(wait)
     assert wenv.get("WAIT_SECONDS") == str(r.values["database"]["waitTimeoutSeconds"]), f"the wait is not bounded by database.waitTimeoutSeconds: {wenv.get('WAIT_SECONDS')}"
     assert int(wenv["WAIT_SECONDS"]) < spec["activeDeadlineSeconds"], "the Job's deadline is shorter than its wait"
@@ -910,6 +911,66 @@ def check_extension_points(r: Rendered) -> str:
     return ", ".join(sorted(used)) or "none set"
 
 
+EXTENSION_KEYS = ("podAnnotations", "podLabels", "nodeSelector", "tolerations", "affinity", "priorityClassName", "serviceAccount",
+                  "extraEnv", "envFrom", "extraVolumes", "extraVolumeMounts", "extraContainers")
+
+
+def check_workload_extensions(r: Rendered) -> str:
+    """The migration Job (defaults' extension points, then migration's) and the PostgreSQL
+    StatefulSet (postgresql's) take what the services take; the Job's extra containers are
+    native sidecars, so it completes with them."""
+    done = []
+    targets = []
+    jobs = [j for j in r.kind("Job") if j["metadata"]["name"] == f"{RELEASE}-migrate"]
+    if jobs:
+        cfg = {k: r.values["defaults"][k] for k in EXTENSION_KEYS if k in r.values["defaults"]}
+        targets.append(("migration Job", jobs[0], merged(cfg, r.values.get("migration") or {}), f"{RELEASE}-migrate"))
+    if r.values["postgresql"]["enabled"]:
+        targets.append(("PostgreSQL", r.one("StatefulSet", f"{RELEASE}-postgresql"), {k: r.values["postgresql"].get(k) for k in EXTENSION_KEYS}, f"{RELEASE}-postgresql"))
+    for what, obj, cfg, sa_name in targets:
+        meta, pod = obj["spec"]["template"]["metadata"], obj["spec"]["template"]["spec"]
+        used = []
+        for k, v in (cfg.get("podAnnotations") or {}).items():
+            assert meta.get("annotations", {}).get(k) == v, f"{what}: pod annotation {k} missing"
+            used.append("podAnnotations")
+        for k, v in (cfg.get("podLabels") or {}).items():
+            if k not in ("app.kubernetes.io/component", "app.kubernetes.io/name", "app.kubernetes.io/instance"):
+                assert meta["labels"].get(k) == v, f"{what}: pod label {k} missing"
+                used.append("podLabels")
+        for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+            if cfg.get(key):
+                assert pod.get(key) == cfg[key], f"{what}: {key} is {pod.get(key)!r}, not {cfg[key]!r}"
+                used.append(key)
+        assert pod.get("serviceAccountName") == sa_name and pod.get("automountServiceAccountToken") is False, f"{what}: not its own ServiceAccount without a token"
+        sa = r.one("ServiceAccount", sa_name)
+        for k, v in ((cfg.get("serviceAccount") or {}).get("annotations") or {}).items():
+            assert sa["metadata"].get("annotations", {}).get(k) == v, f"{what}: ServiceAccount annotation {k} missing"
+            used.append("serviceAccount.annotations")
+        mains = [c for c in pod["containers"] if c["name"] not in {x["name"] for x in cfg.get("extraContainers") or []}]
+        for key, where in (("extraEnv", "env"), ("envFrom", "envFrom"), ("extraVolumeMounts", "volumeMounts")):
+            for item in cfg.get(key) or []:
+                for c in mains:
+                    assert item in c.get(where, []), f"{what}/{c['name']}: {key} item {item} missing"
+                used.append(key)
+        for item in cfg.get("extraVolumes") or []:
+            assert item in pod.get("volumes", []), f"{what}: extraVolumes item {item['name']} missing"
+            used.append("extraVolumes")
+        for item in cfg.get("extraContainers") or []:
+            if obj["kind"] == "Job":
+                # A regular container that never exits would keep the Job from completing.
+                assert item["name"] not in {c["name"] for c in pod["containers"]}, f"{what}: extra container {item['name']} is a regular container: the Job would never complete"
+                inits = pod.get("initContainers", [])
+                found = [i for i, c in enumerate(inits) if c["name"] == item["name"]]
+                assert found and inits[found[0]].get("restartPolicy") == "Always", f"{what}: extra container {item['name']} is not a native sidecar (an init container with restartPolicy Always)"
+                wait = [i for i, c in enumerate(inits) if c["name"] == "wait-for-database"]
+                assert found[0] < wait[0], f"{what}: sidecar {item['name']} starts after the database wait (which may need it)"
+            else:
+                assert item in pod["containers"], f"{what}: extra container {item['name']} missing"
+            used.append("extraContainers")
+        done.append(f"{what}: {', '.join(sorted(set(used))) or 'none set'}")
+    return "; ".join(done) or "no Job, no PostgreSQL"
+
+
 def check_edge(r: Rendered) -> str:
     services = services_of(r)
     public = public_methods(r.values, services)
@@ -1105,6 +1166,12 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "otel": {"endpoint": ""},
         }),
         "default, every optional part on": {
+            # The bundled PostgreSQL and the pre-upgrade migration Job, extended like the services.
+            "postgresql": {"nodeSelector": {"pool": "db"}, "tolerations": [{"key": "db", "operator": "Exists", "effect": "NoSchedule"}],
+                           "podAnnotations": {"backup.example.com/enabled": "true"}, "podLabels": {"example.com/tier": "data"},
+                           "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "pg@p.iam.gserviceaccount.com"}},
+                           "extraEnv": [{"name": "TZ", "value": "UTC"}], "priorityClassName": "db-high"},
+            "migration": {"podAnnotations": {"sidecar.istio.io/inject": "false"}, "nodeSelector": {"pool": "jobs"}},
             "serviceMonitor": {"enabled": True},
             "prometheusRule": {"enabled": True},
             "grafanaDashboards": {"enabled": True},
@@ -1225,7 +1292,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
         for check in (check_autoscaler, check_upstreams, check_migration, check_test_pod, check_secret, check_postgresql, check_otel,
                       check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
-                      check_tls, check_file_access, check_deterministic, check_authz, check_edge, check_extension_points, check_prometheus_rule, check_dashboards):
+                      check_tls, check_file_access, check_deterministic, check_authz, check_edge, check_extension_points, check_workload_extensions, check_prometheus_rule, check_dashboards):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
     # Values the chart must refuse, and the message it must refuse them with.

@@ -427,3 +427,51 @@ writable catalog). Service-to-service calls are authenticated by mTLS only.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The pod-level extension points every workload takes (Deployments, the migration Job, PostgreSQL). */}}
+{{- define "shopmesh.extensionKeys" -}}
+["podAnnotations","podLabels","nodeSelector","tolerations","affinity","priorityClassName","serviceAccount","extraEnv","envFrom","extraVolumes","extraVolumeMounts","extraContainers"]
+{{- end -}}
+
+{{/*
+The migration Job's settings: the extension points of `defaults` (a cloud-sql-proxy or a node pool
+the services need, the Job needs too), then `migration`'s own over them. Returns YAML.
+*/}}
+{{- define "shopmesh.migrationSettings" -}}
+{{- $base := dict -}}
+{{- range include "shopmesh.extensionKeys" . | fromJsonArray -}}
+{{- if hasKey $.Values.defaults . -}}{{- $_ := set $base . (deepCopy (get $.Values.defaults .)) -}}{{- end -}}
+{{- end -}}
+{{- mergeOverwrite $base (deepCopy (.Values.migration | default dict)) | toYaml -}}
+{{- end -}}
+
+{{/* Scheduling of a pod from its settings: priorityClassName, nodeSelector, tolerations, affinity. Takes the settings dict. */}}
+{{- define "shopmesh.scheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+extraContainers as native sidecars (Kubernetes 1.29+): init containers with restartPolicy Always
+start before the ones after them and are stopped once the main containers exit, so a Job with a
+sidecar (cloud-sql-proxy; Istio injects its proxy the same way with native sidecars on)
+completes. Takes the list; returns YAML list items.
+*/}}
+{{- define "shopmesh.sidecars" -}}
+{{- range . }}
+- {{ mergeOverwrite (dict "restartPolicy" "Always") (deepCopy .) | toYaml | nindent 2 | trim }}
+{{- end }}
+{{- end -}}
