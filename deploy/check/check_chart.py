@@ -483,7 +483,9 @@ def check_postgresql(r: Rendered) -> str:
     assert pod.get("automountServiceAccountToken") is False, "PostgreSQL mounts a ServiceAccount token"
     assert pod["securityContext"].get("fsGroup") == pod["securityContext"].get("runAsUser"), "the data volume is not writable by the postgres user"
     (c,) = pod["containers"]
-    assert c["image"].startswith(r.values["postgresql"]["image"]["repository"] + ":"), f"image {c['image']}"
+    registry = (r.values.get("global") or {}).get("imageRegistry")
+    repo = r.values["postgresql"]["image"]["repository"]
+    assert c["image"].startswith((f"{registry}/{repo}" if registry else repo) + ":"), f"image {c['image']}"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert probe in c, f"PostgreSQL has no {probe}"
     assert "pg_isready" in c["readinessProbe"]["exec"]["command"], "readiness is not pg_isready"
@@ -971,6 +973,46 @@ def check_workload_extensions(r: Rendered) -> str:
     return "; ".join(done) or "no Job, no PostgreSQL"
 
 
+def check_values_honoured(r: Rendered) -> str:
+    """What renders wrong silently otherwise: global.imageRegistry on every image the chart picks,
+    commonLabels on every object and pod, payment's own ledger volume beside the values' lists."""
+    done = []
+    registry = (r.values.get("global") or {}).get("imageRegistry")
+    own_images = (r.values["image"]["repository"], r.values["postgresql"]["image"]["repository"])
+    theirs = {c["name"] for k in ("defaults", "migration") for c in ((r.values.get(k) or {}).get("extraContainers") or []) + ((r.values.get(k) or {}).get("initContainers") or [])}
+    images = 0
+    for _, obj in r.objects:
+        spec = obj.get("spec", {})
+        pod = spec if obj["kind"] == "Pod" else spec.get("template", {}).get("spec")
+        if not pod:
+            continue
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            if c["name"] in theirs:
+                continue
+            want = [f"{registry}/{repo}" if registry else repo for repo in own_images]
+            assert any(c["image"].startswith(w + ":") or c["image"].startswith(w + "@") for w in want), f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}: image {c['image']} is not from {want}"
+            images += 1
+    done.append(f"{images} images" + (f" from {registry}" if registry else ""))
+    common = r.values.get("commonLabels") or {}
+    for _, obj in r.objects:
+        for k, v in common.items():
+            assert obj["metadata"].get("labels", {}).get(k) == v, f"{obj['kind']}/{obj['metadata']['name']}: no commonLabel {k}={v}"
+            tmpl = obj.get("spec", {}).get("template", {}).get("metadata")
+            if tmpl is not None:
+                assert tmpl.get("labels", {}).get(k) == v, f"{obj['kind']}/{obj['metadata']['name']}: its pods lack commonLabel {k}={v}"
+    if common:
+        done.append(f"commonLabels on {len(r.objects)} objects")
+    if "payment" in services_of(r):
+        pod = r.one("Deployment", name("payment"))["spec"]["template"]["spec"]
+        volumes = pod.get("volumes", [])
+        assert {"name": "processor-ledger", "emptyDir": {}} in volumes, "payment: its processor ledger volume is missing (the read-only root filesystem refuses the ledger)"
+        cfg = settings(r, "payment")
+        for v in cfg.get("extraVolumes", []):
+            assert v in volumes, f"payment: the values' volume {v['name']} was replaced by the chart's own"
+        done.append(f"payment's ledger volume beside {len(cfg.get('extraVolumes', []))} of the values'")
+    return ", ".join(done)
+
+
 def check_edge(r: Rendered) -> str:
     services = services_of(r)
     public = public_methods(r.values, services)
@@ -1172,6 +1214,11 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
                            "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "pg@p.iam.gserviceaccount.com"}},
                            "extraEnv": [{"name": "TZ", "value": "UTC"}], "priorityClassName": "db-high"},
             "migration": {"podAnnotations": {"sidecar.istio.io/inject": "false"}, "nodeSelector": {"pool": "jobs"}},
+            "global": {"imageRegistry": "mirror.example.com"},
+            "commonLabels": {"example.com/team": "shop", "example.com/cost-center": "42"},
+            "networkPolicy": {"metricsScrapers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                                                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]},
+            "prometheusRule": {"latencyThresholdSeconds": 0.5},
             "serviceMonitor": {"enabled": True},
             "prometheusRule": {"enabled": True},
             "grafanaDashboards": {"enabled": True},
@@ -1248,7 +1295,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
                                      "securityContext": hardened_sidecar, "volumeMounts": [{"name": "cloudsql", "mountPath": "/cloudsql"}]}],
                 "initContainers": [{"name": "wait", "image": "busybox:1.36", "command": ["true"], "securityContext": hardened_sidecar}],
             },
-            "services": {"order": {"topologySpreadConstraints": [], "podAnnotations": {"example.com/entry": "yes"}}, "catalog": {"enabled": False}},
+            "services": {"order": {"topologySpreadConstraints": [], "podAnnotations": {"example.com/entry": "yes"}}},
             "nameOverride": "mesh",
             "fullnameOverride": "shopmesh",
         },
@@ -1292,7 +1339,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
         for check in (check_autoscaler, check_upstreams, check_migration, check_test_pod, check_secret, check_postgresql, check_otel,
                       check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
-                      check_tls, check_file_access, check_deterministic, check_authz, check_edge, check_extension_points, check_workload_extensions, check_prometheus_rule, check_dashboards):
+                      check_tls, check_file_access, check_deterministic, check_authz, check_edge, check_extension_points, check_workload_extensions, check_values_honoured, check_prometheus_rule, check_dashboards):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
     # Values the chart must refuse, and the message it must refuse them with.
@@ -1384,6 +1431,25 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         "a render without a cluster that would generate the CA": (
             {"generateSecretsWithoutCluster": False, "postgresql": {"existingSecret": "pw"}},
             "Set tls.chartCA.existingSecret (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt; or tls.certManager.enabled=true); or, for a one-off render",
+        ),
+        "a latency objective that is no bucket of the histogram": (
+            {"prometheusRule": {"enabled": True, "latencyThresholdSeconds": 0.3}},
+            "prometheusRule.latencyThresholdSeconds is 0.3, not a bucket bound of the call-duration histogram: the latency alerts would compare a series that does not exist and never fire. Set one of 0.00025, 0.0005,",
+        ),
+        "a service the binary does not serve (schema)": ({"services": {"inventory": {"port": 50055}}}, "additional properties 'inventory' not allowed"),
+        "the catalog disabled while order calls it": (
+            {"services": {"catalog": {"enabled": False}}},
+            "services.order.calls names catalog, but services.catalog.enabled is false: order would call 127.0.0.1, where nothing serves catalog. Set services.catalog.enabled=true",
+        ),
+        "payment disabled while order calls it": ({"services": {"payment": {"enabled": False}}}, "services.order.calls names payment, but services.payment.enabled is false"),
+        # (`resources: {}` merges with the chart's requests; null is how Helm removes a key.)
+        "a CPU autoscaler without a CPU request": (
+            {"defaults": {"resources": {"requests": {"cpu": None}}}},
+            "the autoscaler scales on CPU utilisation, a share of the CPU request, and there is none: set resources.requests.cpu",
+        ),
+        "ServiceMonitors that NetworkPolicies keep from scraping": (
+            {"serviceMonitor": {"enabled": True}},
+            "nothing may reach the metrics port 9464, so Prometheus would scrape nothing. Set networkPolicy.metricsScrapers",
         ),
         "a service calling one that does not exist": ({"services": {"order": {"calls": ["inventory"]}}}, "services.order.calls names inventory"),
     }

@@ -139,6 +139,25 @@ MUTANTS: list[Edit] = [
     ("token-only values render a mesh whose inner calls carry no credential", "templates/_helpers.tpl",
      "{{- if and .Values.jwt.jwks (not (include \"shopmesh.tlsEnabled\" .)) -}}", "{{- if false -}}",
      "rendered although it should fail with 'service-to-service calls", False),
+    ("global.imageRegistry ignored", "templates/_helpers.tpl", "{{- with (.root.Values.global | default dict).imageRegistry -}}", "{{- with \"\" -}}",
+     "is not from ['mirror.example.com/shopmesh'", False),
+    ("commonLabels left off", "templates/_helpers.tpl", "{{- range $k, $v := .root.Values.commonLabels }}", "{{- range $k, $v := dict }}",
+     "no commonLabel example.com/", False),
+    ("a latency objective off the buckets renders", "templates/prometheusrule.yaml",
+     "{{- if not (has (toString $r.latencyThresholdSeconds) $buckets) -}}", "{{- if false -}}",
+     "rendered although it should fail with 'prometheusRule.latencyThresholdSeconds is 0.3", False),
+    ("order pointed at a disabled callee", "templates/_helpers.tpl",
+     "{{- if eq (toString (dig \"enabled\" true (get $.root.Values.services $callee))) \"false\" -}}", "{{- if false -}}",
+     "rendered although it should fail with 'services.order.calls names catalog, but services.catalog.enabled is false", False),
+    ("an HPA on CPU with no CPU request renders", "templates/_helpers.tpl",
+     "{{- if and $svc.autoscaling.enabled (not (dig \"requests\" \"cpu\" \"\" ($svc.resources | default dict))) -}}", "{{- if false -}}",
+     "rendered although it should fail with 'the autoscaler scales on CPU utilisation", False),
+    ("ServiceMonitors with no scraper admitted", "templates/networkpolicy.yaml",
+     "{{- if and .Values.serviceMonitor.enabled (not $np.metricsScrapers) }}", "{{- if false }}",
+     "rendered although it should fail with 'nothing may reach the metrics port", False),
+    ("payment's ledger volume replaces the values' list", "templates/_helpers.tpl",
+     "{{- $_ := set $svc \"extraVolumes\" (concat ($svc.extraVolumes | default list) .volumes) -}}",
+     "{{- $_ := set $svc \"extraVolumes\" .volumes -}}", "was replaced by the chart's own", False),
     ("an edge without identity renders", "templates/_helpers.tpl", "{{- if or (not $.Values.jwt.jwks) (ne $svc.jwtRequire \"unidentified\") -}}",
      "{{- if false -}}", "rendered although it should fail with 'mTLS off: the edge would reach", False),
     ("the Ingress presents no mesh certificate", "templates/edge.yaml", "nginx.ingress.kubernetes.io/proxy-ssl-secret:", "x-proxy-ssl-secret:",
@@ -239,8 +258,17 @@ def schema_mutant(chart: Path) -> None:
     path.write_text(json.dumps(schema))
 
 
+def services_schema_mutant(chart: Path) -> None:
+    """The services map takes any name again."""
+    path = chart / "values.schema.json"
+    schema = json.loads(path.read_text())
+    schema["properties"]["services"]["additionalProperties"] = {"$ref": "#/definitions/service"}
+    path.write_text(json.dumps(schema))
+
+
 FUNCTION_MUTANTS: list[tuple[str, Callable[[Path], None], str]] = [
     ("schema accepts unknown service keys", schema_mutant, "rendered although it should fail with 'autoscalling'"),
+    ("schema accepts a service the binary does not serve", services_schema_mutant, "rendered although it should fail with \"additional properties 'inventory'"),
 ]
 
 

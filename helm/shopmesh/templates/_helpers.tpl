@@ -64,6 +64,11 @@ it contains the name). Truncated to 40 characters so that the longest derived na
 {{- end -}}
 
 {{- define "shopmesh.labels" -}}
+{{- range $k, $v := .root.Values.commonLabels }}
+{{- if not (has $k (list "helm.sh/chart" "app.kubernetes.io/part-of" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component")) }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- end }}
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
 app.kubernetes.io/part-of: shopmesh
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
@@ -78,16 +83,22 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 
+{{/* An image's repository with global.imageRegistry (a mirror, e.g. registry.example.com) in front. */}}
+{{- define "shopmesh.repository" -}}
+{{- with (.root.Values.global | default dict).imageRegistry -}}{{ trimSuffix "/" . }}/{{- end -}}{{ .repository }}
+{{- end -}}
+
 {{- define "shopmesh.image" -}}
+{{- $repo := include "shopmesh.repository" (dict "root" . "repository" .Values.image.repository) -}}
 {{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "shopmesh.postgresImage" -}}
-{{- printf "%s:%s" .Values.postgresql.image.repository .Values.postgresql.image.tag -}}
+{{- printf "%s:%s" (include "shopmesh.repository" (dict "root" . "repository" .Values.postgresql.image.repository)) .Values.postgresql.image.tag -}}
 {{- end -}}
 
 {{/* Where the database URLs come from: an existing Secret, or the bundled PostgreSQL. Fails with what to set. */}}
@@ -210,8 +221,30 @@ Takes (dict "root" $ "name" "user"); returns YAML (use with fromYaml).
 {{- if not (hasKey $.root.Values.services $callee) -}}
 {{- fail (printf "services.%s.calls names %s, which is not a service" $.name $callee) -}}
 {{- end -}}
+{{- if eq (toString (dig "enabled" true (get $.root.Values.services $callee))) "false" -}}
+{{- fail (printf "services.%s.calls names %s, but services.%s.enabled is false: %s would call 127.0.0.1, where nothing serves %s. Set services.%s.enabled=true" $.name $callee $callee $.name $callee $callee) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $svc.autoscaling.enabled (not (dig "requests" "cpu" "" ($svc.resources | default dict))) -}}
+{{- fail (printf "services.%s: the autoscaler scales on CPU utilisation, a share of the CPU request, and there is none: set resources.requests.cpu (defaults or services.%s), or autoscaling.enabled=false" .name .name) -}}
+{{- end -}}
+{{- /* The chart's own volumes of a service come beside the values' lists, never instead of them. */ -}}
+{{- with get (include "shopmesh.ownVolumes" . | fromYaml) .name -}}
+{{- $_ := set $svc "extraVolumes" (concat ($svc.extraVolumes | default list) .volumes) -}}
+{{- $_ := set $svc "extraVolumeMounts" (concat ($svc.extraVolumeMounts | default list) .mounts) -}}
 {{- end -}}
 {{- toYaml $svc -}}
+{{- end -}}
+
+{{/*
+Volumes the binary needs written, per service: payment's simulated processor keeps its ledger in
+./data (the home directory), which the read-only root filesystem does not allow; an emptyDir
+there holds one ledger per pod.
+*/}}
+{{- define "shopmesh.ownVolumes" -}}
+payment:
+  volumes: [{name: processor-ledger, emptyDir: {}}]
+  mounts: [{name: processor-ledger, mountPath: /home/nonroot/data}]
 {{- end -}}
 
 {{/* The enabled services a service calls, as a JSON list. Takes (dict "root" $ "name" "order"). */}}
