@@ -106,11 +106,23 @@ MUTANTS: list[Edit] = [
      "            - name: run2\n              mountPath: /var/lib/postgresql/data2", "the data directory is not on the PVC", False),
     ("hook Secret created after the Job", "templates/migrate-job.yaml", "helm.sh/hook-weight: \"-10\"", "helm.sh/hook-weight: \"10\"",
      "is not created before the migrate Job", False),
-    ("Job reads the release's Secret", "templates/migrate-job.yaml", "{{- $urls := ternary (printf \"%s-migrate\" $fullname) .Values.database.existingSecret $bundled }}",
-     "{{- $urls := ternary (include \"shopmesh.databaseSecret\" .) .Values.database.existingSecret $bundled }}", "which is not a hook of", False),
-    ("created Secret despite existingSecret", "templates/secret.yaml", "{{- if not .Values.database.existingSecret }}", "{{- if true }}",
-     "creates database Secrets although database.existingSecret is set", False),
-    ("no checksum annotation", "templates/deployment.yaml", "checksum/database:", "checksum/other:", "do not roll when the database Secret changes", False),
+    ("Job reads the release's password Secret", "templates/migrate-job.yaml",
+     "{{- $urls := ternary (printf \"%s-migrate\" $fullname) (ternary .Values.postgresql.existingSecret .Values.database.existingSecret $bundled) $copy }}",
+     "{{- $urls := ternary (include \"shopmesh.postgresName\" .) (ternary .Values.postgresql.existingSecret .Values.database.existingSecret $bundled) $copy }}",
+     "not shopmesh-migrate/", False),
+    ("passwords generated beside postgresql.existingSecret", "templates/postgresql.yaml", "{{- if not $pg.existingSecret }}", "{{- if true }}",
+     "the chart creates password Secrets although", False),
+    ("database URLs rendered with the render's passwords", "templates/_helpers.tpl",
+     "  value: {{ printf \"postgres://shopmesh_%s:$(SHOPMESH_DATABASE_PASSWORD)@%s:5432/shopmesh_%s\"",
+     "  value: {{ printf \"postgres://shopmesh_%s:x@%s:5432/shopmesh_%s\"", "composed from the role's password", False),
+    ("a checksum of generated passwords rolls pods on every render", "templates/deployment.yaml",
+     "checksum/authz-policy: {{ include \"shopmesh.authzPolicy\" $ | sha256sum }}",
+     "checksum/authz-policy: {{ include \"shopmesh.postgresPasswords\" $ | sha256sum }}", "two renders of the same values differ in the pod templates", False),
+    ("generation without a cluster not refused", "templates/_helpers.tpl",
+     "{{- if and (not (include \"shopmesh.clusterAnswers\" .)) (not .Values.generateSecretsWithoutCluster) -}}", "{{- if false -}}",
+     "rendered although it should fail with 'rendered without a cluster", False),
+    ("the trust bundle from the init container's files, not the CA Secret", "templates/deployment.yaml",
+     "              value: /etc/shopmesh/trust/ca.crt", "              value: /etc/shopmesh/tls/ca.crt", "not the CA Secret's ca.crt alone", False),
     ("OTEL variables without an endpoint", "templates/deployment.yaml", "{{- with $.Values.otel.endpoint }}", "{{- with \"http://x:4317\" }}",
      "OTEL variables set with no endpoint", False),
     ("NetworkPolicies always rendered", "templates/networkpolicy.yaml", "{{- if .Values.networkPolicy.enabled }}", "{{- if true }}",
@@ -127,6 +139,25 @@ MUTANTS: list[Edit] = [
     ("token-only values render a mesh whose inner calls carry no credential", "templates/_helpers.tpl",
      "{{- if and .Values.jwt.jwks (not (include \"shopmesh.tlsEnabled\" .)) -}}", "{{- if false -}}",
      "rendered although it should fail with 'service-to-service calls", False),
+    ("global.imageRegistry ignored", "templates/_helpers.tpl", "{{- with (.root.Values.global | default dict).imageRegistry -}}", "{{- with \"\" -}}",
+     "is not from ['mirror.example.com/shopmesh'", False),
+    ("commonLabels left off", "templates/_helpers.tpl", "{{- range $k, $v := .root.Values.commonLabels }}", "{{- range $k, $v := dict }}",
+     "no commonLabel example.com/", False),
+    ("a latency objective off the buckets renders", "templates/prometheusrule.yaml",
+     "{{- if not (has (toString $r.latencyThresholdSeconds) $buckets) -}}", "{{- if false -}}",
+     "rendered although it should fail with 'prometheusRule.latencyThresholdSeconds is 0.3", False),
+    ("order pointed at a disabled callee", "templates/_helpers.tpl",
+     "{{- if eq (toString (dig \"enabled\" true (get $.root.Values.services $callee))) \"false\" -}}", "{{- if false -}}",
+     "rendered although it should fail with 'services.order.calls names catalog, but services.catalog.enabled is false", False),
+    ("an HPA on CPU with no CPU request renders", "templates/_helpers.tpl",
+     "{{- if and $svc.autoscaling.enabled (not (dig \"requests\" \"cpu\" \"\" ($svc.resources | default dict))) -}}", "{{- if false -}}",
+     "rendered although it should fail with 'the autoscaler scales on CPU utilisation", False),
+    ("ServiceMonitors with no scraper admitted", "templates/networkpolicy.yaml",
+     "{{- if and .Values.serviceMonitor.enabled (not $np.metricsScrapers) }}", "{{- if false }}",
+     "rendered although it should fail with 'nothing may reach the metrics port", False),
+    ("payment's ledger volume replaces the values' list", "templates/_helpers.tpl",
+     "{{- $_ := set $svc \"extraVolumes\" (concat ($svc.extraVolumes | default list) .volumes) -}}",
+     "{{- $_ := set $svc \"extraVolumes\" .volumes -}}", "was replaced by the chart's own", False),
     ("an edge without identity renders", "templates/_helpers.tpl", "{{- if or (not $.Values.jwt.jwks) (ne $svc.jwtRequire \"unidentified\") -}}",
      "{{- if false -}}", "rendered although it should fail with 'mTLS off: the edge would reach", False),
     ("the Ingress presents no mesh certificate", "templates/edge.yaml", "nginx.ingress.kubernetes.io/proxy-ssl-secret:", "x-proxy-ssl-secret:",
@@ -177,7 +208,15 @@ MUTANTS: list[Edit] = [
     # trafficDistribution came in Kubernetes 1.30: valid for the newest version, not the oldest.
     ("a field newer than the oldest supported Kubernetes (schema validation)", "templates/service.yaml",
      "  publishNotReadyAddresses: false", "  publishNotReadyAddresses: false\n  trafficDistribution: PreferClose",
-     "against 1.27", True),
+     "against 1.29", True),
+    ("the migration Job's sidecars as regular containers (the Job never completes)", "templates/migrate-job.yaml",
+     "      containers:\n        {{- range $name := $services }}",
+     "      containers:\n        {{- with $m.extraContainers }}\n        {{- toYaml . | nindent 8 }}\n        {{- end }}\n        {{- range $name := $services }}",
+     "is a regular container: the Job would never complete", False),
+    ("the migration Job ignores the node selector", "templates/migrate-job.yaml",
+     "      {{- include \"shopmesh.scheduling\" $m | nindent 6 }}", "", "migration Job: nodeSelector is None", False),
+    ("PostgreSQL ignores its scheduling values", "templates/postgresql.yaml",
+     "      {{- include \"shopmesh.scheduling\" $pg | nindent 6 }}", "", "PostgreSQL: nodeSelector is None", False),
     ("bearer-token requirement ignores the per-service value", "templates/deployment.yaml",
      "value: {{ $svc.jwtRequire | quote }}", "value: {{ $.Values.defaults.jwtRequire | quote }}", "not 'never'", False),
     ("key set mounted writable", "templates/deployment.yaml", "              mountPath: /etc/shopmesh/jwt\n              readOnly: true",
@@ -200,8 +239,9 @@ MUTANTS: list[Edit] = [
      "the init container issues", False),
     ("issued keys on a disk-backed volume", "templates/deployment.yaml", "            medium: Memory\n", "",
      "in-memory volume", False),
-    ("pods not rolled on a new chart CA", "templates/deployment.yaml", "checksum/mesh-ca:", "x-checksum/mesh-ca:",
-     "a new CA would not roll the pods", False),
+    ("pods rolled at once on a new chart CA", "templates/deployment.yaml", "        checksum/authz-policy:",
+     "        checksum/mesh-ca: {{ (include \"shopmesh.meshCA\" $ | fromJson).crt | sha256sum }}\n        checksum/authz-policy:",
+     "a new CA rolls the pods at once", False),
     ("the chart's CA always rendered", "templates/mesh-ca.yaml",
      "{{- if and (include \"shopmesh.anyChartIssued\" .) (not .Values.tls.chartCA.existingSecret) }}",
      "{{- if true }}", "the chart makes a CA nobody uses", False),
@@ -218,8 +258,17 @@ def schema_mutant(chart: Path) -> None:
     path.write_text(json.dumps(schema))
 
 
+def services_schema_mutant(chart: Path) -> None:
+    """The services map takes any name again."""
+    path = chart / "values.schema.json"
+    schema = json.loads(path.read_text())
+    schema["properties"]["services"]["additionalProperties"] = {"$ref": "#/definitions/service"}
+    path.write_text(json.dumps(schema))
+
+
 FUNCTION_MUTANTS: list[tuple[str, Callable[[Path], None], str]] = [
     ("schema accepts unknown service keys", schema_mutant, "rendered although it should fail with 'autoscalling'"),
+    ("schema accepts a service the binary does not serve", services_schema_mutant, "rendered although it should fail with \"additional properties 'inventory'"),
 ]
 
 
