@@ -48,16 +48,17 @@ def main() -> int:
         state: dict = {}
 
         def install() -> str:
-            state["ready"] = default_install.install(cluster, release, default_install.values())
+            state["values"] = default_install.values(default_install.gitops_secrets(cluster, NAMESPACE))
+            state["ready"] = default_install.install(cluster, release, state["values"])
             state["ready_at"] = time.monotonic()
             pods = [p for p in cluster.pods if p.namespace == NAMESPACE]
             return f"install-to-Ready {state['ready']:.1f} s, {len(pods)} pods: {', '.join(sorted(p.name for p in pods))}"
 
         if wanted & {"default", "scale", "upgrade"}:
-            checks.run("default values (payment's HPA minimum 1): helm install, every pod Ready", install)
+            checks.run("default values with the CA and password Secrets (payment's HPA minimum 1): helm install, every pod Ready", install)
         if "ready" in state:
             def first_order() -> str:
-                state["edge"] = Edge(cluster, NAMESPACE, f"{RELEASE}-mesh-ca")
+                state["edge"] = Edge(cluster, NAMESPACE, default_install.CA_SECRET)
                 # A pod is Ready on its own database (DESIGN.md), not its callees: order may have
                 # resolved catalog's headless name before catalog's pods were Ready. Its next
                 # re-resolution finds them.
@@ -82,7 +83,7 @@ def main() -> int:
             upgraded = []
 
             def do_upgrade() -> str:
-                out = upgrade.upgrade(cluster, release, state["edge"], default_install.values())
+                out = upgrade.upgrade(cluster, release, state["edge"], state["values"])
                 upgraded.append(True)
                 return out
 
@@ -95,6 +96,8 @@ def main() -> int:
             if release.revisions:
                 release.uninstall(grace=1)  # the machine's two cores for one release at a time
             checks.run("variant: token-only values fail to render, saying mTLS is needed", lambda: variants.token_only(CHART, cluster))
+            checks.run("variant: the default values alone, rendered without a cluster, fail naming the Secrets to set",
+                       lambda: variants.no_cluster(CHART, cluster))
             for name, variant in (("external database with database.existingSecret", variants.external_database),
                                   ("cert-manager issues the mesh's certificates", variants.cert_manager),
                                   ("bearer tokens on beside mTLS", variants.tokens),

@@ -260,8 +260,10 @@ class Cluster:
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; pods: {self.describe()}")
 
     def describe(self) -> str:
+        """Each pod's state; a pod not ready also shows its containers' last warning or error."""
         return "; ".join(f"{p.name} {p.phase}{' ready' if p.ready else ''}{' terminating' if p.terminating else ''}"
-                         f"{' (' + p.reason + ')' if p.reason else ''} restarts={sum(c.restarts for c in p.mains)}" for p in list(self.pods))
+                         f"{' (' + p.reason + ')' if p.reason else ''} restarts={sum(c.restarts for c in p.mains)}"
+                         f"{'' if p.ready or p.phase == 'Succeeded' else _last_complaint(p)}" for p in list(self.pods))
 
     # -- cleanup ----------------------------------------------------------------------------
 
@@ -286,3 +288,15 @@ class Cluster:
         for m in sorted(mounts, reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
         shutil.rmtree(self.state, ignore_errors=True)
+
+
+def _last_complaint(pod: Pod) -> str:
+    for c in pod.mains:
+        try:
+            lines = c.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in reversed(lines[-50:]):
+            if '"WARN"' in line or '"ERROR"' in line or "error" in line.lower():
+                return f" [{c.name}: {line.strip()[:240]}]"
+    return ""

@@ -4,8 +4,14 @@ caller holding certificates from the chart's CA."""
 
 from __future__ import annotations
 
+import base64
+import copy
+import secrets
+import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from podrunner import Cluster, Release
 
@@ -16,10 +22,40 @@ INSTALL_TIMEOUT = 180
 RESOLVE_INTERVAL = 6.0
 
 
-def values() -> dict:
-    """The default values, plus the edge pod admitted, plus payment's HPA allowed down to one pod
-    (scenario 4 scales it 1 -> 3; nothing else changes)."""
-    return {"networkPolicy": {"edgeClients": EDGE_CLIENTS}, "services": {"payment": {"autoscaling": {"minReplicas": 1}}}}
+CA_SECRET, PASSWORDS_SECRET = "shopmesh-ca", "shopmesh-passwords"
+SERVICES = ("catalog", "order", "payment", "user")
+
+
+def gitops_secrets(cluster: Cluster, namespace: str, postgres: bool = True) -> dict:
+    """What a render without a cluster needs (the chart README's GitOps section), made as an
+    operator would before the first sync: the mesh CA (Ed25519, PKCS#8, by openssl) and the
+    bundled PostgreSQL's passwords. Returns the values that name them."""
+    cluster.namespace(namespace)
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", f"{d}/ca.key"], check=True, capture_output=True)
+        subprocess.run(["openssl", "req", "-x509", "-new", "-key", f"{d}/ca.key", "-subj", f"/CN=shopmesh mesh CA {namespace}", "-days", "30",
+                        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", f"{d}/ca.crt"],
+                       check=True, capture_output=True)
+        crt, key = Path(d, "ca.crt").read_bytes(), Path(d, "ca.key").read_bytes()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": CA_SECRET, "namespace": namespace},
+                   "data": {"tls.crt": b64(crt), "tls.key": b64(key), "ca.crt": b64(crt)}}, namespace)
+    values: dict = {"tls": {"chartCA": {"existingSecret": CA_SECRET}}}
+    if postgres:
+        passwords = {f"{s}-password": secrets.token_urlsafe(24) for s in ("postgres", *SERVICES)}
+        cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": PASSWORDS_SECRET, "namespace": namespace},
+                       "data": {k: b64(v.encode()) for k, v in passwords.items()}}, namespace)
+        values["postgresql"] = {"existingSecret": PASSWORDS_SECRET}
+    return values
+
+
+def values(secrets_values: dict) -> dict:
+    """The default values with the existing Secrets a render without a cluster needs, the edge pod
+    admitted, and payment's HPA allowed down to one pod (scenario 4 scales it 1 -> 3)."""
+    out = copy.deepcopy(secrets_values)
+    out["networkPolicy"] = {"edgeClients": EDGE_CLIENTS}
+    out["services"] = {"payment": {"autoscaling": {"minReplicas": 1}}}
+    return out
 
 
 def install(cluster: Cluster, release: Release, vals: dict) -> float:

@@ -37,7 +37,10 @@ COMMIT;
 """
 
 
-def migration_hook(release: str, namespace: str) -> Callable[[list[dict]], list[dict]]:
+def migration_hook(release: str, namespace: str, passwords: str) -> Callable[[list[dict]], list[dict]]:
+    """A post-renderer adding the pre-upgrade Job that applies the new migration as the order
+    role (its password from the `postgresql.existingSecret`, the URL composed as the chart's pods
+    compose theirs)."""
     def post_render(objects: list[dict]) -> list[dict]:
         labels = {"app.kubernetes.io/name": "shopmesh", "app.kubernetes.io/instance": release, "app.kubernetes.io/component": "migrate"}
         job = {
@@ -49,7 +52,8 @@ def migration_hook(release: str, namespace: str) -> Callable[[list[dict]], list[
                 "restartPolicy": "Never",
                 "securityContext": {"runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [{"name": "migrate", "image": "postgres:17.6", "command": ["psql", "-v", "ON_ERROR_STOP=1", "-X", "-d", "$(DATABASE_URL)", "-c", SQL],
-                                "env": [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": f"{release}-database", "key": "order-database-url"}}}],
+                                "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": passwords, "key": "order-password"}}},
+                                        {"name": "DATABASE_URL", "value": f"postgres://shopmesh_order:$(PASSWORD)@{release}-postgresql.{namespace}.svc.cluster.local.:5432/shopmesh_order"}],
                                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}}]}}},
         }
         return objects + [job]
@@ -73,7 +77,7 @@ def upgrade(cluster: Cluster, release: Release, edge: Edge, values: dict) -> str
     load = Load(edge, RATE, 75, "upgrade")
     time.sleep(5)
     start = time.monotonic()
-    release.upgrade(rolled(values, "2"), post_renderer=migration_hook(release.name, release.namespace))
+    release.upgrade(rolled(values, "2"), post_renderer=migration_hook(release.name, release.namespace, values["postgresql"]["existingSecret"]))
     took = cluster.wait("the upgraded release Ready", release.ready, 150)
     report = load.wait()
     applied = psql(cluster, release.namespace, release.name, "shopmesh_order", f"SELECT count(*) FROM _sqlx_migrations WHERE version = {VERSION}")

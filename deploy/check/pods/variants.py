@@ -16,7 +16,7 @@ from pathlib import Path
 from helm_python.errors import HelmError
 from podrunner import Cluster, Release
 
-from .default_install import RESOLVE_INTERVAL, install, order_through_services
+from .default_install import CA_SECRET, RESOLVE_INTERVAL, gitops_secrets, install, order_through_services
 from .edge import EDGE_CLIENTS, Edge, issue
 
 SERVICES = ("catalog", "order", "payment", "user")
@@ -27,7 +27,7 @@ def _b64(text: str) -> str:
 
 
 def run(cluster: Cluster, chart: Path, namespace: str, values: dict, edge_secret: str | None = None,
-        ca_secret: str = "shopmesh-mesh-ca") -> str:
+        ca_secret: str = CA_SECRET) -> str:
     release = Release(cluster, chart, "shopmesh", namespace)
     try:
         ready = install(cluster, release, {"networkPolicy": {"edgeClients": EDGE_CLIENTS}, **values})
@@ -68,13 +68,16 @@ def external_database(cluster: Cluster, chart: Path) -> str:
     urls = {f"{s}-database-url": _b64(f"postgres://shopmesh_{s}:{pw}@postgres.{db_ns}.svc.cluster.local:5432/shopmesh_{s}") for s, pw in passwords.items()}
     cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-db", "namespace": ns}, "data": urls}, ns)
     try:
-        return run(cluster, chart, ns, {"postgresql": {"enabled": False}, "database": {"existingSecret": "shop-db"}})
+        return run(cluster, chart, ns, {**gitops_secrets(cluster, ns, postgres=False),
+                                        "postgresql": {"enabled": False}, "database": {"existingSecret": "shop-db"}})
     finally:
         cluster.delete("Pod", db_ns, "postgres", wait=True, grace=1)
 
 
 def cert_manager(cluster: Cluster, chart: Path) -> str:
-    return run(cluster, chart, "variant-cm", {"tls": {"certManager": {"enabled": True}}})
+    ns = "variant-cm"
+    passwords = gitops_secrets(cluster, ns)["postgresql"]
+    return run(cluster, chart, ns, {"tls": {"certManager": {"enabled": True}}, "postgresql": passwords}, ca_secret="shopmesh-mesh-ca")
 
 
 def tokens(cluster: Cluster, chart: Path) -> str:
@@ -85,28 +88,22 @@ def tokens(cluster: Cluster, chart: Path) -> str:
     point = der[-64:]
     b64url = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
     jwks = json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "podrunner", "alg": "ES256", "use": "sig", "x": b64url(point[:32]), "y": b64url(point[32:])}]})
-    return run(cluster, chart, "variant-jwt", {"jwt": {"jwks": jwks, "issuer": "https://issuer.example", "audience": "shopmesh"}})
+    ns = "variant-jwt"
+    return run(cluster, chart, ns, {**gitops_secrets(cluster, ns), "jwt": {"jwks": jwks, "issuer": "https://issuer.example", "audience": "shopmesh"}})
 
 
 def ingress_edge_certificate(cluster: Cluster, chart: Path) -> str:
     """An Ingress with `tls.secretNames.edge`: the controller (the edge pod) presents that Secret,
     issued from the chart's CA with `shopmesh issue-certificate`, to the backends."""
     ns = "variant-ingress"
-    ca_values = {"tls": {"chartCA": {"existingSecret": "mesh-ca"}, "secretNames": {"edge": "shop-edge"}},
-                 "ingress": {"enabled": True, "hosts": ["shop.example.com"], "tls": [{"secretName": "shop-tls", "hosts": ["shop.example.com"]}]}}
-    with tempfile.TemporaryDirectory() as d:
-        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", f"{d}/ca.key"], check=True, capture_output=True)
-        subprocess.run(["openssl", "req", "-x509", "-new", "-key", f"{d}/ca.key", "-subj", "/CN=shop mesh CA", "-days", "30",
-                        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", f"{d}/ca.crt"],
-                       check=True, capture_output=True)
-        ca_crt, ca_key = Path(d, "ca.crt").read_bytes(), Path(d, "ca.key").read_bytes()
-    cluster.namespace(ns)
-    cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "mesh-ca", "namespace": ns},
-                   "data": {"tls.crt": base64.b64encode(ca_crt).decode(), "tls.key": base64.b64encode(ca_key).decode()}}, ns)
-    edge = issue(cluster.binary, ca_crt, ca_key, f"spiffe://cluster.local/ns/{ns}/sa/shopmesh-gateway")
+    values = gitops_secrets(cluster, ns)
+    values["tls"]["secretNames"] = {"edge": "shop-edge"}
+    values["ingress"] = {"enabled": True, "hosts": ["shop.example.com"], "tls": [{"secretName": "shop-tls", "hosts": ["shop.example.com"]}]}
+    ca = cluster.get("Secret", ns, CA_SECRET)["data"]
+    edge = issue(cluster.binary, base64.b64decode(ca["tls.crt"]), base64.b64decode(ca["tls.key"]), f"spiffe://cluster.local/ns/{ns}/sa/shopmesh-gateway")
     cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "shop-edge", "namespace": ns},
                    "data": {k: _b64(v) for k, v in edge.items()}}, ns)
-    return run(cluster, chart, ns, ca_values, edge_secret="shop-edge", ca_secret="mesh-ca")
+    return run(cluster, chart, ns, values, edge_secret="shop-edge")
 
 
 def token_only(chart: Path, cluster: Cluster) -> str:
@@ -118,3 +115,15 @@ def token_only(chart: Path, cluster: Cluster) -> str:
         assert "mTLS" in message or "mutual TLS" in message or "tls.enabled" in message, f"the render failed, but says: {message}"
         return f"render refused: {message.strip().splitlines()[-1].split('): ', 1)[-1]}"
     raise AssertionError("token-only values rendered; every CreateOrder would fail INTERNAL (order's calls carry no credential)")
+
+
+def no_cluster(chart: Path, cluster: Cluster) -> str:
+    """The default values need a cluster's `lookup` to keep what they generate: without one (as
+    the runner renders, like Argo CD) the render must fail and name what to set."""
+    try:
+        Release(cluster, chart, "shopmesh", "variant-defaults").render({}, upgrade=False)
+    except HelmError as e:
+        message = str(e).strip().splitlines()[-1]
+        assert "existingSecret" in message, f"the render failed, but says: {message}"
+        return f"render refused: {message.split('): ', 1)[-1][:220]}…"
+    raise AssertionError("the default values rendered without a cluster: every GitOps sync would rotate the CA and the passwords")
