@@ -125,7 +125,8 @@ class Container:
             source = self.pod.volumes[vm["name"]]
             if vm.get("subPath"):
                 source = source / vm["subPath"]
-                source.mkdir(exist_ok=True) if not source.exists() else None
+                if not source.exists():  # the kubelet creates a missing subPath as a directory
+                    source.mkdir()
             mounts.append({"source": str(source), "target": vm["mountPath"], "readOnly": bool(vm.get("readOnly"))})
         sc = self.spec.get("securityContext") or {}
         image = self.image
@@ -150,6 +151,10 @@ class Container:
         self.proc = subprocess.Popen([sys.executable, str(LAUNCH), str(self.dir / "spec.json")], stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
+        # Running once the process is exec'd in its filesystem (the shim writes the pid file then).
+        deadline = time.monotonic() + 30
+        while not (self.dir / "pid").exists() and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.started = "startupProbe" not in self.spec
         self.ready = False
         self.exit_code = None

@@ -98,7 +98,7 @@ def build_root(spec: dict) -> str:
     return root
 
 
-def child(spec: dict) -> None:
+def child(spec: dict, ready_fd: int) -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the shim's death is the container's
     mount("--make-rprivate", "/")
     root = build_root(spec)
@@ -114,6 +114,9 @@ def child(spec: dict) -> None:
     if sec["dropAll"]:
         argv += ["--inh-caps=-all", "--bounding-set=-all"]
     argv += ["--", *spec["argv"]]
+    # The filesystem is in place: the shim may now say the container runs (exec probes,
+    # `kubectl exec` need it). The descriptor closes on exec either way.
+    os.write(ready_fd, b"1")
     os.execve(argv[0], argv, spec["env"])
 
 
@@ -123,15 +126,22 @@ def main() -> int:
     check(libc.setns(fd, CLONE_NEWNET), "setns")
     os.close(fd)
     check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC), "unshare")
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
+        os.close(ready_r)
         try:
-            child(spec)
+            child(spec, ready_w)
         except BaseException as e:  # the container never started: say why, as a runtime would
             print(f"podrunner: cannot start container: {e}", file=sys.stderr, flush=True)
             os._exit(128)
-    with open(spec["pidfile"], "w") as f:
-        f.write(str(pid))
+    os.close(ready_w)
+    started = os.read(ready_r, 1) == b"1"
+    os.close(ready_r)
+    if started:
+        with open(spec["pidfile"] + ".new", "w") as f:
+            f.write(str(pid))
+        os.replace(spec["pidfile"] + ".new", spec["pidfile"])
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, lambda s, _f: os.kill(pid, s))
     while True:

@@ -119,9 +119,3 @@ table bridge {self.table} {{
         sh("nft", "delete", "table", "bridge", self.table, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
 
-
-def leftovers() -> list[str]:
-    """Bridges, namespaces and tables of runs that did not clean up (killed with SIGKILL)."""
-    found = [l.split(":")[1].strip().split("@")[0] for l in sh("ip", "-o", "link", "show").stdout.splitlines() if ": prb" in l]
-    found += [l.split()[0] for l in sh("ip", "netns", "list").stdout.splitlines() if l.startswith("pr") and "-" in l.split()[0]]
-    return found

@@ -116,11 +116,10 @@ def lay_out(pod: Manifest, pod_dir: Path, pvc_dir: Path, lookup: Lookup, pod_ip:
         if "persistentVolumeClaim" in vol:
             # PVCs are namespaced: the same claim name in another namespace is another volume.
             target = pvc_dir / pod["metadata"]["namespace"] / vol["persistentVolumeClaim"]["claimName"]
-            fresh = not target.exists()
             target.parent.mkdir(mode=0o700, exist_ok=True)
             target.mkdir(mode=0o755, exist_ok=True)
             if fs_group is not None:
-                _own_tree(target, fs_group, fresh)
+                _own_tree(target, fs_group)
             paths[name] = target
             continue
         target.mkdir(mode=0o755)
@@ -161,7 +160,7 @@ def lay_out(pod: Manifest, pod_dir: Path, pvc_dir: Path, lookup: Lookup, pod_ip:
     return paths, mounts
 
 
-def _own_tree(target: Path, gid: int, fresh: bool) -> None:
+def _own_tree(target: Path, gid: int) -> None:
     """fsGroupChangePolicy Always: group gid, group rw, setgid directories, recursively."""
     for dirpath, dirnames, filenames in os.walk(target):
         for p in [dirpath, *[os.path.join(dirpath, f) for f in filenames]]:
@@ -171,7 +170,6 @@ def _own_tree(target: Path, gid: int, fresh: bool) -> None:
             os.chown(p, st.st_uid, gid)
             mode = st.st_mode & 0o7777
             os.chmod(p, (mode | 0o2070) if os.path.isdir(p) else (mode | 0o060))
-    del fresh
 
 
 def _bytes(quantity: str) -> int:

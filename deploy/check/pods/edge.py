@@ -116,5 +116,6 @@ class Edge:
         return caught[0]
 
     def close(self) -> None:
-        self.cluster.delete("Pod", EDGE_NS, self.name, wait=True)
+        # `sleep` as PID 1 ignores SIGTERM: it would take the whole grace period.
+        self.cluster.delete("Pod", EDGE_NS, self.name, wait=True, grace=1)
         self.cluster.delete("Secret", EDGE_NS, self.name)

@@ -109,7 +109,9 @@ def ingress_edge_certificate(cluster: Cluster, chart: Path) -> str:
 def token_only(chart: Path, cluster: Cluster) -> str:
     release = Release(cluster, chart, "shopmesh", "variant-token-only")
     try:
-        release.render({"tls": {"enabled": False}, "jwt": {"jwks": '{"keys":[]}', "issuer": "https://issuer.example", "audience": "shopmesh"}}, upgrade=False)
+        # With the passwords' Secret named, so that only the tokens can be what the render refuses.
+        release.render({"tls": {"enabled": False}, "postgresql": {"existingSecret": "shopmesh-passwords"},
+                        "jwt": {"jwks": '{"keys":[]}', "issuer": "https://issuer.example", "audience": "shopmesh"}}, upgrade=False)
     except HelmError as e:
         message = str(e)
         assert "mTLS" in message or "mutual TLS" in message or "tls.enabled" in message, f"the render failed, but says: {message}"
