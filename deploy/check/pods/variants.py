@@ -93,12 +93,15 @@ def tokens(cluster: Cluster, chart: Path) -> str:
 
 
 def ingress_edge_certificate(cluster: Cluster, chart: Path) -> str:
-    """An Ingress with `tls.secretNames.edge`: the controller (the edge pod) presents that Secret,
-    issued from the chart's CA with `shopmesh issue-certificate`, to the backends."""
+    """An Ingress and GRPCRoutes with `tls.secretNames.edge`: the controller (the edge pod)
+    presents that Secret, issued from the chart's CA with `shopmesh issue-certificate`, to the
+    backends."""
     ns = "variant-ingress"
     values = gitops_secrets(cluster, ns)
     values["tls"]["secretNames"] = {"edge": "shop-edge"}
     values["ingress"] = {"enabled": True, "hosts": ["shop.example.com"], "tls": [{"secretName": "shop-tls", "hosts": ["shop.example.com"]}]}
+    values["gateway"] = {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateway"}], "hostnames": ["shop.example.com"],
+                         "presentsMeshCertificate": True}
     ca = cluster.get("Secret", ns, CA_SECRET)["data"]
     edge = issue(cluster.binary, base64.b64decode(ca["tls.crt"]), base64.b64decode(ca["tls.key"]), f"spiffe://cluster.local/ns/{ns}/sa/shopmesh-gateway")
     cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "shop-edge", "namespace": ns},
