@@ -229,7 +229,7 @@ def public_methods(values: dict, services: list[str]) -> dict[str, list[str]]:
 def check_hardened(pod: Manifest, what: str) -> None:
     psc = pod.get("securityContext", {})
     assert psc.get("runAsNonRoot") is True, f"{what}: pod securityContext.runAsNonRoot is not true"
-    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{what}: pod seccompProfile is not RuntimeDefault"
+    assert psc.get("seccompProfile", {}).get("type") in ("RuntimeDefault", "Localhost"), f"{what}: pod seccompProfile is not RuntimeDefault or Localhost"
     for c in pod["containers"] + pod.get("initContainers", []):
         sc = c.get("securityContext", {})
         assert sc.get("allowPrivilegeEscalation") is False, f"{what}/{c['name']}: allowPrivilegeEscalation is not false"
@@ -1013,6 +1013,41 @@ def check_values_honoured(r: Rendered) -> str:
     return ", ".join(done)
 
 
+def check_security_contexts(r: Rendered) -> str:
+    """The pods and containers carry the security contexts the values give (defaults, the
+    service's, migration's, postgresql's), and nothing fixes a uid the values leave to the
+    platform (OpenShift)."""
+    d = r.values["defaults"]
+    checked = 0
+    for svc in services_of(r):
+        cfg = settings(r, svc)
+        pod = r.one("Deployment", name(svc))["spec"]["template"]["spec"]
+        assert pod["securityContext"] == cfg["podSecurityContext"], f"{svc}: pod securityContext {pod['securityContext']}, not the values' {cfg['podSecurityContext']}"
+        for c in pod["containers"] + pod.get("initContainers", []):
+            if c["name"] in (svc, "issue-certificate"):
+                assert c["securityContext"] == cfg["securityContext"], f"{svc}/{c['name']}: securityContext {c['securityContext']}, not the values' {cfg['securityContext']}"
+                checked += 1
+    jobs = [j for j in r.kind("Job") if j["metadata"]["name"] == f"{RELEASE}-migrate"]
+    if jobs:
+        m = merged({k: d[k] for k in ("podSecurityContext", "securityContext")}, r.values.get("migration") or {})
+        pod = jobs[0]["spec"]["template"]["spec"]
+        assert pod["securityContext"] == m["podSecurityContext"], f"migration Job: pod securityContext {pod['securityContext']}, not the values'"
+        for c in pod["containers"]:
+            assert c["securityContext"] == m["securityContext"], f"migration Job/{c['name']}: securityContext {c['securityContext']}"
+            checked += 1
+    if r.values["postgresql"]["enabled"]:
+        pg = r.values["postgresql"]
+        pod = r.one("StatefulSet", f"{RELEASE}-postgresql")["spec"]["template"]["spec"]
+        assert pod["securityContext"] == pg["podSecurityContext"], f"PostgreSQL: pod securityContext {pod['securityContext']}, not the values'"
+        assert pod["containers"][0]["securityContext"] == pg["securityContext"], "PostgreSQL: container securityContext is not the values'"
+        checked += 1
+    platform = "runAsUser" not in d["podSecurityContext"] and "runAsUser" not in r.values["postgresql"]["podSecurityContext"]
+    if platform:
+        fixed = [f"{o['kind']}/{o['metadata']['name']}" for _, o in r.objects if "runAsUser" in json.dumps(o) or "fsGroup" in json.dumps(o)]
+        assert not fixed, f"ids left to the platform, yet {fixed} fix a uid or fsGroup"
+    return f"{checked} containers as the values say" + ("; no uid or fsGroup fixed (the platform assigns them)" if platform else "")
+
+
 def check_edge(r: Rendered) -> str:
     services = services_of(r)
     public = public_methods(r.values, services)
@@ -1276,6 +1311,15 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "postgresql": {"enabled": False},
             "database": {"existingSecret": "shopmesh-db"},
         },
+        # OpenShift's restricted SCC assigns a uid and an fsGroup from the namespace's range.
+        "OpenShift: uid, gid and fsGroup left to the platform": {
+            "defaults": {"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}},
+            "postgresql": {"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}},
+        },
+        "security contexts tightened per service within the restricted standard": {
+            "defaults": {"podSecurityContext": {"supplementalGroups": [4000], "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/shopmesh.json"}}},
+            "services": {"payment": {"securityContext": {"runAsUser": 70000, "runAsGroup": 70000}}},
+        },
         "external database, every extension point, names overridden": {
             "postgresql": {"enabled": False},
             "database": {"existingSecret": "shopmesh-db", "waitTimeoutSeconds": 60},
@@ -1339,7 +1383,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
         for check in (check_autoscaler, check_upstreams, check_migration, check_test_pod, check_secret, check_postgresql, check_otel,
                       check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
-                      check_tls, check_file_access, check_deterministic, check_authz, check_edge, check_extension_points, check_workload_extensions, check_values_honoured, check_prometheus_rule, check_dashboards):
+                      check_tls, check_file_access, check_deterministic, check_authz, check_edge, check_extension_points, check_workload_extensions, check_values_honoured, check_security_contexts, check_prometheus_rule, check_dashboards):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
     # Values the chart must refuse, and the message it must refuse them with.
@@ -1451,6 +1495,14 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             {"serviceMonitor": {"enabled": True}},
             "nothing may reach the metrics port 9464, so Prometheus would scrape nothing. Set networkPolicy.metricsScrapers",
         ),
+        "a pod that may run as root (schema)": ({"defaults": {"podSecurityContext": {"runAsNonRoot": False}}}, "/defaults/podSecurityContext/runAsNonRoot"),
+        "uid 0 (schema)": ({"defaults": {"podSecurityContext": {"runAsUser": 0}}}, "/defaults/podSecurityContext/runAsUser"),
+        "a privileged container (schema)": ({"services": {"user": {"securityContext": {"privileged": True}}}}, "/services/user/securityContext/privileged"),
+        "an added capability beyond NET_BIND_SERVICE (schema)": (
+            {"defaults": {"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}}, "/defaults/securityContext/capabilities/add/0",
+        ),
+        "an unconfined seccomp profile (schema)": ({"postgresql": {"podSecurityContext": {"seccompProfile": {"type": "Unconfined"}}}}, "/postgresql/podSecurityContext/seccompProfile/type"),
+        "privilege escalation for the migration Job (schema)": ({"migration": {"securityContext": {"allowPrivilegeEscalation": True}}}, "/migration/securityContext/allowPrivilegeEscalation"),
         "a service calling one that does not exist": ({"services": {"order": {"calls": ["inventory"]}}}, "services.order.calls names inventory"),
     }
     for label, (values, message) in refusals.items():

@@ -24,8 +24,8 @@ ISSUED_MODES = {"tls.key": 0o600, "tls.crt": 0o644, "ca.crt": 0o644}
 @dataclass(frozen=True)
 class File:
     path: str
-    uid: int
-    gid: int
+    uid: Any
+    gid: Any
     mode: int
 
     def __str__(self) -> str:
@@ -35,9 +35,9 @@ class File:
 @dataclass(frozen=True)
 class Process:
     container: str
-    uid: int | None
-    gid: int | None
-    groups: frozenset[int]
+    uid: Any
+    gid: Any
+    groups: frozenset
 
     def can_read(self, f: File) -> bool:
         if self.uid is not None and self.uid == f.uid:
@@ -47,13 +47,27 @@ class Process:
         return bool(f.mode & 0o004)
 
 
+# Where neither runAsUser nor fsGroup is set, the platform assigns both (OpenShift's restricted
+# SCC: a uid and an fsGroup from the namespace's range); these stand for them.
+ASSIGNED_UID, ASSIGNED_FS_GROUP = "<assigned uid>", "<assigned fsGroup>"
+
+
+def fs_group_of(pod: Manifest) -> Any:
+    psc = pod.get("securityContext", {})
+    if psc.get("fsGroup") is None and psc.get("runAsUser") is None:
+        return ASSIGNED_FS_GROUP
+    return psc.get("fsGroup")
+
+
 def process_of(pod: Manifest, container: Manifest) -> Process:
     psc, sc = pod.get("securityContext", {}), container.get("securityContext", {})
     uid = sc.get("runAsUser", psc.get("runAsUser"))
     gid = sc.get("runAsGroup", psc.get("runAsGroup"))
     groups = set(psc.get("supplementalGroups", []))
-    if psc.get("fsGroup") is not None:
-        groups.add(psc["fsGroup"])
+    if uid is None and psc.get("fsGroup") is None:
+        uid = ASSIGNED_UID
+    if fs_group_of(pod) is not None:
+        groups.add(fs_group_of(pod))
     if gid is not None:
         groups.add(gid)
     return Process(container["name"], uid, gid, frozenset(groups))
@@ -95,7 +109,7 @@ def projected_mode(source: Manifest, key: str, default: int) -> int | None:
 
 def laid_out(pod: Manifest, volume: Manifest, key: str, writer: Process | None) -> File | None:
     """The file `key` of `volume` as the kubelet (or, for an emptyDir, its writer) lays it."""
-    fs_group = pod.get("securityContext", {}).get("fsGroup")
+    fs_group = fs_group_of(pod)
     for kind in ("secret", "configMap"):
         if kind in volume:
             mode = projected_mode(volume[kind], key, volume[kind].get("defaultMode", 0o644))

@@ -266,27 +266,12 @@ payment:
 {{- $out | toJson -}}
 {{- end -}}
 
-{{/* Restricted Pod Security Standard, pod level. */}}
-{{- define "shopmesh.podSecurityContext" -}}
-runAsNonRoot: true
-# The distroless image's nonroot user, numeric so the kubelet can verify runAsNonRoot.
-runAsUser: 65532
-runAsGroup: 65532
-# Secret files (the CA's key, tls.key) are the kubelet's, root-owned: fsGroup gives them this
-# group, readable by the pod's processes and by no other user.
-fsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
-{{- end -}}
-
-{{/* Restricted Pod Security Standard, container level; the binary writes no files. */}}
-{{- define "shopmesh.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-capabilities:
-  drop: [ALL]
-{{- end -}}
+{{/*
+The security contexts are values (defaults.podSecurityContext, defaults.securityContext, per
+service, migration.*, postgresql.*), kept within the restricted Pod Security Standard by the
+schema; runAsUser, runAsGroup and fsGroup may be unset (null) where the platform assigns them
+(OpenShift's restricted SCC).
+*/}}
 
 {{/* Whether mTLS is on: "true" or "" (`auto`, the old default, means true: it no longer needs cert-manager). */}}
 {{- define "shopmesh.tlsEnabled" -}}
@@ -463,7 +448,7 @@ writable catalog). Service-to-service calls are authenticated by mTLS only.
 
 {{/* The pod-level extension points every workload takes (Deployments, the migration Job, PostgreSQL). */}}
 {{- define "shopmesh.extensionKeys" -}}
-["podAnnotations","podLabels","nodeSelector","tolerations","affinity","priorityClassName","serviceAccount","extraEnv","envFrom","extraVolumes","extraVolumeMounts","extraContainers"]
+["podAnnotations","podLabels","nodeSelector","tolerations","affinity","priorityClassName","serviceAccount","extraEnv","envFrom","extraVolumes","extraVolumeMounts","extraContainers","podSecurityContext","securityContext"]
 {{- end -}}
 
 {{/*
