@@ -66,6 +66,13 @@ def main() -> int:
                 return default_install.order_through_services(state["edge"])
 
             checks.run("default values: a user, a product and a PAID order through the Services, as the edge", first_order)
+        if "ready" in state:
+            def helm_test() -> str:
+                start = time.monotonic()
+                release.test()
+                return f"the chart's test pod Succeeded in {time.monotonic() - start:.1f} s (each service's health through its headless name)"
+
+            checks.run("helm test", helm_test)
         if "edge" in state:
             checks.run("a connection the NetworkPolicies refuse is caught (the edge to payment)",
                        lambda: state["edge"].refused_is_caught())
