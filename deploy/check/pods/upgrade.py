@@ -94,7 +94,7 @@ def rollback(cluster: Cluster, release: Release, edge: Edge) -> str:
     time.sleep(5)
     start = time.monotonic()
     release.rollback(1)
-    cluster.wait("the rolled-back release Ready", release.ready, 150)
+    cluster.wait("the rolled-back release Ready", release.ready, 120)
     ready = time.monotonic() - start
     report = load.wait()
     ids = acknowledged(edge)
