@@ -76,12 +76,20 @@ def psql(cluster: Cluster, namespace: str, release: str, db: str, sql: str) -> s
     return done.stdout.strip()
 
 
+def _ready_or_say_calls(cluster: Cluster, release: Release, load: Load, what: str) -> float:
+    """Seconds until the release is Ready; if it never is, the failure also gives the load's figures."""
+    try:
+        return cluster.wait(what, release.ready, 120)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nmeanwhile: {summary(load.wait())}") from None
+
+
 def upgrade(cluster: Cluster, release: Release, edge: Edge, values: dict) -> str:
     load = Load(edge, RATE, 75, "upgrade")
     time.sleep(5)
     start = time.monotonic()
     release.upgrade(rolled(values, "2"), post_renderer=migration_hook(release.name, release.namespace, values["postgresql"]["existingSecret"]))
-    took = cluster.wait("the upgraded release Ready", release.ready, 120)
+    took = _ready_or_say_calls(cluster, release, load, "the upgraded release Ready")
     report = load.wait()
     applied = psql(cluster, release.namespace, release.name, "shopmesh_order", f"SELECT count(*) FROM _sqlx_migrations WHERE version = {VERSION}")
     assert applied == "1", "the new migration is not recorded"
@@ -94,7 +102,7 @@ def rollback(cluster: Cluster, release: Release, edge: Edge) -> str:
     time.sleep(5)
     start = time.monotonic()
     release.rollback(1)
-    cluster.wait("the rolled-back release Ready", release.ready, 120)
+    _ready_or_say_calls(cluster, release, load, "the rolled-back release Ready")
     ready = time.monotonic() - start
     report = load.wait()
     ids = acknowledged(edge)
