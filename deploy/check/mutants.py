@@ -178,7 +178,7 @@ MUTANTS: list[Edit] = [
      "two HPAs on one Deployment", False),
     ("KEDA counts health checks", "templates/hpa.yaml", "rpc_server_active_requests{namespace=\\\"%s\\\",rpc_service=\\\"%s\\\"}",
      "rpc_server_active_requests{namespace=\\\"%s\\\",rpc_job=\\\"%s\\\"}", "does not select the service's own calls", False),
-    ("extension points dropped", "templates/deployment.yaml", "      {{- with $svc.nodeSelector }}", "      {{- with $svc.nodeSelectorX }}",
+    ("extension points dropped", "templates/deployment.yaml", "      {{- include \"shopmesh.scheduling\" $svc | nindent 6 }}", "",
      "nodeSelector is None", False),
     ("an alert on a raw series", "templates/prometheusrule.yaml", "expr: shopmesh:order_oldest_pending_age_seconds:max > {{ $r.pendingAgeSeconds }}",
      "expr: shopmesh_order_oldest_pending_age_seconds > {{ $r.pendingAgeSeconds }}", "ShopmeshReconcilerPendingTooOld: compares", False),
