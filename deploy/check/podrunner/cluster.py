@@ -245,8 +245,12 @@ class Cluster:
         """Checks what the proxies queued and what the bridge's nftables set recorded."""
         while self._queue:
             self._check(self._queue.popleft())
+        services = set(self.service_ips.values())
         for key in self.net.seen() - self._checked:
-            self._check(key)
+            # A Service IP is the proxy's (kube-proxy's DNAT): the proxy reported the connection
+            # to the endpoint it chose, which is what the policies apply to.
+            if key[1] not in services:
+                self._check(key)
 
     # -- waiting ----------------------------------------------------------------------------
 
