@@ -45,6 +45,7 @@ class Network:
         self._service_ips = [str(h) for h in hosts[199:]]
         self._lock = threading.Lock()
         self._namespaces: dict[str, str] = {}  # netns name -> ip
+        self._veths: dict[str, str] = {}  # netns name -> the veth end on the bridge
         self._counter = 0
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         try:
@@ -82,6 +83,7 @@ table bridge {self.table} {{
             ns = f"pr{self.run_id}-{self._counter}"
             self._namespaces[ns] = ip
         host_end = f"prv{self.run_id}{self._counter}"[:15]
+        self._veths[ns] = host_end
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -91,7 +93,10 @@ table bridge {self.table} {{
         return ns, ip
 
     def remove_pod(self, ns: str) -> None:
-        # Deleting the namespace deletes its veth end, and with it the bridge's end.
+        # The bridge's end first: a namespace still referenced (a socket, a dying process)
+        # outlives `ip netns del`, and its veth pair with it.
+        if ns in self._veths:
+            sh("ip", "link", "del", self._veths.pop(ns), check=False)
         sh("ip", "netns", "del", ns, check=False)
         with self._lock:
             self._namespaces.pop(ns, None)
