@@ -100,7 +100,7 @@ def main() -> int:
             checks.run("variant: token-only values fail to render, saying mTLS is needed", lambda: variants.token_only(CHART, cluster))
             checks.run("variant: the default values alone, rendered without a cluster, fail naming the Secrets to set",
                        lambda: variants.no_cluster(CHART, cluster))
-            for name, variant in (("external database with database.existingSecret", variants.external_database),
+            for name, variant in (("external database with database.existingSecret, a sidecar beside the migration Job", variants.external_database),
                                   ("cert-manager issues the mesh's certificates", variants.cert_manager),
                                   ("bearer tokens on beside mTLS", variants.tokens),
                                   ("an Ingress and GRPCRoutes presenting the edge certificate (tls.secretNames.edge)", variants.ingress_edge_certificate)):

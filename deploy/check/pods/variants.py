@@ -45,7 +45,8 @@ def run(cluster: Cluster, chart: Path, namespace: str, values: dict, edge_secret
 
 def external_database(cluster: Cluster, chart: Path) -> str:
     """A PostgreSQL outside the release (namespace db), one role and database per service made by
-    its init script, and the Secret of URLs the chart is given."""
+    its init script, and the Secret of URLs the chart is given; the pre-install migration Job
+    runs with a sidecar that never exits."""
     ns, db_ns = "variant-db", "db"
     passwords = {s: f"pw-{s}-{int(time.time())}" for s in SERVICES}
     sql = "".join(f"CREATE ROLE shopmesh_{s} LOGIN PASSWORD '{pw}';\nCREATE DATABASE shopmesh_{s} OWNER shopmesh_{s};\n" for s, pw in passwords.items())
@@ -68,7 +69,13 @@ def external_database(cluster: Cluster, chart: Path) -> str:
     urls = {f"{s}-database-url": _b64(f"postgres://shopmesh_{s}:{pw}@postgres.{db_ns}.svc.cluster.local:5432/shopmesh_{s}") for s, pw in passwords.items()}
     cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-db", "namespace": ns}, "data": urls}, ns)
     try:
-        return run(cluster, chart, ns, {**gitops_secrets(cluster, ns, postgres=False),
+        # A sidecar that never exits beside the migration hook (what a cloud-sql-proxy or a mesh
+        # proxy is): the Job must still complete, or the install never does.
+        # It leaves on SIGTERM, as a proxy does (a PID 1 that ignores it would hold the Job for
+        # its grace period, in a cluster too).
+        sidecar = {"name": "db-proxy", "image": "podrunner/toolbox", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+                   "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": 65532, "capabilities": {"drop": ["ALL"]}}}
+        return run(cluster, chart, ns, {**gitops_secrets(cluster, ns, postgres=False), "migration": {"extraContainers": [sidecar]},
                                         "postgresql": {"enabled": False}, "database": {"existingSecret": "shop-db"}})
     finally:
         cluster.delete("Pod", db_ns, "postgres", wait=True, grace=1)
