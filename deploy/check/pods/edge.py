@@ -93,7 +93,7 @@ class Edge:
                 f"--catalog=https://{self.host('catalog')}:50054", f"--tls-ca={CERTS}/{who}-ca.crt",
                 f"--tls-cert={CERTS}/{who}-tls.crt", f"--tls-key={CERTS}/{who}-tls.key"]
 
-    def products(self, n: int = 10) -> None:
+    def products(self, n: int = 10) -> str:
         """BENCH-1..n, made by the catalog's administrator (the edge may only read them)."""
         for i in range(1, n + 1):
             body = {"product": {"sku": f"BENCH-{i}", "display_name": f"Bench product {i}", "active": True,
@@ -102,6 +102,7 @@ class Edge:
                              "-key", f"{CERTS}/shopmesh-admin-tls.key", "-max-time", "10", "-d", json.dumps(body),
                              f"{self.host('catalog')}:50054", "shopmesh.catalog.v1.CatalogService/CreateProduct"])
             assert done.returncode == 0 or "AlreadyExists" in done.stderr, f"CreateProduct BENCH-{i}: {done.stderr.strip()}"
+        return f"{n} products"
 
     def refused_is_caught(self) -> str:
         """The edge may not reach payment (only order may): the runner must notice a connection."""
