@@ -169,3 +169,50 @@ async fn on_shutdown_it_announces_not_serving_and_keeps_serving_through_the_drai
     assert!(started.elapsed() >= Duration::from_millis(600), "stopped before the drain delay");
     test_db.drop_database().await;
 }
+
+/// A rollback: an older binary meets the schema of a newer release, which applied an additive
+/// migration this binary does not know. It migrates (nothing to do), serves, and so does a
+/// replica that waits for `shopmesh migrate` instead; sqlx's default would refuse with
+/// "migration … was previously applied but is missing" and keep the service NOT_SERVING.
+#[tokio::test]
+async fn an_older_binary_serves_a_schema_with_a_newer_additive_migration() {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    for backend in testing::backends() {
+        let test_db = testing::database(backend, "rollback").await;
+        let mesh = testing::mesh_config();
+        let known = match backend {
+            Backend::Sqlite => shopmesh_user::MIGRATIONS.sqlite,
+            Backend::Postgres => shopmesh_user::MIGRATIONS.postgres,
+        };
+        // The newer release: every migration this binary has, and one more (expand: a new table).
+        let mut newer: Vec<Migration> = known.iter().cloned().collect();
+        newer.push(Migration::new(
+            99_990_101_000_000,
+            "newer release's table".into(),
+            MigrationType::Simple,
+            sqlx::SqlSafeStr::into_sql_str("CREATE TABLE newer_release_table (id TEXT PRIMARY KEY)"),
+            false,
+        ));
+        let pool = db::connect(&test_db.url, &mesh).expect("pool");
+        Migrator::with_migrations(newer).run(&*pool).await.expect("the newer release migrates");
+        pool.close().await;
+
+        // `shopmesh migrate` of the older release (the chart's hook Job) succeeds.
+        let pool = db::open(&test_db.url, &mesh, shopmesh_user::MIGRATIONS).await.expect("older migrate");
+        pool.close().await;
+        // The older service, migrating on start (the chart's bundled PostgreSQL) or not, serves.
+        for migrate in [true, false] {
+            let mut mesh = mesh.clone();
+            mesh.db_migrate = migrate;
+            let config = UserConfig::new("127.0.0.1:0".parse().expect("addr"), test_db.url.clone());
+            let user = testing::spawn_service::<User>(&testing::mesh(mesh), config).await;
+            let url = user.url();
+            wait_for(&url, USER, ServingStatus::Serving).await;
+            let mut users = UserServiceClient::connect(url.clone()).await.expect("connect");
+            let listed = users.list_users(list()).await;
+            assert!(listed.is_ok(), "{backend:?}, migrate {migrate}: {listed:?}");
+            user.stop().await.expect("stops");
+        }
+        test_db.drop_database().await;
+    }
+}

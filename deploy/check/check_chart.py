@@ -22,6 +22,7 @@ import yaml
 from helm_python.chart import Chart, lint, values_from_yaml
 from helm_python.errors import HelmError
 
+import kubelet_files
 from harness import Checks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +55,10 @@ DOMAIN = "cluster.local."
 GRACE_MARGIN_SECONDS = 3
 
 Manifest = dict[str, Any]
+# These renders have no cluster (lookup finds nothing), where the chart refuses to generate its CA
+# and passwords unless told this is a one-off render. Added to every rendering's values unless it
+# says otherwise (the GitOps renderings set existing Secrets instead).
+ONE_OFF = {"generateSecretsWithoutCluster": True}
 
 
 # The version issue 16 names as the platform teams' target, validated besides both ends.
@@ -84,7 +89,8 @@ class Rendered:
 
     def __init__(self, chart: Chart, values: dict) -> None:
         self.values = values
-        files = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        self.chart, self.input = chart, values
+        files = chart.render(values=merged(ONE_OFF, values), name=RELEASE, namespace=NAMESPACE, is_install=True)
         self.notes = files.pop(f"{chart.name}/templates/NOTES.txt", "")
         self.objects: list[tuple[str, Manifest]] = [
             (path, doc) for path, text in sorted(files.items()) for doc in yaml.safe_load_all(text) if doc
@@ -123,6 +129,33 @@ def seconds(duration: str) -> int:
 
 def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def password_secret(values: dict) -> str:
+    """The Secret with the bundled PostgreSQL's passwords."""
+    return values["postgresql"]["existingSecret"] or f"{RELEASE}-postgresql"
+
+
+def check_database_env(values: dict, container: Manifest, svc: str, secret: str) -> str:
+    """svc's database URL in container: an external database's from database.existingSecret;
+    the bundled PostgreSQL's composed by the kubelet from the role's password in `secret`, so no
+    render ever holds a URL with a password (nor a password of its own making)."""
+    env = container.get("env", [])
+    names = [e["name"] for e in env]
+    var = f"SHOPMESH_{svc.upper()}_DATABASE_URL"
+    assert var in names, f"{container['name']}: no {var}"
+    url = env[names.index(var)]
+    if not values["postgresql"]["enabled"]:
+        ref = url.get("valueFrom", {}).get("secretKeyRef", {})
+        assert ref == {"name": values["database"]["existingSecret"], "key": f"{svc}-database-url"}, f"{container['name']}: {var} is {url}, not its own key of database.existingSecret"
+        return "database.existingSecret"
+    want = f"postgres://shopmesh_{svc}:$(SHOPMESH_DATABASE_PASSWORD)@{fqdn(RELEASE + '-postgresql')}:5432/shopmesh_{svc}"
+    assert url.get("value") == want, f"{container['name']}: {var} is {url}, not {want!r} (composed from the role's password)"
+    # The kubelet expands $(X) only from variables defined before.
+    assert "SHOPMESH_DATABASE_PASSWORD" in names[:names.index(var)], f"{container['name']}: SHOPMESH_DATABASE_PASSWORD is not defined before {var}"
+    ref = env[names.index("SHOPMESH_DATABASE_PASSWORD")].get("valueFrom", {}).get("secretKeyRef", {})
+    assert ref == {"name": secret, "key": f"{svc}-password"}, f"{container['name']}: the password comes from {ref}, not {secret}/{svc}-password"
+    return f"composed from {secret}/{svc}-password"
 
 
 def settings(r: "Rendered", svc: str) -> dict:
@@ -196,7 +229,7 @@ def public_methods(values: dict, services: list[str]) -> dict[str, list[str]]:
 def check_hardened(pod: Manifest, what: str) -> None:
     psc = pod.get("securityContext", {})
     assert psc.get("runAsNonRoot") is True, f"{what}: pod securityContext.runAsNonRoot is not true"
-    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{what}: pod seccompProfile is not RuntimeDefault"
+    assert psc.get("seccompProfile", {}).get("type") in ("RuntimeDefault", "Localhost"), f"{what}: pod seccompProfile is not RuntimeDefault or Localhost"
     for c in pod["containers"] + pod.get("initContainers", []):
         sc = c.get("securityContext", {})
         assert sc.get("allowPrivilegeEscalation") is False, f"{what}/{c['name']}: allowPrivilegeEscalation is not false"
@@ -225,8 +258,7 @@ def check_service(r: Rendered, svc: str) -> str:
     # database before install, so the pods migrate (the pre-upgrade Job too, on upgrades).
     want_migrate = "true" if r.values["postgresql"]["enabled"] else "false"
     assert env.get("SHOPMESH_DB_MIGRATE") == want_migrate, f"{svc}: SHOPMESH_DB_MIGRATE is {env.get('SHOPMESH_DB_MIGRATE')!r}, not {want_migrate!r}"
-    db = env.get(f"SHOPMESH_{svc.upper()}_DATABASE_URL")
-    assert isinstance(db, dict) and db["secretKeyRef"]["key"] == f"{svc}-database-url", f"{svc}: database URL is not its own key of a Secret"
+    check_database_env(r.values, container, svc, password_secret(r.values))
     others = [k for k in env if k.endswith("_DATABASE_URL") and k != f"SHOPMESH_{svc.upper()}_DATABASE_URL"]
     assert not others, f"{svc}: the pod sees other services' database URLs: {others}"
 
@@ -369,7 +401,8 @@ def check_migration(r: Rendered) -> str:
     args = sorted(tuple(c["args"]) for c in pod["containers"])
     assert args == sorted(("migrate", s) for s in services_of(r)), f"migrate Job runs {args}"
     # The wait: bounded, logged, before the migrations.
-    (wait,) = pod.get("initContainers", [])
+    # (Native sidecars, the values' extra containers, may come before it.)
+    (wait,) = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") != "Always"]
     wenv = env_of(wait)
     assert wenv.get("WAIT_SECONDS") == str(r.values["database"]["waitTimeoutSeconds"]), f"the wait is not bounded by database.waitTimeoutSeconds: {wenv.get('WAIT_SECONDS')}"
     assert int(wenv["WAIT_SECONDS"]) < spec["activeDeadlineSeconds"], "the Job's deadline is shorter than its wait"
@@ -378,21 +411,22 @@ def check_migration(r: Rendered) -> str:
     assert "waiting for PostgreSQL at" in script and "gave up" in script and "deadline" in script, "the wait script does not log what it waits for or give up"
     assert set(script_cm["metadata"]["annotations"]["helm.sh/hook"].split(",")) == want_hooks, "the wait script is not a hook of the same events"
     assert wenv.get("SERVICES", "").split() == services_of(r), f"the wait covers {wenv.get('SERVICES')}"
-    existing = r.values["database"]["existingSecret"]
+    existing = r.values["database"]["existingSecret"] or r.values["postgresql"]["existingSecret"]
+    copy = f"{RELEASE}-migrate"
     for c in pod["containers"]:
         svc = c["args"][1]
-        ref = env_of(c)[f"SHOPMESH_{svc.upper()}_DATABASE_URL"]["secretKeyRef"]
         if existing:
-            assert ref["name"] == existing, f"migrate/{svc} reads Secret {ref['name']}, not the existing {existing}"
+            check_database_env(r.values, c, svc, existing)
         else:
             # The release's Secret is updated after pre-upgrade hooks: the Job reads a hook copy
-            # of the same events, created before it.
-            secret = r.one("Secret", ref["name"])
+            # of the generated passwords, of the same events, created before it.
+            check_database_env(r.values, c, svc, copy)
+            secret = r.one("Secret", copy)
             sann = secret["metadata"].get("annotations", {})
-            assert set(sann.get("helm.sh/hook", "").split(",")) >= want_hooks, f"migrate/{svc} reads Secret {ref['name']}, which is not a hook of {sorted(want_hooks)}"
-            assert int(sann.get("helm.sh/hook-weight", 0)) < int(ann.get("helm.sh/hook-weight", 0)), f"Secret {ref['name']} is not created before the migrate Job (hook weight)"
-            release_secret = r.one("Secret", f"{RELEASE}-database")
-            assert secret["data"][f"{svc}-database-url"] == release_secret["data"][f"{svc}-database-url"], f"migrate/{svc}: the hook's URL differs from the pods'"
+            assert set(sann.get("helm.sh/hook", "").split(",")) >= want_hooks, f"migrate/{svc} reads Secret {copy}, which is not a hook of {sorted(want_hooks)}"
+            assert int(sann.get("helm.sh/hook-weight", 0)) < int(ann.get("helm.sh/hook-weight", 0)), f"Secret {copy} is not created before the migrate Job (hook weight)"
+            release_secret = r.one("Secret", f"{RELEASE}-postgresql")
+            assert secret["data"][f"{svc}-password"] == release_secret["data"][f"{svc}-password"], f"migrate/{svc}: the hook's password differs from the pods'"
     if bundled:
         assert wenv.get("PROVISION") == "true" and isinstance(wenv.get("PGPASSWORD"), dict), "the pre-upgrade Job does not create the databases of new services"
     return f"{','.join(sorted(want_hooks))}, wait <= {wenv['WAIT_SECONDS']}s logged, " + ("existing Secret" if existing else "hook Secret created first")
@@ -415,35 +449,26 @@ def check_test_pod(r: Rendered) -> str:
 
 
 def check_secret(r: Rendered) -> str:
-    existing = r.values["database"]["existingSecret"]
-    refs = {
-        env_of(container_of(r, s))[f"SHOPMESH_{s.upper()}_DATABASE_URL"]["secretKeyRef"]["name"] for s in services_of(r)
-    }
-    deployments = [r.one("Deployment", name(s)) for s in services_of(r)]
-    if existing:
-        assert refs == {existing}, f"Deployments read Secrets {refs}, not {existing}"
-        made = [x["metadata"]["name"] for x in r.kind("Secret") if x["metadata"]["name"] != f"{RELEASE}-mesh-ca"]
-        assert not made, f"the chart creates database Secrets although database.existingSecret is set: {made}"
-        return f"existing Secret {existing}, none created"
-    (ref,) = refs
-    secret = r.one("Secret", ref)
-    assert "helm.sh/hook" not in secret["metadata"].get("annotations", {}), "the Deployments' Secret is a hook (it would outlive the release)"
-    assert set(secret["data"]) == {f"{s}-database-url" for s in services_of(r)}, f"Secret keys are {sorted(secret['data'])}"
-    passwords = r.one("Secret", f"{RELEASE}-postgresql")["data"]
+    """The database credentials: your Secret's, or passwords generated once; never a URL with a
+    password in a rendered object."""
     import base64
+    made = [x["metadata"]["name"] for x in r.kind("Secret") if x["metadata"]["name"] != f"{RELEASE}-mesh-ca"]
+    url_keys = [k for x in r.kind("Secret") for k in x.get("data", {}) if k.endswith("-database-url")]
+    assert not url_keys, f"a rendered Secret holds database URLs ({url_keys}): they would carry passwords of the render's making"
+    existing = r.values["database"]["existingSecret"] or r.values["postgresql"]["existingSecret"]
+    if existing:
+        generated = [m for m in made if m == f"{RELEASE}-postgresql" or m == f"{RELEASE}-migrate"]
+        assert not generated, f"the chart creates password Secrets although {existing} holds them: {generated}"
+        return f"existing Secret {existing}, none created"
+    passwords = r.one("Secret", f"{RELEASE}-postgresql")["data"]
     seen = set()
     for s in services_of(r):
-        url = base64.b64decode(secret["data"][f"{s}-database-url"]).decode()
         pw = base64.b64decode(passwords[f"{s}-password"]).decode()
-        want = f"postgres://shopmesh_{s}:{pw}@{fqdn(RELEASE + '-postgresql')}:5432/shopmesh_{s}"
-        assert url == want, f"{s}: database URL {url!r} is not the bundled PostgreSQL's with its generated password"
         assert len(pw) >= 24 and pw != f"shopmesh_{s}", f"{s}: a weak or fixed password"
+        assert re.fullmatch(r"[A-Za-z0-9]+", pw), f"{s}: a password that is not URL-safe"
         seen.add(pw)
     assert len(seen) == len(services_of(r)), "services share a password"
-    for d in deployments:
-        ann = d["spec"]["template"]["metadata"].get("annotations", {})
-        assert "checksum/database" in ann, f"{d['metadata']['name']}: pods do not roll when the database Secret changes"
-    return f"Secret {ref}: generated passwords, one role per service, pods carry its checksum"
+    return f"Secret {RELEASE}-postgresql: generated passwords, one role per service; URLs composed in the pods"
 
 
 def check_postgresql(r: Rendered) -> str:
@@ -458,7 +483,9 @@ def check_postgresql(r: Rendered) -> str:
     assert pod.get("automountServiceAccountToken") is False, "PostgreSQL mounts a ServiceAccount token"
     assert pod["securityContext"].get("fsGroup") == pod["securityContext"].get("runAsUser"), "the data volume is not writable by the postgres user"
     (c,) = pod["containers"]
-    assert c["image"].startswith(r.values["postgresql"]["image"]["repository"] + ":"), f"image {c['image']}"
+    registry = (r.values.get("global") or {}).get("imageRegistry")
+    repo = r.values["postgresql"]["image"]["repository"]
+    assert c["image"].startswith((f"{registry}/{repo}" if registry else repo) + ":"), f"image {c['image']}"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert probe in c, f"PostgreSQL has no {probe}"
     assert "pg_isready" in c["readinessProbe"]["exec"]["command"], "readiness is not pg_isready"
@@ -477,8 +504,10 @@ def check_postgresql(r: Rendered) -> str:
     assert "CREATE DATABASE" in cm["data"]["provision.sh"] and init["configMap"].get("defaultMode") == 0o555, "the init script does not create the databases or is not executable"
     service = r.one("Service", f"{RELEASE}-postgresql")
     assert selects(service["spec"]["selector"], ss["spec"]["template"]["metadata"]["labels"]), "the PostgreSQL Service does not select its pod"
-    secret = r.one("Secret", f"{RELEASE}-postgresql")
-    assert secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep", "the passwords are deleted on uninstall (the PVC stays)"
+    assert env["POSTGRES_PASSWORD"]["secretKeyRef"]["name"] == password_secret(r.values), "the superuser password is not from the passwords' Secret"
+    if not r.values["postgresql"]["existingSecret"]:
+        secret = r.one("Secret", f"{RELEASE}-postgresql")
+        assert secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep", "the passwords are deleted on uninstall (the PVC stays)"
     return f"StatefulSet, PVC {claim['spec']['resources']['requests']['storage']}, {len(services_of(r))} databases and roles"
 
 
@@ -566,6 +595,36 @@ def check_service_monitor(r: Rendered) -> str:
     return "on: one per service, port metrics"
 
 
+def check_file_access(r: Rendered) -> str:
+    """Every file a container is told about is readable by its process as the kubelet lays it out
+    (uid, fsGroup, modes: kubelet_files.py), and private keys by nobody else."""
+    reads = 0
+    for kind in ("Deployment", "StatefulSet", "Job", "Pod"):
+        for obj in r.kind(kind):
+            pod = obj["spec"] if kind == "Pod" else obj["spec"]["template"]["spec"]
+            try:
+                reads += len(kubelet_files.access(pod))
+            except AssertionError as e:
+                raise AssertionError(f"{kind} {obj['metadata']['name']}: {e}")
+    return f"{reads} file reads, each allowed by owner, group or mode"
+
+
+def check_deterministic(r: Rendered) -> str:
+    """Two renders of the same values roll nothing: every pod template is the same (no checksum
+    of a generated secret). Where nothing is generated (existing Secrets, GitOps), every object
+    is the same: a sync changes nothing."""
+    again = Rendered(r.chart, r.input)
+    templates = lambda x: {(k, o["metadata"]["name"]): o["spec"]["template"] for k in ("Deployment", "StatefulSet") for o in x.kind(k)}  # noqa: E731
+    first, second = templates(r), templates(again)
+    changed = sorted(f"{k}/{n}" for k, n in first if first[(k, n)] != second.get((k, n)))
+    assert not changed, f"two renders of the same values differ in the pod templates of {changed}: every sync would roll them"
+    if not r.values["generateSecretsWithoutCluster"]:
+        diff = sorted(f"{o['kind']}/{o['metadata']['name']}" for (_, o), (_, p) in zip(r.objects, again.objects) if o != p)
+        assert not diff and len(r.objects) == len(again.objects), f"two renders of the same values differ in {diff}"
+        return f"{len(r.objects)} objects identical across renders"
+    return f"{len(first)} pod templates identical across renders"
+
+
 TLS_ENV = ("SHOPMESH_TLS_CERT", "SHOPMESH_TLS_KEY", "SHOPMESH_TLS_CA", "SHOPMESH_PROBE_LISTEN")
 
 
@@ -596,21 +655,31 @@ def check_tls(r: Rendered) -> str:
         for var, key in (("SHOPMESH_TLS_CERT", "tls.crt"), ("SHOPMESH_TLS_KEY", "tls.key"), ("SHOPMESH_TLS_CA", "ca.crt")):
             path = env.get(var)
             assert isinstance(path, str) and path.endswith("/" + key), f"{svc}: {var} is {path!r}, not a {key}"
-            tls_dirs.add(path.rsplit("/", 1)[0])
             mount = mounts.get(path.rsplit("/", 1)[0])
             assert mount and mount.get("readOnly") is True, f"{svc}: {var} {path} is not in a read-only mount"
             volume = volumes[mount["name"]]
+            if chart_issued(r.values, svc) and var == "SHOPMESH_TLS_CA":
+                # The CAs to trust come from the CA Secret's ca.crt, which the kubelet updates in
+                # place and the service re-reads: a rotation's new CA is trusted before any pod
+                # presents it. Its key is not projected.
+                secret = volume.get("secret", {})
+                assert secret.get("secretName") == ca_secret and secret.get("items") == [{"key": "ca.crt", "path": "ca.crt"}], (
+                    f"{svc}: the trust bundle is {volume}, not the CA Secret's ca.crt alone (a new CA could not be trusted before pods present it)"
+                )
+                continue
+            tls_dirs.add(path.rsplit("/", 1)[0])
             if chart_issued(r.values, svc):
                 assert volume.get("emptyDir", {}).get("medium") == "Memory", f"{svc}: {var} is not in an in-memory volume of the pod's own ({volume})"
             else:
                 secret = volume.get("secret", {})
                 assert secret.get("secretName") == want, f"{svc}: {var} comes from Secret {secret.get('secretName')!r}, not {want!r}"
-                assert secret.get("defaultMode", 0o644) & 0o077 == 0, f"{svc}: the TLS Secret's files are readable by others"
+                assert secret.get("defaultMode", 0o644) & 0o007 == 0, f"{svc}: the TLS Secret's files are readable by others"
         assert env.get("SHOPMESH_TRUST_DOMAIN") == tls["trustDomain"], f"{svc}: trust domain is {env.get('SHOPMESH_TRUST_DOMAIN')!r}"
         assert env.get("SHOPMESH_PROBE_LISTEN") == f"0.0.0.0:{tls['probePort']}", f"{svc}: probe port listens on {env.get('SHOPMESH_PROBE_LISTEN')!r}"
         assert ports.get("probe") == tls["probePort"] != ports.get("grpc"), f"{svc}: probe port {ports.get('probe')} is not a port of its own"
         # The CA's key is mounted into the issuer alone, never into the service's container.
-        ca_volumes = {n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == ca_secret}
+        ca_volumes = {n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == ca_secret
+                      and any(i["key"] == "tls.key" for i in v["secret"].get("items", [{"key": "tls.key"}]))}
         assert not [m for m in container.get("volumeMounts", []) if m["name"] in ca_volumes], f"{svc}: the CA's key is mounted into the service's container"
         if chart_issued(r.values, svc):
             assert len(inits) == 1 and pod["initContainers"][0]["name"] == "issue-certificate", f"{svc}: the certificate issuer is not the first init container"
@@ -633,9 +702,11 @@ def check_tls(r: Rendered) -> str:
                 assert mount and mount.get("readOnly") is True, f"{svc}: --{flag} is not in a read-only mount"
                 secret = volumes[mount["name"]].get("secret", {})
                 assert secret.get("secretName") == ca_secret, f"{svc}: the CA comes from {secret.get('secretName')!r}, not {ca_secret!r}"
-                assert secret.get("defaultMode", 0o644) & 0o077 == 0, f"{svc}: the CA Secret's files are readable by others"
+                assert secret.get("defaultMode", 0o644) & 0o007 == 0, f"{svc}: the CA Secret's files are readable by others"
+            # A new CA must not roll the pods at once: those still running would not trust the new
+            # pods until the bundle reached them (the rotation in the README rolls them later).
             annotations = r.one("Deployment", name(svc))["spec"]["template"]["metadata"].get("annotations", {})
-            assert bool(annotations.get("checksum/mesh-ca")) != bool(tls["chartCA"]["existingSecret"]), f"{svc}: a new CA would not roll the pods (or the checksum of a CA the chart cannot read)"
+            assert "checksum/mesh-ca" not in annotations, f"{svc}: a new CA rolls the pods at once (old pods would refuse the new ones)"
             issued.append(svc)
         else:
             assert not inits, f"{svc}: an issuer although its certificate comes from a Secret"
@@ -647,7 +718,8 @@ def check_tls(r: Rendered) -> str:
     made = [x for x in r.kind("Secret") if x["metadata"]["name"] == f"{RELEASE}-mesh-ca"]
     if issued and not tls["chartCA"]["existingSecret"]:
         (ca,) = made
-        assert ca["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key"} <= set(ca["data"]), "the mesh CA Secret lacks tls.crt/tls.key"
+        assert ca["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key", "ca.crt"} <= set(ca["data"]), "the mesh CA Secret lacks tls.crt/tls.key/ca.crt"
+        assert ca["data"]["ca.crt"] == ca["data"]["tls.crt"], "a new CA's trust bundle is not its own certificate"
         assert "helm.sh/hook" not in ca["metadata"].get("annotations", {}), "the CA Secret is a hook: it would be made anew"
     else:
         assert not made, "the chart makes a CA nobody uses (or one beside tls.chartCA.existingSecret)"
@@ -849,6 +921,141 @@ def check_extension_points(r: Rendered) -> str:
     return ", ".join(sorted(used)) or "none set"
 
 
+EXTENSION_KEYS = ("podAnnotations", "podLabels", "nodeSelector", "tolerations", "affinity", "priorityClassName", "serviceAccount",
+                  "extraEnv", "envFrom", "extraVolumes", "extraVolumeMounts", "extraContainers")
+
+
+def check_workload_extensions(r: Rendered) -> str:
+    """The migration Job (defaults' extension points, then migration's) and the PostgreSQL
+    StatefulSet (postgresql's) take what the services take; the Job's extra containers are
+    native sidecars, so it completes with them."""
+    done = []
+    targets = []
+    jobs = [j for j in r.kind("Job") if j["metadata"]["name"] == f"{RELEASE}-migrate"]
+    if jobs:
+        cfg = {k: r.values["defaults"][k] for k in EXTENSION_KEYS if k in r.values["defaults"]}
+        targets.append(("migration Job", jobs[0], merged(cfg, r.values.get("migration") or {}), f"{RELEASE}-migrate"))
+    if r.values["postgresql"]["enabled"]:
+        targets.append(("PostgreSQL", r.one("StatefulSet", f"{RELEASE}-postgresql"), {k: r.values["postgresql"].get(k) for k in EXTENSION_KEYS}, f"{RELEASE}-postgresql"))
+    for what, obj, cfg, sa_name in targets:
+        meta, pod = obj["spec"]["template"]["metadata"], obj["spec"]["template"]["spec"]
+        used = []
+        for k, v in (cfg.get("podAnnotations") or {}).items():
+            assert meta.get("annotations", {}).get(k) == v, f"{what}: pod annotation {k} missing"
+            used.append("podAnnotations")
+        for k, v in (cfg.get("podLabels") or {}).items():
+            if k not in ("app.kubernetes.io/component", "app.kubernetes.io/name", "app.kubernetes.io/instance"):
+                assert meta["labels"].get(k) == v, f"{what}: pod label {k} missing"
+                used.append("podLabels")
+        for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+            if cfg.get(key):
+                assert pod.get(key) == cfg[key], f"{what}: {key} is {pod.get(key)!r}, not {cfg[key]!r}"
+                used.append(key)
+        assert pod.get("serviceAccountName") == sa_name and pod.get("automountServiceAccountToken") is False, f"{what}: not its own ServiceAccount without a token"
+        sa = r.one("ServiceAccount", sa_name)
+        for k, v in ((cfg.get("serviceAccount") or {}).get("annotations") or {}).items():
+            assert sa["metadata"].get("annotations", {}).get(k) == v, f"{what}: ServiceAccount annotation {k} missing"
+            used.append("serviceAccount.annotations")
+        mains = [c for c in pod["containers"] if c["name"] not in {x["name"] for x in cfg.get("extraContainers") or []}]
+        for key, where in (("extraEnv", "env"), ("envFrom", "envFrom"), ("extraVolumeMounts", "volumeMounts")):
+            for item in cfg.get(key) or []:
+                for c in mains:
+                    assert item in c.get(where, []), f"{what}/{c['name']}: {key} item {item} missing"
+                used.append(key)
+        for item in cfg.get("extraVolumes") or []:
+            assert item in pod.get("volumes", []), f"{what}: extraVolumes item {item['name']} missing"
+            used.append("extraVolumes")
+        for item in cfg.get("extraContainers") or []:
+            if obj["kind"] == "Job":
+                # A regular container that never exits would keep the Job from completing.
+                assert item["name"] not in {c["name"] for c in pod["containers"]}, f"{what}: extra container {item['name']} is a regular container: the Job would never complete"
+                inits = pod.get("initContainers", [])
+                found = [i for i, c in enumerate(inits) if c["name"] == item["name"]]
+                assert found and inits[found[0]].get("restartPolicy") == "Always", f"{what}: extra container {item['name']} is not a native sidecar (an init container with restartPolicy Always)"
+                wait = [i for i, c in enumerate(inits) if c["name"] == "wait-for-database"]
+                assert found[0] < wait[0], f"{what}: sidecar {item['name']} starts after the database wait (which may need it)"
+            else:
+                assert item in pod["containers"], f"{what}: extra container {item['name']} missing"
+            used.append("extraContainers")
+        done.append(f"{what}: {', '.join(sorted(set(used))) or 'none set'}")
+    return "; ".join(done) or "no Job, no PostgreSQL"
+
+
+def check_values_honoured(r: Rendered) -> str:
+    """What renders wrong silently otherwise: global.imageRegistry on every image the chart picks,
+    commonLabels on every object and pod, payment's own ledger volume beside the values' lists."""
+    done = []
+    registry = (r.values.get("global") or {}).get("imageRegistry")
+    own_images = (r.values["image"]["repository"], r.values["postgresql"]["image"]["repository"])
+    theirs = {c["name"] for k in ("defaults", "migration") for c in ((r.values.get(k) or {}).get("extraContainers") or []) + ((r.values.get(k) or {}).get("initContainers") or [])}
+    images = 0
+    for _, obj in r.objects:
+        spec = obj.get("spec", {})
+        pod = spec if obj["kind"] == "Pod" else spec.get("template", {}).get("spec")
+        if not pod:
+            continue
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            if c["name"] in theirs:
+                continue
+            want = [f"{registry}/{repo}" if registry else repo for repo in own_images]
+            assert any(c["image"].startswith(w + ":") or c["image"].startswith(w + "@") for w in want), f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}: image {c['image']} is not from {want}"
+            images += 1
+    done.append(f"{images} images" + (f" from {registry}" if registry else ""))
+    common = r.values.get("commonLabels") or {}
+    for _, obj in r.objects:
+        for k, v in common.items():
+            assert obj["metadata"].get("labels", {}).get(k) == v, f"{obj['kind']}/{obj['metadata']['name']}: no commonLabel {k}={v}"
+            tmpl = obj.get("spec", {}).get("template", {}).get("metadata")
+            if tmpl is not None:
+                assert tmpl.get("labels", {}).get(k) == v, f"{obj['kind']}/{obj['metadata']['name']}: its pods lack commonLabel {k}={v}"
+    if common:
+        done.append(f"commonLabels on {len(r.objects)} objects")
+    if "payment" in services_of(r):
+        pod = r.one("Deployment", name("payment"))["spec"]["template"]["spec"]
+        volumes = pod.get("volumes", [])
+        assert {"name": "processor-ledger", "emptyDir": {}} in volumes, "payment: its processor ledger volume is missing (the read-only root filesystem refuses the ledger)"
+        cfg = settings(r, "payment")
+        for v in cfg.get("extraVolumes", []):
+            assert v in volumes, f"payment: the values' volume {v['name']} was replaced by the chart's own"
+        done.append(f"payment's ledger volume beside {len(cfg.get('extraVolumes', []))} of the values'")
+    return ", ".join(done)
+
+
+def check_security_contexts(r: Rendered) -> str:
+    """The pods and containers carry the security contexts the values give (defaults, the
+    service's, migration's, postgresql's), and nothing fixes a uid the values leave to the
+    platform (OpenShift)."""
+    d = r.values["defaults"]
+    checked = 0
+    for svc in services_of(r):
+        cfg = settings(r, svc)
+        pod = r.one("Deployment", name(svc))["spec"]["template"]["spec"]
+        assert pod["securityContext"] == cfg["podSecurityContext"], f"{svc}: pod securityContext {pod['securityContext']}, not the values' {cfg['podSecurityContext']}"
+        for c in pod["containers"] + pod.get("initContainers", []):
+            if c["name"] in (svc, "issue-certificate"):
+                assert c["securityContext"] == cfg["securityContext"], f"{svc}/{c['name']}: securityContext {c['securityContext']}, not the values' {cfg['securityContext']}"
+                checked += 1
+    jobs = [j for j in r.kind("Job") if j["metadata"]["name"] == f"{RELEASE}-migrate"]
+    if jobs:
+        m = merged({k: d[k] for k in ("podSecurityContext", "securityContext")}, r.values.get("migration") or {})
+        pod = jobs[0]["spec"]["template"]["spec"]
+        assert pod["securityContext"] == m["podSecurityContext"], f"migration Job: pod securityContext {pod['securityContext']}, not the values'"
+        for c in pod["containers"]:
+            assert c["securityContext"] == m["securityContext"], f"migration Job/{c['name']}: securityContext {c['securityContext']}"
+            checked += 1
+    if r.values["postgresql"]["enabled"]:
+        pg = r.values["postgresql"]
+        pod = r.one("StatefulSet", f"{RELEASE}-postgresql")["spec"]["template"]["spec"]
+        assert pod["securityContext"] == pg["podSecurityContext"], f"PostgreSQL: pod securityContext {pod['securityContext']}, not the values'"
+        assert pod["containers"][0]["securityContext"] == pg["securityContext"], "PostgreSQL: container securityContext is not the values'"
+        checked += 1
+    platform = "runAsUser" not in d["podSecurityContext"] and "runAsUser" not in r.values["postgresql"]["podSecurityContext"]
+    if platform:
+        fixed = [f"{o['kind']}/{o['metadata']['name']}" for _, o in r.objects if "runAsUser" in json.dumps(o) or "fsGroup" in json.dumps(o)]
+        assert not fixed, f"ids left to the platform, yet {fixed} fix a uid or fsGroup"
+    return f"{checked} containers as the values say" + ("; no uid or fsGroup fixed (the platform assigns them)" if platform else "")
+
+
 def check_edge(r: Rendered) -> str:
     services = services_of(r)
     public = public_methods(r.values, services)
@@ -970,7 +1177,7 @@ def crd_validate(objects: list[tuple[str, Manifest]]) -> None:
 
 def check_rules_in_compose(chart: Chart) -> str:
     """docker compose's Prometheus loads the chart's rules (default thresholds) from a file: the same."""
-    files = chart.render(values={"prometheusRule": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)
+    files = chart.render(values={"prometheusRule": {"enabled": True}, **ONE_OFF}, name=RELEASE, namespace=NAMESPACE)
     (pr,) = [d for p, t in files.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d and d.get("kind") == "PrometheusRule"]
     compose = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus-rules.yml").read_text())
     assert compose == {"groups": pr["spec"]["groups"]}, (
@@ -984,7 +1191,7 @@ def check_rules_in_compose(chart: Chart) -> str:
 
 def write_compose_rules() -> None:
     chart = Chart.load(CHART)
-    files = chart.render(values={"prometheusRule": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)
+    files = chart.render(values={"prometheusRule": {"enabled": True}, **ONE_OFF}, name=RELEASE, namespace=NAMESPACE)
     (pr,) = [d for p, t in files.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d and d.get("kind") == "PrometheusRule"]
     header = ("# Generated from the Helm chart's PrometheusRule (default values) by\n"
               "# `.venv-deploy/bin/python deploy/check/check_chart.py --write-compose-rules`; scripts/check-deploy\n"
@@ -1011,7 +1218,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             assert not problems, f"helm lint --strict ({label}, {version}): {problems}"
         return f"Kubernetes {' and '.join(versions)}"
 
-    checks.run("helm lint --strict, default values", lambda: lint_clean(None, "default values"))
+    checks.run("helm lint --strict, default values (a one-off render)", lambda: lint_clean(ONE_OFF, "default values"))
     checks.run("helm lint --strict, ci/production-values.yaml", lambda: lint_clean(production, "production"))
     checks.run("deploy/authz-policy.json: catalog rules", check_shipped_policy)
     checks.run("compose's Prometheus rules are the chart's", lambda: check_rules_in_compose(chart))
@@ -1044,6 +1251,17 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "otel": {"endpoint": ""},
         }),
         "default, every optional part on": {
+            # The bundled PostgreSQL and the pre-upgrade migration Job, extended like the services.
+            "postgresql": {"nodeSelector": {"pool": "db"}, "tolerations": [{"key": "db", "operator": "Exists", "effect": "NoSchedule"}],
+                           "podAnnotations": {"backup.example.com/enabled": "true"}, "podLabels": {"example.com/tier": "data"},
+                           "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "pg@p.iam.gserviceaccount.com"}},
+                           "extraEnv": [{"name": "TZ", "value": "UTC"}], "priorityClassName": "db-high"},
+            "migration": {"podAnnotations": {"sidecar.istio.io/inject": "false"}, "nodeSelector": {"pool": "jobs"}},
+            "global": {"imageRegistry": "mirror.example.com"},
+            "commonLabels": {"example.com/team": "shop", "example.com/cost-center": "42"},
+            "networkPolicy": {"metricsScrapers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                                                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]},
+            "prometheusRule": {"latencyThresholdSeconds": 0.5},
             "serviceMonitor": {"enabled": True},
             "prometheusRule": {"enabled": True},
             "grafanaDashboards": {"enabled": True},
@@ -1066,8 +1284,11 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "tls": {"enabled": True, "trustDomain": "shop.example", "probePort": 9000, "certManager": {"enabled": False}, "secretNames": {"payment": "payment-cert"}},
             "authz": {"enabled": False},
         },
-        "no mTLS, Gateway with bearer tokens required": {
+        # Tokens without mTLS only where no service calls another (service-to-service calls carry
+        # no token): order, the one caller, is left out.
+        "no mTLS, order off, Gateway with bearer tokens required": {
             "tls": {"enabled": False},
+            "services": {"order": {"enabled": False}},
             "jwt": {"jwks": JWKS, "issuer": "https://id.example", "audience": "shopmesh"},
             "gateway": {"enabled": True, "parentRefs": [{"name": "public"}]},
             "networkPolicy": {"edgeClients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}]},
@@ -1085,6 +1306,27 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         "KEDA (in-flight), calls/s for order, no autoscaler for user": {
             "defaults": {"autoscaling": {"keda": {"enabled": True}}},
             "services": {"order": {"autoscaling": {"keda": {"metric": "rate"}}}, "user": {"autoscaling": {"enabled": False, "minReplicas": 3}}},
+        },
+        # Argo CD and Flux render without a cluster: nothing generated, every render the same.
+        "GitOps: your CA and PostgreSQL passwords in existing Secrets, no cluster at render time": {
+            "generateSecretsWithoutCluster": False,
+            "tls": {"chartCA": {"existingSecret": "mesh-ca"}},
+            "postgresql": {"existingSecret": "shopmesh-postgresql-passwords"},
+        },
+        "GitOps: cert-manager and an external database, no cluster at render time": {
+            "generateSecretsWithoutCluster": False,
+            "tls": {"certManager": {"enabled": True}},
+            "postgresql": {"enabled": False},
+            "database": {"existingSecret": "shopmesh-db"},
+        },
+        # OpenShift's restricted SCC assigns a uid and an fsGroup from the namespace's range.
+        "OpenShift: uid, gid and fsGroup left to the platform": {
+            "defaults": {"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}},
+            "postgresql": {"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}},
+        },
+        "security contexts tightened per service within the restricted standard": {
+            "defaults": {"podSecurityContext": {"supplementalGroups": [4000], "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/shopmesh.json"}}},
+            "services": {"payment": {"securityContext": {"runAsUser": 70000, "runAsGroup": 70000}}},
         },
         "external database, every extension point, names overridden": {
             "postgresql": {"enabled": False},
@@ -1105,7 +1347,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
                                      "securityContext": hardened_sidecar, "volumeMounts": [{"name": "cloudsql", "mountPath": "/cloudsql"}]}],
                 "initContainers": [{"name": "wait", "image": "busybox:1.36", "command": ["true"], "securityContext": hardened_sidecar}],
             },
-            "services": {"order": {"topologySpreadConstraints": [], "podAnnotations": {"example.com/entry": "yes"}}, "catalog": {"enabled": False}},
+            "services": {"order": {"topologySpreadConstraints": [], "podAnnotations": {"example.com/entry": "yes"}}},
             "nameOverride": "mesh",
             "fullnameOverride": "shopmesh",
         },
@@ -1114,7 +1356,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
     for label, values in scenarios.items():
         def do_render(label: str = label, values: dict = values) -> str:
             r = Rendered(chart, values)
-            r.values = chart.merge_values(values)
+            r.values = chart.merge_values(merged(ONE_OFF, values))
             rendered[label] = r
             return f"{len(r.objects)} objects"
 
@@ -1149,13 +1391,13 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
         for check in (check_autoscaler, check_upstreams, check_migration, check_test_pod, check_secret, check_postgresql, check_otel,
                       check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
-                      check_tls, check_authz, check_edge, check_extension_points, check_prometheus_rule, check_dashboards):
+                      check_tls, check_file_access, check_deterministic, check_authz, check_edge, check_extension_points, check_workload_extensions, check_values_honoured, check_security_contexts, check_prometheus_rule, check_dashboards):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
     # Values the chart must refuse, and the message it must refuse them with.
     def refused(values: dict, message: str) -> str:
         try:
-            chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+            chart.render(values=merged(ONE_OFF, values), name=RELEASE, namespace=NAMESPACE)
         except HelmError as e:
             text = re.sub(r"\s+", " ", str(e))
             assert message in text, f"refused, but without {message!r}: {text}"
@@ -1225,6 +1467,50 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "the edge needs a mesh certificate in a Secret (SPIFFE ID spiffe://cluster.local/ns/shop/sa/shopmesh-gateway), which Helm cannot write",
         ),
         "a certificate lifetime in days (schema)": ({"tls": {"chartCA": {"duration": "365d"}}}, "/tls/chartCA/duration"),
+        "bearer tokens without mTLS where services call each other": (
+            {"tls": {"enabled": False}, "jwt": {"jwks": JWKS, "issuer": "i", "audience": "a"}},
+            "service-to-service calls (order -> user, order -> payment, order -> catalog) carry no token and need mTLS. Set tls.enabled=true",
+        ),
+        "bearer tokens without mTLS, the callees' tokens optional (a writable catalog)": (
+            {"tls": {"enabled": False}, "jwt": {"jwks": JWKS, "issuer": "i", "audience": "a"},
+             "services": {"catalog": {"jwtRequire": "never"}, "user": {"jwtRequire": "never"}, "payment": {"jwtRequire": "never"}}},
+            "jwt.jwks is set with tls.enabled=false",
+        ),
+        "a render without a cluster that would generate the CA and passwords (GitOps)": (
+            {"generateSecretsWithoutCluster": False},
+            "rendered without a cluster (helm template, Argo CD, --dry-run=client): lookup finds nothing, so the mesh CA and the database passwords would be generated anew on every render",
+        ),
+        "a render without a cluster that would generate the CA": (
+            {"generateSecretsWithoutCluster": False, "postgresql": {"existingSecret": "pw"}},
+            "Set tls.chartCA.existingSecret (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt; or tls.certManager.enabled=true); or, for a one-off render",
+        ),
+        "a latency objective that is no bucket of the histogram": (
+            {"prometheusRule": {"enabled": True, "latencyThresholdSeconds": 0.3}},
+            "prometheusRule.latencyThresholdSeconds is 0.3, not a bucket bound of the call-duration histogram: the latency alerts would compare a series that does not exist and never fire. Set one of 0.00025, 0.0005,",
+        ),
+        "a service the binary does not serve (schema)": ({"services": {"inventory": {"port": 50055}}}, "additional properties 'inventory' not allowed"),
+        "the catalog disabled while order calls it": (
+            {"services": {"catalog": {"enabled": False}}},
+            "services.order.calls names catalog, but services.catalog.enabled is false: order would call 127.0.0.1, where nothing serves catalog. Set services.catalog.enabled=true",
+        ),
+        "payment disabled while order calls it": ({"services": {"payment": {"enabled": False}}}, "services.order.calls names payment, but services.payment.enabled is false"),
+        # (`resources: {}` merges with the chart's requests; null is how Helm removes a key.)
+        "a CPU autoscaler without a CPU request": (
+            {"defaults": {"resources": {"requests": {"cpu": None}}}},
+            "the autoscaler scales on CPU utilisation, a share of the CPU request, and there is none: set resources.requests.cpu",
+        ),
+        "ServiceMonitors that NetworkPolicies keep from scraping": (
+            {"serviceMonitor": {"enabled": True}},
+            "nothing may reach the metrics port 9464, so Prometheus would scrape nothing. Set networkPolicy.metricsScrapers",
+        ),
+        "a pod that may run as root (schema)": ({"defaults": {"podSecurityContext": {"runAsNonRoot": False}}}, "/defaults/podSecurityContext/runAsNonRoot"),
+        "uid 0 (schema)": ({"defaults": {"podSecurityContext": {"runAsUser": 0}}}, "/defaults/podSecurityContext/runAsUser"),
+        "a privileged container (schema)": ({"services": {"user": {"securityContext": {"privileged": True}}}}, "/services/user/securityContext/privileged"),
+        "an added capability beyond NET_BIND_SERVICE (schema)": (
+            {"defaults": {"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}}, "/defaults/securityContext/capabilities/add/0",
+        ),
+        "an unconfined seccomp profile (schema)": ({"postgresql": {"podSecurityContext": {"seccompProfile": {"type": "Unconfined"}}}}, "/postgresql/podSecurityContext/seccompProfile/type"),
+        "privilege escalation for the migration Job (schema)": ({"migration": {"securityContext": {"allowPrivilegeEscalation": True}}}, "/migration/securityContext/allowPrivilegeEscalation"),
         "a service calling one that does not exist": ({"services": {"order": {"calls": ["inventory"]}}}, "services.order.calls names inventory"),
     }
     for label, (values, message) in refusals.items():

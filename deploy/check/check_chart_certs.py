@@ -51,7 +51,8 @@ def main() -> int:
     try:
         def render() -> str:
             chart = Chart.load(CHART)
-            files = chart.render(values={}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            # No cluster here: a one-off render may generate the CA (the chart refuses otherwise).
+            files = chart.render(values={"generateSecretsWithoutCluster": True}, name=RELEASE, namespace=NAMESPACE, is_install=True)
             chart.close()
             objects = [d for p, t in files.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
             (secret,) = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == f"{RELEASE}-mesh-ca"]

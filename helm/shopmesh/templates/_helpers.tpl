@@ -64,6 +64,11 @@ it contains the name). Truncated to 40 characters so that the longest derived na
 {{- end -}}
 
 {{- define "shopmesh.labels" -}}
+{{- range $k, $v := .root.Values.commonLabels }}
+{{- if not (has $k (list "helm.sh/chart" "app.kubernetes.io/part-of" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component")) }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- end }}
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
 app.kubernetes.io/part-of: shopmesh
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
@@ -78,16 +83,22 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 
+{{/* An image's repository with global.imageRegistry (a mirror, e.g. registry.example.com) in front. */}}
+{{- define "shopmesh.repository" -}}
+{{- with (.root.Values.global | default dict).imageRegistry -}}{{ trimSuffix "/" . }}/{{- end -}}{{ .repository }}
+{{- end -}}
+
 {{- define "shopmesh.image" -}}
+{{- $repo := include "shopmesh.repository" (dict "root" . "repository" .Values.image.repository) -}}
 {{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "shopmesh.postgresImage" -}}
-{{- printf "%s:%s" .Values.postgresql.image.repository .Values.postgresql.image.tag -}}
+{{- printf "%s:%s" (include "shopmesh.repository" (dict "root" . "repository" .Values.postgresql.image.repository)) .Values.postgresql.image.tag -}}
 {{- end -}}
 
 {{/* Where the database URLs come from: an existing Secret, or the bundled PostgreSQL. Fails with what to set. */}}
@@ -100,25 +111,58 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The Secret the Deployments read the database URLs from. */}}
-{{- define "shopmesh.databaseSecret" -}}
-{{- default (printf "%s-database" (include "shopmesh.fullname" .)) .Values.database.existingSecret -}}
-{{- end -}}
-
 {{- define "shopmesh.postgresName" -}}
 {{- printf "%s-postgresql" (include "shopmesh.fullname" .) -}}
 {{- end -}}
 
+{{/* The Secret with the bundled PostgreSQL's passwords: postgresql.existingSecret or the chart's. */}}
+{{- define "shopmesh.postgresSecret" -}}
+{{- default (include "shopmesh.postgresName" .) .Values.postgresql.existingSecret -}}
+{{- end -}}
+
 {{/*
-The bundled PostgreSQL's passwords, {"postgres-password": …, "<service>-password": …}: from
-postgresql.existingSecret's name if set (read at install, kept by the reader), else the ones the
-release's Secret already holds (lookup), else new random ones. Computed once per rendering and
-kept in .Values, so every template (Secrets, checksums) sees the same ones. Returns JSON.
+Whether a cluster answers `lookup`: "true" or "". Listing the release namespace's Secrets answers
+with a (maybe empty) list whenever Helm talks to a cluster (Helm keeps its releases there, so
+its user may list them), and with nothing under `helm template`, Argo CD and `--dry-run=client`.
+Asked once per rendering.
+*/}}
+{{- define "shopmesh.clusterAnswers" -}}
+{{- if not (hasKey .Values "__shopmeshCluster") -}}
+{{- $_ := set .Values "__shopmeshCluster" (ternary "true" "" (not (empty (lookup "v1" "Secret" .Release.Namespace "")))) -}}
+{{- end -}}
+{{- get .Values "__shopmeshCluster" -}}
+{{- end -}}
+
+{{/*
+Refuses to generate a secret that the next render would generate again. The chart makes the
+mesh CA and the bundled PostgreSQL's passwords once and keeps them by reading them back
+(`lookup`); rendered without a cluster it cannot, and each GitOps sync would rotate them (a new
+CA splits the mesh, new passwords lock the services out of a database initialised with the old).
+*/}}
+{{- define "shopmesh.checkGenerated" -}}
+{{- if and (not (include "shopmesh.clusterAnswers" .)) (not .Values.generateSecretsWithoutCluster) -}}
+{{- $set := list -}}
+{{- if and (include "shopmesh.anyChartIssued" .) (not .Values.tls.chartCA.existingSecret) -}}
+{{- $set = append $set "tls.chartCA.existingSecret (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt; or tls.certManager.enabled=true)" -}}
+{{- end -}}
+{{- if and .Values.postgresql.enabled (not .Values.postgresql.existingSecret) -}}
+{{- $set = append $set "postgresql.existingSecret (keys postgres-password and <service>-password; or an external database: postgresql.enabled=false, database.existingSecret)" -}}
+{{- end -}}
+{{- if $set -}}
+{{- fail (printf "rendered without a cluster (helm template, Argo CD, --dry-run=client): lookup finds nothing, so the mesh CA and the database passwords would be generated anew on every render and a GitOps sync would rotate them. Set %s; or, for a one-off render, generateSecretsWithoutCluster=true (helm/shopmesh/README.md: GitOps)" (join " and " $set)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The passwords the chart generates for the bundled PostgreSQL (no postgresql.existingSecret),
+{"postgres-password": …, "<service>-password": …}: the ones its Secret already holds (lookup),
+else new random ones (URL-safe: they are spliced into the database URLs). Computed once per
+rendering. Returns JSON.
 */}}
 {{- define "shopmesh.postgresPasswords" -}}
 {{- if not (hasKey .Values "__shopmeshPasswords") -}}
-{{- $secretName := default (include "shopmesh.postgresName" .) .Values.postgresql.existingSecret -}}
-{{- $existing := (lookup "v1" "Secret" .Release.Namespace $secretName) | default dict -}}
+{{- $existing := (lookup "v1" "Secret" .Release.Namespace (include "shopmesh.postgresName" .)) | default dict -}}
 {{- $data := $existing.data | default dict -}}
 {{- $out := dict -}}
 {{- $keys := list "postgres-password" -}}
@@ -137,13 +181,24 @@ kept in .Values, so every template (Secrets, checksums) sees the same ones. Retu
 {{- get .Values "__shopmeshPasswords" | toJson -}}
 {{- end -}}
 
-{{/* With the bundled PostgreSQL: the data of the Secret of database URLs, one key per service. */}}
-{{- define "shopmesh.databaseSecretData" -}}
-{{- $pw := include "shopmesh.postgresPasswords" . | fromJson -}}
-{{- $host := include "shopmesh.fqdn" (dict "root" . "service" (include "shopmesh.postgresName" .)) -}}
-{{- range $name := include "shopmesh.serviceNames" . | fromJsonArray }}
-{{ $name }}-database-url: {{ printf "postgres://shopmesh_%s:%s@%s:5432/shopmesh_%s" $name (get $pw (printf "%s-password" $name)) $host $name | b64enc | quote }}
-{{- end }}
+{{/*
+A container's database URL variable for one service. An external database: the URL from
+database.existingSecret. The bundled PostgreSQL: composed by the kubelet from the role's password
+in `secret` (dependent-variable expansion), so no URL with a password is ever rendered and the
+password is whatever that Secret holds (postgresql.existingSecret's, or the generated one).
+Takes (dict "root" $ "name" "user" "secret" <Secret with the passwords>); returns EnvVar YAML.
+*/}}
+{{- define "shopmesh.databaseEnv" -}}
+{{- $var := printf "SHOPMESH_%s_DATABASE_URL" (upper .name) -}}
+{{- if .root.Values.postgresql.enabled -}}
+- name: SHOPMESH_DATABASE_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ .secret }}, key: {{ .name }}-password}}
+- name: {{ $var }}
+  value: {{ printf "postgres://shopmesh_%s:$(SHOPMESH_DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (include "shopmesh.postgresName" .root))) .name | quote }}
+{{- else -}}
+- name: {{ $var }}
+  valueFrom: {secretKeyRef: {name: {{ .root.Values.database.existingSecret }}, key: {{ .name }}-database-url}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -166,8 +221,30 @@ Takes (dict "root" $ "name" "user"); returns YAML (use with fromYaml).
 {{- if not (hasKey $.root.Values.services $callee) -}}
 {{- fail (printf "services.%s.calls names %s, which is not a service" $.name $callee) -}}
 {{- end -}}
+{{- if eq (toString (dig "enabled" true (get $.root.Values.services $callee))) "false" -}}
+{{- fail (printf "services.%s.calls names %s, but services.%s.enabled is false: %s would call 127.0.0.1, where nothing serves %s. Set services.%s.enabled=true" $.name $callee $callee $.name $callee $callee) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $svc.autoscaling.enabled (not (dig "requests" "cpu" "" ($svc.resources | default dict))) -}}
+{{- fail (printf "services.%s: the autoscaler scales on CPU utilisation, a share of the CPU request, and there is none: set resources.requests.cpu (defaults or services.%s), or autoscaling.enabled=false" .name .name) -}}
+{{- end -}}
+{{- /* The chart's own volumes of a service come beside the values' lists, never instead of them. */ -}}
+{{- with get (include "shopmesh.ownVolumes" . | fromYaml) .name -}}
+{{- $_ := set $svc "extraVolumes" (concat ($svc.extraVolumes | default list) .volumes) -}}
+{{- $_ := set $svc "extraVolumeMounts" (concat ($svc.extraVolumeMounts | default list) .mounts) -}}
 {{- end -}}
 {{- toYaml $svc -}}
+{{- end -}}
+
+{{/*
+Volumes the binary needs written, per service: payment's simulated processor keeps its ledger in
+./data (the home directory), which the read-only root filesystem does not allow; an emptyDir
+there holds one ledger per pod.
+*/}}
+{{- define "shopmesh.ownVolumes" -}}
+payment:
+  volumes: [{name: processor-ledger, emptyDir: {}}]
+  mounts: [{name: processor-ledger, mountPath: /home/nonroot/data}]
 {{- end -}}
 
 {{/* The enabled services a service calls, as a JSON list. Takes (dict "root" $ "name" "order"). */}}
@@ -189,24 +266,12 @@ Takes (dict "root" $ "name" "user"); returns YAML (use with fromYaml).
 {{- $out | toJson -}}
 {{- end -}}
 
-{{/* Restricted Pod Security Standard, pod level. */}}
-{{- define "shopmesh.podSecurityContext" -}}
-runAsNonRoot: true
-# The distroless image's nonroot user, numeric so the kubelet can verify runAsNonRoot.
-runAsUser: 65532
-runAsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
-{{- end -}}
-
-{{/* Restricted Pod Security Standard, container level; the binary writes no files. */}}
-{{- define "shopmesh.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-capabilities:
-  drop: [ALL]
-{{- end -}}
+{{/*
+The security contexts are values (defaults.podSecurityContext, defaults.securityContext, per
+service, migration.*, postgresql.*), kept within the restricted Pod Security Standard by the
+schema; runAsUser, runAsGroup and fsGroup may be unset (null) where the platform assigns them
+(OpenShift's restricted SCC).
+*/}}
 
 {{/* Whether mTLS is on: "true" or "" (`auto`, the old default, means true: it no longer needs cert-manager). */}}
 {{- define "shopmesh.tlsEnabled" -}}
@@ -236,7 +301,9 @@ cert-manager not issuing, and no Secret of yours named in tls.secretNames.<name>
 {{/*
 The mesh CA the chart makes (no existingSecret): the one its Secret already holds (lookup, so
 identities survive upgrades), else a new Ed25519 key (PKCS#8, which the issuer reads) and a
-self-signed CA certificate. Computed once per rendering. Returns JSON {"crt": PEM, "key": PEM}.
+self-signed CA certificate. "bundle" is the CAs the services trust (the Secret's ca.crt): kept
+as found, so a rotation's old + new CA stays; a new CA's own certificate otherwise. Computed once
+per rendering. Returns JSON {"crt": PEM, "key": PEM, "bundle": PEM}.
 */}}
 {{- define "shopmesh.meshCA" -}}
 {{- if not (hasKey .Values "__shopmeshMeshCA") -}}
@@ -244,11 +311,12 @@ self-signed CA certificate. Computed once per rendering. Returns JSON {"crt": PE
 {{- $data := $existing.data | default dict -}}
 {{- $ca := dict -}}
 {{- if and (hasKey $data "tls.crt") (hasKey $data "tls.key") -}}
-{{- $ca = dict "crt" (get $data "tls.crt" | b64dec) "key" (get $data "tls.key" | b64dec) -}}
+{{- $crt := get $data "tls.crt" | b64dec -}}
+{{- $ca = dict "crt" $crt "key" (get $data "tls.key" | b64dec) "bundle" (get $data "ca.crt" | default (b64enc $crt) | b64dec) -}}
 {{- else -}}
 {{- $key := genPrivateKey "ed25519" -}}
 {{- $cert := genCAWithKey (printf "shopmesh mesh CA (%s/%s)" .Release.Namespace .Release.Name) (int .Values.tls.chartCA.caDays) $key -}}
-{{- $ca = dict "crt" $cert.Cert "key" $cert.Key -}}
+{{- $ca = dict "crt" $cert.Cert "key" $cert.Key "bundle" $cert.Cert -}}
 {{- end -}}
 {{- $_ := set .Values "__shopmeshMeshCA" $ca -}}
 {{- end -}}
@@ -362,4 +430,72 @@ it; a Gateway must say so); with mTLS off, every public service must require a b
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+Refuses bearer tokens without mTLS where services call each other: tokens identify callers from
+outside the mesh, and a service's calls to another carry none, so each such call would fail
+(with `jwtRequire: unidentified`) or the callee would take calls from anyone (`never`, a
+writable catalog). Service-to-service calls are authenticated by mTLS only.
+*/}}
+{{- define "shopmesh.checkTokenOnly" -}}
+{{- if and .Values.jwt.jwks (not (include "shopmesh.tlsEnabled" .)) -}}
+{{- $calls := list -}}
+{{- range $name := include "shopmesh.serviceNames" . | fromJsonArray -}}
+{{- range $callee := include "shopmesh.callees" (dict "root" $ "name" $name) | fromJsonArray -}}
+{{- $calls = append $calls (printf "%s -> %s" $name $callee) -}}
+{{- end -}}
+{{- end -}}
+{{- if $calls -}}
+{{- fail (printf "jwt.jwks is set with tls.enabled=false: bearer tokens identify callers from outside the mesh, but service-to-service calls (%s) carry no token and need mTLS. Set tls.enabled=true (the chart's own CA needs nothing else), keeping jwt.* for the edge" (join ", " $calls)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod-level extension points every workload takes (Deployments, the migration Job, PostgreSQL). */}}
+{{- define "shopmesh.extensionKeys" -}}
+["podAnnotations","podLabels","nodeSelector","tolerations","affinity","priorityClassName","serviceAccount","extraEnv","envFrom","extraVolumes","extraVolumeMounts","extraContainers","podSecurityContext","securityContext"]
+{{- end -}}
+
+{{/*
+The migration Job's settings: the extension points of `defaults` (a cloud-sql-proxy or a node pool
+the services need, the Job needs too), then `migration`'s own over them. Returns YAML.
+*/}}
+{{- define "shopmesh.migrationSettings" -}}
+{{- $base := dict -}}
+{{- range include "shopmesh.extensionKeys" . | fromJsonArray -}}
+{{- if hasKey $.Values.defaults . -}}{{- $_ := set $base . (deepCopy (get $.Values.defaults .)) -}}{{- end -}}
+{{- end -}}
+{{- mergeOverwrite $base (deepCopy (.Values.migration | default dict)) | toYaml -}}
+{{- end -}}
+
+{{/* Scheduling of a pod from its settings: priorityClassName, nodeSelector, tolerations, affinity. Takes the settings dict. */}}
+{{- define "shopmesh.scheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+extraContainers as native sidecars (Kubernetes 1.29+): init containers with restartPolicy Always
+start before the ones after them and are stopped once the main containers exit, so a Job with a
+sidecar (cloud-sql-proxy; Istio injects its proxy the same way with native sidecars on)
+completes. Takes the list; returns YAML list items.
+*/}}
+{{- define "shopmesh.sidecars" -}}
+{{- range . }}
+- {{ mergeOverwrite (dict "restartPolicy" "Always") (deepCopy .) | toYaml | nindent 2 | trim }}
+{{- end }}
 {{- end -}}

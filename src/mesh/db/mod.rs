@@ -363,7 +363,7 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
 /// # Errors
 /// The last migration error.
 pub async fn migrate(pool: &Pool, backend: Backend, migrations: Migrations) -> Result<(), Error> {
-    let migrator = migrations.of(backend);
+    let migrator = tolerant(migrations.of(backend));
     let mut attempt = 1;
     loop {
         match migrator.run(&**pool).await {
@@ -376,6 +376,18 @@ pub async fn migrate(pool: &Pool, backend: Backend, migrations: Migrations) -> R
             Err(err) => return Err(err.into()),
         }
     }
+}
+
+/// `embedded` as a migrator that leaves alone applied migrations it does not know: a newer
+/// release's, met by this older binary after a rollback. Migrations are additive (expand, then
+/// contract a release later: docs/layout.md), so the older code runs on the newer schema;
+/// without this sqlx refuses with "migration … was previously applied but is missing" and the
+/// service would stay NOT_SERVING. Migrations it does know are still checked against their
+/// checksums. Built once per migration run, never on a call's path.
+fn tolerant(embedded: &Migrator) -> Migrator {
+    let mut migrator = Migrator::with_migrations(embedded.iter().cloned().collect());
+    migrator.set_ignore_missing(true);
+    migrator
 }
 
 /// Checks that every embedded migration is applied (when another process, such as a Helm
