@@ -181,8 +181,8 @@ async fn an_older_binary_serves_a_schema_with_a_newer_additive_migration() {
         let test_db = testing::database(backend, "rollback").await;
         let mesh = testing::mesh_config();
         let known = match backend {
-            Backend::Sqlite => shopmesh_user::MIGRATIONS.sqlite,
-            Backend::Postgres => shopmesh_user::MIGRATIONS.postgres,
+            Backend::Sqlite => User::MIGRATIONS.sqlite,
+            Backend::Postgres => User::MIGRATIONS.postgres,
         };
         // The newer release: every migration this binary has, and one more (expand: a new table).
         let mut newer: Vec<Migration> = known.iter().cloned().collect();
@@ -198,7 +198,7 @@ async fn an_older_binary_serves_a_schema_with_a_newer_additive_migration() {
         pool.close().await;
 
         // `shopmesh migrate` of the older release (the chart's hook Job) succeeds.
-        let pool = db::open(&test_db.url, &mesh, shopmesh_user::MIGRATIONS).await.expect("older migrate");
+        let pool = db::open(&test_db.url, &mesh, User::MIGRATIONS).await.expect("older migrate");
         pool.close().await;
         // The older service, migrating on start (the chart's bundled PostgreSQL) or not, serves.
         for migrate in [true, false] {
