@@ -66,16 +66,21 @@ def install(cluster: Cluster, release: Release, vals: dict) -> float:
     return time.monotonic() - start
 
 
-def order_through_services(edge: Edge, sku: str = "PODRUNNER-1") -> str:
-    """A product (as the catalog's administrator), a user and an order (as the edge); the order PAID."""
+def order_through_services(edge: Edge, sku: str = "PODRUNNER-1", token_for=None) -> str:
+    """A product (as the catalog's administrator), a user and an order (as the edge); the order PAID.
+    With `token_for` (bearer tokens on, so the edge acts only for users it has a token of), the user
+    is signed up by the administrator and the edge sends `token_for(user_id)` with each call."""
     edge.call("catalog", 50054, "shopmesh.catalog.v1.CatalogService/CreateProduct",
               {"product": {"sku": sku, "display_name": "A book", "active": True, "unit_price": {"currency_code": "USD", "amount_minor": 1250}}},
               who="shopmesh-admin") if not _exists(edge, sku) else None
     user = edge.call("user", 50051, "shopmesh.user.v1.UserService/CreateUser",
-                     {"email": f"ada-{uuid.uuid4().hex[:8]}@example.com", "display_name": "Ada"})
+                     {"email": f"ada-{uuid.uuid4().hex[:8]}@example.com", "display_name": "Ada"},
+                     who="shopmesh-admin" if token_for else "shopmesh-gateway")
+    token = token_for(user["id"]) if token_for else None
     order = edge.call("order", 50052, "shopmesh.order.v1.OrderService/CreateOrder",
-                      {"user_id": user["id"], "request_id": f"podrunner-{uuid.uuid4()}", "line_items": [{"sku": sku, "quantity": 2}]})
-    read = edge.call("order", 50052, "shopmesh.order.v1.OrderService/GetOrder", {"id": order["id"]})
+                      {"user_id": user["id"], "request_id": f"podrunner-{uuid.uuid4()}", "line_items": [{"sku": sku, "quantity": 2}]},
+                      token=token)
+    read = edge.call("order", 50052, "shopmesh.order.v1.OrderService/GetOrder", {"id": order["id"]}, token=token)
     assert read.get("state") == "ORDER_STATE_PAID", f"order {order['id']} is {read.get('state')}, not PAID: {read}"
     total = read.get("total") or read.get("totalPrice") or {}
     return f"user {user['id'][:8]}…, order {order['id'][:8]}… PAID {total.get('amountMinor', '?')} {total.get('currencyCode', '')}".strip()

@@ -80,9 +80,12 @@ class Edge:
     def run(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(self.pod.container("edge").exec_argv(argv), capture_output=True, text=True, timeout=timeout)
 
-    def call(self, svc: str, port: int, method: str, body: dict, who: str = "shopmesh-gateway") -> dict[str, Any]:
+    def call(self, svc: str, port: int, method: str, body: dict, who: str = "shopmesh-gateway",
+             token: str | None = None) -> dict[str, Any]:
+        """`method` as the workload `who`, with an end user's bearer `token` if given."""
+        auth = ["-H", f"authorization: Bearer {token}"] if token else []
         done = self.run([GRPCURL, "-cacert", f"{CERTS}/{who}-ca.crt", "-cert", f"{CERTS}/{who}-tls.crt", "-key", f"{CERTS}/{who}-tls.key",
-                         "-max-time", "10", "-d", json.dumps(body), f"{self.host(svc)}:{port}", method])
+                         *auth, "-max-time", "10", "-d", json.dumps(body), f"{self.host(svc)}:{port}", method])
         assert done.returncode == 0, f"{method} as {who}: {done.stderr.strip() or done.stdout.strip()}"
         return json.loads(done.stdout or "{}")
 

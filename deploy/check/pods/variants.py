@@ -27,7 +27,7 @@ def _b64(text: str) -> str:
 
 
 def run(cluster: Cluster, chart: Path, namespace: str, values: dict, edge_secret: str | None = None,
-        ca_secret: str = CA_SECRET) -> str:
+        ca_secret: str = CA_SECRET, token_for=None) -> str:
     release = Release(cluster, chart, "shopmesh", namespace)
     try:
         ready = install(cluster, release, {"networkPolicy": {"edgeClients": EDGE_CLIENTS}, **values})
@@ -35,7 +35,7 @@ def run(cluster: Cluster, chart: Path, namespace: str, values: dict, edge_secret
         edge = Edge(cluster, namespace, ca_secret, edge_secret=edge_secret)
         try:
             stored = sorted({o["kind"] for o in release.revisions[-1][1] if o["kind"] in ("Ingress", "GRPCRoute", "Certificate", "Issuer")})
-            return f"install-to-Ready {ready:.1f} s; {order_through_services(edge)}" + (f"; also rendered: {', '.join(stored)}" if stored else "")
+            return f"install-to-Ready {ready:.1f} s; {order_through_services(edge, token_for=token_for)}" + (f"; also rendered: {', '.join(stored)}" if stored else "")
         finally:
             edge.close()
     finally:
@@ -87,16 +87,48 @@ def cert_manager(cluster: Cluster, chart: Path) -> str:
     return run(cluster, chart, ns, {"tls": {"certManager": {"enabled": True}}, "postgresql": passwords}, ca_secret="shopmesh-mesh-ca")
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _es256_token(key: str, sub: str) -> str:
+    """A JWT for `sub` signed by the P-256 key in the PEM file `key` (openssl signs; JWS wants the
+    signature as r || s, not DER)."""
+    now = int(time.time())
+    header = _b64url(json.dumps({"alg": "ES256", "typ": "JWT", "kid": "podrunner"}).encode())
+    claims = _b64url(json.dumps({"sub": sub, "iss": "https://issuer.example", "aud": "shopmesh", "iat": now, "exp": now + 600}).encode())
+    der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=f"{header}.{claims}".encode(),
+                         check=True, capture_output=True).stdout
+    # SEQUENCE { INTEGER r, INTEGER s }, each at most 33 bytes: short-form lengths.
+    assert der[0] == 0x30, "a DER ECDSA signature"
+    r_len = der[3]
+    r = int.from_bytes(der[4:4 + r_len], "big")
+    s_len = der[5 + r_len]
+    s = int.from_bytes(der[6 + r_len:6 + r_len + s_len], "big")
+    return f"{header}.{claims}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
 def tokens(cluster: Cluster, chart: Path) -> str:
-    """Bearer tokens on beside mTLS: a JWKS of a fresh EC key; the edge, identified by mTLS, needs none."""
+    """Bearer tokens on beside mTLS: a JWKS of a fresh EC key. The edge acts for end users, so each
+    of its calls carries the user's token (the chart names it in the policy's `edges`); sign-up is
+    a workload's (here the administrator's, let by one more rule to create users)."""
+    import yaml
+
     with tempfile.TemporaryDirectory() as d:
-        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{d}/k.pem"], check=True, capture_output=True)
-        der = subprocess.run(["openssl", "pkey", "-in", f"{d}/k.pem", "-pubout", "-outform", "DER"], check=True, capture_output=True).stdout
-    point = der[-64:]
-    b64url = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
-    jwks = json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "podrunner", "alg": "ES256", "use": "sig", "x": b64url(point[:32]), "y": b64url(point[32:])}]})
-    ns = "variant-jwt"
-    return run(cluster, chart, ns, {**gitops_secrets(cluster, ns), "jwt": {"jwks": jwks, "issuer": "https://issuer.example", "audience": "shopmesh"}})
+        key = f"{d}/k.pem"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key], check=True, capture_output=True)
+        der = subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-outform", "DER"], check=True, capture_output=True).stdout
+        point = der[-64:]
+        jwks = json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "podrunner", "alg": "ES256", "use": "sig",
+                                     "x": _b64url(point[:32]), "y": _b64url(point[32:])}]})
+        ns = "variant-jwt"
+        rules = yaml.safe_load((chart / "values.yaml").read_text())["authz"]["policy"]["rules"]
+        signup = {"description": "Sign-up: the administrator creates users (the edge may not: it acts for end users).",
+                  "callers": [f"spiffe://{{{{ .Values.tls.trustDomain }}}}/ns/{ns}/sa/shopmesh-admin"],
+                  "methods": ["/shopmesh.user.v1.UserService/CreateUser"]}
+        values = {**gitops_secrets(cluster, ns), "jwt": {"jwks": jwks, "issuer": "https://issuer.example", "audience": "shopmesh"},
+                  "authz": {"policy": {"rules": [*rules, signup]}}}
+        return run(cluster, chart, ns, values, token_for=lambda sub: _es256_token(key, sub))
 
 
 def ingress_edge_certificate(cluster: Cluster, chart: Path) -> str:
