@@ -205,26 +205,17 @@ impl Refusal {
 /// Whether `err` (or one of its causes) is a failure to connect (refused, unreachable, the TLS
 /// handshake): the call was never sent, so sending it again is safe whatever its method.
 pub fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(err) = source {
-        if err.is::<tonic::ConnectError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+    caused_by::<tonic::ConnectError>(err)
 }
 
 /// Whether `err` (or one of its causes) is tonic's own timer running out.
 pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(err) = source {
-        if err.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+    caused_by::<tonic::TimeoutExpired>(err)
+}
+
+/// Whether `err` or one of its causes is an `E`.
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |err| err.source()).any(|err| err.is::<E>())
 }
 
 #[cfg(test)]
