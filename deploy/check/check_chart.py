@@ -149,11 +149,11 @@ def check_database_env(values: dict, container: Manifest, svc: str, secret: str)
         ref = url.get("valueFrom", {}).get("secretKeyRef", {})
         assert ref == {"name": values["database"]["existingSecret"], "key": f"{svc}-database-url"}, f"{container['name']}: {var} is {url}, not its own key of database.existingSecret"
         return "database.existingSecret"
-    want = f"postgres://shopmesh_{svc}:$(SHOPMESH_DATABASE_PASSWORD)@{fqdn(RELEASE + '-postgresql')}:5432/shopmesh_{svc}"
+    want = f"postgres://shopmesh_{svc}:$(DATABASE_PASSWORD)@{fqdn(RELEASE + '-postgresql')}:5432/shopmesh_{svc}"
     assert url.get("value") == want, f"{container['name']}: {var} is {url}, not {want!r} (composed from the role's password)"
     # The kubelet expands $(X) only from variables defined before.
-    assert "SHOPMESH_DATABASE_PASSWORD" in names[:names.index(var)], f"{container['name']}: SHOPMESH_DATABASE_PASSWORD is not defined before {var}"
-    ref = env[names.index("SHOPMESH_DATABASE_PASSWORD")].get("valueFrom", {}).get("secretKeyRef", {})
+    assert "DATABASE_PASSWORD" in names[:names.index(var)], f"{container['name']}: DATABASE_PASSWORD is not defined before {var}"
+    ref = env[names.index("DATABASE_PASSWORD")].get("valueFrom", {}).get("secretKeyRef", {})
     assert ref == {"name": secret, "key": f"{svc}-password"}, f"{container['name']}: the password comes from {ref}, not {secret}/{svc}-password"
     return f"composed from {secret}/{svc}-password"
 

@@ -123,7 +123,7 @@ MUTANTS: list[Edit] = [
     ("passwords generated beside postgresql.existingSecret", "templates/postgresql.yaml", "{{- if not $pg.existingSecret }}", "{{- if true }}",
      "the chart creates password Secrets although", False),
     ("database URLs rendered with the render's passwords", "templates/_helpers.tpl",
-     "  value: {{ printf \"postgres://shopmesh_%s:$(SHOPMESH_DATABASE_PASSWORD)@%s:5432/shopmesh_%s\"",
+     "  value: {{ printf \"postgres://shopmesh_%s:$(DATABASE_PASSWORD)@%s:5432/shopmesh_%s\"",
      "  value: {{ printf \"postgres://shopmesh_%s:x@%s:5432/shopmesh_%s\"", "composed from the role's password", False),
     ("a checksum of generated passwords rolls pods on every render", "templates/deployment.yaml",
      "checksum/authz-policy: {{ include \"shopmesh.authzPolicy\" $ | sha256sum }}",

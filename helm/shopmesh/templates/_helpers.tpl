@@ -191,10 +191,11 @@ Takes (dict "root" $ "name" "user" "secret" <Secret with the passwords>); return
 {{- define "shopmesh.databaseEnv" -}}
 {{- $var := printf "SHOPMESH_%s_DATABASE_URL" (upper .name) -}}
 {{- if .root.Values.postgresql.enabled -}}
-- name: SHOPMESH_DATABASE_PASSWORD
+{{- /* No SHOPMESH_ prefix: the binary never reads it; only the kubelet does, expanding it into the URL below. */}}
+- name: DATABASE_PASSWORD
   valueFrom: {secretKeyRef: {name: {{ .secret }}, key: {{ .name }}-password}}
 - name: {{ $var }}
-  value: {{ printf "postgres://shopmesh_%s:$(SHOPMESH_DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (include "shopmesh.postgresName" .root))) .name | quote }}
+  value: {{ printf "postgres://shopmesh_%s:$(DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (include "shopmesh.postgresName" .root))) .name | quote }}
 {{- else -}}
 - name: {{ $var }}
   valueFrom: {secretKeyRef: {name: {{ .root.Values.database.existingSecret }}, key: {{ .name }}-database-url}}
