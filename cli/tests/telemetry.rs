@@ -151,8 +151,8 @@ async fn one_order_is_one_trace_across_four_processes() {
     }
 }
 
-async fn one_trace(backend: Backend) {
-    // The receiver.
+/// A real OTLP trace receiver on 127.0.0.1, and its endpoint for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+async fn otlp_receiver() -> (Receiver, String) {
     let receiver = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let otlp = format!("http://{}", listener.local_addr().expect("addr"));
@@ -161,6 +161,11 @@ async fn one_trace(backend: Backend) {
             .add_service(TraceServiceServer::new(receiver.clone()))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
+    (receiver, otlp)
+}
+
+async fn one_trace(backend: Backend) {
+    let (receiver, otlp) = otlp_receiver().await;
 
     // The services, each its own process exporting to the receiver.
     let (user_addr, payment_addr, order_addr) = (free_addr(), free_addr(), free_addr());
@@ -517,14 +522,7 @@ async fn propagated_to_the_user_service(
     extra: &[&str],
     caller_trace: &str,
 ) -> (String, Option<String>, Vec<Received>) {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let otlp = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (receiver, otlp) = otlp_receiver().await;
     let upstream = RecordingUser::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let user_addr = listener.local_addr().expect("addr");
@@ -611,14 +609,7 @@ async fn callers_without_a_mesh_identity_cannot_steer_traces_when_the_mesh_authe
 /// The spans of `serve catalog` with `extra` flags, called once (ListProducts, public) by a
 /// caller with trace context `caller_trace` and baggage.
 async fn served_by_the_catalog(extra: &[&str], caller_trace: &str) -> Vec<Received> {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let otlp = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (receiver, otlp) = otlp_receiver().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog_addr = free_addr();
     let mut args: Vec<String> = vec![

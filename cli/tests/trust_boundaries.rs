@@ -656,13 +656,7 @@ async fn an_undecodable_message_is_invalid_argument_and_says_nothing_of_the_deco
 /// its connection task running; a PING round trip on it returns only once the server has read
 /// every frame sent before it.
 async fn raw_h2(addr: std::net::SocketAddr) -> (h2::client::SendRequest<bytes::Bytes>, h2::PingPong) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (send, mut connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    let ping = connection.ping_pong().expect("ping_pong taken once");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    (send.ready().await.expect("ready"), ping)
+    raw_h2_from(std::net::Ipv4Addr::LOCALHOST.into(), addr).await
 }
 
 /// Opens a gRPC call to `path` that sends its HEADERS and never its message (nor ends the stream).
