@@ -90,7 +90,9 @@ def main() -> int:
 
         if "edge" in state and "upgrade" in wanted:
             checks.run("helm upgrade to a release with a new additive migration, under CreateOrder load",
-                       lambda: upgrade.upgrade(cluster, release, state["edge"], state["values"]))
+                       lambda: upgrade.upgrade(cluster, release, state["edge"], state["values"]),
+                       known_issue="a clean-clone CI run saw 1 CANCELLED in 7 500 calls during the rollout (0 in every "
+                                   "other run), not yet explained; issue 24 stays open for it")
             # Also after an upgrade that did not become Ready: rolling back is what an operator does then.
             if len(release.revisions) >= 2:
                 checks.run("helm rollback across that migration, under CreateOrder load: every pod Ready, no acknowledged order lost",
