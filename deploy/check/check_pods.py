@@ -91,12 +91,14 @@ def main() -> int:
         if "edge" in state and "upgrade" in wanted:
             checks.run("helm upgrade to a release with a new additive migration, under CreateOrder load",
                        lambda: upgrade.upgrade(cluster, release, state["edge"], state["values"]),
-                       known_issue="a clean-clone CI run saw 1 CANCELLED in 7 500 calls during the rollout (0 in every "
-                                   "other run), not yet explained; issue 24 stays open for it")
+                       known_issue="clean-clone CI runs saw CANCELLED calls during the rollout (1 and 2 in 7 500; 0 in "
+                                   "warm runs), not yet explained; issue 24 stays open for it")
             # Also after an upgrade that did not become Ready: rolling back is what an operator does then.
             if len(release.revisions) >= 2:
                 checks.run("helm rollback across that migration, under CreateOrder load: every pod Ready, no acknowledged order lost",
-                           lambda: upgrade.rollback(cluster, release, state["edge"]))
+                           lambda: upgrade.rollback(cluster, release, state["edge"]),
+                           known_issue="clean-clone CI runs saw CANCELLED calls during rollouts (4 in 6 000 here, 0 in "
+                                       "warm runs), not yet explained; issue 24 stays open for it")
 
         if "variants" in wanted:
             if release.revisions:
