@@ -321,3 +321,24 @@ mod tests {
         assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
     }
 }
+
+/// The error hyper gives a request it never wrote: a real HTTP/2 connection that its server
+/// closes (as a pod that goes away does), then a request on it.
+pub async fn request_never_written() -> hyper::Error {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        // The handshake, then the connection dropped: the client reads EOF.
+        drop(h2::server::handshake(server_io).await.expect("server handshake"));
+    });
+    let io = hyper_util::rt::TokioIo::new(client_io);
+    let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+        .await
+        .expect("client handshake");
+    server.await.expect("server ends");
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .map(drop)
+        .expect("the client sees the connection end");
+    let request = http::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    send.send_request(request).await.expect_err("the connection is gone")
+}

@@ -10,6 +10,7 @@ use shopmesh::api::order::v1::{
     CreateOrderRequest, GetOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
 };
 use shopmesh::api::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
+use shopmesh::mesh::grpc::respond::never_sent;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status};
 
@@ -149,15 +150,17 @@ pub fn code_name(code: Code) -> &'static str {
 }
 
 /// The code a failed call counts as. tonic reports its own client-side deadline as CANCELLED
-/// ("Timeout expired") and a connection lost mid-call as UNKNOWN with the transport error as
-/// source; the server sent neither, so they count as what they are: DEADLINE_EXCEEDED, and
-/// UNAVAILABLE (as gRPC's C core reports a lost connection).
+/// ("Timeout expired"), a call hyper never wrote because its connection closed first (a pod
+/// shutting down) as CANCELLED, and a connection lost mid-call as UNKNOWN, each with the
+/// transport error as source; the server sent none of them, so they count as what they are:
+/// DEADLINE_EXCEEDED, and UNAVAILABLE (as gRPC's C core reports a lost connection).
 pub fn code_of(status: &Status) -> Code {
     let local = std::error::Error::source(status).is_some();
     match status.code() {
         Code::Cancelled if local && status.message() == tonic::TimeoutExpired(()).to_string() => {
             Code::DeadlineExceeded
         }
+        _ if local && never_sent(status) => Code::Unavailable,
         Code::Unknown if local => Code::Unavailable,
         code => code,
     }
@@ -341,6 +344,16 @@ mod tests {
         assert!(Mix::parse("get-user=-1").expect_err("negative").contains("0 to 1000"));
         assert!(Mix::parse("get-user=0").expect_err("all zero").contains("positive"));
         assert!(Mix::parse("").is_err());
+    }
+
+    /// Seen in rollouts: calls queued for a connection to an order pod that shut down came back
+    /// CANCELLED, were counted as failed and not re-sent, though no server had seen them.
+    #[tokio::test]
+    async fn a_call_never_written_counts_as_unavailable_and_is_sent_again() {
+        let status = Status::from_error(Box::new(shopmesh::mesh::testing::request_never_written().await));
+        assert_eq!(status.code(), Code::Cancelled, "what tonic says");
+        assert_eq!(code_of(&status), Code::Unavailable);
+        assert!(retryable(code_of(&status)));
     }
 
     #[test]

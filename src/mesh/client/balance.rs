@@ -35,7 +35,7 @@ use crate::mesh::Error;
 use crate::mesh::config::ClientConfig;
 use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::code::header_code;
-use crate::mesh::grpc::respond::{Refusal, is_timeout, never_sent};
+use crate::mesh::grpc::respond::{Refusal, connect_failed, is_timeout, never_sent};
 use crate::mesh::security::connect::TlsConnector;
 
 /// Longest an endpoint stays ejected, however often it failed.
@@ -287,12 +287,15 @@ impl Future for EndpointFuture {
         let failed = match &result {
             Ok(response) => Some(header_code(response) == Some(tonic::Code::Unavailable)),
             // No connection: out at once, whatever the threshold.
-            Err(err) if never_sent(err) => {
+            Err(err) if connect_failed(err) => {
                 if let Some(endpoint) = this.endpoint.take() {
                     endpoint.refused();
                 }
                 None
             }
+            // Not written because its connection was closing (a GOAWAY: the connection's age,
+            // or a pod draining): retried elsewhere, and says nothing about the endpoint.
+            Err(err) if never_sent(err) => None,
             // The call ran out of time: says nothing about the endpoint's health.
             Err(err) if is_timeout(err) => None,
             Err(_) => Some(true),

@@ -203,9 +203,35 @@ impl Refusal {
 }
 
 /// Whether `err` (or one of its causes) is a failure to connect (refused, unreachable, the TLS
-/// handshake): the call was never sent, so sending it again is safe whatever its method.
-pub fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+/// handshake): the endpoint is not there, unlike a connection it closed gracefully.
+pub fn connect_failed(err: &(dyn std::error::Error + 'static)) -> bool {
     caused_by::<tonic::ConnectError>(err)
+}
+
+/// Whether `err` (or one of its causes) says the call never reached a server's handler, so
+/// sending it again is safe whatever its method:
+/// - no connection could be made (refused, unreachable, the TLS handshake);
+/// - the connection closed before hyper wrote the request (hyper's "canceled": "connection
+///   closed", "connection was not ready"; over HTTP/2 hyper cancels only requests not yet
+///   written). This is what a caller sees when a pod it is connected to shuts down while the
+///   caller's next calls wait for that connection, and what gRPC's C core reports UNAVAILABLE;
+/// - the server refused the stream unprocessed: `REFUSED_STREAM`, or a graceful `GOAWAY` whose
+///   last stream id excludes it (RFC 9113 §6.8: such streams were not processed).
+pub fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |err| err.source()).any(|err| {
+        connect_failed(err)
+            || err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled)
+            || err.downcast_ref::<h2::Error>().is_some_and(refused_unprocessed)
+    })
+}
+
+/// A stream the server says it never processed.
+fn refused_unprocessed(err: &h2::Error) -> bool {
+    match err.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => err.is_remote(),
+        Some(h2::Reason::NO_ERROR) => err.is_go_away() && err.is_remote(),
+        _ => false,
+    }
 }
 
 /// Whether `err` (or one of its causes) is tonic's own timer running out.
@@ -221,6 +247,23 @@ fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pod that shuts down closes its connections; the calls a client had queued for one are
+    /// failed by hyper before they are written ("canceled"). tonic calls that CANCELLED; it was
+    /// never sent, so it is safe to send again, whatever the method.
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn a_request_hyper_never_wrote_was_never_sent() {
+        let err = crate::mesh::testing::request_never_written().await;
+        assert!(err.is_canceled(), "hyper cancels it: {err:?}");
+        assert!(never_sent(&err));
+        let status = tonic::Status::from_error(Box::new(err));
+        assert_eq!(status.code(), Code::Cancelled, "what tonic makes of it");
+        assert!(never_sent(&status), "found through the status's source");
+        // What a server answers is not a transport error.
+        assert!(!never_sent(&tonic::Status::cancelled("operation was canceled")));
+        assert!(!never_sent(&std::io::Error::other("connection reset")));
+    }
 
     #[test]
     fn refusals_carry_their_codes() {
