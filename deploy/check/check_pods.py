@@ -90,15 +90,11 @@ def main() -> int:
 
         if "edge" in state and "upgrade" in wanted:
             checks.run("helm upgrade to a release with a new additive migration, under CreateOrder load",
-                       lambda: upgrade.upgrade(cluster, release, state["edge"], state["values"]),
-                       known_issue="clean-clone CI runs saw CANCELLED calls during the rollout (1 and 2 in 7 500; 0 in "
-                                   "warm runs), not yet explained; issue 24 stays open for it")
+                       lambda: upgrade.upgrade(cluster, release, state["edge"], state["values"]))
             # Also after an upgrade that did not become Ready: rolling back is what an operator does then.
             if len(release.revisions) >= 2:
                 checks.run("helm rollback across that migration, under CreateOrder load: every pod Ready, no acknowledged order lost",
-                           lambda: upgrade.rollback(cluster, release, state["edge"]),
-                           known_issue="clean-clone CI runs saw CANCELLED calls during rollouts (4 in 6 000 here, 0 in "
-                                       "warm runs), not yet explained; issue 24 stays open for it")
+                           lambda: upgrade.rollback(cluster, release, state["edge"]))
 
         if "variants" in wanted:
             if release.revisions:

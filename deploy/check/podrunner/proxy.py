@@ -55,7 +55,12 @@ class Proxies:
                 except OSError:
                     pass
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            # The runner is closing its proxies: end quietly (asyncio logs a cancelled
+            # connection task as an error in its callback).
+            pass
 
     def close(self) -> None:
         async def stop() -> None:
