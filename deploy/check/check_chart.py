@@ -48,6 +48,8 @@ CRD_KINDS = {
     ("gateway.networking.k8s.io/v1", "GRPCRoute"),
     ("cert-manager.io/v1", "Certificate"),
     ("cert-manager.io/v1", "Issuer"),
+    ("postgresql.cnpg.io/v1", "Cluster"),
+    ("postgresql.cnpg.io/v1", "Database"),
 }
 CRD_DIR = Path(__file__).resolve().parent / "crds"
 DOMAIN = "cluster.local."
@@ -131,6 +133,21 @@ def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def cloudnativepg(values: dict) -> bool:
+    """The chart's PostgreSQL is a CloudNativePG Cluster (postgresql.mode)."""
+    return values["postgresql"]["enabled"] and values["postgresql"].get("mode") == "cloudnative-pg"
+
+
+def statefulset_pg(values: dict) -> bool:
+    """The chart's PostgreSQL is its own single-instance StatefulSet."""
+    return values["postgresql"]["enabled"] and not cloudnativepg(values)
+
+
+def role_secret(values: dict, svc: str) -> str:
+    """CloudNativePG: the basic-auth Secret with svc's role password."""
+    return f"{values['postgresql']['existingSecret'] or RELEASE + '-postgresql'}-{svc}"
+
+
 def password_secret(values: dict) -> str:
     """The Secret with the bundled PostgreSQL's passwords."""
     return values["postgresql"]["existingSecret"] or f"{RELEASE}-postgresql"
@@ -149,6 +166,17 @@ def check_database_env(values: dict, container: Manifest, svc: str, secret: str)
         ref = url.get("valueFrom", {}).get("secretKeyRef", {})
         assert ref == {"name": values["database"]["existingSecret"], "key": f"{svc}-database-url"}, f"{container['name']}: {var} is {url}, not its own key of database.existingSecret"
         return "database.existingSecret"
+    if cloudnativepg(values):
+        for var, host in ((var, f"{RELEASE}-postgresql-rw"), (f"SHOPMESH_{svc.upper()}_DATABASE_READ_URL", f"{RELEASE}-postgresql-ro")):
+            assert var in names, f"{container['name']}: no {var}"
+            want = f"postgres://shopmesh_{svc}:$(DATABASE_PASSWORD)@{fqdn(host)}:5432/shopmesh_{svc}"
+            got = env[names.index(var)]
+            assert got.get("value") == want, f"{container['name']}: {var} is {got}, not {want!r}"
+            assert "DATABASE_PASSWORD" in names[:names.index(var)], f"{container['name']}: DATABASE_PASSWORD is not defined before {var}"
+        ref = env[names.index("DATABASE_PASSWORD")].get("valueFrom", {}).get("secretKeyRef", {})
+        want_ref = {"name": role_secret(values, svc), "key": "password"}
+        assert ref == want_ref, f"{container['name']}: the password comes from {ref}, not {want_ref}"
+        return f"-rw and -ro composed from {want_ref['name']}/password"
     want = f"postgres://shopmesh_{svc}:$(DATABASE_PASSWORD)@{fqdn(RELEASE + '-postgresql')}:5432/shopmesh_{svc}"
     assert url.get("value") == want, f"{container['name']}: {var} is {url}, not {want!r} (composed from the role's password)"
     # The kubelet expands $(X) only from variables defined before.
@@ -385,6 +413,14 @@ def check_upstreams(r: Rendered) -> str:
 
 
 def check_migration(r: Rendered) -> str:
+    if cloudnativepg(r.values):
+        # Hooks run before the Cluster exists; the operator makes the databases; the pods migrate.
+        jobs = [j for j in r.kind("Job") if j["metadata"]["name"] == f"{RELEASE}-migrate"]
+        assert not jobs, "a migration Job with CloudNativePG (it would wait for a Cluster made after it)"
+        for s in services_of(r):
+            env = env_of(container_of(r, s))
+            assert env.get("SHOPMESH_DB_MIGRATE") == "true", f"{s}: CloudNativePG, and the pods do not migrate"
+        return "CloudNativePG: no Job, each service's pods migrate their database"
     job = r.one("Job", f"{RELEASE}-migrate")
     ann = job["metadata"].get("annotations", {})
     bundled = r.values["postgresql"]["enabled"]
@@ -456,6 +492,22 @@ def check_secret(r: Rendered) -> str:
     url_keys = [k for x in r.kind("Secret") for k in x.get("data", {}) if k.endswith("-database-url")]
     assert not url_keys, f"a rendered Secret holds database URLs ({url_keys}): they would carry passwords of the render's making"
     existing = r.values["database"]["existingSecret"] or r.values["postgresql"]["existingSecret"]
+    if cloudnativepg(r.values):
+        roles = {s: role_secret(r.values, s) for s in services_of(r)}
+        if existing:
+            assert not set(roles.values()) & set(made), f"the chart creates role Secrets although {existing}-<service> hold them"
+            return f"CloudNativePG: your basic-auth Secrets {existing}-<service>, none created"
+        seen = set()
+        for s, secret_name in roles.items():
+            secret = r.one("Secret", secret_name)
+            assert secret["type"] == "kubernetes.io/basic-auth", f"{secret_name}: type {secret['type']}, CloudNativePG's managed roles need basic-auth"
+            assert base64.b64decode(secret["data"]["username"]).decode() == f"shopmesh_{s}", f"{secret_name}: username"
+            pw = base64.b64decode(secret["data"]["password"]).decode()
+            assert len(pw) >= 24 and re.fullmatch(r"[A-Za-z0-9]+", pw), f"{s}: a weak or URL-unsafe password"
+            assert secret["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep", f"{secret_name} is deleted on uninstall"
+            seen.add(pw)
+        assert len(seen) == len(roles), "services share a password"
+        return f"CloudNativePG: a basic-auth Secret per role, generated once, kept"
     if existing:
         generated = [m for m in made if m == f"{RELEASE}-postgresql" or m == f"{RELEASE}-migrate"]
         assert not generated, f"the chart creates password Secrets although {existing} holds them: {generated}"
@@ -471,7 +523,42 @@ def check_secret(r: Rendered) -> str:
     return f"Secret {RELEASE}-postgresql: generated passwords, one role per service; URLs composed in the pods"
 
 
+def check_cloudnativepg(r: Rendered) -> str:
+    """postgresql.mode=cloudnative-pg: a Cluster with the values' instances and synchronous
+    replicas, a managed role per service (its password from the Secret its pods read), a
+    Database per service owned by its role; no StatefulSet."""
+    pg = r.values["postgresql"]
+    cnpg = pg["cloudnativepg"]
+    assert not r.kind("StatefulSet"), "a StatefulSet beside the CloudNativePG Cluster"
+    cluster = r.one("Cluster", f"{RELEASE}-postgresql")["spec"]
+    assert cluster["instances"] == cnpg["instances"], f"instances {cluster['instances']}"
+    sync = cluster.get("postgresql", {}).get("synchronous")
+    if cnpg["synchronous"]["number"] > 0:
+        assert sync == cnpg["synchronous"], f"synchronous replication {sync}, not the values' {cnpg['synchronous']}"
+        assert sync["number"] < cluster["instances"], "more synchronous replicas than replicas: every write would wait forever"
+    else:
+        assert sync is None, "synchronous replication with number 0"
+    assert cluster["storage"]["size"] == cnpg["storage"]["size"], "storage size"
+    roles = {x["name"]: x for x in cluster["managed"]["roles"]}
+    dbs = {d["spec"]["name"]: d["spec"] for d in r.kind("Database")}
+    for s in services_of(r):
+        role = roles.get(f"shopmesh_{s}")
+        assert role and role["login"] and role["ensure"] == "present", f"no login role for {s}"
+        assert role["passwordSecret"]["name"] == role_secret(r.values, s), f"{s}: the role's password is not in the Secret its pods read"
+        db = dbs.get(f"shopmesh_{s}")
+        assert db and db["owner"] == f"shopmesh_{s}" and db["cluster"]["name"] == f"{RELEASE}-postgresql", f"{s}: no database owned by its role"
+    assert len(roles) == len(dbs) == len(services_of(r)), f"{len(roles)} roles and {len(dbs)} databases for {len(services_of(r))} services"
+    assert bool(cluster.get("monitoring", {}).get("enablePodMonitor")) == cnpg["podMonitor"], "PodMonitor not as the values say"
+    assert cluster.get("backup", {}) == cnpg["backup"], "backup not as the values say"
+    for k in ("nodeSelector", "tolerations"):
+        assert cluster.get("affinity", {}).get(k) == (pg.get(k) or None), f"the instances' {k} is not the values'"
+    return f"Cluster of {cluster['instances']}, synchronous {sync or 'off'}, {len(dbs)} databases and roles"
+
+
 def check_postgresql(r: Rendered) -> str:
+    if cloudnativepg(r.values):
+        return check_cloudnativepg(r)
+    assert not r.kind("Cluster"), "a CloudNativePG Cluster although postgresql.mode is not cloudnative-pg"
     sts = [s for s in r.kind("StatefulSet") if s["metadata"]["name"] == f"{RELEASE}-postgresql"]
     if not r.values["postgresql"]["enabled"]:
         assert not sts and not [s for s in r.kind("Service") if s["metadata"]["name"] == f"{RELEASE}-postgresql"], "PostgreSQL rendered with postgresql.enabled false"
@@ -532,7 +619,7 @@ def check_network_policy(r: Rendered) -> str:
         assert not policies, "NetworkPolicies rendered with networkPolicy.enabled false"
         return "off: none rendered"
     services = services_of(r)
-    bundled = r.values["postgresql"]["enabled"]
+    bundled = statefulset_pg(r.values)
     assert len(policies) == len(services) + bundled, f"{len(policies)} NetworkPolicies for {len(services)} services" + (" and PostgreSQL" if bundled else "")
     pod_labels = {s: r.one("Deployment", name(s))["spec"]["template"]["metadata"]["labels"] for s in services}
     public = public_methods(r.values, services)
@@ -573,6 +660,13 @@ def check_network_policy(r: Rendered) -> str:
         for s in services:
             egress = policy_of(pod_labels[s])["spec"]["egress"]
             assert any(selects(peer.get("podSelector", {}).get("matchLabels", {"-": "-"}), pg_labels) for rule in egress for peer in rule.get("to", [])), f"{s} may not reach PostgreSQL"
+    if cloudnativepg(r.values):
+        # The operator labels every instance with its cluster; primary and replicas alike.
+        instance = {"cnpg.io/cluster": f"{RELEASE}-postgresql", "cnpg.io/instanceRole": "replica"}
+        for s in services:
+            egress = policy_of(pod_labels[s])["spec"]["egress"]
+            assert any(selects(peer.get("podSelector", {}).get("matchLabels", {"-": "-"}), instance) and any(p["port"] == 5432 for p in rule.get("ports", []))
+                       for rule in egress for peer in rule.get("to", [])), f"{s} may not reach the CloudNativePG instances"
     return f"on: callers {CALLS}, edge to {sorted(public) if edge else 'nobody'}"
 
 
@@ -935,7 +1029,7 @@ def check_workload_extensions(r: Rendered) -> str:
     if jobs:
         cfg = {k: r.values["defaults"][k] for k in EXTENSION_KEYS if k in r.values["defaults"]}
         targets.append(("migration Job", jobs[0], merged(cfg, r.values.get("migration") or {}), f"{RELEASE}-migrate"))
-    if r.values["postgresql"]["enabled"]:
+    if statefulset_pg(r.values):
         targets.append(("PostgreSQL", r.one("StatefulSet", f"{RELEASE}-postgresql"), {k: r.values["postgresql"].get(k) for k in EXTENSION_KEYS}, f"{RELEASE}-postgresql"))
     for what, obj, cfg, sa_name in targets:
         meta, pod = obj["spec"]["template"]["metadata"], obj["spec"]["template"]["spec"]
@@ -1043,7 +1137,7 @@ def check_security_contexts(r: Rendered) -> str:
         for c in pod["containers"]:
             assert c["securityContext"] == m["securityContext"], f"migration Job/{c['name']}: securityContext {c['securityContext']}"
             checked += 1
-    if r.values["postgresql"]["enabled"]:
+    if statefulset_pg(r.values):
         pg = r.values["postgresql"]
         pod = r.one("StatefulSet", f"{RELEASE}-postgresql")["spec"]["template"]["spec"]
         assert pod["securityContext"] == pg["podSecurityContext"], f"PostgreSQL: pod securityContext {pod['securityContext']}, not the values'"
@@ -1319,6 +1413,19 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "postgresql": {"enabled": False},
             "database": {"existingSecret": "shopmesh-db"},
         },
+        # Replicas and failover: the operator's Services -rw and -ro; Secrets made once and kept.
+        "CloudNativePG: three instances, one synchronous replica, backups, a PodMonitor, on tainted nodes": {
+            "postgresql": {"mode": "cloudnative-pg", "nodeSelector": {"pool": "db"},
+                           "tolerations": [{"key": "db", "operator": "Exists", "effect": "NoSchedule"}],
+                           "cloudnativepg": {"podMonitor": True, "parameters": {"max_connections": "200"},
+                                             "backup": {"barmanObjectStore": {"destinationPath": "s3://backups/shopmesh", "s3Credentials": {"inheritFromIAMRole": True}},
+                                                        "retentionPolicy": "30d"}}},
+        },
+        "GitOps: CloudNativePG, asynchronous, your role Secrets, no cluster at render time": {
+            "generateSecretsWithoutCluster": False,
+            "tls": {"chartCA": {"existingSecret": "mesh-ca"}},
+            "postgresql": {"mode": "cloudnative-pg", "existingSecret": "shopmesh-roles", "cloudnativepg": {"instances": 2, "synchronous": {"number": 0}}},
+        },
         # OpenShift's restricted SCC assigns a uid and an fsGroup from the namespace's range.
         "OpenShift: uid, gid and fsGroup left to the platform": {
             "defaults": {"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}},
@@ -1417,6 +1524,15 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             {"services": {"user": {"autoscaling": {"minReplicas": 6}}}},
             "autoscaling.minReplicas (6) is above maxReplicas",
         ),
+        "CloudNativePG with as many synchronous replicas as instances": (
+            {"postgresql": {"mode": "cloudnative-pg", "cloudnativepg": {"instances": 2, "synchronous": {"number": 2}}}},
+            "postgresql.cloudnativepg.synchronous.number (2) must be below instances (2)",
+        ),
+        "CloudNativePG rendered without a cluster, passwords generated": (
+            {"generateSecretsWithoutCluster": False, "tls": {"chartCA": {"existingSecret": "ca"}}, "postgresql": {"mode": "cloudnative-pg"}},
+            "cloudnative-pg: a base name B, with a kubernetes.io/basic-auth Secret B-<service>",
+        ),
+        "an unknown PostgreSQL mode (schema)": ({"postgresql": {"mode": "patroni"}}, "/postgresql/mode"),
         "a misspelt key (schema)": ({"services": {"user": {"autoscalling": {}}}}, "autoscalling"),
         "an env variable the chart sets itself (schema)": (
             {"defaults": {"env": {"SHOPMESH_DB_MIGRATE": "true"}}},

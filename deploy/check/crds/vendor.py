@@ -26,6 +26,7 @@ PACKAGES = {
     "@kubernetes-models/prometheus-operator": "6.0.0",
     "@kubernetes-models/gateway-api": "2.0.0",
     "@kubernetes-models/cert-manager": "6.0.0",
+    "@kubernetes-models/cloudnative-pg": "2.0.0",
 }
 # (apiVersion, kind) -> (package, schema module): the roots whose import closure is copied.
 ROOTS = {
@@ -35,8 +36,12 @@ ROOTS = {
     ("gateway.networking.k8s.io/v1", "GRPCRoute"): ("@kubernetes-models/gateway-api", "_schemas/IoK8sSigsGatewayApiApisV1GRPCRoute.js"),
     ("cert-manager.io/v1", "Certificate"): ("@kubernetes-models/cert-manager", "_schemas/ComGithubCertManagerCertManagerPkgApisCertmanagerV1Certificate.js"),
     ("cert-manager.io/v1", "Issuer"): ("@kubernetes-models/cert-manager", "_schemas/ComGithubCertManagerCertManagerPkgApisCertmanagerV1Issuer.js"),
+    ("postgresql.cnpg.io/v1", "Cluster"): ("@kubernetes-models/cloudnative-pg", "_schemas/ComGithubCloudnativePgCloudnativePgApiV1Cluster.js"),
+    ("postgresql.cnpg.io/v1", "Database"): ("@kubernetes-models/cloudnative-pg", "_schemas/ComGithubCloudnativePgCloudnativePgApiV1Database.js"),
 }
-IMPORT = re.compile(r'(?:from|import)\s*"([^"]+)"')
+# A module specifier after `from`/`import`: relative or a package (a property named "from" in a
+# minified validator is not one).
+IMPORT = re.compile(r'(?:from|import)\s*"((?:\.{1,2}/|@|kubernetes-models/)[^"]+)"')
 
 
 def resolve(pkg_dirs: dict[str, Path], pkg: str, spec: str, importer: Path) -> tuple[str, Path] | None:

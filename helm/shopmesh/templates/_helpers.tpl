@@ -111,6 +111,11 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the chart's PostgreSQL is a CloudNativePG Cluster (postgresql.mode), else "". */}}
+{{- define "shopmesh.cloudnativepg" -}}
+{{- if and .Values.postgresql.enabled (eq .Values.postgresql.mode "cloudnative-pg") -}}true{{- end -}}
+{{- end -}}
+
 {{- define "shopmesh.postgresName" -}}
 {{- printf "%s-postgresql" (include "shopmesh.fullname" .) -}}
 {{- end -}}
@@ -146,7 +151,11 @@ CA splits the mesh, new passwords lock the services out of a database initialise
 {{- $set = append $set "tls.chartCA.existingSecret (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt; or tls.certManager.enabled=true)" -}}
 {{- end -}}
 {{- if and .Values.postgresql.enabled (not .Values.postgresql.existingSecret) -}}
+{{- if include "shopmesh.cloudnativepg" . -}}
+{{- $set = append $set "postgresql.existingSecret (cloudnative-pg: a base name B, with a kubernetes.io/basic-auth Secret B-<service> per service holding username shopmesh_<service> and its password)" -}}
+{{- else -}}
 {{- $set = append $set "postgresql.existingSecret (keys postgres-password and <service>-password; or an external database: postgresql.enabled=false, database.existingSecret)" -}}
+{{- end -}}
 {{- end -}}
 {{- if $set -}}
 {{- fail (printf "rendered without a cluster (helm template, Argo CD, --dry-run=client): lookup finds nothing, so the mesh CA and the database passwords would be generated anew on every render and a GitOps sync would rotate them. Set %s; or, for a one-off render, generateSecretsWithoutCluster=true (helm/shopmesh/README.md: GitOps)" (join " and " $set)) -}}
@@ -190,7 +199,16 @@ Takes (dict "root" $ "name" "user" "secret" <Secret with the passwords>); return
 */}}
 {{- define "shopmesh.databaseEnv" -}}
 {{- $var := printf "SHOPMESH_%s_DATABASE_URL" (upper .name) -}}
-{{- if .root.Values.postgresql.enabled -}}
+{{- if include "shopmesh.cloudnativepg" .root -}}
+{{- /* CloudNativePG: the role's basic-auth Secret; writes to the primary (-rw), reads to the replicas (-ro). */}}
+{{- $pgName := include "shopmesh.postgresName" .root }}
+- name: DATABASE_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ printf "%s-%s" (default $pgName .root.Values.postgresql.existingSecret) .name }}, key: password}}
+- name: {{ $var }}
+  value: {{ printf "postgres://shopmesh_%s:$(DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (printf "%s-rw" $pgName))) .name | quote }}
+- name: {{ printf "SHOPMESH_%s_DATABASE_READ_URL" (upper .name) }}
+  value: {{ printf "postgres://shopmesh_%s:$(DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (printf "%s-ro" $pgName))) .name | quote }}
+{{- else if .root.Values.postgresql.enabled -}}
 {{- /* No SHOPMESH_ prefix: the binary never reads it; only the kubelet does, expanding it into the URL below. */}}
 - name: DATABASE_PASSWORD
   valueFrom: {secretKeyRef: {name: {{ .secret }}, key: {{ .name }}-password}}
