@@ -1116,8 +1116,17 @@ def check_prometheus_rule(r: Rendered) -> str:
     records = {rule["record"] for g in groups for rule in g["rules"] if "record" in rule}
     alerts = {rule["alert"]: rule for g in groups for rule in g["rules"] if "alert" in rule}
     want = {"ShopmeshErrorsBudgetBurnFast", "ShopmeshErrorsBudgetBurnSlow", "ShopmeshLatencyBudgetBurnFast", "ShopmeshLatencyBudgetBurnSlow",
-            "ShopmeshReconcilerPendingTooOld", "ShopmeshCallsShed", "ShopmeshCallsRateLimited", "ShopmeshRetryBudgetExhausted"}
+            "ShopmeshReconcilerPendingTooOld", "ShopmeshCallsShed", "ShopmeshCallsRateLimited", "ShopmeshRetryBudgetExhausted",
+            "ShopmeshOrderPaymentMismatch"}
     assert want <= set(alerts), f"alerts missing: {sorted(want - set(alerts))}"
+    # Every alert links its runbook: a section of docs/operations.md that exists.
+    sections = runbook_anchors()
+    base = r.values["prometheusRule"]["runbookUrl"]
+    for alert, rule in alerts.items():
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        page, _, anchor = url.partition("#")
+        assert page == base and anchor == alert.lower(), f"{alert}: runbook_url {url!r}, not {base}#{alert.lower()}"
+        assert anchor in sections, f"{alert}: docs/operations.md has no section #{anchor} (a `### {alert}` heading)"
     for alert, rule in alerts.items():
         used = set(re.findall(r"shopmesh:[a-z_]+:[a-z_0-9]+", rule["expr"]))
         assert used and used <= records, f"{alert}: compares {sorted(used - records) or 'no recording rule'}"
@@ -1130,6 +1139,28 @@ def check_prometheus_rule(r: Rendered) -> str:
     assert not infra, f"recording rules counting health and reflection calls: {infra}"
     out = promtool_check(groups)
     return f"{len(records)} recording rules, {len(alerts)} alerts; {out}"
+
+
+def runbook_anchors() -> set[str]:
+    """The anchors GitHub gives docs/operations.md's headings (lower case, spaces as dashes,
+    punctuation dropped)."""
+    anchors = set()
+    for line in (ROOT / "docs" / "operations.md").read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return anchors
+
+
+# A metric or recording rule in a dashboard query, with its selector if it has one; label lists
+# of `by (...)` / `without (...)` are masked first (they hold label names, not metrics).
+DASHBOARD_SERIES = re.compile(r"\b((?:rpc_|shopmesh_|shopmesh:|db_)[a-zA-Z0-9_:]*)(\{[^}]*\})?")
+
+
+def unfiltered_series(expr: str) -> list[str]:
+    """The series a dashboard query reads without `namespace=~"$namespace"`."""
+    masked = re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr)
+    return [m.group(0) for m in DASHBOARD_SERIES.finditer(masked) if 'namespace=~"$namespace"' not in (m.group(2) or "")]
 
 
 def promtool_check(groups: list) -> str:
@@ -1158,6 +1189,13 @@ def check_dashboards(r: Rendered) -> str:
         assert json.loads(text) == json.loads((CHART_FILES / key).read_text()), f"{key}: not the file's dashboard"
         d = json.loads(text)
         assert all(p.get("targets") for p in d["panels"]), f"{key}: a panel without queries"
+        # One Grafana for several installs: a namespace variable, and every query filtered by it.
+        variables = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
+        assert variables.get("namespace", {}).get("includeAll"), f"{key}: no namespace variable (with All)"
+        for p in d["panels"]:
+            for t in p["targets"]:
+                unfiltered = unfiltered_series(t["expr"])
+                assert not unfiltered, f"{key}: {p['title']} reads {unfiltered} without namespace=~\"$namespace\""
         titles.append(d["title"])
     return ", ".join(titles)
 
