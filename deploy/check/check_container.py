@@ -21,6 +21,7 @@ import yaml
 
 from harness import Checks
 from service_lists import check_service_lists
+from versions import check_versions
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {
@@ -319,6 +320,7 @@ def main() -> int:
     checks.run(".dockerignore", check_dockerignore)
     checks.run("hadolint Dockerfile", check_hadolint)
     checks.run("every service in every list of services (Dockerfile, chart, compose, client READMEs, docs)", check_service_lists)
+    checks.run("one version: the chart, the Python and TypeScript packages are the workspace's", check_versions)
     if shutil.which("docker-compose") is None:
         checks.run("docker-compose config -q", lambda: (_ for _ in ()).throw(AssertionError("docker-compose is not installed")))
     else:
