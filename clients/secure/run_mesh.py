@@ -107,7 +107,9 @@ def main() -> int:
                "SHOPMESH_USER_ADDRS": f"127.0.0.1:{ports['user']},127.0.0.1:{ports['user2']}",
                "SHOPMESH_CATALOG_ADDR": f"127.0.0.1:{ports['catalog']}", "SHOPMESH_ORDER_ADDR": f"127.0.0.1:{ports['order']}",
                "SHOPMESH_PAYMENT_ADDR": f"127.0.0.1:{ports['payment']}",
-               "SHOPMESH_SERVICE_CONFIG": str(ROOT / "clients" / "grpc-service-config.json")}
+               "SHOPMESH_SERVICE_CONFIG": str(ROOT / "clients" / "grpc-service-config.json"),
+               # grpc-go before 1.40 (Debian's 1.33) applies a service config's retryPolicy only with this.
+               "GRPC_GO_RETRY": "on"}
         failed = 0
         for command in commands:
             started = time.monotonic()
