@@ -10,10 +10,11 @@ them against a local secure mesh):
   SHOPMESH_SERVER_NAME                       the name the services' certificates carry
   SHOPMESH_USER_ADDRS                        host:port of the user service, comma-separated
   SHOPMESH_CATALOG_ADDR, SHOPMESH_ORDER_ADDR, SHOPMESH_PAYMENT_ADDR
-  SHOPMESH_SERVICE_CONFIG                    clients/grpc-service-config.json
+  SHOPMESH_PYTHON_SERVICE_CONFIG             another service config than the package's own
   SHOPMESH_TOKEN                             a bearer token, only where the policy asks for one
 """
 
+import importlib.resources
 import os
 import sys
 import uuid
@@ -63,7 +64,10 @@ def main():
     read = lambda name: open(os.environ[name], "rb").read()
     credentials = grpc.ssl_channel_credentials(
         root_certificates=read("SHOPMESH_CA"), private_key=read("SHOPMESH_KEY"), certificate_chain=read("SHOPMESH_CERT"))
-    config = open(os.environ["SHOPMESH_SERVICE_CONFIG"]).read()
+    # The package ships the service config generated from the same protos as its stubs.
+    config = importlib.resources.files("shopmesh").joinpath("grpc_service_config.json").read_text()
+    if os.environ.get("SHOPMESH_PYTHON_SERVICE_CONFIG"):
+        config = open(os.environ["SHOPMESH_PYTHON_SERVICE_CONFIG"]).read()
     users = user_pb2_grpc.UserServiceStub(channel(os.environ["SHOPMESH_USER_ADDRS"], credentials, config))
     products = catalog_pb2_grpc.CatalogServiceStub(channel(os.environ["SHOPMESH_CATALOG_ADDR"], credentials, config))
     orders = order_pb2_grpc.OrderServiceStub(channel(os.environ["SHOPMESH_ORDER_ADDR"], credentials, config))
