@@ -10,7 +10,8 @@ payment. Each example command is run with the mesh described in SHOPMESH_* varia
 clients/secure/README.md) and must exit 0; after them both user replicas must have served calls.
 
 Usage: run_mesh.py path/to/shopmesh -- example-command [args] [-- another-command …]
-Standard library only, so any Python 3.9+ runs it (scripts/check-secure-clients).
+Standard library only (with deploy/check/harness.py), so any Python 3.9+ runs it
+(scripts/check-secure-clients).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,16 +29,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "check"))
+from harness import free_port, stop  # noqa: E402  (the deploy checks' helpers, standard library only)
 TRUST = "spiffe://cluster.local/ns/default/sa"
 CALLER = f"{TRUST}/reports"
 CALLER_METHODS = ["/shopmesh.user.v1.UserService/*", "/shopmesh.catalog.v1.CatalogService/*", "/shopmesh.order.v1.OrderService/*"]
 DEADLINE_SECONDS = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def jwks(tmp: Path) -> Path:
@@ -126,14 +121,7 @@ def main() -> int:
             failed += not served
         return 1 if failed else 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -115,38 +115,40 @@ func main() {
 
 	// Field violations of a bad request, from the status details.
 	_, err = users.CreateUser(fresh(), &userv1.CreateUserRequest{Email: "not-an-email"})
-	st := status.Convert(err)
-	violations := []string{}
-	for _, d := range st.Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok {
-			for _, v := range br.FieldViolations {
-				violations = append(violations, v.Field)
-			}
-		}
-	}
-	if st.Code() != codes.InvalidArgument || !contains(violations, "email") {
-		log.Fatalf("bad request: %v, field violations %v", st, violations)
+	if code, found := details(err); code != codes.InvalidArgument || !contains(found, "field email") {
+		log.Fatalf("bad request: %v, details %v", err, found)
 	}
 	// The machine-readable kind of a failed precondition.
 	_, err = orders.CreateOrder(fresh(), &orderv1.CreateOrderRequest{UserId: user.Id, RequestId: "go-stale-" + run,
 		LineItems: []*orderv1.LineItem{{Sku: sku, Quantity: 1, UnitPrice: usd(999)}}})
-	st = status.Convert(err)
-	kinds := []string{}
-	for _, d := range st.Details() {
-		if pf, ok := d.(*errdetails.PreconditionFailure); ok {
-			for _, v := range pf.Violations {
-				kinds = append(kinds, v.Type)
-			}
-		}
-	}
-	if st.Code() != codes.FailedPrecondition || !contains(kinds, "PRICE_CHANGED") {
-		log.Fatalf("stale price: %v, kinds %v", st, kinds)
+	if code, found := details(err); code != codes.FailedPrecondition || !contains(found, "precondition PRICE_CHANGED") {
+		log.Fatalf("stale price: %v, details %v", err, found)
 	}
 	// The policy admits this caller to users, the catalog and orders only.
 	if _, err := payments.GetPayment(fresh(), &paymentv1.GetPaymentRequest{Id: order.PaymentId}); status.Code(err) != codes.PermissionDenied {
 		log.Fatalf("GetPayment: %v, not PERMISSION_DENIED", err)
 	}
 	fmt.Printf("go secure caller: order %s PAID over mTLS; BadRequest(email), PRICE_CHANGED, PERMISSION_DENIED on payments\n", order.Id)
+}
+
+// details reads the google.rpc details of a failed call: "field <name>" per field violation of a
+// BadRequest, "precondition <kind>" per violation of a PreconditionFailure.
+func details(err error) (codes.Code, []string) {
+	st := status.Convert(err)
+	found := []string{}
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.BadRequest:
+			for _, v := range d.FieldViolations {
+				found = append(found, "field "+v.Field)
+			}
+		case *errdetails.PreconditionFailure:
+			for _, v := range d.Violations {
+				found = append(found, "precondition "+v.Type)
+			}
+		}
+	}
+	return st.Code(), found
 }
 
 func contains(list []string, want string) bool {
