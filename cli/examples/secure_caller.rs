@@ -9,7 +9,7 @@
 //!
 //! Configured like the other examples by SHOPMESH_* variables (clients/secure/README.md); run
 //! against a local secure mesh by scripts/check-secure-clients:
-//! `cargo run --example secure_caller`.
+//! `cargo run -p shopmesh-cli --example secure_caller`.
 
 use std::time::Duration;
 
