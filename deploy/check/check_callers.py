@@ -86,6 +86,9 @@ def check_callers(r, services: dict[str, tuple[int, str]], release_ns: str) -> s
             ("the same names in another namespace", spiffe(r.values, caller["namespace"] + "-other", caller["serviceAccount"]),
              Pod("twin", caller["namespace"] + "-other", labels)),
         ]
+        # The install's notes say who was admitted to what, and where its certificate comes from.
+        assert f"Caller {caller['name']} ({caller['namespace']}/{caller['serviceAccount']}) may call" in r.notes, \
+            f"{caller['name']}: not in NOTES.txt"
         if policy is not None:
             rules = [rule for rule in policy["rules"] if rule["callers"] == [own]]
             assert len(rules) == 1 and rules[0]["methods"] == caller["methods"], f"{caller['name']}: policy rules for {own}: {rules}"
