@@ -86,10 +86,19 @@ def reflected_unary(channel, service, method):
 
 
 def all_methods():
-    """Every method of every service the installed package generated, as "Service/Method"."""
-    modules = (catalog_pb, order_pb, pay_pb, user_pb)
-    return {f"{svc.name}/{m.name}" for mod in modules for svc in mod.DESCRIPTOR.services_by_name.values()
-            for m in svc.methods}
+    """Every method of every service the installed package generated (each `_pb2` module under
+    `shopmesh`, so a service added to proto/ counts too), as "Service/Method"."""
+    import importlib
+    import pkgutil
+
+    import shopmesh
+
+    found = set()
+    for info in pkgutil.walk_packages(shopmesh.__path__, "shopmesh."):
+        if info.name.endswith("_pb2"):
+            for svc in importlib.import_module(info.name).DESCRIPTOR.services_by_name.values():
+                found |= {f"{svc.name}/{m.name}" for m in svc.methods}
+    return found
 
 
 def expect_error(code, call, *args):
