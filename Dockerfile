@@ -39,23 +39,24 @@ LABEL org.opencontainers.image.title="shopmesh" \
       org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
 COPY --from=build /out/shopmesh /usr/local/bin/shopmesh
 # A container is reached from outside, so every service listens on all interfaces (the binary's
-# default is 127.0.0.1). Setting all three lets one image run any service with no extra flags.
+# default is 127.0.0.1). Setting all of them lets one image run any service with no extra flags.
 # Every interface: a service then refuses to start without mutual TLS or required bearer tokens
 # unless SHOPMESH_ALLOW_INSECURE=true (docs/security.md). The image does not choose: compose's dev
 # stack sets it, the chart sets it only for a service without mTLS or tokens.
 ENV SHOPMESH_USER_LISTEN=0.0.0.0:50051 \
     SHOPMESH_ORDER_LISTEN=0.0.0.0:50052 \
     SHOPMESH_PAYMENT_LISTEN=0.0.0.0:50053 \
+    SHOPMESH_CATALOG_LISTEN=0.0.0.0:50054 \
     SHOPMESH_METRICS_LISTEN=0.0.0.0:9464
 # The default SQLite URLs write ./data: the nonroot user's home is the one writable directory,
 # so `docker run shopmesh:local serve user` works without a database server.
 WORKDIR /home/nonroot
 # Numeric, so that Kubernetes' runAsNonRoot can verify it (a user name cannot be checked).
 USER 65532:65532
-EXPOSE 50051 50052 50053 9464
+EXPOSE 50051 50052 50053 50054 9464
 ENTRYPOINT ["/usr/local/bin/shopmesh"]
 CMD ["serve", "user"]
-# One image serves three ports, and a HEALTHCHECK cannot read the command, so this one fits the
+# One image serves every service's port, and a HEALTHCHECK cannot read the command, so this one fits the
 # default command (serve user) only. Whoever runs another service replaces it: docker-compose.yml
 # gives each service a healthcheck on its own port; `docker run ... serve order` needs
 # --no-healthcheck (docker run's --health-cmd runs through /bin/sh, which this image lacks);

@@ -86,4 +86,12 @@ pub enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Print the gRPC service config (JSON) for a caller's channel in any language:
+    /// round_robin, each method's deadline, and retries (UNAVAILABLE, the mesh's backoff) of
+    /// the methods the protos declare safe to repeat, under the client settings given here. The
+    /// defaults' output is clients/grpc-service-config.json (see docs/clients.md).
+    ServiceConfig {
+        #[command(flatten)]
+        client: shopmesh::mesh::config::ClientConfig,
+    },
 }

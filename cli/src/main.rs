@@ -72,6 +72,7 @@ fn main() -> ExitCode {
             let result = certificates::issue_workload(&ca_cert, &ca_key, &spiffe_id, &dns, validity, &out);
             tools::issued(&spiffe_id, &out, result)
         }
+        Some(Command::ServiceConfig { client }) => tools::service_config(&client),
     }
 }
 

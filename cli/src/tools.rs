@@ -1,5 +1,6 @@
 //! The commands that run no service: `healthcheck` (for probes in images without a shell),
-//! `dev-certs` and `issue-certificate` (certificates for mutual TLS).
+//! `dev-certs` and `issue-certificate` (certificates for mutual TLS), `service-config` (the gRPC
+//! service config for callers in other languages).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -57,5 +58,47 @@ pub fn issued(spiffe_id: &str, out: &Path, result: Result<SystemTime, shopmesh::
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `service-config`: the gRPC service config for the API's methods under `client`, as JSON.
+pub fn service_config(client: &shopmesh::mesh::config::ClientConfig) -> ExitCode {
+    use std::io::Write as _;
+    // Written, not println!: a reader that goes away (`| head`) is an error to report, not a panic.
+    match writeln!(std::io::stdout(), "{}", service_config_text(client)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("service-config: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn service_config_text(client: &shopmesh::mesh::config::ClientConfig) -> String {
+    let catalogue = shopmesh::mesh::grpc::catalogue::Catalogue::new(shopmesh::api::CALL_POLICY);
+    let config = shopmesh::mesh::client::service_config::service_config(&catalogue, client);
+    serde_json::to_string_pretty(&config).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod service_config_tests {
+    use super::*;
+
+    /// The committed copy every client ships is what `shopmesh service-config` prints with the
+    /// default settings: a method added to the protos, or a changed default, fails here.
+    #[test]
+    fn grpc_service_config_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/grpc-service-config.json");
+        let expected = service_config_text(&shopmesh::mesh::config::ClientConfig::default()) + "\n";
+        if std::env::var_os("SHOPMESH_BLESS").is_some() {
+            std::fs::write(&path, &expected).expect("write clients/grpc-service-config.json");
+        }
+        let written = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            written == expected,
+            "clients/grpc-service-config.json is not what `shopmesh service-config` prints: run \
+             `SHOPMESH_BLESS=1 cargo test -p shopmesh-cli grpc_service_config` and commit it"
+        );
     }
 }

@@ -257,8 +257,11 @@ async fn every_identity_gets_what_the_policy_intends() {
     }
     assert!(wrong.is_empty(), "not as intended:\n{}", wrong.join("\n"));
     // Seven callers may not charge; each refusal is counted.
-    let charge =
-        [("service", "shopmesh.payment.v1.PaymentService"), ("method", "Charge"), ("reason", "not_allowed")];
+    let charge = [
+        ("rpc_service", "shopmesh.payment.v1.PaymentService"),
+        ("rpc_method", "Charge"),
+        ("reason", "not_allowed"),
+    ];
     assert!(
         pki::counted("shopmesh_server_authz_denied_total", &charge) >= 7.0,
         "{}",
@@ -320,7 +323,7 @@ async fn without_an_identity_calls_are_unauthenticated_but_health_answers() {
     assert_eq!(call(channel.clone(), USER[2]).await, Code::Unauthenticated);
     assert_eq!(call(channel.clone(), INFRA[1]).await, Code::Unauthenticated, "reflection needs an identity");
     assert_eq!(call(channel, INFRA[0]).await, Code::Ok, "health is always allowed");
-    let labels = [("method", "ListUsers"), ("reason", "no_identity")];
+    let labels = [("rpc_method", "ListUsers"), ("reason", "no_identity")];
     assert!(
         pki::counted("shopmesh_server_authz_denied_total", &labels) >= 1.0,
         "{}",

@@ -30,6 +30,8 @@ use tokio::io::AsyncBufReadExt as _;
 
 mod common;
 use common::{Process, free_addr};
+#[path = "common/metrics_table.rs"]
+mod metrics_table;
 
 /// A span as received, with its service (from the resource) and attributes flattened.
 #[derive(Debug, Clone)]
@@ -337,8 +339,12 @@ async fn one_trace(backend: Backend) {
     let exposition = metrics.split_once("\r\n\r\n").map_or(metrics.as_str(), |(_, body)| body);
     for line in exposition.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
         let name = line.split(['{', ' ']).next().unwrap_or_default();
+        // A histogram's series end in _bucket, _sum, _count; a gauge may be named *_count itself.
         let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
-        assert!(metrics.contains(&format!("# HELP {family} ")), "{family} has no HELP line:\n{metrics}");
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")) || metrics.contains(&format!("# HELP {family} ")),
+            "{family} has no HELP line:\n{metrics}"
+        );
     }
     let get_user = [("rpc_service", "shopmesh.user.v1.UserService"), ("rpc_method", "GetUser")];
     assert_eq!(
@@ -369,9 +375,24 @@ async fn one_trace(backend: Backend) {
         sample(&metrics, "rpc_server_active_requests", &[("rpc_service", "shopmesh.order.v1.OrderService")]),
         Some(0.0)
     );
-    assert!(metrics.contains("db_client_connections_usage{pool=\"order\",state=\"used\"}"), "{metrics}");
-    assert!(metrics.contains("db_client_connections_max{pool=\"order\"}"), "pools are told apart: {metrics}");
-    assert!(!metrics.contains("pool=\"unnamed\""), "a series for a pool with no name: {metrics}");
+    assert!(
+        metrics.contains(
+            "db_client_connection_count{db_client_connection_pool_name=\"order\",db_client_connection_state=\"used\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("db_client_connection_max{db_client_connection_pool_name=\"order\"}"),
+        "pools are told apart: {metrics}"
+    );
+    assert!(!metrics.contains("pool_name=\"unnamed\""), "a series for a pool with no name: {metrics}");
+    // One label scheme: every series has exactly the labels docs/observability.md's table
+    // lists for it (the RPC labels on every metric about a call, none named `service`).
+    let retried =
+        [("rpc_system", "grpc"), ("rpc_service", "shopmesh.user.v1.UserService"), ("rpc_method", "GetUser")];
+    assert!(sample(&metrics, "rpc_client_call_duration_seconds_count", &retried).is_some(), "{metrics}");
+    let wrong = metrics_table::disagreements(exposition);
+    assert!(wrong.is_empty(), "/metrics and docs/observability.md disagree:\n{}", wrong.join("\n"));
     for process in [
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",

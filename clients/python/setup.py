@@ -4,6 +4,8 @@ Every build (wheel, editable, sdist) runs grpcio-tools' protoc over all of proto
 build/generated/, adds the __init__.py files that make `shopmesh.<svc>.v1` importable packages,
 and packages that directory. The .proto files are found, in this order, in $SHOPMESH_PROTO_DIR,
 in ./proto (an sdist carries a copy there), or in ../../proto (this repository's contracts).
+The gRPC service config generated from them (clients/grpc-service-config.json, `shopmesh
+service-config`) ships inside the package as shopmesh/grpc_service_config.json.
 """
 
 import glob
@@ -25,6 +27,14 @@ def proto_root():
         if glob.glob(os.path.join(root, "shopmesh", "*", "v*", "*.proto")):
             return os.path.abspath(root)
     sys.exit("shopmesh-api: no .proto files found; set SHOPMESH_PROTO_DIR to the repository's proto/")
+
+
+def service_config():
+    """The generated gRPC service config: beside the protos of an sdist, or in clients/."""
+    for path in (os.path.join(HERE, "grpc-service-config.json"), os.path.join(HERE, "..", "grpc-service-config.json")):
+        if os.path.isfile(path):
+            return os.path.abspath(path)
+    sys.exit("shopmesh-api: no grpc-service-config.json (clients/grpc-service-config.json in the repository)")
 
 
 def generate():
@@ -53,6 +63,7 @@ def generate():
             f.write(f'"""Generated from proto/{package.replace(".", "/")} by protoc; do not edit."""\n')
     # PEP 561: the .pyi files protoc wrote are the package's type information.
     open(os.path.join(out, "shopmesh", "py.typed"), "w").close()
+    shutil.copy2(service_config(), os.path.join(out, "shopmesh", "grpc_service_config.json"))
     return sorted(packages)
 
 
@@ -66,11 +77,12 @@ class SdistWithProtos(sdist):
             dest = os.path.join(base_dir, "proto", os.path.relpath(proto, root))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             shutil.copy2(proto, dest)
+        shutil.copy2(service_config(), os.path.join(base_dir, "grpc-service-config.json"))
 
 
 setup(
     packages=generate(),
     package_dir={"": GENERATED},
-    package_data={"": ["*.pyi", "py.typed"]},
+    package_data={"": ["*.pyi", "py.typed", "grpc_service_config.json"]},
     cmdclass={"sdist": SdistWithProtos},
 )

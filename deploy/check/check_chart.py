@@ -22,6 +22,7 @@ import yaml
 from helm_python.chart import Chart, lint, values_from_yaml
 from helm_python.errors import HelmError
 
+import check_callers
 import kubelet_files
 from harness import Checks
 
@@ -638,8 +639,12 @@ def check_network_policy(r: Rendered) -> str:
         allowed = {s for s in services for peer in peers if "podSelector" in peer and "namespaceSelector" not in peer and selects(peer["podSelector"]["matchLabels"], pod_labels[s])}
         assert allowed == set(callers), f"{callee}: gRPC port {port} is open to {sorted(allowed) or 'no service'}, not {sorted(callers) or 'none'}"
         outside = [p for p in peers if not ("podSelector" in p and "namespaceSelector" not in p) and p not in np["probeSources"]]
-        # The edge reaches exactly the services the policy lets the edge identity call.
-        want_outside = edge if callee in public else []
+        # Callers of other teams with methods of this service (values: callers), then the edge,
+        # which reaches exactly the services the policy lets the edge identity call.
+        prefix = f"/{SERVICES[callee][1]}/"
+        want_outside = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": c["namespace"]}}, "podSelector": c.get("podSelector") or {}}
+                        for c in r.values.get("callers") or [] if any(m.startswith(prefix) for m in c["methods"])]
+        want_outside += edge if callee in public else []
         assert outside == want_outside, f"{callee}: gRPC port {port} is open to {outside} from outside the release, expected {want_outside} (public: {sorted(public)})"
     for caller in services:
         egress = policy_of(pod_labels[caller])["spec"]["egress"]
@@ -668,6 +673,11 @@ def check_network_policy(r: Rendered) -> str:
             assert any(selects(peer.get("podSelector", {}).get("matchLabels", {"-": "-"}), instance) and any(p["port"] == 5432 for p in rule.get("ports", []))
                        for rule in egress for peer in rule.get("to", [])), f"{s} may not reach the CloudNativePG instances"
     return f"on: callers {CALLS}, edge to {sorted(public) if edge else 'nobody'}"
+
+
+def check_callers_admitted(r: Rendered) -> str:
+    """Callers of other teams (values: callers) and the metrics scraper: admitted, and nobody else."""
+    return check_callers.check_callers(r, {s: SERVICES[s] for s in services_of(r)}, NAMESPACE)
 
 
 def check_service_monitor(r: Rendered) -> str:
@@ -856,9 +866,11 @@ def check_authz(r: Rendered) -> str:
     (cm,) = maps
     policy = json.loads(cm["data"]["policy.json"])
     got = [(tuple(rule["callers"]), tuple(rule["methods"])) for rule in policy["rules"]]
-    # The chart's default policy is the shipped file, in the release's namespace.
+    # The chart's default policy is the shipped file, in the release's namespace, followed by one
+    # rule per caller of another team (values: callers; check_callers_admitted decides them).
+    own_rules = len(got) - len(r.values.get("callers") or [])
     if r.values["authz"]["policy"] == Chart_default_policy[0]:
-        assert got == shipped_policy_rules(NAMESPACE), f"the chart's policy differs from deploy/authz-policy.json:\n{got}"
+        assert got[:own_rules] == shipped_policy_rules(NAMESPACE), f"the chart's policy differs from deploy/authz-policy.json:\n{got}"
     # With tokens on, the edge must present the user's token on every call: the policy names it
     # an edge. With tokens off there is no token to ask for, and the services refuse to start
     # with edges named (so none may be).
@@ -1210,8 +1222,17 @@ def check_prometheus_rule(r: Rendered) -> str:
     records = {rule["record"] for g in groups for rule in g["rules"] if "record" in rule}
     alerts = {rule["alert"]: rule for g in groups for rule in g["rules"] if "alert" in rule}
     want = {"ShopmeshErrorsBudgetBurnFast", "ShopmeshErrorsBudgetBurnSlow", "ShopmeshLatencyBudgetBurnFast", "ShopmeshLatencyBudgetBurnSlow",
-            "ShopmeshReconcilerPendingTooOld", "ShopmeshCallsShed", "ShopmeshCallsRateLimited", "ShopmeshRetryBudgetExhausted"}
+            "ShopmeshReconcilerPendingTooOld", "ShopmeshCallsShed", "ShopmeshCallsRateLimited", "ShopmeshRetryBudgetExhausted",
+            "ShopmeshOrderPaymentMismatch"}
     assert want <= set(alerts), f"alerts missing: {sorted(want - set(alerts))}"
+    # Every alert links its runbook: a section of docs/operations.md that exists.
+    sections = runbook_anchors()
+    base = r.values["prometheusRule"]["runbookUrl"]
+    for alert, rule in alerts.items():
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        page, _, anchor = url.partition("#")
+        assert page == base and anchor == alert.lower(), f"{alert}: runbook_url {url!r}, not {base}#{alert.lower()}"
+        assert anchor in sections, f"{alert}: docs/operations.md has no section #{anchor} (a `### {alert}` heading)"
     for alert, rule in alerts.items():
         used = set(re.findall(r"shopmesh:[a-z_]+:[a-z_0-9]+", rule["expr"]))
         assert used and used <= records, f"{alert}: compares {sorted(used - records) or 'no recording rule'}"
@@ -1224,6 +1245,28 @@ def check_prometheus_rule(r: Rendered) -> str:
     assert not infra, f"recording rules counting health and reflection calls: {infra}"
     out = promtool_check(groups)
     return f"{len(records)} recording rules, {len(alerts)} alerts; {out}"
+
+
+def runbook_anchors() -> set[str]:
+    """The anchors GitHub gives docs/operations.md's headings (lower case, spaces as dashes,
+    punctuation dropped)."""
+    anchors = set()
+    for line in (ROOT / "docs" / "operations.md").read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return anchors
+
+
+# A metric or recording rule in a dashboard query, with its selector if it has one; label lists
+# of `by (...)` / `without (...)` are masked first (they hold label names, not metrics).
+DASHBOARD_SERIES = re.compile(r"\b((?:rpc_|shopmesh_|shopmesh:|db_)[a-zA-Z0-9_:]*)(\{[^}]*\})?")
+
+
+def unfiltered_series(expr: str) -> list[str]:
+    """The series a dashboard query reads without `namespace=~"$namespace"`."""
+    masked = re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr)
+    return [m.group(0) for m in DASHBOARD_SERIES.finditer(masked) if 'namespace=~"$namespace"' not in (m.group(2) or "")]
 
 
 def promtool_check(groups: list) -> str:
@@ -1252,6 +1295,13 @@ def check_dashboards(r: Rendered) -> str:
         assert json.loads(text) == json.loads((CHART_FILES / key).read_text()), f"{key}: not the file's dashboard"
         d = json.loads(text)
         assert all(p.get("targets") for p in d["panels"]), f"{key}: a panel without queries"
+        # One Grafana for several installs: a namespace variable, and every query filtered by it.
+        variables = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
+        assert variables.get("namespace", {}).get("includeAll"), f"{key}: no namespace variable (with All)"
+        for p in d["panels"]:
+            for t in p["targets"]:
+                unfiltered = unfiltered_series(t["expr"])
+                assert not unfiltered, f"{key}: {p['title']} reads {unfiltered} without namespace=~\"$namespace\""
         titles.append(d["title"])
     return ", ".join(titles)
 
@@ -1355,6 +1405,9 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "commonLabels": {"example.com/team": "shop", "example.com/cost-center": "42"},
             "networkPolicy": {"metricsScrapers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
                                                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]},
+            # A caller of another team, certificate from the chart's CA by `shopmesh issue-certificate`.
+            "callers": [{"name": "reports", "namespace": "analytics", "serviceAccount": "reports", "podSelector": {"matchLabels": {"app": "reports"}},
+                         "methods": ["/shopmesh.order.v1.OrderService/GetOrder", "/shopmesh.order.v1.OrderService/ListOrders", "/shopmesh.catalog.v1.CatalogService/*"]}],
             "prometheusRule": {"latencyThresholdSeconds": 0.5},
             "serviceMonitor": {"enabled": True},
             "prometheusRule": {"enabled": True},
@@ -1373,6 +1426,14 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "ingress": {"enabled": True, "hosts": ["api.example.com"]},
             "gateway": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateway"}], "hostnames": ["grpc.example.com"], "presentsMeshCertificate": True},
             "networkPolicy": {"edgeClients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]},
+        }),
+        "callers of two other teams, their Certificates from your ClusterIssuer in their namespaces": merged(mtls, {
+            "tls": {"certManager": {"enabled": True, "issuerRef": {"kind": "ClusterIssuer", "name": "mesh-ca", "group": "cert-manager.io"}}},
+            "callers": [
+                {"name": "reports", "namespace": "analytics", "serviceAccount": "reports", "methods": ["/shopmesh.order.v1.OrderService/GetOrder"]},
+                {"name": "refunds", "namespace": "support", "serviceAccount": "refund-desk", "podSelector": {"matchLabels": {"app": "refund-desk"}},
+                 "methods": ["/shopmesh.order.v1.OrderService/CancelOrder", "/shopmesh.payment.v1.PaymentService/GetPayment", "/shopmesh.user.v1.UserService/GetUser"]},
+            ],
         }),
         "mTLS from the chart's CA and one Secret of yours, policy off, another trust domain and probe port": {
             "tls": {"enabled": True, "trustDomain": "shop.example", "probePort": 9000, "certManager": {"enabled": False}, "secretNames": {"payment": "payment-cert"}},
@@ -1497,7 +1558,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         for svc in services_of(r):
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
         for check in (check_autoscaler, check_upstreams, check_migration, check_test_pod, check_secret, check_postgresql, check_otel,
-                      check_network_policy, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
+                      check_network_policy, check_callers_admitted, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
                       check_tls, check_file_access, check_deterministic, check_authz, check_edge, check_extension_points, check_workload_extensions, check_values_honoured, check_security_contexts, check_prometheus_rule, check_dashboards):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
@@ -1628,6 +1689,20 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         "an unconfined seccomp profile (schema)": ({"postgresql": {"podSecurityContext": {"seccompProfile": {"type": "Unconfined"}}}}, "/postgresql/podSecurityContext/seccompProfile/type"),
         "privilege escalation for the migration Job (schema)": ({"migration": {"securityContext": {"allowPrivilegeEscalation": True}}}, "/migration/securityContext/allowPrivilegeEscalation"),
         "a service calling one that does not exist": ({"services": {"order": {"calls": ["inventory"]}}}, "services.order.calls names inventory"),
+        "a caller with a method of a disabled service": (
+            {"services": {"catalog": {"enabled": False}, "order": {"calls": ["user", "payment"]}},
+             "callers": [{"name": "reports", "namespace": "analytics", "serviceAccount": "reports", "methods": ["/shopmesh.catalog.v1.CatalogService/*"]}]},
+            "callers: reports may call /shopmesh.catalog.v1.CatalogService/*, but shopmesh.catalog.v1.CatalogService is not a service of this release",
+        ),
+        "a caller listed twice": (
+            {"callers": [{"name": "reports", "namespace": "a", "serviceAccount": "r", "methods": ["/shopmesh.order.v1.OrderService/GetOrder"]},
+                         {"name": "reports", "namespace": "b", "serviceAccount": "r", "methods": ["/shopmesh.order.v1.OrderService/GetOrder"]}]},
+            "callers: reports is listed twice",
+        ),
+        "a caller's method that is not a gRPC path (schema)": (
+            {"callers": [{"name": "reports", "namespace": "a", "serviceAccount": "r", "methods": ["OrderService.GetOrder"]}]},
+            "/callers/0/methods/0",
+        ),
     }
     for label, (values, message) in refusals.items():
         checks.run(f"refuses {label}", lambda v=values, m=message: refused(v, m))

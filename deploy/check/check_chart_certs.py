@@ -8,7 +8,10 @@ rendered (the shopmesh binary, the mount paths mapped to a temporary directory),
 - a user service served with its certificate and the rendered policy answers a client holding
   an edge certificate issued from the same CA (what docs/security.md tells operators to do for
   the Ingress), refuses one whose identity the policy does not allow, and refuses a foreign CA;
-- the service exports its certificate's end of validity (ShopmeshCertificateExpiresSoon reads it).
+- the service exports its certificate's end of validity (ShopmeshCertificateExpiresSoon reads it);
+- a caller of another team admitted by values (`callers`), with a certificate issued from the
+  chart's CA as docs/clients.md says, is served the methods listed; the same service account in
+  another namespace, and another service account of its namespace, are refused.
 
 Usage (scripts/check-chart-certificates): check_chart_certs.py path/to/shopmesh
 """
@@ -38,8 +41,13 @@ CA_MOUNT, TLS_MOUNT = "/var/run/shopmesh/mesh-ca", "/etc/shopmesh/tls"
 DEADLINE_SECONDS = 60
 
 
-def spiffe(sa: str) -> str:
-    return f"spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{sa}"
+# A caller of another team, admitted for what `shopmesh bench get-user` calls.
+CALLER = {"name": "reports", "namespace": "analytics", "serviceAccount": "reports",
+          "methods": ["/shopmesh.user.v1.UserService/CreateUser", "/shopmesh.user.v1.UserService/GetUser"]}
+
+
+def spiffe(sa: str, namespace: str = NAMESPACE) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}"
 
 
 def main() -> int:
@@ -52,7 +60,7 @@ def main() -> int:
         def render() -> str:
             chart = Chart.load(CHART)
             # No cluster here: a one-off render may generate the CA (the chart refuses otherwise).
-            files = chart.render(values={"generateSecretsWithoutCluster": True}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            files = chart.render(values={"generateSecretsWithoutCluster": True, "callers": [CALLER]}, name=RELEASE, namespace=NAMESPACE, is_install=True)
             chart.close()
             objects = [d for p, t in files.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
             (secret,) = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == f"{RELEASE}-mesh-ca"]
@@ -106,9 +114,15 @@ def main() -> int:
             admin = subprocess.run([binary, "issue-certificate", f"--ca-cert={tmp / 'ca' / 'tls.crt'}", f"--ca-key={tmp / 'ca' / 'tls.key'}",
                                     f"--spiffe-id={spiffe('shopmesh-admin')}", "--validity=1h", f"--out={tmp / 'admin'}"], capture_output=True, text=True)
             assert admin.returncode == 0, admin.stderr
+            # The admitted caller, and two that are not: its service account in another namespace,
+            # another service account of its namespace.
+            for out, sa, ns in (("caller", "reports", "analytics"), ("caller-elsewhere", "reports", "elsewhere"), ("caller-neighbour", "dashboards", "analytics")):
+                done = subprocess.run([binary, "issue-certificate", f"--ca-cert={tmp / 'ca' / 'tls.crt'}", f"--ca-key={tmp / 'ca' / 'tls.key'}",
+                                       f"--spiffe-id={spiffe(sa, ns)}", "--validity=1h", f"--out={tmp / out}"], capture_output=True, text=True)
+                assert done.returncode == 0, done.stderr
             foreign = subprocess.run([binary, "dev-certs", f"--out={tmp / 'foreign'}", f"--namespace={NAMESPACE}"], capture_output=True, text=True)
             assert foreign.returncode == 0, foreign.stderr
-            return "edge (shopmesh-gateway) and shopmesh-admin from the chart's CA; shopmesh-gateway from a foreign CA"
+            return "edge (shopmesh-gateway), shopmesh-admin and three callers from the chart's CA; shopmesh-gateway from a foreign CA"
 
         checks.run("issue an edge certificate from the chart's CA, as docs/security.md says", edge_and_foreign)
 
@@ -156,6 +170,17 @@ def main() -> int:
             return "shopmesh-admin: PERMISSION_DENIED (the policy); a foreign CA's gateway: refused"
 
         checks.run("identities the policy does not allow, and other CAs, are refused", refused)
+
+        def caller_admitted() -> str:
+            done = bench("caller")
+            assert done.returncode == 0 and re.search(r"^\s*codes\s+OK 20\s*$", done.stdout, re.M), \
+                f"the admitted caller {spiffe('reports', 'analytics')} was not served:\n{done.stdout}\n{done.stderr}"
+            for other in ("caller-elsewhere", "caller-neighbour"):
+                denied = bench(other)
+                assert denied.returncode != 0 and "PERMISSION_DENIED" in denied.stdout + denied.stderr, f"{other} was not denied:\n{denied.stdout}\n{denied.stderr}"
+            return "reports (analytics): 20 GetUser answered; reports in another namespace and dashboards (analytics): PERMISSION_DENIED"
+
+        checks.run("a caller admitted by values is served; its service account elsewhere and its neighbours are refused", caller_admitted)
 
         def gauge() -> str:
             with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5) as resp:

@@ -20,12 +20,15 @@ from typing import Any
 import yaml
 
 from harness import Checks
+from service_lists import check_service_lists
+from versions import check_versions
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {
     "user": (50051, "shopmesh.user.v1.UserService"),
     "order": (50052, "shopmesh.order.v1.OrderService"),
     "payment": (50053, "shopmesh.payment.v1.PaymentService"),
+    "catalog": (50054, "shopmesh.catalog.v1.CatalogService"),
 }
 BINARY = "/usr/local/bin/shopmesh"
 # Docker stops a container with SIGTERM, then SIGKILL after stop_grace_period: that must cover
@@ -316,6 +319,8 @@ def main() -> int:
     checks.run("Dockerfile: stages, runtime user, entrypoint, healthcheck", check_dockerfile_stages)
     checks.run(".dockerignore", check_dockerignore)
     checks.run("hadolint Dockerfile", check_hadolint)
+    checks.run("every service in every list of services (Dockerfile, chart, compose, client READMEs, docs)", check_service_lists)
+    checks.run("one version: the chart, the Python and TypeScript packages are the workspace's", check_versions)
     if shutil.which("docker-compose") is None:
         checks.run("docker-compose config -q", lambda: (_ for _ in ()).throw(AssertionError("docker-compose is not installed")))
     else:

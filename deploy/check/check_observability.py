@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import Checks, free_port, until
+from harness import Checks, free_port, stop, until
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "compose" / "prometheus-rules.yml"
@@ -177,17 +176,11 @@ def main() -> int:
             dashboard = json.loads(path.read_text())
             for panel in dashboard["panels"]:
                 for target in panel["targets"]:
-                    expr = target["expr"].replace("$__rate_interval", "1m")
+                    # All namespaces, as the variable's "All" (.*, which matches an absent label too).
+                    expr = target["expr"].replace("$__rate_interval", "1m").replace("$namespace", ".*")
                     checks.run(f"dashboard {dashboard['uid']}: {panel['title']} [{target['refId']}]", lambda e=expr: evaluate(e))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         if checks.failed:
             for name in ("mesh.log", "prometheus.log"):
                 if (tmp / name).exists():

@@ -1,9 +1,12 @@
 """The small harness the deploy checks share: named checks, one summary line each, a total; and
-the two helpers of the checks that run the binary (a free loopback port, a poll with a deadline)."""
+the helpers of the checks that run the binary (a free loopback port, a poll with a deadline, the
+processes' stop). Standard library only: clients/secure/run_mesh.py uses it too."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -54,6 +57,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop(procs: list[subprocess.Popen], grace: float = 20) -> None:
+    """SIGTERM to every process still running, then each gets `grace` seconds before SIGKILL."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def until(what: str, probe: Callable[[], Any], deadline: float, every: float = 0.5) -> Any:

@@ -365,9 +365,9 @@ per rendering. Returns JSON {"crt": PEM, "key": PEM, "bundle": PEM}.
 {{- default (printf "%s-tls" (include "shopmesh.componentName" .)) (get .root.Values.tls.secretNames .name) -}}
 {{- end -}}
 
-{{/* The SPIFFE ID of a service account. Takes (dict "root" $ "sa" "shopmesh-order"). */}}
+{{/* The SPIFFE ID of a service account, in the release's namespace or "ns". Takes (dict "root" $ "sa" "shopmesh-order" ["ns" "other"]). */}}
 {{- define "shopmesh.spiffeId" -}}
-{{- printf "spiffe://%s/ns/%s/sa/%s" .root.Values.tls.trustDomain .root.Release.Namespace .sa -}}
+{{- printf "spiffe://%s/ns/%s/sa/%s" .root.Values.tls.trustDomain (default .root.Release.Namespace .ns) .sa -}}
 {{- end -}}
 
 {{/* The port the kubelet's probes and `helm test` ask: the plaintext probe port with TLS on, else the gRPC port. */}}
@@ -385,6 +385,11 @@ per rendering. Returns JSON {"crt": PEM, "key": PEM, "bundle": PEM}.
 {{- $callers = append $callers (tpl . $root) -}}
 {{- end -}}
 {{- $rules = append $rules (dict "description" (default "" .description) "callers" $callers "methods" .methods) -}}
+{{- end -}}
+{{- /* Each caller admitted by values gets a rule of its own, for exactly the methods listed. */ -}}
+{{- range .Values.callers -}}
+{{- $id := include "shopmesh.spiffeId" (dict "root" $root "ns" .namespace "sa" .serviceAccount) -}}
+{{- $rules = append $rules (dict "description" (printf "Caller %s (values: callers), service account %s/%s." .name .namespace .serviceAccount) "callers" (list $id) "methods" .methods) -}}
 {{- end -}}
 {{- $policy := dict "rules" $rules -}}
 {{- /* With tokens on, the edge acts for end users: every call of its must carry the user's token
@@ -467,6 +472,51 @@ writable catalog). Service-to-service calls are authenticated by mTLS only.
 {{- end -}}
 {{- if $calls -}}
 {{- fail (printf "jwt.jwks is set with tls.enabled=false: bearer tokens identify callers from outside the mesh, but service-to-service calls (%s) carry no token and need mTLS. Set tls.enabled=true (the chart's own CA needs nothing else), keeping jwt.* for the edge" (join ", " $calls)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The callers of other teams (values: callers) that may call a service, as a JSON list of the
+NetworkPolicyPeers admitting their pods: the caller's namespace, its pods or those podSelector
+matches. A caller belongs to a service when one of its methods is that service's. Takes (dict
+"root" $ "name" "order").
+*/}}
+{{- define "shopmesh.outsideCallers" -}}
+{{- $prefix := printf "/%s/" (include "shopmesh.grpcService" .) -}}
+{{- $out := list -}}
+{{- range .root.Values.callers -}}
+{{- $mine := false -}}
+{{- range .methods -}}{{- if hasPrefix $prefix . -}}{{- $mine = true -}}{{- end -}}{{- end -}}
+{{- if $mine -}}
+{{- $out = append $out (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .namespace)) "podSelector" (.podSelector | default dict)) -}}
+{{- end -}}
+{{- end -}}
+{{- $out | toJson -}}
+{{- end -}}
+
+{{/*
+Refuses a caller (values: callers) whose methods name no enabled service: the services load the
+policy at start and refuse one naming a service they do not know, and such a caller would be
+admitted by no NetworkPolicy. Names must be unique (they name its Certificate).
+*/}}
+{{- define "shopmesh.checkCallers" -}}
+{{- $known := list -}}
+{{- range $name := include "shopmesh.serviceNames" . | fromJsonArray -}}
+{{- $known = append $known (include "shopmesh.grpcService" (dict "root" $ "name" $name)) -}}
+{{- end -}}
+{{- $seen := list -}}
+{{- range .Values.callers -}}
+{{- if has .name $seen -}}
+{{- fail (printf "callers: %s is listed twice; each caller needs a name of its own" .name) -}}
+{{- end -}}
+{{- $seen = append $seen .name -}}
+{{- $caller := . -}}
+{{- range .methods -}}
+{{- $svc := regexReplaceAll "^/([^/]+)/.*$" . "${1}" -}}
+{{- if not (has $svc $known) -}}
+{{- fail (printf "callers: %s may call %s, but %s is not a service of this release (enabled: %s): every service would refuse the policy at start" $caller.name . $svc (join ", " $known)) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

@@ -18,6 +18,7 @@ pub mod balance;
 pub mod call_deadline;
 pub mod config;
 pub mod retry;
+pub mod service_config;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -33,6 +33,7 @@ use crate::mesh::grpc::catalogue::Catalogue;
 use crate::mesh::grpc::code::header_code;
 use crate::mesh::grpc::respond::{is_timeout, never_sent};
 use crate::mesh::grpc::timeout::{GRPC_TIMEOUT, encode_timeout};
+use crate::mesh::telemetry::labels;
 
 const PUSHBACK: &str = "grpc-retry-pushback-ms";
 
@@ -267,12 +268,18 @@ impl tower::retry::Policy<Request<Bytes>, Response<tonic::body::Body>, BoxError>
         }
         if !self.budget.withdraw() {
             tracing::warn!(path, attempts = self.attempts, "retry refused: the retry budget is spent");
-            metrics::counter!("shopmesh_client_retries_refused_total", "rpc_method" => path.to_owned(), "reason" => "budget").increment(1);
+            let method = self.catalogue.method(path);
+            metrics::counter!(
+                "shopmesh_client_retries_refused_total",
+                labels::rpc(&method, &[("reason", "budget")])
+            )
+            .increment(1);
             return None;
         }
         self.attempts += 1;
         tracing::debug!(path, attempt = self.attempts, delay = ?start.saturating_duration_since(Instant::now()), "retrying");
-        metrics::counter!("shopmesh_client_retries_total", "rpc_method" => path.to_owned()).increment(1);
+        metrics::counter!("shopmesh_client_retries_total", labels::rpc(&self.catalogue.method(path), &[]))
+            .increment(1);
         if let Some(deadline) = deadline {
             // The attempt is sent the time that will be left when it starts.
             request.headers_mut().insert(GRPC_TIMEOUT, encode_timeout(deadline - start));

@@ -41,6 +41,11 @@ pub struct Pool {
     writer: Option<Arc<inline::Writer>>,
 }
 
+/// The pool's label (`db.client.connection.pool.name`): the service's name.
+pub(in crate::mesh::db) const POOL: &str = "db_client_connection_pool_name";
+/// A connection's state label (`db.client.connection.state`): `idle` or `used`.
+const STATE: &str = "db_client_connection_state";
+
 struct PoolMetrics {
     pending: metrics::Gauge,
     wait: metrics::Histogram,
@@ -50,12 +55,13 @@ struct PoolMetrics {
 
 impl PoolMetrics {
     fn new(name: &'static str, max: u32) -> Self {
-        metrics::gauge!("db_client_connections_max", "pool" => name).set(f64::from(max));
+        // OpenTelemetry's database client conventions (db.client.connection.*), Prometheus form.
+        metrics::gauge!("db_client_connection_max", POOL => name).set(f64::from(max));
         Self {
-            pending: metrics::gauge!("db_client_connections_pending_requests", "pool" => name),
-            wait: metrics::histogram!("db_client_connections_wait_time_seconds", "pool" => name),
-            idle: metrics::gauge!("db_client_connections_usage", "pool" => name, "state" => "idle"),
-            used: metrics::gauge!("db_client_connections_usage", "pool" => name, "state" => "used"),
+            pending: metrics::gauge!("db_client_connection_pending_requests", POOL => name),
+            wait: metrics::histogram!("db_client_connection_wait_time_seconds", POOL => name),
+            idle: metrics::gauge!("db_client_connection_count", POOL => name, STATE => "idle"),
+            used: metrics::gauge!("db_client_connection_count", POOL => name, STATE => "used"),
         }
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! A caller without an identity gets UNAUTHENTICATED; one whose identity no rule allows,
 //! PERMISSION_DENIED. Every refusal is counted in
-//! `shopmesh_server_authz_denied_total{service,method,reason}` and logged (warn, inside the
+//! `shopmesh_server_authz_denied_total{rpc_system,rpc_service,rpc_method,reason}` and logged (warn, inside the
 //! call's span, so with its trace id), a few lines a second at most ([`Throttle`]), each naming
 //! the method as the catalogue knows it (`unknown` otherwise), never the path the caller sent.
 //!
@@ -49,6 +49,7 @@ use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::{Catalogue, Method, REFLECTION};
 use crate::mesh::grpc::respond::Refusal;
 use crate::mesh::identity::{PeerIdentity, SpiffeId};
+use crate::mesh::telemetry::labels;
 use crate::mesh::throttle::Throttle;
 
 /// The health service, always allowed.
@@ -359,13 +360,8 @@ where
                 "not_allowed",
             ),
         };
-        metrics::counter!(
-            "shopmesh_server_authz_denied_total",
-            "service" => method.service,
-            "method" => method.method,
-            "reason" => reason,
-        )
-        .increment(1);
+        metrics::counter!("shopmesh_server_authz_denied_total", labels::rpc(&method, &[("reason", reason)]))
+            .increment(1);
         // A caller can be refused as fast as it can send: a few lines a second, the metric
         // counts the rest.
         static LINES: LazyLock<Throttle> = LazyLock::new(Throttle::for_refusals);

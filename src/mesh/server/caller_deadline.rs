@@ -19,6 +19,7 @@ use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
 use crate::mesh::grpc::timeout::{GRPC_TIMEOUT, parse_timeout};
 use crate::mesh::request_deadline::scope;
+use crate::mesh::telemetry::labels;
 
 /// Tonic's own server timer answers CANCELLED when `grpc-timeout` runs out; this layer's timer
 /// is set this much earlier so the caller gets DEADLINE_EXCEEDED instead.
@@ -72,12 +73,8 @@ where
             None if request.headers().contains_key(GRPC_TIMEOUT) => {
                 let method = Method::of(&request);
                 tracing::debug!(method = method.path, default = ?self.malformed, "malformed grpc-timeout; default deadline");
-                metrics::counter!(
-                    "shopmesh_server_malformed_timeout_total",
-                    "service" => method.service,
-                    "method" => method.method,
-                )
-                .increment(1);
+                metrics::counter!("shopmesh_server_malformed_timeout_total", labels::rpc(&method, &[]))
+                    .increment(1);
                 Some(self.malformed)
             }
             None => None,
@@ -135,17 +132,27 @@ mod tests {
             Ok::<_, Infallible>(Response::new(tonic::body::Body::default()))
         });
         let mut svc = ServerDeadlineLayer::new(Duration::from_secs(5)).layer(inner);
-        let request = Request::builder()
+        let mut request = Request::builder()
             .uri("/shopmesh.user.v1.UserService/GetUser")
             .header("grpc-timeout", "1 hour")
             .body(())
             .expect("request");
+        // As the method layer above puts it there: the labels come from the catalogue.
+        let get_user = crate::mesh::grpc::catalogue::Catalogue::new(crate::api::CALL_POLICY)
+            .method(request.uri().path());
+        request.extensions_mut().insert(get_user);
         let mut answer = None;
         let labels =
             crate::mesh::telemetry::recorded_labels("shopmesh_server_malformed_timeout_total", || {
                 answer = Some(svc.call(request));
             });
         assert_eq!(labels.len(), 1, "a malformed grpc-timeout is counted");
+        let names: Vec<_> = labels[0].iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            names,
+            ["rpc_system=grpc", "rpc_service=shopmesh.user.v1.UserService", "rpc_method=GetUser"],
+            "the RPC labels of every metric about a call"
+        );
         let started = Instant::now();
         let response = tokio::time::timeout(Duration::from_secs(3600), answer.expect("called"))
             .await

@@ -27,6 +27,7 @@ use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
 use crate::mesh::identity::{PeerIdentity, SpiffeId};
 use crate::mesh::server::per_key::{KeyPermit, PerKey};
+use crate::mesh::telemetry::labels;
 
 /// Bounds concurrent calls to `limit` across every connection of a server, and the share of
 /// one connection and one identity.
@@ -129,7 +130,7 @@ where
             Err(bound) => {
                 tracing::debug!(method = method.path, bound, "overloaded: shedding the call");
                 // Labels from the catalogue only: a caller choosing paths must not mint series.
-                metrics::counter!("shopmesh_server_shed_total", "rpc_method" => method.path, "bound" => bound)
+                metrics::counter!("shopmesh_server_shed_total", labels::rpc(&method, &[("bound", bound)]))
                     .increment(1);
                 Answer::refuse(&Refusal::Overloaded)
             }

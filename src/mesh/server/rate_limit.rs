@@ -25,6 +25,7 @@ use crate::mesh::grpc::answer::Answer;
 use crate::mesh::grpc::catalogue::Method;
 use crate::mesh::grpc::respond::Refusal;
 use crate::mesh::identity::CallerKey;
+use crate::mesh::telemetry::labels;
 
 /// How often buckets that have refilled are dropped.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
@@ -108,12 +109,8 @@ where
             Err(not_until) => {
                 let wait = not_until.wait_time_from(limiter.clock().now());
                 tracing::debug!(method = method.path, ?wait, "caller over its rate: refusing the call");
-                metrics::counter!(
-                    "shopmesh_server_rate_limited_total",
-                    "service" => method.service,
-                    "method" => method.method,
-                )
-                .increment(1);
+                metrics::counter!("shopmesh_server_rate_limited_total", labels::rpc(&method, &[]))
+                    .increment(1);
                 ResponseFuture::refuse(&Refusal::RateLimited { retry_after: wait })
             }
         }

@@ -48,6 +48,7 @@ use crate::mesh::grpc::catalogue::{Method, REFLECTION};
 use crate::mesh::grpc::respond::Refusal;
 use crate::mesh::identity::CallerKey;
 use crate::mesh::server::per_key::{KeyPermit, PerKey};
+use crate::mesh::telemetry::labels;
 use tonic::transport::server::TcpConnectInfo;
 
 /// gRPC's length-prefixed message framing: a compression flag and a 4-byte length.
@@ -307,9 +308,7 @@ where
         tracing::debug!(method = method.path, reason, "request message not read; answering the call");
         metrics::counter!(
             "shopmesh_server_request_read_refused_total",
-            "service" => method.service,
-            "method" => method.method,
-            "reason" => reason,
+            labels::rpc(&method, &[("reason", reason)])
         )
         .increment(1);
         Poll::Ready(Ok(refusal.respond()))

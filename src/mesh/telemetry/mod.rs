@@ -14,9 +14,10 @@
 //!   port by `metrics-exporter-prometheus`.
 //!
 //! Its settings are [`config`]; [`log_fields`] holds the fields every log line of a call
-//! carries.
+//! carries; [`labels`] the labels every metric about a call carries.
 
 pub mod config;
+pub mod labels;
 pub mod log_fields;
 pub mod observe;
 

@@ -14,8 +14,7 @@
 //!
 //! Metric and label names follow OpenTelemetry's RPC conventions in their Prometheus form:
 //! `rpc_server_call_duration_seconds` and `rpc_client_call_duration_seconds` (histograms by
-//! `rpc_system` (always `grpc`), `rpc_service`, `rpc_method`, `rpc_grpc_status_code`; their
-//! `_count` is the request count),
+//! the [`labels`] of a call and `rpc_grpc_status_code`; their `_count` is the request count),
 //! and `rpc_server_active_requests` (a gauge per service).
 
 use std::future::Future;
@@ -35,6 +34,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::mesh::grpc::catalogue::{Catalogue, Method};
 use crate::mesh::grpc::code::code_of;
 use crate::mesh::identity::PeerIdentity;
+use crate::mesh::telemetry::labels;
 
 /// gRPC status codes as label values, by number.
 const CODES: [&str; 17] =
@@ -50,8 +50,7 @@ fn server_error(code: i32) -> bool {
 struct Call<'a> {
     span: &'a tracing::Span,
     start: Instant,
-    service: &'static str,
-    method: &'static str,
+    method: Method,
 }
 
 impl Call<'_> {
@@ -63,14 +62,8 @@ impl Call<'_> {
             self.span.record("otel.status_code", "ERROR");
         }
         let code = usize::try_from(code).ok().and_then(|c| CODES.get(c)).copied().unwrap_or("2");
-        metrics::histogram!(
-            histogram,
-            "rpc_system" => "grpc",
-            "rpc_service" => self.service,
-            "rpc_method" => self.method,
-            "rpc_grpc_status_code" => code,
-        )
-        .record(self.start.elapsed().as_secs_f64());
+        metrics::histogram!(histogram, labels::rpc(&self.method, &[("rpc_grpc_status_code", code)]))
+            .record(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -97,10 +90,10 @@ pub fn describe_metrics() {
         "Duration of calls made (retries included), by method and status code."
     );
     describe_gauge!("rpc_server_active_requests", "Calls being handled now.");
-    describe_counter!("shopmesh_client_retries_total", "Retry attempts made.");
+    describe_counter!("shopmesh_client_retries_total", "Retry attempts made, by method.");
     describe_counter!(
         "shopmesh_client_retries_refused_total",
-        "Retries not made because the retry budget was spent."
+        "Retries not made because the retry budget was spent, by method and reason."
     );
     describe_counter!(
         "shopmesh_client_ejections_total",
@@ -109,15 +102,15 @@ pub fn describe_metrics() {
     describe_gauge!("shopmesh_client_endpoints", "Endpoints a client balances over.");
     describe_counter!(
         "shopmesh_server_shed_total",
-        "Calls refused with RESOURCE_EXHAUSTED because the server, the connection or the identity was at its limit, by method (from the catalogue) and bound."
+        "Calls refused with RESOURCE_EXHAUSTED because the server, the connection or the identity was at its limit, by method and bound."
     );
     describe_counter!(
         "shopmesh_server_request_read_refused_total",
-        "Calls answered before their handler because the request message was late (timeout), too large or broken off, by service, method and reason."
+        "Calls answered before their handler because the request message was late (timeout), too large or broken off, by method and reason."
     );
     describe_counter!(
         "shopmesh_server_malformed_timeout_total",
-        "Calls whose grpc-timeout did not parse and which got the server's default deadline instead, by service and method."
+        "Calls whose grpc-timeout did not parse and which got the server's default deadline instead, by method."
     );
     describe_counter!(
         "shopmesh_server_deadline_exceeded_total",
@@ -126,7 +119,7 @@ pub fn describe_metrics() {
     describe_counter!("shopmesh_client_deadline_fail_fast_total", "Calls not sent because no time was left.");
     describe_counter!(
         "shopmesh_server_authz_denied_total",
-        "Calls refused by the authorization policy, by service, method and reason (no_identity, not_allowed)."
+        "Calls refused by the authorization policy, by method and reason (no_identity, not_allowed)."
     );
     describe_counter!(
         "shopmesh_server_tls_handshake_failures_total",
@@ -138,14 +131,14 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "shopmesh_server_rate_limited_total",
-        "Calls refused with RESOURCE_EXHAUSTED because their caller was over its rate, by service and method."
+        "Calls refused with RESOURCE_EXHAUSTED because their caller was over its rate, by method."
     );
     describe_gauge!("shopmesh_build_info", "Always 1; the labels say which build runs (version, commit).");
-    describe_gauge!("db_client_connections_usage", "Database connections by state (idle, used).");
-    describe_gauge!("db_client_connections_max", "Largest number of database connections the pool opens.");
-    describe_gauge!("db_client_connections_pending_requests", "Requests waiting for a database connection.");
+    describe_gauge!("db_client_connection_count", "Database connections by state (idle, used).");
+    describe_gauge!("db_client_connection_max", "Largest number of database connections the pool opens.");
+    describe_gauge!("db_client_connection_pending_requests", "Requests waiting for a database connection.");
     describe_histogram!(
-        "db_client_connections_wait_time_seconds",
+        "db_client_connection_wait_time_seconds",
         Unit::Seconds,
         "Time spent waiting for a database connection."
     );
@@ -186,14 +179,16 @@ struct Active(&'static str);
 
 impl Active {
     fn start(service: &'static str) -> Self {
-        metrics::gauge!("rpc_server_active_requests", "rpc_service" => service).increment(1.0);
+        metrics::gauge!("rpc_server_active_requests", "rpc_system" => labels::RPC_SYSTEM, "rpc_service" => service)
+            .increment(1.0);
         Self(service)
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        metrics::gauge!("rpc_server_active_requests", "rpc_service" => self.0).decrement(1.0);
+        metrics::gauge!("rpc_server_active_requests", "rpc_system" => labels::RPC_SYSTEM, "rpc_service" => self.0)
+            .decrement(1.0);
     }
 }
 
@@ -255,8 +250,7 @@ where
             inner: inner.instrument(span.clone()),
             span,
             start: Instant::now(),
-            service,
-            method,
+            method: called,
             _active: active,
         }
     }
@@ -269,8 +263,7 @@ pin_project! {
         inner: Instrumented<F>,
         span: tracing::Span,
         start: Instant,
-        service: &'static str,
-        method: &'static str,
+        method: Method,
         _active: Active,
     }
 }
@@ -284,7 +277,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let call = Call { span: this.span, start: *this.start, service: this.service, method: this.method };
+        let call = Call { span: this.span, start: *this.start, method: *this.method };
         call.finish(code_of(&result), "rpc_server_call_duration_seconds", server_error);
         Poll::Ready(result)
     }
@@ -356,8 +349,7 @@ where
             inner: self.inner.call(request).instrument(span.clone()),
             span,
             start: Instant::now(),
-            service,
-            method,
+            method: called,
         }
     }
 }
@@ -369,8 +361,7 @@ pin_project! {
         inner: Instrumented<F>,
         span: tracing::Span,
         start: Instant,
-        service: &'static str,
-        method: &'static str,
+        method: Method,
     }
 }
 
@@ -383,7 +374,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let call = Call { span: this.span, start: *this.start, service: this.service, method: this.method };
+        let call = Call { span: this.span, start: *this.start, method: *this.method };
         call.finish(code_of(&result), "rpc_client_call_duration_seconds", |code| code != 0);
         Poll::Ready(result)
     }

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use rusqlite::OpenFlags;
 
+use crate::mesh::db::POOL;
+
 /// Commits between two passive checkpoints of a file written here. An order's insert appends
 /// 5-8 pages to the WAL, so 500 commits are about the 4 000 pages at which sqlx's connections
 /// checkpoint (`connect`'s `wal_autocheckpoint`).
@@ -133,7 +135,7 @@ impl Writer {
         self.handed_back.fetch_add(1, Ordering::Relaxed);
         if let Some(pool) = self.name.get() {
             let reason = if busy { "busy" } else { "other" };
-            metrics::counter!("db_sqlite_writes_handed_back_total", "pool" => *pool, "reason" => reason)
+            metrics::counter!("db_sqlite_writes_handed_back_total", POOL => *pool, "reason" => reason)
                 .increment(1);
         }
     }
@@ -238,10 +240,10 @@ impl Writer {
                     writer.after_restart(n, outcome);
                     if let Some(pool) = writer.name.get() {
                         let label = outcome.label();
-                        metrics::counter!("db_sqlite_checkpoints_total", "pool" => *pool, "outcome" => label)
+                        metrics::counter!("db_sqlite_checkpoints_total", POOL => *pool, "outcome" => label)
                             .increment(1);
                         if let Some(held) = held {
-                            metrics::histogram!("db_sqlite_checkpoint_hold_seconds", "pool" => *pool, "outcome" => label)
+                            metrics::histogram!("db_sqlite_checkpoint_hold_seconds", POOL => *pool, "outcome" => label)
                                 .record(held.as_secs_f64());
                         }
                     }
