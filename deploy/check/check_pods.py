@@ -84,9 +84,7 @@ def main() -> int:
                        lambda: scale.scale_out(cluster, state["edge"], NAMESPACE))
             checks.run("a payment pod SIGKILLed is restarted per its restartPolicy", lambda: scale.sigkill(cluster, NAMESPACE))
             checks.run("a drain of order and payment that respects their PodDisruptionBudgets, under load",
-                       lambda: scale.drain_under_load(cluster, state["edge"], NAMESPACE),
-                       known_issue="the runner's Service proxy (one Python process) can stall the database "
-                                   "connections of pods churned by the drain; issue 24 stays open for it")
+                       lambda: scale.drain_under_load(cluster, state["edge"], NAMESPACE))
 
         if "edge" in state and "upgrade" in wanted:
             checks.run("helm upgrade to a release with a new additive migration, under CreateOrder load",
