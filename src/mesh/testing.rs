@@ -308,20 +308,6 @@ pub fn precondition(status: &tonic::Status) -> Option<String> {
         .and_then(|p| p.violations.first().map(|v| v.r#type.clone()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_names_are_replaced() {
-        assert_eq!(
-            with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "t1"),
-            "postgres://u:p@h:5432/t1?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
-    }
-}
-
 /// The error hyper gives a request it never wrote: a real HTTP/2 connection that its server
 /// closes (as a pod that goes away does), then a request on it.
 pub async fn request_never_written() -> hyper::Error {
@@ -341,4 +327,18 @@ pub async fn request_never_written() -> hyper::Error {
         .expect("the client sees the connection end");
     let request = http::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
     send.send_request(request).await.expect_err("the connection is gone")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_are_replaced() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u:p@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+    }
 }
