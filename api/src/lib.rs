@@ -44,6 +44,20 @@ pub mod catalog {
     }
 }
 
+/// Stock per SKU and its allocation to orders (`shopmesh.inventory.v1`).
+pub mod inventory {
+    pub mod v1 {
+        tonic::include_proto!("shopmesh.inventory.v1");
+    }
+}
+
+/// Messages sent to users about their orders (`shopmesh.notification.v1`).
+pub mod notification {
+    pub mod v1 {
+        tonic::include_proto!("shopmesh.notification.v1");
+    }
+}
+
 /// Every file of `proto/` with its imports and comments, encoded: served by server reflection
 /// so that grpcurl and other tools need no `.proto` files.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shopmesh_descriptor.bin"));

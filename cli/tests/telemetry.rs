@@ -232,6 +232,8 @@ async fn one_trace(backend: Backend) {
             // No price cache: every CreateOrder asks the catalog, so the traced one shows the hop.
             "--catalog-cache-ttl=0s",
             &format!("--payment-url=http://{payment_addr}"),
+            // No broker: this test follows the synchronous calls.
+            "--events-url=none",
         ],
         &env(Some(order_metrics)),
         Stdio::piped(),
