@@ -81,7 +81,8 @@ pub struct MeshConfig {
     #[allow(missing_docs)]
     pub telemetry: TelemetryConfig,
 
-    #[command(flatten, next_help_heading = "Events (NATS JetStream)")]
+    // Under the calls heading: events are how a service reaches the services that follow it.
+    #[command(flatten, next_help_heading = CALLS)]
     #[allow(missing_docs)]
     pub events: EventsConfig,
 }

@@ -14,7 +14,7 @@ pub struct NotificationConfig {
         id = "notification_listen",
         long = "notification-listen",
         value_name = "ADDR",
-        env = "SHOPMESH_INVENTORY_LISTEN",
+        env = "SHOPMESH_NOTIFICATION_LISTEN",
         help_heading = LISTEN_AND_DATABASES,
         default_value = "127.0.0.1:50056"
     )]
@@ -25,7 +25,7 @@ pub struct NotificationConfig {
         id = "notification_database_url",
         long = "notification-database-url",
         value_name = "URL",
-        env = "SHOPMESH_INVENTORY_DATABASE_URL",
+        env = "SHOPMESH_NOTIFICATION_DATABASE_URL",
         // The URL may carry a password: --help never shows the variable's value.
         hide_env_values = true,
         help_heading = LISTEN_AND_DATABASES,

@@ -98,7 +98,7 @@ impl Events {
 #[derive(Debug, Clone)]
 pub enum Broker {
     /// A NATS server with JetStream.
-    Nats(nats::Nats),
+    Nats(Box<nats::Nats>),
     /// The all-in-one's in-process bus.
     InProcess(Arc<bus::Bus>),
     /// No broker (`--events-url none`): published events are dropped and nothing is consumed,
@@ -167,7 +167,7 @@ impl Broker {
             let mut streams: Vec<Stream> = declared.iter().filter_map(|e| e.publishes).collect();
             streams.extend(subscriptions.iter().map(|s| s.stream));
             streams.dedup();
-            return Ok(Some(Self::Nats(nats::Nats::connect(url, config, &streams).await?)));
+            return Ok(Some(Self::Nats(Box::new(nats::Nats::connect(url, config, &streams).await?))));
         }
         Ok(in_process.then(|| Self::InProcess(Arc::new(bus::Bus::new(config.clone(), &subscriptions)))))
     }
