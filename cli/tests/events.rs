@@ -210,6 +210,31 @@ impl Mesh {
     }
 }
 
+/// Waits until order `id`'s fulfilment is `want`.
+async fn fulfilled(mesh: &Mesh, id: &str, want: Fulfilment) -> Order {
+    eventually(&format!("order {id} is {want:?}"), || {
+        let (mut orders, id) = (mesh.orders.clone(), id.to_owned());
+        async move {
+            let order = orders.get_order(GetOrderRequest { id }).await.expect("get order").into_inner();
+            (order.fulfilment() == want).then_some(order)
+        }
+    })
+    .await
+}
+
+/// Waits until order `order_id` has `count` notifications, and returns them.
+async fn notified(mesh: &Mesh, order_id: &str, count: usize) -> Vec<Notification> {
+    eventually(&format!("{count} notifications of order {order_id}"), || {
+        let (mut client, order_id) = (mesh.notifications.clone(), order_id.to_owned());
+        async move {
+            let req = ListNotificationsRequest { order_id, ..Default::default() };
+            let list = client.list_notifications(req).await.expect("list").into_inner().notifications;
+            (list.len() >= count).then_some(list)
+        }
+    })
+    .await
+}
+
 /// Polls `check` until it gives `Some`, for at most 30 s.
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -234,83 +259,32 @@ async fn paid_orders_are_allocated_backordered_and_released(mesh: &mut Mesh) {
     mesh.set_stock("MUG", 1).await;
 
     let allocated = mesh.order(&[("TEA", 2), ("MUG", 1)]).await;
-    let order = eventually("the order is ALLOCATED", || {
-        let mut orders = mesh.orders.clone();
-        let id = allocated.id.clone();
-        async move {
-            let order = orders.get_order(GetOrderRequest { id }).await.expect("get").into_inner();
-            (order.fulfilment() == Fulfilment::Allocated).then_some(order)
-        }
-    })
-    .await;
+    let order = fulfilled(mesh, &allocated.id, Fulfilment::Allocated).await;
     assert_eq!(order.state(), OrderState::Paid);
     assert_eq!(mesh.on_hand("TEA").await, (3, 2));
     assert_eq!(mesh.on_hand("MUG").await, (0, 1));
-    let sent = eventually("the CONFIRMED notification", || {
-        let mut client = mesh.notifications.clone();
-        let order_id = allocated.id.clone();
-        async move {
-            let req = ListNotificationsRequest { order_id, ..Default::default() };
-            let list = client.list_notifications(req).await.expect("list").into_inner().notifications;
-            (!list.is_empty()).then_some(list)
-        }
-    })
-    .await;
+    let sent = notified(mesh, &allocated.id, 1).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].kind(), NotificationKind::Confirmed);
     assert_eq!(sent[0].user_id, mesh.user_id);
 
     // MUG is out, LAMP has no stock record: backordered, nothing allocated, and says why.
     let short = mesh.order(&[("TEA", 1), ("MUG", 1), ("LAMP", 1)]).await;
-    let id = short.id.clone();
-    let mut orders = mesh.orders.clone();
-    eventually("the order is BACKORDERED", || {
-        let (mut orders, id) = (orders.clone(), id.clone());
-        async move {
-            let order = orders.get_order(GetOrderRequest { id }).await.expect("get").into_inner();
-            (order.fulfilment() == Fulfilment::Backordered).then_some(())
-        }
-    })
-    .await;
+    fulfilled(mesh, &short.id, Fulfilment::Backordered).await;
     assert_eq!(mesh.on_hand("TEA").await, (3, 2), "a backordered order takes nothing");
-    let sent = eventually("the BACKORDERED notification", || {
-        let mut client = mesh.notifications.clone();
-        let order_id = id.clone();
-        async move {
-            let req = ListNotificationsRequest { order_id, ..Default::default() };
-            let list = client.list_notifications(req).await.expect("list").into_inner().notifications;
-            (!list.is_empty()).then_some(list)
-        }
-    })
-    .await;
+    let sent = notified(mesh, &short.id, 1).await;
     assert_eq!(sent[0].kind(), NotificationKind::Backordered);
     assert!(sent[0].body.contains("MUG: 0 on hand, 1 ordered"), "{}", sent[0].body);
     assert!(sent[0].body.contains("LAMP: unknown SKU"), "{}", sent[0].body);
 
     // Cancelled: the allocation goes back on hand, and the user hears of it once.
     let req = CancelOrderRequest { id: allocated.id.clone(), request_id: new_id() };
-    orders.cancel_order(req).await.expect("cancel");
-    eventually("the allocation is released", || {
-        let mut orders = mesh.orders.clone();
-        let id = allocated.id.clone();
-        async move {
-            let order = orders.get_order(GetOrderRequest { id }).await.expect("get").into_inner();
-            (order.fulfilment() == Fulfilment::Released).then_some(())
-        }
-    })
-    .await;
+    mesh.orders.cancel_order(req).await.expect("cancel");
+    fulfilled(mesh, &allocated.id, Fulfilment::Released).await;
     assert_eq!(mesh.on_hand("TEA").await, (5, 0));
     assert_eq!(mesh.on_hand("MUG").await, (1, 0));
-    let kinds = eventually("the CANCELLED notification", || {
-        let mut client = mesh.notifications.clone();
-        let order_id = allocated.id.clone();
-        async move {
-            let req = ListNotificationsRequest { order_id, ..Default::default() };
-            let list = client.list_notifications(req).await.expect("list").into_inner().notifications;
-            (list.len() == 2).then(|| list.iter().map(Notification::kind).collect::<Vec<_>>())
-        }
-    })
-    .await;
+    let kinds: Vec<_> = notified(mesh, &allocated.id, 2).await.iter().map(Notification::kind).collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
     assert!(kinds.contains(&NotificationKind::Cancelled), "{kinds:?}");
     assert_eq!(mesh.notifications_of(&short.id).await.len(), 1, "still one for the backordered order");
     assert_eq!(mesh.unpublished().await, 0, "the outbox drained");
@@ -353,15 +327,7 @@ async fn orders_are_taken_while_the_broker_is_down_and_their_events_follow() {
         }
         nats.restart();
         for id in &taken {
-            let id = id.clone();
-            eventually("the order is allocated once the broker is back", || {
-                let (mut orders, id) = (mesh.orders.clone(), id.clone());
-                async move {
-                    let order = orders.get_order(GetOrderRequest { id }).await.expect("get").into_inner();
-                    (order.fulfilment() == Fulfilment::Allocated).then_some(())
-                }
-            })
-            .await;
+            fulfilled(&mesh, id, Fulfilment::Allocated).await;
         }
         assert_eq!(mesh.on_hand("TEA").await, (95, 5), "{backend:?}");
         eventually("the outbox drains", || {
@@ -442,16 +408,7 @@ async fn a_redelivered_event_changes_nothing_and_a_poison_one_is_dead_lettered()
         // And a type from a newer producer: acknowledged, nothing done.
         publish_raw(&nats.url(), "shopmesh.order.v1.OrderGiftWrapped", &new_id(), &next, vec![1, 2, 3]).await;
 
-        eventually("the next order is notified", || {
-            let mut client = mesh.notifications.clone();
-            let order_id = next.clone();
-            async move {
-                let req = ListNotificationsRequest { order_id, ..Default::default() };
-                let list = client.list_notifications(req).await.expect("list").into_inner().notifications;
-                (!list.is_empty()).then_some(())
-            }
-        })
-        .await;
+        notified(&mesh, &next, 1).await;
         assert_eq!(mesh.on_hand("MUG").await, (6, 4), "{backend:?}: 3 once, and 1");
         assert_eq!(mesh.notifications_of(&order_id).await.len(), 1, "{backend:?}");
         assert!(mesh.notifications_of(&poison).await.is_empty(), "{backend:?}");

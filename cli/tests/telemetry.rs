@@ -547,6 +547,8 @@ async fn propagated_to_the_user_service(
         format!("--catalog-url=http://{dead}"),
         format!("--payment-url=http://{dead}"),
         "--retry-max-attempts=1".into(),
+        // No broker: this test follows the synchronous calls.
+        "--events-url=none".into(),
     ];
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
