@@ -132,3 +132,104 @@ impl Bus {
 fn stopped() -> Error {
     Error::Config("the in-process event bus has stopped".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::mesh::events::{ORDER, Outcome};
+
+    /// Fails `failures` deliveries of every event with `outcome`, then acts.
+    struct Flaky {
+        failures: u32,
+        outcome: Outcome,
+        seen: AtomicU32,
+    }
+
+    impl Handler for Flaky {
+        fn handle<'a>(&'a self, _event: &'a Event) -> BoxFuture<'a, Outcome> {
+            let n = self.seen.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { if n < self.failures { self.outcome.clone() } else { Outcome::Done } })
+        }
+    }
+
+    fn event(event_type: &str) -> Event {
+        Event {
+            id: "e1".into(),
+            source: "shopmesh/test".into(),
+            event_type: event_type.into(),
+            subject: "o1".into(),
+            time_ms: 0,
+            traceparent: None,
+            body: bytes::Bytes::new(),
+        }
+    }
+
+    const SUBSCRIPTION: Subscription = Subscription { durable: "test-order", stream: ORDER };
+
+    fn bus() -> Arc<Bus> {
+        let config = EventsConfig { events_backoff: Duration::from_millis(1), ..EventsConfig::default() };
+        Arc::new(Bus::new(config, &[SUBSCRIPTION]))
+    }
+
+    fn consume(bus: &Arc<Bus>, handler: Arc<Flaky>) {
+        let bus = Arc::clone(bus);
+        tokio::spawn(async move { bus.consume(SUBSCRIPTION, handler).await });
+    }
+
+    /// An event published before its consumer attached waits for it; a failed delivery comes
+    /// again; the publish returns once the consumer is done with it.
+    #[tokio::test]
+    async fn a_publish_waits_for_late_consumers_and_their_redeliveries() {
+        let bus = bus();
+        let handler =
+            Arc::new(Flaky { failures: 2, outcome: Outcome::Retry("down".into()), seen: AtomicU32::new(0) });
+        let publish = tokio::spawn({
+            let bus = Arc::clone(&bus);
+            async move { bus.publish(&event("shopmesh.order.v1.OrderPaid")).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!publish.is_finished(), "nobody has handled it yet");
+        consume(&bus, Arc::clone(&handler));
+        publish.await.expect("joins").expect("handled");
+        assert_eq!(handler.seen.load(Ordering::SeqCst), 3, "two failures, then done");
+        assert!(bus.dead_letters().is_empty());
+        // Another stream's event is nobody's here: published at once.
+        bus.publish(&event("shopmesh.inventory.v1.StockAllocated")).await.expect("published");
+        assert_eq!(handler.seen.load(Ordering::SeqCst), 3);
+    }
+
+    /// A poison event is dead-lettered at once; one failing every delivery after the last.
+    #[tokio::test]
+    async fn poison_and_exhausted_events_are_dead_lettered_and_the_queue_goes_on() {
+        let bus = bus();
+        let poison = Arc::new(Flaky {
+            failures: 1,
+            outcome: Outcome::Poison("undecodable".into()),
+            seen: AtomicU32::new(0),
+        });
+        consume(&bus, Arc::clone(&poison));
+        bus.publish(&event("shopmesh.order.v1.OrderPaid")).await.expect("handled");
+        bus.publish(&event("shopmesh.order.v1.OrderPaid")).await.expect("the next one too");
+        let dead = bus.dead_letters();
+        assert_eq!(
+            (dead.len(), dead[0].reason.as_str(), poison.seen.load(Ordering::SeqCst)),
+            (1, "undecodable", 2)
+        );
+
+        let bus = self::bus();
+        let failing = Arc::new(Flaky {
+            failures: u32::MAX,
+            outcome: Outcome::Retry("down".into()),
+            seen: AtomicU32::new(0),
+        });
+        consume(&bus, Arc::clone(&failing));
+        bus.publish(&event("shopmesh.order.v1.OrderPaid")).await.expect("given up on");
+        assert_eq!(failing.seen.load(Ordering::SeqCst), 5, "--events-max-deliver");
+        assert!(bus.dead_letters()[0].reason.starts_with("failed 5 deliveries"), "{:?}", bus.dead_letters());
+    }
+}

@@ -196,18 +196,24 @@ impl Relay {
             };
             events.push((row.try_get::<i64, _>("seq")?, event));
         }
+        let broker = &self.broker;
         let results = futures::future::join_all(events.iter().map(|(_, event)| {
             let span = tracing::info_span!(
                 "send",
                 otel.name = format!("send {}", event.event_type),
                 otel.kind = "producer",
-                messaging.system = self.broker.system(),
+                messaging.system = broker.system(),
                 messaging.operation.type = "send",
                 messaging.destination.name = event.event_type.as_str(),
                 messaging.message.id = event.id.as_str(),
             );
             trace::continue_trace(&span, event.traceparent.as_deref());
-            self.broker.publish(event).instrument(span)
+            // The message names the PRODUCER span, so each consumer's span is its child.
+            let sent = Event {
+                traceparent: trace::traceparent_of(&span).or_else(|| event.traceparent.clone()),
+                ..event.clone()
+            };
+            async move { broker.publish(&sent).instrument(span).await }
         }))
         .await;
         let mut seqs = Vec::with_capacity(events.len());
