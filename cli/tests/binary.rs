@@ -518,3 +518,19 @@ async fn the_whole_mesh_on_mutual_tls_starts_and_places_an_order() {
     assert_eq!(order.state(), OrderState::Paid);
     assert!(process.terminate().await.success());
 }
+
+#[test]
+fn a_service_of_events_without_a_broker_refuses_to_start_saying_what_to_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for svc in ["order", "inventory", "notification"] {
+        let listen = format!("--{svc}-listen=127.0.0.1:0");
+        let db = format!("--{svc}-database-url=sqlite://{}/{svc}.db", dir.path().display());
+        let stderr = refused_start(&["serve", svc, &listen, &db], &[]);
+        assert!(stderr.contains("--events-url") && stderr.contains("SHOPMESH_EVENTS_URL"), "{svc}: {stderr}");
+    }
+    // A broker that is not there is a start-up error naming it, not a crash loop without words.
+    let db = format!("--inventory-database-url=sqlite://{}/inventory.db", dir.path().display());
+    let nowhere = format!("--events-url=nats://{}", free_addr());
+    let stderr = refused_start(&["serve", "inventory", "--inventory-listen=127.0.0.1:0", &db, &nowhere], &[]);
+    assert!(stderr.contains("events broker: cannot connect"), "{stderr}");
+}
