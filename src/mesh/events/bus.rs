@@ -90,7 +90,9 @@ impl Bus {
                 subscription.durable
             ))
         })?;
+        let lag = metrics::gauge!("shopmesh_events_consumer_lag", "consumer" => subscription.durable);
         while let Some((event, done)) = queue.recv().await {
+            lag.set(queue.len() as f64);
             let mut delivered = 1;
             loop {
                 match consumer::deliver(
