@@ -44,6 +44,20 @@ pub mod catalog {
     }
 }
 
+/// Stock per SKU and its allocation to orders (`shopmesh.inventory.v1`).
+pub mod inventory {
+    pub mod v1 {
+        tonic::include_proto!("shopmesh.inventory.v1");
+    }
+}
+
+/// Messages sent to users about their orders (`shopmesh.notification.v1`).
+pub mod notification {
+    pub mod v1 {
+        tonic::include_proto!("shopmesh.notification.v1");
+    }
+}
+
 /// Every file of `proto/` with its imports and comments, encoded: served by server reflection
 /// so that grpcurl and other tools need no `.proto` files.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shopmesh_descriptor.bin"));
@@ -105,8 +119,20 @@ mod tests {
         // A repeated CreateProduct answers ALREADY_EXISTS, so it is not repeated for the caller.
         let create = call_policy("/shopmesh.catalog.v1.CatalogService/CreateProduct").expect("listed");
         assert_eq!((create.idempotency, create.request_id_field), (Idempotency::Unknown, None));
-        // Every RPC is in the table: 4 each of user, order and payment, 5 of catalog.
-        assert_eq!(CALL_POLICY.len(), 17);
+        // The inventory's admin call is safe to repeat, its reads and the notifications' too.
+        let set_stock = "/shopmesh.inventory.v1.InventoryService/SetStock";
+        assert_eq!(idempotency(set_stock), Some(Idempotency::Idempotent));
+        for read in ["InventoryService/GetStock", "InventoryService/ListStock"] {
+            let path = format!("/shopmesh.inventory.v1.{read}");
+            assert_eq!(idempotency(&path), Some(Idempotency::NoSideEffects), "{path}");
+        }
+        for read in ["ListNotifications", "GetNotification"] {
+            let path = format!("/shopmesh.notification.v1.NotificationService/{read}");
+            assert_eq!(idempotency(&path), Some(Idempotency::NoSideEffects), "{path}");
+        }
+        // Every RPC is in the table: 4 each of user, order and payment, 5 of catalog, 3 of
+        // inventory, 2 of notification.
+        assert_eq!(CALL_POLICY.len(), 22);
     }
 
     #[test]
@@ -123,6 +149,8 @@ mod tests {
             "shopmesh.order.v1.OrderService",
             "shopmesh.payment.v1.PaymentService",
             "shopmesh.catalog.v1.CatalogService",
+            "shopmesh.inventory.v1.InventoryService",
+            "shopmesh.notification.v1.NotificationService",
         ] {
             assert!(services.iter().any(|s| s == name), "{name} missing from {services:?}");
         }

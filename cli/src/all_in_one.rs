@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use shopmesh::mesh::events::{Broker, Events};
 use shopmesh::mesh::service::{Listeners, Mesh, MeshService};
 use shopmesh::mesh::upstream::Upstream;
 use shopmesh::mesh::{health, server, shutdown};
@@ -29,6 +30,7 @@ pub struct Launch {
     pub grpc_service: &'static str,
     listen: SocketAddr,
     upstreams: &'static [Upstream],
+    events: Events,
     run: Run,
 }
 
@@ -40,6 +42,7 @@ impl Launch {
             grpc_service: S::GRPC_SERVICE,
             listen: S::listen(&config),
             upstreams: S::UPSTREAMS,
+            events: S::EVENTS,
             run: Box::new(move |mesh, listeners, stop| {
                 Box::pin(async move { server::run::<S, _>(&mesh, config, listeners, stop).await })
             }),
@@ -102,8 +105,15 @@ pub async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // Events go through NATS with --events-url, else through the in-process bus, built from
+    // every service's declared consumers so none misses an event published before it started.
+    let declared: Vec<Events> = launches.iter().map(|l| l.events).collect();
+    let broker = Broker::for_services(&config.events, &declared, true).await?;
     // One mesh for every service: certificates, key set and policy are loaded once.
-    let mesh = mesh_of(config)?;
+    let mut mesh = mesh_of(config)?;
+    if let Some(broker) = broker {
+        mesh = mesh.with_broker(broker);
+    }
     // Every service presents the one certificate, so each calls servers of that identity.
     if let Some(tls) = mesh.tls() {
         table.expect_everywhere(&tls.identity().to_string());
@@ -184,7 +194,11 @@ mod tests {
         let cli = Cli::try_parse_from(["shopmesh"]).expect("parses");
         let (_, upstreams, launches) = cli.all.launches();
         let names: Vec<_> = start_order(launches).iter().map(|l| l.name).collect();
-        assert_eq!(names, ["user", "payment", "catalog", "order"], "callees start first");
+        assert_eq!(
+            names,
+            ["user", "payment", "catalog", "order", "inventory", "notification"],
+            "callees start first"
+        );
         let mut table = upstreams.table;
         table.point_at("payment", "http://127.0.0.1:7");
         assert_eq!(table.get("payment").map(|t| t.url.as_str()), Some("http://127.0.0.1:7"));

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use shopmesh::mesh::config::{MeshConfig, MetricsListen, TelemetryConfig};
+use shopmesh::mesh::events::Broker;
 use shopmesh::mesh::service::{Listeners, Mesh, MeshService};
 use shopmesh::mesh::{db, server, shutdown};
 use tokio::net::TcpListener;
@@ -46,7 +47,11 @@ async fn serve_one<S: MeshService>(one: One<S>) -> anyhow::Result<()> {
     if let Some(probe) = probe {
         listeners = listeners.with_probe(probe);
     }
-    let mesh = mesh_of(config)?.with_upstreams(upstreams.table);
+    let broker = Broker::for_services(&config.events, &[S::EVENTS], false).await?;
+    let mut mesh = mesh_of(config)?.with_upstreams(upstreams.table);
+    if let Some(broker) = broker {
+        mesh = mesh.with_broker(broker);
+    }
     server::run::<S, _>(&mesh, own, listeners, shutdown::signal()).await?;
     Ok(())
 }

@@ -78,8 +78,12 @@ services! {
     payment => Payment(shopmesh_payment::Payment),
     /// The catalog service (products and their prices).
     catalog => Catalog(shopmesh_catalog::Catalog),
-    /// The order service (orders; calls user, catalog and payment).
+    /// The order service (orders; calls user, catalog and payment; publishes order events).
     order => Order(shopmesh_order::Order),
+    /// The inventory service (stock; allocates paid orders from the order events).
+    inventory => Inventory(shopmesh_inventory::Inventory),
+    /// The notification service (messages to users from the inventory and order events).
+    notification => Notification(shopmesh_notification::Notification),
 }
 
 /// One service with the mesh's settings, its own, and where its upstreams are.

@@ -56,6 +56,10 @@ async fn shopmesh_runs_the_whole_mesh_and_stops_on_sigterm() {
             "--order-listen=127.0.0.1:0",
             "--payment-listen=127.0.0.1:0",
             "--catalog-listen=127.0.0.1:0",
+            "--inventory-listen=127.0.0.1:0",
+            "--notification-listen=127.0.0.1:0",
+            &format!("--inventory-database-url={}", db("inventory")),
+            &format!("--notification-database-url={}", db("notification")),
             // Far beyond terminate()'s 30 s: exiting in time proves the drain finished by
             // itself (with idle client connections open) rather than by the hard timeout.
             "--shutdown-timeout=120s",
@@ -235,8 +239,10 @@ async fn plaintext_without_authentication_beyond_loopback_needs_allow_insecure()
         format!("--order-listen=0.0.0.0:{port}"),
         "--payment-listen=127.0.0.1:0".to_owned(),
         "--catalog-listen=127.0.0.1:0".to_owned(),
+        "--inventory-listen=127.0.0.1:0".to_owned(),
+        "--notification-listen=127.0.0.1:0".to_owned(),
     ];
-    all.extend(["user", "order", "payment", "catalog"].map(db));
+    all.extend(["user", "order", "payment", "catalog", "inventory", "notification"].map(db));
     let stderr = refused_start(&all.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     assert!(stderr.contains("--allow-insecure"), "{stderr}");
 
@@ -461,6 +467,10 @@ async fn the_whole_mesh_on_mutual_tls_starts_and_places_an_order() {
             "--order-listen=127.0.0.1:0",
             "--payment-listen=127.0.0.1:0",
             "--catalog-listen=127.0.0.1:0",
+            "--inventory-listen=127.0.0.1:0",
+            "--notification-listen=127.0.0.1:0",
+            &db("inventory-database-url"),
+            &db("notification-database-url"),
             &db("user-database-url"),
             &db("payment-database-url"),
             &db("order-database-url"),
@@ -507,4 +517,20 @@ async fn the_whole_mesh_on_mutual_tls_starts_and_places_an_order() {
         .into_inner();
     assert_eq!(order.state(), OrderState::Paid);
     assert!(process.terminate().await.success());
+}
+
+#[test]
+fn a_service_of_events_without_a_broker_refuses_to_start_saying_what_to_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for svc in ["order", "inventory", "notification"] {
+        let listen = format!("--{svc}-listen=127.0.0.1:0");
+        let db = format!("--{svc}-database-url=sqlite://{}/{svc}.db", dir.path().display());
+        let stderr = refused_start(&["serve", svc, &listen, &db], &[]);
+        assert!(stderr.contains("--events-url") && stderr.contains("SHOPMESH_EVENTS_URL"), "{svc}: {stderr}");
+    }
+    // A broker that is not there is a start-up error naming it, not a crash loop without words.
+    let db = format!("--inventory-database-url=sqlite://{}/inventory.db", dir.path().display());
+    let nowhere = format!("--events-url=nats://{}", free_addr());
+    let stderr = refused_start(&["serve", "inventory", "--inventory-listen=127.0.0.1:0", &db, &nowhere], &[]);
+    assert!(stderr.contains("events broker: cannot connect"), "{stderr}");
 }

@@ -234,6 +234,8 @@ async fn one_trace(backend: Backend) {
             // No price cache: every CreateOrder asks the catalog, so the traced one shows the hop.
             "--catalog-cache-ttl=0s",
             &format!("--payment-url=http://{payment_addr}"),
+            // No broker: this test follows the synchronous calls.
+            "--events-url=none",
         ],
         &env(Some(order_metrics)),
         Stdio::piped(),
@@ -566,6 +568,8 @@ async fn propagated_to_the_user_service(
         format!("--catalog-url=http://{dead}"),
         format!("--payment-url=http://{dead}"),
         "--retry-max-attempts=1".into(),
+        // No broker: this test follows the synchronous calls.
+        "--events-url=none".into(),
     ];
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

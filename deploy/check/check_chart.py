@@ -391,7 +391,8 @@ def check_upstreams(r: Rendered) -> str:
     for svc in services_of(r):
         env = env_of(container_of(r, svc))
         callees = [c for c in settings(r, svc).get("calls", []) if c in services_of(r)]
-        urls = {k for k in env if re.fullmatch(r"SHOPMESH_[A-Z]+_URL", k)}
+        # SHOPMESH_EVENTS_URL is the broker, not a callee.
+        urls = {k for k in env if re.fullmatch(r"SHOPMESH_[A-Z]+_URL", k) and k != "SHOPMESH_EVENTS_URL"}
         assert urls == {f"SHOPMESH_{c.upper()}_URL" for c in callees}, f"{svc}: URLs {sorted(urls)} for callees {callees}"
         for callee in callees:
             want = f"http://{fqdn(headless(callee))}:{SERVICES[callee][0]}"

@@ -44,7 +44,9 @@ EMPTY_OK: dict[str, str] = {
     "plaintext; scripts/check-chart-certificates requires the gauge of a service on the chart's certificates",
 }
 GRPC = {"user": "shopmesh.user.v1.UserService", "order": "shopmesh.order.v1.OrderService",
-        "payment": "shopmesh.payment.v1.PaymentService", "catalog": "shopmesh.catalog.v1.CatalogService"}
+        "payment": "shopmesh.payment.v1.PaymentService", "catalog": "shopmesh.catalog.v1.CatalogService",
+        "inventory": "shopmesh.inventory.v1.InventoryService",
+        "notification": "shopmesh.notification.v1.NotificationService"}
 DEADLINE_SECONDS = 120
 
 

@@ -1,6 +1,6 @@
 //! Mesh-wide settings, flattened for clap: each wing owns its own (`server/config.rs`,
 //! `client/config.rs`, `security/config.rs`, `telemetry/config.rs`) and [`MeshConfig`] gathers
-//! them under their help headings, beside the database pool's and the shutdown's. Each is a
+//! them under their help headings (and `events/config.rs`), beside the database pool's and the shutdown's. Each is a
 //! clap flag with a `SHOPMESH_*` variable; a service's own settings live in its crate's
 //! `config.rs`, and the `shopmesh` binary composes them.
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 pub use crate::mesh::client::config::{ClientConfig, MAX_ATTEMPTS_CAP, MethodTimeout};
+pub use crate::mesh::events::config::EventsConfig;
 pub use crate::mesh::security::config::{JwtConfig, SecurityConfig, TokenRequirement};
 pub use crate::mesh::server::config::ServerConfig;
 pub use crate::mesh::telemetry::config::{LogFormat, MetricsListen, TelemetryConfig};
@@ -79,6 +80,11 @@ pub struct MeshConfig {
     #[command(flatten, next_help_heading = "Telemetry")]
     #[allow(missing_docs)]
     pub telemetry: TelemetryConfig,
+
+    // Under the calls heading: events are how a service reaches the services that follow it.
+    #[command(flatten, next_help_heading = CALLS)]
+    #[allow(missing_docs)]
+    pub events: EventsConfig,
 }
 
 impl Default for MeshConfig {
@@ -95,6 +101,7 @@ impl Default for MeshConfig {
             jwt: JwtConfig::default(),
             telemetry: TelemetryConfig::default(),
             security: SecurityConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - [`security`]: mutual TLS (incoming handshakes, outgoing connections), the authorization
 //!   policy, bearer tokens, development certificates.
 //! - [`telemetry`]: logs, traces and metrics set up once per process, and the observe layers.
+//! - [`events`]: the transactional outbox and its relay, the broker (NATS JetStream or the
+//!   all-in-one's in-process bus), consumers that act once (inbox), dead letters.
 //!
 //! Each wing owns its settings (its `config.rs`); [`config`] flattens them for clap. Below the
 //! wings, shared by more than one: [`identity`] (SPIFFE IDs, the caller's identity) and
@@ -28,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod health;
 #[cfg(feature = "testing")]

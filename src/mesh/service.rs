@@ -20,6 +20,7 @@ use crate::mesh::client::{self, Channel};
 use crate::mesh::config::MeshConfig;
 use crate::mesh::config::TokenRequirement;
 use crate::mesh::db::{Migrations, Pool};
+use crate::mesh::events::{Broker, Events};
 use crate::mesh::grpc::catalogue::Catalogue;
 use crate::mesh::identity::SpiffeId;
 use crate::mesh::security::authz::Policy;
@@ -57,6 +58,9 @@ pub trait MeshService: 'static {
     /// The services it calls: the CLI makes their flags, and [`Mesh::upstream_channel`] finds
     /// them in the mesh's table.
     const UPSTREAMS: &'static [Upstream] = &[];
+
+    /// The events it publishes and consumes: with any, it needs a broker ([`Mesh::broker`]).
+    const EVENTS: Events = Events::NONE;
 
     /// Registers the help texts of the metrics the service records itself (the runtime's are
     /// registered with the metrics exporter), so every series it exports has its HELP line.
@@ -123,6 +127,8 @@ pub struct Mesh {
     inner: Arc<Inner>,
     /// Where the services this process calls are, and who they must be.
     upstreams: Arc<Upstreams>,
+    /// Where events go, when this process has a broker.
+    broker: Option<Broker>,
 }
 
 struct Inner {
@@ -172,6 +178,7 @@ impl Mesh {
         Ok(Self {
             inner: Arc::new(Inner { config, api, tls, verifier, policy }),
             upstreams: Arc::new(Upstreams::new()),
+            broker: None,
         })
     }
 
@@ -180,6 +187,26 @@ impl Mesh {
     pub fn with_upstreams(mut self, upstreams: Upstreams) -> Self {
         self.upstreams = Arc::new(upstreams);
         self
+    }
+
+    /// This mesh with `broker` as where its services' events go.
+    #[must_use]
+    pub fn with_broker(mut self, broker: Broker) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// The broker of service `own`, which declares events.
+    ///
+    /// # Errors
+    /// [`Error::Config`] saying what to set when this process has none.
+    pub fn broker(&self, own: &str) -> Result<&Broker, Error> {
+        self.broker.as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "the {own} service publishes or consumes events and needs a NATS server with JetStream: \
+                 set --events-url (SHOPMESH_EVENTS_URL), e.g. nats://127.0.0.1:4222"
+            ))
+        })
     }
 
     /// The table of the services this process's services call.

@@ -226,12 +226,16 @@ where
     spawned
 }
 
-/// The mesh of a test process: `config` over the shopmesh API.
+/// The mesh of a test process: `config` over the shopmesh API, without a broker (events are
+/// recorded in outboxes and dropped, `--events-url none`); tests of events give theirs with
+/// [`Mesh::with_broker`].
 ///
 /// # Panics
 /// If `config` names files that do not load.
 pub fn mesh(config: MeshConfig) -> Mesh {
-    Mesh::new(config, crate::mesh_api()).expect("mesh settings load")
+    Mesh::new(config, crate::mesh_api())
+        .expect("mesh settings load")
+        .with_broker(crate::mesh::events::Broker::Discard)
 }
 
 /// The address a service's settings name when a test binds its listener itself.

@@ -236,6 +236,8 @@ async fn run(backend: Backend, settings: &Settings) {
             ("SHOPMESH_RECONCILE_AFTER", "2s".into()),
             ("SHOPMESH_RECONCILE_MAX_BACKOFF", "1s".into()),
             ("SHOPMESH_RECONCILE_LEASE", "5s".into()),
+            // No broker: the harness checks the synchronous path's invariants.
+            ("SHOPMESH_EVENTS_URL", "none".into()),
         ],
         dir.path(),
     );

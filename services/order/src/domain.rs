@@ -34,6 +34,33 @@ impl State {
     }
 }
 
+/// What the inventory service did with a paid order, as its events said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fulfilment {
+    /// Its stock is allocated.
+    Allocated,
+    /// It waits for stock.
+    Backordered,
+    /// Cancelled, its allocated stock returned.
+    Released,
+}
+
+impl Fulfilment {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allocated => "ALLOCATED",
+            Self::Backordered => "BACKORDERED",
+            Self::Released => "RELEASED",
+        }
+    }
+
+    /// The fulfilment a stored string names, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Allocated, Self::Backordered, Self::Released].into_iter().find(|f| f.as_str() == s)
+    }
+}
+
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineItem {
@@ -72,6 +99,8 @@ pub struct Order {
     pub create_time_ms: i64,
     /// Last change, epoch milliseconds.
     pub update_time_ms: i64,
+    /// What the inventory did with it, once its event arrived.
+    pub fulfilment: Option<Fulfilment>,
 }
 
 /// Most lines in one order.
@@ -368,6 +397,7 @@ mod tests {
             cancel_request_id: None,
             create_time_ms: 0,
             update_time_ms: 0,
+            fulfilment: None,
         };
         let ask = |quantity, price: Option<(i64, &'static str)>| {
             OrderRequest::parse(&user, &[LineInput { sku: "A", quantity, unit_price: price }], "r")

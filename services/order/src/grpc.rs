@@ -2,15 +2,16 @@
 
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::order::v1::{
-    CancelOrderRequest, CreateOrderRequest, GetOrderRequest, LineItem as LineItemProto, ListOrdersRequest,
-    ListOrdersResponse, Order as OrderProto, OrderState, order_service_server::OrderService,
+    CancelOrderRequest, CreateOrderRequest, Fulfilment as FulfilmentProto, GetOrderRequest,
+    LineItem as LineItemProto, ListOrdersRequest, ListOrdersResponse, Order as OrderProto, OrderState,
+    order_service_server::OrderService,
 };
 use shopmesh::mesh::identity::Principal;
 use shopmesh::mesh::ids;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::domain::{Order, State};
+use crate::domain::{Fulfilment, Order, State};
 use crate::error::Error;
 use crate::service::Orders;
 
@@ -58,6 +59,13 @@ fn to_proto(o: Order) -> OrderProto {
         request_id: o.request_id.unwrap_or_default(),
         create_time: Some(ids::timestamp(o.create_time_ms)),
         update_time: Some(ids::timestamp(o.update_time_ms)),
+        fulfilment: match o.fulfilment {
+            None => FulfilmentProto::Unspecified,
+            Some(Fulfilment::Allocated) => FulfilmentProto::Allocated,
+            Some(Fulfilment::Backordered) => FulfilmentProto::Backordered,
+            Some(Fulfilment::Released) => FulfilmentProto::Released,
+        }
+        .into(),
     }
 }
 

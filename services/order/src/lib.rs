@@ -7,6 +7,8 @@
 //! declares in `upstream` (user, catalog, payment; found in the mesh's upstream table) and
 //! starts the reconciler, and `OrderService` is served with health and
 //! reflection until shutdown.
+//! Paid and cancelled orders are published as events through the order's outbox (`events`,
+//! relayed beside the routes), and the inventory's events set each paid order's fulfilment.
 //! Rules live in [`domain`], the use cases in `service`, calls to other services in `upstream`,
 //! every SQL statement in `store`, request validation in [`convert`] and the rest of the
 //! protobuf conversion in `grpc`.
@@ -15,6 +17,7 @@ mod config;
 pub mod convert;
 pub mod domain;
 mod error;
+pub mod events;
 mod grpc;
 mod in_flight;
 pub mod reconciler;
@@ -28,7 +31,10 @@ use std::net::SocketAddr;
 
 use shopmesh::api::order::v1::order_service_server::{self, OrderServiceServer};
 use shopmesh::mesh::Error;
+use std::sync::Arc;
+
 use shopmesh::mesh::db::{Migrations, Pool};
+use shopmesh::mesh::events::{self as mesh_events, Events, Subscription};
 use shopmesh::mesh::service::{Mesh, MeshService, Started};
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
@@ -58,6 +64,10 @@ impl MeshService for Order {
     const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
     type Config = OrderConfig;
     const UPSTREAMS: &'static [shopmesh::mesh::upstream::Upstream] = upstream::UPSTREAMS;
+    const EVENTS: Events = Events {
+        publishes: Some(mesh_events::ORDER),
+        consumes: &[Subscription { durable: store::FULFILMENT_CONSUMER, stream: mesh_events::INVENTORY }],
+    };
 
     fn listen(config: &OrderConfig) -> SocketAddr {
         config.listen
@@ -68,6 +78,7 @@ impl MeshService for Order {
     }
 
     fn describe_metrics() {
+        mesh_events::consumer::describe_metrics();
         metrics::describe_gauge!(
             "shopmesh_order_pending_orders",
             "Orders in PENDING_PAYMENT: their charge's outcome is not known yet."
@@ -92,12 +103,16 @@ impl MeshService for Order {
     /// they are served (stopping it at any point is safe: an attempt cut short leaves a lease
     /// that runs out).
     async fn start(mesh: &Mesh, config: &OrderConfig, pool: Pool) -> Result<Started, Error> {
+        let broker = mesh.broker(Self::NAME)?.clone();
         let orders = orders(mesh, config, pool).await?;
+        let store = orders.store().clone();
+        let relay = store.outbox().relay(store.pool().clone(), broker.clone(), Self::NAME);
+        let consumer = broker.consuming(Self::EVENTS.consumes[0], Arc::new(events::Fulfilments::new(store)));
         let reconciler = reconciler::Reconciler::new(orders.clone(), config.reconcile.clone());
         let routes = Routes::new(
             OrderServiceServer::new(grpc::OrderApi::new(orders))
                 .max_decoding_message_size(mesh.config().server.max_message_bytes),
         );
-        Ok(Started { routes, beside: vec![Box::pin(reconciler.run())] })
+        Ok(Started { routes, beside: vec![Box::pin(reconciler.run()), Box::pin(relay.run()), consumer] })
     }
 }

@@ -236,7 +236,7 @@ impl Orders {
             }
             State::PaymentDeclined => {}
         }
-        let cancelled_here = self.store.cancel(&order.id, request_id).await?;
+        let cancelled_here = self.store.cancel(&order, request_id).await?;
         let now = self.store.get(id).await?.ok_or_else(|| Error::NotFound(id.to_owned()))?;
         if cancelled_here {
             tracing::info!(order_id = %now.id, "order cancelled");

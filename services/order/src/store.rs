@@ -3,16 +3,19 @@
 use std::time::Duration;
 
 use shopmesh::mesh::db::{self, Backend, Param, Pool};
+use shopmesh::mesh::events::inbox;
+use shopmesh::mesh::events::outbox::Outbox;
 use shopmesh::mesh::ids;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row as _};
 
-use crate::domain::{LineItem, NewOrder, Order, State};
+use crate::domain::{Fulfilment, LineItem, NewOrder, Order, State};
+use crate::events;
 
 /// Order columns and their lines', joined so an order and its lines come back in one query.
 const SELECT: &str = "SELECT o.id, o.request_id, o.user_id, o.currency_code, o.total_minor, o.state, \
      o.payment_id, o.decline_reason, o.cancel_request_id, o.create_time_ms, o.update_time_ms, \
-     i.sku, i.quantity, i.unit_price_minor \
+     o.fulfilment, i.sku, i.quantity, i.unit_price_minor \
      FROM orders o JOIN order_items i ON i.order_id = o.id";
 
 /// The statements that read the database's clock (for leases and schedules the replicas share),
@@ -94,10 +97,14 @@ fn postgres_insert_sql(lines: usize) -> String {
     )
 }
 
-/// Settles a PENDING_PAYMENT order, releasing any claim on it.
+/// Settles a PENDING_PAYMENT order, releasing any claim on it; `new_event` ($6), when set, is
+/// written to the outbox by a trigger in the same statement (migration 0005).
 const SETTLE: &str = "UPDATE orders SET state = $1, payment_id = $2, decline_reason = $3, update_time_ms = $4, \
-     cancel_request_id = $5, lease_owner = NULL, lease_until_ms = 0 \
-     WHERE id = $6 AND state = 'PENDING_PAYMENT'";
+     cancel_request_id = $5, lease_owner = NULL, lease_until_ms = 0, new_event = $6 \
+     WHERE id = $7 AND state = 'PENDING_PAYMENT'";
+
+/// The inbox name of the order service's consumer of inventory events.
+pub const FULFILMENT_CONSUMER: &str = "order-fulfilment";
 
 /// The order service's database.
 #[derive(Debug, Clone)]
@@ -109,6 +116,8 @@ pub struct Store {
     clocked: &'static Clocked,
     /// How long after its insert a PENDING_PAYMENT order becomes due for the reconciler.
     reconcile_after_ms: i64,
+    /// The events a state change writes, and the relay's wake-up.
+    outbox: Outbox,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -142,7 +151,18 @@ impl Store {
             Backend::Sqlite => &SQLITE,
             Backend::Postgres => &POSTGRES,
         };
-        Self { pool, backend, clocked, reconcile_after_ms: millis(reconcile_after) }
+        let outbox = Outbox::new("order");
+        Self { pool, backend, clocked, reconcile_after_ms: millis(reconcile_after), outbox }
+    }
+
+    /// The outbox the order's state changes write their events to.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The pool, for the outbox relay.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Stores `new` as PENDING_PAYMENT with its lines, all or nothing, in one statement on
@@ -163,6 +183,7 @@ impl Store {
             cancel_request_id: None,
             create_time_ms: now,
             update_time_ms: now,
+            fulfilment: None,
         };
         let mut params = vec![
             (&order.id).into(),
@@ -220,6 +241,8 @@ impl Store {
         cancel_request_id: Option<&str>,
     ) -> Result<Option<Order>, sqlx::Error> {
         let now = ids::now_ms();
+        // A paid order's OrderPaid goes to the outbox with the state change, in one statement.
+        let new_event = (state == State::Paid).then(|| events::paid(&self.outbox, order));
         // On SQLite committed on this thread unless it cannot be (`Pool::execute`).
         let params = [
             state.as_str().into(),
@@ -227,9 +250,13 @@ impl Store {
             decline_reason.into(),
             now.into(),
             cancel_request_id.into(),
+            new_event.as_deref().into(),
             (&order.id).into(),
         ];
         let changed = self.pool.execute(SETTLE, &params).await?;
+        if changed == 1 && new_event.is_some() {
+            self.outbox.wake();
+        }
         // The changed row is `order` with what was just set: nothing else of an order ever
         // changes, its lines included, so it need not be read back.
         let settled = (changed == 1).then(|| Order {
@@ -318,20 +345,52 @@ impl Store {
         Ok(Pending { count: row.try_get("n")?, oldest_create_time_ms: row.try_get("oldest")? })
     }
 
-    /// Cancels a PAID or PAYMENT_DECLINED order under `request_id`; `false` if it was in
-    /// another state by then.
-    pub async fn cancel(&self, id: &str, request_id: Option<&str>) -> Result<bool, sqlx::Error> {
+    /// Cancels `order`, PAID or PAYMENT_DECLINED, under `request_id`, writing its
+    /// OrderCancelled to the outbox in the same statement; `false` if it was in another state
+    /// by then.
+    pub async fn cancel(&self, order: &Order, request_id: Option<&str>) -> Result<bool, sqlx::Error> {
+        if !matches!(order.state, State::Paid | State::PaymentDeclined) {
+            return Ok(false);
+        }
+        let event = events::cancelled(&self.outbox, order);
         let updated = sqlx::query(
-            "UPDATE orders SET state = 'CANCELLED', cancel_request_id = $1, update_time_ms = $2 \
-             WHERE id = $3 AND state IN ('PAID', 'PAYMENT_DECLINED')",
+            "UPDATE orders SET state = 'CANCELLED', cancel_request_id = $1, update_time_ms = $2, new_event = $3 \
+             WHERE id = $4 AND state = $5",
         )
         .bind(request_id)
         .bind(ids::now_ms())
-        .bind(id)
+        .bind(&event)
+        .bind(&order.id)
+        .bind(order.state.as_str())
         .execute(&mut db::acquire(&self.pool).await?)
         .await?
         .rows_affected();
+        if updated == 1 {
+            self.outbox.wake();
+        }
         Ok(updated == 1)
+    }
+
+    /// Records what the inventory did with order `id`, once per inventory event `event_id`
+    /// (its inbox row is written in the same transaction). `false` for an event seen before.
+    pub async fn record_fulfilment(
+        &self,
+        event_id: &str,
+        id: &str,
+        fulfilment: Fulfilment,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = db::begin(&self.pool).await?;
+        if !inbox::first_time(&mut tx, FULFILMENT_CONSUMER, event_id).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query("UPDATE orders SET fulfilment = $1 WHERE id = $2")
+            .bind(fulfilment.as_str())
+            .bind(id)
+            .execute(&mut tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The order with `id`.
@@ -411,6 +470,7 @@ fn order_from_row(row: &AnyRow, items: Vec<LineItem>) -> Result<Order, sqlx::Err
         cancel_request_id: row.try_get("cancel_request_id")?,
         create_time_ms: row.try_get("create_time_ms")?,
         update_time_ms: row.try_get("update_time_ms")?,
+        fulfilment: row.try_get::<Option<String>, _>("fulfilment")?.as_deref().and_then(Fulfilment::parse),
     })
 }
 

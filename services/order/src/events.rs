@@ -1,0 +1,196 @@
+//! The order service's events: OrderPaid and OrderCancelled as its outbox rows carry them, and
+//! the consumer of the inventory service's events, which records each paid order's
+//! fulfilment (ALLOCATED, BACKORDERED, RELEASED) once per event.
+
+use futures::future::BoxFuture;
+use prost::Message as _;
+use shopmesh::api::common::v1::Money;
+use shopmesh::api::inventory::v1::{OrderBackordered, StockAllocated, StockReleased};
+use shopmesh::api::order::v1::{LineItem as LineItemProto, OrderCancelled, OrderPaid};
+use shopmesh::mesh::events::outbox::Outbox;
+use shopmesh::mesh::events::{Event, Handler, Outcome};
+
+use crate::domain::{Fulfilment, Order};
+use crate::store::Store;
+
+/// `ce-type` of OrderPaid.
+pub const ORDER_PAID: &str = "shopmesh.order.v1.OrderPaid";
+/// `ce-type` of OrderCancelled.
+pub const ORDER_CANCELLED: &str = "shopmesh.order.v1.OrderCancelled";
+
+fn lines(order: &Order) -> Vec<LineItemProto> {
+    order
+        .items
+        .iter()
+        .map(|i| LineItemProto {
+            sku: i.sku.clone(),
+            quantity: i32::try_from(i.quantity).unwrap_or(i32::MAX),
+            unit_price: Some(Money {
+                currency_code: order.currency_code.clone(),
+                amount_minor: i.unit_price_minor,
+            }),
+        })
+        .collect()
+}
+
+/// `order`'s OrderPaid, as the JSON its settle statement hands the outbox trigger.
+pub fn paid(outbox: &Outbox, order: &Order) -> String {
+    let body = OrderPaid {
+        order_id: order.id.clone(),
+        user_id: order.user_id.clone(),
+        line_items: lines(order),
+        total: Some(Money { currency_code: order.currency_code.clone(), amount_minor: order.total_minor }),
+    };
+    Outbox::json(&outbox.event(ORDER_PAID, &order.id, body.encode_to_vec()))
+}
+
+/// `order`'s OrderCancelled (refunded when it was PAID), as [`paid`] gives OrderPaid.
+pub fn cancelled(outbox: &Outbox, order: &Order) -> String {
+    let body = OrderCancelled {
+        order_id: order.id.clone(),
+        user_id: order.user_id.clone(),
+        refunded: order.state == crate::domain::State::Paid,
+        line_items: lines(order),
+    };
+    Outbox::json(&outbox.event(ORDER_CANCELLED, &order.id, body.encode_to_vec()))
+}
+
+/// The consumer of the inventory service's events.
+#[derive(Debug)]
+pub struct Fulfilments {
+    store: Store,
+}
+
+impl Fulfilments {
+    /// Records fulfilments in `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    async fn record(&self, event: &Event) -> Outcome {
+        let decoded = match event.event_type.as_str() {
+            "shopmesh.inventory.v1.StockAllocated" => {
+                StockAllocated::decode(event.body.as_ref()).map(|e| (e.order_id, Fulfilment::Allocated))
+            }
+            "shopmesh.inventory.v1.OrderBackordered" => {
+                OrderBackordered::decode(event.body.as_ref()).map(|e| (e.order_id, Fulfilment::Backordered))
+            }
+            "shopmesh.inventory.v1.StockReleased" => {
+                StockReleased::decode(event.body.as_ref()).map(|e| (e.order_id, Fulfilment::Released))
+            }
+            _ => return Outcome::Unknown,
+        };
+        let (order_id, fulfilment) = match decoded {
+            Ok(decoded) => decoded,
+            Err(e) => return Outcome::Poison(format!("{}: undecodable body: {e}", event.event_type)),
+        };
+        match self.store.record_fulfilment(&event.id, &order_id, fulfilment).await {
+            Ok(_) => Outcome::Done,
+            Err(e) => Outcome::Retry(e.to_string()),
+        }
+    }
+}
+
+impl Handler for Fulfilments {
+    fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.record(event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use shopmesh::mesh::db;
+    use shopmesh::mesh::events::bus::Bus;
+    use shopmesh::mesh::events::config::EventsConfig;
+    use shopmesh::mesh::events::{Broker, ORDER, Subscription};
+    use shopmesh::mesh::service::MeshService as _;
+    use shopmesh::mesh::testing;
+
+    use super::*;
+    use crate::domain::{LineItem, NewOrder, State};
+
+    /// Records what it is given: (order, event type).
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, String)>>);
+
+    impl Handler for Recorder {
+        fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((event.subject.clone(), event.event_type.clone()));
+            }
+            Box::pin(async { Outcome::Done })
+        }
+    }
+
+    /// The state changes write their events in the same statement (the trigger of migration
+    /// 0005), and relays publish each once, an order's in the order they were written: on
+    /// PostgreSQL two relays share the outbox (rows claimed FOR UPDATE SKIP LOCKED), on SQLite
+    /// one runs (one process per file).
+    #[tokio::test]
+    async fn every_event_is_published_once_and_an_order_s_in_order_by_racing_relays() {
+        for backend in testing::backends() {
+            let test_db = testing::database(backend, "order_outbox").await;
+            let pool = db::open(&test_db.url, &testing::mesh_config(), crate::Order::MIGRATIONS)
+                .await
+                .expect("open");
+            let store = Store::new(pool.clone(), Duration::from_secs(60));
+            let mut cancelled = Vec::new();
+            for i in 0..40 {
+                let new = NewOrder {
+                    user_id: "u1".into(),
+                    items: vec![LineItem { sku: "A".into(), quantity: 1, unit_price_minor: 100 }],
+                    currency_code: "EUR".into(),
+                    total_minor: 100,
+                    request_id: Some(format!("r{i}")),
+                };
+                let order = store.insert(&new).await.expect("insert").expect("new");
+                let paid = store.settle(&order, State::Paid, Some("p"), None, None).await.expect("settle");
+                let paid = paid.expect("settled");
+                if i % 2 == 0 {
+                    assert!(store.cancel(&paid, Some("c")).await.expect("cancel"));
+                    cancelled.push(paid.id.clone());
+                }
+            }
+            let subscription = Subscription { durable: "test-order", stream: ORDER };
+            let bus = Arc::new(Bus::new(EventsConfig::default(), &[subscription]));
+            let recorder = Arc::new(Recorder::default());
+            let broker = Broker::InProcess(bus);
+            let relays = if backend == testing::Backend::Postgres { 2 } else { 1 };
+            let mut tasks = vec![tokio::spawn(broker.consuming(subscription, recorder.clone()))];
+            for _ in 0..relays {
+                tasks.push(tokio::spawn(store.outbox().relay(pool.clone(), broker.clone(), "order").run()));
+            }
+            let started = Instant::now();
+            loop {
+                let left: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NULL")
+                        .fetch_one(&*pool)
+                        .await
+                        .expect("count");
+                if left == 0 {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{backend:?}: {left} rows never published"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for task in tasks {
+                task.abort();
+            }
+            let seen = recorder.0.lock().expect("lock").clone();
+            assert_eq!(seen.len(), 60, "{backend:?}: 40 OrderPaid and 20 OrderCancelled, each once");
+            for id in &cancelled {
+                let of_order: Vec<&str> =
+                    seen.iter().filter(|(s, _)| s == id).map(|(_, t)| t.as_str()).collect();
+                assert_eq!(of_order, [ORDER_PAID, ORDER_CANCELLED], "{backend:?}: {id}");
+            }
+            pool.close().await;
+            test_db.drop_database().await;
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! What one delivery of an event to a consumer becomes, the same on either broker: the
+//! handler runs in a CONSUMER span continuing the producer's trace, and its [`Outcome`]
+//! decides between acknowledging, redelivering after a backoff, and the dead-letter stream.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tracing::Instrument as _;
+
+use crate::mesh::events::config::EventsConfig;
+use crate::mesh::events::{Event, Subscription, trace};
+
+/// A consumer's work on one event. Implementations record the event id in their inbox in
+/// the same transaction as their effect, so a redelivery changes nothing.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `event`.
+    fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome>;
+}
+
+/// How a handler left an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acted on (or found in the inbox, or of a type the consumer does not act on).
+    Done,
+    /// A type the consumer does not know (a newer producer): acknowledged and counted.
+    Unknown,
+    /// It can never be handled (an undecodable body): straight to the dead-letter stream.
+    Poison(String),
+    /// It failed this time (the database unreachable): delivered again after a backoff.
+    Retry(String),
+}
+
+/// What the broker does with a delivery once it was handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Acknowledge it.
+    Ack,
+    /// Deliver it again after this delay.
+    Redeliver(Duration),
+    /// Copy it to the dead-letter stream with this reason, then acknowledge it.
+    DeadLetter(String),
+}
+
+/// Registers the help texts of the events' metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "shopmesh_events_published_total",
+        "Events the outbox relay published, by stream."
+    );
+    metrics::describe_counter!(
+        "shopmesh_events_delivered_total",
+        "Deliveries handled by a consumer, by outcome (done, unknown, poison, retry)."
+    );
+    metrics::describe_counter!(
+        "shopmesh_events_redelivered_total",
+        "Deliveries of an event that had been delivered to the consumer before."
+    );
+    metrics::describe_counter!(
+        "shopmesh_events_dead_lettered_total",
+        "Events a consumer gave up on and copied to the dead-letter stream, by reason; alert on any."
+    );
+    metrics::describe_gauge!(
+        "shopmesh_events_consumer_lag",
+        "Events of the stream not yet delivered to the consumer (JetStream's num_pending)."
+    );
+    metrics::describe_gauge!("shopmesh_events_outbox_backlog", "Outbox rows not yet published.");
+    metrics::describe_gauge!(
+        "shopmesh_events_outbox_oldest_age_seconds",
+        metrics::Unit::Seconds,
+        "Age of the oldest unpublished outbox row; alert when it grows (the broker or the relay is stuck)."
+    );
+}
+
+/// Handles delivery number `delivered` (from 1) of `event` to `subscription` and decides what
+/// becomes of it.
+pub async fn deliver(
+    subscription: Subscription,
+    system: &'static str,
+    handler: &dyn Handler,
+    event: &Event,
+    delivered: u32,
+    config: &EventsConfig,
+) -> Action {
+    let consumer = subscription.durable;
+    let span = tracing::info_span!(
+        "process",
+        otel.name = format!("process {}", event.event_type),
+        otel.kind = "consumer",
+        messaging.system = system,
+        messaging.operation.type = "process",
+        messaging.destination.name = event.event_type.as_str(),
+        messaging.consumer.group.name = consumer,
+        messaging.message.id = event.id.as_str(),
+        messaging.message.delivery_count = delivered,
+    );
+    trace::continue_trace(&span, event.traceparent.as_deref());
+    if delivered > 1 {
+        metrics::counter!("shopmesh_events_redelivered_total", "consumer" => consumer).increment(1);
+    }
+    let outcome = handler.handle(event).instrument(span.clone()).await;
+    let label = match &outcome {
+        Outcome::Done => "done",
+        Outcome::Unknown => "unknown",
+        Outcome::Poison(_) => "poison",
+        Outcome::Retry(_) => "retry",
+    };
+    metrics::counter!("shopmesh_events_delivered_total", "consumer" => consumer, "outcome" => label)
+        .increment(1);
+    let action = match outcome {
+        Outcome::Done | Outcome::Unknown => Action::Ack,
+        Outcome::Poison(why) => Action::DeadLetter(why),
+        Outcome::Retry(why) if delivered >= u32::from(config.events_max_deliver) => {
+            Action::DeadLetter(format!("failed {delivered} deliveries, last: {why}"))
+        }
+        Outcome::Retry(why) => {
+            let _in = span.enter();
+            tracing::warn!(consumer, event_id = %event.id, delivered, error = %why, "event handling failed; delivered again later");
+            Action::Redeliver(config.backoff(delivered))
+        }
+    };
+    if let Action::DeadLetter(why) = &action {
+        let _in = span.enter();
+        tracing::error!(consumer, event_id = %event.id, event_type = %event.event_type, reason = %why, "event dead-lettered");
+        metrics::counter!("shopmesh_events_dead_lettered_total", "consumer" => consumer).increment(1);
+    }
+    action
+}

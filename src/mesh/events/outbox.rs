@@ -1,0 +1,269 @@
+//! The transactional outbox: a producer writes each event as a row of its `outbox` table in
+//! the same transaction as the state change it reports, and [`Relay`] publishes the rows.
+//!
+//! The relay publishes the rows of one subject (one order) in the order they were written: a
+//! pass takes, of each subject, only its oldest unpublished row. On PostgreSQL the rows are
+//! claimed `FOR UPDATE SKIP LOCKED` for the pass, so several replicas share the work and a row
+//! claimed by one is never published out of turn by another (its successors wait, as they are
+//! not the oldest unpublished row of their subject). A row is marked published after the
+//! broker acknowledged it; a relay that dies in between publishes it again, with the same
+//! event id, which JetStream drops within its dedup window and inboxes drop after it.
+//!
+//! Every producing service's migrations create the table (see the order service's
+//! `0005_events.sql`): `outbox (seq, id, event_type, subject, body, traceparent,
+//! created_at_ms, published_at_ms)`, the body being the protobuf in base64 (the stores bind
+//! text and integers, the same on both engines).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row as _};
+use tokio::sync::Notify;
+use tracing::Instrument as _;
+
+use crate::mesh::db::{self, Backend, Pool};
+use crate::mesh::events::{Broker, Event, trace};
+use crate::mesh::ids;
+
+/// Rows published per pass.
+const BATCH: i64 = 100;
+/// How often the relay looks for rows nobody woke it for (another replica's, a lost wake-up).
+const POLL: Duration = Duration::from_millis(500);
+/// How often the backlog gauges are refreshed and old published rows deleted.
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// How long published rows are kept (for inspection) before they are deleted.
+const KEEP_PUBLISHED_MS: i64 = 24 * 3600 * 1000;
+
+const COLUMNS: &str = "seq, id, event_type, subject, body, traceparent, created_at_ms";
+/// The oldest unpublished row of each subject: a subject whose older row is unpublished waits.
+const NEXT: &str = "FROM outbox o WHERE o.published_at_ms IS NULL AND NOT EXISTS \
+     (SELECT 1 FROM outbox p WHERE p.subject = o.subject AND p.published_at_ms IS NULL AND p.seq < o.seq) \
+     ORDER BY o.seq LIMIT $1";
+
+/// A producer's outbox: new events for its store to write, and the wake-up of its relay.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    source: Arc<str>,
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    /// The outbox of service `service` (`ce-source` `shopmesh/<service>`).
+    pub fn new(service: &str) -> Self {
+        Self { source: format!("shopmesh/{service}").into(), wake: Arc::new(Notify::new()) }
+    }
+
+    /// A new event of type `event_type` about `subject`, caused by the current span's work.
+    pub fn event(&self, event_type: &str, subject: &str, body: Vec<u8>) -> Event {
+        Event {
+            id: ids::new_id(),
+            source: self.source.to_string(),
+            event_type: event_type.to_owned(),
+            subject: subject.to_owned(),
+            time_ms: ids::now_ms(),
+            traceparent: trace::current_traceparent(),
+            body: body.into(),
+        }
+    }
+
+    /// `event` as the JSON object an order's one-statement write hands its trigger
+    /// (`new_event`: id, type, body in base64, traceparent, time).
+    pub fn json(event: &Event) -> String {
+        serde_json::json!({
+            "id": event.id,
+            "type": event.event_type,
+            "body": STANDARD.encode(&event.body),
+            "traceparent": event.traceparent,
+            "time": event.time_ms,
+        })
+        .to_string()
+    }
+
+    /// Writes `event` to the outbox through `executor` (the caller's transaction).
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn append<'c, E>(executor: E, event: &Event) -> Result<(), sqlx::Error>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        sqlx::query(
+            "INSERT INTO outbox (id, event_type, subject, body, traceparent, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&event.id)
+        .bind(&event.event_type)
+        .bind(&event.subject)
+        .bind(STANDARD.encode(&event.body))
+        .bind(event.traceparent.as_deref())
+        .bind(event.time_ms)
+        .execute(executor)
+        .await?;
+        Ok(())
+    }
+
+    /// Tells the relay that a transaction wrote rows (call it after the commit).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The relay of this outbox over `pool` to `broker`, labelled `service` in metrics.
+    pub fn relay(&self, pool: Pool, broker: Broker, service: &'static str) -> Relay {
+        Relay { outbox: self.clone(), pool, broker, service }
+    }
+}
+
+/// Publishes an outbox's rows; see the module docs.
+#[derive(Debug)]
+pub struct Relay {
+    outbox: Outbox,
+    pool: Pool,
+    broker: Broker,
+    service: &'static str,
+}
+
+impl Relay {
+    /// Runs until dropped: publishes what there is, then waits for a wake-up or the poll.
+    pub async fn run(self) {
+        let mut failures = 0_u32;
+        let mut housekeeping = Instant::now();
+        loop {
+            if housekeeping.elapsed() >= HOUSEKEEPING {
+                housekeeping = Instant::now();
+                if let Err(e) = self.housekeeping().await {
+                    tracing::debug!(service = self.service, error = %e, "outbox housekeeping failed");
+                }
+            }
+            match self.pass().await {
+                Ok((published, true)) => {
+                    failures = 0;
+                    if published < BATCH {
+                        let _ = tokio::time::timeout(POLL, self.outbox.wake.notified()).await;
+                    }
+                }
+                Ok((_, false)) | Err(_) => {
+                    failures = failures.saturating_add(1);
+                    let wait = Duration::from_millis(100)
+                        .saturating_mul(1 << failures.min(6))
+                        .min(Duration::from_secs(5));
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// One pass: the rows published, and whether every row taken was.
+    async fn pass(&self) -> Result<(i64, bool), sqlx::Error> {
+        match Backend::of_pool(&self.pool) {
+            Backend::Postgres => {
+                let mut tx = db::begin(&self.pool).await?;
+                let sql = AssertSqlSafe(format!("SELECT {COLUMNS} {NEXT} FOR UPDATE OF o SKIP LOCKED"));
+                let rows = sqlx::query(sql).bind(BATCH).fetch_all(&mut tx).await?;
+                let (seqs, all) = self.publish(&rows).await?;
+                mark(&mut tx, &seqs).await?;
+                tx.commit().await?;
+                Ok((i64::try_from(seqs.len()).unwrap_or(0), all))
+            }
+            // One process per SQLite file: nobody to share the rows with.
+            Backend::Sqlite => {
+                let sql = AssertSqlSafe(format!("SELECT {COLUMNS} {NEXT}"));
+                let rows =
+                    sqlx::query(sql).bind(BATCH).fetch_all(&mut db::acquire(&self.pool).await?).await?;
+                let (seqs, all) = self.publish(&rows).await?;
+                mark(&mut db::acquire(&self.pool).await?, &seqs).await?;
+                Ok((i64::try_from(seqs.len()).unwrap_or(0), all))
+            }
+        }
+    }
+
+    /// Publishes `rows` (of distinct subjects, so at once): the seqs the broker acknowledged,
+    /// and whether that was all of them.
+    async fn publish(&self, rows: &[AnyRow]) -> Result<(Vec<i64>, bool), sqlx::Error> {
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let body: String = row.try_get("body")?;
+            let event = Event {
+                id: row.try_get("id")?,
+                source: self.outbox.source.to_string(),
+                event_type: row.try_get("event_type")?,
+                subject: row.try_get("subject")?,
+                time_ms: row.try_get("created_at_ms")?,
+                traceparent: row.try_get("traceparent")?,
+                body: STANDARD.decode(body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?.into(),
+            };
+            events.push((row.try_get::<i64, _>("seq")?, event));
+        }
+        let broker = &self.broker;
+        let results = futures::future::join_all(events.iter().map(|(_, event)| {
+            let span = tracing::info_span!(
+                "send",
+                otel.name = format!("send {}", event.event_type),
+                otel.kind = "producer",
+                messaging.system = broker.system(),
+                messaging.operation.type = "send",
+                messaging.destination.name = event.event_type.as_str(),
+                messaging.message.id = event.id.as_str(),
+            );
+            trace::continue_trace(&span, event.traceparent.as_deref());
+            // The message names the PRODUCER span, so each consumer's span is its child.
+            let sent = Event {
+                traceparent: trace::traceparent_of(&span).or_else(|| event.traceparent.clone()),
+                ..event.clone()
+            };
+            async move { broker.publish(&sent).instrument(span).await }
+        }))
+        .await;
+        let mut seqs = Vec::with_capacity(events.len());
+        let mut failed = None;
+        for ((seq, _), result) in events.iter().zip(results) {
+            match result {
+                Ok(()) => seqs.push(*seq),
+                Err(e) => failed = Some(e),
+            }
+        }
+        metrics::counter!("shopmesh_events_published_total", "service" => self.service)
+            .increment(seqs.len() as u64);
+        if let Some(e) = &failed {
+            tracing::warn!(service = self.service, error = %e, "events not published; the outbox keeps them");
+        }
+        Ok((seqs, failed.is_none()))
+    }
+
+    /// Refreshes the backlog gauges and deletes rows published long ago.
+    async fn housekeeping(&self) -> Result<(), sqlx::Error> {
+        let mut conn = db::acquire(&self.pool).await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM outbox WHERE published_at_ms IS NULL",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        let backlog: i64 = row.try_get("n")?;
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        let age = oldest.map_or(0.0, |t| (ids::now_ms() - t).max(0) as f64 / 1000.0);
+        metrics::gauge!("shopmesh_events_outbox_backlog", "service" => self.service).set(backlog as f64);
+        metrics::gauge!("shopmesh_events_outbox_oldest_age_seconds", "service" => self.service).set(age);
+        sqlx::query("DELETE FROM outbox WHERE published_at_ms < $1")
+            .bind(ids::now_ms() - KEEP_PUBLISHED_MS)
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Marks the rows `seqs` published.
+async fn mark<'c, E>(executor: E, seqs: &[i64]) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let list = seqs.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+    // The seqs are integers read from the table, never input.
+    let sql = AssertSqlSafe(format!("UPDATE outbox SET published_at_ms = $1 WHERE seq IN ({list})"));
+    sqlx::query(sql).bind(ids::now_ms()).execute(executor).await?;
+    Ok(())
+}
