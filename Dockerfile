@@ -47,13 +47,15 @@ ENV SHOPMESH_USER_LISTEN=0.0.0.0:50051 \
     SHOPMESH_ORDER_LISTEN=0.0.0.0:50052 \
     SHOPMESH_PAYMENT_LISTEN=0.0.0.0:50053 \
     SHOPMESH_CATALOG_LISTEN=0.0.0.0:50054 \
+    SHOPMESH_INVENTORY_LISTEN=0.0.0.0:50055 \
+    SHOPMESH_NOTIFICATION_LISTEN=0.0.0.0:50056 \
     SHOPMESH_METRICS_LISTEN=0.0.0.0:9464
 # The default SQLite URLs write ./data: the nonroot user's home is the one writable directory,
 # so `docker run shopmesh:local serve user` works without a database server.
 WORKDIR /home/nonroot
 # Numeric, so that Kubernetes' runAsNonRoot can verify it (a user name cannot be checked).
 USER 65532:65532
-EXPOSE 50051 50052 50053 50054 9464
+EXPOSE 50051 50052 50053 50054 50055 50056 9464
 ENTRYPOINT ["/usr/local/bin/shopmesh"]
 CMD ["serve", "user"]
 # One image serves every service's port, and a HEALTHCHECK cannot read the command, so this one fits the

@@ -36,6 +36,8 @@ SERVICES = {
     "order": (50052, "shopmesh.order.v1.OrderService"),
     "payment": (50053, "shopmesh.payment.v1.PaymentService"),
     "catalog": (50054, "shopmesh.catalog.v1.CatalogService"),
+    "inventory": (50055, "shopmesh.inventory.v1.InventoryService"),
+    "notification": (50056, "shopmesh.notification.v1.NotificationService"),
 }
 # Who calls whom (the chart's default services.<name>.calls).
 CALLS = {"order": ["user", "payment", "catalog"]}
@@ -1475,6 +1477,11 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "postgresql": {"enabled": False},
             "database": {"existingSecret": "shopmesh-db"},
         },
+        # The consumers of the order events, on a broker.
+        "events: NATS, inventory and notification on": {
+            "events": {"url": "nats://shopmesh:secret@nats.messaging:4222"},
+            "services": {"inventory": {"enabled": True}, "notification": {"enabled": True}},
+        },
         # Replicas and failover: the operator's Services -rw and -ro; Secrets made once and kept.
         "CloudNativePG: three instances, one synchronous replica, backups, a PodMonitor, on tainted nodes": {
             "postgresql": {"mode": "cloudnative-pg", "nodeSelector": {"pool": "db"},
@@ -1594,6 +1601,10 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             {"generateSecretsWithoutCluster": False, "tls": {"chartCA": {"existingSecret": "ca"}}, "postgresql": {"mode": "cloudnative-pg"}},
             "cloudnative-pg: a base name B, with a kubernetes.io/basic-auth Secret B-<service>",
         ),
+        "an events consumer without a broker": (
+            {"services": {"notification": {"enabled": True}}},
+            "services.notification is enabled but events.url is none",
+        ),
         "an unknown PostgreSQL mode (schema)": ({"postgresql": {"mode": "patroni"}}, "/postgresql/mode"),
         "a misspelt key (schema)": ({"services": {"user": {"autoscalling": {}}}}, "autoscalling"),
         "an env variable the chart sets itself (schema)": (
@@ -1666,7 +1677,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             {"prometheusRule": {"enabled": True, "latencyThresholdSeconds": 0.3}},
             "prometheusRule.latencyThresholdSeconds is 0.3, not a bucket bound of the call-duration histogram: the latency alerts would compare a series that does not exist and never fire. Set one of 0.00025, 0.0005,",
         ),
-        "a service the binary does not serve (schema)": ({"services": {"inventory": {"port": 50055}}}, "additional properties 'inventory' not allowed"),
+        "a service the binary does not serve (schema)": ({"services": {"shipping": {"port": 50057}}}, "additional properties 'shipping' not allowed"),
         "the catalog disabled while order calls it": (
             {"services": {"catalog": {"enabled": False}}},
             "services.order.calls names catalog, but services.catalog.enabled is false: order would call 127.0.0.1, where nothing serves catalog. Set services.catalog.enabled=true",

@@ -29,6 +29,8 @@ SERVICES = {
     "order": (50052, "shopmesh.order.v1.OrderService"),
     "payment": (50053, "shopmesh.payment.v1.PaymentService"),
     "catalog": (50054, "shopmesh.catalog.v1.CatalogService"),
+    "inventory": (50055, "shopmesh.inventory.v1.InventoryService"),
+    "notification": (50056, "shopmesh.notification.v1.NotificationService"),
 }
 BINARY = "/usr/local/bin/shopmesh"
 # Docker stops a container with SIGTERM, then SIGKILL after stop_grace_period: that must cover

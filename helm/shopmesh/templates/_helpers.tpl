@@ -116,6 +116,17 @@ app.kubernetes.io/component: {{ .name }}
 {{- if and .Values.postgresql.enabled (eq .Values.postgresql.mode "cloudnative-pg") -}}true{{- end -}}
 {{- end -}}
 
+{{/* Refuses the consumers of events (inventory, notification) without a broker: with events.url none they would never receive one. */}}
+{{- define "shopmesh.checkEvents" -}}
+{{- if eq (toString .Values.events.url) "none" -}}
+{{- range list "inventory" "notification" -}}
+{{- if has . (include "shopmesh.serviceNames" $ | fromJsonArray) -}}
+{{- fail (printf "services.%s is enabled but events.url is none: it consumes the order events from NATS JetStream; set events.url to a NATS URL (nats://user:password@nats:4222), or services.%s.enabled=false" . .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "shopmesh.postgresName" -}}
 {{- printf "%s-postgresql" (include "shopmesh.fullname" .) -}}
 {{- end -}}

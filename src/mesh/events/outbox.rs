@@ -224,7 +224,7 @@ impl Relay {
                 Err(e) => failed = Some(e),
             }
         }
-        metrics::counter!("shopmesh_events_published_total", "service" => self.service)
+        metrics::counter!("shopmesh_events_published_total", "producer" => self.service)
             .increment(seqs.len() as u64);
         if let Some(e) = &failed {
             tracing::warn!(service = self.service, error = %e, "events not published; the outbox keeps them");
@@ -243,8 +243,8 @@ impl Relay {
         let backlog: i64 = row.try_get("n")?;
         let oldest: Option<i64> = row.try_get("oldest")?;
         let age = oldest.map_or(0.0, |t| (ids::now_ms() - t).max(0) as f64 / 1000.0);
-        metrics::gauge!("shopmesh_events_outbox_backlog", "service" => self.service).set(backlog as f64);
-        metrics::gauge!("shopmesh_events_outbox_oldest_age_seconds", "service" => self.service).set(age);
+        metrics::gauge!("shopmesh_events_outbox_backlog", "producer" => self.service).set(backlog as f64);
+        metrics::gauge!("shopmesh_events_outbox_oldest_age_seconds", "producer" => self.service).set(age);
         sqlx::query("DELETE FROM outbox WHERE published_at_ms < $1")
             .bind(ids::now_ms() - KEEP_PUBLISHED_MS)
             .execute(&mut conn)
