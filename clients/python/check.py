@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import threading
 import uuid
 
@@ -31,6 +32,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 # The installed package, not files generated next to this script.
 from shopmesh.catalog.v1 import catalog_pb2 as catalog_pb
 from shopmesh.catalog.v1 import catalog_pb2_grpc as catalog_grpc
+from shopmesh.inventory.v1 import inventory_pb2 as inventory_pb
+from shopmesh.inventory.v1 import inventory_pb2_grpc as inventory_grpc
+from shopmesh.notification.v1 import notification_pb2 as notification_pb
+from shopmesh.notification.v1 import notification_pb2_grpc as notification_grpc
 from shopmesh.common.v1 import money_pb2 as money
 from shopmesh.order.v1 import order_pb2 as order_pb
 from shopmesh.order.v1 import order_pb2_grpc as order_grpc
@@ -44,21 +49,24 @@ SERVICES = {
     "order": "shopmesh.order.v1.OrderService",
     "payment": "shopmesh.payment.v1.PaymentService",
     "catalog": "shopmesh.catalog.v1.CatalogService",
+    "inventory": "shopmesh.inventory.v1.InventoryService",
+    "notification": "shopmesh.notification.v1.NotificationService",
 }
+# How many methods each service has (reflection must list them all).
+METHOD_COUNTS = {"user": 4, "order": 4, "payment": 4, "catalog": 5, "inventory": 3, "notification": 2}
 
 
 def start_mesh(binary, data):
     """Starts `shopmesh` on free ports and returns (process, {service: address})."""
     args = [binary]
-    # The services behind events (not called here) run too: free ports and files of their own.
-    for svc in [*SERVICES, "inventory", "notification"]:
+    for svc in SERVICES:
         args += [f"--{svc}-listen=127.0.0.1:0", f"--{svc}-database-url=sqlite://{data}/{svc}.db"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn"})
     timer = threading.Timer(60, proc.kill)
     timer.start()
     addrs = {}
     for line in proc.stdout:
-        m = re.match(r"\s+(user|order|payment|catalog)\s+(\S+:\d+)\s", line)
+        m = re.match(r"\s+(user|order|payment|catalog|inventory|notification)\s+(\S+:\d+)\s", line)
         if m:
             addrs[m.group(1)] = m.group(2)
         if "Ctrl-C stops every service" in line:
@@ -145,7 +153,7 @@ def main():
                 assert name in listed, (svc, listed)
                 assert not (set(SERVICES.values()) - {name}) & listed, f"{svc} lists only its own service"
                 methods = [m.name for m in db.FindFileContainingSymbol(name).service[0].method]
-                assert len(methods) == (5 if svc == "catalog" else 4), (name, methods)
+                assert len(methods) == METHOD_COUNTS[svc], (name, methods)
 
             users = user_grpc.UserServiceStub(channels["user"])
             payments = pay_grpc.PaymentServiceStub(channels["payment"])
@@ -196,6 +204,13 @@ def main():
             expect_error(grpc.StatusCode.NOT_FOUND, products.GetProduct, catalog_pb.GetProductRequest(sku="NO-SUCH-SKU"))
             called |= {f"CatalogService/{m}" for m in ("CreateProduct", "GetProduct", "UpdateProduct", "ListProducts", "BatchGetProducts")}
 
+            # InventoryService: stock for the order below, which the order's event allocates.
+            stock = inventory_grpc.InventoryServiceStub(channels["inventory"])
+            set_to = stock.SetStock(inventory_pb.SetStockRequest(sku="BOOK-42", on_hand=10), timeout=10)
+            assert set_to.on_hand == 10 and set_to.allocated == 0, set_to
+            expect_error(grpc.StatusCode.INVALID_ARGUMENT, stock.SetStock, inventory_pb.SetStockRequest(sku="BOOK-42", on_hand=-1))
+            called |= {"InventoryService/SetStock"}
+
             # OrderService (calls user, catalog and payment itself)
             line = order_pb.LineItem(sku="BOOK-42", quantity=2, unit_price=usd(1250))
             order = orders.CreateOrder(order_pb.CreateOrderRequest(
@@ -227,6 +242,24 @@ def main():
                                        timeout=10)
             assert refunded.state == pay_pb.PAYMENT_STATE_REFUNDED
             called |= {f"PaymentService/{m}" for m in ("Charge", "GetPayment", "Refund", "ListPayments")}
+
+            # The order's consequences, through the events: 2 of BOOK-42 allocated, and one
+            # confirmation sent for the order.
+            notices = notification_grpc.NotificationServiceStub(channels["notification"])
+            deadline = time.monotonic() + 20
+            while True:
+                sent = notices.ListNotifications(notification_pb.ListNotificationsRequest(order_id=order.id), timeout=10)
+                if sent.notifications or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert len(sent.notifications) == 1, f"notifications for the paid order: {sent}"
+            note = notices.GetNotification(notification_pb.GetNotificationRequest(id=sent.notifications[0].id), timeout=10)
+            assert note.order_id == order.id and note.user_id == user.id, note
+            book = stock.GetStock(inventory_pb.GetStockRequest(sku="BOOK-42"), timeout=10)
+            assert (book.on_hand, book.allocated) == (8, 2), book  # on_hand: units not allocated
+            assert [x.sku for x in stock.ListStock(inventory_pb.ListStockRequest(page_size=10), timeout=10).stock] == ["BOOK-42"]
+            called |= {"InventoryService/GetStock", "InventoryService/ListStock",
+                       "NotificationService/ListNotifications", "NotificationService/GetNotification"}
 
             cancelled = orders.CancelOrder(order_pb.CancelOrderRequest(id=order.id, request_id="py-cancel-1"),
                                            timeout=10)
