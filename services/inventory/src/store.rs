@@ -48,7 +48,7 @@ impl Store {
 
     /// The outbox's relay to `broker`.
     pub fn relay(&self, broker: shopmesh::mesh::events::Broker) -> shopmesh::mesh::events::outbox::Relay {
-        self.outbox.relay(self.pool.clone(), broker, "inventory")
+        self.outbox.relay(self.pool.clone(), broker, shopmesh::mesh::events::INVENTORY)
     }
 
     /// Sets the units on hand of `sku`, creating its record.

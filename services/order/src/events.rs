@@ -161,7 +161,7 @@ mod tests {
             let relays = if backend == testing::Backend::Postgres { 2 } else { 1 };
             let mut tasks = vec![tokio::spawn(broker.consuming(subscription, recorder.clone()))];
             for _ in 0..relays {
-                tasks.push(tokio::spawn(store.outbox().relay(pool.clone(), broker.clone(), "order").run()));
+                tasks.push(tokio::spawn(store.outbox().relay(pool.clone(), broker.clone(), ORDER).run()));
             }
             let started = Instant::now();
             loop {

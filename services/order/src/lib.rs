@@ -106,7 +106,7 @@ impl MeshService for Order {
         let broker = mesh.broker(Self::NAME)?.clone();
         let orders = orders(mesh, config, pool).await?;
         let store = orders.store().clone();
-        let relay = store.outbox().relay(store.pool().clone(), broker.clone(), Self::NAME);
+        let relay = store.outbox().relay(store.pool().clone(), broker.clone(), mesh_events::ORDER);
         let consumer = broker.consuming(Self::EVENTS.consumes[0], Arc::new(events::Fulfilments::new(store)));
         let reconciler = reconciler::Reconciler::new(orders.clone(), config.reconcile.clone());
         let routes = Routes::new(

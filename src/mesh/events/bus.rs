@@ -90,7 +90,7 @@ impl Bus {
                 subscription.durable
             ))
         })?;
-        let lag = metrics::gauge!("shopmesh_events_consumer_lag", "consumer" => subscription.durable);
+        let lag = metrics::gauge!("shopmesh_events_consumer_lag", "messaging_consumer_group_name" => subscription.durable);
         while let Some((event, done)) = queue.recv().await {
             lag.set(queue.len() as f64);
             let mut delivered = 1;

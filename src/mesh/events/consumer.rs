@@ -45,7 +45,7 @@ pub enum Action {
 pub fn describe_metrics() {
     metrics::describe_counter!(
         "shopmesh_events_published_total",
-        "Events the outbox relay published, by stream."
+        "Events the outbox relay published, by stream (messaging_destination_name)."
     );
     metrics::describe_counter!(
         "shopmesh_events_delivered_total",
@@ -95,7 +95,8 @@ pub async fn deliver(
     );
     trace::continue_trace(&span, event.traceparent.as_deref());
     if delivered > 1 {
-        metrics::counter!("shopmesh_events_redelivered_total", "consumer" => consumer).increment(1);
+        metrics::counter!("shopmesh_events_redelivered_total", "messaging_consumer_group_name" => consumer)
+            .increment(1);
     }
     let outcome = handler.handle(event).instrument(span.clone()).await;
     let label = match &outcome {
@@ -104,7 +105,7 @@ pub async fn deliver(
         Outcome::Poison(_) => "poison",
         Outcome::Retry(_) => "retry",
     };
-    metrics::counter!("shopmesh_events_delivered_total", "consumer" => consumer, "outcome" => label)
+    metrics::counter!("shopmesh_events_delivered_total", "messaging_consumer_group_name" => consumer, "outcome" => label)
         .increment(1);
     let action = match outcome {
         Outcome::Done | Outcome::Unknown => Action::Ack,
@@ -121,7 +122,8 @@ pub async fn deliver(
     if let Action::DeadLetter(why) = &action {
         let _in = span.enter();
         tracing::error!(consumer, event_id = %event.id, event_type = %event.event_type, reason = %why, "event dead-lettered");
-        metrics::counter!("shopmesh_events_dead_lettered_total", "consumer" => consumer).increment(1);
+        metrics::counter!("shopmesh_events_dead_lettered_total", "messaging_consumer_group_name" => consumer)
+            .increment(1);
     }
     action
 }

@@ -133,7 +133,7 @@ impl Nats {
         let durable = subscription.durable;
         let delivered = match message.info() {
             Ok(info) => {
-                metrics::gauge!("shopmesh_events_consumer_lag", "consumer" => durable)
+                metrics::gauge!("shopmesh_events_consumer_lag", "messaging_consumer_group_name" => durable)
                     .set(info.pending as f64);
                 u32::try_from(info.delivered).unwrap_or(u32::MAX)
             }
@@ -145,7 +145,7 @@ impl Nats {
             }
             Err(why) => {
                 tracing::error!(consumer = durable, subject = %message.subject, reason = %why, "undecodable event dead-lettered");
-                metrics::counter!("shopmesh_events_dead_lettered_total", "consumer" => durable).increment(1);
+                metrics::counter!("shopmesh_events_dead_lettered_total", "messaging_consumer_group_name" => durable).increment(1);
                 Action::DeadLetter(why)
             }
         };

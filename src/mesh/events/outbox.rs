@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tracing::Instrument as _;
 
 use crate::mesh::db::{self, Backend, Pool};
-use crate::mesh::events::{Broker, Event, trace};
+use crate::mesh::events::{Broker, Event, Stream, trace};
 use crate::mesh::ids;
 
 /// Rows published per pass.
@@ -110,9 +110,10 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// The relay of this outbox over `pool` to `broker`, labelled `service` in metrics.
-    pub fn relay(&self, pool: Pool, broker: Broker, service: &'static str) -> Relay {
-        Relay { outbox: self.clone(), pool, broker, service }
+    /// The relay of this outbox over `pool` to `broker`, whose events go to `stream` (the
+    /// `messaging_destination_name` of its metrics).
+    pub fn relay(&self, pool: Pool, broker: Broker, stream: Stream) -> Relay {
+        Relay { outbox: self.clone(), pool, broker, stream: stream.name }
     }
 }
 
@@ -122,7 +123,7 @@ pub struct Relay {
     outbox: Outbox,
     pool: Pool,
     broker: Broker,
-    service: &'static str,
+    stream: &'static str,
 }
 
 impl Relay {
@@ -134,7 +135,7 @@ impl Relay {
             if housekeeping.elapsed() >= HOUSEKEEPING {
                 housekeeping = Instant::now();
                 if let Err(e) = self.housekeeping().await {
-                    tracing::debug!(service = self.service, error = %e, "outbox housekeeping failed");
+                    tracing::debug!(stream = self.stream, error = %e, "outbox housekeeping failed");
                 }
             }
             match self.pass().await {
@@ -224,10 +225,10 @@ impl Relay {
                 Err(e) => failed = Some(e),
             }
         }
-        metrics::counter!("shopmesh_events_published_total", "producer" => self.service)
+        metrics::counter!("shopmesh_events_published_total", "messaging_destination_name" => self.stream)
             .increment(seqs.len() as u64);
         if let Some(e) = &failed {
-            tracing::warn!(service = self.service, error = %e, "events not published; the outbox keeps them");
+            tracing::warn!(stream = self.stream, error = %e, "events not published; the outbox keeps them");
         }
         Ok((seqs, failed.is_none()))
     }
@@ -243,8 +244,9 @@ impl Relay {
         let backlog: i64 = row.try_get("n")?;
         let oldest: Option<i64> = row.try_get("oldest")?;
         let age = oldest.map_or(0.0, |t| (ids::now_ms() - t).max(0) as f64 / 1000.0);
-        metrics::gauge!("shopmesh_events_outbox_backlog", "producer" => self.service).set(backlog as f64);
-        metrics::gauge!("shopmesh_events_outbox_oldest_age_seconds", "producer" => self.service).set(age);
+        metrics::gauge!("shopmesh_events_outbox_backlog", "messaging_destination_name" => self.stream)
+            .set(backlog as f64);
+        metrics::gauge!("shopmesh_events_outbox_oldest_age_seconds", "messaging_destination_name" => self.stream).set(age);
         sqlx::query("DELETE FROM outbox WHERE published_at_ms < $1")
             .bind(ids::now_ms() - KEEP_PUBLISHED_MS)
             .execute(&mut conn)
