@@ -92,7 +92,12 @@ impl Readiness {
             Backend::Sqlite => "SELECT 0",
             Backend::Postgres => "SELECT CAST(pg_is_in_recovery() AS INTEGER)",
         };
-        let ping = sqlx::query_scalar::<_, i64>(sql).fetch_one(&*self.pool);
+        // The simple protocol: one message, no prepared statement, right through any pooler.
+        let ping = async {
+            let mut conn = self.pool.acquire().await?;
+            let row = sqlx::raw_sql(sql).fetch_one(&mut *conn).await?;
+            sqlx::Row::try_get::<i64, _>(&row, 0)
+        };
         matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(0)))
     }
 }
