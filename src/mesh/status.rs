@@ -55,32 +55,43 @@ pub fn failed_precondition(kind: &str, subject: &str, description: String) -> St
     )
 }
 
-/// The status for a database failure. A pool that cannot hand out a connection in time, or a
-/// database that cannot be reached, is UNAVAILABLE (the caller may retry); anything else is
+/// The status for a database failure. A pool that cannot hand out a connection in time, a
+/// database that cannot be reached, or one that is failing over (see [`database_unavailable`])
+/// is UNAVAILABLE: the caller may retry, a call with side effects with the same `request_id`,
+/// which lands on the same record whether or not the lost attempt committed. Anything else is
 /// INTERNAL. The cause is logged here and never sent to the caller.
 pub fn database(err: &sqlx::Error) -> Status {
     if crate::mesh::request_deadline::expired() {
         tracing::debug!(error = %err, "database work cut short by the request's deadline");
         return Status::deadline_exceeded("deadline exceeded during database work");
     }
+    if database_unavailable(err) {
+        tracing::warn!(error = %err, "database unavailable");
+        return Status::unavailable(
+            "database unavailable (restarting or failing over); retry later, a call with side effects \
+             with the same request_id",
+        );
+    }
+    tracing::error!(error = %err, "database error");
+    Status::internal("internal error")
+}
+
+/// Whether `err` means the database cannot serve this call now but may on a retry, as while a
+/// primary fails over: the pool out of connections in time or closed; the connection lost
+/// (I/O); SQLSTATE class 08 (connection exception, also what PgBouncer answers when it cannot
+/// reach its server); class 57 (operator intervention: `57P01` admin shutdown, which a
+/// promotion or a fast stop sends every backend, `57P02` crash shutdown, `57P03` cannot connect
+/// now, while the server starts or recovers); `53300` too many connections; and `25006` a write
+/// on a read-only server: the old primary, restarted as a standby, or a standby the name still
+/// points to. A pooled connection the server dropped is replaced by the pool: it is not
+/// pinged before every acquire, so its next statement fails with one of these.
+pub fn database_unavailable(err: &sqlx::Error) -> bool {
     match err {
-        // SQLSTATE classes 08 (connection exception) and 57 (operator intervention: the
-        // server shutting down or terminating the backend): a pooled connection the server
-        // dropped, which the pool replaces (it no longer pings before every acquire).
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            tracing::warn!(error = %err, "database unavailable");
-            Status::unavailable("database unavailable, retry later")
-        }
-        sqlx::Error::Database(db)
-            if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")) =>
-        {
-            tracing::warn!(error = %err, "database unavailable");
-            Status::unavailable("database unavailable, retry later")
-        }
-        _ => {
-            tracing::error!(error = %err, "database error");
-            Status::internal("internal error")
-        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57") || code == "53300" || code == "25006"
+        }),
+        _ => false,
     }
 }
 
@@ -169,6 +180,79 @@ mod tests {
         let internal = database(&sqlx::Error::RowNotFound);
         assert_eq!(internal.code(), Code::Internal);
         assert!(!internal.message().contains("row"), "cause leaked: {}", internal.message());
+    }
+
+    /// A database error as PostgreSQL (or PgBouncer) reports it: its SQLSTATE and message.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "from the server"
+        }
+
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    /// What a failover throws at a call: each is UNAVAILABLE, retry-safe, never INTERNAL.
+    #[test]
+    fn failover_errors_are_unavailable() {
+        let lost = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let failover = [
+            sqlx::Error::Io(lost),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            // terminating connection due to administrator command (promotion, fast stop)
+            sqlx::Error::Database(Box::new(Sqlstate("57P01"))),
+            // terminating connection because of crash of another server process
+            sqlx::Error::Database(Box::new(Sqlstate("57P02"))),
+            // the database system is starting up / in recovery mode
+            sqlx::Error::Database(Box::new(Sqlstate("57P03"))),
+            // connection failure; PgBouncer's "server conn crashed?", "query_wait_timeout"
+            sqlx::Error::Database(Box::new(Sqlstate("08006"))),
+            sqlx::Error::Database(Box::new(Sqlstate("08P01"))),
+            // cannot execute INSERT in a read-only transaction (the old primary, now a standby)
+            sqlx::Error::Database(Box::new(Sqlstate("25006"))),
+            // sorry, too many clients already
+            sqlx::Error::Database(Box::new(Sqlstate("53300"))),
+        ];
+        for err in &failover {
+            let status = database(err);
+            assert_eq!(status.code(), Code::Unavailable, "{err}");
+            assert!(status.message().contains("request_id"), "{}", status.message());
+            assert!(!status.message().contains("SQLSTATE"), "cause leaked: {}", status.message());
+        }
+        // A bug, not a failover: a constraint, a syntax error, a missing table stay INTERNAL.
+        for code in ["23505", "42601", "42P01", "22P02"] {
+            let err = sqlx::Error::Database(Box::new(Sqlstate(code)));
+            assert_eq!(database(&err).code(), Code::Internal, "{code}");
+        }
     }
 
     #[test]

@@ -40,6 +40,9 @@ struct Line<'a> {
     message: Option<&'a str>,
     /// How many times it was sent (1 + retries).
     attempts: u32,
+    /// When the answer came (Unix epoch milliseconds): a failover harness finds the first write
+    /// that succeeded after the promotion with it.
+    done_ms: u128,
 }
 
 impl Recorder {
@@ -142,6 +145,9 @@ impl Pending<'_> {
             state,
             message,
             attempts: self.attempts,
+            done_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis()),
         });
     }
 }

@@ -71,7 +71,10 @@ impl Ledger {
 
     async fn ready(&self) -> Result<(), sqlx::Error> {
         self.ready
-            .get_or_try_init(|| async { sqlx::query(SCHEMA).execute(&*self.pool).await.map(drop) })
+            // Through `db::acquire`, as every statement here, so it works through a pooler too.
+            .get_or_try_init(|| async {
+                sqlx::query(SCHEMA).execute(&mut db::acquire(&self.pool).await?).await.map(drop)
+            })
             .await
             .map(drop)
     }

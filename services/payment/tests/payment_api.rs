@@ -65,21 +65,25 @@ impl Running {
     /// Runs `sql` on payment's database, as a restore or a failover would change it.
     async fn lose(&self, sql: &str, id: &str) {
         let pool = db::connect(&self.db.url, &testing::mesh_config()).expect("payment db");
-        sqlx::query(AssertSqlSafe(sql.to_owned())).bind(id).execute(&*pool).await.expect("lose a commit");
+        let mut conn = db::acquire(&pool).await.expect("connection");
+        sqlx::query(AssertSqlSafe(sql.to_owned())).bind(id).execute(&mut conn).await.expect("lose a commit");
+        drop(conn);
         pool.close().await;
     }
 
     /// How many entries of `kind` the processor's ledger holds for `order_id`.
     async fn at_the_processor(&self, kind: &str, order_id: &str) -> i64 {
         let pool = db::connect(&self.ledger.url, &testing::mesh_config()).expect("ledger");
+        let mut conn = db::acquire(&pool).await.expect("connection");
         let n = sqlx::query("SELECT COUNT(*) AS n FROM processor_ledger WHERE kind = $1 AND order_id = $2")
             .bind(kind)
             .bind(order_id)
-            .fetch_one(&*pool)
+            .fetch_one(&mut conn)
             .await
             .expect("count")
             .try_get("n")
             .expect("n");
+        drop(conn);
         pool.close().await;
         n
     }

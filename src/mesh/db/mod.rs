@@ -15,6 +15,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{Executor as _, Transaction};
 
 mod inline;
+mod pooler;
 mod traced;
 mod url;
 
@@ -39,6 +40,8 @@ pub struct Pool {
     readers: Option<Arc<inline::Readers>>,
     /// A SQLite file's write connection for [`Pool::execute`] and [`Pool::write_row_now`].
     writer: Option<Arc<inline::Writer>>,
+    /// Through a transaction pooler (`pooler=transaction` in the URL; `pooler.rs`).
+    pooled: bool,
 }
 
 /// The pool's label (`db.client.connection.pool.name`): the service's name.
@@ -282,12 +285,12 @@ where
 /// reported as [`sqlx::Error::PoolTimedOut`], which [`crate::mesh::status::database`] answers
 /// with DEADLINE_EXCEEDED.
 pub async fn acquire(pool: &Pool) -> Result<Traced<sqlx::pool::PoolConnection<Any>>, sqlx::Error> {
-    bounded(pool, pool.acquire()).await.map(Traced)
+    bounded(pool, pool.acquire()).await.map(|conn| Traced { conn, pooled: pool.pooled })
 }
 
 /// A transaction for the request being handled, bounded by its deadline as [`acquire`] is.
 pub async fn begin(pool: &Pool) -> Result<Traced<Tx>, sqlx::Error> {
-    bounded(pool, pool.begin()).await.map(Traced)
+    bounded(pool, pool.begin()).await.map(|conn| Traced { conn, pooled: pool.pooled })
 }
 
 /// A PostgreSQL pool's size unless `--db-max-connections` says otherwise.
@@ -352,6 +355,7 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
         }
         Backend::Postgres => url.to_owned(),
     };
+    let (url, pooled) = pooler::parse(&url)?;
     let file = url::sqlite_file(&url);
     let readers = file.map(|path| Arc::new(inline::Readers::new(path.into())));
     // A file opened read-only (`mode=ro`) is not written behind sqlx's back either.
@@ -359,7 +363,7 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
         Arc::new(inline::Writer::new(path.into(), inline::CHECKPOINT_EVERY, inline::RESTART_AT_PAGES))
     });
     let inner = options.connect_lazy(&url)?;
-    Ok(Pool { inner, metrics: None, readers, writer })
+    Ok(Pool { inner, metrics: None, readers, writer, pooled })
 }
 
 /// Applies `migrations` for `backend` to `pool`, retrying a few times: replicas starting at
@@ -372,14 +376,22 @@ pub async fn migrate(pool: &Pool, backend: Backend, migrations: Migrations) -> R
     let migrator = tolerant(migrations.of(backend));
     let mut attempt = 1;
     loop {
-        match migrator.run(&**pool).await {
+        let ran = if pool.pooled {
+            match pool.acquire().await {
+                Ok(mut conn) => pooler::migrate(&mut conn, &migrator).await,
+                Err(err) => Err(err.into()),
+            }
+        } else {
+            migrator.run(&**pool).await.map_err(Error::from)
+        };
+        match ran {
             Ok(()) => return Ok(()),
             Err(err) if attempt < MIGRATE_ATTEMPTS => {
                 tracing::warn!(%err, attempt, "migrating failed, retrying (another replica may be migrating)");
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
                 attempt += 1;
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(err),
         }
     }
 }
@@ -402,13 +414,16 @@ fn tolerant(embedded: &Migrator) -> Migrator {
 /// # Errors
 /// [`Error::Config`] naming the first missing migration, or the database error.
 pub async fn check_migrated(pool: &Pool, backend: Backend, migrations: Migrations) -> Result<(), Error> {
-    use sqlx::migrate::Migrate as _;
+    use sqlx::Row as _;
     let migrator = migrations.of(backend);
+    // The simple protocol (no parameters, no prepared statement): one message, right through
+    // any pooler. Fails while the table does not exist yet: not migrated either.
+    let sql = format!("SELECT version FROM {}", migrator.table_name);
     let mut conn = pool.acquire().await?;
-    // Fails while the table does not exist yet: not migrated either.
-    let applied = conn.list_applied_migrations(&migrator.table_name).await?;
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *conn).await?;
+    let applied = rows.iter().map(|row| row.try_get::<i64, _>(0)).collect::<Result<Vec<_>, _>>()?;
     for migration in migrator.iter().filter(|m| m.migration_type.is_up_migration()) {
-        if !applied.iter().any(|a| a.version == migration.version) {
+        if !applied.contains(&migration.version) {
             return Err(Error::Config(format!(
                 "migration {} ({}) is not applied; run `shopmesh migrate`",
                 migration.version, migration.description

@@ -1,15 +1,24 @@
 //! Every statement a store runs gets a span: [`Traced`] wraps a pooled connection or a
-//! transaction and is the executor the stores use.
+//! transaction and is the executor the stores use. Behind a transaction pooler it also keeps
+//! each statement on one server connection (`pooler.rs`).
 
+use futures::TryStreamExt as _;
 use sqlx::any::Any;
 
 use super::Tx;
+use super::pooler;
+use sqlx::Connection as _;
 
 /// A connection (or transaction) whose every statement gets a child span following
 /// OpenTelemetry's database conventions: named `<operation> <table>`, with the engine and the
 /// SQL text (placeholders only, never values). Use `&mut traced` as the executor.
 #[derive(Debug)]
-pub struct Traced<C>(pub(super) C);
+pub struct Traced<C> {
+    pub(super) conn: C,
+    /// Through a transaction pooler (`pooler=transaction`): statements unnamed, and each one
+    /// outside a transaction pinned by one of its own.
+    pub(super) pooled: bool,
+}
 
 impl Traced<Tx> {
     /// Commits the transaction.
@@ -17,7 +26,7 @@ impl Traced<Tx> {
     /// # Errors
     /// The database's.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.0.commit().await
+        self.conn.commit().await
     }
 
     /// Rolls the transaction back.
@@ -25,7 +34,7 @@ impl Traced<Tx> {
     /// # Errors
     /// The database's.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.0.rollback().await
+        self.conn.rollback().await
     }
 }
 
@@ -86,9 +95,11 @@ fn operation_and_table(sql: &str) -> (&str, &str) {
 fn statement_span<'q, E: sqlx::Execute<'q, Any>>(
     mut query: E,
     conn: &sqlx::AnyConnection,
+    pooled: bool,
 ) -> (Statement, tracing::Span) {
     let arguments = Some(query.take_arguments());
-    let persistent = query.persistent();
+    // A named statement would outlive this server connection's turn with us (`pooler.rs`).
+    let persistent = query.persistent() && !pooled;
     let sql = query.sql();
     let text = sql.as_str();
     let system = match conn.backend_name() {
@@ -132,9 +143,27 @@ where
         'c: 'e,
         E: 'q + sqlx::Execute<'q, Any>,
     {
-        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
-        let (statement, span) = statement_span(query, conn);
-        Box::pin(tracing_futures::Instrument::instrument(conn.fetch_many(statement), span))
+        let pooled = self.pooled;
+        let conn: &'c mut sqlx::AnyConnection = &mut self.conn;
+        let (statement, span) = statement_span(query, conn, pooled);
+        if !pooler::needs_pinning(pooled, conn) {
+            return Box::pin(tracing_futures::Instrument::instrument(conn.fetch_many(statement), span));
+        }
+        // Collected before the pinning transaction ends; only behind a transaction pooler.
+        let pinned = async move {
+            let mut pinned = conn.begin().await?;
+            let results: Result<Vec<_>, sqlx::Error> =
+                tracing_futures::Instrument::instrument(pinned.fetch_many(statement), span)
+                    .try_collect()
+                    .await;
+            pooler::end(pinned, results.is_ok()).await?;
+            results
+        };
+        Box::pin(
+            futures::stream::once(pinned)
+                .map_ok(|results| futures::stream::iter(results.into_iter().map(Ok)))
+                .try_flatten(),
+        )
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -145,9 +174,18 @@ where
         'c: 'e,
         E: 'q + sqlx::Execute<'q, Any>,
     {
-        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
-        let (statement, span) = statement_span(query, conn);
-        Box::pin(tracing::Instrument::instrument(conn.fetch_optional(statement), span))
+        let pooled = self.pooled;
+        let conn: &'c mut sqlx::AnyConnection = &mut self.conn;
+        let (statement, span) = statement_span(query, conn, pooled);
+        if !pooler::needs_pinning(pooled, conn) {
+            return Box::pin(tracing::Instrument::instrument(conn.fetch_optional(statement), span));
+        }
+        Box::pin(async move {
+            let mut pinned = conn.begin().await?;
+            let row = tracing::Instrument::instrument(pinned.fetch_optional(statement), span).await;
+            pooler::end(pinned, row.is_ok()).await?;
+            row
+        })
     }
 
     fn prepare_with<'e>(
@@ -158,7 +196,7 @@ where
     where
         'c: 'e,
     {
-        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
+        let conn: &'c mut sqlx::AnyConnection = &mut self.conn;
         conn.prepare_with(sql, parameters)
     }
 
@@ -170,7 +208,7 @@ where
     where
         'c: 'e,
     {
-        let conn: &'c mut sqlx::AnyConnection = &mut self.0;
+        let conn: &'c mut sqlx::AnyConnection = &mut self.conn;
         conn.describe(sql)
     }
 }

@@ -377,10 +377,10 @@ async fn track_readiness(
         if now != ready {
             ready = now;
             if ready {
-                tracing::info!(services = ?services, "database answers again: SERVING");
+                tracing::info!(services = ?services, "database answers again and takes writes: SERVING");
                 set(ServingStatus::Serving).await;
             } else {
-                tracing::warn!(services = ?services, "database does not answer: NOT_SERVING");
+                tracing::warn!(services = ?services, "database does not answer, or is in recovery (read-only): NOT_SERVING");
                 set(ServingStatus::NotServing).await;
             }
         }

@@ -1,8 +1,9 @@
 //! When a service may take calls. A service listens at once, so probes get an answer, but its
 //! health (`""` and its own name) stays NOT_SERVING, and its calls are answered UNAVAILABLE,
 //! until its database is migrated (or found migrated) and reachable. After that, readiness
-//! follows its own database, checked on an interval, and never its callees: a dependency being
-//! down must not take every caller out of its load balancer too (that cascades).
+//! follows its own database, checked on an interval (answering, and writable: not a server in
+//! recovery), and never its callees: a dependency being down must not take every caller out of
+//! its load balancer too (that cascades).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,10 +83,22 @@ impl Readiness {
         let _ = prepared.wait_for(|done| *done).await;
     }
 
-    /// Whether the database answers now.
+    /// Whether the database answers now, and takes writes: a PostgreSQL server in recovery (a
+    /// standby, or the old primary the name still points to while a failover settles) answers
+    /// every write `25006`, so the service is not ready until the name or proxy leads to a
+    /// primary again. One statement on the readiness interval, never on a call's path.
     pub async fn check(&self) -> bool {
-        let ping = sqlx::query("SELECT 1").execute(&*self.pool);
-        matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(_)))
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT 0",
+            Backend::Postgres => "SELECT CAST(pg_is_in_recovery() AS INTEGER)",
+        };
+        // The simple protocol: one message, no prepared statement, right through any pooler.
+        let ping = async {
+            let mut conn = self.pool.acquire().await?;
+            let row = sqlx::raw_sql(sql).fetch_one(&mut *conn).await?;
+            sqlx::Row::try_get::<i64, _>(&row, 0)
+        };
+        matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(0)))
     }
 }
 
