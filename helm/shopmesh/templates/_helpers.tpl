@@ -211,14 +211,12 @@ Takes (dict "root" $ "name" "user" "secret" <Secret with the passwords>); return
 {{- define "shopmesh.databaseEnv" -}}
 {{- $var := printf "SHOPMESH_%s_DATABASE_URL" (upper .name) -}}
 {{- if include "shopmesh.cloudnativepg" .root -}}
-{{- /* CloudNativePG: the role's basic-auth Secret; writes to the primary (-rw), reads to the replicas (-ro). */}}
+{{- /* CloudNativePG: the role's basic-auth Secret; the primary, through the operator's -rw Service. */}}
 {{- $pgName := include "shopmesh.postgresName" .root }}
 - name: DATABASE_PASSWORD
   valueFrom: {secretKeyRef: {name: {{ printf "%s-%s" (default $pgName .root.Values.postgresql.existingSecret) .name }}, key: password}}
 - name: {{ $var }}
   value: {{ printf "postgres://shopmesh_%s:$(DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (printf "%s-rw" $pgName))) .name | quote }}
-- name: {{ printf "SHOPMESH_%s_DATABASE_READ_URL" (upper .name) }}
-  value: {{ printf "postgres://shopmesh_%s:$(DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (printf "%s-ro" $pgName))) .name | quote }}
 {{- else if .root.Values.postgresql.enabled -}}
 {{- /* No SHOPMESH_ prefix: the binary never reads it; only the kubelet does, expanding it into the URL below. */}}
 - name: DATABASE_PASSWORD
