@@ -417,7 +417,7 @@ fn every_variable_the_deployments_set_is_a_setting_of_the_binary() {
         }
     }
     let mut help = String::new();
-    for svc in ["user", "order", "payment", "catalog"] {
+    for svc in ["user", "order", "payment", "catalog", "inventory", "notification"] {
         let out = Command::new(env!("CARGO_BIN_EXE_shopmesh"))
             .args(["serve", svc, "--help"])
             .output()
