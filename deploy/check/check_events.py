@@ -76,6 +76,7 @@ def check_events(r, services: list[str], release: str, namespace: str, domain: s
         if svc not in EVENT_SERVICES:
             assert "SHOPMESH_EVENTS_URL" not in env and "EVENTS_PASSWORD" not in env, f"{svc} uses no events, yet gets the broker's URL"
             continue
+        assert "SHOPMESH_EVENTS_URL" in env, f"{svc} publishes or consumes events, yet gets no SHOPMESH_EVENTS_URL"
         url = env["SHOPMESH_EVENTS_URL"]
         if kind == "chart":
             want = f"nats://{v['nats']['user']}:$(EVENTS_PASSWORD)@{nats_name}.{namespace}.svc.{domain}:{NATS_CLIENT}"
