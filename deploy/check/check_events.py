@@ -120,6 +120,9 @@ def check_chart_nats(r, sts: Manifest, release: str, namespace: str, domain: str
     assert c["args"] == ["--config", f"{mount['mountPath']}/nats.conf"], f"NATS args {c['args']}"
     conf = nats_conf(r.one("ConfigMap", cfg_vol["configMap"]["name"])["data"]["nats.conf"])
     env = env_of(c)
+    limit = str((v["resources"].get("limits") or {}).get("memory", ""))
+    if re.fullmatch(r"\d+[KMGT]i", limit):
+        assert env["GOMEMLIMIT"]["value"] == limit + "B", f"GOMEMLIMIT {env['GOMEMLIMIT']}, not the memory limit {limit}"
     assert conf["top"].get("server_name") == "$SERVER_NAME" and env["SERVER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", \
         "NATS server names are not the pods' names (KEDA asks a stream's leader by <server>.<headless Service>)"
     assert conf["top"].get("port") == str(NATS_CLIENT) and conf["top"].get("http_port") == str(NATS_MONITOR), f"NATS ports {conf['top']}"
