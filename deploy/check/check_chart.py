@@ -705,7 +705,8 @@ def check_service_monitor(r: Rendered) -> str:
     if not sm.get("enabled"):
         assert not monitors, "ServiceMonitors rendered with serviceMonitor.enabled false"
         return "off: none rendered"
-    assert len(monitors) == len(services_of(r)), f"{len(monitors)} ServiceMonitors for {len(services_of(r))} services"
+    nats = bool(r.values["nats"]["enabled"] and r.values["nats"]["metrics"]["enabled"])  # its own, checked by check_events
+    assert len(monitors) == len(services_of(r)) + nats, f"{len(monitors)} ServiceMonitors for {len(services_of(r))} services" + (" and NATS" if nats else "")
     for svc in services_of(r):
         service = r.one("Service", headless(svc))
         matching = [m for m in monitors if selects(m["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])]
@@ -1111,7 +1112,8 @@ def check_values_honoured(r: Rendered) -> str:
     commonLabels on every object and pod, payment's own ledger volume beside the values' lists."""
     done = []
     registry = (r.values.get("global") or {}).get("imageRegistry")
-    own_images = (r.values["image"]["repository"], r.values["postgresql"]["image"]["repository"], r.values["nats"]["image"]["repository"])
+    own_images = (r.values["image"]["repository"], r.values["postgresql"]["image"]["repository"], r.values["nats"]["image"]["repository"],
+                  r.values["nats"]["metrics"]["image"]["repository"])
     theirs = {c["name"] for k in ("defaults", "migration") for c in ((r.values.get(k) or {}).get("extraContainers") or []) + ((r.values.get(k) or {}).get("initContainers") or [])}
     images = 0
     for _, obj in r.objects:
@@ -1505,7 +1507,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "services": {"inventory": {"enabled": True}, "notification": {"enabled": True}},
         },
         "events: the chart's NATS clustered (3 servers), your password Secret, KEDA on the consumers' lag, metrics scraped": {
-            "nats": {"enabled": True, "replicas": 3, "existingSecret": "nats-password", "jetstream": {"size": "20Gi", "storageClass": "fast"}},
+            "nats": {"enabled": True, "replicas": 3, "existingSecret": "nats-password", "jetstream": {"size": "20Gi", "storageClass": "fast"}, "metrics": {"enabled": True}},
             "services": {"inventory": {"enabled": True}, "notification": {"enabled": True, "autoscaling": {"keda": {"lagThreshold": "50"}}}},
             "defaults": {"autoscaling": {"keda": {"enabled": True}}},
             "serviceMonitor": {"enabled": True},

@@ -109,7 +109,10 @@ def check_chart_nats(r, sts: Manifest, release: str, namespace: str, domain: str
     assert sts["spec"]["replicas"] == n, f"{sts['spec']['replicas']} NATS servers, not {n}"
     pod = sts["spec"]["template"]["spec"]
     labels = sts["spec"]["template"]["metadata"]["labels"]
-    (c,) = pod["containers"]
+    c = pod["containers"][0]
+    assert c["name"] == "nats", f"the StatefulSet's first container is {c['name']}"
+    said = check_exporter(r, sts, namespace) if v["metrics"]["enabled"] else ""
+    assert len(pod["containers"]) == 1 + bool(v["metrics"]["enabled"]), f"NATS pod containers {[x['name'] for x in pod['containers']]}"
     repo, tag = c["image"].rsplit(":", 1)
     assert repo.rsplit("/", 1)[-1] == "nats" and re.fullmatch(r"2\.1[0-9]\.\d+(-alpine)?", tag), f"NATS image {c['image']}: not the official nats image, 2.10 or later"
     assert pod["securityContext"] == v["podSecurityContext"] and c["securityContext"] == v["securityContext"], "NATS: security contexts are not the values'"
@@ -161,7 +164,31 @@ def check_chart_nats(r, sts: Manifest, release: str, namespace: str, domain: str
         assert len(pdbs) == 1 and pdbs[0]["spec"].get("maxUnavailable") == 1, "a NATS cluster without a PDB keeping its quorum"
     else:
         assert not conf["cluster"] and not conf["routes"] and not pdbs, "a single NATS server with routes or a PDB"
-    return f"NATS {c['image']} x{n}, store on a {v['jetstream']['size']} PVC, {len(conf['routes'])} routes"
+    return f"NATS {c['image']} x{n}, store on a {v['jetstream']['size']} PVC, {len(conf['routes'])} routes" + (f"; {said}" if said else "")
+
+
+def check_exporter(r, sts: Manifest, namespace: str) -> str:
+    """The exporter reads the server's monitoring port, serves `metrics`; the ServiceMonitor and the scrapers reach it."""
+    pod = sts["spec"]["template"]["spec"]
+    (exporter,) = [c for c in pod["containers"] if c["name"] == "metrics"]
+    assert exporter["args"][-1].startswith(f"http://localhost:{NATS_MONITOR}"), f"the exporter reads {exporter['args'][-1]}"
+    assert exporter["securityContext"] == r.values["nats"]["securityContext"], "the exporter's securityContext is not the values'"
+    port = {p["name"]: p["containerPort"] for p in exporter["ports"]}["metrics"]
+    headless = r.one("Service", sts["spec"]["serviceName"])
+    assert any(p["name"] == "metrics" and p["port"] == port for p in headless["spec"]["ports"]), "the headless Service has no metrics port"
+    said = f"exporter on {port}"
+    if r.values["serviceMonitor"]["enabled"]:
+        monitors = [m for m in r.kind("ServiceMonitor") if netpol.matches(m["spec"]["selector"], headless["metadata"]["labels"])]
+        assert len(monitors) == 1 and monitors[0]["spec"]["endpoints"][0]["port"] == "metrics", f"{len(monitors)} ServiceMonitors scrape NATS"
+        said += ", a ServiceMonitor"
+    policies = [dict(p, metadata={**p["metadata"], "namespace": namespace}) for p in r.kind("NetworkPolicy")]
+    server = Pod(f"{sts['metadata']['name']}-0", namespace, sts["spec"]["template"]["metadata"]["labels"], "10.0.3.0", pod["containers"])
+    for peer in r.values["networkPolicy"]["metricsScrapers"] if policies else []:
+        ns = ((peer.get("namespaceSelector") or {}).get("matchLabels") or {}).get("kubernetes.io/metadata.name", namespace)
+        prom = Pod("prometheus-0", ns, (peer.get("podSelector") or {}).get("matchLabels") or {}, "10.0.4.2")
+        why = netpol.allowed(policies, prom, prom.ip, server, server.ip, port, {})
+        assert why is None, f"the scraper {peer} may not reach the NATS exporter: {why}"
+    return said
 
 
 def check_policies(r, services: list[str], kind: str, sts: Manifest | None, namespace: str) -> str:
