@@ -142,8 +142,12 @@ async fn whole_mesh(cpus: Cpus) {
         .into_inner();
     assert_eq!(order.state(), OrderState::Paid);
     assert_eq!(order.total, Some(Money { currency_code: "USD".into(), amount_minor: 2 * 1_250 }));
-    let got = orders.get_order(GetOrderRequest { id: order.id.clone() }).await.expect("get order");
-    assert_eq!(got.into_inner(), order);
+    let mut got =
+        orders.get_order(GetOrderRequest { id: order.id.clone() }).await.expect("get order").into_inner();
+    // The in-process bus may have recorded the fulfilment meanwhile (BACKORDERED: no stock was
+    // set); the rest is the order as CreateOrder answered it.
+    got.fulfilment = order.fulfilment;
+    assert_eq!(got, order);
     testing::wait_serving(payment_addr, "shopmesh.payment.v1.PaymentService").await;
     // tokio names its multi-thread workers `tokio-rt-worker` (`tokio-runtime-worker` before).
     let workers = process.thread_names().into_iter().filter(|n| n.starts_with("tokio-r")).count();
@@ -456,6 +460,8 @@ fn every_variable_the_deployments_set_is_a_setting_of_the_binary() {
             .expect("run");
         help.push_str(&String::from_utf8_lossy(&out.stdout));
     }
+    use shopmesh::mesh::events::{DEAD_LETTER, INVENTORY, ORDER};
+    let streams = [ORDER.name, INVENTORY.name, DEAD_LETTER.name];
     let mut checked = 0;
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read");
@@ -464,8 +470,9 @@ fn every_variable_the_deployments_set_is_a_setting_of_the_binary() {
                 .chars()
                 .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
                 .collect();
-            // Names assembled by the template (SHOPMESH_{{ $upper }}_LISTEN) end in "_".
-            if name.ends_with('_') {
+            // Names assembled by the template (SHOPMESH_{{ $upper }}_LISTEN) end in "_"; the
+            // JetStream streams KEDA's triggers name are no variables.
+            if name.ends_with('_') || streams.contains(&name.as_str()) {
                 continue;
             }
             assert!(
