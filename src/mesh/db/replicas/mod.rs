@@ -26,9 +26,10 @@ mod urls;
 
 /// How often each replica's replay lag is measured.
 pub const LAG_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest a read waits for a replica's connection before going to the primary: a replica
-/// just gone away is not waited for the whole `--db-acquire-timeout`.
-const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a read waits for a replica's connection before going to the primary (half the
+/// call's time left, if less): a connection is normally there at once, and a replica just gone
+/// away (sqlx retries its connect until the wait ends) must leave the call time for the primary.
+const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(250);
 /// Added to a written-at token's window for clocks of two pods that disagree.
 const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
@@ -206,9 +207,12 @@ fn replica(pool: &Pool) -> Option<(&Replicas, &Replica)> {
 /// caller's answer, not the replica's fault.
 macro_rules! on_replica {
     ($replicas:expr, $replica:expr, $query:expr, $fetch:ident) => {{
-        let ran = match acquire(&$replica.pool).await {
-            Ok(mut conn) => $query().$fetch(&mut conn).await,
-            Err(err) => Err(err),
+        let wait = crate::mesh::request_deadline::remaining()
+            .map_or(REPLICA_ACQUIRE_TIMEOUT, |left| (left / 2).min(REPLICA_ACQUIRE_TIMEOUT));
+        let ran = match tokio::time::timeout(wait, acquire(&$replica.pool)).await {
+            Ok(Ok(mut conn)) => $query().$fetch(&mut conn).await,
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
         };
         $replicas.outcome($replica, ran)
     }};
@@ -267,4 +271,22 @@ pub async fn read_all<'q>(pool: &Pool, query: impl Fn() -> Query<'q>) -> Result<
         return found;
     }
     query().fetch_all(&mut acquire(pool).await?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_has_no_replicas_and_says_which_setting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mesh = MeshConfig::default();
+        let sqlite = super::super::connect(&format!("sqlite://{}", dir.path().join("x.db").display()), &mesh)
+            .expect("a SQLite pool");
+        let refused =
+            sqlite.with_replicas("postgres://u:secret@r1/x", &mesh, "user", "--user-database-read-url");
+        let Err(Error::Config(message)) = refused else { panic!("a read URL beside SQLite must be refused") };
+        assert!(message.contains("--user-database-read-url") && message.contains("SQLite"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
 }

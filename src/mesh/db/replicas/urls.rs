@@ -20,22 +20,25 @@ pub(super) fn split(read_url: &str) -> Vec<String> {
 
 /// `url` once per host of its host list.
 fn hosts(url: &str) -> Vec<String> {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return vec![url.to_owned()] };
-    let end = url.find(['?', '#']).unwrap_or(url.len());
-    // The userinfo ends at the last `@` before the query, as `redact` reads it.
-    let start = url[..end].rfind('@').map_or(scheme_end, |at| at + 1).max(scheme_end);
-    let stop = url[start..end].find('/').map_or(end, |slash| start + slash);
+    let (start, stop) = host_list(url);
     let (prefix, list, suffix) = (&url[..start], &url[start..stop], &url[stop..]);
     list.split(',').filter(|h| !h.is_empty()).map(|host| format!("{prefix}{host}{suffix}")).collect()
 }
 
 /// A replica URL's `host:port` (no credentials), for logs and labels.
 pub(super) fn address(url: &str) -> String {
+    let (start, stop) = host_list(url);
+    url[start..stop].to_owned()
+}
+
+/// Where `url`'s host list starts and ends: after the userinfo (which ends at the last `@`
+/// before the query, as `redact` reads it) and before the path.
+fn host_list(url: &str) -> (usize, usize) {
     let end = url.find(['?', '#']).unwrap_or(url.len());
     let scheme_end = url.find("://").map_or(0, |i| i + 3);
     let start = url[..end].rfind('@').map_or(scheme_end, |at| at + 1).max(scheme_end);
     let stop = url[start..end].find('/').map_or(end, |slash| start + slash);
-    url[start..stop].to_owned()
+    (start, stop)
 }
 
 #[cfg(test)]
