@@ -277,8 +277,8 @@ pub async fn read_all<'q>(pool: &Pool, query: impl Fn() -> Query<'q>) -> Result<
 mod tests {
     use super::*;
 
-    #[test]
-    fn sqlite_has_no_replicas_and_says_which_setting() {
+    #[tokio::test]
+    async fn sqlite_has_no_replicas_and_says_which_setting() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mesh = MeshConfig::default();
         let sqlite = super::super::connect(&format!("sqlite://{}", dir.path().join("x.db").display()), &mesh)
