@@ -21,6 +21,8 @@ mod replicas;
 mod traced;
 mod url;
 
+#[cfg(test)]
+pub(crate) use replicas::route::read_only as read_only_call;
 pub use replicas::route::{
     WRITTEN_AT, now_ms as written_now_ms, scope as read_route_scope, token as written_at,
 };

@@ -84,3 +84,41 @@ where
         Poll::Ready(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    /// What the handler of `path` sees (with `token` as the caller's header): read-only or not,
+    /// and the caller's written-at.
+    async fn seen(path: &str, token: Option<&str>) -> Option<Option<u64>> {
+        let inner = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(db::read_only_call()))
+        });
+        let mut svc = ReadRouteLayer.layer(inner);
+        let mut request = Request::builder().uri(path).body(()).expect("request");
+        if let Some(token) = token {
+            request.headers_mut().insert(db::WRITTEN_AT, HeaderValue::from_str(token).expect("header"));
+        }
+        let method = crate::mesh::grpc::catalogue::Catalogue::new(crate::api::CALL_POLICY).method(path);
+        request.extensions_mut().insert(method);
+        svc.call(request).await.expect("answered").into_body()
+    }
+
+    #[tokio::test]
+    async fn only_calls_without_side_effects_may_read_from_a_replica() {
+        assert_eq!(seen("/shopmesh.user.v1.UserService/GetUser", None).await, Some(None));
+        assert_eq!(
+            seen("/shopmesh.order.v1.OrderService/ListOrders", Some("1700000000000")).await,
+            Some(Some(1_700_000_000_000))
+        );
+        // A token that does not parse is a write just now: the primary answers.
+        assert_eq!(seen("/shopmesh.user.v1.UserService/GetUser", Some("soon")).await, Some(Some(u64::MAX)));
+        // Writes (and their read-before-write) never do, token or not.
+        assert_eq!(seen("/shopmesh.user.v1.UserService/CreateUser", Some("1")).await, None);
+        assert_eq!(seen("/shopmesh.user.v1.UserService/UpdateUser", None).await, None);
+        assert_eq!(seen("/shopmesh.payment.v1.PaymentService/Charge", None).await, None);
+    }
+}

@@ -28,7 +28,7 @@ pub fn scope<F: Future>(
 }
 
 /// `Some(written_at)` when the call being handled is read-only.
-pub(super) fn read_only() -> Option<Option<u64>> {
+pub(crate) fn read_only() -> Option<Option<u64>> {
     READ_ONLY.try_with(|r| *r).ok().flatten()
 }
 
