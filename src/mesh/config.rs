@@ -48,7 +48,7 @@ pub struct MeshConfig {
     /// `--<svc>-database-read-url`); a replica further behind, or not answering, is left until
     /// it catches up, and reads go to the other replicas or the primary. Measured every second.
     #[arg(long, env = "SHOPMESH_MAX_REPLICA_LAG", default_value = "5s", value_parser = humantime::parse_duration,
-          help_heading = LISTEN_AND_DATABASES)]
+          help_heading = LISTEN_AND_DATABASES, hide_short_help = true)]
     pub max_replica_lag: Duration,
 
     /// How often a service checks that its database answers; its health follows the answer.

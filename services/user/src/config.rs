@@ -43,7 +43,9 @@ pub struct UserConfig {
         value_name = "URL",
         env = "SHOPMESH_USER_DATABASE_READ_URL",
         hide_env_values = true,
-        help_heading = LISTEN_AND_DATABASES
+        help_heading = LISTEN_AND_DATABASES,
+        // In `--help` only: `-h` of `serve <svc>` fits one screen.
+        hide_short_help = true
     )]
     pub database_read_url: Option<String>,
 
