@@ -162,18 +162,24 @@ impl Mesh {
             // The simulated processor's ledger beside payment's tables: this test does not read it.
             processor_ledger_url: url.clone(),
             database_url: url,
+            database_read_url: None,
             payment_limit_minor: 100_000,
             payment_currencies: vec!["USD".into()],
             payment_latency: std::time::Duration::ZERO,
             payment_processing_lease: std::time::Duration::from_secs(10),
         };
         let payment = spawn::<Payment>(&ca, dir.path(), "shopmesh-payment", config).await;
-        let config = CatalogConfig { listen: testing::ANY_PORT, database_url: dbs[3].url.clone() };
+        let config = CatalogConfig {
+            listen: testing::ANY_PORT,
+            database_url: dbs[3].url.clone(),
+            database_read_url: None,
+        };
         let catalog = spawn::<Catalog>(&ca, dir.path(), "shopmesh-catalog", config).await;
         let (url, user_url, payment_url) = (dbs[2].url.clone(), user.url(), payment.url());
         let config = OrderConfig {
             listen: testing::ANY_PORT,
             database_url: url,
+            database_read_url: None,
             catalog_cache_ttl: std::time::Duration::from_secs(5),
             user_check_ttl: std::time::Duration::from_secs(1),
             reconcile: Default::default(),

@@ -48,6 +48,7 @@ async fn start(backend: Backend) -> Mesh {
     let config = PaymentConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: payment_db.url.clone(),
+        database_read_url: None,
         payment_limit_minor: 100_000,
         payment_currencies: vec!["USD".into()],
         payment_latency: Duration::ZERO,
@@ -62,6 +63,7 @@ async fn start(backend: Backend) -> Mesh {
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: order_db.url.clone(),
+        database_read_url: None,
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl: Duration::from_secs(1),
         reconcile: Default::default(),

@@ -95,6 +95,7 @@ impl Mesh {
         let payment_config = PaymentConfig {
             listen: testing::ANY_PORT,
             database_url: url(1),
+            database_read_url: None,
             payment_limit_minor: 1_000_000,
             payment_currencies: vec!["USD".into()],
             payment_latency: Duration::ZERO,
@@ -105,17 +106,18 @@ impl Mesh {
         let catalog = Catalog::with(backend, PRODUCTS).await;
         let inventory = testing::spawn_service::<Inventory>(
             &mesh,
-            InventoryConfig { listen: testing::ANY_PORT, database_url: url(3) },
+            InventoryConfig { listen: testing::ANY_PORT, database_url: url(3), database_read_url: None },
         )
         .await;
         let notification = testing::spawn_service::<NotificationService>(
             &mesh,
-            NotificationConfig { listen: testing::ANY_PORT, database_url: url(4) },
+            NotificationConfig { listen: testing::ANY_PORT, database_url: url(4), database_read_url: None },
         )
         .await;
         let order_config = OrderConfig {
             listen: testing::ANY_PORT,
             database_url: url(2),
+            database_read_url: None,
             catalog_cache_ttl: Duration::from_secs(5),
             user_check_ttl: Duration::from_secs(1),
             reconcile: ReconcileConfig::default(),

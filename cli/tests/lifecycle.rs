@@ -115,6 +115,7 @@ async fn readiness_never_follows_callees() {
         let config = OrderConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             database_url: test_db.url.clone(),
+            database_read_url: None,
             catalog_cache_ttl: Duration::from_secs(5),
             user_check_ttl: Duration::from_secs(1),
             reconcile: Default::default(),

@@ -266,6 +266,7 @@ fn payment_config(db: &TestDb) -> shopmesh_payment::PaymentConfig {
     shopmesh_payment::PaymentConfig {
         listen: testing::ANY_PORT,
         database_url: db.url.clone(),
+        database_read_url: None,
         payment_limit_minor: 100_000,
         payment_currencies: vec!["USD".into()],
         payment_latency: Duration::ZERO,
@@ -286,6 +287,7 @@ async fn order_calling(
     let config = shopmesh_order::OrderConfig {
         listen: testing::ANY_PORT,
         database_url: db.url.clone(),
+        database_read_url: None,
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl: Duration::from_secs(1),
         reconcile: shopmesh_order::ReconcileConfig {
@@ -326,8 +328,11 @@ async fn impostors_are_refused(backend: Backend) {
     ];
     let config = UserConfig::new(testing::ANY_PORT, dbs[0].url.clone());
     let user = spawn_as::<User>(&ca, dir, "shopmesh-user", config).await;
-    let config =
-        shopmesh_catalog::CatalogConfig { listen: testing::ANY_PORT, database_url: dbs[1].url.clone() };
+    let config = shopmesh_catalog::CatalogConfig {
+        listen: testing::ANY_PORT,
+        database_url: dbs[1].url.clone(),
+        database_read_url: None,
+    };
     let catalog = spawn_as::<shopmesh_catalog::Catalog>(&ca, dir, "shopmesh-catalog", config).await;
     let payment =
         spawn_as::<shopmesh_payment::Payment>(&ca, dir, "shopmesh-payment", payment_config(&dbs[2])).await;

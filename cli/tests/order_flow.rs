@@ -69,6 +69,7 @@ async fn start_payment(listener: TcpListener, db: &TestDb, payment_latency: Dura
     let config = PaymentConfig {
         listen: listener.local_addr().expect("addr"),
         database_url: db.url.clone(),
+        database_read_url: None,
         payment_limit_minor: LIMIT,
         payment_currencies: vec!["USD".into(), "EUR".into()],
         payment_latency,
@@ -124,6 +125,7 @@ async fn start_checking_users(
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: order_db.url.clone(),
+        database_read_url: None,
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl,
         reconcile,

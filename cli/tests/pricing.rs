@@ -63,6 +63,7 @@ async fn start(backend: Backend, ttl: Duration, at: CatalogAt) -> World {
     let config = PaymentConfig {
         listen: testing::ANY_PORT,
         database_url: payment_db.url.clone(),
+        database_read_url: None,
         payment_limit_minor: 1_000_000,
         payment_currencies: vec!["USD".into(), "EUR".into()],
         payment_latency: Duration::ZERO,
@@ -86,6 +87,7 @@ async fn start(backend: Backend, ttl: Duration, at: CatalogAt) -> World {
     let config = OrderConfig {
         listen: testing::ANY_PORT,
         database_url: order_db.url.clone(),
+        database_read_url: None,
         catalog_cache_ttl: ttl,
         user_check_ttl: Duration::from_secs(1),
         reconcile: ReconcileConfig::default(),

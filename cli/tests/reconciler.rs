@@ -52,6 +52,7 @@ async fn world(backend: Backend, payment_up: bool) -> World {
         let config = PaymentConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             database_url: payment_db.url.clone(),
+            database_read_url: None,
             payment_limit_minor: 100_000,
             payment_currencies: vec!["USD".into()],
             payment_latency: Duration::ZERO,

@@ -269,6 +269,7 @@ async fn order_service(
     let config = OrderConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: db.url.clone(),
+        database_read_url: None,
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl: Duration::from_secs(1),
         reconcile: Default::default(),
@@ -580,6 +581,7 @@ async fn lost_charge_replies_are_retried_without_charging_twice() {
         let payment_config = PaymentConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             database_url: payment_db.url.clone(),
+            database_read_url: None,
             payment_limit_minor: 100_000,
             payment_currencies: vec!["USD".into()],
             payment_latency: Duration::ZERO,

@@ -169,6 +169,7 @@ async fn start(backend: Backend) -> Mesh {
     let config = PaymentConfig {
         listen: testing::ANY_PORT,
         database_url: payment_db.url.clone(),
+        database_read_url: None,
         payment_limit_minor: 100_000,
         payment_currencies: vec!["USD".into()],
         payment_latency: Duration::ZERO,
@@ -180,7 +181,11 @@ async fn start(backend: Backend) -> Mesh {
         testing::spawn_service_probed::<shopmesh_payment::Payment>(&as_workload("shopmesh-payment"), config)
             .await
             .0;
-    let config = CatalogConfig { listen: testing::ANY_PORT, database_url: catalog_db.url.clone() };
+    let config = CatalogConfig {
+        listen: testing::ANY_PORT,
+        database_url: catalog_db.url.clone(),
+        database_read_url: None,
+    };
     let catalog =
         testing::spawn_service_probed::<shopmesh_catalog::Catalog>(&as_workload("shopmesh-catalog"), config)
             .await
@@ -200,6 +205,7 @@ async fn start(backend: Backend) -> Mesh {
     let config = OrderConfig {
         listen: testing::ANY_PORT,
         database_url: order_db.url.clone(),
+        database_read_url: None,
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl: Duration::from_secs(1),
         reconcile: Default::default(),
@@ -958,7 +964,11 @@ async fn without_mtls_no_token_is_nobody_and_tokens_need_mtls_between_services()
     let catalog_db = testing::database(Backend::Sqlite, "anonymous-catalog").await;
     let catalog = testing::spawn_service::<shopmesh_catalog::Catalog>(
         &optional(),
-        CatalogConfig { listen: testing::ANY_PORT, database_url: catalog_db.url.clone() },
+        CatalogConfig {
+            listen: testing::ANY_PORT,
+            database_url: catalog_db.url.clone(),
+            database_read_url: None,
+        },
     )
     .await;
 
@@ -998,6 +1008,7 @@ async fn without_mtls_no_token_is_nobody_and_tokens_need_mtls_between_services()
     let config = OrderConfig {
         listen: testing::ANY_PORT,
         database_url: order_db.url.clone(),
+        database_read_url: None,
         catalog_cache_ttl: Duration::from_secs(5),
         user_check_ttl: Duration::from_secs(1),
         reconcile: Default::default(),

@@ -169,11 +169,15 @@ def check_database_env(values: dict, container: Manifest, svc: str, secret: str)
     if not values["postgresql"]["enabled"]:
         ref = url.get("valueFrom", {}).get("secretKeyRef", {})
         assert ref == {"name": values["database"]["existingSecret"], "key": f"{svc}-database-url"}, f"{container['name']}: {var} is {url}, not its own key of database.existingSecret"
-        return "database.existingSecret"
+        # Replicas of an external database: a key of their own, optional (absent: no replicas).
+        read = f"SHOPMESH_{svc.upper()}_DATABASE_READ_URL"
+        assert read in names, f"{container['name']}: no {read}"
+        read_ref = env[names.index(read)].get("valueFrom", {}).get("secretKeyRef", {})
+        want_read = {"name": values["database"]["existingSecret"], "key": f"{svc}-database-read-url", "optional": True}
+        assert read_ref == want_read, f"{container['name']}: {read} is {read_ref}, not {want_read}"
+        return "database.existingSecret (read URL from its optional key)"
     if cloudnativepg(values):
-        # The primary through -rw. (Reads from -ro wait for the services' read URLs, issue 28.)
-        assert f"SHOPMESH_{svc.upper()}_DATABASE_READ_URL" not in names, f"{container['name']}: a read URL no service reads yet"
-        for var, host in ((var, f"{RELEASE}-postgresql-rw"),):
+        for var, host in ((var, f"{RELEASE}-postgresql-rw"), (f"SHOPMESH_{svc.upper()}_DATABASE_READ_URL", f"{RELEASE}-postgresql-ro")):
             assert var in names, f"{container['name']}: no {var}"
             want = f"postgres://shopmesh_{svc}:$(DATABASE_PASSWORD)@{fqdn(host)}:5432/shopmesh_{svc}"
             got = env[names.index(var)]
@@ -182,7 +186,7 @@ def check_database_env(values: dict, container: Manifest, svc: str, secret: str)
         ref = env[names.index("DATABASE_PASSWORD")].get("valueFrom", {}).get("secretKeyRef", {})
         want_ref = {"name": role_secret(values, svc), "key": "password"}
         assert ref == want_ref, f"{container['name']}: the password comes from {ref}, not {want_ref}"
-        return f"-rw composed from {want_ref['name']}/password"
+        return f"-rw and -ro composed from {want_ref['name']}/password"
     want = f"postgres://shopmesh_{svc}:$(DATABASE_PASSWORD)@{fqdn(RELEASE + '-postgresql')}:5432/shopmesh_{svc}"
     assert url.get("value") == want, f"{container['name']}: {var} is {url}, not {want!r} (composed from the role's password)"
     # The kubelet expands $(X) only from variables defined before.

@@ -44,6 +44,13 @@ pub struct MeshConfig {
           help_heading = LISTEN_AND_DATABASES)]
     pub db_acquire_timeout: Duration,
 
+    /// Largest replay lag of a replica that read-only calls may read from (with
+    /// `--<svc>-database-read-url`); a replica further behind, or not answering, is left until
+    /// it catches up, and reads go to the other replicas or the primary. Measured every second.
+    #[arg(long, env = "SHOPMESH_MAX_REPLICA_LAG", default_value = "5s", value_parser = humantime::parse_duration,
+          help_heading = LISTEN_AND_DATABASES, hide_short_help = true)]
+    pub max_replica_lag: Duration,
+
     /// How often a service checks that its database answers; its health follows the answer.
     #[arg(long, env = "SHOPMESH_READINESS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration,
           help_heading = LISTEN_AND_DATABASES, hide_short_help = true)]
@@ -96,6 +103,7 @@ impl Default for MeshConfig {
             readiness_interval: Duration::from_secs(5),
             db_max_connections: None,
             db_acquire_timeout: Duration::from_secs(3),
+            max_replica_lag: Duration::from_secs(5),
             server: ServerConfig::default(),
             client: ClientConfig::default(),
             jwt: JwtConfig::default(),

@@ -55,6 +55,12 @@ pub trait MeshService: 'static {
     /// Its database.
     fn database_url(config: &Self::Config) -> &str;
 
+    /// Its replicas' URL (`--<svc>-database-read-url`), where read-only calls may read; none
+    /// unless the service has the setting.
+    fn database_read_url(_config: &Self::Config) -> Option<&str> {
+        None
+    }
+
     /// The services it calls: the CLI makes their flags, and [`Mesh::upstream_channel`] finds
     /// them in the mesh's table.
     const UPSTREAMS: &'static [Upstream] = &[];

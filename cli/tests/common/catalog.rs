@@ -21,7 +21,11 @@ impl Catalog {
     /// Starts a catalog on `backend`.
     pub async fn start(backend: Backend) -> Self {
         let db = testing::database(backend, "catalog").await;
-        let config = CatalogConfig { listen: testing::ANY_PORT, database_url: db.url.clone() };
+        let config = CatalogConfig {
+            listen: testing::ANY_PORT,
+            database_url: db.url.clone(),
+            database_read_url: None,
+        };
         let service =
             testing::spawn_service::<CatalogService>(&testing::mesh(testing::mesh_config()), config).await;
         Self { service, db }

@@ -194,8 +194,8 @@ rendering. Returns JSON.
 {{- end -}}
 
 {{/*
-A container's database URL variable for one service. An external database: the URL from
-database.existingSecret. The bundled PostgreSQL: composed by the kubelet from the role's password
+A container's database URL variables for one service. An external database: the URL from
+database.existingSecret, and the read URL (replicas) from its optional `<service>-database-read-url` key. The bundled PostgreSQL: composed by the kubelet from the role's password
 in `secret` (dependent-variable expansion), so no URL with a password is ever rendered and the
 password is whatever that Secret holds (postgresql.existingSecret's, or the generated one).
 Takes (dict "root" $ "name" "user" "secret" <Secret with the passwords>); returns EnvVar YAML.
@@ -203,12 +203,14 @@ Takes (dict "root" $ "name" "user" "secret" <Secret with the passwords>); return
 {{- define "shopmesh.databaseEnv" -}}
 {{- $var := printf "SHOPMESH_%s_DATABASE_URL" (upper .name) -}}
 {{- if include "shopmesh.cloudnativepg" .root -}}
-{{- /* CloudNativePG: the role's basic-auth Secret; the primary, through the operator's -rw Service. */}}
+{{- /* CloudNativePG: the role's basic-auth Secret; writes to the primary (-rw), reads to the replicas (-ro). */}}
 {{- $pgName := include "shopmesh.postgresName" .root }}
 - name: DATABASE_PASSWORD
   valueFrom: {secretKeyRef: {name: {{ printf "%s-%s" (default $pgName .root.Values.postgresql.existingSecret) .name }}, key: password}}
 - name: {{ $var }}
   value: {{ printf "postgres://shopmesh_%s:$(DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (printf "%s-rw" $pgName))) .name | quote }}
+- name: {{ printf "SHOPMESH_%s_DATABASE_READ_URL" (upper .name) }}
+  value: {{ printf "postgres://shopmesh_%s:$(DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (printf "%s-ro" $pgName))) .name | quote }}
 {{- else if .root.Values.postgresql.enabled -}}
 {{- /* No SHOPMESH_ prefix: the binary never reads it; only the kubelet does, expanding it into the URL below. */}}
 - name: DATABASE_PASSWORD
@@ -216,8 +218,11 @@ Takes (dict "root" $ "name" "user" "secret" <Secret with the passwords>); return
 - name: {{ $var }}
   value: {{ printf "postgres://shopmesh_%s:$(DATABASE_PASSWORD)@%s:5432/shopmesh_%s" .name (include "shopmesh.fqdn" (dict "root" .root "service" (include "shopmesh.postgresName" .root))) .name | quote }}
 {{- else -}}
+{{- /* An external database: its URL, and its replicas' if the Secret has that key too (optional). */}}
 - name: {{ $var }}
   valueFrom: {secretKeyRef: {name: {{ .root.Values.database.existingSecret }}, key: {{ .name }}-database-url}}
+- name: {{ printf "SHOPMESH_%s_DATABASE_READ_URL" (upper .name) }}
+  valueFrom: {secretKeyRef: {name: {{ .root.Values.database.existingSecret }}, key: {{ .name }}-database-read-url, optional: true}}
 {{- end -}}
 {{- end -}}
 

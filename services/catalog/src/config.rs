@@ -33,6 +33,22 @@ pub struct CatalogConfig {
         default_value = "sqlite://data/catalog.db"
     )]
     pub database_url: String,
+
+    /// Replicas of the catalog service's database that its read-only calls may read from (lag
+    /// bounded by --max-replica-lag): a `postgres://...` URL (a CloudNativePG `-ro` Service),
+    /// several comma-separated, or several hosts in one URL. PostgreSQL only; unset: every
+    /// call uses --catalog-database-url.
+    #[arg(
+        id = "catalog_database_read_url",
+        long = "catalog-database-read-url",
+        value_name = "URL",
+        env = "SHOPMESH_CATALOG_DATABASE_READ_URL",
+        hide_env_values = true,
+        help_heading = LISTEN_AND_DATABASES,
+        // In `--help` only: `-h` of `serve <svc>` fits one screen.
+        hide_short_help = true
+    )]
+    pub database_read_url: Option<String>,
 }
 
 #[cfg(test)]

@@ -60,6 +60,10 @@ impl MeshService for Catalog {
         &config.database_url
     }
 
+    fn database_read_url(config: &CatalogConfig) -> Option<&str> {
+        config.database_read_url.as_deref()
+    }
+
     async fn start(mesh: &Mesh, _config: &CatalogConfig, pool: Pool) -> Result<Started, Error> {
         Ok(Started::routes(Routes::new(
             CatalogServiceServer::new(grpc::CatalogApi::new(store::Store::new(pool)))

@@ -59,9 +59,11 @@ impl Store {
 
     /// The product with `sku`, if any.
     pub async fn get(&self, sku: &Sku) -> Result<Option<Product>, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM products WHERE sku = $1"));
-        let row =
-            sqlx::query(sql).bind(sku.as_str()).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
+        let sql = format!("SELECT {COLUMNS} FROM products WHERE sku = $1");
+        let row = db::read_optional(&self.pool, || {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(sku.as_str())
+        })
+        .await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
@@ -73,15 +75,13 @@ impl Store {
         // One placeholder per SKU (at most 100): `= ANY($1)` would take one array, but only
         // PostgreSQL has arrays. Only placeholders are formatted in, never values.
         let placeholders: Vec<String> = (1..=skus.len()).map(|i| format!("${i}")).collect();
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM products WHERE sku IN ({})",
-            placeholders.join(", ")
-        ));
-        let mut query = sqlx::query(sql);
-        for sku in skus {
-            query = query.bind(sku.as_str());
-        }
-        let rows = query.fetch_all(&mut db::acquire(&self.pool).await?).await?;
+        let sql = format!("SELECT {COLUMNS} FROM products WHERE sku IN ({})", placeholders.join(", "));
+        // A product just created may not be on a replica yet: any missing is asked of the primary.
+        let rows = db::read_found(&self.pool, skus.len(), || {
+            skus.iter()
+                .fold(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), |query, sku| query.bind(sku.as_str()))
+        })
+        .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -94,16 +94,17 @@ impl Store {
     ) -> Result<Vec<Product>, sqlx::Error> {
         // COALESCE($2, active) compares `active` with itself when there is no filter, so one
         // statement serves every filter.
-        let sql = sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT {COLUMNS} FROM products WHERE sku > $1 AND active = COALESCE($2, active) \
              ORDER BY sku LIMIT $3"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(after.map_or("", Sku::as_str))
-            .bind(filter.active().map(i64::from))
-            .bind(i64::from(limit))
-            .fetch_all(&mut db::acquire(&self.pool).await?)
-            .await?;
+        );
+        let rows = db::read_all(&self.pool, || {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(after.map_or("", Sku::as_str))
+                .bind(filter.active().map(i64::from))
+                .bind(i64::from(limit))
+        })
+        .await?;
         rows.iter().map(from_row).collect()
     }
 

@@ -20,7 +20,11 @@ struct Running {
 
 async fn start(backend: Backend) -> Running {
     let db = testing::database(backend, "catalog").await;
-    let config = CatalogConfig { listen: "127.0.0.1:0".parse().expect("addr"), database_url: db.url.clone() };
+    let config = CatalogConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        database_url: db.url.clone(),
+        database_read_url: None,
+    };
     let service =
         testing::spawn_service::<shopmesh_catalog::Catalog>(&testing::mesh(testing::mesh_config()), config)
             .await;

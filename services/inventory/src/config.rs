@@ -32,4 +32,20 @@ pub struct InventoryConfig {
         default_value = "sqlite://data/inventory.db"
     )]
     pub database_url: String,
+
+    /// Replicas of the inventory service's database that its read-only calls may read from (lag
+    /// bounded by --max-replica-lag): a `postgres://...` URL (a CloudNativePG `-ro` Service),
+    /// several comma-separated, or several hosts in one URL. PostgreSQL only; unset: every
+    /// call uses --inventory-database-url.
+    #[arg(
+        id = "inventory_database_read_url",
+        long = "inventory-database-read-url",
+        value_name = "URL",
+        env = "SHOPMESH_INVENTORY_DATABASE_READ_URL",
+        hide_env_values = true,
+        help_heading = LISTEN_AND_DATABASES,
+        // In `--help` only: `-h` of `serve <svc>` fits one screen.
+        hide_short_help = true
+    )]
+    pub database_read_url: Option<String>,
 }

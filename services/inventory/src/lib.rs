@@ -56,6 +56,10 @@ impl MeshService for Inventory {
         &config.database_url
     }
 
+    fn database_read_url(config: &InventoryConfig) -> Option<&str> {
+        config.database_read_url.as_deref()
+    }
+
     fn describe_metrics() {
         mesh_events::consumer::describe_metrics();
     }

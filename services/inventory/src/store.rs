@@ -67,8 +67,9 @@ impl Store {
 
     /// The stock of `sku`.
     pub async fn get(&self, sku: &str) -> Result<Option<Stock>, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM stock WHERE sku = $1"));
-        let row = sqlx::query(sql).bind(sku).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
+        let sql = format!("SELECT {COLUMNS} FROM stock WHERE sku = $1");
+        let row = db::read_optional(&self.pool, || sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(sku))
+            .await?;
         row.as_ref().map(stock).transpose()
     }
 
@@ -79,14 +80,11 @@ impl Store {
             db::Backend::Postgres => "sku COLLATE \"C\"",
             db::Backend::Sqlite => "sku",
         };
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM stock WHERE {order} > $1 ORDER BY {order} LIMIT $2"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&mut db::acquire(&self.pool).await?)
-            .await?;
+        let sql = format!("SELECT {COLUMNS} FROM stock WHERE {order} > $1 ORDER BY {order} LIMIT $2");
+        let rows = db::read_all(&self.pool, || {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(after.unwrap_or("")).bind(i64::from(limit))
+        })
+        .await?;
         rows.iter().map(stock).collect()
     }
 

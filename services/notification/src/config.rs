@@ -32,4 +32,20 @@ pub struct NotificationConfig {
         default_value = "sqlite://data/notification.db"
     )]
     pub database_url: String,
+
+    /// Replicas of the notification service's database that its read-only calls may read from (lag
+    /// bounded by --max-replica-lag): a `postgres://...` URL (a CloudNativePG `-ro` Service),
+    /// several comma-separated, or several hosts in one URL. PostgreSQL only; unset: every
+    /// call uses --notification-database-url.
+    #[arg(
+        id = "notification_database_read_url",
+        long = "notification-database-read-url",
+        value_name = "URL",
+        env = "SHOPMESH_NOTIFICATION_DATABASE_READ_URL",
+        hide_env_values = true,
+        help_heading = LISTEN_AND_DATABASES,
+        // In `--help` only: `-h` of `serve <svc>` fits one screen.
+        hide_short_help = true
+    )]
+    pub database_read_url: Option<String>,
 }

@@ -60,6 +60,10 @@ impl MeshService for Notification {
         &config.database_url
     }
 
+    fn database_read_url(config: &NotificationConfig) -> Option<&str> {
+        config.database_read_url.as_deref()
+    }
+
     fn describe_metrics() {
         mesh_events::consumer::describe_metrics();
     }

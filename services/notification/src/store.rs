@@ -77,8 +77,9 @@ impl Store {
 
     /// The notification `id`.
     pub async fn get(&self, id: &str) -> Result<Option<Notification>, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM notifications WHERE id = $1"));
-        let row = sqlx::query(sql).bind(id).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
+        let sql = format!("SELECT {COLUMNS} FROM notifications WHERE id = $1");
+        let row =
+            db::read_optional(&self.pool, || sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id)).await?;
         row.as_ref().map(notification).transpose()
     }
 
@@ -93,15 +94,16 @@ impl Store {
             Filter::User(user) => ("user_id", user),
             Filter::Order(order) => ("order_id", order),
         };
-        let sql = sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT {COLUMNS} FROM notifications WHERE {column} = $1 AND id > $2 ORDER BY id LIMIT $3"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(value)
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&mut db::acquire(&self.pool).await?)
-            .await?;
+        );
+        let rows = db::read_all(&self.pool, || {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(value)
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+        })
+        .await?;
         rows.iter().map(notification).collect()
     }
 }

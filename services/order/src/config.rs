@@ -37,6 +37,22 @@ pub struct OrderConfig {
     )]
     pub database_url: String,
 
+    /// Replicas of the order service's database that its read-only calls may read from (lag
+    /// bounded by --max-replica-lag): a `postgres://...` URL (a CloudNativePG `-ro` Service),
+    /// several comma-separated, or several hosts in one URL. PostgreSQL only; unset: every
+    /// call uses --order-database-url.
+    #[arg(
+        id = "order_database_read_url",
+        long = "order-database-read-url",
+        value_name = "URL",
+        env = "SHOPMESH_ORDER_DATABASE_READ_URL",
+        hide_env_values = true,
+        help_heading = LISTEN_AND_DATABASES,
+        // In `--help` only: `-h` of `serve <svc>` fits one screen.
+        hide_short_help = true
+    )]
+    pub database_read_url: Option<String>,
+
     /// How long a user found active may order again without the user service being asked:
     /// a user deactivated meanwhile can still order for up to this time; `0s` asks on every
     /// order. Users found inactive or missing are asked again every time.

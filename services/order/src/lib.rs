@@ -77,6 +77,10 @@ impl MeshService for Order {
         &config.database_url
     }
 
+    fn database_read_url(config: &OrderConfig) -> Option<&str> {
+        config.database_read_url.as_deref()
+    }
+
     fn describe_metrics() {
         mesh_events::consumer::describe_metrics();
         metrics::describe_gauge!(

@@ -395,8 +395,9 @@ impl Store {
 
     /// The order with `id`.
     pub async fn get(&self, id: &str) -> Result<Option<Order>, sqlx::Error> {
-        let sql = AssertSqlSafe(format!("{SELECT} WHERE o.id = $1 ORDER BY i.line_no"));
-        let rows = sqlx::query(sql).bind(id).fetch_all(&mut db::acquire(&self.pool).await?).await?;
+        let sql = format!("{SELECT} WHERE o.id = $1 ORDER BY i.line_no");
+        let rows =
+            db::read_found(&self.pool, 1, || sqlx::query(AssertSqlSafe(sql.as_str())).bind(id)).await?;
         Ok(group(&rows)?.pop())
     }
 
@@ -419,16 +420,17 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Order>, sqlx::Error> {
-        let sql = AssertSqlSafe(format!(
+        let sql = format!(
             "{SELECT} WHERE o.id IN (SELECT id FROM orders WHERE user_id = $1 AND id > $2 \
              ORDER BY id LIMIT $3) ORDER BY o.id, i.line_no"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(user_id)
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&mut db::acquire(&self.pool).await?)
-            .await?;
+        );
+        let rows = db::read_all(&self.pool, || {
+            sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(user_id)
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+        })
+        .await?;
         group(&rows)
     }
 }

@@ -40,6 +40,22 @@ pub struct PaymentConfig {
     )]
     pub database_url: String,
 
+    /// Replicas of the payment service's database that its read-only calls may read from (lag
+    /// bounded by --max-replica-lag): a `postgres://...` URL (a CloudNativePG `-ro` Service),
+    /// several comma-separated, or several hosts in one URL. PostgreSQL only; unset: every
+    /// call uses --payment-database-url.
+    #[arg(
+        id = "payment_database_read_url",
+        long = "payment-database-read-url",
+        value_name = "URL",
+        env = "SHOPMESH_PAYMENT_DATABASE_READ_URL",
+        hide_env_values = true,
+        help_heading = LISTEN_AND_DATABASES,
+        // In `--help` only: `-h` of `serve <svc>` fits one screen.
+        hide_short_help = true
+    )]
+    pub database_read_url: Option<String>,
+
     /// The simulated processor declines charges above this many minor units
     /// ("amount_over_limit").
     #[arg(long, env = "SHOPMESH_PAYMENT_LIMIT_MINOR", help_heading = PROCESSOR, default_value_t = 100_000)]

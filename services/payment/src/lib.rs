@@ -65,6 +65,10 @@ impl MeshService for Payment {
         &config.database_url
     }
 
+    fn database_read_url(config: &PaymentConfig) -> Option<&str> {
+        config.database_read_url.as_deref()
+    }
+
     /// Opens (lazily) the simulated processor's ledger beside the service's own database.
     async fn start(mesh: &Mesh, config: &PaymentConfig, pool: Pool) -> Result<Started, Error> {
         let ledger = db::connect(&config.processor_ledger_url, mesh.config())?.named("processor");

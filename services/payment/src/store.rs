@@ -200,8 +200,8 @@ impl Store {
 
     /// The payment with `id`.
     pub async fn get(&self, id: &str) -> Result<Option<Payment>, sqlx::Error> {
-        let sql = AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE id = $1"));
-        let row = sqlx::query(sql).bind(id).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
+        let sql = format!("SELECT {COLUMNS} FROM payments WHERE id = $1");
+        let row = db::read_optional(&self.pool, || sqlx::query(AssertSqlSafe(sql.as_str())).bind(id)).await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
@@ -229,15 +229,15 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Payment>, sqlx::Error> {
-        let sql = AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM payments WHERE order_id = $1 AND id > $2 ORDER BY id LIMIT $3"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(order_id)
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&mut db::acquire(&self.pool).await?)
-            .await?;
+        let sql =
+            format!("SELECT {COLUMNS} FROM payments WHERE order_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+        let rows = db::read_all(&self.pool, || {
+            sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(order_id)
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+        })
+        .await?;
         rows.iter().map(from_row).collect()
     }
 }

@@ -34,6 +34,7 @@ async fn start_with(backend: Backend, payment_latency: Duration) -> Running {
     let config = PaymentConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: db.url.clone(),
+        database_read_url: None,
         payment_limit_minor: 50_000,
         payment_currencies: vec!["USD".into(), "EUR".into()],
         payment_latency,

@@ -33,6 +33,22 @@ pub struct UserConfig {
     )]
     pub database_url: String,
 
+    /// Replicas of the user service's database that its read-only calls may read from (lag
+    /// bounded by --max-replica-lag): a `postgres://...` URL (a CloudNativePG `-ro` Service),
+    /// several comma-separated, or several hosts in one URL. PostgreSQL only; unset: every
+    /// call uses --user-database-url.
+    #[arg(
+        id = "user_database_read_url",
+        long = "user-database-read-url",
+        value_name = "URL",
+        env = "SHOPMESH_USER_DATABASE_READ_URL",
+        hide_env_values = true,
+        help_heading = LISTEN_AND_DATABASES,
+        // In `--help` only: `-h` of `serve <svc>` fits one screen.
+        hide_short_help = true
+    )]
+    pub database_read_url: Option<String>,
+
     /// How long GetUser may answer from this replica's memory. An update through this replica
     /// is seen at once; one through another replica within this time. `0s` reads the database
     /// on every call.
@@ -51,6 +67,11 @@ pub struct UserConfig {
 impl UserConfig {
     /// The service on `listen` over `database_url`, every other setting at its default.
     pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
-        Self { listen, database_url: database_url.into(), cache_ttl: Duration::from_secs(1) }
+        Self {
+            listen,
+            database_url: database_url.into(),
+            database_read_url: None,
+            cache_ttl: Duration::from_secs(1),
+        }
     }
 }

@@ -46,6 +46,10 @@ impl MeshService for User {
         &config.database_url
     }
 
+    fn database_read_url(config: &UserConfig) -> Option<&str> {
+        config.database_read_url.as_deref()
+    }
+
     /// Its routes over the database, answering GetUser from memory for `--user-cache-ttl`.
     async fn start(mesh: &Mesh, config: &UserConfig, pool: Pool) -> Result<Started, Error> {
         let store = store::Store::new(pool).with_cache(config.cache_ttl);

@@ -114,8 +114,7 @@ impl Store {
         let user = match self.pool.read_row_now(BY_ID, [id], from_sqlite_row) {
             Some(user) => user,
             None => {
-                let row =
-                    sqlx::query(BY_ID).bind(id).fetch_optional(&mut db::acquire(&self.pool).await?).await?;
+                let row = db::read_optional(&self.pool, || sqlx::query(BY_ID).bind(id)).await?;
                 row.map(|r| from_row(&r)).transpose()?
             }
         };
@@ -128,13 +127,11 @@ impl Store {
 
     /// Up to `limit` users with ids after `after`, in id (creation) order.
     pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<User>, sqlx::Error> {
-        let sql =
-            sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2"));
-        let rows = sqlx::query(sql)
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(&mut db::acquire(&self.pool).await?)
-            .await?;
+        let sql = format!("SELECT {COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2");
+        let rows = db::read_all(&self.pool, || {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(after.unwrap_or("")).bind(i64::from(limit))
+        })
+        .await?;
         rows.iter().map(from_row).collect()
     }
 

@@ -5,7 +5,8 @@
 //! [`acquire`] and [`begin`] every store uses. Beside it: `traced.rs` (the span of each
 //! statement), `url.rs` (engines, SQLite files, redaction) and `inline/` (SQLite point reads and
 //! single-statement writes without sqlx's thread hop: [`Pool::read_row_now`],
-//! [`Pool::execute`], [`Pool::write_row_now`]).
+//! [`Pool::execute`], [`Pool::write_row_now`]) and `replicas/` (reads from replicas:
+//! [`Pool::with_replicas`], [`read_optional`], [`read_found`], [`read_all`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +17,16 @@ use sqlx::{Executor as _, Transaction};
 
 mod inline;
 mod pooler;
+mod replicas;
 mod traced;
 mod url;
 
+#[cfg(test)]
+pub(crate) use replicas::route::read_only as read_only_call;
+pub use replicas::route::{
+    WRITTEN_AT, now_ms as written_now_ms, scope as read_route_scope, token as written_at,
+};
+pub use replicas::{LAG_INTERVAL, on as replicas_on, read_all, read_found, read_optional};
 /// The SQLite API of [`Pool::read_row_now`]'s and [`Pool::write_row_now`]'s closures (rows,
 /// parameters), at sqlx's version.
 pub use rusqlite;
@@ -42,6 +50,8 @@ pub struct Pool {
     writer: Option<Arc<inline::Writer>>,
     /// Through a transaction pooler (`pooler=transaction` in the URL; `pooler.rs`).
     pooled: bool,
+    /// Where read-only calls' reads may go (`--<svc>-database-read-url`; `replicas/`).
+    replicas: Option<Arc<replicas::Replicas>>,
 }
 
 /// The pool's label (`db.client.connection.pool.name`): the service's name.
@@ -363,7 +373,7 @@ pub fn connect(url: &str, mesh: &MeshConfig) -> Result<Pool, Error> {
         Arc::new(inline::Writer::new(path.into(), inline::CHECKPOINT_EVERY, inline::RESTART_AT_PAGES))
     });
     let inner = options.connect_lazy(&url)?;
-    Ok(Pool { inner, metrics: None, readers, writer, pooled })
+    Ok(Pool { inner, metrics: None, readers, writer, pooled, replicas: None })
 }
 
 /// Applies `migrations` for `backend` to `pool`, retrying a few times: replicas starting at

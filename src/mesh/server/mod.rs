@@ -24,8 +24,10 @@
 //! 10. [`readiness`]: UNAVAILABLE until the database is ready.
 //! 11. [`rate_limit`]: per caller.
 //! 12. [`deadline`]: the caller's `grpc-timeout` becomes the handler's deadline.
-//! 13. [`message_size`]: oversized messages, RESOURCE_EXHAUSTED.
-//! 14. The router: health, reflection, the service.
+//! 13. [`read_route`]: a read-only call may read from a replica; a write's answer carries the
+//!     token that sends its caller's next reads to the primary.
+//! 14. [`message_size`]: oversized messages, RESOURCE_EXHAUSTED.
+//! 15. The router: health, reflection, the service.
 //!
 //! The plaintext probe port serves health alone, with the same HTTP/2 limits (1.) and the
 //! same read timeout and bounds (8., 9.); it reads no other message.
@@ -42,6 +44,7 @@ pub mod method;
 pub mod peer;
 pub mod per_key;
 pub mod rate_limit;
+pub mod read_route;
 pub mod readiness;
 pub mod request_read;
 
@@ -142,6 +145,12 @@ where
     S::describe_metrics();
     let url = S::database_url(&config);
     let pool = db::connect(url, mesh.config())?.named(S::NAME);
+    let pool = match S::database_read_url(&config).filter(|read| !read.trim().is_empty()) {
+        Some(read) => {
+            pool.with_replicas(read, mesh.config(), S::NAME, &format!("--{}-database-read-url", S::NAME))?
+        }
+        None => pool,
+    };
     let readiness = Readiness::new(url, pool.clone(), S::MIGRATIONS, mesh.config())?;
     let started = S::start(mesh, &config, pool.clone()).await?;
     // Started once the schema is up to date (see `Readiness::prepared`); stopped with the
@@ -162,6 +171,7 @@ where
         task.abort();
     }
     pool.close().await;
+    pool.close_replicas().await;
     result
 }
 
@@ -295,6 +305,9 @@ where
         .layer(rate_limit)
         // The deadline covers everything the handler does, and the oversize answer below it.
         .layer(ServerDeadlineLayer::new(config.client.call_timeout))
+        // Around the handler alone: its reads see whether the call is read-only, and a write's
+        // token is stamped once the handler has answered (committed).
+        .layer(read_route::ReadRouteLayer)
         // Innermost: sees the decoder's answer for an oversized or undecodable request.
         .layer(MessageSizeLayer)
         .add_routes(routes);

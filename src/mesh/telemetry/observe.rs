@@ -137,6 +137,19 @@ pub fn describe_metrics() {
     describe_gauge!("db_client_connection_count", "Database connections by state (idle, used).");
     describe_gauge!("db_client_connection_max", "Largest number of database connections the pool opens.");
     describe_gauge!("db_client_connection_pending_requests", "Requests waiting for a database connection.");
+    describe_counter!("shopmesh_db_replica_reads_total", "Reads of read-only calls a replica answered.");
+    describe_counter!(
+        "shopmesh_db_replica_fallback_total",
+        "Reads of read-only calls that went to the primary, by reason: unusable (every replica lagging or down), not_found, error, recent_write."
+    );
+    describe_gauge!(
+        "shopmesh_db_replica_lag_seconds",
+        "A replica's replay lag, measured on it every second."
+    );
+    describe_gauge!(
+        "shopmesh_db_replica_usable",
+        "1 while reads may use the replica (answering, lag within --max-replica-lag)."
+    );
     describe_histogram!(
         "db_client_connection_wait_time_seconds",
         Unit::Seconds,
