@@ -24,6 +24,10 @@
 //! is set). Longer runs: `scripts/fault-harness` (see docs/benchmarks.md), which sets
 //! `SHOPMESH_FAULTS_DURATION`, `SHOPMESH_FAULTS_RATE` and `SHOPMESH_FAULTS_SEED`.
 
+mod event_checks;
+mod events;
+#[path = "../common/nats.rs"]
+mod nats;
 mod proxy;
 
 use std::collections::{HashMap, HashSet};
@@ -920,6 +924,16 @@ async fn under_faults_nothing_is_lost_and_nothing_charged_twice() {
     let settings = Settings::from_env();
     for backend in testing::backends() {
         run(backend, &settings).await;
+    }
+}
+
+/// The events round (`events.rs`): broker, consumer and relay faults and duplicated deliveries,
+/// then the invariants of `event_checks.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_event_faults_every_paid_order_is_fulfilled_and_notified_once() {
+    let settings = Settings::from_env();
+    for backend in testing::backends() {
+        events::run(backend, &settings).await;
     }
 }
 
