@@ -59,14 +59,15 @@ async fn outbox(db: &AnyPool) -> HashMap<(String, String), usize> {
 /// Every invariant but the lag; violations name the order or SKU. Prints the counts.
 pub async fn check(db: &Databases<'_>, initial: &[(String, i64)]) -> Vec<String> {
     let mut violations = Vec::new();
-    let order_rows = sqlx::query("SELECT id, state, fulfilment FROM orders")
-        .fetch_all(db.orders)
-        .await
-        .expect("orders");
+    let order_rows =
+        sqlx::query("SELECT id, state, fulfilment FROM orders").fetch_all(db.orders).await.expect("orders");
     let orders: HashMap<String, (String, Option<String>)> = order_rows
         .iter()
         .map(|r| {
-            (r.try_get("id").expect("id"), (r.try_get("state").expect("state"), r.try_get("fulfilment").expect("f")))
+            (
+                r.try_get("id").expect("id"),
+                (r.try_get("state").expect("state"), r.try_get("fulfilment").expect("f")),
+            )
         })
         .collect();
     let order_events = outbox(db.orders).await;
@@ -79,8 +80,10 @@ pub async fn check(db: &Databases<'_>, initial: &[(String, i64)]) -> Vec<String>
     for (order_id, kind) in pairs(db.notifications, "SELECT order_id, kind FROM notifications").await {
         notified.entry(order_id).or_default().push(kind);
     }
-    let ledger: Vec<String> =
-        sqlx::query_scalar("SELECT idempotency_key FROM mail_ledger").fetch_all(db.notifications).await.expect("ledger");
+    let ledger: Vec<String> = sqlx::query_scalar("SELECT idempotency_key FROM mail_ledger")
+        .fetch_all(db.notifications)
+        .await
+        .expect("ledger");
     let mut sent: HashMap<String, Vec<String>> = HashMap::new();
     for key in &ledger {
         let (order_id, kind) = key.split_once('/').unwrap_or((key, ""));
@@ -103,7 +106,8 @@ pub async fn check(db: &Databases<'_>, initial: &[(String, i64)]) -> Vec<String>
         let mut mailed = sent.get(id).cloned().unwrap_or_default();
         mailed.sort();
         if paid > 1 || cancelled > 1 {
-            violations.push(format!("order {id}: {paid} OrderPaid and {cancelled} OrderCancelled in its outbox"));
+            violations
+                .push(format!("order {id}: {paid} OrderPaid and {cancelled} OrderCancelled in its outbox"));
         }
         if paid == 0 {
             // Never paid: nothing may have happened to it downstream (a cancelled unpaid order
@@ -118,8 +122,9 @@ pub async fn check(db: &Databases<'_>, initial: &[(String, i64)]) -> Vec<String>
             continue;
         }
         if allocated + backordered != 1 {
-            violations
-                .push(format!("paid order {id}: {allocated} allocations and {backordered} backorders published"));
+            violations.push(format!(
+                "paid order {id}: {allocated} allocations and {backordered} backorders published"
+            ));
         }
         let first = if allocated > 0 { "CONFIRMED" } else { "BACKORDERED" };
         let (want_fulfilment, want_kinds, want_released) = match (state.as_str(), allocated > 0) {
@@ -135,21 +140,25 @@ pub async fn check(db: &Databases<'_>, initial: &[(String, i64)]) -> Vec<String>
         *counts.entry(if state == "PAID" { "paid" } else { "cancelled after paid" }).or_default() += 1;
         *counts.entry(want_fulfilment).or_default() += 1;
         if fulfilment != Some(want_fulfilment) {
-            violations.push(format!("order {id} {state}: inventory says {fulfilment:?}, not {want_fulfilment}"));
+            violations
+                .push(format!("order {id} {state}: inventory says {fulfilment:?}, not {want_fulfilment}"));
         }
         if released != want_released {
-            violations.push(format!("order {id} {state}: {released} releases published, not {want_released}"));
+            violations
+                .push(format!("order {id} {state}: {released} releases published, not {want_released}"));
         }
         if kinds != want_kinds {
             violations.push(format!("order {id} {state}: notified {kinds:?}, not {want_kinds:?}"));
         }
         if mailed != want_kinds {
-            violations.push(format!("order {id} {state}: the mail ledger sent {mailed:?}, not {want_kinds:?}"));
+            violations
+                .push(format!("order {id} {state}: the mail ledger sent {mailed:?}, not {want_kinds:?}"));
         }
         // The order records what the inventory said: a backorder cancelled stays BACKORDERED.
         let recorded = if want_fulfilment == "CANCELLED" { "BACKORDERED" } else { want_fulfilment };
         if order_fulfilment.as_deref() != Some(recorded) {
-            violations.push(format!("order {id} {state}: its fulfilment is {order_fulfilment:?}, not {recorded}"));
+            violations
+                .push(format!("order {id} {state}: its fulfilment is {order_fulfilment:?}, not {recorded}"));
         }
         if allocated > 0 {
             let of = |m: &BTreeMap<(String, String), i64>| {
@@ -243,6 +252,10 @@ pub async fn lag(js: &async_nats::jetstream::Context) -> Vec<String> {
     if dead != 0 {
         violations.push(format!("{dead} events dead-lettered"));
     }
-    println!("consumer lag 0 on {} consumers: {}; dead letters {dead}", CONSUMERS.len(), violations.is_empty());
+    println!(
+        "consumer lag 0 on {} consumers: {}; dead letters {dead}",
+        CONSUMERS.len(),
+        violations.is_empty()
+    );
     violations
 }

@@ -245,11 +245,13 @@ pub async fn run(backend: Backend, settings: &Settings) {
     let settled = settle(&js, &order_db, &inventory_db, settings.settle).await;
     println!("events settled in {:?} (lag {settled:?})", settle_start.elapsed());
     // A last burst of duplicates, every one after its original was handled.
-    let burst = republish(&js, &order_db, &mut rng, 50).await + republish(&js, &inventory_db, &mut rng, 50).await;
+    let burst =
+        republish(&js, &order_db, &mut rng, 50).await + republish(&js, &inventory_db, &mut rng, 50).await;
     let settled = settle(&js, &order_db, &inventory_db, settings.settle).await;
     println!("{burst} duplicates published after the settle; lag {settled:?}");
 
-    let databases = Databases { orders: &order_db, inventory: &inventory_db, notifications: &notification_db };
+    let databases =
+        Databases { orders: &order_db, inventory: &inventory_db, notifications: &notification_db };
     let mut violations = event_checks::check(&databases, &initial).await;
     violations.extend(event_checks::lag(&js).await);
     for p in [&user, &catalog, &payment, &order, &inventory, &notification] {
@@ -291,8 +293,7 @@ pub async fn run(backend: Backend, settings: &Settings) {
 /// back) and sets their stock; returns the stock set, by SKU.
 async fn stock_up(catalog: SocketAddr, inventory: SocketAddr) -> Vec<(String, i64)> {
     let mut products = CatalogServiceClient::connect(format!("http://{catalog}")).await.expect("catalog");
-    let mut stock =
-        InventoryServiceClient::connect(format!("http://{inventory}")).await.expect("inventory");
+    let mut stock = InventoryServiceClient::connect(format!("http://{inventory}")).await.expect("inventory");
     let mut initial = Vec::new();
     for n in 1..=10_u32 {
         let sku = format!("BENCH-{n}");
@@ -319,7 +320,12 @@ pub async fn count(db: &AnyPool, sql: &'static str) -> i64 {
 
 /// Publishes up to `n` already published events of the outbox in `db` again, each under its
 /// own `ce-id` and a new `Nats-Msg-Id` (past JetStream's dedup): how many were accepted.
-async fn republish(js: &async_nats::jetstream::Context, db: &AnyPool, rng: &mut fastrand::Rng, n: usize) -> u32 {
+async fn republish(
+    js: &async_nats::jetstream::Context,
+    db: &AnyPool,
+    rng: &mut fastrand::Rng,
+    n: usize,
+) -> u32 {
     let rows = sqlx::query(
         "SELECT id, event_type, subject, body, created_at_ms FROM outbox WHERE published_at_ms IS NOT NULL",
     )
