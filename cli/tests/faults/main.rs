@@ -20,6 +20,10 @@
 //! equal to each order's PAID total.
 //! A violation fails with the offending ids.
 //!
+//! A second round, `events.rs`, runs the events path (order, inventory and notification on a
+//! real NATS server) under broker, consumer and relay faults and duplicated deliveries, and
+//! checks its invariants (`event_checks.rs`).
+//!
 //! `cargo test` runs a short round on SQLite (and PostgreSQL when `SHOPMESH_TEST_POSTGRES_URL`
 //! is set). Longer runs: `scripts/fault-harness` (see docs/benchmarks.md), which sets
 //! `SHOPMESH_FAULTS_DURATION`, `SHOPMESH_FAULTS_RATE` and `SHOPMESH_FAULTS_SEED`.
@@ -919,8 +923,12 @@ async fn check(
     violations
 }
 
+/// One round at a time: both rounds in parallel on a small machine would fault each other.
+static ONE_ROUND: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_faults_nothing_is_lost_and_nothing_charged_twice() {
+    let _round = ONE_ROUND.lock().await;
     let settings = Settings::from_env();
     for backend in testing::backends() {
         run(backend, &settings).await;
@@ -931,6 +939,7 @@ async fn under_faults_nothing_is_lost_and_nothing_charged_twice() {
 /// then the invariants of `event_checks.rs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_event_faults_every_paid_order_is_fulfilled_and_notified_once() {
+    let _round = ONE_ROUND.lock().await;
     let settings = Settings::from_env();
     for backend in testing::backends() {
         events::run(backend, &settings).await;
