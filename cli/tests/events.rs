@@ -471,3 +471,45 @@ async fn inventory_admin_calls_validate_and_page() {
     assert_eq!(err.code(), Code::InvalidArgument);
     mesh.stop().await;
 }
+
+/// `shopmesh bench --notification` times every PAID order of its run from CreateOrder's answer
+/// to its notification (read back from the record), and refuses the flag without `--record`.
+#[tokio::test]
+async fn the_bench_times_each_paid_orders_notification() {
+    let mesh = Mesh::start(Backend::Sqlite, bus()).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let record = dir.path().join("record.jsonl");
+    let (order, notification, user) =
+        (mesh.services[0].url(), mesh.services[1].url(), mesh.services[4].url());
+    let bench = |with_record: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shopmesh"));
+        command
+            .args(["bench", "create-order", "--requests", "20", "--concurrency", "4", "--json", "--quiet"])
+            .args(["--user", &user, "--order", &order, "--catalog", &mesh.catalog.url()])
+            .args(["--notification", &notification])
+            .kill_on_drop(true);
+        if with_record {
+            command.arg("--record").arg(&record);
+        }
+        command.output()
+    };
+    let out = bench(true).await.expect("run shopmesh bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    let paid = std::fs::read_to_string(&record)
+        .expect("record")
+        .lines()
+        .filter(|l| l.contains("\"ORDER_STATE_PAID\""))
+        .count() as u64;
+    let timed = &report["notification"];
+    assert!(paid > 0, "{report}");
+    assert_eq!(timed["paid"].as_u64(), Some(paid), "{report}");
+    assert_eq!(timed["notified"].as_u64(), Some(paid), "every PAID order is notified: {report}");
+    let (p50, p99) = (timed["latency_ms"]["p50"].as_u64(), timed["latency_ms"]["p99"].as_u64());
+    assert!(p50.is_some() && p50 <= p99, "{report}");
+
+    let refused = bench(false).await.expect("run shopmesh bench");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--record"), "{refused:?}");
+    mesh.stop().await;
+}

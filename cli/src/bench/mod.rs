@@ -14,6 +14,7 @@
 //! order for `get-order`) or the record file could not be written.
 
 mod load;
+mod notified;
 mod progress;
 mod record;
 mod report;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shopmesh::api::catalog::v1::catalog_service_client::CatalogServiceClient;
+use shopmesh::api::notification::v1::notification_service_client::NotificationServiceClient;
 use shopmesh::api::order::v1::order_service_client::OrderServiceClient;
 use shopmesh::api::user::v1::user_service_client::UserServiceClient;
 use shopmesh::mesh::security::connect::TlsConnector;
@@ -121,6 +123,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 
+    /// After a create-order run with --record, the notification service to time each PAID
+    /// order's notification at: the report adds the time from CreateOrder's answer to the
+    /// notification's send time (p50, p99), waiting up to 30 s for the last ones. Meaningful
+    /// when the mesh runs on this host (both times are this clock's).
+    #[arg(long, env = "SHOPMESH_BENCH_NOTIFICATION", value_name = "URL", requires = "record")]
+    pub notification: Option<String>,
+
     /// Print the report as one JSON object (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -210,7 +219,9 @@ impl BenchArgs {
     /// What clap cannot check by itself: URLs, and `--mix` only with the `mix` scenario.
     pub fn validate(&self) -> Result<(), String> {
         let tls = self.tls_cert.is_some();
-        for (flag, url) in [("--user", &self.user), ("--order", &self.order), ("--catalog", &self.catalog)] {
+        let notification = self.notification.iter().map(|url| ("--notification", url));
+        let targets = [("--user", &self.user), ("--order", &self.order), ("--catalog", &self.catalog)];
+        for (flag, url) in targets.into_iter().chain(notification) {
             Endpoint::from_shared(url.clone())
                 .map_err(|e| format!("{flag} {url:?} is not a URL like http://127.0.0.1:50051: {e}"))?;
             match url.split_once("://").map(|(scheme, _)| scheme) {
@@ -221,6 +232,9 @@ impl BenchArgs {
                 }
                 _ => return Err(format!("{flag} {url:?}: only http:// and https:// targets are supported")),
             }
+        }
+        if self.notification.is_some() && self.scenario != Scenario::CreateOrder {
+            return Err("--notification applies only to the `create-order` scenario".into());
         }
         if self.mix.is_some() && self.scenario != Scenario::Mix {
             return Err("--mix applies only to the `mix` scenario".into());
@@ -435,13 +449,42 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     progress.finish();
 
     let report = stats.report(RunInfo { interrupted: stop.is_cancelled(), ..info }, start + plan.warmup);
-    if args.json {
-        match serde_json::to_string(&report) {
-            Ok(json) => println!("{json}"),
-            Err(err) => eprintln!("error: cannot encode the report: {err}"),
+    let notified = match (&args.notification, &args.record) {
+        (Some(url), Some(path)) => {
+            // The record is read back: complete before the notifications are timed.
+            if flush(&recorder, ExitCode::SUCCESS) == ExitCode::FAILURE {
+                return ExitCode::FAILURE;
+            }
+            say(format!("timing each PAID order's notification at {url}"));
+            let client = channels(url, 1, args.timeout, tls.as_ref(), &headers)
+                .map(|c| NotificationServiceClient::new(c.into_iter().next().expect("one channel")));
+            match client {
+                Ok(client) => match notified::measure(path, client, Duration::from_secs(30)).await {
+                    Ok(latency) => Some(latency),
+                    Err(err) => {
+                        eprintln!("error: cannot time the notifications: {err}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                Err(err) => {
+                    eprintln!("error: --notification {url}: {err}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
+        _ => None,
+    };
+    if args.json {
+        let mut json = serde_json::to_value(&report).unwrap_or_default();
+        if let (Some(latency), Some(object)) = (&notified, json.as_object_mut()) {
+            object.insert("notification".into(), serde_json::to_value(latency).unwrap_or_default());
+        }
+        println!("{json}");
     } else {
         print!("{}", report.text());
+        if let Some(latency) = &notified {
+            print!("{}", latency.text());
+        }
     }
     flush(&recorder, ExitCode::SUCCESS)
 }
