@@ -43,7 +43,15 @@ mod nats;
 use catalog::Catalog;
 use nats::Nats;
 
-const PRODUCTS: &[(&str, i64, &str)] = &[("TEA", 450, "USD"), ("MUG", 1_200, "USD"), ("LAMP", 4_000, "USD")];
+const PRODUCTS: &[(&str, i64, &str)] = &[
+    ("TEA", 450, "USD"),
+    ("MUG", 1_200, "USD"),
+    ("LAMP", 4_000, "USD"),
+    // For the inventory's paging test: SetStock takes only SKUs the catalog has.
+    ("A", 100, "USD"),
+    ("B", 100, "USD"),
+    ("C", 100, "USD"),
+];
 
 /// The six services, a client of each one a test calls, and their databases.
 struct Mesh {
@@ -104,7 +112,7 @@ impl Mesh {
         let payment = testing::spawn_service::<shopmesh_payment::Payment>(&mesh, payment_config).await;
         let catalog = Catalog::with(backend, PRODUCTS).await;
         let inventory = testing::spawn_service::<Inventory>(
-            &mesh,
+            &mesh.clone().with_upstreams(Upstreams::new().at("catalog", catalog.url())),
             InventoryConfig { listen: testing::ANY_PORT, database_url: url(3) },
         )
         .await;
@@ -445,6 +453,18 @@ async fn inventory_admin_calls_validate_and_page() {
     assert_eq!(testing::field_violations(&err), ["sku", "on_hand"]);
     let err = mesh.inventory.get_stock(GetStockRequest { sku: "NONE".into() }).await.expect_err("missing");
     assert_eq!(err.code(), Code::NotFound);
+    // Stock only of what the catalog has: an unknown SKU is refused, and nothing is recorded.
+    let err = mesh
+        .inventory
+        .set_stock(SetStockRequest { sku: "NONE".into(), on_hand: 3 })
+        .await
+        .expect_err("not in the catalog");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let failure = tonic_types::StatusExt::get_error_details(&err).precondition_failure().cloned();
+    let violation = &failure.expect("a PreconditionFailure").violations[0];
+    assert_eq!((violation.r#type.as_str(), violation.subject.as_str()), ("PRODUCT_UNKNOWN", "products/NONE"));
+    let err = mesh.inventory.get_stock(GetStockRequest { sku: "NONE".into() }).await.expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound, "the refused SetStock recorded nothing");
     for sku in ["C", "A", "B"] {
         mesh.set_stock(sku, 1).await;
     }
@@ -512,4 +532,31 @@ async fn the_bench_times_each_paid_orders_notification() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--record"), "{refused:?}");
     mesh.stop().await;
+}
+
+/// SetStock while the catalog cannot answer is UNAVAILABLE (retryable) and records nothing.
+#[tokio::test]
+async fn set_stock_with_the_catalog_down_is_unavailable() {
+    let db = testing::database(Backend::Sqlite, "inventory").await;
+    // Nothing listens there: the catalog is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let mesh = testing::mesh(testing::mesh_config())
+        .with_broker(bus())
+        .with_upstreams(Upstreams::new().at("catalog", format!("http://{dead}")));
+    let inventory = testing::spawn_service::<Inventory>(
+        &mesh,
+        InventoryConfig { listen: testing::ANY_PORT, database_url: db.url.clone() },
+    )
+    .await;
+    let mut client = InventoryServiceClient::connect(inventory.url()).await.expect("inventory");
+    let err = client
+        .set_stock(SetStockRequest { sku: "TEA".into(), on_hand: 3 })
+        .await
+        .expect_err("the catalog is down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("catalog"), "{err:?}");
+    let err = client.get_stock(GetStockRequest { sku: "TEA".into() }).await.expect_err("nothing recorded");
+    assert_eq!(err.code(), Code::NotFound);
+    inventory.stop().await.expect("inventory stops");
+    db.drop_database().await;
 }
