@@ -136,6 +136,7 @@ pub async fn run(backend: Backend, settings: &Settings) {
         events(vec![
             ("SHOPMESH_INVENTORY_LISTEN", addrs[4].to_string()),
             ("SHOPMESH_INVENTORY_DATABASE_URL", url(4)),
+            ("SHOPMESH_CATALOG_URL", format!("http://{}", addrs[1])),
         ]),
         dir.path(),
     );
