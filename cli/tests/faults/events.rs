@@ -18,7 +18,6 @@
 //! last burst of duplicates, settles again and checks the invariants of `event_checks.rs`.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -31,11 +30,10 @@ use shopmesh::api::inventory::v1::{SetStockRequest, inventory_service_client::In
 use shopmesh::api::order::v1::{CancelOrderRequest, order_service_client::OrderServiceClient};
 use shopmesh::mesh::testing::{self, Backend};
 use sqlx::{AnyPool, Row as _};
-use tokio::process::Command;
 
 use super::event_checks::{self, Databases};
 use super::nats::Nats;
-use super::{Process, Settings, binary, free_addr, jitter, pool};
+use super::{Process, Settings, free_addr, jitter, pool};
 
 /// The durable consumers, with the stream each reads.
 pub const CONSUMERS: [(&str, &str); 4] = [
@@ -161,24 +159,7 @@ pub async fn run(backend: Backend, settings: &Settings) {
     let inventory_db = pool(&dbs[4]).await;
     let notification_db = pool(&dbs[5]).await;
 
-    let bench = Command::new(binary())
-        .args(["bench", "create-order", "--json", "--quiet"])
-        .args(["--user", &format!("http://{}", addrs[0]), "--order", &format!("http://{}", addrs[3])])
-        .args(["--catalog", &format!("http://{}", addrs[1])])
-        .args([
-            "--rate",
-            &settings.rate.to_string(),
-            "--duration",
-            &humantime::format_duration(settings.duration).to_string(),
-        ])
-        .args(["--users", "20", "--timeout", "2s", "--retries", "3", "--connections", "2"])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start shopmesh bench");
+    let bench = super::bench(settings, addrs[0], addrs[3], addrs[1]).spawn().expect("start shopmesh bench");
     let bench = tokio::spawn(bench.wait_with_output());
     let started = Instant::now();
     while count(&order_db, "SELECT COUNT(*) FROM orders WHERE state = 'PAID'").await == 0 {

@@ -164,6 +164,29 @@ fn free_addr() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
+/// `shopmesh bench create-order` at the run's rate for its duration, against the mesh at
+/// these addresses, retrying as a client would; its JSON report on stdout.
+fn bench(settings: &Settings, user: SocketAddr, order: SocketAddr, catalog: SocketAddr) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(["bench", "create-order", "--json", "--quiet"])
+        .args(["--user", &format!("http://{user}"), "--order", &format!("http://{order}")])
+        .args(["--catalog", &format!("http://{catalog}")])
+        .args([
+            "--rate",
+            &settings.rate.to_string(),
+            "--duration",
+            &humantime::format_duration(settings.duration).to_string(),
+        ])
+        .args(["--users", "20", "--timeout", "2s", "--retries", "3", "--connections", "2"])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    command
+}
+
 /// Faults injected, by kind.
 #[derive(Debug, Default)]
 struct Faults {
@@ -258,24 +281,9 @@ async fn run(backend: Backend, settings: &Settings) {
     let mut probe = Probe::new(user_addr, catalog_addr, order_addr).await;
 
     let record = dir.path().join("record.jsonl");
-    let bench = Command::new(binary())
-        .args(["bench", "create-order", "--json", "--quiet"])
-        .args(["--user", &format!("http://{user_addr}"), "--order", &format!("http://{order_addr}")])
-        .args(["--catalog", &format!("http://{catalog_addr}")])
-        .args([
-            "--rate",
-            &settings.rate.to_string(),
-            "--duration",
-            &humantime::format_duration(settings.duration).to_string(),
-        ])
-        .args(["--users", "20", "--timeout", "2s", "--retries", "3", "--connections", "2"])
+    let bench = bench(settings, user_addr, order_addr, catalog_addr)
         .arg("--record")
         .arg(&record)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("start shopmesh bench");
     let bench = tokio::spawn(bench.wait_with_output());
