@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shopmesh::api::catalog::v1::catalog_service_client::CatalogServiceClient;
-use shopmesh::api::notification::v1::notification_service_client::NotificationServiceClient;
 use shopmesh::api::order::v1::order_service_client::OrderServiceClient;
 use shopmesh::api::user::v1::user_service_client::UserServiceClient;
 use shopmesh::mesh::security::connect::TlsConnector;
@@ -450,24 +449,16 @@ pub async fn run(args: BenchArgs) -> ExitCode {
 
     let report = stats.report(RunInfo { interrupted: stop.is_cancelled(), ..info }, start + plan.warmup);
     let notified = match (&args.notification, &args.record) {
+        // The record is read back: complete before the notifications are timed.
+        (Some(_), Some(_)) if flush(&recorder, ExitCode::SUCCESS) == ExitCode::FAILURE => {
+            return ExitCode::FAILURE;
+        }
         (Some(url), Some(path)) => {
-            // The record is read back: complete before the notifications are timed.
-            if flush(&recorder, ExitCode::SUCCESS) == ExitCode::FAILURE {
-                return ExitCode::FAILURE;
-            }
             say(format!("timing each PAID order's notification at {url}"));
-            let client = channels(url, 1, args.timeout, tls.as_ref(), &headers)
-                .map(|c| NotificationServiceClient::new(c.into_iter().next().expect("one channel")));
-            match client {
-                Ok(client) => match notified::measure(path, client, Duration::from_secs(30)).await {
-                    Ok(latency) => Some(latency),
-                    Err(err) => {
-                        eprintln!("error: cannot time the notifications: {err}");
-                        return ExitCode::FAILURE;
-                    }
-                },
+            match notified::at(url, path, args.timeout, tls.as_ref(), &headers).await {
+                Ok(latency) => Some(latency),
                 Err(err) => {
-                    eprintln!("error: --notification {url}: {err}");
+                    eprintln!("error: cannot time the notifications at {url}: {err}");
                     return ExitCode::FAILURE;
                 }
             }

@@ -15,10 +15,13 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use shopmesh::api::notification::v1::notification_service_client::NotificationServiceClient;
 use shopmesh::api::notification::v1::{ListNotificationsRequest, NotificationKind};
+use shopmesh::mesh::security::tls::MeshTls;
 use tokio::time::Instant;
 
-use super::Channel;
+use super::{Channel, WithHeaders, channels};
 
+/// How long the last notifications are waited for after the run.
+const WAIT: Duration = Duration::from_secs(30);
 /// Orders asked about at once.
 const PARALLEL: usize = 32;
 /// How often one order's notifications are asked for again while they are not there.
@@ -96,9 +99,23 @@ async fn sent_ms(
     }
 }
 
+/// Measures the PAID orders of `record` against the notification service at `url`, over one
+/// connection made as the bench's others are (`tls`, the `-H` metadata).
+pub async fn at(
+    url: &str,
+    record: &Path,
+    timeout: Duration,
+    tls: Option<&MeshTls>,
+    headers: &WithHeaders,
+) -> Result<Latency, String> {
+    let channel = channels(url, 1, timeout, tls, headers).map_err(|e| e.to_string())?;
+    let channel = channel.into_iter().next().ok_or("no channel")?;
+    measure(record, NotificationServiceClient::new(channel), WAIT).await
+}
+
 /// Measures the PAID orders of `record` against the notification service behind `client`,
 /// waiting at most `wait` for the last ones.
-pub async fn measure(
+async fn measure(
     record: &Path,
     client: NotificationServiceClient<Channel>,
     wait: Duration,
