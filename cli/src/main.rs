@@ -41,7 +41,7 @@ use help::command;
 fn main() -> ExitCode {
     use clap::FromArgMatches as _;
     let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|err| err.exit());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -73,6 +73,22 @@ fn main() -> ExitCode {
             tools::issued(&spiffe_id, &out, result)
         }
         Some(Command::ServiceConfig { client }) => tools::service_config(&client),
+    }
+}
+
+/// The async runtime. With one CPU to run on (the process's affinity mask or its cgroup's CPU
+/// quota, as `available_parallelism` reads them: `taskset -c 0`, a pod limited to one core or
+/// less), tokio's current-thread scheduler: one thread runs every task and the I/O driver, with
+/// no work-stealing queues, no cross-thread wake-ups and no idle worker parked and unparked
+/// between calls. A multi-thread scheduler with one worker does the same work with that
+/// machinery around it; docs/benchmarks.md#the-runtime has the figures. With more CPUs, or
+/// when `TOKIO_WORKER_THREADS` asks for a number of workers, the multi-thread scheduler.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    if one_cpu && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
     }
 }
 

@@ -308,6 +308,22 @@ async fn paid_orders_flow_through_nats_to_inventory_and_notification() {
     }
 }
 
+/// The chart's NATS requires a user and password, which the services take in the URL
+/// (`nats://user:password@host:4222`): async-nats sent none of them, and every start failed.
+#[tokio::test]
+async fn a_broker_requiring_a_password_takes_the_one_in_the_url_and_refuses_a_wrong_one() {
+    let Some(nats) = Nats::start_with_user("shopmesh", "s3cret-pw") else { return };
+    let addr = nats.url().trim_start_matches("nats://").to_owned();
+    nats_broker(format!("nats://shopmesh:s3cret-pw@{addr}")).await;
+    let declared = [shopmesh_order::Order::EVENTS];
+    for url in [format!("nats://shopmesh:wrong@{addr}"), format!("nats://{addr}")] {
+        let refused = Broker::for_services(&events_config(Some(url)), &declared, false).await.err();
+        let message = refused.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("authorization violation"), "not refused as unauthorized: {message:?}");
+        assert!(!message.contains("wrong"), "the password is in the message: {message}");
+    }
+}
+
 #[tokio::test]
 async fn the_all_in_one_bus_delivers_with_the_same_effects() {
     for backend in testing::backends() {

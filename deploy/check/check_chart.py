@@ -23,6 +23,7 @@ from helm_python.chart import Chart, lint, values_from_yaml
 from helm_python.errors import HelmError
 
 import check_callers
+import check_events as events
 import kubelet_files
 from harness import Checks
 
@@ -626,7 +627,8 @@ def check_network_policy(r: Rendered) -> str:
         return "off: none rendered"
     services = services_of(r)
     bundled = statefulset_pg(r.values)
-    assert len(policies) == len(services) + bundled, f"{len(policies)} NetworkPolicies for {len(services)} services" + (" and PostgreSQL" if bundled else "")
+    nats = bool(r.values["nats"]["enabled"])
+    assert len(policies) == len(services) + bundled + nats, f"{len(policies)} NetworkPolicies for {len(services)} services" + (" and PostgreSQL" if bundled else "") + (" and NATS" if nats else "")
     pod_labels = {s: r.one("Deployment", name(s))["spec"]["template"]["metadata"]["labels"] for s in services}
     public = public_methods(r.values, services)
     edge = np["edgeClients"]
@@ -680,6 +682,18 @@ def check_network_policy(r: Rendered) -> str:
     return f"on: callers {CALLS}, edge to {sorted(public) if edge else 'nobody'}"
 
 
+def check_events(r: Rendered) -> str:
+    """The broker of the services that use events, the chart's NATS, its policies, KEDA's lag triggers (check_events.py)."""
+    return events.check_events(r, services_of(r), RELEASE, NAMESPACE, DOMAIN)
+
+
+def check_nats_image_is_composes(chart: Chart) -> str:
+    image = chart.merge_values({})["nats"]["image"]
+    ours, compose = f"{image['repository']}:{image['tag']}", events.compose_nats_image()
+    assert ours == compose, f"the chart's NATS image {ours} is not compose's {compose}: one broker version for both"
+    return ours
+
+
 def check_callers_admitted(r: Rendered) -> str:
     """Callers of other teams (values: callers) and the metrics scraper: admitted, and nobody else."""
     return check_callers.check_callers(r, {s: SERVICES[s] for s in services_of(r)}, NAMESPACE)
@@ -691,7 +705,8 @@ def check_service_monitor(r: Rendered) -> str:
     if not sm.get("enabled"):
         assert not monitors, "ServiceMonitors rendered with serviceMonitor.enabled false"
         return "off: none rendered"
-    assert len(monitors) == len(services_of(r)), f"{len(monitors)} ServiceMonitors for {len(services_of(r))} services"
+    nats = bool(r.values["nats"]["enabled"] and r.values["nats"]["metrics"]["enabled"])  # its own, checked by check_events
+    assert len(monitors) == len(services_of(r)) + nats, f"{len(monitors)} ServiceMonitors for {len(services_of(r))} services" + (" and NATS" if nats else "")
     for svc in services_of(r):
         service = r.one("Service", headless(svc))
         matching = [m for m in monitors if selects(m["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])]
@@ -1100,7 +1115,8 @@ def check_values_honoured(r: Rendered) -> str:
     commonLabels on every object and pod, payment's own ledger volume beside the values' lists."""
     done = []
     registry = (r.values.get("global") or {}).get("imageRegistry")
-    own_images = (r.values["image"]["repository"], r.values["postgresql"]["image"]["repository"])
+    own_images = (r.values["image"]["repository"], r.values["postgresql"]["image"]["repository"], r.values["nats"]["image"]["repository"],
+                  r.values["nats"]["metrics"]["image"]["repository"])
     theirs = {c["name"] for k in ("defaults", "migration") for c in ((r.values.get(k) or {}).get("extraContainers") or []) + ((r.values.get(k) or {}).get("initContainers") or [])}
     images = 0
     for _, obj in r.objects:
@@ -1302,12 +1318,13 @@ def check_dashboards(r: Rendered) -> str:
         ((key, text),) = m["data"].items()
         assert json.loads(text) == json.loads((CHART_FILES / key).read_text()), f"{key}: not the file's dashboard"
         d = json.loads(text)
-        assert all(p.get("targets") for p in d["panels"]), f"{key}: a panel without queries"
+        # Rows only group the panels below them.
+        assert all(p.get("targets") for p in d["panels"] if p["type"] != "row"), f"{key}: a panel without queries"
         # One Grafana for several installs: a namespace variable, and every query filtered by it.
         variables = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
         assert variables.get("namespace", {}).get("includeAll"), f"{key}: no namespace variable (with All)"
         for p in d["panels"]:
-            for t in p["targets"]:
+            for t in p.get("targets", []):
                 unfiltered = unfiltered_series(t["expr"])
                 assert not unfiltered, f"{key}: {p['title']} reads {unfiltered} without namespace=~\"$namespace\""
         titles.append(d["title"])
@@ -1374,6 +1391,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
     checks.run("helm lint --strict, ci/production-values.yaml", lambda: lint_clean(production, "production"))
     checks.run("deploy/authz-policy.json: catalog rules", check_shipped_policy)
     checks.run("compose's Prometheus rules are the chart's", lambda: check_rules_in_compose(chart))
+    checks.run("the chart's NATS image is compose's", lambda: check_nats_image_is_composes(chart))
 
     def readme_in_sync() -> str:
         import values_doc
@@ -1483,8 +1501,32 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
             "database": {"existingSecret": "shopmesh-db"},
         },
         # The consumers of the order events, on a broker.
-        "events: NATS, inventory and notification on": {
+        "events: an external NATS URL (events.url), inventory and notification on": {
             "events": {"url": "nats://shopmesh:secret@nats.messaging:4222"},
+            "services": {"inventory": {"enabled": True}, "notification": {"enabled": True}},
+        },
+        "events: the chart's NATS, one server, inventory and notification on": {
+            "nats": {"enabled": True},
+            "services": {"inventory": {"enabled": True}, "notification": {"enabled": True}},
+        },
+        "events: the chart's NATS clustered (3 servers), your password Secret, KEDA on the consumers' lag, metrics scraped": {
+            "nats": {"enabled": True, "replicas": 3, "existingSecret": "nats-password", "jetstream": {"size": "20Gi", "storageClass": "fast"}, "metrics": {"enabled": True}},
+            "services": {"inventory": {"enabled": True}, "notification": {"enabled": True, "autoscaling": {"keda": {"lagThreshold": "50"}}}},
+            "defaults": {"autoscaling": {"keda": {"enabled": True}}},
+            "serviceMonitor": {"enabled": True},
+            "networkPolicy": {"metricsScrapers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
+        },
+        "events: an external NATS from your Secret, KEDA reading its monitoring endpoint, two stream replicas": {
+            "events": {"existingSecret": "shopmesh-events", "monitoringEndpoint": "nats.messaging.svc:8222", "streamReplicas": 2},
+            "services": {"inventory": {"enabled": True}, "notification": {"enabled": True}},
+            "defaults": {"autoscaling": {"keda": {"enabled": True}}},
+            "networkPolicy": {"events": {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "messaging"}}}], "port": 4222}},
+        },
+        "GitOps: the chart's NATS with your password Secret, no cluster at render time": {
+            "generateSecretsWithoutCluster": False,
+            "tls": {"chartCA": {"existingSecret": "mesh-ca"}},
+            "postgresql": {"existingSecret": "shopmesh-postgresql-passwords"},
+            "nats": {"enabled": True, "existingSecret": "nats-password"},
             "services": {"inventory": {"enabled": True}, "notification": {"enabled": True}},
         },
         # Replicas and failover: the operator's Services -rw and -ro; Secrets made once and kept.
@@ -1571,7 +1613,7 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         for svc in services_of(r):
             checks.run(f"intent [{label}]: {svc} service", lambda r=r, svc=svc: check_service(r, svc))
         for check in (check_autoscaler, check_upstreams, check_migration, check_test_pod, check_secret, check_postgresql, check_otel,
-                      check_network_policy, check_callers_admitted, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
+                      check_network_policy, check_events, check_callers_admitted, check_service_monitor, check_in_flight_metric, check_jwt, check_limits,
                       check_tls, check_file_access, check_deterministic, check_authz, check_edge, check_extension_points, check_workload_extensions, check_values_honoured, check_security_contexts, check_prometheus_rule, check_dashboards):
             checks.run(f"intent [{label}]: {check.__name__.removeprefix('check_').replace('_', ' ')}", lambda r=r, c=check: c(r))
 
@@ -1608,7 +1650,26 @@ def run_checks(chart_dir: Path = CHART, validate_schemas: bool = True) -> Checks
         ),
         "an events consumer without a broker": (
             {"services": {"notification": {"enabled": True}}},
-            "services.notification is enabled but events.url is none",
+            "services.notification is enabled but events.url is none and nats.enabled is false: it consumes the order events from NATS JetStream. Set nats.enabled=true",
+        ),
+        "inventory without a broker": ({"services": {"inventory": {"enabled": True}}}, "services.inventory is enabled but events.url is none"),
+        "the chart's NATS and an external URL at once": (
+            {"nats": {"enabled": True}, "events": {"url": "nats://nats.messaging:4222"}},
+            "nats.enabled and events.url are set together: the services use one broker",
+        ),
+        "an external URL and a URL Secret at once": (
+            {"events": {"url": "nats://nats.messaging:4222", "existingSecret": "events"}},
+            "events.existingSecret and events.url are set together",
+        ),
+        "more stream replicas than NATS servers": (
+            {"nats": {"enabled": True, "replicas": 3}, "events": {"streamReplicas": 5}},
+            "events.streamReplicas (5) is above nats.replicas (3)",
+        ),
+        "an even NATS cluster (schema)": ({"nats": {"enabled": True, "replicas": 2}}, "/nats/replicas"),
+        "an events URL that is not NATS (schema)": ({"events": {"url": "kafka://broker:9092"}}, "/events/url"),
+        "the chart's NATS rendered without a cluster, password generated": (
+            {"generateSecretsWithoutCluster": False, "tls": {"chartCA": {"existingSecret": "ca"}}, "postgresql": {"existingSecret": "pw"}, "nats": {"enabled": True}},
+            "Set nats.existingSecret (key password)",
         ),
         "an unknown PostgreSQL mode (schema)": ({"postgresql": {"mode": "patroni"}}, "/postgresql/mode"),
         "a misspelt key (schema)": ({"services": {"user": {"autoscalling": {}}}}, "autoscalling"),

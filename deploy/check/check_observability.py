@@ -177,7 +177,7 @@ def main() -> int:
         for path in sorted(DASHBOARDS.glob("*.json")):
             dashboard = json.loads(path.read_text())
             for panel in dashboard["panels"]:
-                for target in panel["targets"]:
+                for target in panel.get("targets", []):  # rows have none
                     # All namespaces, as the variable's "All" (.*, which matches an absent label too).
                     expr = target["expr"].replace("$__rate_interval", "1m").replace("$namespace", ".*")
                     checks.run(f"dashboard {dashboard['uid']}: {panel['title']} [{target['refId']}]", lambda e=expr: evaluate(e))

@@ -103,7 +103,8 @@ def main() -> int:
             for name, variant in (("external database with database.existingSecret, a sidecar beside the migration Job", variants.external_database),
                                   ("cert-manager issues the mesh's certificates", variants.cert_manager),
                                   ("bearer tokens on beside mTLS", variants.tokens),
-                                  ("an Ingress and GRPCRoutes presenting the edge certificate (tls.secretNames.edge)", variants.ingress_edge_certificate)):
+                                  ("an Ingress and GRPCRoutes presenting the edge certificate (tls.secretNames.edge)", variants.ingress_edge_certificate),
+                                  ("the chart's NATS, inventory and notification on; the order's events followed to both and back", variants.events)):
                 checks.run(f"variant: {name}: every pod Ready, a PAID order through the Services",
                            lambda variant=variant: variant(cluster, CHART))
 

@@ -265,6 +265,26 @@ MUTANTS: list[Edit] = [
      "{{- if true }}", "the chart makes a CA nobody uses", False),
     ("certificates valid for the CA's lifetime", "templates/deployment.yaml",
      "--validity={{ $.Values.tls.chartCA.duration }}", "--validity=87600h", "not tls.chartCA.duration", False),
+    # The events' broker (templates/nats.yaml, _events.tpl; check_events.py).
+    ("NATS: order gets no broker", "templates/_events.tpl", '["inventory","notification","order"]', '["inventory","notification"]',
+     "order publishes or consumes events, yet gets no SHOPMESH_EVENTS_URL", False),
+    ("NATS: JetStream stores off the PVC", "templates/_events.tpl", "  store_dir: /data\n", "  store_dir: /tmp/js\n",
+     "JetStream stores in /tmp/js", False),
+    ("NATS: no routes between the servers", "templates/_events.tpl", "{{- if gt (int .Values.nats.replicas) 1 }}\ncluster {", "{{- if false }}\ncluster {",
+     "routes [], not every server's", False),
+    ("NATS: client port open to every pod", "templates/nats.yaml", "    # Clients: the services that publish or consume events.\n    - from:\n",
+     "    # Clients: the services that publish or consume events.\n    - from:\n        - podSelector: {}\n", "a stranger pod reaches NATS", False),
+    ("NATS: the services' egress to it dropped", "templates/networkpolicy.yaml", '    {{- include "shopmesh.eventsEgress" $ctx | nindent 4 }}\n', "",
+     "-> NATS 4222: egress of", False),
+    ("NATS: KEDA reads the wrong consumer", "templates/_events.tpl", '"notification-inventory"', '"notification-stock"',
+     "KEDA scales on the lag of", False),
+    ("NATS: server names not the pods'", "templates/_events.tpl", "server_name: $SERVER_NAME", "server_name: nats",
+     "NATS server names are not the pods' names", False),
+    ("NATS: a single server's PDB", "templates/nats.yaml", "{{- if $clustered }}\n---\n# A stream with R replicas", "{{- if true }}\n---\n# A stream with R replicas",
+     "a single NATS server with routes or a PDB", False),
+    ("NATS: password generated beside nats.existingSecret", "templates/nats.yaml", "{{- if not $nats.existingSecret }}", "{{- if true }}",
+     "the chart's NATS Secret rendered beside nats.existingSecret", False),
+
 ]
 
 

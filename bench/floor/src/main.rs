@@ -1,5 +1,11 @@
-//! `shopmesh-bench-floor [ADDR]`: tonic's hello-world Greeter with tonic's default server and
-//! nothing else (no layers, no metrics, no logging), on `ADDR` (default `127.0.0.1:50100`).
+//! `shopmesh-bench-floor [ADDR] [--tuned]`: tonic's hello-world Greeter with tonic's default
+//! server and nothing else (no layers, no metrics, no logging), on `ADDR` (default
+//! `127.0.0.1:50100`).
+//!
+//! `--tuned` runs it as a production server on one core would be run: on tokio's current-thread
+//! runtime (no work-stealing scheduler, no cross-thread wake-ups). `TCP_NODELAY` is on in both,
+//! as tonic's server sets it by default. The tuned floor is the one the mesh's goals are set
+//! against: the best tonic itself does here.
 //!
 //! `scripts/bench-peers` runs it beside the mesh on the same core, so the mesh's figures are
 //! read as ratios against what tonic itself costs on this machine, in the same run.
@@ -24,10 +30,21 @@ impl Greeter for Hello {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:50100".to_owned()).parse()?;
-    eprintln!("floor: tonic Greeter on {addr}");
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tuned = args.iter().any(|a| a == "--tuned");
+    let addr =
+        args.iter().find(|a| !a.starts_with("--")).map_or("127.0.0.1:50100", String::as_str).parse()?;
+    let runtime = if tuned {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()?
+    };
+    eprintln!("floor: tonic Greeter on {addr}{}", if tuned { " (tuned)" } else { "" });
+    runtime.block_on(serve(addr))
+}
+
+async fn serve(addr: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     tonic::transport::Server::builder()
         .add_service(GreeterServer::new(Hello))
         .serve_with_shutdown(addr, async {

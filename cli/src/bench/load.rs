@@ -113,6 +113,33 @@ pub async fn run(
     }
 }
 
+/// Waits until `due`; false when the run is stopped first.
+///
+/// Each call goes out at its own instant, not in bursts. tokio's timer counts whole
+/// milliseconds, so sleeping until each call was due would send the calls of a millisecond
+/// together (5 at 5 000/s), and a tail measured at a fixed rate would be the bursts' (h2load's
+/// `--rps` sends bursts too). So the sender sleeps on the timer only to a millisecond before,
+/// and then yields to the runtime until the instant comes: the answers of calls in flight are
+/// handled meanwhile, and the sender's core is busy for at most a millisecond per call (all of
+/// it above 1 000 calls/s: a load generator's core is not the server's). A late sender catches
+/// up at once; each call is still timed from when it was due.
+async fn pace(due: Instant, stop: &CancellationToken) -> bool {
+    const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+    if let Some(early) = due.checked_sub(TIMER_RESOLUTION).filter(|at| *at > Instant::now()) {
+        tokio::select! {
+            () = tokio::time::sleep_until(early) => {}
+            () = stop.cancelled() => return false,
+        }
+    }
+    while Instant::now() < due {
+        if stop.is_cancelled() {
+            return false;
+        }
+        tokio::task::yield_now().await;
+    }
+    !stop.is_cancelled()
+}
+
 /// The open loop's sender: request `i` is due at `start + i / rate`.
 async fn open(
     tasks: &mut JoinSet<()>,
@@ -136,14 +163,7 @@ async fn open(
         if over {
             break;
         }
-        // Sleeping only when ahead: the timer's 1 ms resolution would otherwise cap the rate,
-        // and a late sender catches up at once (each call is still timed from when it was due).
-        if due > Instant::now() {
-            tokio::select! {
-                () = tokio::time::sleep_until(due) => {}
-                () = stop.cancelled() => break,
-            }
-        } else if stop.is_cancelled() {
+        if !pace(due, stop).await {
             break;
         }
         if !warm {
@@ -163,5 +183,32 @@ async fn open(
             Err(_) if !warm => shared.stats.not_sent(),
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call sent early would be timed from a later instant than it went out, and shorten
+    /// every latency measured: the sender must never be ahead of the schedule, below the
+    /// timer's millisecond too.
+    #[tokio::test]
+    async fn no_call_goes_out_before_it_is_due() {
+        let stop = CancellationToken::new();
+        let start = Instant::now();
+        for i in 0..300u64 {
+            let due = start + Duration::from_micros(137 * i);
+            assert!(pace(due, &stop).await);
+            assert!(Instant::now() >= due, "call {i} went out early");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_run_sends_nothing_more() {
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert!(!pace(Instant::now() + Duration::from_millis(50), &stop).await);
+        assert!(!pace(Instant::now(), &stop).await, "not even a call already due");
     }
 }

@@ -16,6 +16,7 @@
 mod load;
 mod notified;
 mod progress;
+mod raw;
 mod record;
 mod report;
 mod scenario;
@@ -64,6 +65,24 @@ pub struct BenchArgs {
     /// that `create-order`, `get-order` and `mix` order are created there first).
     #[arg(long, env = "SHOPMESH_BENCH_CATALOG", default_value = "http://127.0.0.1:50054")]
     pub catalog: String,
+
+    /// `call`: the server called (any gRPC server, e.g. a floor the mesh is compared with).
+    #[arg(long, env = "SHOPMESH_BENCH_TARGET", default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+
+    /// `call`: the unary method called, `package.Service/Method`.
+    #[arg(long, value_name = "PACKAGE.SERVICE/METHOD")]
+    pub method: Option<String>,
+
+    /// `call`: the request as JSON (protobuf's JSON mapping), for a method of the mesh's own
+    /// APIs: `--request-json '{"id": "..."}'`.
+    #[arg(long, value_name = "JSON", conflicts_with = "request_file")]
+    pub request_json: Option<String>,
+
+    /// `call`: a file holding the request as protobuf bytes (no gRPC frame), for any method of
+    /// any server.
+    #[arg(long, value_name = "FILE")]
+    pub request_file: Option<PathBuf>,
 
     /// HTTP/2 connections opened to each service; calls take them in turn.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -218,19 +237,22 @@ impl BenchArgs {
     /// What clap cannot check by itself: URLs, and `--mix` only with the `mix` scenario.
     pub fn validate(&self) -> Result<(), String> {
         let tls = self.tls_cert.is_some();
-        let notification = self.notification.iter().map(|url| ("--notification", url));
-        let targets = [("--user", &self.user), ("--order", &self.order), ("--catalog", &self.catalog)];
-        for (flag, url) in targets.into_iter().chain(notification) {
-            Endpoint::from_shared(url.clone())
-                .map_err(|e| format!("{flag} {url:?} is not a URL like http://127.0.0.1:50051: {e}"))?;
-            match url.split_once("://").map(|(scheme, _)| scheme) {
-                Some("http") => {}
-                Some("https") if tls => {}
-                Some("https") => {
-                    return Err(format!("{flag} {url:?}: https:// needs --tls-ca, --tls-cert and --tls-key"));
-                }
-                _ => return Err(format!("{flag} {url:?}: only http:// and https:// targets are supported")),
-            }
+        for (flag, url) in [("--user", &self.user), ("--order", &self.order), ("--catalog", &self.catalog)] {
+            check_url(flag, url, tls)?;
+        }
+        if let Some(url) = &self.notification {
+            check_url("--notification", url, tls)?;
+        }
+        let call = self.scenario == Scenario::Call;
+        if call != self.method.is_some() {
+            return Err("`call` needs --method, and --method applies only to `call`".into());
+        }
+        if call != (self.request_json.is_some() || self.request_file.is_some()) {
+            return Err("`call` needs --request-json or --request-file, and they apply only to `call`".into());
+        }
+        if let Some(method) = &self.method {
+            raw::method_path(method)?;
+            check_url("--target", &self.target, tls)?;
         }
         if self.notification.is_some() && self.scenario != Scenario::CreateOrder {
             return Err("--notification applies only to the `create-order` scenario".into());
@@ -249,11 +271,38 @@ impl BenchArgs {
             Scenario::CreateOrder => Mix::only(Op::CreateOrder),
             Scenario::GetOrder => Mix::only(Op::GetOrder),
             Scenario::GetUser => Mix::only(Op::GetUser),
+            Scenario::Call => Mix::only(Op::Call),
             Scenario::Mix => self.mix.clone().unwrap_or_else(|| {
                 Mix::parse(Mix::DEFAULT).expect("the default mix parses (a unit test checks it)")
             }),
         }
     }
+}
+
+/// A target URL the bench can call: http://, or https:// when the bench has its certificate.
+fn check_url(flag: &str, url: &str, tls: bool) -> Result<(), String> {
+    Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("{flag} {url:?} is not a URL like http://127.0.0.1:50051: {e}"))?;
+    match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("http") => Ok(()),
+        Some("https") if tls => Ok(()),
+        Some("https") => Err(format!("{flag} {url:?}: https:// needs --tls-ca, --tls-cert and --tls-key")),
+        _ => Err(format!("{flag} {url:?}: only http:// and https:// targets are supported")),
+    }
+}
+
+/// `call`'s method and request, read and encoded before anything is sent.
+fn raw_call(args: &BenchArgs, channels: Vec<Channel>) -> Result<raw::RawCall, String> {
+    let path = raw::method_path(args.method.as_deref().unwrap_or_default())?;
+    let body = match (&args.request_json, &args.request_file) {
+        (Some(json), _) => raw::encode_json(&path, json)?,
+        (None, Some(file)) => std::fs::read(file)
+            .map_err(|e| format!("cannot read --request-file {}: {e}", file.display()))?
+            .into(),
+        (None, None) => return Err("`call` needs --request-json or --request-file".into()),
+    };
+    let clients = channels.into_iter().map(tonic::client::Grpc::new).collect();
+    Ok(raw::RawCall { path, body: raw::Encoded(body), clients })
 }
 
 /// `n` lazily connected channels to `url`: each is one HTTP/2 connection, made on first use
@@ -360,14 +409,32 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         retries: args.retries,
         recorder: recorder.clone(),
         stop: stop.clone(),
+        raw: None,
     };
+    if args.scenario == Scenario::Call {
+        let made = channels(&args.target, args.connections, args.timeout, tls.as_ref(), &headers)
+            .map_err(|e| e.to_string())
+            .and_then(|c| raw_call(&args, c));
+        match made {
+            Ok(raw) => caller.raw = Some(raw),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    }
 
     // Set-up: a run id keeps this run's users (and their emails) apart from any other run's.
     let run_id = uuid::Uuid::new_v4().simple().to_string();
-    say(format!("creating {} users at {}", args.users, args.user));
-    let created = tokio::select! {
-        users = setup::users(&caller.users, args.users, &run_id, args.timeout) => users,
-        () = stop.cancelled() => return finish_interrupted_setup(&recorder),
+    let created = if args.scenario == Scenario::Call {
+        // `call` calls what it is told with what it is given: nothing to create.
+        Ok(Vec::new())
+    } else {
+        say(format!("creating {} users at {}", args.users, args.user));
+        tokio::select! {
+            users = setup::users(&caller.users, args.users, &run_id, args.timeout) => users,
+            () = stop.cancelled() => return finish_interrupted_setup(&recorder),
+        }
     };
     caller.user_ids = match created {
         Ok(ids) => ids,

@@ -14,6 +14,7 @@ use shopmesh::mesh::grpc::respond::never_sent;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status};
 
+use super::raw::RawCall;
 use super::record::Recorder;
 
 /// The load a run applies, named on the command line.
@@ -28,6 +29,10 @@ pub enum Scenario {
     GetUser,
     /// A weighted mix of the three (`--mix`).
     Mix,
+    /// Any unary method of any server (`--target`, `--method`, and `--request-json` or
+    /// `--request-file`), the same request every call: the scenario that measures the mesh and
+    /// other servers, such as the floors it is compared with, with one generator. Creates nothing.
+    Call,
 }
 
 /// One kind of call.
@@ -39,9 +44,12 @@ pub enum Op {
     GetOrder,
     /// `UserService/GetUser`.
     GetUser,
+    /// The method of `call`.
+    Call,
 }
 
 impl Op {
+    /// The calls a mix is made of.
     const ALL: [Op; 3] = [Op::CreateOrder, Op::GetOrder, Op::GetUser];
 
     /// The name used on the command line and in reports.
@@ -50,6 +58,7 @@ impl Op {
             Op::CreateOrder => "create-order",
             Op::GetOrder => "get-order",
             Op::GetUser => "get-user",
+            Op::Call => "call",
         }
     }
 }
@@ -215,6 +224,8 @@ pub struct Caller {
     pub recorder: Arc<Recorder>,
     /// Cancelled when the run is asked to stop: calls under way finish, but are not sent again.
     pub stop: CancellationToken,
+    /// The method and request of `call`.
+    pub raw: Option<RawCall>,
 }
 
 /// `items[i % len]`; `items` is never empty where this is used.
@@ -241,6 +252,10 @@ impl Caller {
                     .await
                     .map(drop)
             }
+            Op::Call => match &self.raw {
+                Some(raw) => raw.call(i, self.timeout).await,
+                None => Err(Status::failed_precondition("`call` without a method")),
+            },
         };
         Outcome { code: answer.err().map_or(Code::Ok, |s| code_of(&s)), retries: 0 }
     }

@@ -26,7 +26,19 @@ impl Process {
 
     /// Starts `shopmesh args…` with extra environment variables and stderr going to `stderr`.
     pub fn start_with(args: &[&str], env: &[(&str, String)], stderr: Stdio) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shopmesh"))
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_shopmesh")), args, env, stderr)
+    }
+
+    /// As [`Process::start_with`], allowed to run on CPU 0 only (`taskset -c 0`), as in a pod
+    /// limited to one core.
+    pub fn start_on_one_cpu(args: &[&str], env: &[(&str, String)], stderr: Stdio) -> Self {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", "0", env!("CARGO_BIN_EXE_shopmesh")]);
+        Self::spawn(taskset, args, env, stderr)
+    }
+
+    fn spawn(mut command: Command, args: &[&str], env: &[(&str, String)], stderr: Stdio) -> Self {
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "warn")
             .env("SHOPMESH_METRICS_LISTEN", free_addr().to_string())
@@ -45,6 +57,16 @@ impl Process {
             }
         });
         Self { child, lines }
+    }
+
+    /// The names of the process's threads (Linux truncates them to 15 bytes).
+    pub fn thread_names(&self) -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).expect("/proc/PID/task");
+        tasks
+            .filter_map(Result::ok)
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect()
     }
 
     /// Stdout lines up to and including the first that contains `marker`.

@@ -20,6 +20,8 @@ pub struct Nats {
     addr: SocketAddr,
     store: tempfile::TempDir,
     child: Option<Child>,
+    /// The user and password the server requires, if any.
+    user: Option<(String, String)>,
 }
 
 fn binary() -> Option<String> {
@@ -43,9 +45,18 @@ fn binary() -> Option<String> {
 impl Nats {
     /// Starts a server, or `None` (the test is skipped) without the binary.
     pub fn start() -> Option<Self> {
+        Self::start_as(None)
+    }
+
+    /// Starts a server that requires `user` and `password` of its clients.
+    pub fn start_with_user(user: &str, password: &str) -> Option<Self> {
+        Self::start_as(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_as(user: Option<(String, String)>) -> Option<Self> {
         let binary = binary()?;
         let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        let mut nats = Self { binary, addr, store: tempfile::tempdir().expect("tempdir"), child: None };
+        let mut nats = Self { binary, addr, store: tempfile::tempdir().expect("tempdir"), child: None, user };
         nats.restart();
         Some(nats)
     }
@@ -78,6 +89,7 @@ impl Nats {
         let child = Command::new(&self.binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &self.addr.port().to_string(), "-sd"])
             .arg(self.store.path())
+            .args(self.user.iter().flat_map(|(user, password)| ["--user", user, "--pass", password]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -7,6 +7,9 @@ contract a pod depends on (entrypoint, default command, environment, working dir
 - the official postgres image runs Debian's PostgreSQL 15 (/usr/lib/postgresql/15/bin) behind
   postgres-entrypoint.sh, which follows docker-entrypoint.sh's contract (POSTGRES_USER/PASSWORD/DB,
   /docker-entrypoint-initdb.d, PGDATA in its volume, uid 999);
+- the official nats image runs Debian's nats-server (/usr/sbin/nats-server, 2.9 with JetStream),
+  whatever its tag says; its entrypoint runs nats-server with the pod's arguments (the image's
+  docker-entrypoint.sh does so for arguments that start with `-`, as the chart's do);
 - `podrunner/toolbox` is this machine's filesystem as it is (the scenarios' client pods)."""
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ def postgres() -> Image:
     )
 
 
+def nats() -> Image:
+    return Image(entrypoint=["/usr/sbin/nats-server"], cmd=["--config", "/etc/nats/nats-server.conf"], env={"PATH": PATH},
+                 files={"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\n", "/etc/group": "root:x:0:\n"})
+
+
 def toolbox() -> Image:
     return Image(entrypoint=[], cmd=["sleep", "infinity"], env={"PATH": PATH}, masks=["/run"], dirs={})
 
@@ -71,7 +79,7 @@ class ImageMap:
     """Image reference -> Image, by repository name (registry and tag do not matter here)."""
 
     def __init__(self, binary: Path, shopmesh_repository: str = "shopmesh") -> None:
-        self.images = {shopmesh_repository.rsplit("/", 1)[-1]: shopmesh(binary), "postgres": postgres(), "toolbox": toolbox()}
+        self.images = {shopmesh_repository.rsplit("/", 1)[-1]: shopmesh(binary), "postgres": postgres(), "nats": nats(), "toolbox": toolbox()}
 
     def __getitem__(self, ref: str) -> Image:
         """The image of a reference: `registry/path/name:tag` or `name@sha256:…` -> by `name`."""

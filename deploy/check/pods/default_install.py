@@ -26,7 +26,7 @@ CA_SECRET, PASSWORDS_SECRET = "shopmesh-ca", "shopmesh-passwords"
 SERVICES = ("catalog", "order", "payment", "user")
 
 
-def gitops_secrets(cluster: Cluster, namespace: str, postgres: bool = True) -> dict:
+def gitops_secrets(cluster: Cluster, namespace: str, postgres: bool = True, services: tuple[str, ...] = SERVICES) -> dict:
     """What a render without a cluster needs (the chart README's GitOps section), made as an
     operator would before the first sync: the mesh CA (Ed25519, PKCS#8, by openssl) and the
     bundled PostgreSQL's passwords. Returns the values that name them."""
@@ -42,7 +42,7 @@ def gitops_secrets(cluster: Cluster, namespace: str, postgres: bool = True) -> d
                    "data": {"tls.crt": b64(crt), "tls.key": b64(key), "ca.crt": b64(crt)}}, namespace)
     values: dict = {"tls": {"chartCA": {"existingSecret": CA_SECRET}}}
     if postgres:
-        passwords = {f"{s}-password": secrets.token_urlsafe(24) for s in ("postgres", *SERVICES)}
+        passwords = {f"{s}-password": secrets.token_urlsafe(24) for s in ("postgres", *services)}
         cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": PASSWORDS_SECRET, "namespace": namespace},
                        "data": {k: b64(v.encode()) for k, v in passwords.items()}}, namespace)
         values["postgresql"] = {"existingSecret": PASSWORDS_SECRET}
@@ -66,10 +66,11 @@ def install(cluster: Cluster, release: Release, vals: dict) -> float:
     return time.monotonic() - start
 
 
-def order_through_services(edge: Edge, sku: str = "PODRUNNER-1", token_for=None) -> str:
+def order_through_services(edge: Edge, sku: str = "PODRUNNER-1", token_for=None, placed: list[str] | None = None) -> str:
     """A product (as the catalog's administrator), a user and an order (as the edge); the order PAID.
     With `token_for` (bearer tokens on, so the edge acts only for users it has a token of), the user
-    is signed up by the administrator and the edge sends `token_for(user_id)` with each call."""
+    is signed up by the administrator and the edge sends `token_for(user_id)` with each call. The
+    order's id is appended to `placed` if given."""
     edge.call("catalog", 50054, "shopmesh.catalog.v1.CatalogService/CreateProduct",
               {"product": {"sku": sku, "display_name": "A book", "active": True, "unit_price": {"currency_code": "USD", "amount_minor": 1250}}},
               who="shopmesh-admin") if not _exists(edge, sku) else None
@@ -82,6 +83,8 @@ def order_through_services(edge: Edge, sku: str = "PODRUNNER-1", token_for=None)
                       token=token)
     read = edge.call("order", 50052, "shopmesh.order.v1.OrderService/GetOrder", {"id": order["id"]}, token=token)
     assert read.get("state") == "ORDER_STATE_PAID", f"order {order['id']} is {read.get('state')}, not PAID: {read}"
+    if placed is not None:
+        placed.append(order["id"])
     total = read.get("total") or read.get("totalPrice") or {}
     return f"user {user['id'][:8]}…, order {order['id'][:8]}… PAID {total.get('amountMinor', '?')} {total.get('currencyCode', '')}".strip()
 

@@ -1,7 +1,8 @@
 """Scenario 5: value variants, each installed into a namespace of its own and used through its
 Services: an external database with `database.existingSecret`, cert-manager issuing the mesh's
 certificates, bearer tokens on beside mTLS, an Ingress whose controller presents the edge's
-certificate (`tls.secretNames.edge`); and token-only values, which must fail to render with a
+certificate (`tls.secretNames.edge`), the chart's NATS with inventory and notification on (a
+PAID order's events reach them and come back to the order); and token-only values, which must fail to render with a
 message that says service-to-service calls need mTLS."""
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _b64(text: str) -> str:
 
 
 def run(cluster: Cluster, chart: Path, namespace: str, values: dict, edge_secret: str | None = None,
-        ca_secret: str = CA_SECRET, token_for=None) -> str:
+        ca_secret: str = CA_SECRET, token_for=None, then=None) -> str:
+    """Install, a PAID order through the Services, then `then(edge, order id)` if given."""
     release = Release(cluster, chart, "shopmesh", namespace)
     try:
         ready = install(cluster, release, {"networkPolicy": {"edgeClients": EDGE_CLIENTS}, **values})
@@ -35,7 +37,10 @@ def run(cluster: Cluster, chart: Path, namespace: str, values: dict, edge_secret
         edge = Edge(cluster, namespace, ca_secret, edge_secret=edge_secret)
         try:
             stored = sorted({o["kind"] for o in release.revisions[-1][1] if o["kind"] in ("Ingress", "GRPCRoute", "Certificate", "Issuer")})
-            return f"install-to-Ready {ready:.1f} s; {order_through_services(edge, token_for=token_for)}" + (f"; also rendered: {', '.join(stored)}" if stored else "")
+            placed: list[str] = []
+            ordered = order_through_services(edge, token_for=token_for, placed=placed)
+            after = f"; {then(edge, placed[0])}" if then else ""
+            return f"install-to-Ready {ready:.1f} s; {ordered}{after}" + (f"; also rendered: {', '.join(stored)}" if stored else "")
         finally:
             edge.close()
     finally:
@@ -171,3 +176,47 @@ def no_cluster(chart: Path, cluster: Cluster) -> str:
         assert "existingSecret" in message, f"the render failed, but says: {message}"
         return f"render refused: {message.split('): ', 1)[-1][:220]}…"
     raise AssertionError("the default values rendered without a cluster: every GitOps sync would rotate the CA and the passwords")
+
+
+EVENTS_TIMEOUT = 60
+
+
+def events(cluster: Cluster, chart: Path) -> str:
+    """nats.enabled (one server, the password in an existing Secret as under GitOps) with inventory
+    and notification on: a PAID order's OrderPaid goes through NATS to inventory, which has no
+    stock for the SKU and backorders it; its OrderBackordered reaches the order (fulfilment in
+    GetOrder) and notification (one BACKORDERED row in its database)."""
+    ns = "variant-events"
+    every = (*SERVICES, "inventory", "notification")
+    base = gitops_secrets(cluster, ns, services=every)
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "nats-password", "namespace": ns},
+                   "data": {"password": _b64(f"nats-{int(time.time())}")}}, ns)
+    values = {**base, "nats": {"enabled": True, "existingSecret": "nats-password", "jetstream": {"size": "1Gi"}},
+              "services": {"inventory": {"enabled": True}, "notification": {"enabled": True}}}
+
+    def followed(edge: Edge, order_id: str) -> str:
+        start = time.monotonic()
+        order = {"id": order_id}
+        got: dict = {}
+
+        def fulfilled() -> bool:
+            got.update(edge.call("order", 50052, "shopmesh.order.v1.OrderService/GetOrder", {"id": order["id"]}))
+            return bool(got.get("fulfilment"))
+
+        cluster.wait("the order's fulfilment (OrderPaid -> inventory -> OrderBackordered -> order)", fulfilled, EVENTS_TIMEOUT)
+        assert "BACKORDERED" in got["fulfilment"], f"order {order['id']}: fulfilment {got['fulfilment']}, not BACKORDERED (no stock was set)"
+        (pg,) = cluster.workload("StatefulSet", ns, "shopmesh-postgresql").pods
+        sql = f"SELECT kind FROM notifications WHERE order_id = '{order['id']}'"
+        rows: list[str] = []
+
+        def notified() -> bool:
+            done = subprocess.run(pg.container("postgresql").exec_argv(["psql", "-qtA", "-U", "postgres", "-d", "shopmesh_notification", "-c", sql]),
+                                  capture_output=True, text=True, timeout=20)
+            rows[:] = done.stdout.split()
+            return done.returncode == 0 and bool(rows)
+
+        cluster.wait("the notification row (OrderBackordered -> notification)", notified, EVENTS_TIMEOUT)
+        assert len(rows) == 1, f"order {order['id']}: notifications {rows}, not exactly one"
+        return f"fulfilment {got['fulfilment']} and one {rows[0]} notification {time.monotonic() - start:.1f} s after the answer"
+
+    return run(cluster, chart, ns, values, then=followed)

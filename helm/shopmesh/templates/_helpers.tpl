@@ -116,17 +116,6 @@ app.kubernetes.io/component: {{ .name }}
 {{- if and .Values.postgresql.enabled (eq .Values.postgresql.mode "cloudnative-pg") -}}true{{- end -}}
 {{- end -}}
 
-{{/* Refuses the consumers of events (inventory, notification) without a broker: with events.url none they would never receive one. */}}
-{{- define "shopmesh.checkEvents" -}}
-{{- if eq (toString .Values.events.url) "none" -}}
-{{- range list "inventory" "notification" -}}
-{{- if has . (include "shopmesh.serviceNames" $ | fromJsonArray) -}}
-{{- fail (printf "services.%s is enabled but events.url is none: it consumes the order events from NATS JetStream; set events.url to a NATS URL (nats://user:password@nats:4222), or services.%s.enabled=false" . .) -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-
 {{- define "shopmesh.postgresName" -}}
 {{- printf "%s-postgresql" (include "shopmesh.fullname" .) -}}
 {{- end -}}
@@ -167,6 +156,9 @@ CA splits the mesh, new passwords lock the services out of a database initialise
 {{- else -}}
 {{- $set = append $set "postgresql.existingSecret (keys postgres-password and <service>-password; or an external database: postgresql.enabled=false, database.existingSecret)" -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.nats.enabled (not .Values.nats.existingSecret) -}}
+{{- $set = append $set "nats.existingSecret (key password)" -}}
 {{- end -}}
 {{- if $set -}}
 {{- fail (printf "rendered without a cluster (helm template, Argo CD, --dry-run=client): lookup finds nothing, so the mesh CA and the database passwords would be generated anew on every render and a GitOps sync would rotate them. Set %s; or, for a one-off render, generateSecretsWithoutCluster=true (helm/shopmesh/README.md: GitOps)" (join " and " $set)) -}}

@@ -40,7 +40,7 @@ impl Nats {
     /// # Errors
     /// [`Error::Config`] naming what failed.
     pub async fn connect(url: &str, config: &EventsConfig, streams: &[Stream]) -> Result<Self, Error> {
-        let client = async_nats::ConnectOptions::new()
+        let client = credentials(url, async_nats::ConnectOptions::new())
             .name("shopmesh")
             .connection_timeout(Duration::from_secs(5))
             .connect(url)
@@ -190,6 +190,19 @@ fn headers(event: &Event) -> HeaderMap {
 }
 
 /// The event a message carries, or why it is not one.
+/// The URL's `user:password@` (or `token@`) as the options' credentials: async-nats sends only
+/// those of the options, so a server requiring them refused a URL that carried them.
+fn credentials(url: &str, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+    let Ok(addr) = url.parse::<async_nats::ServerAddr>() else {
+        return options; // `connect` reports the malformed URL
+    };
+    match (addr.username(), addr.password()) {
+        (Some(user), Some(password)) => options.user_and_password(user.to_owned(), password.to_owned()),
+        (Some(token), None) => options.token(token.to_owned()),
+        _ => options,
+    }
+}
+
 fn event(message: &jetstream::Message) -> Result<Event, String> {
     let headers = message.headers.as_ref().ok_or("no CloudEvents headers")?;
     let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
