@@ -576,3 +576,48 @@ async fn set_stock_with_the_catalog_down_is_unavailable() {
     inventory.stop().await.expect("inventory stops");
     db.drop_database().await;
 }
+
+/// An allocation delivered after its order's release (a consumer killed before acking it gets it
+/// again after the ack wait, by when the release behind it was handled) does not undo the
+/// release: the order stays RELEASED. Found by the fault harness's events round.
+#[tokio::test]
+async fn a_late_allocation_does_not_undo_a_release() {
+    use shopmesh::api::inventory::v1::{StockAllocated, StockReleased};
+    let Some(nats) = Nats::start() else { return };
+    let mut mesh = Mesh::start(Backend::Sqlite, nats_broker(nats.url()).await).await;
+    mesh.set_stock("TEA", 5).await;
+    let order = mesh.order(&[("TEA", 1)]).await;
+    fulfilled(&mesh, &order.id, Fulfilment::Allocated).await;
+    let released = StockReleased { order_id: order.id.clone(), user_id: mesh.user_id.clone(), lines: vec![] };
+    publish_raw(
+        &nats.url(),
+        "shopmesh.inventory.v1.StockReleased",
+        &new_id(),
+        &order.id,
+        released.encode_to_vec(),
+    )
+    .await;
+    fulfilled(&mesh, &order.id, Fulfilment::Released).await;
+    // The allocation again, under an id of its own (its first delivery was never acknowledged).
+    let late = StockAllocated { order_id: order.id.clone(), user_id: mesh.user_id.clone(), lines: vec![] };
+    publish_raw(
+        &nats.url(),
+        "shopmesh.inventory.v1.StockAllocated",
+        &new_id(),
+        &order.id,
+        late.encode_to_vec(),
+    )
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    eventually("order-fulfilment handled every event", || {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream("SHOPMESH_INVENTORY").await.ok()?;
+            let info = stream.consumer_info("order-fulfilment").await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(mesh.get(&order.id).await.fulfilment(), Fulfilment::Released);
+    mesh.stop().await;
+}
