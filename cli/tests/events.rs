@@ -608,16 +608,57 @@ async fn a_late_allocation_does_not_undo_a_release() {
         late.encode_to_vec(),
     )
     .await;
+    caught_up(&nats, "SHOPMESH_INVENTORY", "order-fulfilment").await;
+    assert_eq!(mesh.get(&order.id).await.fulfilment(), Fulfilment::Released);
+    mesh.stop().await;
+}
+
+/// Waits until the durable consumer `durable` of `stream` has nothing pending or unacknowledged.
+async fn caught_up(nats: &Nats, stream: &'static str, durable: &'static str) {
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
-    eventually("order-fulfilment handled every event", || {
+    eventually(&format!("{durable} handled every event"), || {
         let js = js.clone();
         async move {
-            let mut stream = js.get_stream("SHOPMESH_INVENTORY").await.ok()?;
-            let info = stream.consumer_info("order-fulfilment").await.ok()?;
+            let stream = js.get_stream(stream).await.ok()?;
+            let info = stream.consumer_info(durable).await.ok()?;
             (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
         }
     })
     .await;
-    assert_eq!(mesh.get(&order.id).await.fulfilment(), Fulfilment::Released);
+}
+
+/// An OrderPaid delivered after its order's OrderCancelled (redelivered after a killed
+/// consumer's ack wait) allocates nothing: the cancel recorded the order as cancelled.
+#[tokio::test]
+async fn a_late_order_paid_after_its_cancel_allocates_nothing() {
+    use shopmesh::api::order::v1::OrderCancelled;
+    let Some(nats) = Nats::start() else { return };
+    let mut mesh = Mesh::start(Backend::Sqlite, nats_broker(nats.url()).await).await;
+    mesh.set_stock("TEA", 5).await;
+    let (order_id, user_id) = (new_id(), mesh.user_id.clone());
+    let cancelled = OrderCancelled {
+        order_id: order_id.clone(),
+        user_id: user_id.clone(),
+        refunded: true,
+        line_items: vec![],
+    };
+    publish_raw(
+        &nats.url(),
+        "shopmesh.order.v1.OrderCancelled",
+        &new_id(),
+        &order_id,
+        cancelled.encode_to_vec(),
+    )
+    .await;
+    publish_raw(
+        &nats.url(),
+        "shopmesh.order.v1.OrderPaid",
+        &new_id(),
+        &order_id,
+        paid(&order_id, &user_id, "TEA", 2),
+    )
+    .await;
+    caught_up(&nats, "SHOPMESH_ORDER", "inventory-order").await;
+    assert_eq!(mesh.on_hand("TEA").await, (5, 0), "nothing allocated to a cancelled order");
     mesh.stop().await;
 }

@@ -121,17 +121,28 @@ pub async fn check(db: &Databases<'_>, initial: &[(String, i64)]) -> Vec<String>
             }
             continue;
         }
-        if allocated + backordered != 1 {
-            violations.push(format!(
-                "paid order {id}: {allocated} allocations and {backordered} backorders published"
-            ));
-        }
-        let first = if allocated > 0 { "CONFIRMED" } else { "BACKORDERED" };
-        let (want_fulfilment, want_kinds, want_released) = match (state.as_str(), allocated > 0) {
-            ("PAID", true) => ("ALLOCATED", vec![first], 0),
-            ("PAID", false) => ("BACKORDERED", vec![first], 0),
-            ("CANCELLED", true) => ("RELEASED", vec!["CANCELLED", first], 1),
-            ("CANCELLED", false) => ("CANCELLED", vec!["BACKORDERED", "CANCELLED"], 0),
+        // A cancel handled before its OrderPaid (that one redelivered late) leaves nothing to
+        // allocate: the inventory records the order cancelled, and no allocation or backorder.
+        let first = match (allocated, backordered) {
+            (1, 0) => Some("CONFIRMED"),
+            (0, 1) => Some("BACKORDERED"),
+            (0, 0) if state == "CANCELLED" => None,
+            _ => {
+                violations.push(format!(
+                    "{state} order {id}: {allocated} allocations and {backordered} backorders published"
+                ));
+                continue;
+            }
+        };
+        let (want_fulfilment, want_kinds, want_released, recorded) = match (state.as_str(), first) {
+            ("PAID", Some("CONFIRMED")) => ("ALLOCATED", vec!["CONFIRMED"], 0, Some("ALLOCATED")),
+            ("PAID", Some(_)) => ("BACKORDERED", vec!["BACKORDERED"], 0, Some("BACKORDERED")),
+            ("CANCELLED", Some("CONFIRMED")) => {
+                ("RELEASED", vec!["CANCELLED", "CONFIRMED"], 1, Some("RELEASED"))
+            }
+            // The order records what the inventory said: a backorder cancelled stays BACKORDERED.
+            ("CANCELLED", Some(_)) => ("CANCELLED", vec!["BACKORDERED", "CANCELLED"], 0, Some("BACKORDERED")),
+            ("CANCELLED", None) => ("CANCELLED", vec!["CANCELLED"], 0, None),
             _ => {
                 violations.push(format!("order {id} is {state} after an OrderPaid"));
                 continue;
@@ -154,11 +165,10 @@ pub async fn check(db: &Databases<'_>, initial: &[(String, i64)]) -> Vec<String>
             violations
                 .push(format!("order {id} {state}: the mail ledger sent {mailed:?}, not {want_kinds:?}"));
         }
-        // The order records what the inventory said: a backorder cancelled stays BACKORDERED.
-        let recorded = if want_fulfilment == "CANCELLED" { "BACKORDERED" } else { want_fulfilment };
-        if order_fulfilment.as_deref() != Some(recorded) {
-            violations
-                .push(format!("order {id} {state}: its fulfilment is {order_fulfilment:?}, not {recorded}"));
+        if order_fulfilment.as_deref() != recorded {
+            violations.push(format!(
+                "order {id} {state}: its fulfilment is {order_fulfilment:?}, not {recorded:?}"
+            ));
         }
         if allocated > 0 {
             let of = |m: &BTreeMap<(String, String), i64>| {
