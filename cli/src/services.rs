@@ -80,7 +80,8 @@ services! {
     catalog => Catalog(shopmesh_catalog::Catalog),
     /// The order service (orders; calls user, catalog and payment; publishes order events).
     order => Order(shopmesh_order::Order),
-    /// The inventory service (stock; allocates paid orders from the order events).
+    /// The inventory service (stock of the catalog's SKUs; allocates paid orders from the order
+    /// events).
     inventory => Inventory(shopmesh_inventory::Inventory),
     /// The notification service (messages to users from the inventory and order events).
     notification => Notification(shopmesh_notification::Notification),

@@ -43,7 +43,15 @@ mod nats;
 use catalog::Catalog;
 use nats::Nats;
 
-const PRODUCTS: &[(&str, i64, &str)] = &[("TEA", 450, "USD"), ("MUG", 1_200, "USD"), ("LAMP", 4_000, "USD")];
+const PRODUCTS: &[(&str, i64, &str)] = &[
+    ("TEA", 450, "USD"),
+    ("MUG", 1_200, "USD"),
+    ("LAMP", 4_000, "USD"),
+    // For the inventory's paging test: SetStock takes only SKUs the catalog has.
+    ("A", 100, "USD"),
+    ("B", 100, "USD"),
+    ("C", 100, "USD"),
+];
 
 /// The six services, a client of each one a test calls, and their databases.
 struct Mesh {
@@ -105,7 +113,7 @@ impl Mesh {
         let payment = testing::spawn_service::<shopmesh_payment::Payment>(&mesh, payment_config).await;
         let catalog = Catalog::with(backend, PRODUCTS).await;
         let inventory = testing::spawn_service::<Inventory>(
-            &mesh,
+            &mesh.clone().with_upstreams(Upstreams::new().at("catalog", catalog.url())),
             InventoryConfig { listen: testing::ANY_PORT, database_url: url(3), database_read_url: None },
         )
         .await;
@@ -463,6 +471,18 @@ async fn inventory_admin_calls_validate_and_page() {
     assert_eq!(testing::field_violations(&err), ["sku", "on_hand"]);
     let err = mesh.inventory.get_stock(GetStockRequest { sku: "NONE".into() }).await.expect_err("missing");
     assert_eq!(err.code(), Code::NotFound);
+    // Stock only of what the catalog has: an unknown SKU is refused, and nothing is recorded.
+    let err = mesh
+        .inventory
+        .set_stock(SetStockRequest { sku: "NONE".into(), on_hand: 3 })
+        .await
+        .expect_err("not in the catalog");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let failure = tonic_types::StatusExt::get_error_details(&err).precondition_failure().cloned();
+    let violation = &failure.expect("a PreconditionFailure").violations[0];
+    assert_eq!((violation.r#type.as_str(), violation.subject.as_str()), ("PRODUCT_UNKNOWN", "products/NONE"));
+    let err = mesh.inventory.get_stock(GetStockRequest { sku: "NONE".into() }).await.expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound, "the refused SetStock recorded nothing");
     for sku in ["C", "A", "B"] {
         mesh.set_stock(sku, 1).await;
     }
@@ -487,5 +507,160 @@ async fn inventory_admin_calls_validate_and_page() {
         .await
         .expect_err("neither user nor order");
     assert_eq!(err.code(), Code::InvalidArgument);
+    mesh.stop().await;
+}
+
+/// `shopmesh bench --notification` times every PAID order of its run from CreateOrder's answer
+/// to its notification (read back from the record), and refuses the flag without `--record`.
+#[tokio::test]
+async fn the_bench_times_each_paid_orders_notification() {
+    let mesh = Mesh::start(Backend::Sqlite, bus()).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let record = dir.path().join("record.jsonl");
+    let (order, notification, user) =
+        (mesh.services[0].url(), mesh.services[1].url(), mesh.services[4].url());
+    let bench = |with_record: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shopmesh"));
+        command
+            .args(["bench", "create-order", "--requests", "20", "--concurrency", "4", "--json", "--quiet"])
+            .args(["--user", &user, "--order", &order, "--catalog", &mesh.catalog.url()])
+            .args(["--notification", &notification])
+            .kill_on_drop(true);
+        if with_record {
+            command.arg("--record").arg(&record);
+        }
+        command.output()
+    };
+    let out = bench(true).await.expect("run shopmesh bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    let paid = std::fs::read_to_string(&record)
+        .expect("record")
+        .lines()
+        .filter(|l| l.contains("\"ORDER_STATE_PAID\""))
+        .count() as u64;
+    let timed = &report["notification"];
+    assert!(paid > 0, "{report}");
+    assert_eq!(timed["paid"].as_u64(), Some(paid), "{report}");
+    assert_eq!(timed["notified"].as_u64(), Some(paid), "every PAID order is notified: {report}");
+    let (p50, p99) = (timed["latency_ms"]["p50"].as_u64(), timed["latency_ms"]["p99"].as_u64());
+    assert!(p50.is_some() && p50 <= p99, "{report}");
+
+    let refused = bench(false).await.expect("run shopmesh bench");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--record"), "{refused:?}");
+    mesh.stop().await;
+}
+
+/// SetStock while the catalog cannot answer is UNAVAILABLE (retryable) and records nothing.
+#[tokio::test]
+async fn set_stock_with_the_catalog_down_is_unavailable() {
+    let db = testing::database(Backend::Sqlite, "inventory").await;
+    // Nothing listens there: the catalog is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let mesh = testing::mesh(testing::mesh_config())
+        .with_broker(bus())
+        .with_upstreams(Upstreams::new().at("catalog", format!("http://{dead}")));
+    let inventory = testing::spawn_service::<Inventory>(
+        &mesh,
+        InventoryConfig { listen: testing::ANY_PORT, database_url: db.url.clone(), database_read_url: None },
+    )
+    .await;
+    let mut client = InventoryServiceClient::connect(inventory.url()).await.expect("inventory");
+    let err = client
+        .set_stock(SetStockRequest { sku: "TEA".into(), on_hand: 3 })
+        .await
+        .expect_err("the catalog is down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("catalog"), "{err:?}");
+    let err = client.get_stock(GetStockRequest { sku: "TEA".into() }).await.expect_err("nothing recorded");
+    assert_eq!(err.code(), Code::NotFound);
+    inventory.stop().await.expect("inventory stops");
+    db.drop_database().await;
+}
+
+/// An allocation delivered after its order's release (a consumer killed before acking it gets it
+/// again after the ack wait, by when the release behind it was handled) does not undo the
+/// release: the order stays RELEASED. Found by the fault harness's events round.
+#[tokio::test]
+async fn a_late_allocation_does_not_undo_a_release() {
+    use shopmesh::api::inventory::v1::{StockAllocated, StockReleased};
+    let Some(nats) = Nats::start() else { return };
+    let mut mesh = Mesh::start(Backend::Sqlite, nats_broker(nats.url()).await).await;
+    mesh.set_stock("TEA", 5).await;
+    let order = mesh.order(&[("TEA", 1)]).await;
+    fulfilled(&mesh, &order.id, Fulfilment::Allocated).await;
+    let released = StockReleased { order_id: order.id.clone(), user_id: mesh.user_id.clone(), lines: vec![] };
+    publish_raw(
+        &nats.url(),
+        "shopmesh.inventory.v1.StockReleased",
+        &new_id(),
+        &order.id,
+        released.encode_to_vec(),
+    )
+    .await;
+    fulfilled(&mesh, &order.id, Fulfilment::Released).await;
+    // The allocation again, under an id of its own (its first delivery was never acknowledged).
+    let late = StockAllocated { order_id: order.id.clone(), user_id: mesh.user_id.clone(), lines: vec![] };
+    publish_raw(
+        &nats.url(),
+        "shopmesh.inventory.v1.StockAllocated",
+        &new_id(),
+        &order.id,
+        late.encode_to_vec(),
+    )
+    .await;
+    caught_up(&nats, "SHOPMESH_INVENTORY", "order-fulfilment").await;
+    assert_eq!(mesh.get(&order.id).await.fulfilment(), Fulfilment::Released);
+    mesh.stop().await;
+}
+
+/// Waits until the durable consumer `durable` of `stream` has nothing pending or unacknowledged.
+async fn caught_up(nats: &Nats, stream: &'static str, durable: &'static str) {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    eventually(&format!("{durable} handled every event"), || {
+        let js = js.clone();
+        async move {
+            let stream = js.get_stream(stream).await.ok()?;
+            let info = stream.consumer_info(durable).await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+/// An OrderPaid delivered after its order's OrderCancelled (redelivered after a killed
+/// consumer's ack wait) allocates nothing: the cancel recorded the order as cancelled.
+#[tokio::test]
+async fn a_late_order_paid_after_its_cancel_allocates_nothing() {
+    use shopmesh::api::order::v1::OrderCancelled;
+    let Some(nats) = Nats::start() else { return };
+    let mut mesh = Mesh::start(Backend::Sqlite, nats_broker(nats.url()).await).await;
+    mesh.set_stock("TEA", 5).await;
+    let (order_id, user_id) = (new_id(), mesh.user_id.clone());
+    let cancelled = OrderCancelled {
+        order_id: order_id.clone(),
+        user_id: user_id.clone(),
+        refunded: true,
+        line_items: vec![],
+    };
+    publish_raw(
+        &nats.url(),
+        "shopmesh.order.v1.OrderCancelled",
+        &new_id(),
+        &order_id,
+        cancelled.encode_to_vec(),
+    )
+    .await;
+    publish_raw(
+        &nats.url(),
+        "shopmesh.order.v1.OrderPaid",
+        &new_id(),
+        &order_id,
+        paid(&order_id, &user_id, "TEA", 2),
+    )
+    .await;
+    caught_up(&nats, "SHOPMESH_ORDER", "inventory-order").await;
+    assert_eq!(mesh.on_hand("TEA").await, (5, 0), "nothing allocated to a cancelled order");
     mesh.stop().await;
 }

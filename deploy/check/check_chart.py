@@ -41,7 +41,7 @@ SERVICES = {
     "notification": (50056, "shopmesh.notification.v1.NotificationService"),
 }
 # Who calls whom (the chart's default services.<name>.calls).
-CALLS = {"order": ["user", "payment", "catalog"]}
+CALLS = {"order": ["user", "payment", "catalog"], "inventory": ["catalog"]}
 # Kinds from CRDs: kubernetes-validate has Kubernetes' own schemas only; these are validated
 # against the CRD schemas committed in deploy/check/crds (validate.mjs, node). Any other kind
 # without a schema fails the validation.
@@ -927,10 +927,13 @@ def check_shipped_policy() -> str:
     sa = lambda n: f"spiffe://cluster.local/ns/default/sa/{n}"  # noqa: E731
     for m in ("CreateProduct", "UpdateProduct"):
         assert who(f"/shopmesh.catalog.v1.CatalogService/{m}") == [sa("shopmesh-admin")], f"{m} may be called by {who(f'/shopmesh.catalog.v1.CatalogService/{m}')}"
+    # Inventory reads one product at a time: whether a SKU whose stock is set exists.
+    readers = {"GetProduct": ["shopmesh-gateway", "shopmesh-inventory", "shopmesh-order"]}
     for m in ("GetProduct", "ListProducts", "BatchGetProducts"):
-        assert who(f"/shopmesh.catalog.v1.CatalogService/{m}") == sorted([sa("shopmesh-gateway"), sa("shopmesh-order")]), f"{m} may be called by {who(f'/shopmesh.catalog.v1.CatalogService/{m}')}"
+        want = sorted(sa(n) for n in readers.get(m, ["shopmesh-gateway", "shopmesh-order"]))
+        assert who(f"/shopmesh.catalog.v1.CatalogService/{m}") == want, f"{m} may be called by {who(f'/shopmesh.catalog.v1.CatalogService/{m}')}"
     assert not [1 for _, methods in rules if "/shopmesh.catalog.v1.CatalogService/*" in methods], "a rule allows every catalog method"
-    return "catalog: admin writes; order and gateway read"
+    return "catalog: admin writes; order and gateway read, inventory reads a product"
 
 
 # The chart's default authz.policy, filled in by run_checks (compared to the shipped file).

@@ -14,6 +14,7 @@
 //! order for `get-order`) or the record file could not be written.
 
 mod load;
+mod notified;
 mod progress;
 mod raw;
 mod record;
@@ -140,6 +141,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 
+    /// After a create-order run with --record, the notification service to time each PAID
+    /// order's notification at: the report adds the time from CreateOrder's answer to the
+    /// notification's send time (p50, p99), waiting up to 30 s for the last ones. Meaningful
+    /// when the mesh runs on this host (both times are this clock's).
+    #[arg(long, env = "SHOPMESH_BENCH_NOTIFICATION", value_name = "URL", requires = "record")]
+    pub notification: Option<String>,
+
     /// Print the report as one JSON object (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -232,6 +240,9 @@ impl BenchArgs {
         for (flag, url) in [("--user", &self.user), ("--order", &self.order), ("--catalog", &self.catalog)] {
             check_url(flag, url, tls)?;
         }
+        if let Some(url) = &self.notification {
+            check_url("--notification", url, tls)?;
+        }
         let call = self.scenario == Scenario::Call;
         if call != self.method.is_some() {
             return Err("`call` needs --method, and --method applies only to `call`".into());
@@ -242,6 +253,9 @@ impl BenchArgs {
         if let Some(method) = &self.method {
             raw::method_path(method)?;
             check_url("--target", &self.target, tls)?;
+        }
+        if self.notification.is_some() && self.scenario != Scenario::CreateOrder {
+            return Err("--notification applies only to the `create-order` scenario".into());
         }
         if self.mix.is_some() && self.scenario != Scenario::Mix {
             return Err("--mix applies only to the `mix` scenario".into());
@@ -501,13 +515,34 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     progress.finish();
 
     let report = stats.report(RunInfo { interrupted: stop.is_cancelled(), ..info }, start + plan.warmup);
-    if args.json {
-        match serde_json::to_string(&report) {
-            Ok(json) => println!("{json}"),
-            Err(err) => eprintln!("error: cannot encode the report: {err}"),
+    let notified = match (&args.notification, &args.record) {
+        // The record is read back: complete before the notifications are timed.
+        (Some(_), Some(_)) if flush(&recorder, ExitCode::SUCCESS) == ExitCode::FAILURE => {
+            return ExitCode::FAILURE;
         }
+        (Some(url), Some(path)) => {
+            say(format!("timing each PAID order's notification at {url}"));
+            match notified::at(url, path, args.timeout, tls.as_ref(), &headers).await {
+                Ok(latency) => Some(latency),
+                Err(err) => {
+                    eprintln!("error: cannot time the notifications at {url}: {err}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
+    if args.json {
+        let mut json = serde_json::to_value(&report).unwrap_or_default();
+        if let (Some(latency), Some(object)) = (&notified, json.as_object_mut()) {
+            object.insert("notification".into(), serde_json::to_value(latency).unwrap_or_default());
+        }
+        println!("{json}");
     } else {
         print!("{}", report.text());
+        if let Some(latency) = &notified {
+            print!("{}", latency.text());
+        }
     }
     flush(&recorder, ExitCode::SUCCESS)
 }

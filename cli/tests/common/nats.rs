@@ -74,6 +74,15 @@ impl Nats {
         }
     }
 
+    /// Stops the server cleanly (SIGTERM) and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+
     /// Starts the server again on the same port and store, and waits until it accepts.
     pub fn restart(&mut self) {
         self.stop();

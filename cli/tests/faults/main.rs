@@ -20,10 +20,18 @@
 //! equal to each order's PAID total.
 //! A violation fails with the offending ids.
 //!
+//! A second round, `events.rs`, runs the events path (order, inventory and notification on a
+//! real NATS server) under broker, consumer and relay faults and duplicated deliveries, and
+//! checks its invariants (`event_checks.rs`).
+//!
 //! `cargo test` runs a short round on SQLite (and PostgreSQL when `SHOPMESH_TEST_POSTGRES_URL`
 //! is set). Longer runs: `scripts/fault-harness` (see docs/benchmarks.md), which sets
 //! `SHOPMESH_FAULTS_DURATION`, `SHOPMESH_FAULTS_RATE` and `SHOPMESH_FAULTS_SEED`.
 
+mod event_checks;
+mod events;
+#[path = "../common/nats.rs"]
+mod nats;
 mod proxy;
 
 use std::collections::{HashMap, HashSet};
@@ -156,6 +164,29 @@ fn free_addr() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
+/// `shopmesh bench create-order` at the run's rate for its duration, against the mesh at
+/// these addresses, retrying as a client would; its JSON report on stdout.
+fn bench(settings: &Settings, user: SocketAddr, order: SocketAddr, catalog: SocketAddr) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(["bench", "create-order", "--json", "--quiet"])
+        .args(["--user", &format!("http://{user}"), "--order", &format!("http://{order}")])
+        .args(["--catalog", &format!("http://{catalog}")])
+        .args([
+            "--rate",
+            &settings.rate.to_string(),
+            "--duration",
+            &humantime::format_duration(settings.duration).to_string(),
+        ])
+        .args(["--users", "20", "--timeout", "2s", "--retries", "3", "--connections", "2"])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    command
+}
+
 /// Faults injected, by kind.
 #[derive(Debug, Default)]
 struct Faults {
@@ -250,24 +281,9 @@ async fn run(backend: Backend, settings: &Settings) {
     let mut probe = Probe::new(user_addr, catalog_addr, order_addr).await;
 
     let record = dir.path().join("record.jsonl");
-    let bench = Command::new(binary())
-        .args(["bench", "create-order", "--json", "--quiet"])
-        .args(["--user", &format!("http://{user_addr}"), "--order", &format!("http://{order_addr}")])
-        .args(["--catalog", &format!("http://{catalog_addr}")])
-        .args([
-            "--rate",
-            &settings.rate.to_string(),
-            "--duration",
-            &humantime::format_duration(settings.duration).to_string(),
-        ])
-        .args(["--users", "20", "--timeout", "2s", "--retries", "3", "--connections", "2"])
+    let bench = bench(settings, user_addr, order_addr, catalog_addr)
         .arg("--record")
         .arg(&record)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("start shopmesh bench");
     let bench = tokio::spawn(bench.wait_with_output());
@@ -915,11 +931,26 @@ async fn check(
     violations
 }
 
+/// One round at a time: both rounds in parallel on a small machine would fault each other.
+static ONE_ROUND: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_faults_nothing_is_lost_and_nothing_charged_twice() {
+    let _round = ONE_ROUND.lock().await;
     let settings = Settings::from_env();
     for backend in testing::backends() {
         run(backend, &settings).await;
+    }
+}
+
+/// The events round (`events.rs`): broker, consumer and relay faults and duplicated deliveries,
+/// then the invariants of `event_checks.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_event_faults_every_paid_order_is_fulfilled_and_notified_once() {
+    let _round = ONE_ROUND.lock().await;
+    let settings = Settings::from_env();
+    for backend in testing::backends() {
+        events::run(backend, &settings).await;
     }
 }
 

@@ -76,7 +76,7 @@ impl Orders {
                 Err(e) => return Outcome::Poison(format!("OrderPaid: undecodable body: {e}")),
             },
             "shopmesh.order.v1.OrderCancelled" => match OrderCancelled::decode(event.body.as_ref()) {
-                Ok(cancelled) => self.store.release(event, &cancelled.order_id).await,
+                Ok(cancelled) => self.store.release(event, &cancelled.order_id, &cancelled.user_id).await,
                 Err(e) => return Outcome::Poison(format!("OrderCancelled: undecodable body: {e}")),
             },
             _ => return Outcome::Unknown,

@@ -8,6 +8,7 @@ use shopmesh::mesh::identity::Principal;
 use shopmesh::mesh::ids;
 use tonic::{Request, Response, Status};
 
+use crate::catalog::Catalog;
 use crate::convert;
 use crate::domain::Stock;
 use crate::error::Error;
@@ -17,12 +18,13 @@ use crate::store::Store;
 #[derive(Debug, Clone)]
 pub struct InventoryApi {
     store: Store,
+    catalog: Catalog,
 }
 
 impl InventoryApi {
-    /// The API over `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// The API over `store`, checking SKUs against `catalog`.
+    pub fn new(store: Store, catalog: Catalog) -> Self {
+        Self { store, catalog }
     }
 }
 
@@ -43,6 +45,9 @@ impl InventoryService for InventoryApi {
             return Err(Error::PermissionDenied.into());
         }
         let (sku, on_hand) = convert::set_stock(req.get_ref())?;
+        if !self.catalog.has(&sku).await.map_err(Error::Catalog)? {
+            return Err(Error::UnknownProduct(sku).into());
+        }
         Ok(Response::new(to_proto(self.store.set(&sku, on_hand).await.map_err(Error::from)?)))
     }
 

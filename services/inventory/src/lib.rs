@@ -6,9 +6,11 @@
 //! events (`events`: OrderPaid allocates every line or backorders the order with the reason,
 //! OrderCancelled returns what was allocated; each once, by the inbox) and the relay of its
 //! own outbox (StockAllocated, OrderBackordered, StockReleased). Stock is never negative: an
-//! allocation is a conditional update per line. Rules live in [`domain`], SQL in `store`,
+//! allocation is a conditional update per line. SetStock asks the catalog (`catalog`) that the
+//! SKU exists. Rules live in [`domain`], SQL in `store`,
 //! validation in [`convert`], statuses in `error`, protobuf conversion in `grpc`.
 
+mod catalog;
 pub mod config;
 pub mod convert;
 pub mod domain;
@@ -43,6 +45,7 @@ impl MeshService for Inventory {
     const GRPC_SERVICE: &'static str = inventory_service_server::SERVICE_NAME;
     const MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
     type Config = InventoryConfig;
+    const UPSTREAMS: &'static [shopmesh::mesh::upstream::Upstream] = catalog::UPSTREAMS;
     const EVENTS: Events = Events {
         publishes: Some(mesh_events::INVENTORY),
         consumes: &[Subscription { durable: store::ORDER_CONSUMER, stream: mesh_events::ORDER }],
@@ -66,12 +69,13 @@ impl MeshService for Inventory {
 
     async fn start(mesh: &Mesh, _config: &InventoryConfig, pool: Pool) -> Result<Started, Error> {
         let broker = mesh.broker(Self::NAME)?.clone();
+        let catalog = catalog::Catalog::new(mesh.upstream_channel(Self::NAME, &catalog::CATALOG).await?);
         let store = store::Store::new(pool);
         let relay = store.relay(broker.clone());
         let handler = Arc::new(events::Orders::new(store.clone()));
         let consumer = broker.consuming(Self::EVENTS.consumes[0], handler);
         let routes = Routes::new(
-            InventoryServiceServer::new(grpc::InventoryApi::new(store))
+            InventoryServiceServer::new(grpc::InventoryApi::new(store, catalog))
                 .max_decoding_message_size(mesh.config().server.max_message_bytes),
         );
         Ok(Started { routes, beside: vec![Box::pin(relay.run()), consumer] })

@@ -104,6 +104,10 @@ impl Store {
             tx.rollback().await?;
             return Ok(Effect::Seen);
         }
+        if handled(&mut tx, order_id).await? {
+            tx.commit().await?;
+            return Ok(Effect::Done);
+        }
         // A conditional update per line: a line short of stock changes no row, and nothing
         // of the order is kept. Concurrent replicas cannot take the same units twice.
         let mut short = false;
@@ -145,6 +149,10 @@ impl Store {
             tx.rollback().await?;
             return Ok(Effect::Seen);
         }
+        if handled(&mut tx, order_id).await? {
+            tx.commit().await?;
+            return Ok(Effect::Done);
+        }
         let mut reasons = Vec::new();
         let mut short_lines = Vec::new();
         for (sku, quantity) in lines {
@@ -171,8 +179,10 @@ impl Store {
     }
 
     /// Returns the stock allocated to cancelled order `order_id` (StockReleased), once per
-    /// `event`; a backordered order is just marked cancelled, one never seen gets nothing.
-    pub async fn release(&self, event: &Event, order_id: &str) -> Result<Effect, sqlx::Error> {
+    /// `event`; a backordered order is just marked cancelled, and one never seen is recorded
+    /// cancelled, so that its OrderPaid, if it comes after all (redelivered after a killed
+    /// consumer's ack wait), allocates nothing.
+    pub async fn release(&self, event: &Event, order_id: &str, user_id: &str) -> Result<Effect, sqlx::Error> {
         let now = ids::now_ms();
         let mut tx = db::begin(&self.pool).await?;
         if !inbox::first_time(&mut tx, ORDER_CONSUMER, &event.id).await? {
@@ -184,6 +194,7 @@ impl Store {
             .fetch_optional(&mut tx)
             .await?;
         let Some(row) = row else {
+            fulfilment(&mut tx, order_id, user_id, "CANCELLED", None, now).await?;
             tx.commit().await?;
             return Ok(Effect::Done);
         };
@@ -215,6 +226,16 @@ impl Store {
         self.outbox.wake();
         Ok(Effect::Done)
     }
+}
+
+/// Whether order `order_id` has a fulfilment already: allocated or backordered once, or
+/// cancelled before its OrderPaid came.
+async fn handled(tx: &mut db::Traced<db::Tx>, order_id: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<String> = sqlx::query_scalar("SELECT state FROM fulfilments WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(tx)
+        .await?;
+    Ok(found.is_some())
 }
 
 /// Records (or moves) order `order_id`'s fulfilment to `state`.

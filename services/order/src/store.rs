@@ -384,7 +384,9 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query("UPDATE orders SET fulfilment = $1 WHERE id = $2")
+        // RELEASED is final: an allocation delivered late (redelivered after a killed consumer's
+        // ack wait, overtaken by the release behind it) must not undo it.
+        sqlx::query("UPDATE orders SET fulfilment = $1 WHERE id = $2 AND (fulfilment IS NULL OR fulfilment <> 'RELEASED')")
             .bind(fulfilment.as_str())
             .bind(id)
             .execute(&mut tx)

@@ -19,7 +19,11 @@ const _ = grpc.SupportPackageIsVersion7
 type InventoryServiceClient interface {
 	// Sets the quantity on hand of a SKU (an administrator's count after a
 	// delivery or a stock take), creating its record if it has none. Setting a
-	// quantity is idempotent: a retry leaves the same state.
+	// quantity is idempotent: a retry leaves the same state. The SKU must be a
+	// product of the catalog (active or not): one it does not have is
+	// FAILED_PRECONDITION with a PreconditionFailure of type PRODUCT_UNKNOWN on
+	// products/<sku>; a catalog that cannot answer is UNAVAILABLE. Either way
+	// nothing is recorded.
 	SetStock(ctx context.Context, in *SetStockRequest, opts ...grpc.CallOption) (*Stock, error)
 	// Returns the stock of one SKU, NOT_FOUND if it has no record.
 	GetStock(ctx context.Context, in *GetStockRequest, opts ...grpc.CallOption) (*Stock, error)
@@ -68,7 +72,11 @@ func (c *inventoryServiceClient) ListStock(ctx context.Context, in *ListStockReq
 type InventoryServiceServer interface {
 	// Sets the quantity on hand of a SKU (an administrator's count after a
 	// delivery or a stock take), creating its record if it has none. Setting a
-	// quantity is idempotent: a retry leaves the same state.
+	// quantity is idempotent: a retry leaves the same state. The SKU must be a
+	// product of the catalog (active or not): one it does not have is
+	// FAILED_PRECONDITION with a PreconditionFailure of type PRODUCT_UNKNOWN on
+	// products/<sku>; a catalog that cannot answer is UNAVAILABLE. Either way
+	// nothing is recorded.
 	SetStock(context.Context, *SetStockRequest) (*Stock, error)
 	// Returns the stock of one SKU, NOT_FOUND if it has no record.
 	GetStock(context.Context, *GetStockRequest) (*Stock, error)
