@@ -23,8 +23,8 @@ export async function startMesh(binary: string): Promise<Mesh> {
   // Asking the binary instead of listing user/order/payment here gives a new service (the
   // catalog) a free port and its own database too.
   const help = execFileSync(binary, ["--help"], { encoding: "utf8" });
-  const names = [...help.matchAll(/--([a-z]+)-database-url\b/g)]
-    .map((m) => m[1])
+  // Once each: a flag's help may name another service's flag (the read URL names the primary's).
+  const names = [...new Set([...help.matchAll(/--([a-z]+)-database-url\b/g)].map((m) => m[1]))]
     .filter((n) => help.includes(`--${n}-listen`));
   if (names.length === 0) throw new Error(`${binary} --help lists no --<service>-database-url flags`);
   const data = mkdtempSync(join(tmpdir(), "shopmesh-ts-"));
