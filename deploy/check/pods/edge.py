@@ -80,11 +80,22 @@ class Edge:
     def run(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(self.pod.container("edge").exec_argv(argv), capture_output=True, text=True, timeout=timeout)
 
+    def grpcurl(self, argv: list[str]) -> subprocess.CompletedProcess:
+        """`argv` (a grpcurl call) run as a client with the mesh's service config would: an
+        UNAVAILABLE answer (a database that stalled says "retry later") is sent again, three
+        times at most, 1, 2 and 4 s apart; any other answer is final."""
+        for wait in (1, 2, 4, None):
+            done = self.run(argv)
+            if done.returncode == 0 or "Code: Unavailable" not in done.stderr or wait is None:
+                return done
+            time.sleep(wait)
+        return done
+
     def call(self, svc: str, port: int, method: str, body: dict, who: str = "shopmesh-gateway",
              token: str | None = None) -> dict[str, Any]:
         """`method` as the workload `who`, with an end user's bearer `token` if given."""
         auth = ["-H", f"authorization: Bearer {token}"] if token else []
-        done = self.run([GRPCURL, "-cacert", f"{CERTS}/{who}-ca.crt", "-cert", f"{CERTS}/{who}-tls.crt", "-key", f"{CERTS}/{who}-tls.key",
+        done = self.grpcurl([GRPCURL, "-cacert", f"{CERTS}/{who}-ca.crt", "-cert", f"{CERTS}/{who}-tls.crt", "-key", f"{CERTS}/{who}-tls.key",
                          *auth, "-max-time", "10", "-d", json.dumps(body), f"{self.host(svc)}:{port}", method])
         assert done.returncode == 0, f"{method} as {who}: {done.stderr.strip() or done.stdout.strip()}"
         return json.loads(done.stdout or "{}")
@@ -101,7 +112,7 @@ class Edge:
         for i in range(1, n + 1):
             body = {"product": {"sku": f"BENCH-{i}", "display_name": f"Bench product {i}", "active": True,
                                 "unit_price": {"currency_code": "USD", "amount_minor": 100 + i * 137 % 900}}}
-            done = self.run([GRPCURL, "-cacert", f"{CERTS}/shopmesh-admin-ca.crt", "-cert", f"{CERTS}/shopmesh-admin-tls.crt",
+            done = self.grpcurl([GRPCURL, "-cacert", f"{CERTS}/shopmesh-admin-ca.crt", "-cert", f"{CERTS}/shopmesh-admin-tls.crt",
                              "-key", f"{CERTS}/shopmesh-admin-tls.key", "-max-time", "10", "-d", json.dumps(body),
                              f"{self.host('catalog')}:50054", "shopmesh.catalog.v1.CatalogService/CreateProduct"])
             assert done.returncode == 0 or "AlreadyExists" in done.stderr, f"CreateProduct BENCH-{i}: {done.stderr.strip()}"
