@@ -47,7 +47,13 @@ class Network:
         self._namespaces: dict[str, str] = {}  # netns name -> ip
         self._veths: dict[str, str] = {}  # netns name -> the veth end on the bridge
         self._counter = 0
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        # A fixed address for the bridge: left to itself, a Linux bridge takes the lowest address
+        # of its ports, so it changes whenever a pod's veth comes or goes. The pods would keep the
+        # old address for the node (the Service proxies, DNS, the probes' replies) in their ARP
+        # caches until it goes stale and fails: every connection to a Service stalls for seconds
+        # (seen as a database that stops answering for 2-10 s during drains and upgrades).
+        mac = "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))
+        sh("ip", "link", "add", self.bridge, "address", mac, "type", "bridge")
         try:
             self._setup()
         except BaseException:
