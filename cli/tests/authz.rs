@@ -1,7 +1,8 @@
 //! The shipped authorization policy (`deploy/authz-policy.json`) enforced by the real user,
-//! payment, catalog and order services over mutual TLS: every identity against every method, with the
-//! expected answer taken from the intent written below (not from the policy code), and an
-//! order placed through the mesh with every hop on mTLS.
+//! payment, catalog, order, inventory and notification services over mutual TLS: every identity
+//! against every method, with the expected answer taken from the intent written below (not from
+//! the policy code), an order placed through the mesh with every hop on mTLS, and stock set
+//! through inventory's own call to the catalog.
 
 #[path = "common/pki.rs"]
 mod pki;
@@ -14,6 +15,7 @@ use shopmesh::api::catalog::v1::{
     CreateProductRequest, Product, catalog_service_client::CatalogServiceClient,
 };
 use shopmesh::api::common::v1::Money;
+use shopmesh::api::inventory::v1::{SetStockRequest, inventory_service_client::InventoryServiceClient};
 use shopmesh::api::order::v1::{
     CreateOrderRequest, LineItem, OrderState, order_service_client::OrderServiceClient,
 };
@@ -26,6 +28,8 @@ use shopmesh::mesh::service::MeshService;
 use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
 use shopmesh::mesh::upstream::Upstreams;
 use shopmesh_catalog::{Catalog, CatalogConfig};
+use shopmesh_inventory::{Inventory, InventoryConfig};
+use shopmesh_notification::{Notification, NotificationConfig};
 use shopmesh_order::{Order, OrderConfig};
 use shopmesh_payment::{Payment, PaymentConfig};
 use shopmesh_user::{User, UserConfig};
@@ -58,6 +62,15 @@ const CATALOG: [&str; 5] = [
     "/shopmesh.catalog.v1.CatalogService/UpdateProduct",
     "/shopmesh.catalog.v1.CatalogService/BatchGetProducts",
 ];
+const INVENTORY: [&str; 3] = [
+    "/shopmesh.inventory.v1.InventoryService/SetStock",
+    "/shopmesh.inventory.v1.InventoryService/GetStock",
+    "/shopmesh.inventory.v1.InventoryService/ListStock",
+];
+const NOTIFICATION: [&str; 2] = [
+    "/shopmesh.notification.v1.NotificationService/ListNotifications",
+    "/shopmesh.notification.v1.NotificationService/GetNotification",
+];
 /// Served beside every service.
 const INFRA: [&str; 3] = [
     "/grpc.health.v1.Health/Check",
@@ -66,8 +79,10 @@ const INFRA: [&str; 3] = [
 ];
 
 /// The callers of the matrix: the mesh's workloads, the edge, and two that must get nothing.
-const CALLERS: [&str; 8] = [
+const CALLERS: [&str; 10] = [
     "spiffe://cluster.local/ns/default/sa/shopmesh-order",
+    "spiffe://cluster.local/ns/default/sa/shopmesh-inventory",
+    "spiffe://cluster.local/ns/default/sa/shopmesh-notification",
     "spiffe://cluster.local/ns/default/sa/shopmesh-gateway",
     "spiffe://cluster.local/ns/default/sa/shopmesh-admin",
     "spiffe://cluster.local/ns/default/sa/shopmesh-catalog",
@@ -83,6 +98,7 @@ fn intended(caller: &str, method: &str) -> bool {
     let order = caller == id("shopmesh-order");
     let gateway = caller == id("shopmesh-gateway");
     let admin = caller == id("shopmesh-admin");
+    let inventory = caller == id("shopmesh-inventory");
     let in_namespace = caller.starts_with("spiffe://cluster.local/ns/default/sa/");
     match method {
         // Probes carry no identity; health is never refused.
@@ -97,8 +113,13 @@ fn intended(caller: &str, method: &str) -> bool {
         // Only the catalog's administrators change products.
         "/shopmesh.catalog.v1.CatalogService/CreateProduct"
         | "/shopmesh.catalog.v1.CatalogService/UpdateProduct" => admin,
+        // Inventory sets stock only of products the catalog has: it reads the product.
+        "/shopmesh.catalog.v1.CatalogService/GetProduct" => order || gateway || inventory,
         // The order service prices orders from the catalog; the edge serves it read-only.
         m if m.starts_with("/shopmesh.catalog.v1.") => order || gateway,
+        // Stock and the notifications sent are the shop's administrators' (support); the edge
+        // gets neither, and the services feed each other through events, not these APIs.
+        m if m.starts_with("/shopmesh.inventory.v1.") || m.starts_with("/shopmesh.notification.v1.") => admin,
         // Payment reads are nobody's business outside the payment service.
         _ => false,
     }
@@ -111,12 +132,14 @@ fn policy_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/authz-policy.json")
 }
 
-/// The three services over mTLS with the shipped policy.
+/// The six services over mTLS with the shipped policy (events discarded: no broker here).
 struct Mesh {
     user: Spawned,
     payment: Spawned,
     order: Spawned,
     catalog: Spawned,
+    inventory: Spawned,
+    notification: Spawned,
     dbs: Vec<TestDb>,
     ca: Ca,
     dir: TempDir,
@@ -152,6 +175,8 @@ impl Mesh {
             testing::database(backend, "payment").await,
             testing::database(backend, "order").await,
             testing::database(backend, "catalog").await,
+            testing::database(backend, "inventory").await,
+            testing::database(backend, "notification").await,
         ];
         let url = dbs[0].url.clone();
         let config = UserConfig::new(testing::ANY_PORT, url);
@@ -192,7 +217,26 @@ impl Mesh {
             Upstreams::new().at("user", user_url).at("catalog", catalog.url()).at("payment", payment_url),
         )
         .await;
-        let mesh = Self { user, payment, order, catalog, dbs, ca, dir };
+        let config = InventoryConfig {
+            listen: testing::ANY_PORT,
+            database_url: dbs[4].url.clone(),
+            database_read_url: None,
+        };
+        let inventory = spawn_calling::<Inventory>(
+            &ca,
+            dir.path(),
+            "shopmesh-inventory",
+            config,
+            Upstreams::new().at("catalog", catalog.url()),
+        )
+        .await;
+        let config = NotificationConfig {
+            listen: testing::ANY_PORT,
+            database_url: dbs[5].url.clone(),
+            database_read_url: None,
+        };
+        let notification = spawn::<Notification>(&ca, dir.path(), "shopmesh-notification", config).await;
+        let mesh = Self { user, payment, order, catalog, inventory, notification, dbs, ca, dir };
         // The catalog's administrators stock it, through the policy like everyone else.
         let mut products = CatalogServiceClient::new(mesh.channel(&id("shopmesh-admin"), mesh.catalog.addr));
         for (sku, amount_minor, currency) in PRODUCTS {
@@ -225,7 +269,8 @@ impl Mesh {
     }
 
     async fn stop(self) {
-        for service in [self.order, self.catalog, self.payment, self.user] {
+        for service in [self.inventory, self.notification, self.order, self.catalog, self.payment, self.user]
+        {
             service.stop().await.expect("clean stop");
         }
         for db in self.dbs {
@@ -245,6 +290,8 @@ async fn every_identity_gets_what_the_policy_intends() {
             (mesh.order.addr, &ORDER[..]),
             (mesh.payment.addr, &PAYMENT[..]),
             (mesh.catalog.addr, &CATALOG[..]),
+            (mesh.inventory.addr, &INVENTORY[..]),
+            (mesh.notification.addr, &NOTIFICATION[..]),
         ] {
             let channel = mesh.channel(caller, addr);
             for method in methods.iter().copied().chain(INFRA) {
@@ -262,14 +309,14 @@ async fn every_identity_gets_what_the_policy_intends() {
         }
     }
     assert!(wrong.is_empty(), "not as intended:\n{}", wrong.join("\n"));
-    // Seven callers may not charge; each refusal is counted.
+    // Nine callers may not charge; each refusal is counted.
     let charge = [
         ("rpc_service", "shopmesh.payment.v1.PaymentService"),
         ("rpc_method", "Charge"),
         ("reason", "not_allowed"),
     ];
     assert!(
-        pki::counted("shopmesh_server_authz_denied_total", &charge) >= 7.0,
+        pki::counted("shopmesh_server_authz_denied_total", &charge) >= 9.0,
         "{}",
         pki::metrics().render()
     );
@@ -306,6 +353,20 @@ async fn order_through_the_mesh(backend: Backend) {
         .into_inner();
     assert_eq!(order.state(), OrderState::Paid, "{order:?}");
     assert_eq!(order.total, Some(Money { currency_code: "USD".into(), amount_minor: 2 * 1250 }));
+    // An administrator sets stock; inventory asks the catalog for the product as
+    // shopmesh-inventory, over mTLS and through the catalog's policy.
+    let mut stock = InventoryServiceClient::new(mesh.channel(&id("shopmesh-admin"), mesh.inventory.addr));
+    let set = stock
+        .set_stock(SetStockRequest { sku: "BOOK-42".into(), on_hand: 7 })
+        .await
+        .expect("the administrator sets stock of a product the catalog has")
+        .into_inner();
+    assert_eq!((set.sku.as_str(), set.on_hand), ("BOOK-42", 7), "{set:?}");
+    let unknown = stock
+        .set_stock(SetStockRequest { sku: "NOPE-1".into(), on_hand: 1 })
+        .await
+        .expect_err("a SKU the catalog lacks");
+    assert_eq!(unknown.code(), Code::FailedPrecondition, "{unknown:?}");
     mesh.stop().await;
 }
 
