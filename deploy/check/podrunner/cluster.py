@@ -51,6 +51,7 @@ class Cluster:
         self._checked: set[tuple[str, str, int]] = set()
         self._queue: collections.deque[tuple[str, str, int]] = collections.deque()
         self._wake = threading.Event()
+        self._pod_names: set[str] = set()  # the StatefulSet pods' own DNS names now served
         self._stop = threading.Event()
         run_id = f"{os.getpid() % 0xFFFF:x}"
         self.state = Path(tempfile.mkdtemp(prefix=f"podrunner-{run_id}-"))
@@ -212,13 +213,27 @@ class Cluster:
                 self.event(f"controller error: {e!r}")
 
     def _dns(self) -> None:
+        pod_names: dict[str, list[str]] = {}
         for svc in self.list("Service"):
             ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
             fqdn = f"{name}.{ns}.svc.{self.domain}"
             if svc["spec"].get("clusterIP") == "None":
-                self.dns.set(fqdn, [p.ip for p in self.endpoints(svc)])
+                endpoints = self.endpoints(svc)
+                self.dns.set(fqdn, [p.ip for p in endpoints])
+                # A pod whose hostname and subdomain name this Service (a StatefulSet's, under
+                # its serviceName) also gets <hostname>.<service>.<ns>.svc.<domain>: how
+                # clustered servers (NATS routes) find each other.
+                for p in endpoints:
+                    spec = p.manifest.get("spec", {})
+                    if spec.get("subdomain") == name and spec.get("hostname"):
+                        pod_names[f"{spec['hostname']}.{fqdn}"] = [p.ip]
             else:
                 self.dns.set(fqdn, [self.service_ips[(ns, name)]])
+        for gone in self._pod_names - pod_names.keys():
+            self.dns.set(gone, [])
+        for fqdn, ips in pod_names.items():
+            self.dns.set(fqdn, ips)
+        self._pod_names = set(pod_names)
 
     # -- NetworkPolicies --------------------------------------------------------------------
 

@@ -138,6 +138,11 @@ class StatefulSet(Workload):
         spec = self.manifest["spec"]
         h = template_hash(spec["template"])
         by_ordinal = {int(p.name.rsplit("-", 1)[1]): p for p in self.pods}
+        # OrderedReady (the default) starts pod i+1 once pod i is Ready; Parallel starts every
+        # missing pod at once, as a clustered server needs when it is Ready only with a quorum
+        # of its peers (NATS with JetStream). Updates go one pod at a time in both.
+        parallel = spec.get("podManagementPolicy") == "Parallel"
+        started = False
         for i in range(spec.get("replicas", 1)):
             p = by_ordinal.get(i)
             if p is None:
@@ -146,10 +151,24 @@ class StatefulSet(Workload):
                 for claim in spec.get("volumeClaimTemplates", []):
                     vols.append({"name": claim["metadata"]["name"], "persistentVolumeClaim": {"claimName": f"{claim['metadata']['name']}-{self.name}-{i}"}})
                 name = f"{self.name}-{i}"
+                # As the StatefulSet controller sets them: the pod's DNS name under serviceName.
+                template["spec"]["hostname"] = name
+                if spec.get("serviceName"):
+                    template["spec"]["subdomain"] = spec["serviceName"]
                 self.pods.append(self.cluster.start_pod(pod_manifest(template, name, self.namespace, {"controller-revision-hash": h, "statefulset.kubernetes.io/pod-name": name}), self))
-                return  # OrderedReady: one at a time
+                if not parallel:
+                    return  # OrderedReady: one at a time
+                started = True
+                continue
             if p.terminating or not p.ready:
+                if parallel:
+                    started = True  # no update while a pod is down; the others still start
+                    continue
                 return
+        if started:
+            return
+        for i in range(spec.get("replicas", 1)):
+            p = by_ordinal[i]
             if p.labels.get("controller-revision-hash") != h:
                 p.delete(wait=False)  # RollingUpdate: replaced, then the next once this one is ready
                 return

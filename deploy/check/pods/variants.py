@@ -12,6 +12,7 @@ import json
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from helm_python.errors import HelmError
@@ -181,9 +182,37 @@ def no_cluster(chart: Path, cluster: Cluster) -> str:
 EVENTS_TIMEOUT = 60
 
 
+def replicated(cluster: Cluster, ns: str) -> str:
+    """Every stream the services made is on all three servers and its two followers catch up:
+    read from the servers' monitoring ports (/jsz), as the node reaches them, each stream as its
+    leader sees it (a follower's view of the other followers is not kept current)."""
+    servers = {p.name: p.ip for p in cluster.workload("StatefulSet", ns, "shopmesh-nats").pods}
+    streams: dict[str, dict] = {}
+
+    def current() -> bool:
+        streams.clear()
+        for name, ip in servers.items():
+            with urllib.request.urlopen(f"http://{ip}:8222/jsz?accounts=true&streams=true&config=true", timeout=10) as r:
+                jsz = json.load(r)
+            for st in (st for acc in jsz.get("account_details", []) for st in acc.get("stream_detail", [])):
+                if st.get("cluster", {}).get("leader") == name:
+                    streams[st["name"]] = st
+        return len(streams) >= 3 and all(
+            len(peers := st["cluster"].get("replicas", [])) == 2 and all(p.get("current") for p in peers) for st in streams.values())
+
+    try:
+        cluster.wait("every stream's two followers current, as its leader sees them", current, 30)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; streams: {[(n, st.get('cluster')) for n, st in streams.items()]}") from None
+    for st in streams.values():
+        assert st["config"]["num_replicas"] == 3, f"stream {st['name']}: {st['config']['num_replicas']} replicas, not 3"
+    said = sorted(f"{n} (leader {st['cluster']['leader']})" for n, st in streams.items())
+    return f"{len(streams)} streams on 3 servers, each with 2 current followers: {', '.join(said)}"
+
+
 def events(cluster: Cluster, chart: Path) -> str:
-    """nats.enabled (one server, the password in an existing Secret as under GitOps) with inventory
-    and notification on: a PAID order's OrderPaid goes through NATS to inventory, which has no
+    """nats.enabled (three servers with routes, streams replicated on all three, the password in an
+    existing Secret as under GitOps) with inventory and notification on: a PAID order's OrderPaid goes through NATS to inventory, which has no
     stock for the SKU and backorders it; its OrderBackordered reaches the order (fulfilment in
     GetOrder) and notification (one BACKORDERED row in its database)."""
     ns = "variant-events"
@@ -191,7 +220,8 @@ def events(cluster: Cluster, chart: Path) -> str:
     base = gitops_secrets(cluster, ns, services=every)
     cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "nats-password", "namespace": ns},
                    "data": {"password": _b64(f"nats-{int(time.time())}")}}, ns)
-    values = {**base, "nats": {"enabled": True, "existingSecret": "nats-password", "jetstream": {"size": "1Gi"}},
+    values = {**base, "nats": {"enabled": True, "replicas": 3, "existingSecret": "nats-password", "jetstream": {"size": "1Gi"}},
+              "events": {"streamReplicas": 3},
               "services": {"inventory": {"enabled": True}, "notification": {"enabled": True}}}
 
     def followed(edge: Edge, order_id: str) -> str:
@@ -217,6 +247,7 @@ def events(cluster: Cluster, chart: Path) -> str:
 
         cluster.wait("the notification row (OrderBackordered -> notification)", notified, EVENTS_TIMEOUT)
         assert len(rows) == 1, f"order {order['id']}: notifications {rows}, not exactly one"
-        return f"fulfilment {got['fulfilment']} and one {rows[0]} notification {time.monotonic() - start:.1f} s after the answer"
+        took = time.monotonic() - start
+        return f"fulfilment {got['fulfilment']} and one {rows[0]} notification {took:.1f} s after the answer; {replicated(cluster, ns)}"
 
     return run(cluster, chart, ns, values, then=followed)
