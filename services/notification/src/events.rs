@@ -6,7 +6,9 @@
 use futures::future::BoxFuture;
 use shopmesh::api::inventory::v1::{OrderBackordered, StockAllocated};
 use shopmesh::api::order::v1::OrderCancelled;
+use shopmesh::mesh::events::consumer::one_at_a_time;
 use shopmesh::mesh::events::{Event, Handler, Outcome};
+use tracing::Span;
 
 use crate::domain::Kind;
 use crate::mailer::Mailer;
@@ -76,10 +78,69 @@ impl Notifier {
             Err(e) => Outcome::Retry(e.to_string()),
         }
     }
+
+    /// [`Notifier::notify`] for several events: their messages sent in one request to the
+    /// provider, then recorded in one transaction; if either fails, each event alone.
+    async fn notify_all(&self, events: &[(&Event, Span)]) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut asked = Vec::with_capacity(events.len());
+        for (event, span) in events {
+            match Self::asked(event) {
+                Ok(Some((kind, user_id, order_id, detail))) => {
+                    let body = kind.message(&order_id, &detail);
+                    asked.push((
+                        event.id.as_str(),
+                        kind.idempotency_key(&order_id),
+                        kind,
+                        user_id,
+                        order_id,
+                        body,
+                        span,
+                    ));
+                    outcomes.push(Outcome::Done);
+                }
+                Ok(None) => outcomes.push(Outcome::Done),
+                Err(outcome) => outcomes.push(outcome),
+            }
+        }
+        if asked.is_empty() {
+            return outcomes;
+        }
+        let messages: Vec<(&str, &str, &str)> = asked
+            .iter()
+            .map(|(_, key, _, user, _, body, _)| (key.as_str(), user.as_str(), body.as_str()))
+            .collect();
+        let sent = match self.mailer.send_all(&messages).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                tracing::debug!(error = %e, "a bulk send failed; one event at a time");
+                return one_at_a_time(self, events).await;
+            }
+        };
+        let notifications: Vec<_> = asked
+            .into_iter()
+            .zip(sent)
+            .map(|((event_id, _, kind, user, order, body, span), message_id)| {
+                (event_id, store::new_notification(kind, &user, &order, body, message_id), span.clone())
+            })
+            .collect();
+        let recorded: Vec<_> = notifications.iter().map(|(id, n, span)| (*id, n, span.clone())).collect();
+        match self.store.record_all(self.consumer, &recorded).await {
+            Ok(_) => outcomes,
+            Err(e) => {
+                tracing::debug!(error = %e, "recording a batch of notifications failed; one event at a time");
+                one_at_a_time(self, events).await
+            }
+        }
+    }
 }
 
 impl Handler for Notifier {
     fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
         Box::pin(self.notify(event))
+    }
+
+    fn handle_batch<'a>(&'a self, events: &'a [(&'a Event, Span)]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(self.notify_all(events))
     }
 }

@@ -52,27 +52,44 @@ impl Store {
         event_id: &str,
         sent: &Notification,
     ) -> Result<bool, sqlx::Error> {
+        Ok(self.record_all(consumer, &[(event_id, sent, tracing::Span::current())]).await? == 1)
+    }
+
+    /// [`Store::record`] for several events `(event id, notification, span)` in one
+    /// transaction, each notification's statement in its span: how many were recorded now.
+    pub async fn record_all(
+        &self,
+        consumer: &str,
+        sent: &[(&str, &Notification, tracing::Span)],
+    ) -> Result<usize, sqlx::Error> {
+        use tracing::Instrument as _;
         let mut tx = db::begin(&self.pool).await?;
-        if !inbox::first_time(&mut tx, consumer, event_id).await? {
-            tx.rollback().await?;
-            return Ok(false);
+        let ids: Vec<&str> = sent.iter().map(|(event_id, ..)| *event_id).collect();
+        let mut fresh = inbox::first_times(&mut tx, consumer, &ids).await?;
+        let mut recorded = 0;
+        for (event_id, sent, span) in sent {
+            if !fresh.remove(*event_id) {
+                continue;
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO notifications (id, user_id, order_id, kind, body, provider_message_id, send_time_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id, kind) DO NOTHING",
+            )
+            .bind(&sent.id)
+            .bind(&sent.user_id)
+            .bind(&sent.order_id)
+            .bind(sent.kind.as_str())
+            .bind(&sent.body)
+            .bind(&sent.provider_message_id)
+            .bind(sent.send_time_ms)
+            .execute(&mut tx)
+            .instrument(span.clone())
+            .await?
+            .rows_affected();
+            recorded += usize::try_from(inserted).unwrap_or(0);
         }
-        let inserted = sqlx::query(
-            "INSERT INTO notifications (id, user_id, order_id, kind, body, provider_message_id, send_time_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id, kind) DO NOTHING",
-        )
-        .bind(&sent.id)
-        .bind(&sent.user_id)
-        .bind(&sent.order_id)
-        .bind(sent.kind.as_str())
-        .bind(&sent.body)
-        .bind(&sent.provider_message_id)
-        .bind(sent.send_time_ms)
-        .execute(&mut tx)
-        .await?
-        .rows_affected();
         tx.commit().await?;
-        Ok(inserted == 1)
+        Ok(recorded)
     }
 
     /// The notification `id`.

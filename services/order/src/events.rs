@@ -7,8 +7,10 @@ use prost::Message as _;
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::inventory::v1::{OrderBackordered, StockAllocated, StockReleased};
 use shopmesh::api::order::v1::{LineItem as LineItemProto, OrderCancelled, OrderPaid};
+use shopmesh::mesh::events::consumer::one_at_a_time;
 use shopmesh::mesh::events::outbox::Outbox;
 use shopmesh::mesh::events::{Event, Handler, Outcome};
+use tracing::Span;
 
 use crate::domain::{Fulfilment, Order};
 use crate::store::Store;
@@ -67,7 +69,8 @@ impl Fulfilments {
         Self { store }
     }
 
-    async fn record(&self, event: &Event) -> Outcome {
+    /// What `event` records: `(order id, fulfilment)`, or the outcome of an event that records nothing.
+    fn decode(event: &Event) -> Result<(String, Fulfilment), Outcome> {
         let decoded = match event.event_type.as_str() {
             "shopmesh.inventory.v1.StockAllocated" => {
                 StockAllocated::decode(event.body.as_ref()).map(|e| (e.order_id, Fulfilment::Allocated))
@@ -78,15 +81,41 @@ impl Fulfilments {
             "shopmesh.inventory.v1.StockReleased" => {
                 StockReleased::decode(event.body.as_ref()).map(|e| (e.order_id, Fulfilment::Released))
             }
-            _ => return Outcome::Unknown,
+            _ => return Err(Outcome::Unknown),
         };
-        let (order_id, fulfilment) = match decoded {
+        decoded.map_err(|e| Outcome::Poison(format!("{}: undecodable body: {e}", event.event_type)))
+    }
+
+    async fn record(&self, event: &Event) -> Outcome {
+        let (order_id, fulfilment) = match Self::decode(event) {
             Ok(decoded) => decoded,
-            Err(e) => return Outcome::Poison(format!("{}: undecodable body: {e}", event.event_type)),
+            Err(outcome) => return outcome,
         };
         match self.store.record_fulfilment(&event.id, &order_id, fulfilment).await {
             Ok(_) => Outcome::Done,
             Err(e) => Outcome::Retry(e.to_string()),
+        }
+    }
+
+    /// Records the fulfilments of `events` in one transaction; if it fails, one at a time.
+    async fn record_all(&self, events: &[(&Event, Span)]) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut todo = Vec::with_capacity(events.len());
+        for (event, span) in events {
+            match Self::decode(event) {
+                Ok((order_id, fulfilment)) => {
+                    todo.push((event.id.as_str(), order_id, fulfilment, span.clone()));
+                    outcomes.push(Outcome::Done);
+                }
+                Err(outcome) => outcomes.push(outcome),
+            }
+        }
+        match self.store.record_fulfilments(&todo).await {
+            Ok(_) => outcomes,
+            Err(e) => {
+                tracing::debug!(error = %e, "recording a batch of fulfilments failed; one at a time");
+                one_at_a_time(self, events).await
+            }
         }
     }
 }
@@ -94,6 +123,10 @@ impl Fulfilments {
 impl Handler for Fulfilments {
     fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
         Box::pin(self.record(event))
+    }
+
+    fn handle_batch<'a>(&'a self, events: &'a [(&'a Event, Span)]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(self.record_all(events))
     }
 }
 

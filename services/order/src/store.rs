@@ -395,6 +395,33 @@ impl Store {
         Ok(true)
     }
 
+    /// [`Store::record_fulfilment`] for several inventory events in one transaction, each
+    /// `(event id, order id, fulfilment, span)` in order, its statement in its span: how many
+    /// were new.
+    pub async fn record_fulfilments(
+        &self,
+        events: &[(&str, String, Fulfilment, tracing::Span)],
+    ) -> Result<usize, sqlx::Error> {
+        use tracing::Instrument as _;
+        let mut tx = db::begin(&self.pool).await?;
+        let ids: Vec<&str> = events.iter().map(|(event_id, ..)| *event_id).collect();
+        let mut fresh = inbox::first_times(&mut tx, FULFILMENT_CONSUMER, &ids).await?;
+        let mut recorded = 0;
+        for (event_id, id, fulfilment, span) in events {
+            if fresh.remove(*event_id) {
+                sqlx::query("UPDATE orders SET fulfilment = $1 WHERE id = $2 AND (fulfilment IS NULL OR fulfilment <> 'RELEASED')")
+                    .bind(fulfilment.as_str())
+                    .bind(id)
+                    .execute(&mut tx)
+                    .instrument(span.clone())
+                    .await?;
+                recorded += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
     /// The order with `id`.
     pub async fn get(&self, id: &str) -> Result<Option<Order>, sqlx::Error> {
         let sql = format!("{SELECT} WHERE o.id = $1 ORDER BY i.line_no");
