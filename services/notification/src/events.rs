@@ -1,13 +1,15 @@
 //! The consumers of the inventory's events (StockAllocated → CONFIRMED, OrderBackordered →
 //! BACKORDERED) and the order service's (OrderCancelled → CANCELLED): each sends one message
 //! per order and kind through the simulated provider (keyed, so never twice), then records
-//! it with the event's inbox row in one transaction.
+//! it with the event's inbox row in one transaction (the events a consumer has ready together:
+//! their messages in one request, their records in one transaction).
 
 use futures::future::BoxFuture;
 use shopmesh::api::inventory::v1::{OrderBackordered, StockAllocated};
 use shopmesh::api::order::v1::OrderCancelled;
 use shopmesh::mesh::events::consumer::one_at_a_time;
 use shopmesh::mesh::events::{Event, Handler, Outcome};
+use shopmesh::mesh::ids;
 use tracing::Span;
 
 use crate::domain::Kind;
@@ -61,42 +63,20 @@ impl Notifier {
         }))
     }
 
-    async fn notify(&self, event: &Event) -> Outcome {
-        let (kind, user_id, order_id, detail) = match Self::asked(event) {
-            Ok(Some(asked)) => asked,
-            Ok(None) => return Outcome::Done,
-            Err(outcome) => return outcome,
-        };
-        let body = kind.message(&order_id, &detail);
-        let sent = match self.mailer.send(&kind.idempotency_key(&order_id), &user_id, &body).await {
-            Ok(message_id) => message_id,
-            Err(e) => return Outcome::Retry(format!("mail provider: {e}")),
-        };
-        let notification = store::new_notification(kind, &user_id, &order_id, body, sent);
-        match self.store.record(self.consumer, &event.id, &notification).await {
-            Ok(_) => Outcome::Done,
-            Err(e) => Outcome::Retry(e.to_string()),
-        }
-    }
-
-    /// [`Notifier::notify`] for several events: their messages sent in one request to the
-    /// provider, then recorded in one transaction; if either fails, each event alone.
-    async fn notify_all(&self, events: &[(&Event, Span)]) -> Vec<Outcome> {
+    /// Sends and records what `events` ask: their messages in one request to the provider,
+    /// then their notifications and inbox rows in one transaction; if either fails, each
+    /// event alone (so one event's failure is not the others').
+    async fn notify(&self, events: &[(&Event, Span)]) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(events.len());
+        // (event id, the provider's idempotency key, the notification, its span)
         let mut asked = Vec::with_capacity(events.len());
         for (event, span) in events {
             match Self::asked(event) {
                 Ok(Some((kind, user_id, order_id, detail))) => {
                     let body = kind.message(&order_id, &detail);
-                    asked.push((
-                        event.id.as_str(),
-                        kind.idempotency_key(&order_id),
-                        kind,
-                        user_id,
-                        order_id,
-                        body,
-                        span,
-                    ));
+                    let notification =
+                        store::new_notification(kind, &user_id, &order_id, body, String::new());
+                    asked.push((event.id.as_str(), kind.idempotency_key(&order_id), notification, span));
                     outcomes.push(Outcome::Done);
                 }
                 Ok(None) => outcomes.push(Outcome::Done),
@@ -106,41 +86,44 @@ impl Notifier {
         if asked.is_empty() {
             return outcomes;
         }
-        let messages: Vec<(&str, &str, &str)> = asked
-            .iter()
-            .map(|(_, key, _, user, _, body, _)| (key.as_str(), user.as_str(), body.as_str()))
-            .collect();
-        let sent = match self.mailer.send_all(&messages).await {
-            Ok(sent) => sent,
-            Err(e) => {
-                tracing::debug!(error = %e, "a bulk send failed; one event at a time");
-                return one_at_a_time(self, events).await;
+        let messages: Vec<(&str, &str, &str)> =
+            asked.iter().map(|(_, key, n, _)| (key.as_str(), n.user_id.as_str(), n.body.as_str())).collect();
+        let failed = match self.mailer.send(&messages).await {
+            Ok(sent) => {
+                let now = ids::now_ms();
+                let recorded: Vec<_> = asked
+                    .iter_mut()
+                    .zip(sent)
+                    .map(|((event_id, _, notification, span), message_id)| {
+                        notification.provider_message_id = message_id;
+                        notification.send_time_ms = now;
+                        (*event_id, &*notification, (*span).clone())
+                    })
+                    .collect();
+                match self.store.record(self.consumer, &recorded).await {
+                    Ok(_) => return outcomes,
+                    Err(e) => e.to_string(),
+                }
             }
+            Err(e) => format!("mail provider: {e}"),
         };
-        let notifications: Vec<_> = asked
-            .into_iter()
-            .zip(sent)
-            .map(|((event_id, _, kind, user, order, body, span), message_id)| {
-                (event_id, store::new_notification(kind, &user, &order, body, message_id), span.clone())
-            })
-            .collect();
-        let recorded: Vec<_> = notifications.iter().map(|(id, n, span)| (*id, n, span.clone())).collect();
-        match self.store.record_all(self.consumer, &recorded).await {
-            Ok(_) => outcomes,
-            Err(e) => {
-                tracing::debug!(error = %e, "recording a batch of notifications failed; one event at a time");
-                one_at_a_time(self, events).await
-            }
+        if events.len() == 1 {
+            return vec![Outcome::Retry(failed)];
         }
+        tracing::debug!(error = %failed, "a batch of events failed; one at a time");
+        one_at_a_time(self, events).await
     }
 }
 
 impl Handler for Notifier {
     fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
-        Box::pin(self.notify(event))
+        Box::pin(async move {
+            let mut outcomes = self.notify(&[(event, Span::current())]).await;
+            outcomes.pop().unwrap_or(Outcome::Retry("no outcome".into()))
+        })
     }
 
     fn handle_batch<'a>(&'a self, events: &'a [(&'a Event, Span)]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(self.notify_all(events))
+        Box::pin(self.notify(events))
     }
 }

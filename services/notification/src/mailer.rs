@@ -18,22 +18,12 @@ impl Mailer {
         Self { ledger }
     }
 
-    /// Sends `body` to `recipient` under `key`: the provider's message id, the first one's
-    /// when `key` was sent before.
+    /// Sends messages `(key, recipient, body)` in one request, as providers offer bulk sends:
+    /// their message ids, in order, the first one's for a key sent before.
     ///
     /// # Errors
     /// The ledger's.
-    pub async fn send(&self, key: &str, recipient: &str, body: &str) -> Result<String, sqlx::Error> {
-        let mut sent = self.send_all(&[(key, recipient, body)]).await?;
-        sent.pop().ok_or(sqlx::Error::RowNotFound)
-    }
-
-    /// [`Mailer::send`] for several messages `(key, recipient, body)` in one request, as
-    /// providers offer bulk sends: their message ids, in order.
-    ///
-    /// # Errors
-    /// The ledger's.
-    pub async fn send_all(&self, messages: &[(&str, &str, &str)]) -> Result<Vec<String>, sqlx::Error> {
+    pub async fn send(&self, messages: &[(&str, &str, &str)]) -> Result<Vec<String>, sqlx::Error> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -49,15 +39,17 @@ impl Mailer {
             .map(|i| format!("(${}, ${}, ${}, ${}, $1)", 4 * i + 2, 4 * i + 3, 4 * i + 4, 4 * i + 5))
             .collect::<Vec<_>>()
             .join(", ");
-        // One statement: a key sent before keeps its first message (the update changes nothing
-        // but lets RETURNING answer with it).
+        // One statement, its text depending on the batch's size (so not kept prepared): a key
+        // sent before keeps its first message (the update changes nothing but lets RETURNING
+        // answer with it).
         let insert = format!(
             "INSERT INTO mail_ledger (idempotency_key, message_id, recipient, body, sent_at_ms) VALUES {rows} \
              ON CONFLICT (idempotency_key) DO UPDATE SET idempotency_key = excluded.idempotency_key \
              RETURNING idempotency_key, message_id"
         );
-        let mut query =
-            sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(insert)).bind(ids::now_ms());
+        let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(insert))
+            .persistent(false)
+            .bind(ids::now_ms());
         for key in &keys {
             let (_, recipient, body) = messages.iter().find(|(k, ..)| k == key).copied().unwrap_or_default();
             query = query.bind(*key).bind(format!("msg-{}", ids::new_id())).bind(recipient).bind(body);

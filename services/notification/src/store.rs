@@ -5,6 +5,7 @@ use shopmesh::mesh::events::inbox;
 use shopmesh::mesh::ids;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
+use tracing::Instrument as _;
 
 use crate::domain::{Filter, Kind, Notification};
 
@@ -43,26 +44,15 @@ impl Store {
         &self.pool
     }
 
-    /// Records the notification sent for event `event_id` of `consumer`, with the event's inbox
-    /// row in the same transaction: `false` when the event, or the notification of its order
-    /// and kind, was recorded already.
+    /// Records the notifications sent for events `(event id, notification, span)` of
+    /// `consumer`, with the events' inbox rows, in one transaction, each notification's
+    /// statement in its span: how many were recorded now (not an event recorded already, nor
+    /// a second notification of an order and kind).
     pub async fn record(
-        &self,
-        consumer: &str,
-        event_id: &str,
-        sent: &Notification,
-    ) -> Result<bool, sqlx::Error> {
-        Ok(self.record_all(consumer, &[(event_id, sent, tracing::Span::current())]).await? == 1)
-    }
-
-    /// [`Store::record`] for several events `(event id, notification, span)` in one
-    /// transaction, each notification's statement in its span: how many were recorded now.
-    pub async fn record_all(
         &self,
         consumer: &str,
         sent: &[(&str, &Notification, tracing::Span)],
     ) -> Result<usize, sqlx::Error> {
-        use tracing::Instrument as _;
         let mut tx = db::begin(&self.pool).await?;
         let ids: Vec<&str> = sent.iter().map(|(event_id, ..)| *event_id).collect();
         let mut fresh = inbox::first_times(&mut tx, consumer, &ids).await?;

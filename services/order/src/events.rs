@@ -86,19 +86,9 @@ impl Fulfilments {
         decoded.map_err(|e| Outcome::Poison(format!("{}: undecodable body: {e}", event.event_type)))
     }
 
-    async fn record(&self, event: &Event) -> Outcome {
-        let (order_id, fulfilment) = match Self::decode(event) {
-            Ok(decoded) => decoded,
-            Err(outcome) => return outcome,
-        };
-        match self.store.record_fulfilment(&event.id, &order_id, fulfilment).await {
-            Ok(_) => Outcome::Done,
-            Err(e) => Outcome::Retry(e.to_string()),
-        }
-    }
-
-    /// Records the fulfilments of `events` in one transaction; if it fails, one at a time.
-    async fn record_all(&self, events: &[(&Event, Span)]) -> Vec<Outcome> {
+    /// Records the fulfilments of `events` in one transaction; if it fails, of each event alone
+    /// (so one event's failure is not the others').
+    async fn record(&self, events: &[(&Event, Span)]) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut todo = Vec::with_capacity(events.len());
         for (event, span) in events {
@@ -112,6 +102,7 @@ impl Fulfilments {
         }
         match self.store.record_fulfilments(&todo).await {
             Ok(_) => outcomes,
+            Err(e) if events.len() == 1 => vec![Outcome::Retry(e.to_string())],
             Err(e) => {
                 tracing::debug!(error = %e, "recording a batch of fulfilments failed; one at a time");
                 one_at_a_time(self, events).await
@@ -122,11 +113,14 @@ impl Fulfilments {
 
 impl Handler for Fulfilments {
     fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
-        Box::pin(self.record(event))
+        Box::pin(async move {
+            let mut outcomes = self.record(&[(event, Span::current())]).await;
+            outcomes.pop().unwrap_or(Outcome::Retry("no outcome".into()))
+        })
     }
 
     fn handle_batch<'a>(&'a self, events: &'a [(&'a Event, Span)]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(self.record_all(events))
+        Box::pin(self.record(events))
     }
 }
 

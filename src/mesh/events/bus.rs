@@ -21,7 +21,7 @@ use crate::mesh::events::{Event, Subscription};
 type Delivery = (Event, oneshot::Sender<()>);
 
 /// The most events a consumer is handed at once (those queued when it asks).
-const BATCH: usize = 64;
+const BATCH: usize = 128;
 
 /// How many dead letters the bus keeps for inspection (the newest).
 const DEAD_LETTERS_KEPT: usize = 1000;

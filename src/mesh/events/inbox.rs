@@ -57,7 +57,9 @@ where
          ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
     );
     let now = ids::now_ms();
-    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+    // Its text depends on the batch's size: not kept as a prepared statement (see the relay's
+    // `mark`).
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).persistent(false);
     for id in event_ids {
         query = query.bind(consumer).bind(*id).bind(now);
     }

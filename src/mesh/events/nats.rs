@@ -19,7 +19,7 @@ use crate::mesh::events::{DEAD_LETTER, Event, Stream, Subscription};
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// The most deliveries a consumer handles together (those the pull has ready).
-const BATCH: usize = 64;
+const BATCH: usize = 128;
 
 /// The header saying why an event was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "shopmesh-dead-letter-reason";

@@ -264,8 +264,10 @@ where
         return Ok(());
     }
     let list = seqs.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-    // The seqs are integers read from the table, never input.
+    // The seqs are integers read from the table, never input. A text made for this batch is
+    // not kept as a prepared statement: it would push the statements used on every order out
+    // of the connection's cache (and cost a round trip to close when evicted).
     let sql = AssertSqlSafe(format!("UPDATE outbox SET published_at_ms = $1 WHERE seq IN ({list})"));
-    sqlx::query(sql).bind(ids::now_ms()).execute(executor).await?;
+    sqlx::query(sql).persistent(false).bind(ids::now_ms()).execute(executor).await?;
     Ok(())
 }
