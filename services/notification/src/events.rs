@@ -127,3 +127,80 @@ impl Handler for Notifier {
         Box::pin(self.notify(events))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use shopmesh::mesh::db;
+    use shopmesh::mesh::service::MeshService as _;
+    use shopmesh::mesh::testing;
+
+    use super::*;
+
+    fn event(id: &str, event_type: &str, order_id: &str, body: Vec<u8>) -> Event {
+        Event {
+            id: id.into(),
+            source: "shopmesh/inventory".into(),
+            event_type: event_type.into(),
+            subject: order_id.into(),
+            time_ms: 0,
+            traceparent: None,
+            body: body.into(),
+        }
+    }
+
+    fn allocated(id: &str, order_id: &str) -> Event {
+        let body = StockAllocated { order_id: order_id.into(), user_id: "u1".into(), lines: vec![] };
+        event(id, "shopmesh.inventory.v1.StockAllocated", order_id, body.encode_to_vec())
+    }
+
+    /// A batch sends one message per order and kind and records it once: an event given twice
+    /// in it, another event asking for the same message, or the batch delivered again, sends
+    /// and records nothing more; events not acted on and poison ones get their own outcomes.
+    #[tokio::test]
+    async fn a_batch_sends_and_records_each_message_once() {
+        for backend in testing::backends() {
+            let test_db = testing::database(backend, "notification_batch").await;
+            let pool = db::open(&test_db.url, &testing::mesh_config(), crate::Notification::MIGRATIONS)
+                .await
+                .expect("open");
+            let store = Store::new(pool.clone());
+            let notifier = Notifier::new(INVENTORY_CONSUMER, store, Mailer::new(pool.clone()));
+            let backordered =
+                OrderBackordered { order_id: "o2".into(), user_id: "u2".into(), ..Default::default() };
+            let batch = [
+                allocated("e1", "o1"),
+                allocated("e1", "o1"),
+                allocated("e4", "o1"),
+                event("e2", "shopmesh.inventory.v1.OrderBackordered", "o2", backordered.encode_to_vec()),
+                event("e3", "shopmesh.inventory.v1.StockReleased", "o1", vec![]),
+                event("e5", "shopmesh.inventory.v1.StockAllocated", "o5", vec![0xff, 0xff]),
+            ];
+            let spans: Vec<_> = batch.iter().map(|e| (e, Span::none())).collect();
+            for round in 0..2 {
+                let outcomes = notifier.handle_batch(&spans).await;
+                assert_eq!(outcomes[..5], [const { Outcome::Done }; 5], "{backend:?} round {round}");
+                assert!(matches!(outcomes[5], Outcome::Poison(_)), "{backend:?}: {outcomes:?}");
+                let sent: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT n.order_id, n.kind FROM notifications n \
+                     JOIN mail_ledger m ON m.message_id = n.provider_message_id ORDER BY n.order_id",
+                )
+                .fetch_all(&*pool)
+                .await
+                .expect("notifications");
+                assert_eq!(
+                    sent,
+                    [("o1", "CONFIRMED"), ("o2", "BACKORDERED")].map(|(o, k)| (o.to_owned(), k.to_owned())),
+                    "{backend:?} round {round}: each recorded once, with the message the provider sent"
+                );
+                let ledger: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mail_ledger")
+                    .fetch_one(&*pool)
+                    .await
+                    .expect("ledger");
+                assert_eq!(ledger, 2, "{backend:?} round {round}: each message sent once");
+            }
+            pool.close().await;
+            test_db.drop_database().await;
+        }
+    }
+}
