@@ -5,7 +5,7 @@ use futures::future::BoxFuture;
 use prost::Message as _;
 use shopmesh::api::inventory::v1::{OrderBackordered, OrderLine, StockAllocated, StockReleased};
 use shopmesh::api::order::v1::{OrderCancelled, OrderPaid};
-use shopmesh::mesh::events::consumer::one_at_a_time;
+use shopmesh::mesh::events::consumer;
 use shopmesh::mesh::events::outbox::Outbox;
 use shopmesh::mesh::events::{Event, Handler, Outcome};
 use tracing::Span;
@@ -105,21 +105,14 @@ impl Orders {
         }
         match self.store.act(&acts).await {
             Ok(_) => outcomes,
-            Err(e) if events.len() == 1 => vec![Outcome::Retry(e.to_string())],
-            Err(e) => {
-                tracing::debug!(error = %e, "a batch of order events failed; one at a time");
-                one_at_a_time(self, events).await
-            }
+            Err(e) => consumer::failed_batch(self, events, e.to_string()).await,
         }
     }
 }
 
 impl Handler for Orders {
     fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let mut outcomes = self.act(&[(event, Span::current())]).await;
-            outcomes.pop().unwrap_or(Outcome::Retry("no outcome".into()))
-        })
+        consumer::alone(self, event)
     }
 
     fn handle_batch<'a>(&'a self, events: &'a [(&'a Event, Span)]) -> BoxFuture<'a, Vec<Outcome>> {

@@ -7,7 +7,7 @@
 use futures::future::BoxFuture;
 use shopmesh::api::inventory::v1::{OrderBackordered, StockAllocated};
 use shopmesh::api::order::v1::OrderCancelled;
-use shopmesh::mesh::events::consumer::one_at_a_time;
+use shopmesh::mesh::events::consumer;
 use shopmesh::mesh::events::{Event, Handler, Outcome};
 use shopmesh::mesh::ids;
 use tracing::Span;
@@ -107,20 +107,13 @@ impl Notifier {
             }
             Err(e) => format!("mail provider: {e}"),
         };
-        if events.len() == 1 {
-            return vec![Outcome::Retry(failed)];
-        }
-        tracing::debug!(error = %failed, "a batch of events failed; one at a time");
-        one_at_a_time(self, events).await
+        consumer::failed_batch(self, events, failed).await
     }
 }
 
 impl Handler for Notifier {
     fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let mut outcomes = self.notify(&[(event, Span::current())]).await;
-            outcomes.pop().unwrap_or(Outcome::Retry("no outcome".into()))
-        })
+        consumer::alone(self, event)
     }
 
     fn handle_batch<'a>(&'a self, events: &'a [(&'a Event, Span)]) -> BoxFuture<'a, Vec<Outcome>> {

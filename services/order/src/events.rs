@@ -7,7 +7,7 @@ use prost::Message as _;
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::inventory::v1::{OrderBackordered, StockAllocated, StockReleased};
 use shopmesh::api::order::v1::{LineItem as LineItemProto, OrderCancelled, OrderPaid};
-use shopmesh::mesh::events::consumer::one_at_a_time;
+use shopmesh::mesh::events::consumer;
 use shopmesh::mesh::events::outbox::Outbox;
 use shopmesh::mesh::events::{Event, Handler, Outcome};
 use tracing::Span;
@@ -102,21 +102,14 @@ impl Fulfilments {
         }
         match self.store.record_fulfilments(&todo).await {
             Ok(_) => outcomes,
-            Err(e) if events.len() == 1 => vec![Outcome::Retry(e.to_string())],
-            Err(e) => {
-                tracing::debug!(error = %e, "recording a batch of fulfilments failed; one at a time");
-                one_at_a_time(self, events).await
-            }
+            Err(e) => consumer::failed_batch(self, events, e.to_string()).await,
         }
     }
 }
 
 impl Handler for Fulfilments {
     fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let mut outcomes = self.record(&[(event, Span::current())]).await;
-            outcomes.pop().unwrap_or(Outcome::Retry("no outcome".into()))
-        })
+        consumer::alone(self, event)
     }
 
     fn handle_batch<'a>(&'a self, events: &'a [(&'a Event, Span)]) -> BoxFuture<'a, Vec<Outcome>> {

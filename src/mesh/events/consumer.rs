@@ -30,6 +30,31 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// What a handler's batch path answers when its transaction failed with `error`: an event
+/// alone is tried again later; several are handled again one at a time, each in its own
+/// transaction, so one event's failure is not the others'.
+pub async fn failed_batch<H: Handler + ?Sized>(
+    handler: &H,
+    events: &[(&Event, Span)],
+    error: String,
+) -> Vec<Outcome> {
+    if events.len() == 1 {
+        return vec![Outcome::Retry(error)];
+    }
+    tracing::debug!(error = %error, events = events.len(), "a batch of events failed; handled one at a time");
+    one_at_a_time(handler, events).await
+}
+
+/// [`Handler::handle`] for a handler whose batch path serves one event too: `event` as a
+/// batch of one, in the current span.
+pub fn alone<'a, H: Handler + ?Sized>(handler: &'a H, event: &'a Event) -> BoxFuture<'a, Outcome> {
+    Box::pin(async move {
+        let events = [(event, Span::current())];
+        let mut outcomes = handler.handle_batch(&events).await;
+        outcomes.pop().unwrap_or(Outcome::Retry("no outcome from the handler".into()))
+    })
+}
+
 /// Handles `events` with `handler`, one at a time, each in its span.
 pub async fn one_at_a_time<H: Handler + ?Sized>(handler: &H, events: &[(&Event, Span)]) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(events.len());
