@@ -145,6 +145,34 @@ mod tests {
         }
     }
 
+    /// On PostgreSQL the relay's claim reads the unpublished rows by their index in `seq`
+    /// order, not by walking every published row still kept (24 h of them) before them.
+    #[tokio::test]
+    async fn the_relay_s_claim_skips_the_published_rows_by_index() {
+        if !testing::backends().contains(&testing::Backend::Postgres) {
+            return;
+        }
+        let test_db = testing::database(testing::Backend::Postgres, "order_outbox_plan").await;
+        let pool =
+            db::open(&test_db.url, &testing::mesh_config(), crate::Order::MIGRATIONS).await.expect("open");
+        sqlx::query(
+            "INSERT INTO outbox (id, event_type, subject, body, created_at_ms, published_at_ms) \
+             SELECT 'e' || g, 't', 'o' || g, 'b', g, CASE WHEN g <= 20000 THEN g END \
+             FROM generate_series(1, 20100) g",
+        )
+        .execute(&*pool)
+        .await
+        .expect("rows");
+        sqlx::query("ANALYZE outbox").execute(&*pool).await.expect("analyze");
+        let sql = format!("EXPLAIN {}", shopmesh::mesh::events::outbox::claim_sql().replace("$1", "100"));
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&*pool).await.expect("explain");
+        let plan = plan.join("\n");
+        assert!(plan.contains("outbox_unpublished_seq on outbox o"), "{plan}");
+        pool.close().await;
+        test_db.drop_database().await;
+    }
+
     /// The state changes write their events in the same statement (the trigger of migration
     /// 0005), and relays publish each once, an order's in the order they were written: on
     /// PostgreSQL two relays share the outbox (rows claimed FOR UPDATE SKIP LOCKED), on SQLite

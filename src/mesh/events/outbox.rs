@@ -161,7 +161,7 @@ impl Relay {
         match Backend::of_pool(&self.pool) {
             Backend::Postgres => {
                 let mut tx = db::begin(&self.pool).await?;
-                let sql = AssertSqlSafe(format!("SELECT {COLUMNS} {NEXT} FOR UPDATE OF o SKIP LOCKED"));
+                let sql = AssertSqlSafe(claim_sql());
                 let rows = sqlx::query(sql).bind(BATCH).fetch_all(&mut tx).await?;
                 let (seqs, all) = self.publish(&rows).await?;
                 mark(&mut tx, &seqs).await?;
@@ -253,6 +253,12 @@ impl Relay {
             .await?;
         Ok(())
     }
+}
+
+/// The relay's claim on PostgreSQL: of each subject its oldest unpublished row, up to `$1`
+/// rows, locked for the pass (public so a producer's tests can check its plan uses its index).
+pub fn claim_sql() -> String {
+    format!("SELECT {COLUMNS} {NEXT} FOR UPDATE OF o SKIP LOCKED")
 }
 
 /// Marks the rows `seqs` published.
