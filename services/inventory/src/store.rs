@@ -6,6 +6,7 @@ use shopmesh::mesh::events::{Event, inbox};
 use shopmesh::mesh::ids;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
+use tracing::{Instrument as _, Span};
 
 use crate::domain::{self, Stock};
 use crate::events;
@@ -31,13 +32,13 @@ fn stock(row: &AnyRow) -> Result<Stock, sqlx::Error> {
     })
 }
 
-/// What an order event did.
+/// What an order event asks of the inventory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
-    /// Acted on now; its event written to the outbox.
-    Done,
-    /// Its id was in the inbox already: nothing done.
-    Seen,
+pub enum Act {
+    /// OrderPaid: allocate `lines` (per SKU) to the order, or backorder it.
+    Allocate { order_id: String, user_id: String, lines: Vec<(String, i64)> },
+    /// OrderCancelled: return what the order was allocated.
+    Release { order_id: String, user_id: String },
 }
 
 impl Store {
@@ -88,77 +89,92 @@ impl Store {
         rows.iter().map(stock).collect()
     }
 
-    /// Allocates every line of paid order `order_id` (one transaction, with the inbox row of
-    /// `event` and the StockAllocated event), or, if any line is short, allocates nothing and
-    /// backorders it with the reason (OrderBackordered).
-    pub async fn allocate(
+    /// Does what each event asks, in order, in one transaction with the events' inbox rows (an
+    /// event whose id is there already changes nothing) and the inventory events they cause;
+    /// each event's statements run in its span. How many events were new.
+    pub async fn act(&self, events: &[(&Event, Act, Span)]) -> Result<usize, sqlx::Error> {
+        let now = ids::now_ms();
+        let mut tx = db::begin(&self.pool).await?;
+        let ids: Vec<&str> = events.iter().map(|(event, ..)| event.id.as_str()).collect();
+        let mut fresh = inbox::first_times(&mut tx, ORDER_CONSUMER, &ids).await?;
+        let mut acted = 0;
+        for (event, act, span) in events {
+            if !fresh.remove(&event.id) {
+                continue;
+            }
+            acted += 1;
+            match act {
+                Act::Allocate { order_id, user_id, lines } => {
+                    self.allocate(&mut tx, order_id, user_id, lines, now).instrument(span.clone()).await?;
+                }
+                Act::Release { order_id, user_id } => {
+                    self.release(&mut tx, order_id, user_id, now).instrument(span.clone()).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        if acted > 0 {
+            self.outbox.wake();
+        }
+        Ok(acted)
+    }
+
+    /// Allocates every line of paid order `order_id` (with the StockAllocated event), or, if
+    /// any line is short, allocates nothing and backorders it with the reason (OrderBackordered).
+    async fn allocate(
         &self,
-        event: &Event,
+        tx: &mut db::Traced<db::Tx>,
         order_id: &str,
         user_id: &str,
         lines: &[(String, i64)],
-    ) -> Result<Effect, sqlx::Error> {
-        let now = ids::now_ms();
-        let mut tx = db::begin(&self.pool).await?;
-        if !inbox::first_time(&mut tx, ORDER_CONSUMER, &event.id).await? {
-            tx.rollback().await?;
-            return Ok(Effect::Seen);
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        if handled(tx, order_id).await? {
+            return Ok(());
         }
-        if handled(&mut tx, order_id).await? {
-            tx.commit().await?;
-            return Ok(Effect::Done);
-        }
-        // A conditional update per line: a line short of stock changes no row, and nothing
-        // of the order is kept. Concurrent replicas cannot take the same units twice.
-        let mut short = false;
+        // A conditional update per line: a line short of stock changes no row. Concurrent
+        // replicas cannot take the same units twice.
+        let mut taken = 0;
         for (sku, quantity) in lines {
-            let taken = sqlx::query(
+            let updated = sqlx::query(
                 "UPDATE stock SET on_hand = on_hand - $1, allocated = allocated + $1, update_time_ms = $2 \
                  WHERE sku = $3 AND on_hand >= $1",
             )
             .bind(quantity)
             .bind(now)
             .bind(sku)
-            .execute(&mut tx)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
-            if taken == 0 {
-                short = true;
+            if updated == 0 {
                 break;
             }
+            taken += 1;
         }
-        if !short {
-            fulfilment(&mut tx, order_id, user_id, "ALLOCATED", None, now).await?;
+        if taken == lines.len() {
+            fulfilment(tx, order_id, user_id, "ALLOCATED", None, now).await?;
             for (sku, quantity) in lines {
                 sqlx::query("INSERT INTO allocations (order_id, sku, quantity) VALUES ($1, $2, $3)")
                     .bind(order_id)
                     .bind(sku)
                     .bind(quantity)
-                    .execute(&mut tx)
+                    .execute(&mut *tx)
                     .await?;
             }
-            Outbox::append(&mut tx, &events::allocated(&self.outbox, order_id, user_id, lines)).await?;
-            tx.commit().await?;
-            self.outbox.wake();
-            return Ok(Effect::Done);
+            Outbox::append(&mut *tx, &events::allocated(&self.outbox, order_id, user_id, lines)).await?;
+            return Ok(());
         }
-        tx.rollback().await?;
-
-        let mut tx = db::begin(&self.pool).await?;
-        if !inbox::first_time(&mut tx, ORDER_CONSUMER, &event.id).await? {
-            tx.rollback().await?;
-            return Ok(Effect::Seen);
-        }
-        if handled(&mut tx, order_id).await? {
-            tx.commit().await?;
-            return Ok(Effect::Done);
+        // Nothing of the order is kept: the lines taken before the short one go back, in the
+        // same transaction, so nobody else ever sees them taken.
+        for (sku, quantity) in &lines[..taken] {
+            put_back(tx, sku, *quantity, now).await?;
         }
         let mut reasons = Vec::new();
         let mut short_lines = Vec::new();
         for (sku, quantity) in lines {
             let on_hand: Option<i64> = sqlx::query_scalar("SELECT on_hand FROM stock WHERE sku = $1")
                 .bind(sku)
-                .fetch_optional(&mut tx)
+                .fetch_optional(&mut *tx)
                 .await?;
             if let Some(reason) = domain::shortage(sku, *quantity, on_hand) {
                 reasons.push(reason);
@@ -166,66 +182,71 @@ impl Store {
             }
         }
         if reasons.is_empty() {
-            // Stock arrived between the two transactions: a backorder names what was short then.
+            // Stock arrived since the update found it short: a backorder names what was short then.
             reasons.push("stock changed while allocating; set it again to retry".to_owned());
         }
         let reason = reasons.join("; ");
-        fulfilment(&mut tx, order_id, user_id, "BACKORDERED", Some(&reason), now).await?;
+        fulfilment(tx, order_id, user_id, "BACKORDERED", Some(&reason), now).await?;
         let event = events::backordered(&self.outbox, order_id, user_id, &short_lines, &reason);
-        Outbox::append(&mut tx, &event).await?;
-        tx.commit().await?;
-        self.outbox.wake();
-        Ok(Effect::Done)
+        Outbox::append(&mut *tx, &event).await?;
+        Ok(())
     }
 
-    /// Returns the stock allocated to cancelled order `order_id` (StockReleased), once per
-    /// `event`; a backordered order is just marked cancelled, and one never seen is recorded
-    /// cancelled, so that its OrderPaid, if it comes after all (redelivered after a killed
-    /// consumer's ack wait), allocates nothing.
-    pub async fn release(&self, event: &Event, order_id: &str, user_id: &str) -> Result<Effect, sqlx::Error> {
-        let now = ids::now_ms();
-        let mut tx = db::begin(&self.pool).await?;
-        if !inbox::first_time(&mut tx, ORDER_CONSUMER, &event.id).await? {
-            tx.rollback().await?;
-            return Ok(Effect::Seen);
-        }
+    /// Returns the stock allocated to cancelled order `order_id` (StockReleased); a
+    /// backordered order is just marked cancelled, and one never seen is recorded cancelled,
+    /// so that its OrderPaid, if it comes after all (redelivered after a killed consumer's ack
+    /// wait), allocates nothing.
+    async fn release(
+        &self,
+        tx: &mut db::Traced<db::Tx>,
+        order_id: &str,
+        user_id: &str,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
         let row = sqlx::query("SELECT user_id, state FROM fulfilments WHERE order_id = $1")
             .bind(order_id)
-            .fetch_optional(&mut tx)
+            .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
-            fulfilment(&mut tx, order_id, user_id, "CANCELLED", None, now).await?;
-            tx.commit().await?;
-            return Ok(Effect::Done);
+            return fulfilment(tx, order_id, user_id, "CANCELLED", None, now).await;
         };
         let (user_id, state): (String, String) = (row.try_get("user_id")?, row.try_get("state")?);
         if state == "ALLOCATED" {
             let rows = sqlx::query("SELECT sku, quantity FROM allocations WHERE order_id = $1 ORDER BY sku")
                 .bind(order_id)
-                .fetch_all(&mut tx)
+                .fetch_all(&mut *tx)
                 .await?;
             let mut lines = Vec::with_capacity(rows.len());
             for row in &rows {
                 let (sku, quantity): (String, i64) = (row.try_get("sku")?, row.try_get("quantity")?);
-                sqlx::query(
-                    "UPDATE stock SET on_hand = on_hand + $1, allocated = allocated - $1, update_time_ms = $2 WHERE sku = $3",
-                )
-                .bind(quantity)
-                .bind(now)
-                .bind(&sku)
-                .execute(&mut tx)
-                .await?;
+                put_back(tx, &sku, quantity, now).await?;
                 lines.push((sku, quantity));
             }
-            fulfilment(&mut tx, order_id, &user_id, "RELEASED", None, now).await?;
-            Outbox::append(&mut tx, &events::released(&self.outbox, order_id, &user_id, &lines)).await?;
+            fulfilment(tx, order_id, &user_id, "RELEASED", None, now).await?;
+            Outbox::append(&mut *tx, &events::released(&self.outbox, order_id, &user_id, &lines)).await?;
         } else if state == "BACKORDERED" {
-            fulfilment(&mut tx, order_id, &user_id, "CANCELLED", None, now).await?;
+            fulfilment(tx, order_id, &user_id, "CANCELLED", None, now).await?;
         }
-        tx.commit().await?;
-        self.outbox.wake();
-        Ok(Effect::Done)
+        Ok(())
     }
+}
+
+/// Returns `quantity` allocated units of `sku` to its stock on hand.
+async fn put_back(
+    tx: &mut db::Traced<db::Tx>,
+    sku: &str,
+    quantity: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE stock SET on_hand = on_hand + $1, allocated = allocated - $1, update_time_ms = $2 WHERE sku = $3",
+    )
+    .bind(quantity)
+    .bind(now)
+    .bind(sku)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// Whether order `order_id` has a fulfilment already: allocated or backordered once, or

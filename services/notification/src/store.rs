@@ -5,6 +5,7 @@ use shopmesh::mesh::events::inbox;
 use shopmesh::mesh::ids;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
+use tracing::Instrument as _;
 
 use crate::domain::{Filter, Kind, Notification};
 
@@ -43,36 +44,42 @@ impl Store {
         &self.pool
     }
 
-    /// Records the notification sent for event `event_id` of `consumer`, with the event's inbox
-    /// row in the same transaction: `false` when the event, or the notification of its order
-    /// and kind, was recorded already.
+    /// Records the notifications sent for events `(event id, notification, span)` of
+    /// `consumer`, with the events' inbox rows, in one transaction, each notification's
+    /// statement in its span: how many were recorded now (not an event recorded already, nor
+    /// a second notification of an order and kind).
     pub async fn record(
         &self,
         consumer: &str,
-        event_id: &str,
-        sent: &Notification,
-    ) -> Result<bool, sqlx::Error> {
+        sent: &[(&str, &Notification, tracing::Span)],
+    ) -> Result<usize, sqlx::Error> {
         let mut tx = db::begin(&self.pool).await?;
-        if !inbox::first_time(&mut tx, consumer, event_id).await? {
-            tx.rollback().await?;
-            return Ok(false);
+        let ids: Vec<&str> = sent.iter().map(|(event_id, ..)| *event_id).collect();
+        let mut fresh = inbox::first_times(&mut tx, consumer, &ids).await?;
+        let mut recorded = 0;
+        for (event_id, sent, span) in sent {
+            if !fresh.remove(*event_id) {
+                continue;
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO notifications (id, user_id, order_id, kind, body, provider_message_id, send_time_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id, kind) DO NOTHING",
+            )
+            .bind(&sent.id)
+            .bind(&sent.user_id)
+            .bind(&sent.order_id)
+            .bind(sent.kind.as_str())
+            .bind(&sent.body)
+            .bind(&sent.provider_message_id)
+            .bind(sent.send_time_ms)
+            .execute(&mut tx)
+            .instrument(span.clone())
+            .await?
+            .rows_affected();
+            recorded += usize::try_from(inserted).unwrap_or(0);
         }
-        let inserted = sqlx::query(
-            "INSERT INTO notifications (id, user_id, order_id, kind, body, provider_message_id, send_time_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id, kind) DO NOTHING",
-        )
-        .bind(&sent.id)
-        .bind(&sent.user_id)
-        .bind(&sent.order_id)
-        .bind(sent.kind.as_str())
-        .bind(&sent.body)
-        .bind(&sent.provider_message_id)
-        .bind(sent.send_time_ms)
-        .execute(&mut tx)
-        .await?
-        .rows_affected();
         tx.commit().await?;
-        Ok(inserted == 1)
+        Ok(recorded)
     }
 
     /// The notification `id`.

@@ -7,8 +7,10 @@ use prost::Message as _;
 use shopmesh::api::common::v1::Money;
 use shopmesh::api::inventory::v1::{OrderBackordered, StockAllocated, StockReleased};
 use shopmesh::api::order::v1::{LineItem as LineItemProto, OrderCancelled, OrderPaid};
+use shopmesh::mesh::events::consumer;
 use shopmesh::mesh::events::outbox::Outbox;
 use shopmesh::mesh::events::{Event, Handler, Outcome};
+use tracing::Span;
 
 use crate::domain::{Fulfilment, Order};
 use crate::store::Store;
@@ -67,7 +69,8 @@ impl Fulfilments {
         Self { store }
     }
 
-    async fn record(&self, event: &Event) -> Outcome {
+    /// What `event` records: `(order id, fulfilment)`, or the outcome of an event that records nothing.
+    fn decode(event: &Event) -> Result<(String, Fulfilment), Outcome> {
         let decoded = match event.event_type.as_str() {
             "shopmesh.inventory.v1.StockAllocated" => {
                 StockAllocated::decode(event.body.as_ref()).map(|e| (e.order_id, Fulfilment::Allocated))
@@ -78,22 +81,39 @@ impl Fulfilments {
             "shopmesh.inventory.v1.StockReleased" => {
                 StockReleased::decode(event.body.as_ref()).map(|e| (e.order_id, Fulfilment::Released))
             }
-            _ => return Outcome::Unknown,
+            _ => return Err(Outcome::Unknown),
         };
-        let (order_id, fulfilment) = match decoded {
-            Ok(decoded) => decoded,
-            Err(e) => return Outcome::Poison(format!("{}: undecodable body: {e}", event.event_type)),
-        };
-        match self.store.record_fulfilment(&event.id, &order_id, fulfilment).await {
-            Ok(_) => Outcome::Done,
-            Err(e) => Outcome::Retry(e.to_string()),
+        decoded.map_err(|e| Outcome::Poison(format!("{}: undecodable body: {e}", event.event_type)))
+    }
+
+    /// Records the fulfilments of `events` in one transaction; if it fails, of each event alone
+    /// (so one event's failure is not the others').
+    async fn record(&self, events: &[(&Event, Span)]) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut todo = Vec::with_capacity(events.len());
+        for (event, span) in events {
+            match Self::decode(event) {
+                Ok((order_id, fulfilment)) => {
+                    todo.push((event.id.as_str(), order_id, fulfilment, span.clone()));
+                    outcomes.push(Outcome::Done);
+                }
+                Err(outcome) => outcomes.push(outcome),
+            }
+        }
+        match self.store.record_fulfilments(&todo).await {
+            Ok(_) => outcomes,
+            Err(e) => consumer::failed_batch(self, events, e.to_string()).await,
         }
     }
 }
 
 impl Handler for Fulfilments {
     fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
-        Box::pin(self.record(event))
+        consumer::alone(self, event)
+    }
+
+    fn handle_batch<'a>(&'a self, events: &'a [(&'a Event, Span)]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(self.record(events))
     }
 }
 
@@ -123,6 +143,34 @@ mod tests {
             }
             Box::pin(async { Outcome::Done })
         }
+    }
+
+    /// On PostgreSQL the relay's claim reads the unpublished rows by their index in `seq`
+    /// order, not by walking every published row still kept (24 h of them) before them.
+    #[tokio::test]
+    async fn the_relay_s_claim_skips_the_published_rows_by_index() {
+        if !testing::backends().contains(&testing::Backend::Postgres) {
+            return;
+        }
+        let test_db = testing::database(testing::Backend::Postgres, "order_outbox_plan").await;
+        let pool =
+            db::open(&test_db.url, &testing::mesh_config(), crate::Order::MIGRATIONS).await.expect("open");
+        sqlx::query(
+            "INSERT INTO outbox (id, event_type, subject, body, created_at_ms, published_at_ms) \
+             SELECT 'e' || g, 't', 'o' || g, 'b', g, CASE WHEN g <= 20000 THEN g END \
+             FROM generate_series(1, 20100) g",
+        )
+        .execute(&*pool)
+        .await
+        .expect("rows");
+        sqlx::query("ANALYZE outbox").execute(&*pool).await.expect("analyze");
+        let sql = format!("EXPLAIN {}", shopmesh::mesh::events::outbox::claim_sql().replace("$1", "100"));
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&*pool).await.expect("explain");
+        let plan = plan.join("\n");
+        assert!(plan.contains("outbox_unpublished_seq on outbox o"), "{plan}");
+        pool.close().await;
+        test_db.drop_database().await;
     }
 
     /// The state changes write their events in the same statement (the trigger of migration

@@ -8,6 +8,7 @@ use shopmesh::mesh::events::outbox::Outbox;
 use shopmesh::mesh::ids;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row as _};
+use tracing::Instrument as _;
 
 use crate::domain::{Fulfilment, LineItem, NewOrder, Order, State};
 use crate::events;
@@ -371,28 +372,32 @@ impl Store {
         Ok(updated == 1)
     }
 
-    /// Records what the inventory did with order `id`, once per inventory event `event_id`
-    /// (its inbox row is written in the same transaction). `false` for an event seen before.
-    pub async fn record_fulfilment(
+    /// Records what the inventory did with orders, once per inventory event: each `(event id,
+    /// order id, fulfilment, span)`, in order, its statement in its span, all in one transaction
+    /// with the events' inbox rows. How many events were new.
+    pub async fn record_fulfilments(
         &self,
-        event_id: &str,
-        id: &str,
-        fulfilment: Fulfilment,
-    ) -> Result<bool, sqlx::Error> {
+        events: &[(&str, String, Fulfilment, tracing::Span)],
+    ) -> Result<usize, sqlx::Error> {
         let mut tx = db::begin(&self.pool).await?;
-        if !inbox::first_time(&mut tx, FULFILMENT_CONSUMER, event_id).await? {
-            tx.rollback().await?;
-            return Ok(false);
+        let ids: Vec<&str> = events.iter().map(|(event_id, ..)| *event_id).collect();
+        let mut fresh = inbox::first_times(&mut tx, FULFILMENT_CONSUMER, &ids).await?;
+        let mut recorded = 0;
+        for (event_id, id, fulfilment, span) in events {
+            if fresh.remove(*event_id) {
+                // RELEASED is final: an allocation delivered late (redelivered after a killed
+                // consumer's ack wait, overtaken by the release behind it) must not undo it.
+                sqlx::query("UPDATE orders SET fulfilment = $1 WHERE id = $2 AND (fulfilment IS NULL OR fulfilment <> 'RELEASED')")
+                    .bind(fulfilment.as_str())
+                    .bind(id)
+                    .execute(&mut tx)
+                    .instrument(span.clone())
+                    .await?;
+                recorded += 1;
+            }
         }
-        // RELEASED is final: an allocation delivered late (redelivered after a killed consumer's
-        // ack wait, overtaken by the release behind it) must not undo it.
-        sqlx::query("UPDATE orders SET fulfilment = $1 WHERE id = $2 AND (fulfilment IS NULL OR fulfilment <> 'RELEASED')")
-            .bind(fulfilment.as_str())
-            .bind(id)
-            .execute(&mut tx)
-            .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(recorded)
     }
 
     /// The order with `id`.

@@ -1,8 +1,10 @@
 //! The all-in-one's broker: events delivered in-process, with JetStream's semantics where
 //! they matter. Each declared consumer has its own queue, filled from the start (so events
-//! published before a consumer attaches wait for it); deliveries are handled one at a time,
-//! redelivered after a backoff, and dead-lettered after the last attempt. A publish returns
-//! once every consumer has handled the event, so the outbox row stays unpublished (and is
+//! published before a consumer attaches wait for it); deliveries are handled in order,
+//! redelivered after a backoff, and dead-lettered after the last attempt. The events queued
+//! when a consumer asks are handed to it together (up to [`BATCH`]), as JetStream hands a
+//! pull consumer the messages it has ready. A publish returns once every consumer has
+//! handled the event, so the outbox row stays unpublished (and is
 //! published again after a restart) until then: nothing is lost with the process.
 
 use std::collections::HashMap;
@@ -17,6 +19,9 @@ use crate::mesh::events::{Event, Subscription};
 
 /// An event on its way to one consumer, and who waits for it to be handled.
 type Delivery = (Event, oneshot::Sender<()>);
+
+/// The most events a consumer is handed at once (those queued when it asks).
+const BATCH: usize = 128;
 
 /// How many dead letters the bus keeps for inspection (the newest).
 const DEAD_LETTERS_KEPT: usize = 1000;
@@ -91,43 +96,66 @@ impl Bus {
             ))
         })?;
         let lag = metrics::gauge!("shopmesh_events_consumer_lag", "messaging_consumer_group_name" => subscription.durable);
-        while let Some((event, done)) = queue.recv().await {
+        let mut ready = Vec::with_capacity(BATCH);
+        while queue.recv_many(&mut ready, BATCH).await > 0 {
             lag.set(queue.len() as f64);
-            let mut delivered = 1;
-            loop {
-                match consumer::deliver(
-                    subscription,
-                    "in_process",
-                    handler.as_ref(),
-                    &event,
-                    delivered,
-                    &self.config,
-                )
-                .await
-                {
-                    Action::Ack => break,
-                    Action::Redeliver(delay) => {
-                        tokio::time::sleep(delay).await;
-                        delivered += 1;
-                    }
-                    Action::DeadLetter(reason) => {
-                        if let Ok(mut dead) = self.dead.lock() {
-                            if dead.len() == DEAD_LETTERS_KEPT {
-                                dead.remove(0);
-                            }
-                            dead.push(DeadLetter {
-                                consumer: subscription.durable,
-                                event: event.clone(),
-                                reason,
-                            });
-                        }
-                        break;
-                    }
-                }
+            let deliveries: Vec<(&Event, u32)> = ready.iter().map(|(event, _)| (event, 1)).collect();
+            let actions = consumer::deliver_batch(
+                subscription,
+                "in_process",
+                handler.as_ref(),
+                &deliveries,
+                &self.config,
+            )
+            .await;
+            for ((event, done), action) in ready.drain(..).zip(actions) {
+                self.settle(subscription, handler.as_ref(), event, action).await;
+                let _ = done.send(());
             }
-            let _ = done.send(());
         }
         Ok(())
+    }
+}
+
+impl Bus {
+    /// Carries out `action` for delivery 1 of `event`: a redelivery is handled alone, again
+    /// and again after its backoff, before the events behind it (their order kept), until it
+    /// is acknowledged or dead-lettered.
+    async fn settle(
+        &self,
+        subscription: Subscription,
+        handler: &dyn Handler,
+        event: Event,
+        mut action: Action,
+    ) {
+        let mut delivered = 1;
+        loop {
+            match action {
+                Action::Ack => return,
+                Action::Redeliver(delay) => {
+                    tokio::time::sleep(delay).await;
+                    delivered += 1;
+                    action = consumer::deliver(
+                        subscription,
+                        "in_process",
+                        handler,
+                        &event,
+                        delivered,
+                        &self.config,
+                    )
+                    .await;
+                }
+                Action::DeadLetter(reason) => {
+                    if let Ok(mut dead) = self.dead.lock() {
+                        if dead.len() == DEAD_LETTERS_KEPT {
+                            dead.remove(0);
+                        }
+                        dead.push(DeadLetter { consumer: subscription.durable, event, reason });
+                    }
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -203,6 +231,74 @@ mod tests {
         // Another stream's event is nobody's here: published at once.
         bus.publish(&event("shopmesh.inventory.v1.StockAllocated")).await.expect("published");
         assert_eq!(handler.seen.load(Ordering::SeqCst), 3);
+    }
+
+    /// Takes batches, and fails the first delivery of event "e2".
+    #[derive(Default)]
+    struct Batches {
+        sizes: Mutex<Vec<usize>>,
+        handled: Mutex<Vec<String>>,
+    }
+
+    impl Handler for Batches {
+        fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Outcome> {
+            if let Ok(mut handled) = self.handled.lock() {
+                handled.push(event.id.clone());
+            }
+            Box::pin(async { Outcome::Done })
+        }
+
+        fn handle_batch<'a>(
+            &'a self,
+            events: &'a [(&'a Event, tracing::Span)],
+        ) -> BoxFuture<'a, Vec<Outcome>> {
+            if let Ok(mut sizes) = self.sizes.lock() {
+                sizes.push(events.len());
+            }
+            let outcomes = events
+                .iter()
+                .map(|(event, _)| {
+                    if event.id == "e2" {
+                        Outcome::Retry("down".into())
+                    } else {
+                        if let Ok(mut handled) = self.handled.lock() {
+                            handled.push(event.id.clone());
+                        }
+                        Outcome::Done
+                    }
+                })
+                .collect();
+            Box::pin(async move { outcomes })
+        }
+    }
+
+    /// Events queued when the consumer asks are handed over together; one that fails in the
+    /// batch is delivered again alone, and every publish returns once its event was handled.
+    #[tokio::test]
+    async fn queued_events_are_handled_together_and_a_failed_one_again_alone() {
+        let bus = bus();
+        let mut publishes = Vec::new();
+        for id in ["e1", "e2", "e3"] {
+            let bus = Arc::clone(&bus);
+            let mut event = event("shopmesh.order.v1.OrderPaid");
+            event.id = id.into();
+            event.subject = format!("o-{id}");
+            publishes.push(tokio::spawn(async move { bus.publish(&event).await }));
+        }
+        // All three queued before the consumer attaches.
+        while bus.waiting.lock().expect("lock")[SUBSCRIPTION.durable].len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        let handler = Arc::new(Batches::default());
+        let consumer = Arc::clone(&bus);
+        let consuming = Arc::clone(&handler);
+        tokio::spawn(async move { consumer.consume(SUBSCRIPTION, consuming).await });
+        for publish in publishes {
+            publish.await.expect("joins").expect("handled");
+        }
+        assert_eq!(*handler.sizes.lock().expect("lock"), [3], "one batch of the three");
+        assert_eq!(*handler.handled.lock().expect("lock"), ["e1", "e3", "e2"], "e2 again, alone");
+        assert!(bus.dead_letters().is_empty());
     }
 
     /// A poison event is dead-lettered at once; one failing every delivery after the last.

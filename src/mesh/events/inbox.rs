@@ -3,6 +3,8 @@
 //!
 //! Every consuming service's migrations create the table:
 //! `inbox (consumer TEXT, event_id TEXT, received_at_ms BIGINT, PRIMARY KEY (consumer, event_id))`.
+//! A consumer acting on a batch of events in one transaction records their ids in one
+//! statement ([`first_times`]).
 
 use crate::mesh::ids;
 
@@ -26,4 +28,40 @@ where
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// [`first_time`] for several events in one statement: of `event_ids`, those recorded now
+/// (the others were acted on already). An id given twice is recorded once.
+///
+/// # Errors
+/// The database's.
+pub async fn first_times<'c, E>(
+    executor: E,
+    consumer: &str,
+    event_ids: &[&str],
+) -> Result<std::collections::HashSet<String>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    if event_ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    // ($1, $2, $3), ($4, $5, $6), ...: parameters numbered in the order they appear, as SQLite
+    // assigns them.
+    let rows = (0..event_ids.len())
+        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO inbox (consumer, event_id, received_at_ms) VALUES {rows} \
+         ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+    );
+    let now = ids::now_ms();
+    // Its text depends on the batch's size: not kept as a prepared statement (see the relay's
+    // `mark`).
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for id in event_ids {
+        query = query.bind(consumer).bind(*id).bind(now);
+    }
+    Ok(query.fetch_all(executor).await?.into_iter().collect())
 }

@@ -18,6 +18,9 @@ use crate::mesh::events::{DEAD_LETTER, Event, Stream, Subscription};
 /// marking its row): longer than a relay's retries of one batch.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// The most deliveries a consumer handles together (those the pull has ready).
+const BATCH: usize = 128;
+
 /// The header saying why an event was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "shopmesh-dead-letter-reason";
 
@@ -81,8 +84,8 @@ impl Nats {
         Ok(())
     }
 
-    /// Runs the durable consumer `subscription` with `handler`, one event at a time (so the
-    /// events of one order are handled in the order they were published), until dropped.
+    /// Runs the durable consumer `subscription` with `handler`, in order (so the events of one
+    /// order are handled in the order they were published), until dropped.
     pub(super) async fn consume(
         &self,
         subscription: Subscription,
@@ -106,7 +109,7 @@ impl Nats {
             .await
             .map_err(|e| broker_error(&format!("consumer {durable}"), e))?;
         loop {
-            let mut messages = match pull.messages().await {
+            let messages = match pull.messages().await {
                 Ok(messages) => messages,
                 Err(e) => {
                     tracing::warn!(consumer = durable, error = %e, "cannot pull events; trying again");
@@ -114,41 +117,77 @@ impl Nats {
                     continue;
                 }
             };
-            while let Some(message) = messages.next().await {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(e) => {
-                        // The connection is down (the client reconnects): pull again shortly.
-                        tracing::debug!(consumer = durable, error = %e, "pulling events failed");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
+            // What the pull has ready is handled together (one transaction for the batch when
+            // the handler can), each acknowledged after.
+            let mut batches = messages.ready_chunks(BATCH);
+            while let Some(batch) = batches.next().await {
+                let mut ready = Vec::with_capacity(batch.len());
+                let mut failed = false;
+                for message in batch {
+                    match message {
+                        Ok(message) => ready.push(message),
+                        Err(e) => {
+                            // The connection is down (the client reconnects): pull again shortly.
+                            tracing::debug!(consumer = durable, error = %e, "pulling events failed");
+                            failed = true;
+                        }
                     }
-                };
-                self.handle(subscription, handler.as_ref(), &message).await;
+                }
+                self.handle(subscription, handler.as_ref(), &ready).await;
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
     }
 
-    async fn handle(&self, subscription: Subscription, handler: &dyn Handler, message: &jetstream::Message) {
+    async fn handle(
+        &self,
+        subscription: Subscription,
+        handler: &dyn Handler,
+        messages: &[jetstream::Message],
+    ) {
         let durable = subscription.durable;
-        let delivered = match message.info() {
-            Ok(info) => {
-                metrics::gauge!("shopmesh_events_consumer_lag", "messaging_consumer_group_name" => durable)
-                    .set(info.pending as f64);
-                u32::try_from(info.delivered).unwrap_or(u32::MAX)
+        let mut decoded = Vec::with_capacity(messages.len());
+        let mut actions: Vec<Option<Action>> = Vec::with_capacity(messages.len());
+        for message in messages {
+            let delivered = match message.info() {
+                Ok(info) => {
+                    metrics::gauge!("shopmesh_events_consumer_lag", "messaging_consumer_group_name" => durable)
+                        .set(info.pending as f64);
+                    u32::try_from(info.delivered).unwrap_or(u32::MAX)
+                }
+                Err(_) => 1,
+            };
+            match event(message) {
+                Ok(event) => {
+                    decoded.push((event, delivered));
+                    actions.push(None);
+                }
+                Err(why) => {
+                    tracing::error!(consumer = durable, subject = %message.subject, reason = %why, "undecodable event dead-lettered");
+                    metrics::counter!("shopmesh_events_dead_lettered_total", "messaging_consumer_group_name" => durable).increment(1);
+                    actions.push(Some(Action::DeadLetter(why)));
+                }
             }
-            Err(_) => 1,
-        };
-        let action = match event(message) {
-            Ok(event) => {
-                consumer::deliver(subscription, "nats", handler, &event, delivered, &self.config).await
-            }
-            Err(why) => {
-                tracing::error!(consumer = durable, subject = %message.subject, reason = %why, "undecodable event dead-lettered");
-                metrics::counter!("shopmesh_events_dead_lettered_total", "messaging_consumer_group_name" => durable).increment(1);
-                Action::DeadLetter(why)
-            }
-        };
+        }
+        let deliveries: Vec<(&Event, u32)> =
+            decoded.iter().map(|(event, delivered)| (event, *delivered)).collect();
+        let mut handled = if deliveries.is_empty() {
+            Vec::new()
+        } else {
+            consumer::deliver_batch(subscription, "nats", handler, &deliveries, &self.config).await
+        }
+        .into_iter();
+        for (message, action) in messages.iter().zip(actions) {
+            // Every decoded event has its action, in order.
+            let Some(action) = action.or_else(|| handled.next()) else { continue };
+            self.settle(durable, message, action).await;
+        }
+    }
+
+    /// Acknowledges `message`, or asks for it again later, or dead-letters it, as `action` says.
+    async fn settle(&self, durable: &'static str, message: &jetstream::Message, action: Action) {
         let acked = match action {
             Action::Ack => message.ack().await,
             Action::Redeliver(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,

@@ -161,7 +161,7 @@ impl Relay {
         match Backend::of_pool(&self.pool) {
             Backend::Postgres => {
                 let mut tx = db::begin(&self.pool).await?;
-                let sql = AssertSqlSafe(format!("SELECT {COLUMNS} {NEXT} FOR UPDATE OF o SKIP LOCKED"));
+                let sql = AssertSqlSafe(claim_sql());
                 let rows = sqlx::query(sql).bind(BATCH).fetch_all(&mut tx).await?;
                 let (seqs, all) = self.publish(&rows).await?;
                 mark(&mut tx, &seqs).await?;
@@ -255,6 +255,12 @@ impl Relay {
     }
 }
 
+/// The relay's claim on PostgreSQL: of each subject its oldest unpublished row, up to `$1`
+/// rows, locked for the pass (public so a producer's tests can check its plan uses its index).
+pub fn claim_sql() -> String {
+    format!("SELECT {COLUMNS} {NEXT} FOR UPDATE OF o SKIP LOCKED")
+}
+
 /// Marks the rows `seqs` published.
 async fn mark<'c, E>(executor: E, seqs: &[i64]) -> Result<(), sqlx::Error>
 where
@@ -264,8 +270,10 @@ where
         return Ok(());
     }
     let list = seqs.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-    // The seqs are integers read from the table, never input.
+    // The seqs are integers read from the table, never input. A text made for this batch is
+    // not kept as a prepared statement: it would push the statements used on every order out
+    // of the connection's cache (and cost a round trip to close when evicted).
     let sql = AssertSqlSafe(format!("UPDATE outbox SET published_at_ms = $1 WHERE seq IN ({list})"));
-    sqlx::query(sql).bind(ids::now_ms()).execute(executor).await?;
+    sqlx::query(sql).persistent(false).bind(ids::now_ms()).execute(executor).await?;
     Ok(())
 }
