@@ -15,6 +15,8 @@ use sqlx::any::{Any, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{Executor as _, Transaction};
 
+#[cfg(test)]
+mod cancelled;
 mod inline;
 mod pooler;
 mod replicas;
