@@ -307,7 +307,7 @@ where
         .layer(ServerDeadlineLayer::new(config.client.call_timeout))
         // Around the handler alone: its reads see whether the call is read-only, and a write's
         // token is stamped once the handler has answered (committed).
-        .layer(read_route::ReadRouteLayer)
+        .layer(read_route::ReadRouteLayer::default())
         // Innermost: sees the decoder's answer for an oversized or undecodable request.
         .layer(MessageSizeLayer)
         .add_routes(routes);
