@@ -9,8 +9,9 @@
 //! that: anyone else's call starts a new trace, its context kept only as a span link and its
 //! baggage dropped, so an outside caller can neither force sampling nor send baggage on to
 //! the services behind this one. Without authentication (local development) every caller's
-//! context is continued, so grpcurl with a `traceparent` joins the caller's trace. Spans carry `trace_id` and `span_id` fields, which
-//! the log formatter prints on every line written inside them.
+//! context is continued, so grpcurl with a `traceparent` joins the caller's trace. Spans
+//! declare `trace_id` and `span_id` fields, which the log formatter fills in and prints on every
+//! line written inside them ([`log_ids`](super::log_ids): only once a line is written).
 //!
 //! Metric and label names follow OpenTelemetry's RPC conventions in their Prometheus form:
 //! `rpc_server_call_duration_seconds` and `rpc_client_call_duration_seconds` (histograms by
@@ -64,15 +65,6 @@ impl Call<'_> {
         let code = usize::try_from(code).ok().and_then(|c| CODES.get(c)).copied().unwrap_or("2");
         metrics::histogram!(histogram, labels::rpc(&self.method, &[("rpc_grpc_status_code", code)]))
             .record(self.start.elapsed().as_secs_f64());
-    }
-}
-
-fn record_ids(span: &tracing::Span) {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        span.record("trace_id", tracing::field::display(span_context.trace_id()));
-        span.record("span_id", tracing::field::display(span_context.span_id()));
     }
 }
 
@@ -252,7 +244,6 @@ where
                 let _ = span.set_parent(opentelemetry::Context::new());
                 span.add_link(parent.span().span_context().clone());
             }
-            record_ids(&span);
             span
         };
         let active = Active::start(service);
@@ -357,7 +348,6 @@ where
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&context, &mut HeaderInjector(request.headers_mut()));
         });
-        record_ids(&span);
         ClientFuture {
             inner: self.inner.call(request).instrument(span.clone()),
             span,
