@@ -15,9 +15,11 @@
 //!
 //! Its settings are [`config`]; [`log_fields`] holds the fields every log line of a call
 //! carries and [`log_ids`] fills in their ids once a line is written; [`labels`] the labels
-//! every metric about a call carries.
+//! every metric about a call carries; [`handles`] the server's metric handles per method,
+//! looked up once.
 
 pub mod config;
+pub mod handles;
 pub mod labels;
 pub mod log_fields;
 pub mod log_ids;
