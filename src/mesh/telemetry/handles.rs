@@ -113,9 +113,14 @@ mod tests {
         );
         series.sort();
         let with = |service: &str, method: &str, code: &str| {
-            [("rpc_system", "grpc"), ("rpc_service", service), ("rpc_method", method), ("rpc_grpc_status_code", code)]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .to_vec()
+            [
+                ("rpc_system", "grpc"),
+                ("rpc_service", service),
+                ("rpc_method", method),
+                ("rpc_grpc_status_code", code),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .to_vec()
         };
         let mut want = vec![
             with("shopmesh.user.v1.UserService", "GetUser", "0"),

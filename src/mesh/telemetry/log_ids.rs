@@ -49,7 +49,8 @@ impl<E> LogIds<E> {
         N: for<'w> FormatFields<'w> + 'static,
     {
         let fields = span.metadata().fields();
-        let (Some(trace_field), Some(span_field)) = (fields.field("trace_id"), fields.field("span_id")) else {
+        let (Some(trace_field), Some(span_field)) = (fields.field("trace_id"), fields.field("span_id"))
+        else {
             return;
         };
         if span.extensions().get::<IdsWritten>().is_some() {
@@ -151,9 +152,11 @@ mod tests {
                 .with_writer(move || writer.clone())
                 .boxed()
         };
-        let subscriber = tracing_subscriber::registry()
-            .with(logs)
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")).with_context_activation(false));
+        let subscriber = tracing_subscriber::registry().with(logs).with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_context_activation(false),
+        );
         let dispatch = tracing::Dispatch::new(subscriber);
         for slot in slots {
             let _ = slot.set(dispatch.downgrade());

@@ -118,8 +118,11 @@ impl Telemetry {
             LogFormat::Text => false,
             LogFormat::Auto => !std::io::stderr().is_terminal(),
         };
-        let json_format =
-            tracing_subscriber::fmt::format().json().with_current_span(true).with_span_list(false).flatten_event(true);
+        let json_format = tracing_subscriber::fmt::format()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true);
         let (logs, ids) = if json {
             let format = log_ids::LogIds::new(json_format);
             let ids = format.dispatch();
@@ -158,9 +161,8 @@ impl Telemetry {
                         tracing::subscriber::Interest::never()
                     }
                 });
-        let subscriber = tracing_subscriber::registry()
-            .with(logs.with_filter(filter.and(spans_for_logs)))
-            .with(
+        let subscriber =
+            tracing_subscriber::registry().with(logs.with_filter(filter.and(spans_for_logs))).with(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
                     // Entering a span would otherwise make its context OpenTelemetry's current
