@@ -97,34 +97,19 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use opentelemetry::trace::TracerProvider as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
+    use crate::mesh::telemetry::LogLines;
     use crate::mesh::telemetry::log_fields::LogSpanFields;
-
-    /// A writer the test reads back.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// The lines `body` logs, as JSON or text, with the process's layers (a trace layer
     /// without exporter, whose spans are not sampled), and the ids of the span it returns.
     fn logged(json: bool, body: impl FnOnce() -> tracing::Span) -> (String, String, String) {
-        let lines = Lines::default();
+        let lines = LogLines::default();
         let writer = lines.clone();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
@@ -166,7 +151,7 @@ mod tests {
             let ids = span.context().span().span_context().clone();
             (ids.trace_id().to_string(), ids.span_id().to_string())
         });
-        let text = String::from_utf8(lines.0.lock().expect("lock").clone()).expect("utf-8");
+        let text = lines.text();
         (text, trace_id, span_id)
     }
 

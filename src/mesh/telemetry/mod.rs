@@ -239,3 +239,27 @@ pub(crate) fn recorded_labels(name: &str, call: impl FnOnce()) -> Vec<Vec<(Strin
         .map(|(key, ..)| key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect())
         .collect()
 }
+
+/// A log writer whose lines a unit test reads back (for tests of the log formatters).
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl LogLines {
+    /// Everything written so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
+    }
+}
+
+#[cfg(test)]
+impl std::io::Write for LogLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
