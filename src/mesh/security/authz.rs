@@ -496,21 +496,6 @@ mod tests {
         assert_eq!(orphans, closed, "the methods no identity may call");
     }
 
-    /// Log output captured in memory.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn denials_log_no_caller_chosen_path_and_a_flood_of_them_logs_few_lines() {
         use tower::Layer as _;
@@ -520,7 +505,7 @@ mod tests {
         });
         let mut svc = AuthzLayer::new(Some(Arc::new(policy))).layer(inner);
         let long_path = format!("/shopmesh.user.v1.UserService/{}", "A".repeat(8000));
-        let captured = Captured::default();
+        let captured = crate::mesh::telemetry::LogLines::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer({
                 let captured = captured.clone();
@@ -536,7 +521,7 @@ mod tests {
                 answers.push(svc.call(request));
             }
         });
-        let logs = String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
+        let logs = captured.text();
         let lines = logs.lines().filter(|l| l.contains("authorization policy")).count();
         assert!(lines >= 1, "denials are logged: {logs}");
         assert!(lines <= 20, "200 denials at once log {lines} lines");

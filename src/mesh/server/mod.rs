@@ -283,7 +283,7 @@ where
         // The mTLS peer's identity and address, which every layer below may read.
         .layer(PeerLayer)
         // Every call, shed or refused or not, is traced and counted.
-        .layer(ServerObserveLayer::new(mesh.authenticates()))
+        .layer(ServerObserveLayer::new(mesh.authenticates(), mesh.api().catalogue))
         // Before shedding: a refused caller must not take a slot from allowed ones.
         .layer(AuthzLayer::new(mesh.policy().cloned()))
         // Cheap, and before any layer reads metadata (a huge token is refused unparsed).
@@ -307,7 +307,7 @@ where
         .layer(ServerDeadlineLayer::new(config.client.call_timeout))
         // Around the handler alone: its reads see whether the call is read-only, and a write's
         // token is stamped once the handler has answered (committed).
-        .layer(read_route::ReadRouteLayer)
+        .layer(read_route::ReadRouteLayer::default())
         // Innermost: sees the decoder's answer for an oversized or undecodable request.
         .layer(MessageSizeLayer)
         .add_routes(routes);

@@ -2,12 +2,15 @@
 //! database layer may send its reads to a replica ([`db::read_route_scope`]), with the
 //! `shopmesh-written-at` token its caller passed back; every other call's answer carries such a
 //! token when this process reads from replicas, so the caller's next reads find what it wrote.
-//! Design and bounds: docs/databases.md, "Reads from replicas".
+//! Design and bounds: docs/databases.md, "Reads from replicas". Without replicas (the flag the
+//! database layer sets when a pool gets some) a call runs as it is: every read goes to the
+//! primary anyway, and the task-local scope would be set and swapped on every poll for nothing.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use futures::future::Either;
 use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
@@ -18,14 +21,24 @@ use crate::mesh::db;
 use crate::mesh::grpc::catalogue::Method;
 
 /// See the module docs.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ReadRouteLayer;
+#[derive(Debug, Clone, Copy)]
+pub struct ReadRouteLayer {
+    /// Whether some pool of this process reads from replicas now: asked on every call, since
+    /// in the all-in-one another service's pool may get its replicas after this one serves.
+    replicas_on: fn() -> bool,
+}
+
+impl Default for ReadRouteLayer {
+    fn default() -> Self {
+        Self { replicas_on: db::replicas_on }
+    }
+}
 
 impl<S> Layer<S> for ReadRouteLayer {
     type Service = ReadRoute<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ReadRoute { inner }
+        ReadRoute { inner, replicas_on: self.replicas_on }
     }
 }
 
@@ -33,6 +46,7 @@ impl<S> Layer<S> for ReadRouteLayer {
 #[derive(Debug, Clone)]
 pub struct ReadRoute<S> {
     inner: S,
+    replicas_on: fn() -> bool,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ReadRoute<S>
@@ -48,11 +62,14 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        if !(self.replicas_on)() {
+            return ReadRouteFuture { inner: Either::Right(self.inner.call(request)), stamp: false };
+        }
         let method = Method::of(&request);
         let read_only = method.idempotency == Idempotency::NoSideEffects;
         let route = read_only.then(|| db::written_at(request.headers()));
-        let stamp = !read_only && !method.infrastructure && db::replicas_on();
-        ReadRouteFuture { inner: db::read_route_scope(route, self.inner.call(request)), stamp }
+        let stamp = !read_only && !method.infrastructure;
+        ReadRouteFuture { inner: Either::Left(db::read_route_scope(route, self.inner.call(request))), stamp }
     }
 }
 
@@ -60,7 +77,7 @@ pin_project! {
     /// The response of a [`ReadRoute`] service.
     pub struct ReadRouteFuture<F: Future> {
         #[pin]
-        inner: TaskLocalFuture<Option<Option<u64>>, F>,
+        inner: Either<TaskLocalFuture<Option<Option<u64>>, F>, F>,
         stamp: bool,
     }
 }
@@ -94,10 +111,15 @@ mod tests {
     /// What the handler of `path` sees (with `token` as the caller's header): read-only or not,
     /// and the caller's written-at.
     async fn seen(path: &str, token: Option<&str>) -> Option<Option<u64>> {
+        seen_with(|| true, path, token).await
+    }
+
+    /// [`seen`], with `replicas_on` saying whether the process reads from replicas.
+    async fn seen_with(replicas_on: fn() -> bool, path: &str, token: Option<&str>) -> Option<Option<u64>> {
         let inner = tower::service_fn(|_req: Request<()>| async {
             Ok::<_, Infallible>(Response::new(db::read_only_call()))
         });
-        let mut svc = ReadRouteLayer.layer(inner);
+        let mut svc = ReadRouteLayer { replicas_on }.layer(inner);
         let mut request = Request::builder().uri(path).body(()).expect("request");
         if let Some(token) = token {
             request.headers_mut().insert(db::WRITTEN_AT, HeaderValue::from_str(token).expect("header"));
@@ -120,5 +142,12 @@ mod tests {
         assert_eq!(seen("/shopmesh.user.v1.UserService/CreateUser", Some("1")).await, None);
         assert_eq!(seen("/shopmesh.user.v1.UserService/UpdateUser", None).await, None);
         assert_eq!(seen("/shopmesh.payment.v1.PaymentService/Charge", None).await, None);
+    }
+
+    #[tokio::test]
+    async fn without_replicas_every_call_runs_outside_the_read_only_scope() {
+        for path in ["/shopmesh.user.v1.UserService/GetUser", "/shopmesh.user.v1.UserService/CreateUser"] {
+            assert_eq!(seen_with(|| false, path, Some("1")).await, None, "{path}");
+        }
     }
 }

@@ -84,29 +84,14 @@ impl<'writer> FormatFields<'writer> for LogSpanFields {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
-
-    /// A writer the test reads back.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::mesh::telemetry::LogLines;
 
     #[test]
     fn lines_carry_the_ids_and_method_of_their_span_as_valid_json() {
-        let lines = Lines::default();
+        let lines = LogLines::default();
         let writer = lines.clone();
         let layer = tracing_subscriber::fmt::layer()
             .json()
@@ -131,7 +116,7 @@ mod tests {
             span.record("rpc.grpc.status_code", 0);
             span.in_scope(|| tracing::info!(user = "a\"b", "inside"));
         });
-        let text = String::from_utf8(lines.0.lock().expect("lock").clone()).expect("utf-8");
+        let text = lines.text();
         let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
         let span = &line["span"];
         assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{line}");

@@ -14,11 +14,15 @@
 //!   port by `metrics-exporter-prometheus`.
 //!
 //! Its settings are [`config`]; [`log_fields`] holds the fields every log line of a call
-//! carries; [`labels`] the labels every metric about a call carries.
+//! carries and [`log_ids`] fills in their ids once a line is written; [`labels`] the labels
+//! every metric about a call carries; [`handles`] the server's metric handles per method,
+//! looked up once.
 
 pub mod config;
+pub mod handles;
 pub mod labels;
 pub mod log_fields;
+pub mod log_ids;
 pub mod observe;
 
 use std::io::IsTerminal as _;
@@ -114,18 +118,23 @@ impl Telemetry {
             LogFormat::Text => false,
             LogFormat::Auto => !std::io::stderr().is_terminal(),
         };
-        let logs = if json {
-            tracing_subscriber::fmt::layer()
-                .json()
+        let json_format = tracing_subscriber::fmt::format()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true);
+        let (logs, ids) = if json {
+            let format = log_ids::LogIds::new(json_format);
+            let ids = format.dispatch();
+            let layer = tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_current_span(true)
-                .with_span_list(false)
-                .flatten_event(true)
-                // Set after the options above, which only JSON's own field formatter offers.
                 .fmt_fields(log_fields::LogSpanFields)
-                .boxed()
+                .event_format(format);
+            (layer.boxed(), ids)
         } else {
-            tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr).boxed()
+            let format = log_ids::LogIds::new(tracing_subscriber::fmt::format().compact());
+            let ids = format.dispatch();
+            (tracing_subscriber::fmt::layer().with_writer(std::io::stderr).event_format(format).boxed(), ids)
         };
         // RUST_LOG filters the log lines only: quieting logs must not switch tracing off, so the
         // OpenTelemetry layer has its own filter (every span and event at INFO and above).
@@ -152,11 +161,21 @@ impl Telemetry {
                         tracing::subscriber::Interest::never()
                     }
                 });
-        tracing_subscriber::registry()
-            .with(logs.with_filter(filter.and(spans_for_logs)))
-            .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(traced))
-            .try_init()
-            .map_err(|e| Error::Config(format!("logging is already set up: {e}")))?;
+        let subscriber =
+            tracing_subscriber::registry().with(logs.with_filter(filter.and(spans_for_logs))).with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    // Entering a span would otherwise make its context OpenTelemetry's current
+                    // one (a clone and a thread-local push on every poll of every call, and the
+                    // pop on exit). Nothing here reads `opentelemetry::Context::current()`: the
+                    // client sends, and the events carry, the span's own context
+                    // (`span.context()`), and a new span finds its parent in the span registry.
+                    .with_context_activation(false)
+                    .with_filter(traced),
+            );
+        let dispatch = tracing::Dispatch::new(subscriber);
+        let _ = ids.set(dispatch.downgrade());
+        dispatch.try_init().map_err(|e| Error::Config(format!("logging is already set up: {e}")))?;
 
         if let MetricsListen(Some(addr)) = config.metrics_listen {
             PrometheusBuilder::new()
@@ -219,4 +238,28 @@ pub(crate) fn recorded_labels(name: &str, call: impl FnOnce()) -> Vec<Vec<(Strin
         .filter(|(key, ..)| key.key().name() == name)
         .map(|(key, ..)| key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect())
         .collect()
+}
+
+/// A log writer whose lines a unit test reads back (for tests of the log formatters).
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl LogLines {
+    /// Everything written so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
+    }
+}
+
+#[cfg(test)]
+impl std::io::Write for LogLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

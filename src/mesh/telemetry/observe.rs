@@ -9,8 +9,9 @@
 //! that: anyone else's call starts a new trace, its context kept only as a span link and its
 //! baggage dropped, so an outside caller can neither force sampling nor send baggage on to
 //! the services behind this one. Without authentication (local development) every caller's
-//! context is continued, so grpcurl with a `traceparent` joins the caller's trace. Spans carry `trace_id` and `span_id` fields, which
-//! the log formatter prints on every line written inside them.
+//! context is continued, so grpcurl with a `traceparent` joins the caller's trace. Spans
+//! declare `trace_id` and `span_id` fields, which the log formatter fills in and prints on every
+//! line written inside them ([`log_ids`](super::log_ids): only once a line is written).
 //!
 //! Metric and label names follow OpenTelemetry's RPC conventions in their Prometheus form:
 //! `rpc_server_call_duration_seconds` and `rpc_client_call_duration_seconds` (histograms by
@@ -34,6 +35,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::mesh::grpc::catalogue::{Catalogue, Method};
 use crate::mesh::grpc::code::code_of;
 use crate::mesh::identity::PeerIdentity;
+use crate::mesh::telemetry::handles::{Active, CallMetrics};
 use crate::mesh::telemetry::labels;
 
 /// gRPC status codes as label values, by number.
@@ -46,34 +48,14 @@ fn server_error(code: i32) -> bool {
     matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
-/// A finished call, on either side.
-struct Call<'a> {
-    span: &'a tracing::Span,
-    start: Instant,
-    method: Method,
-}
-
-impl Call<'_> {
-    /// Records `code` on the span (an error status when `is_error` says so) and the duration
-    /// in the `histogram`.
-    fn finish(self, code: i32, histogram: &'static str, is_error: fn(i32) -> bool) {
-        self.span.record("rpc.grpc.status_code", code);
-        if is_error(code) {
-            self.span.record("otel.status_code", "ERROR");
-        }
-        let code = usize::try_from(code).ok().and_then(|c| CODES.get(c)).copied().unwrap_or("2");
-        metrics::histogram!(histogram, labels::rpc(&self.method, &[("rpc_grpc_status_code", code)]))
-            .record(self.start.elapsed().as_secs_f64());
+/// Records `code` on a finished call's span (an error status when `is_error` says so) and
+/// returns it as a label value.
+fn finish_span(span: &tracing::Span, code: i32, is_error: fn(i32) -> bool) -> &'static str {
+    span.record("rpc.grpc.status_code", code);
+    if is_error(code) {
+        span.record("otel.status_code", "ERROR");
     }
-}
-
-fn record_ids(span: &tracing::Span) {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        span.record("trace_id", tracing::field::display(span_context.trace_id()));
-        span.record("span_id", tracing::field::display(span_context.span_id()));
-    }
+    usize::try_from(code).ok().and_then(|c| CODES.get(c)).copied().unwrap_or("2")
 }
 
 /// Registers help texts of the metrics this crate records.
@@ -159,16 +141,18 @@ pub fn describe_metrics() {
 
 /// Server side: a span per call that continues the caller's trace (when the caller may steer
 /// it), the call's duration by method and status, and the number of calls in progress.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 pub struct ServerObserveLayer {
     authenticated: bool,
+    metrics: CallMetrics,
 }
 
 impl ServerObserveLayer {
     /// With `authenticated` (the mesh runs with mutual TLS or bearer tokens), only callers with
-    /// a mesh identity continue their trace; without, every caller does.
-    pub fn new(authenticated: bool) -> Self {
-        Self { authenticated }
+    /// a mesh identity continue their trace; without, every caller does. The metric handles of
+    /// the methods of `catalogue` are kept once looked up.
+    pub fn new(authenticated: bool, catalogue: Catalogue) -> Self {
+        Self { authenticated, metrics: CallMetrics::new(catalogue, "rpc_server_call_duration_seconds") }
     }
 }
 
@@ -176,7 +160,7 @@ impl<S> Layer<S> for ServerObserveLayer {
     type Service = ServerObserve<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServerObserve { inner, authenticated: self.authenticated }
+        ServerObserve { inner, authenticated: self.authenticated, metrics: self.metrics.clone() }
     }
 }
 
@@ -185,24 +169,7 @@ impl<S> Layer<S> for ServerObserveLayer {
 pub struct ServerObserve<S> {
     inner: S,
     authenticated: bool,
-}
-
-/// Decrements the in-progress gauge however the call ends (answered or dropped).
-struct Active(&'static str);
-
-impl Active {
-    fn start(service: &'static str) -> Self {
-        metrics::gauge!("rpc_server_active_requests", "rpc_system" => labels::RPC_SYSTEM, "rpc_service" => service)
-            .increment(1.0);
-        Self(service)
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        metrics::gauge!("rpc_server_active_requests", "rpc_system" => labels::RPC_SYSTEM, "rpc_service" => self.0)
-            .decrement(1.0);
-    }
+    metrics: CallMetrics,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ServerObserve<S>
@@ -252,10 +219,9 @@ where
                 let _ = span.set_parent(opentelemetry::Context::new());
                 span.add_link(parent.span().span_context().clone());
             }
-            record_ids(&span);
             span
         };
-        let active = Active::start(service);
+        let active = self.metrics.active(&called);
         // Inside the span, so what the layers below log while deciding (a refusal) carries
         // the call's trace id.
         let inner = span.in_scope(|| self.inner.call(request));
@@ -264,6 +230,7 @@ where
             span,
             start: Instant::now(),
             method: called,
+            metrics: self.metrics.clone(),
             _active: active,
         }
     }
@@ -277,6 +244,7 @@ pin_project! {
         span: tracing::Span,
         start: Instant,
         method: Method,
+        metrics: CallMetrics,
         _active: Active,
     }
 }
@@ -290,8 +258,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let call = Call { span: this.span, start: *this.start, method: *this.method };
-        call.finish(code_of(&result), "rpc_server_call_duration_seconds", server_error);
+        let code = finish_span(this.span, code_of(&result), server_error);
+        this.metrics.record(this.method, code, this.start.elapsed().as_secs_f64());
         Poll::Ready(result)
     }
 }
@@ -357,7 +325,6 @@ where
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&context, &mut HeaderInjector(request.headers_mut()));
         });
-        record_ids(&span);
         ClientFuture {
             inner: self.inner.call(request).instrument(span.clone()),
             span,
@@ -387,8 +354,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let call = Call { span: this.span, start: *this.start, method: *this.method };
-        call.finish(code_of(&result), "rpc_client_call_duration_seconds", |code| code != 0);
+        let code = finish_span(this.span, code_of(&result), |code| code != 0);
+        metrics::histogram!(
+            "rpc_client_call_duration_seconds",
+            labels::rpc(this.method, &[("rpc_grpc_status_code", code)])
+        )
+        .record(this.start.elapsed().as_secs_f64());
         Poll::Ready(result)
     }
 }
