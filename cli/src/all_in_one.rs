@@ -30,7 +30,7 @@ pub struct InProcess {
     /// stack (the same layers, policy and traces as over its port) without a socket or HTTP/2.
     /// `false` sends them over the local ports, as separate processes would. Outside callers
     /// use the ports either way.
-    #[arg(long = "in-process-calls", env = "SHOPMESH_IN_PROCESS_CALLS", default_value_t = true,
+    #[arg(long = "in-process-calls", env = "SHOPMESH_IN_PROCESS_CALLS", default_value_t = true, value_name = "BOOL",
           action = clap::ArgAction::Set, help_heading = CALLS)]
     pub calls: bool,
 }

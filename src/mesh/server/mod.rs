@@ -29,6 +29,11 @@
 //! 14. [`message_size`]: oversized messages, RESOURCE_EXHAUSTED.
 //! 15. The router: health, reflection, the service.
 //!
+//! In the all-in-one run the same stack (2. to 15.) also takes in-process calls from the
+//! process's other services ([`client::local`](crate::mesh::client::local)): no socket, so no
+//! 1., with the caller's identity and address set as the connection would set them, and
+//! tonic's recovery of a layer's error into a status, which its server adds per connection.
+//!
 //! The plaintext probe port serves health alone, with the same HTTP/2 limits (1.) and the
 //! same read timeout and bounds (8., 9.); it reads no other message.
 //!
