@@ -108,7 +108,7 @@ impl UserService for Scripted {
 async fn serve_user(mesh: &Mesh, listener: TcpListener, routes: Routes) -> Spawned {
     let mesh = mesh.clone();
     testing::spawn_on(listener, "shopmesh.user.v1.UserService", move |listener, shutdown| async move {
-        server::serve_as(
+        server::serve(
             Some("user"),
             &mesh,
             &["shopmesh.user.v1.UserService"],

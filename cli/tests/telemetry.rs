@@ -193,31 +193,12 @@ async fn in_the_all_in_one_calls_go_in_process_and_stay_one_trace() {
     testing::wait_serving(catalog_addr, "shopmesh.catalog.v1.CatalogService").await;
     testing::wait_serving(order_addr, "shopmesh.order.v1.OrderService").await;
 
-    let mut products =
-        CatalogServiceClient::connect(format!("http://{catalog_addr}")).await.expect("connect catalog");
-    let book = Product {
-        sku: "BOOK-42".into(),
-        display_name: "The book".into(),
-        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1250 }),
-        active: true,
-        ..Product::default()
-    };
-    products.create_product(CreateProductRequest { product: Some(book) }).await.expect("create product");
-    let mut users = UserServiceClient::connect(format!("http://{user_addr}")).await.expect("connect");
-    let ada = users
-        .create_user(CreateUserRequest {
-            email: "ada@example.com".into(),
-            display_name: "Ada".into(),
-            request_id: String::new(),
-        })
-        .await
-        .expect("user")
-        .into_inner();
+    let ada = book_and_buyer(catalog_addr, user_addr).await;
     let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
     let caller_span = "10f067aa0ba902b8";
     let mut orders = OrderServiceClient::connect(format!("http://{order_addr}")).await.expect("connect");
     let mut request = tonic::Request::new(CreateOrderRequest {
-        user_id: ada.id,
+        user_id: ada,
         line_items: vec![LineItem {
             sku: "BOOK-42".into(),
             quantity: 2,
@@ -269,6 +250,28 @@ async fn in_the_all_in_one_calls_go_in_process_and_stay_one_trace() {
             "{server:#?}"
         );
     }
+}
+
+/// Creates BOOK-42 (12.50 USD) in the catalog at `catalog_addr` and Ada at the user service at
+/// `user_addr`; Ada's id.
+async fn book_and_buyer(catalog_addr: std::net::SocketAddr, user_addr: std::net::SocketAddr) -> String {
+    let mut products =
+        CatalogServiceClient::connect(format!("http://{catalog_addr}")).await.expect("connect catalog");
+    let book = Product {
+        sku: "BOOK-42".into(),
+        display_name: "The book".into(),
+        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1250 }),
+        active: true,
+        ..Product::default()
+    };
+    products.create_product(CreateProductRequest { product: Some(book) }).await.expect("create product");
+    let mut users = UserServiceClient::connect(format!("http://{user_addr}")).await.expect("connect");
+    let ada = CreateUserRequest {
+        email: "ada@example.com".into(),
+        display_name: "Ada".into(),
+        request_id: String::new(),
+    };
+    users.create_user(ada).await.expect("user").into_inner().id
 }
 
 /// A real OTLP trace receiver on 127.0.0.1, and its endpoint for `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -377,27 +380,7 @@ async fn one_trace(backend: Backend) {
     testing::wait_serving(order_addr, "shopmesh.order.v1.OrderService").await;
 
     // The order service prices orders from the catalog: the product is created there first.
-    let mut products =
-        CatalogServiceClient::connect(format!("http://{catalog_addr}")).await.expect("connect catalog");
-    let book = Product {
-        sku: "BOOK-42".into(),
-        display_name: "The book".into(),
-        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1250 }),
-        active: true,
-        ..Product::default()
-    };
-    products.create_product(CreateProductRequest { product: Some(book) }).await.expect("create product");
-
-    let mut users = UserServiceClient::connect(format!("http://{user_addr}")).await.expect("connect");
-    let ada = users
-        .create_user(CreateUserRequest {
-            email: "ada@example.com".into(),
-            display_name: "Ada".into(),
-            request_id: String::new(),
-        })
-        .await
-        .expect("user")
-        .into_inner();
+    let ada = book_and_buyer(catalog_addr, user_addr).await;
 
     // A caller that is itself traced: its traceparent must be continued.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -412,7 +395,7 @@ async fn one_trace(backend: Backend) {
         }],
         request_id: String::new(),
     };
-    let mut request = tonic::Request::new(order_of(&ada.id));
+    let mut request = tonic::Request::new(order_of(&ada));
     request
         .metadata_mut()
         .insert("traceparent", format!("00-{trace_id}-{caller_span}-01").parse().expect("ascii"));

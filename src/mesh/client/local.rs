@@ -55,7 +55,8 @@ impl LocalServers {
             .into_iter()
             .map(|(name, addr)| {
                 let slot = Slot {
-                    addr,
+                    // As a connection over loopback would show it, for a port on every address.
+                    addr: loopback_if_unspecified(addr),
                     server: OnceLock::new(),
                     stopped: AtomicBool::new(false),
                     changed: watch::Sender::new(()),
@@ -97,6 +98,18 @@ impl LocalServers {
         let tcp = TcpConnectInfo { local_addr: Some(slot.addr), remote_addr: Some(remote) };
         let calls = metrics::counter!("shopmesh_client_in_process_calls_total", "target" => name.to_owned());
         Some(Local { slot, tcp, identity, target: name.into(), calls })
+    }
+}
+
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            (std::net::Ipv4Addr::LOCALHOST, addr.port()).into()
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            (std::net::Ipv6Addr::LOCALHOST, addr.port()).into()
+        }
+        _ => addr,
     }
 }
 
@@ -194,5 +207,18 @@ impl Service<Request<Bytes>> for Local {
                 }
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_on_every_address_is_seen_on_loopback() {
+        let seen = |a: &str| loopback_if_unspecified(a.parse().expect("addr")).to_string();
+        assert_eq!(seen("0.0.0.0:5"), "127.0.0.1:5");
+        assert_eq!(seen("[::]:5"), "[::1]:5");
+        assert_eq!(seen("10.1.2.3:5"), "10.1.2.3:5");
     }
 }

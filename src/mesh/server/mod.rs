@@ -194,16 +194,9 @@ where
             })
         })
         .collect();
-    let result = serve_as(
-        Some(S::NAME),
-        mesh,
-        &[S::GRPC_SERVICE],
-        started.routes,
-        listeners,
-        Some(readiness),
-        shutdown,
-    )
-    .await;
+    let result =
+        serve(Some(S::NAME), mesh, &[S::GRPC_SERVICE], started.routes, listeners, Some(readiness), shutdown)
+            .await;
     for task in beside {
         task.abort();
     }
@@ -222,25 +215,13 @@ where
 /// at once (so balancers stop sending), the server keeps serving for the drain delay, then
 /// stops accepting and gives in-flight calls `shutdown_timeout` to finish.
 ///
+/// `name` is the service's short name, when it is one of the mesh's: while it serves, callers
+/// in this process reach it without a socket, when the mesh has it among its local servers
+/// ([`Mesh::with_local_servers`]).
+///
 /// # Errors
 /// Why it could not serve.
 pub async fn serve<F>(
-    mesh: &Mesh,
-    services: &[&'static str],
-    routes: Routes,
-    listeners: Listeners,
-    readiness: Option<Readiness>,
-    shutdown: F,
-) -> Result<(), Error>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    serve_as(None, mesh, services, routes, listeners, readiness, shutdown).await
-}
-
-/// As [`serve`], the service named `name` when it is one: callers in this process reach it
-/// without a socket while it serves, when the mesh has it among its local servers.
-pub async fn serve_as<F>(
     name: Option<&str>,
     mesh: &Mesh,
     services: &[&'static str],
