@@ -185,6 +185,16 @@ async fn calls_between_services_of_one_process_go_in_process_as_over_the_socket(
     let after = users.get_user(GetUserRequest { id: "after".into() }).await.expect_err("NOT_FOUND");
     assert_eq!(after.code(), Code::NotFound, "the slot was given back: {after:?}");
 
+    // A message over the server's limit is refused before its handler, as over the socket;
+    // one just under it is read and handled.
+    let limit = testing::mesh_config().server.max_message_bytes;
+    let big = users.get_user(GetUserRequest { id: "x".repeat(limit + 1) }).await.expect_err("too large");
+    assert_eq!(big.code(), Code::ResourceExhausted, "{:?}", big.message());
+    let handled = script.0.deadlines.lock().expect("lock").len();
+    let large = users.get_user(GetUserRequest { id: "x".repeat(limit - 64) }).await.expect_err("NOT_FOUND");
+    assert_eq!(large.code(), Code::NotFound, "{:?}", large.code());
+    assert_eq!(script.0.deadlines.lock().expect("lock").len(), handled + 1, "the handler saw it");
+
     // Outside callers still reach the service over its port.
     let mut tcp = UserServiceClient::connect(format!("http://{user_addr}")).await.expect("connect");
     let over_tcp = tcp.get_user(GetUserRequest { id: "tcp".into() }).await.expect_err("NOT_FOUND");
