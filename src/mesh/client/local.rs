@@ -4,7 +4,8 @@
 //! still encoded by tonic's codec, `grpc-timeout` and `traceparent` still travel as headers,
 //! and the connection facts the server's layers read (the caller's mesh identity, its address)
 //! are set here as tonic's transport would set them, so policy, shedding, rate limits, deadlines
-//! and traces decide as over the socket.
+//! and traces decide as over the socket. The server's bounds (calls in progress, read buffer,
+//! rate) are the same instances its port uses: in-process callers share them with the others.
 //!
 //! [`LocalServers`] is the process's table of its own services: one slot per service, filled
 //! when the service starts serving ([`LocalServers::serve`]) and emptied when it stops.
