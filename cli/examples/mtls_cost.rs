@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         let routes = User::start(&mesh, &user, pool.clone()).await?.routes;
         tokio::spawn(async move {
             server::serve(
+                None,
                 &mesh,
                 &[User::GRPC_SERVICE],
                 routes,

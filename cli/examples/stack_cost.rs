@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let serving = mesh_for_server.clone();
     tokio::spawn(async move {
         server::serve(
+            None,
             &serving,
             &[User::GRPC_SERVICE],
             routes,

@@ -1,11 +1,17 @@
 //! The all-in-one run (`shopmesh` with no subcommand): every service of the list in one
-//! process, each on its own port, calling the others over gRPC exactly as separate processes
-//! would, through a mesh whose upstream table points at the local ports.
+//! process, each on its own port, through a mesh whose upstream table points at the local
+//! ports. Calls between them go in-process ([`client::local`]): through the same client and
+//! server stacks as separate processes' calls, without a socket; `--in-process-calls=false`
+//! sends them over the local ports instead.
+//!
+//! [`client::local`]: shopmesh::mesh::client::local
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use shopmesh::mesh::client::local::LocalServers;
+use shopmesh::mesh::config::CALLS;
 use shopmesh::mesh::events::{Broker, Events};
 use shopmesh::mesh::service::{Listeners, Mesh, MeshService};
 use shopmesh::mesh::upstream::Upstream;
@@ -16,6 +22,18 @@ use tokio_util::sync::CancellationToken;
 use crate::banner::print_banner;
 use crate::serve::{bind, mesh_of};
 use crate::services::AllArgs;
+
+/// How the all-in-one's services call each other.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InProcess {
+    /// Whether calls between the all-in-one's services go in-process: into the callee's server
+    /// stack (the same layers, policy and traces as over its port) without a socket or HTTP/2.
+    /// `false` sends them over the local ports, as separate processes would. Outside callers
+    /// use the ports either way.
+    #[arg(long = "in-process-calls", env = "SHOPMESH_IN_PROCESS_CALLS", default_value_t = true, value_name = "BOOL",
+          action = clap::ArgAction::Set, help_heading = CALLS)]
+    pub calls: bool,
+}
 
 /// Runs one service on the mesh and its listeners until the shutdown future completes.
 type Run = Box<dyn FnOnce(Mesh, Listeners, BoxFuture<'static, ()>) -> BoxFuture<'static, RunResult> + Send>;
@@ -82,6 +100,7 @@ pub fn local_url(addr: SocketAddr) -> String {
 /// Runs every service until a signal, or until one of them stops.
 pub async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let in_process = args.in_process.calls;
     let (config, upstreams, launches) = args.launches();
     let launches = start_order(launches);
     if let Some(addr) = config.security.probe_listen {
@@ -118,7 +137,11 @@ pub async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     if let Some(tls) = mesh.tls() {
         table.expect_everywhere(&tls.identity().to_string());
     }
-    let mesh = mesh.with_upstreams(table);
+    let mut mesh = mesh.with_upstreams(table);
+    if in_process {
+        mesh = mesh
+            .with_local_servers(LocalServers::new(launches.iter().zip(&addrs).map(|(l, a)| (l.name, *a))));
+    }
     let authenticated = mesh.authenticates_every_call();
     let shown: Vec<(&'static str, SocketAddr, &'static str)> =
         launches.iter().zip(&addrs).map(|(l, a)| (l.name, *a, l.grpc_service)).collect();

@@ -41,6 +41,8 @@ macro_rules! services {
             )+
             #[command(flatten)]
             pub upstreams: UpstreamArgs<Every>,
+            #[command(flatten)]
+            pub in_process: crate::all_in_one::InProcess,
         }
 
         impl AllArgs {

@@ -197,7 +197,7 @@ impl PaymentService for FakePayments {
 async fn serve(name: &'static str, routes: Routes, mesh: MeshConfig) -> Spawned {
     let mesh = testing::mesh(mesh);
     testing::spawn(name, move |listener, shutdown| async move {
-        server::serve(&mesh, &[name], routes, Listeners::new(listener), None, shutdown).await
+        server::serve(None, &mesh, &[name], routes, Listeners::new(listener), None, shutdown).await
     })
     .await
 }

@@ -153,6 +153,127 @@ async fn one_order_is_one_trace_across_four_processes() {
     }
 }
 
+/// The all-in-one run: a CreateOrder's calls to user, catalog and payment go in-process
+/// (counted per callee; a fallback to the local ports would count none) and still make one
+/// trace: each callee's server span under the order service's client span, under the order
+/// server span that continues the caller's trace.
+#[tokio::test]
+async fn in_the_all_in_one_calls_go_in_process_and_stay_one_trace() {
+    let (receiver, otlp) = otlp_receiver().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = |name: &str| format!("sqlite://{}/{name}.db", dir.path().display());
+    let (user_addr, catalog_addr, order_addr, metrics_addr) =
+        (free_addr(), free_addr(), free_addr(), free_addr());
+    let args = [
+        format!("--user-listen={user_addr}"),
+        format!("--catalog-listen={catalog_addr}"),
+        format!("--order-listen={order_addr}"),
+        "--payment-listen=127.0.0.1:0".to_owned(),
+        "--inventory-listen=127.0.0.1:0".to_owned(),
+        "--notification-listen=127.0.0.1:0".to_owned(),
+        // Every CreateOrder asks the catalog, so the traced one shows the hop.
+        "--catalog-cache-ttl=0s".to_owned(),
+        format!("--processor-ledger-url={}", db("processor")),
+    ]
+    .into_iter()
+    .chain(
+        ["user", "payment", "catalog", "order", "inventory", "notification"]
+            .map(|svc| format!("--{svc}-database-url={}", db(svc))),
+    )
+    .collect::<Vec<_>>();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("SHOPMESH_METRICS_LISTEN", metrics_addr.to_string()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let process = Process::start_with(&args, &env, Stdio::null());
+    testing::wait_serving(user_addr, "shopmesh.user.v1.UserService").await;
+    testing::wait_serving(catalog_addr, "shopmesh.catalog.v1.CatalogService").await;
+    testing::wait_serving(order_addr, "shopmesh.order.v1.OrderService").await;
+
+    let ada = book_and_buyer(catalog_addr, user_addr).await;
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let caller_span = "10f067aa0ba902b8";
+    let mut orders = OrderServiceClient::connect(format!("http://{order_addr}")).await.expect("connect");
+    let mut request = tonic::Request::new(CreateOrderRequest {
+        user_id: ada,
+        line_items: vec![LineItem {
+            sku: "BOOK-42".into(),
+            quantity: 2,
+            unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1250 }),
+        }],
+        request_id: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("traceparent", format!("00-{trace_id}-{caller_span}-01").parse().expect("ascii"));
+    let paid = orders.create_order(request).await.expect("order").into_inner();
+    assert_eq!(paid.state(), OrderState::Paid);
+
+    let metrics = scrape(metrics_addr).await;
+    for target in ["user", "catalog", "payment"] {
+        let calls = sample(&metrics, "shopmesh_client_in_process_calls_total", &[("target", target)]);
+        assert!(calls.is_some_and(|n| n >= 1.0), "no in-process call to {target}: {metrics}");
+    }
+    let exposition = metrics.split_once("\r\n\r\n").map_or(metrics.as_str(), |(_, body)| body);
+    let wrong = metrics_table::disagreements(exposition);
+    assert!(wrong.is_empty(), "/metrics and docs/observability.md disagree:\n{}", wrong.join("\n"));
+
+    assert!(process.terminate().await.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let traced = loop {
+        let traced: Vec<Received> = receiver.spans().into_iter().filter(|s| s.trace_id == trace_id).collect();
+        if traced.iter().filter(|s| s.kind == SpanKind::Server as i32).count() >= 4
+            || Instant::now() > deadline
+        {
+            break traced;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let order_server =
+        one(&traced, "shopmesh", "shopmesh.order.v1.OrderService/CreateOrder", SpanKind::Server);
+    assert_eq!(order_server.parent, caller_span);
+    for name in [
+        "shopmesh.user.v1.UserService/GetUser",
+        "shopmesh.catalog.v1.CatalogService/BatchGetProducts",
+        "shopmesh.payment.v1.PaymentService/Charge",
+    ] {
+        let client = one(&traced, "shopmesh", name, SpanKind::Client);
+        assert_eq!(client.parent, order_server.span_id, "{name} client span's parent");
+        let server = one(&traced, "shopmesh", name, SpanKind::Server);
+        assert_eq!(server.parent, client.span_id, "{name} server span's parent");
+        assert_eq!(
+            server.attributes.get("rpc.grpc.status_code").map(String::as_str),
+            Some("0"),
+            "{server:#?}"
+        );
+    }
+}
+
+/// Creates BOOK-42 (12.50 USD) in the catalog at `catalog_addr` and Ada at the user service at
+/// `user_addr`; Ada's id.
+async fn book_and_buyer(catalog_addr: std::net::SocketAddr, user_addr: std::net::SocketAddr) -> String {
+    let mut products =
+        CatalogServiceClient::connect(format!("http://{catalog_addr}")).await.expect("connect catalog");
+    let book = Product {
+        sku: "BOOK-42".into(),
+        display_name: "The book".into(),
+        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1250 }),
+        active: true,
+        ..Product::default()
+    };
+    products.create_product(CreateProductRequest { product: Some(book) }).await.expect("create product");
+    let mut users = UserServiceClient::connect(format!("http://{user_addr}")).await.expect("connect");
+    let ada = CreateUserRequest {
+        email: "ada@example.com".into(),
+        display_name: "Ada".into(),
+        request_id: String::new(),
+    };
+    users.create_user(ada).await.expect("user").into_inner().id
+}
+
 /// A real OTLP trace receiver on 127.0.0.1, and its endpoint for `OTEL_EXPORTER_OTLP_ENDPOINT`.
 async fn otlp_receiver() -> (Receiver, String) {
     let receiver = Receiver::default();
@@ -259,27 +380,7 @@ async fn one_trace(backend: Backend) {
     testing::wait_serving(order_addr, "shopmesh.order.v1.OrderService").await;
 
     // The order service prices orders from the catalog: the product is created there first.
-    let mut products =
-        CatalogServiceClient::connect(format!("http://{catalog_addr}")).await.expect("connect catalog");
-    let book = Product {
-        sku: "BOOK-42".into(),
-        display_name: "The book".into(),
-        unit_price: Some(Money { currency_code: "USD".into(), amount_minor: 1250 }),
-        active: true,
-        ..Product::default()
-    };
-    products.create_product(CreateProductRequest { product: Some(book) }).await.expect("create product");
-
-    let mut users = UserServiceClient::connect(format!("http://{user_addr}")).await.expect("connect");
-    let ada = users
-        .create_user(CreateUserRequest {
-            email: "ada@example.com".into(),
-            display_name: "Ada".into(),
-            request_id: String::new(),
-        })
-        .await
-        .expect("user")
-        .into_inner();
+    let ada = book_and_buyer(catalog_addr, user_addr).await;
 
     // A caller that is itself traced: its traceparent must be continued.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -294,7 +395,7 @@ async fn one_trace(backend: Backend) {
         }],
         request_id: String::new(),
     };
-    let mut request = tonic::Request::new(order_of(&ada.id));
+    let mut request = tonic::Request::new(order_of(&ada));
     request
         .metadata_mut()
         .insert("traceparent", format!("00-{trace_id}-{caller_span}-01").parse().expect("ascii"));

@@ -16,13 +16,14 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 use crate::mesh::Error;
+use crate::mesh::client::local::LocalServers;
 use crate::mesh::client::{self, Channel};
 use crate::mesh::config::MeshConfig;
 use crate::mesh::config::TokenRequirement;
 use crate::mesh::db::{Migrations, Pool};
 use crate::mesh::events::{Broker, Events};
 use crate::mesh::grpc::catalogue::Catalogue;
-use crate::mesh::identity::SpiffeId;
+use crate::mesh::identity::{PeerIdentity, SpiffeId};
 use crate::mesh::security::authz::Policy;
 use crate::mesh::security::bearer::Verifier;
 use crate::mesh::security::tls::MeshTls;
@@ -135,6 +136,8 @@ pub struct Mesh {
     upstreams: Arc<Upstreams>,
     /// Where events go, when this process has a broker.
     broker: Option<Broker>,
+    /// The services of this process that its services call without a socket.
+    local: Option<LocalServers>,
 }
 
 struct Inner {
@@ -185,6 +188,7 @@ impl Mesh {
             inner: Arc::new(Inner { config, api, tls, verifier, policy }),
             upstreams: Arc::new(Upstreams::new()),
             broker: None,
+            local: None,
         })
     }
 
@@ -200,6 +204,19 @@ impl Mesh {
     pub fn with_broker(mut self, broker: Broker) -> Self {
         self.broker = Some(broker);
         self
+    }
+
+    /// This mesh with `local` as the services of this process: calls to them from its
+    /// services go in-process ([`client::local`]), and each registers there when it serves.
+    #[must_use]
+    pub fn with_local_servers(mut self, local: LocalServers) -> Self {
+        self.local = Some(local);
+        self
+    }
+
+    /// The services of this process reached without a socket, when there are.
+    pub fn local_servers(&self) -> Option<&LocalServers> {
+        self.local.as_ref()
     }
 
     /// The broker of service `own`, which declares events.
@@ -273,7 +290,9 @@ impl Mesh {
     /// mesh's table gives. Over mutual TLS only a server presenting the table's expected ID is
     /// accepted; without one, the ID of the upstream beside this process's own
     /// ([`SpiffeId::sibling`]: `<release>-<own>` calls `<release>-<name>`, the chart's and
-    /// `dev-certs`' naming).
+    /// `dev-certs`' naming). When `upstream` is a service of this process
+    /// ([`Mesh::with_local_servers`]) that presents this identity, calls go to it in-process,
+    /// presenting this process's identity as its certificate would.
     ///
     /// # Errors
     /// [`Error::Config`] for an upstream missing from the table, a malformed target, an expected
@@ -296,6 +315,10 @@ impl Mesh {
                      need mutual TLS to prove which service makes them: set --tls-cert, --tls-key and \
                      --tls-ca (the chart's tls.enabled=true), or turn tokens off"
                 )));
+            }
+            if let Some(local) = self.local.as_ref().and_then(|l| l.call(Some(own), name, None)) {
+                tracing::info!(upstream = name, grpc_service = upstream.grpc_service, "calls go in-process");
+                return client::local_channel(local, config, self.inner.api.catalogue);
             }
             return client::channel(&target.url, config, self.inner.api.catalogue, None).await;
         };
@@ -321,6 +344,16 @@ impl Mesh {
                 })?
             }
         };
+        let own_id = tls.identity();
+        // In-process only where the callee would present the identity required of it (this
+        // process's); otherwise the network path fails the call as it would.
+        if server == own_id
+            && let Some(local) =
+                self.local.as_ref().and_then(|l| l.call(Some(own), name, Some(PeerIdentity(own_id))))
+        {
+            tracing::info!(upstream = name, grpc_service = upstream.grpc_service, "calls go in-process");
+            return client::local_channel(local, config, self.inner.api.catalogue);
+        }
         tracing::info!(upstream = name, grpc_service = upstream.grpc_service, server = %server, "calls accept only this server identity");
         client::pinned_channel(&target.url, config, self.inner.api.catalogue, tls, server).await
     }

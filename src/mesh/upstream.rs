@@ -157,7 +157,7 @@ impl<D: Declared> clap::Args for UpstreamArgs<D> {
                     "The {name} service ({grpc_service}), which {role}: `http://host:port`, or several \
                      comma-separated. A DNS name is resolved to all its addresses (a Kubernetes headless \
                      Service) and re-resolved; calls are balanced over them. When all services run in one \
-                     process, the local one is used"
+                     process, the local one is used, called in-process (--in-process-calls)"
                 ),
             };
             let id_help = match as_for(first.map(|f| f.spiffe_id_flag()).unwrap_or_default()) {

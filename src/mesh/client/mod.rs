@@ -9,19 +9,28 @@
 //! 3. [`Retry`](retry::Retry): repeats UNAVAILABLE answers of repeatable calls within the
 //!    deadline and the retry budget; below the deadline so each attempt is sent the time
 //!    actually left.
-//! 4. [`Balanced`](balance::Balanced): power-of-two-choices over every endpoint of the target,
-//!    ejecting failing ones; below the retries so a retry can land on another replica.
+//! 4. [`Route`]: where the attempt goes. Over the network, [`Balanced`](balance::Balanced):
+//!    power-of-two-choices over every endpoint of the target, ejecting failing ones; below the
+//!    retries so a retry can land on another replica. In-process, [`Local`](local::Local): the
+//!    callee's own server stack in this process, without a socket (the all-in-one run).
 //!
 //! Most services get their channels from [`Mesh::channel`](crate::mesh::service::Mesh::channel).
 
 pub mod balance;
 pub mod call_deadline;
 pub mod config;
+pub mod local;
 pub mod retry;
 pub mod service_config;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::future::Either;
+use http::{Request, Response};
+use tower::{BoxError, Service};
 
 use tokio::sync::watch;
 
@@ -32,13 +41,44 @@ use crate::mesh::identity::SpiffeId;
 use crate::mesh::security::connect::TlsConnector;
 use crate::mesh::security::tls::MeshTls;
 use crate::mesh::telemetry::observe::{ClientObserve, ClientObserveLayer};
-use balance::{Balanced, Source};
+use balance::{Balanced, BalancedFuture, Source};
 use call_deadline::{ClientDeadline, ClientDeadlineLayer};
+use local::{Local, LocalFuture};
 use retry::{Retry, RetryLayer};
 
 /// A channel to one service through the mesh's client stack; hand it to a generated client
 /// (`UserServiceClient::new(channel)`). Clones share connections, balancer and retry budget.
-pub type Channel = ClientObserve<ClientDeadline<Retry<Balanced>>>;
+pub type Channel = ClientObserve<ClientDeadline<Retry<Route>>>;
+
+/// Where a channel's calls go: over the network to the target's endpoints, or into a service
+/// of this process. One type, so a service's code is the same whichever way its calls go.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Balanced over the target's endpoints, over HTTP/2.
+    Network(Balanced),
+    /// The callee's server stack in this process.
+    Local(Local),
+}
+
+impl Service<Request<Bytes>> for Route {
+    type Response = Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Either<BalancedFuture, LocalFuture>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Self::Network(balanced) => balanced.poll_ready(cx),
+            Self::Local(local) => local.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        match self {
+            Self::Network(balanced) => Either::Left(balanced.call(request)),
+            Self::Local(local) => Either::Right(local.call(request)),
+        }
+    }
+}
 
 /// A channel to `target`: `http://host:port`, or several comma-separated; DNS names are
 /// re-resolved every `resolve_interval` and calls spread over all addresses. Calls are retried
@@ -91,6 +131,15 @@ pub async fn channel_from_watch(
     build(name, Source::Watch(addresses), config, catalogue, None).await
 }
 
+/// A channel whose calls go into `local`, a service of this process, through the same client
+/// layers as a network channel's.
+///
+/// # Errors
+/// [`Error::Config`] for out-of-range retry settings.
+pub fn local_channel(local: Local, config: &ClientConfig, catalogue: Catalogue) -> Result<Channel, Error> {
+    stack(Route::Local(local), config, catalogue)
+}
+
 async fn build(
     name: &str,
     source: Source,
@@ -98,8 +147,13 @@ async fn build(
     catalogue: Catalogue,
     tls: Option<TlsConnector>,
 ) -> Result<Channel, Error> {
-    let retry = RetryLayer::new(config, catalogue).map_err(Error::Config)?;
     let balanced = Balanced::new(name, source, config, tls).await;
+    stack(Route::Network(balanced), config, catalogue)
+}
+
+/// The client layers over `route`.
+fn stack(route: Route, config: &ClientConfig, catalogue: Catalogue) -> Result<Channel, Error> {
+    let retry = RetryLayer::new(config, catalogue).map_err(Error::Config)?;
     let stack = tower::ServiceBuilder::new()
         // Outermost: one span and one duration for the call as its caller sees it.
         .layer(ClientObserveLayer::new(catalogue))
@@ -107,6 +161,6 @@ async fn build(
         .layer(ClientDeadlineLayer::new(Arc::new(config.clone())))
         // Each attempt goes back through the balancer, which may pick another replica.
         .layer(retry)
-        .service(balanced);
+        .service(route);
     Ok(stack)
 }

@@ -29,6 +29,11 @@
 //! 14. [`message_size`]: oversized messages, RESOURCE_EXHAUSTED.
 //! 15. The router: health, reflection, the service.
 //!
+//! In the all-in-one run the same stack (2. to 15.) also takes in-process calls from the
+//! process's other services ([`client::local`](crate::mesh::client::local)): no socket, so no
+//! 1., with the caller's identity and address set as the connection would set them, and
+//! tonic's recovery of a layer's error into a status, which its server adds per connection.
+//!
 //! The plaintext probe port serves health alone, with the same HTTP/2 limits (1.) and the
 //! same read timeout and bounds (8., 9.); it reads no other message.
 //!
@@ -60,6 +65,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::mesh::Error;
+use crate::mesh::client::local::LocalServer;
 use crate::mesh::db;
 use crate::mesh::grpc::catalogue::INFRASTRUCTURE_SERVICES;
 use crate::mesh::security::authz::AuthzLayer;
@@ -111,6 +117,28 @@ fn load_shed(limits: &crate::mesh::config::ServerConfig) -> LoadShedLayer {
     LoadShedLayer::new(limits.max_concurrent_requests)
         .per_connection(limits.max_concurrent_requests_per_connection)
         .per_identity(limits.max_concurrent_requests_per_identity)
+}
+
+/// `stack` as a callee's server for in-process calls: the response as a connection would carry
+/// it (a body, no extensions of the server's).
+fn local_server<S, B>(stack: S) -> LocalServer
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    use tower::ServiceExt as _;
+    LocalServer::new(stack.map_err(Into::into).map_response(|response: http::Response<B>| {
+        let (mut parts, body) = response.into_parts();
+        parts.extensions.clear();
+        http::Response::from_parts(parts, tonic::body::Body::new(body))
+    }))
 }
 
 /// The health service name that is SERVING for as long as the process runs: for liveness
@@ -166,7 +194,9 @@ where
             })
         })
         .collect();
-    let result = serve(mesh, &[S::GRPC_SERVICE], started.routes, listeners, Some(readiness), shutdown).await;
+    let result =
+        serve(Some(S::NAME), mesh, &[S::GRPC_SERVICE], started.routes, listeners, Some(readiness), shutdown)
+            .await;
     for task in beside {
         task.abort();
     }
@@ -185,9 +215,14 @@ where
 /// at once (so balancers stop sending), the server keeps serving for the drain delay, then
 /// stops accepting and gives in-flight calls `shutdown_timeout` to finish.
 ///
+/// `name` is the service's short name, when it is one of the mesh's: while it serves, callers
+/// in this process reach it without a socket, when the mesh has it among its local servers
+/// ([`Mesh::with_local_servers`]).
+///
 /// # Errors
 /// Why it could not serve.
 pub async fn serve<F>(
+    name: Option<&str>,
     mesh: &Mesh,
     services: &[&'static str],
     routes: Routes,
@@ -277,7 +312,7 @@ where
     };
     let rate_limit = RateLimitLayer::new(limits.rate_limit_rps, limits.rate_limit_burst);
     let housekeeping = rate_limit.housekeeping().map(tokio::spawn);
-    let router = builder(limits)
+    let layers = tower::ServiceBuilder::new()
         // Outermost: the method, looked up once, which every layer below reads.
         .layer(MethodLayer::new(mesh.api().catalogue))
         // The mTLS peer's identity and address, which every layer below may read.
@@ -309,8 +344,20 @@ where
         // token is stamped once the handler has answered (committed).
         .layer(read_route::ReadRouteLayer::default())
         // Innermost: sees the decoder's answer for an oversized or undecodable request.
-        .layer(MessageSizeLayer)
-        .add_routes(routes);
+        .layer(MessageSizeLayer);
+    // The same stack, for callers in this process (the all-in-one run): what the listener's
+    // connections get, with tonic's recovery of layer errors into statuses, which its server
+    // adds per connection.
+    let _serving_locally = match (name, mesh.local_servers()) {
+        (Some(name), Some(local)) => {
+            let stack = tower::ServiceBuilder::new()
+                .layer(tonic::service::RecoverErrorLayer::new())
+                .service(layers.service(routes.clone().prepare()));
+            local.serve(name, local_server(stack))
+        }
+        _ => None,
+    };
+    let router = builder(limits).layer(layers).add_routes(routes);
     let server = match tls {
         Some(tls) => futures::future::Either::Left(router.serve_with_incoming_shutdown(
             crate::mesh::security::incoming::incoming(

@@ -83,6 +83,10 @@ pub fn describe_metrics() {
     );
     describe_gauge!("shopmesh_client_endpoints", "Endpoints a client balances over.");
     describe_counter!(
+        "shopmesh_client_in_process_calls_total",
+        "Call attempts sent in-process (no socket) to a service of this process, by its name."
+    );
+    describe_counter!(
         "shopmesh_server_shed_total",
         "Calls refused with RESOURCE_EXHAUSTED because the server, the connection or the identity was at its limit, by method and bound."
     );
