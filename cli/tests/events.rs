@@ -386,6 +386,7 @@ async fn serve_waits_for_its_broker_and_exits_when_it_comes_up_refusing_the_cred
         .arg(format!("--notification-database-url=sqlite://{}/notification.db", dir.path().display()))
         .env("SHOPMESH_METRICS_LISTEN", "off")
         .env("SHOPMESH_LOG_FORMAT", "text")
+        .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -400,6 +401,7 @@ async fn serve_waits_for_its_broker_and_exits_when_it_comes_up_refusing_the_cred
     let logs = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{logs}");
     assert_eq!(logs.matches("events broker not reachable").count(), 1, "one WARN: {logs}");
+    assert!(!logs.contains("async_nats::connector"), "the client's ERROR per attempt: {logs}");
     assert!(logs.contains("authorization violation"), "exits naming the reason: {logs}");
     assert!(!logs.contains("wr0ng-pw"), "the password is in the logs: {logs}");
 }
