@@ -173,6 +173,54 @@ mod tests {
         test_db.drop_database().await;
     }
 
+    /// The housekeeping deletes the rows published before its cutoff and no others, sweeping
+    /// on past rows it must keep at the head of the table (one unpublished, one published
+    /// late), and on PostgreSQL reads the oldest rows by the primary key, not the whole table.
+    #[tokio::test]
+    async fn housekeeping_deletes_only_what_was_published_before_the_cutoff_oldest_first() {
+        use shopmesh::mesh::events::outbox;
+        for backend in testing::backends() {
+            let test_db = testing::database(backend, "order_outbox_sweep").await;
+            let pool = db::open(&test_db.url, &testing::mesh_config(), crate::Order::MIGRATIONS)
+                .await
+                .expect("open");
+            // 12 000 rows, published at `n` ms (before the cutoff) but for row 5 (unpublished),
+            // row 6 and the last 1 000 (published after it): more than one sweep's worth.
+            sqlx::query(
+                "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 12000) \
+                 INSERT INTO outbox (id, event_type, subject, body, created_at_ms, published_at_ms) \
+                 SELECT 'e' || n, 't', 'o' || n, 'b', n, \
+                 CASE WHEN n = 5 THEN NULL WHEN n = 6 OR n > 11000 THEN 1000000 ELSE n END FROM g",
+            )
+            .execute(&*pool)
+            .await
+            .expect("rows");
+            // The plan of a table more than a sweep long (a table shorter than that is read whole).
+            if backend == testing::Backend::Postgres {
+                sqlx::query("ANALYZE outbox").execute(&*pool).await.expect("analyze");
+                let sql =
+                    format!("EXPLAIN {}", outbox::SWEEP_SQL.replace("$1", "5000").replace("$2", "20000"));
+                let plan: Vec<String> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&*pool).await.expect("explain");
+                let plan = plan.join("\n");
+                assert!(!plan.contains("Seq Scan"), "{plan}");
+                assert!(plan.contains("Index Scan using outbox_pkey on outbox "), "{plan}");
+            }
+            let deleted = outbox::delete_published_before(&pool, 20_000).await.expect("sweep");
+            assert_eq!(deleted, 10_998, "{backend:?}: rows 1 to 11 000 but 5 and 6");
+            let kept: Vec<i64> = sqlx::query_scalar("SELECT seq FROM outbox WHERE seq <= 11000 ORDER BY seq")
+                .fetch_all(&*pool)
+                .await
+                .expect("kept");
+            assert_eq!(kept, [5, 6], "{backend:?}");
+            let left: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&*pool).await.expect("count");
+            assert_eq!(left, 1_002, "{backend:?}");
+            pool.close().await;
+            test_db.drop_database().await;
+        }
+    }
+
     /// The state changes write their events in the same statement (the trigger of migration
     /// 0005), and relays publish each once, an order's in the order they were written: on
     /// PostgreSQL two relays share the outbox (rows claimed FOR UPDATE SKIP LOCKED), on SQLite

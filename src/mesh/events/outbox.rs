@@ -36,6 +36,12 @@ const POLL: Duration = Duration::from_millis(500);
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// How long published rows are kept (for inspection) before they are deleted.
 const KEEP_PUBLISHED_MS: i64 = 24 * 3600 * 1000;
+/// Rows one delete of the housekeeping looks at: the oldest by `seq`, so it costs the same
+/// however many rows the table keeps.
+const SWEEP: i64 = 5_000;
+/// Deletes per housekeeping at most: up to 20 000 rows a second at one housekeeping each
+/// [`HOUSEKEEPING`], more than a relay publishes.
+const SWEEPS: usize = 20;
 
 const COLUMNS: &str = "seq, id, event_type, subject, body, traceparent, created_at_ms";
 /// The oldest unpublished row of each subject: a subject whose older row is unpublished waits.
@@ -247,13 +253,45 @@ impl Relay {
         metrics::gauge!("shopmesh_events_outbox_backlog", "messaging_destination_name" => self.stream)
             .set(backlog as f64);
         metrics::gauge!("shopmesh_events_outbox_oldest_age_seconds", "messaging_destination_name" => self.stream).set(age);
-        sqlx::query("DELETE FROM outbox WHERE published_at_ms < $1")
-            .bind(ids::now_ms() - KEEP_PUBLISHED_MS)
-            .execute(&mut conn)
-            .await?;
+        drop(conn);
+        delete_published_before(&self.pool, ids::now_ms() - KEEP_PUBLISHED_MS).await?;
         Ok(())
     }
 }
+
+/// Deletes the rows published before `cutoff_ms`; how many. Each statement looks at the
+/// [`SWEEP`] oldest rows by `seq` only (the primary key): a `published_at_ms` filter over the
+/// whole table would read every row kept, 24 h of them, on each housekeeping. Rows are
+/// published about in `seq` order, so the oldest are the ones due; one still unpublished, or
+/// published late, stays until it is due itself and takes only its own place in each sweep,
+/// which moves on past it by what the last one deleted. Stops at a statement that deletes
+/// nothing, or after [`SWEEPS`].
+///
+/// # Errors
+/// The database's.
+pub async fn delete_published_before(pool: &Pool, cutoff_ms: i64) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    for _ in 0..SWEEPS {
+        let n = sqlx::query(SWEEP_SQL)
+            .bind(SWEEP)
+            .bind(cutoff_ms)
+            .execute(&mut db::acquire(pool).await?)
+            .await?
+            .rows_affected();
+        deleted += n;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(deleted)
+}
+
+/// The housekeeping's delete: of the `$1` oldest rows, those published before `$2` (public so
+/// a producer's tests can check its plan reads the primary key, not the table). A range of
+/// `seq`, not `seq IN (…)`: PostgreSQL joined an `IN` list to a scan of the whole table.
+pub const SWEEP_SQL: &str = "DELETE FROM outbox WHERE seq BETWEEN (SELECT MIN(seq) FROM outbox) \
+     AND (SELECT MAX(seq) FROM (SELECT seq FROM outbox ORDER BY seq LIMIT $1) AS oldest) \
+     AND published_at_ms < $2";
 
 /// The relay's claim on PostgreSQL: of each subject its oldest unpublished row, up to `$1`
 /// rows, locked for the pass (public so a producer's tests can check its plan uses its index).
