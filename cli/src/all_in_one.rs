@@ -130,8 +130,8 @@ pub async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let broker = Broker::for_services(&config.events, &declared, true).await?;
     // One mesh for every service: certificates, key set and policy are loaded once.
     let mut mesh = mesh_of(config)?;
-    if let Some(broker) = broker {
-        mesh = mesh.with_broker(broker);
+    if let Some(broker) = &broker {
+        mesh = mesh.with_broker(broker.clone());
     }
     // Every service presents the one certificate, so each calls servers of that identity.
     if let Some(tls) = mesh.tls() {
@@ -153,6 +153,16 @@ pub async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         let run =
             (launch.run)(mesh.clone(), Listeners::new(listener), Box::pin(stop.clone().cancelled_owned()));
         tasks.spawn(async move { (name, run.await) });
+    }
+    if let Some(broker) = broker {
+        // A broker waited for since the start that refuses the mesh for good stops it.
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                why = broker.failed() => ("events", Err(why)),
+                () = stop.cancelled() => ("events", Ok(())),
+            }
+        });
     }
     {
         let stop = stop.clone();

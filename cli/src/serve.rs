@@ -49,10 +49,21 @@ async fn serve_one<S: MeshService>(one: One<S>) -> anyhow::Result<()> {
     }
     let broker = Broker::for_services(&config.events, &[S::EVENTS], false).await?;
     let mut mesh = mesh_of(config)?.with_upstreams(upstreams.table);
-    if let Some(broker) = broker {
-        mesh = mesh.with_broker(broker);
+    if let Some(broker) = &broker {
+        mesh = mesh.with_broker(broker.clone());
     }
-    server::run::<S, _>(&mesh, own, listeners, shutdown::signal()).await?;
+    // A broker not reachable at start is waited for while the service serves; one that then
+    // refuses it for good (credentials, no JetStream) stops it, as it would have at start.
+    let refused = async {
+        match &broker {
+            Some(broker) => broker.failed().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = server::run::<S, _>(&mesh, own, listeners, shutdown::signal()) => served?,
+        why = refused => return Err(why.into()),
+    }
     Ok(())
 }
 

@@ -326,6 +326,86 @@ async fn a_broker_requiring_a_password_takes_the_one_in_the_url_and_refuses_a_wr
     }
 }
 
+/// A service started while its broker is not up yet used to exit (a crash loop in Kubernetes
+/// until NATS was ready): it now serves (SERVING: its calls need no broker), takes orders into
+/// its outbox, and once the broker listens, connects, ensures its streams and starts its
+/// consumers, without a restart.
+#[tokio::test]
+async fn services_started_before_their_broker_serve_and_their_events_flow_once_it_is_up() {
+    for backend in testing::backends() {
+        let Some(mut nats) = Nats::reserve() else { return };
+        // Nothing listens there yet: the broker is waited for, not an error.
+        let broker = nats_broker(nats.url()).await;
+        // Every service SERVING (`spawn_service` waits for it) with the broker unreachable.
+        let mut mesh = Mesh::start(backend, broker).await;
+        mesh.set_stock("TEA", 10).await;
+        let taken = mesh.order(&[("TEA", 2)]).await.id;
+        assert_eq!(mesh.unpublished().await, 1, "{backend:?}: its OrderPaid waits in the outbox");
+        assert_eq!(mesh.on_hand("TEA").await, (10, 0), "{backend:?}: no consumer ran yet");
+        nats.restart();
+        fulfilled(&mesh, &taken, Fulfilment::Allocated).await;
+        assert_eq!(mesh.on_hand("TEA").await, (8, 2), "{backend:?}");
+        let sent = notified(&mesh, &taken, 1).await;
+        assert_eq!(sent[0].kind(), NotificationKind::Confirmed);
+        eventually("the outbox drains", || {
+            let mesh = &mesh;
+            async move { (mesh.unpublished().await == 0).then_some(()) }
+        })
+        .await;
+        mesh.stop().await;
+    }
+}
+
+/// A broker waited for that comes up refusing the credentials stops the service with the
+/// reason, as it would have at start (waiting cannot fix it).
+#[tokio::test]
+async fn a_broker_waited_for_that_refuses_the_credentials_stops_the_service() {
+    let Some(mut nats) = Nats::reserve_with_user("shopmesh", "s3cret-pw") else { return };
+    let addr = nats.url().trim_start_matches("nats://").to_owned();
+    let declared = [shopmesh_order::Order::EVENTS];
+    let config = events_config(Some(format!("nats://shopmesh:wrong@{addr}")));
+    let broker = Broker::for_services(&config, &declared, false).await.expect("waits").expect("a broker");
+    nats.restart();
+    let refused = tokio::time::timeout(Duration::from_secs(60), broker.failed()).await;
+    let message = refused.map(|e| e.to_string()).expect("refused once the broker is up");
+    assert!(message.contains("authorization violation"), "not refused as unauthorized: {message:?}");
+    assert!(!message.contains("wrong"), "the password is in the message: {message}");
+}
+
+/// `shopmesh serve` with its broker not up yet serves (SERVING: it used to exit, and crash-loop
+/// in Kubernetes) and says once what it waits for; when the broker comes up refusing its
+/// credentials, it exits with the reason, as it would have at start.
+#[tokio::test]
+async fn serve_waits_for_its_broker_and_exits_when_it_comes_up_refusing_the_credentials() {
+    let Some(mut nats) = Nats::reserve_with_user("shopmesh", "s3cret-pw") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let broker = nats.url().replace("nats://", "nats://shopmesh:wr0ng-pw@");
+    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_shopmesh"))
+        .args(["serve", "notification", &format!("--notification-listen={addr}"), "--events-url", &broker])
+        .arg(format!("--notification-database-url=sqlite://{}/notification.db", dir.path().display()))
+        .env("SHOPMESH_METRICS_LISTEN", "off")
+        .env("SHOPMESH_LOG_FORMAT", "text")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run shopmesh serve");
+    testing::wait_serving(addr, "shopmesh.notification.v1.NotificationService").await;
+    nats.restart();
+    let out = tokio::time::timeout(Duration::from_secs(60), serve.wait_with_output())
+        .await
+        .expect("exits once the broker refuses it")
+        .expect("output");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{logs}");
+    assert_eq!(logs.matches("events broker not reachable").count(), 1, "one WARN: {logs}");
+    assert!(!logs.contains("async_nats::connector"), "the client's ERROR per attempt: {logs}");
+    assert!(logs.contains("authorization violation"), "exits naming the reason: {logs}");
+    assert!(!logs.contains("wr0ng-pw"), "the password is in the logs: {logs}");
+}
+
 #[tokio::test]
 async fn the_all_in_one_bus_delivers_with_the_same_effects() {
     for backend in testing::backends() {

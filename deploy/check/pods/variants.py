@@ -248,6 +248,11 @@ def events(cluster: Cluster, chart: Path) -> str:
         cluster.wait("the notification row (OrderBackordered -> notification)", notified, EVENTS_TIMEOUT)
         assert len(rows) == 1, f"order {order['id']}: notifications {rows}, not exactly one"
         took = time.monotonic() - start
-        return f"fulfilment {got['fulfilment']} and one {rows[0]} notification {took:.1f} s after the answer; {replicated(cluster, ns)}"
+        # Starts of each pod's service container: a service started before NATS was Ready used to
+        # exit and crash-loop; it now waits for the broker serving, so each starts once.
+        starts = "; ".join(f"{svc} " + "/".join(str(1 + sum(c.restarts for c in p.mains)) for p in cluster.workload("Deployment", ns, f"shopmesh-{svc}").live())
+                           for svc in ("order", "inventory", "notification"))
+        return (f"fulfilment {got['fulfilment']} and one {rows[0]} notification {took:.1f} s after the answer; {replicated(cluster, ns)}; "
+                f"starts per pod: {starts}")
 
     return run(cluster, chart, ns, values, then=followed)

@@ -5,7 +5,7 @@
 //! streams and consumers of the mesh declared as data ([`Stream`], [`Subscription`],
 //! [`Events`]), and [`Broker`], the one door to either broker. Beside it: `config.rs` (the
 //! broker's flags), `outbox.rs` (the rows a state change writes, and the relay that publishes
-//! them), `nats.rs` (JetStream), `bus.rs` (the in-process bus), `consumer.rs` (what a delivery
+//! them), `nats.rs` (JetStream), `connect.rs` (reaching it, and waiting for it at start), `bus.rs` (the in-process bus), `consumer.rs` (what a delivery
 //! becomes: ack, redelivery with backoff, dead letter; spans and metrics), `inbox.rs` (the
 //! event ids a consumer has acted on) and `trace.rs` (W3C trace context in and out of events).
 //!
@@ -14,6 +14,7 @@
 
 pub mod bus;
 pub mod config;
+mod connect;
 pub mod consumer;
 pub mod inbox;
 pub mod nats;
@@ -144,12 +145,24 @@ impl Broker {
         })
     }
 
+    /// Completes with the reason when the broker, waited for since the start, refuses this
+    /// service for good (credentials, no JetStream): the process stops with it. Never for the
+    /// in-process bus or none.
+    pub async fn failed(&self) -> Error {
+        match self {
+            Self::Nats(nats) => nats.failed().await,
+            Self::InProcess(_) | Self::Discard => futures::future::pending().await,
+        }
+    }
+
     /// The broker for a process running services that declare `declared`: JetStream when
     /// `--events-url` is set; else the in-process bus when `in_process` (the all-in-one run),
     /// or none (a service needing one then refuses to start, saying what to set).
     ///
     /// # Errors
-    /// [`Error::Config`] when the NATS server cannot be reached or set up.
+    /// [`Error::Config`] when the NATS server refuses this service (credentials, no JetStream)
+    /// or the URL is malformed. One not reachable yet is no error: it is waited for in the
+    /// background, see [`Broker::failed`].
     pub async fn for_services(
         config: &config::EventsConfig,
         declared: &[Events],

@@ -1,22 +1,20 @@
-//! JetStream as the broker: the streams this mesh declares (file storage, replicas as
-//! configured, a dedup window for `Nats-Msg-Id`), publishing with CloudEvents headers, and
-//! durable pull consumers with explicit acks whose deliveries `consumer.rs` decides on.
+//! JetStream as the broker: publishing with CloudEvents headers, and durable pull consumers
+//! with explicit acks whose deliveries `consumer.rs` decides on. Reaching the server and the
+//! streams this mesh declares are `connect.rs`'s: until it is reached, publishing fails (the
+//! outbox keeps the rows) and consumers wait.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, consumer::pull, message::PublishMessage, stream};
+use async_nats::jetstream::{self, AckKind, consumer::pull, message::PublishMessage};
 use futures::StreamExt as _;
 
 use crate::mesh::Error;
 use crate::mesh::events::config::EventsConfig;
+use crate::mesh::events::connect::{self, Link, broker_error};
 use crate::mesh::events::consumer::{self, Action, Handler};
-use crate::mesh::events::{DEAD_LETTER, Event, Stream, Subscription};
-
-/// How long JetStream drops a re-published event id (a relay that published and died before
-/// marking its row): longer than a relay's retries of one batch.
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+use crate::mesh::events::{Event, Stream, Subscription};
 
 /// The most deliveries a consumer handles together (those the pull has ready).
 const BATCH: usize = 128;
@@ -24,49 +22,34 @@ const BATCH: usize = 128;
 /// The header saying why an event was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "shopmesh-dead-letter-reason";
 
-/// A JetStream connection. Cheap to clone.
+/// A JetStream connection, or one being waited for (`connect.rs`). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Nats {
-    js: jetstream::Context,
+    link: Arc<Link>,
     config: Arc<EventsConfig>,
 }
 
-fn broker_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Config(format!("events broker: {what}: {e}"))
-}
-
 impl Nats {
-    /// Connects to `url` and makes sure `streams` and the dead-letter stream exist, so a
-    /// broker that is unreachable, refuses the credentials or has no JetStream stops the start
-    /// with a message rather than failing every event.
+    /// Connects to `url` and makes sure `streams` and the dead-letter stream exist. A broker
+    /// that refuses the credentials or has no JetStream, or a malformed URL, stops the start
+    /// with a message rather than failing every event; one not reachable yet is waited for in
+    /// the background.
     ///
     /// # Errors
     /// [`Error::Config`] naming what failed.
     pub async fn connect(url: &str, config: &EventsConfig, streams: &[Stream]) -> Result<Self, Error> {
-        let client = credentials(url, async_nats::ConnectOptions::new())
-            .name("shopmesh")
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| broker_error(&format!("cannot connect to {}", crate::mesh::db::redact(url)), e))?;
-        let js = jetstream::new(client);
-        let nats = Self { js, config: Arc::new(config.clone()) };
-        for stream in streams.iter().chain([&DEAD_LETTER]) {
-            nats.ensure(*stream).await?;
-        }
-        Ok(nats)
+        let link = Link::connect(url, config.events_replicas, streams).await?;
+        Ok(Self { link, config: Arc::new(config.clone()) })
+    }
+
+    /// Completes with the reason once a broker waited for refuses this service for good.
+    pub async fn failed(&self) -> Error {
+        self.link.failed().await
     }
 
     async fn ensure(&self, stream: Stream) -> Result<jetstream::stream::Stream, Error> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: stream.name.to_owned(),
-                subjects: vec![stream.subjects.to_owned()],
-                storage: stream::StorageType::File,
-                num_replicas: usize::from(self.config.events_replicas),
-                duplicate_window: DUPLICATE_WINDOW,
-                ..Default::default()
-            })
+        let js = self.link.connected().await?;
+        connect::ensure(js, usize::from(self.config.events_replicas), stream)
             .await
             .map_err(|e| broker_error(&format!("stream {} (is JetStream enabled?)", stream.name), e))
     }
@@ -79,7 +62,9 @@ impl Nats {
     async fn send(&self, subject: String, headers: HeaderMap, body: bytes::Bytes) -> Result<(), Error> {
         let id = headers.get("ce-id").map(|v| v.as_str().to_owned()).unwrap_or_default();
         let publish = PublishMessage::build().payload(body).headers(headers).message_id(id);
-        let ack = self.js.send_publish(subject, publish).await.map_err(|e| broker_error("publish", e))?;
+        // Not connected yet: the row stays in the outbox, as when the broker is down.
+        let js = self.link.js().ok_or_else(|| broker_error("publish", "not connected yet"))?;
+        let ack = js.send_publish(subject, publish).await.map_err(|e| broker_error("publish", e))?;
         ack.await.map_err(|e| broker_error("publish not acknowledged", e))?;
         Ok(())
     }
@@ -195,7 +180,9 @@ impl Nats {
                 let mut headers = message.headers.clone().unwrap_or_default();
                 headers.insert(DEAD_LETTER_REASON, why.as_str());
                 let subject = format!("shopmesh.dead_letter.{durable}");
-                match self.js.publish_with_headers(subject, headers, message.payload.clone()).await {
+                // Settling follows a delivery, so the link is connected.
+                let Some(js) = self.link.js() else { return };
+                match js.publish_with_headers(subject, headers, message.payload.clone()).await {
                     Ok(ack) => match ack.await {
                         Ok(_) => message.ack().await,
                         // Not acknowledged: delivered again, and dead-lettered again then.
@@ -229,19 +216,6 @@ fn headers(event: &Event) -> HeaderMap {
 }
 
 /// The event a message carries, or why it is not one.
-/// The URL's `user:password@` (or `token@`) as the options' credentials: async-nats sends only
-/// those of the options, so a server requiring them refused a URL that carried them.
-fn credentials(url: &str, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
-    let Ok(addr) = url.parse::<async_nats::ServerAddr>() else {
-        return options; // `connect` reports the malformed URL
-    };
-    match (addr.username(), addr.password()) {
-        (Some(user), Some(password)) => options.user_and_password(user.to_owned(), password.to_owned()),
-        (Some(token), None) => options.token(token.to_owned()),
-        _ => options,
-    }
-}
-
 fn event(message: &jetstream::Message) -> Result<Event, String> {
     let headers = message.headers.as_ref().ok_or("no CloudEvents headers")?;
     let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());

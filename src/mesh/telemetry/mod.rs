@@ -40,6 +40,8 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 use crate::mesh::Error;
 use crate::mesh::config::{LogFormat, MetricsListen, TelemetryConfig};
 
+/// The log filter without `RUST_LOG`.
+const DEFAULT_LOG_FILTER: &str = "info,async_nats::connector=off";
 /// Bucket bounds (seconds) of every duration histogram: fine enough around 0.5 ms–100 ms for
 /// p50 to p99.9 of calls on one machine, coarse out to the 10 s of a timed-out call.
 pub const DURATION_BUCKETS: [f64; 20] = [
@@ -112,7 +114,10 @@ impl Telemetry {
         let provider = provider.build();
         let tracer = provider.tracer("shopmesh");
 
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        // async-nats's connector logs an ERROR for every failed attempt to reach the broker
+        // (every 0.5-5 s while a service waits for NATS at start, and while it reconnects): the
+        // mesh says it once itself (`events/connect.rs`), keeps the gauge and the relay's warnings.
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
         let json = match config.log_format {
             LogFormat::Json => true,
             LogFormat::Text => false,
