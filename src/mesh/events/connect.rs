@@ -195,8 +195,9 @@ fn forming(kind: &CreateStreamErrorKind) -> bool {
     }
 }
 
-/// `shopmesh_events_broker_connected`.
-fn connected_gauge() -> metrics::Gauge {
+/// `shopmesh_events_broker_connected`: 1 while this process reaches its broker (the in-process
+/// bus always does), 0 while not; absent without a broker (`--events-url none`).
+pub(super) fn connected_gauge() -> metrics::Gauge {
     metrics::gauge!("shopmesh_events_broker_connected")
 }
 

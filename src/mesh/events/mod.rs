@@ -182,7 +182,13 @@ impl Broker {
             streams.dedup();
             return Ok(Some(Self::Nats(Box::new(nats::Nats::connect(url, config, &streams).await?))));
         }
-        Ok(in_process.then(|| Self::InProcess(Arc::new(bus::Bus::new(config.clone(), &subscriptions)))))
+        if !in_process {
+            return Ok(None);
+        }
+        // The bus is in this process: always reached, so the gauge and its alert read the same
+        // for the all-in-one as for a service connected to NATS.
+        connect::connected_gauge().set(1.0);
+        Ok(Some(Self::InProcess(Arc::new(bus::Bus::new(config.clone(), &subscriptions)))))
     }
 
     /// Which system it is, for `messaging.system`.
