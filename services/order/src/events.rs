@@ -164,11 +164,31 @@ mod tests {
         .await
         .expect("rows");
         sqlx::query("ANALYZE outbox").execute(&*pool).await.expect("analyze");
-        let sql = format!("EXPLAIN {}", shopmesh::mesh::events::outbox::claim_sql().replace("$1", "100"));
-        let plan: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&*pool).await.expect("explain");
-        let plan = plan.join("\n");
-        assert!(plan.contains("outbox_unpublished_seq on outbox o"), "{plan}");
+        // Custom and generic plans alike (sqlx's statements are prepared, and PostgreSQL moves
+        // to the generic plan after five executions): the unpublished rows in `seq` order, and
+        // each one's subject looked up in the `(subject, seq)` index, not by a scan of every
+        // unpublished row.
+        let mut conn = pool.acquire().await.expect("connection");
+        let claim = shopmesh::mesh::events::outbox::claim_sql();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE claim (bigint) AS {claim}")))
+            .execute(&mut *conn)
+            .await
+            .expect("prepare");
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+                .execute(&mut *conn)
+                .await
+                .expect("plan mode");
+            let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE claim (100)")
+                .fetch_all(&mut *conn)
+                .await
+                .expect("explain");
+            let plan = plan.join("\n");
+            assert!(plan.contains("outbox_unpublished_seq on outbox o"), "{mode}:\n{plan}");
+            assert!(plan.contains("outbox_unpublished on outbox p"), "{mode}:\n{plan}");
+            assert!(plan.contains("Index Cond: (subject = o.subject)"), "{mode}:\n{plan}");
+        }
+        drop(conn);
         pool.close().await;
         test_db.drop_database().await;
     }

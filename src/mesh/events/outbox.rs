@@ -45,8 +45,16 @@ const SWEEPS: usize = 20;
 
 const COLUMNS: &str = "seq, id, event_type, subject, body, traceparent, created_at_ms";
 /// The oldest unpublished row of each subject: a subject whose older row is unpublished waits.
-const NEXT: &str = "FROM outbox o WHERE o.published_at_ms IS NULL AND NOT EXISTS \
-     (SELECT 1 FROM outbox p WHERE p.subject = o.subject AND p.published_at_ms IS NULL AND p.seq < o.seq) \
+///
+/// The subject's oldest row is looked up with `ORDER BY p.subject, p.seq`, the order of the
+/// `(subject, seq)` index of unpublished rows, so that only that index serves it without a
+/// sort. Written as `NOT EXISTS (… p.seq < o.seq)`, PostgreSQL's generic plan costed that
+/// index and the one of unpublished rows by `seq` alone the same (both "1 row" once analyzed
+/// with a small backlog) and took the latter: a scan of every unpublished row for each row
+/// claimed, 14 ms a pass of 100 under load.
+const NEXT: &str = "FROM outbox o WHERE o.published_at_ms IS NULL AND o.seq = \
+     (SELECT p.seq FROM outbox p WHERE p.subject = o.subject AND p.published_at_ms IS NULL \
+     ORDER BY p.subject, p.seq LIMIT 1) \
      ORDER BY o.seq LIMIT $1";
 
 /// A producer's outbox: new events for its store to write, and the wake-up of its relay.
