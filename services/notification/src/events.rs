@@ -68,15 +68,15 @@ impl Notifier {
     /// event alone (so one event's failure is not the others').
     async fn notify(&self, events: &[(&Event, Span)]) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(events.len());
-        // (event id, the provider's idempotency key, the notification, its span)
+        // (event id, the provider's idempotency key, the notification)
         let mut asked = Vec::with_capacity(events.len());
-        for (event, span) in events {
+        for (event, _) in events {
             match Self::asked(event) {
                 Ok(Some((kind, user_id, order_id, detail))) => {
                     let body = kind.message(&order_id, &detail);
                     let notification =
                         store::new_notification(kind, &user_id, &order_id, body, String::new());
-                    asked.push((event.id.as_str(), kind.idempotency_key(&order_id), notification, span));
+                    asked.push((event.id.as_str(), kind.idempotency_key(&order_id), notification));
                     outcomes.push(Outcome::Done);
                 }
                 Ok(None) => outcomes.push(Outcome::Done),
@@ -87,17 +87,17 @@ impl Notifier {
             return outcomes;
         }
         let messages: Vec<(&str, &str, &str)> =
-            asked.iter().map(|(_, key, n, _)| (key.as_str(), n.user_id.as_str(), n.body.as_str())).collect();
+            asked.iter().map(|(_, key, n)| (key.as_str(), n.user_id.as_str(), n.body.as_str())).collect();
         let failed = match self.mailer.send(&messages).await {
             Ok(sent) => {
                 let now = ids::now_ms();
                 let recorded: Vec<_> = asked
                     .iter_mut()
                     .zip(sent)
-                    .map(|((event_id, _, notification, span), message_id)| {
+                    .map(|((event_id, _, notification), message_id)| {
                         notification.provider_message_id = message_id;
                         notification.send_time_ms = now;
-                        (*event_id, &*notification, (*span).clone())
+                        (*event_id, &*notification)
                     })
                     .collect();
                 match self.store.record(self.consumer, &recorded).await {

@@ -3,13 +3,29 @@
 use shopmesh::mesh::db::{self, Pool};
 use shopmesh::mesh::events::inbox;
 use shopmesh::mesh::ids;
-use sqlx::Row as _;
 use sqlx::any::AnyRow;
-use tracing::Instrument as _;
+use sqlx::{AssertSqlSafe, Row as _};
 
 use crate::domain::{Filter, Kind, Notification};
 
 const COLUMNS: &str = "id, user_id, order_id, kind, body, provider_message_id, send_time_ms";
+
+/// Notifications one insert writes at most: 7 parameters each, well within SQLite's 32 766
+/// and PostgreSQL's 65 535.
+const CHUNK: usize = 1000;
+
+/// The insert of `rows` notifications (7 parameters each, in [`COLUMNS`]'s order) that skips
+/// a second one of an order and kind, within the statement too.
+fn insert_sql(rows: usize) -> String {
+    let values = (0..rows)
+        .map(|row| {
+            let p = 7 * row;
+            format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("INSERT INTO notifications ({COLUMNS}) VALUES {values} ON CONFLICT (order_id, kind) DO NOTHING")
+}
 
 /// The notification service's database.
 #[derive(Debug, Clone)]
@@ -44,39 +60,33 @@ impl Store {
         &self.pool
     }
 
-    /// Records the notifications sent for events `(event id, notification, span)` of
-    /// `consumer`, with the events' inbox rows, in one transaction, each notification's
-    /// statement in its span: how many were recorded now (not an event recorded already, nor
-    /// a second notification of an order and kind).
-    pub async fn record(
-        &self,
-        consumer: &str,
-        sent: &[(&str, &Notification, tracing::Span)],
-    ) -> Result<usize, sqlx::Error> {
+    /// Records the notifications sent for events `(event id, notification)` of `consumer`,
+    /// with the events' inbox rows, in one transaction of two statements: how many were
+    /// recorded now (not an event recorded already, nor a second notification of an order and
+    /// kind).
+    pub async fn record(&self, consumer: &str, sent: &[(&str, &Notification)]) -> Result<usize, sqlx::Error> {
         let mut tx = db::begin(&self.pool).await?;
-        let ids: Vec<&str> = sent.iter().map(|(event_id, ..)| *event_id).collect();
+        let ids: Vec<&str> = sent.iter().map(|(event_id, _)| *event_id).collect();
         let mut fresh = inbox::first_times(&mut tx, consumer, &ids).await?;
+        let new: Vec<&Notification> =
+            sent.iter().filter(|(event_id, _)| fresh.remove(*event_id)).map(|(_, n)| *n).collect();
         let mut recorded = 0;
-        for (event_id, sent, span) in sent {
-            if !fresh.remove(*event_id) {
-                continue;
+        // Chunks keep a statement's parameters within both engines' limits.
+        for chunk in new.chunks(CHUNK) {
+            let sql = AssertSqlSafe(insert_sql(chunk.len()));
+            // Its text depends on the batch's size: not kept as a prepared statement.
+            let mut query = sqlx::query(sql).persistent(false);
+            for n in chunk {
+                query = query
+                    .bind(&n.id)
+                    .bind(&n.user_id)
+                    .bind(&n.order_id)
+                    .bind(n.kind.as_str())
+                    .bind(&n.body)
+                    .bind(&n.provider_message_id)
+                    .bind(n.send_time_ms);
             }
-            let inserted = sqlx::query(
-                "INSERT INTO notifications (id, user_id, order_id, kind, body, provider_message_id, send_time_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id, kind) DO NOTHING",
-            )
-            .bind(&sent.id)
-            .bind(&sent.user_id)
-            .bind(&sent.order_id)
-            .bind(sent.kind.as_str())
-            .bind(&sent.body)
-            .bind(&sent.provider_message_id)
-            .bind(sent.send_time_ms)
-            .execute(&mut tx)
-            .instrument(span.clone())
-            .await?
-            .rows_affected();
-            recorded += usize::try_from(inserted).unwrap_or(0);
+            recorded += usize::try_from(query.execute(&mut tx).await?.rows_affected()).unwrap_or(0);
         }
         tx.commit().await?;
         Ok(recorded)
