@@ -59,6 +59,13 @@ impl Fulfilment {
     pub fn parse(s: &str) -> Option<Self> {
         [Self::Allocated, Self::Backordered, Self::Released].into_iter().find(|f| f.as_str() == s)
     }
+
+    /// What an order has once `next` is recorded on it while it has `self`: RELEASED is final,
+    /// so that an allocation delivered late (redelivered after a killed consumer's ack wait,
+    /// overtaken by the release behind it) does not undo it.
+    pub fn then(self, next: Self) -> Self {
+        if self == Self::Released { self } else { next }
+    }
 }
 
 /// One line of an order.
@@ -480,5 +487,16 @@ mod tests {
         for s in [State::PendingPayment, State::Paid, State::PaymentDeclined, State::Cancelled] {
             assert_eq!(State::parse(s.as_str()), Some(s));
         }
+    }
+
+    /// RELEASED is final; otherwise the newer event decides.
+    #[test]
+    fn a_release_is_final_and_otherwise_the_newer_fulfilment_wins() {
+        use Fulfilment::{Allocated, Backordered, Released};
+        assert_eq!(Allocated.then(Released), Released);
+        assert_eq!(Released.then(Allocated), Released);
+        assert_eq!(Released.then(Backordered), Released);
+        assert_eq!(Backordered.then(Allocated), Allocated);
+        assert_eq!(Allocated.then(Backordered), Backordered);
     }
 }

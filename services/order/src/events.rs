@@ -35,15 +35,15 @@ fn lines(order: &Order) -> Vec<LineItemProto> {
         .collect()
 }
 
-/// `order`'s OrderPaid, as the JSON its settle statement hands the outbox trigger.
-pub fn paid(outbox: &Outbox, order: &Order) -> String {
+/// `order`'s OrderPaid.
+pub fn paid(outbox: &Outbox, order: &Order) -> Event {
     let body = OrderPaid {
         order_id: order.id.clone(),
         user_id: order.user_id.clone(),
         line_items: lines(order),
         total: Some(Money { currency_code: order.currency_code.clone(), amount_minor: order.total_minor }),
     };
-    Outbox::json(&outbox.event(ORDER_PAID, &order.id, body.encode_to_vec()))
+    outbox.event(ORDER_PAID, &order.id, body.encode_to_vec())
 }
 
 /// `order`'s OrderCancelled (refunded when it was PAID), as [`paid`] gives OrderPaid.
@@ -91,10 +91,10 @@ impl Fulfilments {
     async fn record(&self, events: &[(&Event, Span)]) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut todo = Vec::with_capacity(events.len());
-        for (event, span) in events {
+        for (event, _) in events {
             match Self::decode(event) {
                 Ok((order_id, fulfilment)) => {
-                    todo.push((event.id.as_str(), order_id, fulfilment, span.clone()));
+                    todo.push((event.id.as_str(), order_id, fulfilment));
                     outcomes.push(Outcome::Done);
                 }
                 Err(outcome) => outcomes.push(outcome),

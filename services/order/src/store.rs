@@ -1,5 +1,7 @@
 //! Every SQL statement of the order service, portable across SQLite and PostgreSQL.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::time::Duration;
 
 use shopmesh::mesh::db::{self, Backend, Param, Pool};
@@ -8,7 +10,6 @@ use shopmesh::mesh::events::outbox::Outbox;
 use shopmesh::mesh::ids;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row as _};
-use tracing::Instrument as _;
 
 use crate::domain::{Fulfilment, LineItem, NewOrder, Order, State};
 use crate::events;
@@ -98,8 +99,8 @@ fn postgres_insert_sql(lines: usize) -> String {
     )
 }
 
-/// Settles a PENDING_PAYMENT order, releasing any claim on it; `new_event` ($6), when set, is
-/// written to the outbox by a trigger in the same statement (migration 0005).
+/// Settles a PENDING_PAYMENT order on SQLite, releasing any claim on it; `new_event` ($6),
+/// when set, is written to the outbox by a trigger in the same statement (migration 0005).
 ///
 /// The state is tested as `(state = 'PENDING_PAYMENT') IS TRUE`, which no index can serve,
 /// here and in the reconciler's updates of one order. As `state = 'PENDING_PAYMENT'`,
@@ -110,6 +111,36 @@ fn postgres_insert_sql(lines: usize) -> String {
 const SETTLE: &str = "UPDATE orders SET state = $1, payment_id = $2, decline_reason = $3, update_time_ms = $4, \
      cancel_request_id = $5, lease_owner = NULL, lease_until_ms = 0, new_event = $6 \
      WHERE id = $7 AND (state = 'PENDING_PAYMENT') IS TRUE";
+
+/// The update of `orders` orders' fulfilments in one statement, the same on both engines:
+/// parameters `(order id, fulfilment)` in pairs, `$1, $2` for the first order. An order
+/// RELEASED already keeps it (see [`Fulfilment::then`]).
+fn fulfilments_sql(orders: usize) -> String {
+    use std::fmt::Write as _;
+    let mut cases = String::with_capacity(orders * 20);
+    let mut ids = String::with_capacity(orders * 5);
+    for order in 0..orders {
+        let (id, fulfilment) = (2 * order + 1, 2 * order + 2);
+        let _ = write!(cases, " WHEN ${id} THEN ${fulfilment}");
+        let _ = write!(ids, "{}${id}", if order == 0 { "" } else { ", " });
+    }
+    // Parameters appear first in number order (SQLite numbers them as they appear).
+    format!(
+        "UPDATE orders SET fulfilment = CASE id{cases} END \
+         WHERE id IN ({ids}) AND (fulfilment IS NULL OR fulfilment <> 'RELEASED')"
+    )
+}
+
+/// [`SETTLE`] on PostgreSQL: the same update (parameters 1 to 5, the order 6), and the event's
+/// outbox row (parameters 7 to 11: id, type, body, traceparent, time; id NULL for none)
+/// written by a data-modifying CTE in the same statement. The trigger's way (JSON parsed by
+/// PL/pgSQL) was 7% of PostgreSQL's CPU under load. It answers how many orders it settled.
+const POSTGRES_SETTLE: &str = "WITH settled AS (UPDATE orders SET state = $1, payment_id = $2, \
+     decline_reason = $3, update_time_ms = $4, cancel_request_id = $5, lease_owner = NULL, \
+     lease_until_ms = 0 WHERE id = $6 AND (state = 'PENDING_PAYMENT') IS TRUE RETURNING id), \
+     event AS (INSERT INTO outbox (id, event_type, subject, body, traceparent, created_at_ms) \
+     SELECT $7, $8, id, $9, $10, $11 FROM settled WHERE $7 IS NOT NULL) \
+     SELECT COUNT(*) FROM settled";
 
 /// The inbox name of the order service's consumer of inventory events.
 pub const FULFILMENT_CONSUMER: &str = "order-fulfilment";
@@ -250,19 +281,44 @@ impl Store {
     ) -> Result<Option<Order>, sqlx::Error> {
         let now = ids::now_ms();
         // A paid order's OrderPaid goes to the outbox with the state change, in one statement.
-        let new_event = (state == State::Paid).then(|| events::paid(&self.outbox, order));
-        // On SQLite committed on this thread unless it cannot be (`Pool::execute`).
-        let params = [
-            state.as_str().into(),
-            payment_id.into(),
-            decline_reason.into(),
-            now.into(),
-            cancel_request_id.into(),
-            new_event.as_deref().into(),
-            (&order.id).into(),
-        ];
-        let changed = self.pool.execute(SETTLE, &params).await?;
-        if changed == 1 && new_event.is_some() {
+        let event = (state == State::Paid).then(|| events::paid(&self.outbox, order));
+        let changed = match self.backend {
+            Backend::Postgres => {
+                let body = event.as_ref().map(Outbox::stored_body);
+                let params = [
+                    state.as_str().into(),
+                    payment_id.into(),
+                    decline_reason.into(),
+                    now.into(),
+                    cancel_request_id.into(),
+                    (&order.id).into(),
+                    event.as_ref().map(|e| e.id.as_str()).into(),
+                    event.as_ref().map(|e| e.event_type.as_str()).into(),
+                    body.as_deref().into(),
+                    event.as_ref().and_then(|e| e.traceparent.as_deref()).into(),
+                    event.as_ref().map_or(0, |e| e.time_ms).into(),
+                ];
+                let row = db::bind(sqlx::query(POSTGRES_SETTLE), &params)
+                    .fetch_one(&mut db::acquire(&self.pool).await?)
+                    .await?;
+                u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0)
+            }
+            // Committed on this thread unless it cannot be (`Pool::execute`).
+            Backend::Sqlite => {
+                let new_event = event.as_ref().map(Outbox::json);
+                let params = [
+                    state.as_str().into(),
+                    payment_id.into(),
+                    decline_reason.into(),
+                    now.into(),
+                    cancel_request_id.into(),
+                    new_event.as_deref().into(),
+                    (&order.id).into(),
+                ];
+                self.pool.execute(SETTLE, &params).await?
+            }
+        };
+        if changed == 1 && event.is_some() {
             self.outbox.wake();
         }
         // The changed row is `order` with what was just set: nothing else of an order ever
@@ -380,28 +436,42 @@ impl Store {
     }
 
     /// Records what the inventory did with orders, once per inventory event: each `(event id,
-    /// order id, fulfilment, span)`, in order, its statement in its span, all in one transaction
-    /// with the events' inbox rows. How many events were new.
+    /// order id, fulfilment)`, in order, all in one transaction with the events' inbox rows and
+    /// one update for the batch, which leaves each order what recording the events one at a
+    /// time would ([`Fulfilment::then`]: RELEASED is final). How many events were new.
     pub async fn record_fulfilments(
         &self,
-        events: &[(&str, String, Fulfilment, tracing::Span)],
+        events: &[(&str, String, Fulfilment)],
     ) -> Result<usize, sqlx::Error> {
         let mut tx = db::begin(&self.pool).await?;
         let ids: Vec<&str> = events.iter().map(|(event_id, ..)| *event_id).collect();
         let mut fresh = inbox::first_times(&mut tx, FULFILMENT_CONSUMER, &ids).await?;
+        // Per order, in the order first seen: what the batch leaves it.
+        let mut orders: Vec<(&str, Fulfilment)> = Vec::with_capacity(events.len());
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(events.len());
         let mut recorded = 0;
-        for (event_id, id, fulfilment, span) in events {
-            if fresh.remove(*event_id) {
-                // RELEASED is final: an allocation delivered late (redelivered after a killed
-                // consumer's ack wait, overtaken by the release behind it) must not undo it.
-                sqlx::query("UPDATE orders SET fulfilment = $1 WHERE id = $2 AND (fulfilment IS NULL OR fulfilment <> 'RELEASED')")
-                    .bind(fulfilment.as_str())
-                    .bind(id)
-                    .execute(&mut tx)
-                    .instrument(span.clone())
-                    .await?;
-                recorded += 1;
+        for (event_id, id, fulfilment) in events {
+            if !fresh.remove(*event_id) {
+                continue;
             }
+            recorded += 1;
+            match seen.entry(id.as_str()) {
+                Entry::Occupied(at) => {
+                    let left = &mut orders[*at.get()].1;
+                    *left = left.then(*fulfilment);
+                }
+                Entry::Vacant(at) => {
+                    at.insert(orders.len());
+                    orders.push((id, *fulfilment));
+                }
+            }
+        }
+        if !orders.is_empty() {
+            let mut query = sqlx::query(AssertSqlSafe(fulfilments_sql(orders.len()))).persistent(false);
+            for (id, fulfilment) in &orders {
+                query = query.bind(*id).bind(fulfilment.as_str());
+            }
+            query.execute(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(recorded)
@@ -596,6 +666,54 @@ mod tests {
         }
     }
 
+    /// One batch of inventory events leaves each order the fulfilment that recording them one
+    /// at a time would (RELEASED final, the newer otherwise), once per event id, and nothing
+    /// for an order that does not exist.
+    #[tokio::test]
+    async fn a_batch_of_fulfilments_leaves_each_order_what_one_at_a_time_would() {
+        use Fulfilment::{Allocated, Backordered, Released};
+        for backend in testing::backends() {
+            let db = testing::database(backend, "order_fulfilments").await;
+            let pool =
+                db::open(&db.url, &testing::mesh_config(), crate::Order::MIGRATIONS).await.expect("open");
+            let store = Store::new(pool.clone(), Duration::from_secs(60));
+            let mut ids = Vec::new();
+            for request in ["r1", "r2", "r3", "r4"] {
+                ids.push(store.insert(&new_order(request, &[1])).await.expect("insert").expect("new").id);
+            }
+            let [o1, o2, o3, o4] = [0, 1, 2, 3].map(|i| ids[i].clone());
+            let batch = [
+                ("e1", o1.clone(), Allocated),
+                ("e2", o1.clone(), Released),
+                ("e3", o2.clone(), Released),
+                ("e4", o2.clone(), Allocated),
+                ("e5", o3.clone(), Backordered),
+                ("e5", o3.clone(), Allocated),
+                ("e6", "no-such-order".to_owned(), Allocated),
+                ("e7", o4.clone(), Allocated),
+            ];
+            assert_eq!(store.record_fulfilments(&batch).await.expect("record"), 7, "{backend:?}");
+            // Delivered again, with a late allocation of o1 and o4's release: the repeats change nothing.
+            let mut again = batch.to_vec();
+            again.extend([("e8", o1.clone(), Allocated), ("e9", o4.clone(), Released)]);
+            assert_eq!(store.record_fulfilments(&again).await.expect("again"), 2, "{backend:?}");
+            let left: Vec<Option<Fulfilment>> = {
+                let mut left = Vec::new();
+                for id in [&o1, &o2, &o3, &o4] {
+                    left.push(store.get(id).await.expect("get").expect("order").fulfilment);
+                }
+                left
+            };
+            assert_eq!(
+                left,
+                [Some(Released), Some(Released), Some(Backordered), Some(Released)],
+                "{backend:?}"
+            );
+            pool.close().await;
+            db.drop_database().await;
+        }
+    }
+
     /// PostgreSQL's generic plan of the settle (sqlx's statements are prepared) finds the order
     /// by its primary key, not by walking the reconciler's index of pending orders, when
     /// statistics say none is pending (as ANALYZE finds them under load, where an order is
@@ -620,9 +738,9 @@ mod tests {
         let statements = [
             (
                 "settle",
-                "text, text, text, bigint, text, text, text",
-                SETTLE,
-                "'PAID', 'p', NULL, 1, NULL, NULL, 'o1000'",
+                "text, text, text, bigint, text, text, text, text, text, text, bigint",
+                POSTGRES_SETTLE,
+                "'PAID', 'p', NULL, 1, NULL, 'o1000', 'e1', 't', 'b', NULL, 1",
             ),
             ("claim", "text, bigint, text, bigint", POSTGRES.claim, "'me', 1000, 'o1000', 0"),
             ("defer", "bigint, text, text", POSTGRES.defer, "1000, 'o1000', 'me'"),

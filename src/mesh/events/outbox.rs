@@ -89,11 +89,17 @@ impl Outbox {
         serde_json::json!({
             "id": event.id,
             "type": event.event_type,
-            "body": STANDARD.encode(&event.body),
+            "body": Self::stored_body(event),
             "traceparent": event.traceparent,
             "time": event.time_ms,
         })
         .to_string()
+    }
+
+    /// `event`'s body as the outbox's `body` column stores it (base64), for a producer that
+    /// writes its row with its own statement.
+    pub fn stored_body(event: &Event) -> String {
+        STANDARD.encode(&event.body)
     }
 
     /// Writes `event` to the outbox through `executor` (the caller's transaction).
@@ -111,7 +117,7 @@ impl Outbox {
         .bind(&event.id)
         .bind(&event.event_type)
         .bind(&event.subject)
-        .bind(STANDARD.encode(&event.body))
+        .bind(Self::stored_body(event))
         .bind(event.traceparent.as_deref())
         .bind(event.time_ms)
         .execute(executor)
