@@ -53,18 +53,29 @@ async fn serve_one<S: MeshService>(one: One<S>) -> anyhow::Result<()> {
         mesh = mesh.with_broker(broker.clone());
     }
     // A broker not reachable at start is waited for while the service serves; one that then
-    // refuses it for good (credentials, no JetStream) stops it, as it would have at start.
-    let refused = async {
-        match &broker {
-            Some(broker) => broker.failed().await,
-            None => std::future::pending().await,
+    // refuses it for good (credentials, no JetStream) stops it, as it would have at start, but
+    // as a signal does: NOT_SERVING, the calls in flight finished, then the exit with the reason.
+    let (refusal, refused) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        let failed = async {
+            match broker {
+                Some(broker) => broker.failed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown::signal() => {}
+            why = failed => {
+                tracing::error!(error = %why, "the events broker refused the service; draining, then stopping");
+                let _ = refusal.send(why);
+            }
         }
     };
-    tokio::select! {
-        served = server::run::<S, _>(&mesh, own, listeners, shutdown::signal()) => served?,
-        why = refused => return Err(why.into()),
+    server::run::<S, _>(&mesh, own, listeners, stop).await?;
+    match refused.await {
+        Ok(why) => Err(why.into()),
+        Err(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// `migrate`: applies the service's migrations and exits.

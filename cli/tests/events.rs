@@ -374,7 +374,8 @@ async fn a_broker_waited_for_that_refuses_the_credentials_stops_the_service() {
 
 /// `shopmesh serve` with its broker not up yet serves (SERVING: it used to exit, and crash-loop
 /// in Kubernetes) and says once what it waits for; when the broker comes up refusing its
-/// credentials, it exits with the reason, as it would have at start.
+/// credentials, it stops as on a signal (NOT_SERVING, calls in flight finished: it used to
+/// exit mid-call) and exits with the reason, as it would have at start.
 #[tokio::test]
 async fn serve_waits_for_its_broker_and_exits_when_it_comes_up_refusing_the_credentials() {
     let Some(mut nats) = Nats::reserve_with_user("shopmesh", "s3cret-pw") else { return };
@@ -404,6 +405,12 @@ async fn serve_waits_for_its_broker_and_exits_when_it_comes_up_refusing_the_cred
     assert!(!logs.contains("async_nats::connector"), "the client's ERROR per attempt: {logs}");
     assert!(logs.contains("authorization violation"), "exits naming the reason: {logs}");
     assert!(!logs.contains("wr0ng-pw"), "the password is in the logs: {logs}");
+    // The server's last line is "stopped" (a consumer's line says it too, earlier).
+    let at = |line: &str| logs.find(line).unwrap_or_else(|| panic!("no {line:?} in {logs}"));
+    let stopped = logs.rfind("stopped").unwrap_or_default();
+    let drained =
+        [at("refused the service; draining"), at("no longer accepting; finishing in-flight calls"), stopped];
+    assert!(drained.is_sorted(), "drained before stopping: {logs}");
 }
 
 #[tokio::test]
