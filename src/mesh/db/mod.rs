@@ -6,7 +6,8 @@
 //! statement), `url.rs` (engines, SQLite files, redaction) and `inline/` (SQLite point reads and
 //! single-statement writes without sqlx's thread hop: [`Pool::read_row_now`],
 //! [`Pool::execute`], [`Pool::write_row_now`]) and `replicas/` (reads from replicas:
-//! [`Pool::with_replicas`], [`read_optional`], [`read_found`], [`read_all`]).
+//! [`Pool::with_replicas`], [`read_optional`], [`read_found`], [`read_all`]) and `values.rs`
+//! (placeholders of multi-row statements: [`values`], [`list`], [`rows_per_statement`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ mod pooler;
 mod replicas;
 mod traced;
 mod url;
+mod values;
 
 #[cfg(test)]
 pub(crate) use replicas::route::read_only as read_only_call;
@@ -35,6 +37,7 @@ pub use rusqlite;
 pub use traced::Traced;
 use url::prepare_sqlite;
 pub use url::{Backend, redact};
+pub use values::{MAX_PARAMS, list, rows_per_statement, values};
 
 use crate::mesh::{Error, config::MeshConfig};
 

@@ -46,12 +46,7 @@ where
     if event_ids.is_empty() {
         return Ok(std::collections::HashSet::new());
     }
-    // ($1, $2, $3), ($4, $5, $6), ...: parameters numbered in the order they appear, as SQLite
-    // assigns them.
-    let rows = (0..event_ids.len())
-        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let rows = crate::mesh::db::values(event_ids.len(), 3);
     let sql = format!(
         "INSERT INTO inbox (consumer, event_id, received_at_ms) VALUES {rows} \
          ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"

@@ -125,6 +125,34 @@ impl Outbox {
         Ok(())
     }
 
+    /// Writes `events` to the outbox through `tx` (the caller's transaction), in their order
+    /// (`seq` follows the rows of a multi-row `VALUES` on both engines): one statement per
+    /// [`db::rows_per_statement`] events, not one each.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn append_all(tx: &mut db::Traced<db::Tx>, events: &[Event]) -> Result<(), sqlx::Error> {
+        for chunk in events.chunks(db::rows_per_statement(6)) {
+            let sql = format!(
+                "INSERT INTO outbox (id, event_type, subject, body, traceparent, created_at_ms) VALUES {}",
+                db::values(chunk.len(), 6)
+            );
+            // Its text depends on the batch's size: not kept as a prepared statement.
+            let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for event in chunk {
+                query = query
+                    .bind(&event.id)
+                    .bind(&event.event_type)
+                    .bind(&event.subject)
+                    .bind(STANDARD.encode(&event.body))
+                    .bind(event.traceparent.as_deref())
+                    .bind(event.time_ms);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
     /// Tells the relay that a transaction wrote rows (call it after the commit).
     pub fn wake(&self) {
         self.wake.notify_one();
