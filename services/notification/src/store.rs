@@ -10,20 +10,10 @@ use crate::domain::{Filter, Kind, Notification};
 
 const COLUMNS: &str = "id, user_id, order_id, kind, body, provider_message_id, send_time_ms";
 
-/// Notifications one insert writes at most: 7 parameters each, well within SQLite's 32 766
-/// and PostgreSQL's 65 535.
-const CHUNK: usize = 1000;
-
 /// The insert of `rows` notifications (7 parameters each, in [`COLUMNS`]'s order) that skips
 /// a second one of an order and kind, within the statement too.
 fn insert_sql(rows: usize) -> String {
-    let values = (0..rows)
-        .map(|row| {
-            let p = 7 * row;
-            format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7)
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let values = db::values(rows, 7);
     format!("INSERT INTO notifications ({COLUMNS}) VALUES {values} ON CONFLICT (order_id, kind) DO NOTHING")
 }
 
@@ -72,7 +62,7 @@ impl Store {
             sent.iter().filter(|(event_id, _)| fresh.remove(*event_id)).map(|(_, n)| *n).collect();
         let mut recorded = 0;
         // Chunks keep a statement's parameters within both engines' limits.
-        for chunk in new.chunks(CHUNK) {
+        for chunk in new.chunks(db::rows_per_statement(7)) {
             let sql = AssertSqlSafe(insert_sql(chunk.len()));
             // Its text depends on the batch's size: not kept as a prepared statement.
             let mut query = sqlx::query(sql).persistent(false);
