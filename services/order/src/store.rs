@@ -282,15 +282,23 @@ impl Store {
         let now = ids::now_ms();
         // A paid order's OrderPaid goes to the outbox with the state change, in one statement.
         let event = (state == State::Paid).then(|| events::paid(&self.outbox, order));
+        // Parameters 1 to 5 of either engine's statement.
+        let [p1, p2, p3, p4, p5]: [Param<'_>; 5] = [
+            state.as_str().into(),
+            payment_id.into(),
+            decline_reason.into(),
+            now.into(),
+            cancel_request_id.into(),
+        ];
         let changed = match self.backend {
             Backend::Postgres => {
                 let body = event.as_ref().map(Outbox::stored_body);
                 let params = [
-                    state.as_str().into(),
-                    payment_id.into(),
-                    decline_reason.into(),
-                    now.into(),
-                    cancel_request_id.into(),
+                    p1,
+                    p2,
+                    p3,
+                    p4,
+                    p5,
                     (&order.id).into(),
                     event.as_ref().map(|e| e.id.as_str()).into(),
                     event.as_ref().map(|e| e.event_type.as_str()).into(),
@@ -306,15 +314,7 @@ impl Store {
             // Committed on this thread unless it cannot be (`Pool::execute`).
             Backend::Sqlite => {
                 let new_event = event.as_ref().map(Outbox::json);
-                let params = [
-                    state.as_str().into(),
-                    payment_id.into(),
-                    decline_reason.into(),
-                    now.into(),
-                    cancel_request_id.into(),
-                    new_event.as_deref().into(),
-                    (&order.id).into(),
-                ];
+                let params = [p1, p2, p3, p4, p5, new_event.as_deref().into(), (&order.id).into()];
                 self.pool.execute(SETTLE, &params).await?
             }
         };
