@@ -102,29 +102,6 @@ impl Outbox {
         STANDARD.encode(&event.body)
     }
 
-    /// Writes `event` to the outbox through `executor` (the caller's transaction).
-    ///
-    /// # Errors
-    /// The database's.
-    pub async fn append<'c, E>(executor: E, event: &Event) -> Result<(), sqlx::Error>
-    where
-        E: sqlx::Executor<'c, Database = sqlx::Any>,
-    {
-        sqlx::query(
-            "INSERT INTO outbox (id, event_type, subject, body, traceparent, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&event.id)
-        .bind(&event.event_type)
-        .bind(&event.subject)
-        .bind(Self::stored_body(event))
-        .bind(event.traceparent.as_deref())
-        .bind(event.time_ms)
-        .execute(executor)
-        .await?;
-        Ok(())
-    }
-
     /// Writes `events` to the outbox through `tx` (the caller's transaction), in their order
     /// (`seq` follows the rows of a multi-row `VALUES` on both engines): one statement per
     /// [`db::rows_per_statement`] events, not one each.
@@ -144,7 +121,7 @@ impl Outbox {
                     .bind(&event.id)
                     .bind(&event.event_type)
                     .bind(&event.subject)
-                    .bind(STANDARD.encode(&event.body))
+                    .bind(Self::stored_body(event))
                     .bind(event.traceparent.as_deref())
                     .bind(event.time_ms);
             }
