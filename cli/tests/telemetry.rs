@@ -156,12 +156,26 @@ async fn one_order_is_one_trace_across_four_processes() {
 /// The all-in-one run: a CreateOrder's calls to user, catalog and payment go in-process
 /// (counted per callee; a fallback to the local ports would count none) and still make one
 /// trace: each callee's server span under the order service's client span, under the order
-/// server span that continues the caller's trace.
+/// server span that continues the caller's trace. Its events stay in that trace too (issue
+/// 27): the relay's PRODUCER span of OrderPaid, the CONSUMER spans of inventory and
+/// notification under it, the inventory's PRODUCER span of what it did under its CONSUMER
+/// span, and the CONSUMER spans of order and notification under that. On both engines: on
+/// PostgreSQL the settle writes OrderPaid's row, its trace context included, in its own
+/// statement.
 #[tokio::test]
 async fn in_the_all_in_one_calls_go_in_process_and_stay_one_trace() {
+    for backend in testing::backends() {
+        all_in_one_trace(backend).await;
+    }
+}
+
+async fn all_in_one_trace(backend: Backend) {
     let (receiver, otlp) = otlp_receiver().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = |name: &str| format!("sqlite://{}/{name}.db", dir.path().display());
+    let mut dbs = Vec::new();
+    for name in ["user", "payment", "catalog", "order", "inventory", "notification", "processor"] {
+        dbs.push((name, testing::database(backend, name).await));
+    }
+    let db = |name: &str| dbs.iter().find(|(n, _)| *n == name).expect("db").1.url.clone();
     let (user_addr, catalog_addr, order_addr, metrics_addr) =
         (free_addr(), free_addr(), free_addr(), free_addr());
     let args = [
@@ -221,10 +235,20 @@ async fn in_the_all_in_one_calls_go_in_process_and_stay_one_trace() {
     let wrong = metrics_table::disagreements(exposition);
     assert!(wrong.is_empty(), "/metrics and docs/observability.md disagree:\n{}", wrong.join("\n"));
 
+    // The events' four CONSUMER spans (two per event) end once they are handled, after the
+    // answer; exported within the batch delay.
+    let in_trace =
+        || -> Vec<Received> { receiver.spans().into_iter().filter(|s| s.trace_id == trace_id).collect() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while in_trace().iter().filter(|s| s.kind == SpanKind::Consumer as i32).count() < 4
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(process.terminate().await.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let traced = loop {
-        let traced: Vec<Received> = receiver.spans().into_iter().filter(|s| s.trace_id == trace_id).collect();
+        let traced = in_trace();
         if traced.iter().filter(|s| s.kind == SpanKind::Server as i32).count() >= 4
             || Instant::now() > deadline
         {
@@ -249,6 +273,35 @@ async fn in_the_all_in_one_calls_go_in_process_and_stay_one_trace() {
             Some("0"),
             "{server:#?}"
         );
+    }
+
+    // OrderPaid, sent by the order's relay, handled by inventory and notification; the
+    // inventory (no stock set) backorders the order, and order and notification handle that.
+    let paid_sent = one(&traced, "shopmesh", "send shopmesh.order.v1.OrderPaid", SpanKind::Producer);
+    let paid_handled = find(&traced, "shopmesh", "process shopmesh.order.v1.OrderPaid", SpanKind::Consumer);
+    assert_eq!(paid_handled.len(), 2, "{backend:?}: inventory and notification: {paid_handled:#?}");
+    assert!(paid_handled.iter().all(|s| s.parent == paid_sent.span_id), "{backend:?}: {paid_handled:#?}");
+    let by_inventory = paid_handled
+        .iter()
+        .find(|s| {
+            s.attributes.get("messaging.consumer.group.name").map(String::as_str) == Some("inventory-order")
+        })
+        .unwrap_or_else(|| panic!("{backend:?}: no inventory CONSUMER span: {paid_handled:#?}"));
+    let backordered = "shopmesh.inventory.v1.OrderBackordered";
+    let backordered_sent = one(&traced, "shopmesh", &format!("send {backordered}"), SpanKind::Producer);
+    assert_eq!(
+        backordered_sent.parent, by_inventory.span_id,
+        "{backend:?}: caused by the inventory's handling"
+    );
+    let backordered_handled =
+        find(&traced, "shopmesh", &format!("process {backordered}"), SpanKind::Consumer);
+    assert_eq!(backordered_handled.len(), 2, "{backend:?}: order and notification: {backordered_handled:#?}");
+    assert!(
+        backordered_handled.iter().all(|s| s.parent == backordered_sent.span_id),
+        "{backend:?}: {backordered_handled:#?}"
+    );
+    for (_, db) in dbs {
+        db.drop_database().await;
     }
 }
 
