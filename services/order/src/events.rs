@@ -193,6 +193,65 @@ mod tests {
         test_db.drop_database().await;
     }
 
+    /// The relay's claim reads the entries of rows published since the last vacuum once, not
+    /// on every pass: on a table without statistics (a new database, before autovacuum's first
+    /// ANALYZE), where PostgreSQL's own choice is a bitmap scan that never marks them dead.
+    #[tokio::test]
+    async fn the_relay_s_claim_reads_the_rows_published_since_the_last_vacuum_once() {
+        use shopmesh::mesh::events::outbox;
+        if !testing::backends().contains(&testing::Backend::Postgres) {
+            return;
+        }
+        let test_db = testing::database(testing::Backend::Postgres, "order_outbox_dead").await;
+        // One connection, so that what its passes read is all the index's counters count.
+        let mesh =
+            shopmesh::mesh::config::MeshConfig { db_max_connections: Some(1), ..testing::mesh_config() };
+        let pool = db::open(&test_db.url, &mesh, crate::Order::MIGRATIONS).await.expect("open");
+        // 2 000 rows published as the relay marks them (an UPDATE each leaves a dead version
+        // behind), then 10 new ones; no vacuum and no statistics.
+        for sql in [
+            "ALTER TABLE outbox SET (autovacuum_enabled = false)",
+            "INSERT INTO outbox (id, event_type, subject, body, created_at_ms) \
+             SELECT 'e' || g, 't', 'o' || g, 'b', g FROM generate_series(1, 2000) g",
+            "UPDATE outbox SET published_at_ms = 1",
+            "INSERT INTO outbox (id, event_type, subject, body, created_at_ms) \
+             SELECT 'f' || g, 't', 'p' || g, 'b', g FROM generate_series(1, 10) g",
+            "SET stats_fetch_consistency = none",
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&*pool).await.expect(sql);
+        }
+        // Index entries read so far: those reported, and those the backend has yet to report.
+        let entries = || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT pg_stat_get_tuples_returned('outbox_unpublished_seq'::regclass) \
+                 + pg_stat_get_xact_tuples_returned('outbox_unpublished_seq'::regclass)",
+            )
+            .fetch_one(&*pool)
+            .await
+            .expect("entries read")
+        };
+        // A pass marks the dead entries it meets only once no transaction of the server can
+        // still see their rows (others run beside this test): passes are repeated until one
+        // reads only the live entries, as the relay's would be, for up to 5 s.
+        let mut read = Vec::new();
+        for _ in 0..50 {
+            let before = entries().await;
+            let (tx, rows) = outbox::claim(&pool, 100).await.expect("claim");
+            assert_eq!(rows.len(), 10);
+            tx.rollback().await.expect("rollback");
+            read.push(entries().await - before);
+            if read.last() < Some(&100) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // The first pass meets the 2 000 dead entries; a later one reads the 10 live ones.
+        assert!(read[0] >= 2000, "entries read by each pass: {read:?}");
+        assert!(read.last() < Some(&100), "every pass read the dead entries again: {read:?}");
+        pool.close().await;
+        test_db.drop_database().await;
+    }
+
     /// The housekeeping deletes the rows published before its cutoff and no others, sweeping
     /// on past rows it must keep at the head of the table (one unpublished, one published
     /// late), and on PostgreSQL reads the oldest rows by the primary key, not the whole table.
