@@ -322,11 +322,12 @@ pub fn claim_sql() -> String {
 /// predicate), so the row's entry stays in the index of unpublished rows, pointing at a dead
 /// version, until vacuum removes it. An index scan that meets such an entry marks it dead in the
 /// index (`LP_DEAD`), and no later scan reads it again; a bitmap scan never does. PostgreSQL
-/// plans the claim as a bitmap scan and a sort while the table has no statistics (a new
-/// database's first minute, before autovacuum's first ANALYZE) or whenever they show few
-/// unpublished rows, and then every pass read again every row published since the last vacuum:
+/// planned the claim as a bitmap scan and a sort while the table had no statistics (a new
+/// database's first minute, before autovacuum's first ANALYZE; once analyzed, the plan seen was
+/// an index scan), and then every pass read again every row published since the last vacuum:
 /// 4 500 index entries and 6 ms a pass seven seconds into a benchmark on a fresh database,
-/// 3.8 million entries over its 471 passes. The index scan reads each of them once.
+/// 3.8 million entries over its 471 passes. The index scan reads each of them once, whatever
+/// the statistics say.
 pub const CLAIM_PLAN: &str = "SET LOCAL enable_bitmapscan = off";
 
 /// A relay's pass on PostgreSQL begins with this: a transaction holding up to `limit` rows
