@@ -26,7 +26,7 @@ use shopmesh::mesh::config::EventsConfig;
 use shopmesh::mesh::events::{Broker, bus::Bus};
 use shopmesh::mesh::ids::new_id;
 use shopmesh::mesh::service::MeshService as _;
-use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh::mesh::testing::{self, Backend, Refusing, Spawned, TestDb};
 use shopmesh::mesh::upstream::Upstreams;
 use shopmesh_inventory::{Inventory, InventoryConfig};
 use shopmesh_notification::{Notification as NotificationService, NotificationConfig};
@@ -644,10 +644,10 @@ async fn the_bench_times_each_paid_orders_notification() {
 async fn set_stock_with_the_catalog_down_is_unavailable() {
     let db = testing::database(Backend::Sqlite, "inventory").await;
     // Nothing listens there: the catalog is down.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let dead = Refusing::bind();
     let mesh = testing::mesh(testing::mesh_config())
         .with_broker(bus())
-        .with_upstreams(Upstreams::new().at("catalog", format!("http://{dead}")));
+        .with_upstreams(Upstreams::new().at("catalog", dead.url()));
     let inventory = testing::spawn_service::<Inventory>(
         &mesh,
         InventoryConfig { listen: testing::ANY_PORT, database_url: db.url.clone(), database_read_url: None },

@@ -1,7 +1,6 @@
 //! End to end: the user, payment, catalog and order services, each on its own 127.0.0.1 port and
 //! its own database, calling each other over real gRPC, on SQLite and (when configured) PostgreSQL.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use shopmesh::api::common::v1::Money;
@@ -17,7 +16,7 @@ use shopmesh::api::user::v1::{
     CreateUserRequest, UpdateUserRequest, User, user_service_client::UserServiceClient,
 };
 use shopmesh::mesh::ids::new_id;
-use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
+use shopmesh::mesh::testing::{self, Backend, Refusing, Spawned, TestDb, field_violations, precondition};
 use shopmesh::mesh::upstream::Upstreams;
 use shopmesh_order::{OrderConfig, ReconcileConfig};
 use shopmesh_payment::PaymentConfig;
@@ -59,7 +58,10 @@ struct Mesh {
     order: Spawned,
     catalog: Catalog,
     dbs: Vec<TestDb>,
-    payment_addr: SocketAddr,
+    /// The user service's port, held once it is stopped (see [`Mesh::stop_user`]).
+    user_port: Option<Refusing>,
+    /// The payment port, held while payment is down (see [`Mesh::start_payment`]).
+    payment_port: Option<Refusing>,
     users: UserServiceClient<Channel>,
     payments: PaymentServiceClient<Channel>,
     orders: OrderServiceClient<Channel>,
@@ -111,14 +113,13 @@ async fn start_checking_users(
     let user =
         testing::spawn_service::<shopmesh_user::User>(&testing::mesh(testing::mesh_config()), config).await;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let payment_addr = listener.local_addr().expect("addr");
-    let payment = if payment_up {
-        Some(start_payment(listener, &payment_db, payment_latency).await)
+    // Held without listening, so connecting is refused until the payment service starts on it.
+    let payment_port = Refusing::bind();
+    let payment_addr = payment_port.addr();
+    let (payment, payment_port) = if payment_up {
+        (Some(start_payment(payment_port.listen(), &payment_db, payment_latency).await), None)
     } else {
-        // Closed, so connecting is refused until the payment service binds this address.
-        drop(listener);
-        None
+        (None, Some(payment_port))
     };
 
     let catalog = Catalog::with(backend, PRODUCTS).await;
@@ -152,7 +153,8 @@ async fn start_checking_users(
         order,
         catalog,
         dbs: vec![user_db, payment_db, order_db],
-        payment_addr,
+        user_port: None,
+        payment_port,
         users,
         payments,
         orders,
@@ -186,16 +188,19 @@ impl Mesh {
         }
     }
 
-    /// Stops the user service; the order service keeps calling its address.
+    /// Stops the user service; the order service keeps calling its address, which is held so
+    /// that no other test's service is given it.
     async fn stop_user(&mut self) {
-        self.user.take().expect("user is up").stop().await.expect("user stops cleanly");
+        let user = self.user.take().expect("user is up");
+        let addr = user.addr;
+        user.stop().await.expect("user stops cleanly");
+        self.user_port = Some(Refusing::at(addr));
     }
 
     /// Brings the payment service up at the address the order service calls.
     async fn start_payment(&mut self) {
-        assert!(self.payment.is_none(), "payment is already up");
-        let listener = TcpListener::bind(self.payment_addr).await.expect("rebind the payment address");
-        self.payment = Some(start_payment(listener, &self.dbs[1], PAYMENT_LATENCY).await);
+        let port = self.payment_port.take().expect("payment is down, its port held");
+        self.payment = Some(start_payment(port.listen(), &self.dbs[1], PAYMENT_LATENCY).await);
     }
 
     async fn new_user(&mut self, email: &str) -> User {
@@ -662,7 +667,8 @@ async fn a_refunded_payment_does_not_pay_a_pending_order() {
         let mut m = start_with(backend, false, reconcile).await;
         let user = m.new_user("late@example.com").await;
         let req = order_of(&user.id, vec![line("CHAIR", 1, usd(3_000))], "late-1");
-        assert_eq!(m.create(req.clone()).await.expect_err("down").code(), Code::Unavailable, "{backend:?}");
+        let err = m.create(req.clone()).await.expect_err("payment is down");
+        assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
         let pending = m.orders_of(&user.id, 0).await.remove(0);
         m.start_payment().await;
         // The order's own Charge reached payment (its reply was lost), then it was refunded there.

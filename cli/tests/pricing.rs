@@ -14,7 +14,7 @@ use shopmesh::api::payment::v1::{
     ListPaymentsRequest, Payment, PaymentState, payment_service_client::PaymentServiceClient,
 };
 use shopmesh::api::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
-use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb, field_violations, precondition};
+use shopmesh::mesh::testing::{self, Backend, Refusing, Spawned, TestDb, field_violations, precondition};
 use shopmesh::mesh::upstream::Upstreams;
 use shopmesh_order::{OrderConfig, ReconcileConfig};
 use shopmesh_payment::PaymentConfig;
@@ -46,6 +46,9 @@ struct World {
     payment: Spawned,
     order: Spawned,
     catalog: Option<Catalog>,
+    /// With the catalog [`CatalogAt::Nowhere`], its port, held so no other test's service is
+    /// given it.
+    _catalog_port: Option<Refusing>,
     dbs: Vec<TestDb>,
     users: UserServiceClient<Channel>,
     payments: PaymentServiceClient<Channel>,
@@ -72,16 +75,15 @@ async fn start(backend: Backend, ttl: Duration, at: CatalogAt) -> World {
         payment_processing_lease: Duration::from_secs(10),
     };
     let payment = testing::spawn_service::<shopmesh_payment::Payment>(&mesh(), config).await;
-    let (catalog, catalog_url) = match at {
+    let (catalog, catalog_url, catalog_port) = match at {
         CatalogAt::Running => {
             let catalog = Catalog::with(backend, PRODUCTS).await;
             let url = catalog.url();
-            (Some(catalog), url)
+            (Some(catalog), url, None)
         }
         CatalogAt::Nowhere => {
-            let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let url = format!("http://{}", closed.local_addr().expect("addr"));
-            (None, url)
+            let port = Refusing::bind();
+            (None, port.url(), Some(port))
         }
     };
     let config = OrderConfig {
@@ -102,7 +104,17 @@ async fn start(backend: Backend, ttl: Duration, at: CatalogAt) -> World {
     let users = UserServiceClient::connect(user.url()).await.expect("connect user");
     let payments = PaymentServiceClient::connect(payment.url()).await.expect("connect payment");
     let orders = OrderServiceClient::connect(order.url()).await.expect("connect order");
-    World { user, payment, order, catalog, dbs: vec![user_db, payment_db, order_db], users, payments, orders }
+    World {
+        user,
+        payment,
+        order,
+        catalog,
+        _catalog_port: catalog_port,
+        dbs: vec![user_db, payment_db, order_db],
+        users,
+        payments,
+        orders,
+    }
 }
 
 fn usd(amount_minor: i64) -> Option<Money> {

@@ -13,7 +13,7 @@ use shopmesh::api::payment::v1::{
 };
 use shopmesh::mesh::config::ClientConfig;
 use shopmesh::mesh::service::MeshService as _;
-use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh::mesh::testing::{self, Backend, Refusing, Spawned, TestDb};
 use shopmesh::mesh::{client, db, ids};
 use shopmesh_order::ReconcileConfig;
 use shopmesh_order::domain::{CatalogPrice, LineInput, Order, OrderRequest, State};
@@ -27,6 +27,9 @@ struct World {
     orders: Harness,
     payment: Option<Spawned>,
     payment_url: String,
+    /// With `payment_up` false, the port in `payment_url`, held so no other test's service
+    /// is given it.
+    _payment_port: Option<Refusing>,
     payment_db: TestDb,
     order_db: TestDb,
 }
@@ -48,7 +51,7 @@ async fn world(backend: Backend, payment_up: bool) -> World {
     let pool = db::open(&order_db.url, &testing::mesh_config(), shopmesh_order::Order::MIGRATIONS)
         .await
         .expect("order db");
-    let (payment, payment_url) = if payment_up {
+    let (payment, payment_url, payment_port) = if payment_up {
         let config = PaymentConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             database_url: payment_db.url.clone(),
@@ -63,12 +66,10 @@ async fn world(backend: Backend, payment_up: bool) -> World {
         let mesh = testing::mesh(testing::mesh_config());
         let spawned = testing::spawn_service::<PaymentService>(&mesh, config).await;
         let url = spawned.url();
-        (Some(spawned), url)
+        (Some(spawned), url, None)
     } else {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        drop(listener);
-        (None, url)
+        let port = Refusing::bind();
+        (None, port.url(), Some(port))
     };
     let client_config = ClientConfig::default();
     // Reconciliation never asks the user service.
@@ -77,7 +78,7 @@ async fn world(backend: Backend, payment_up: bool) -> World {
         client::channel("http://127.0.0.1:9", &client_config, catalogue, None).await.expect("channel");
     let payments = client::channel(&payment_url, &client_config, catalogue, None).await.expect("channel");
     let orders = Harness::new(pool, users, payments);
-    World { orders, payment, payment_url, payment_db, order_db }
+    World { orders, payment, payment_url, _payment_port: payment_port, payment_db, order_db }
 }
 
 impl World {

@@ -26,7 +26,7 @@ use shopmesh::mesh::config::{ClientConfig, MeshConfig};
 use shopmesh::mesh::grpc::timeout::parse_timeout;
 use shopmesh::mesh::service::Listeners;
 use shopmesh::mesh::service::MeshService as _;
-use shopmesh::mesh::testing::{self, Backend, Spawned, TestDb};
+use shopmesh::mesh::testing::{self, Backend, Refusing, Spawned, TestDb};
 use shopmesh::mesh::upstream::Upstreams;
 use shopmesh::mesh::{client, server};
 use shopmesh_order::OrderConfig;
@@ -767,15 +767,16 @@ async fn the_last_endpoint_is_never_ejected() {
 
 /// A channel balanced over `serving` and an address on 127.0.0.1 where nothing listens
 /// (connecting is refused at once), with two attempts per call and a failure threshold out of
-/// reach, so only a refusal can take the refusing one out.
-async fn beside_a_refusing_replica(name: &str, serving: std::net::SocketAddr) -> client::Channel {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let refusing = listener.local_addr().expect("addr");
-    drop(listener);
+/// reach, so only a refusal can take the refusing one out. The refusing port is held for as long
+/// as the test keeps what this returns.
+async fn beside_a_refusing_replica(name: &str, serving: std::net::SocketAddr) -> (client::Channel, Refusing) {
+    let refusing = Refusing::bind();
     let config = ClientConfig { retry_max_attempts: 2, eject_after_failures: 1_000, ..client_config() };
     // The balancer keeps the last list when its sender is dropped.
-    let (_, rx) = tokio::sync::watch::channel(vec![refusing, serving]);
-    client::channel_from_watch(name, rx, &config, shopmesh::mesh_api().catalogue).await.expect("channel")
+    let (_, rx) = tokio::sync::watch::channel(vec![refusing.addr(), serving]);
+    let channel =
+        client::channel_from_watch(name, rx, &config, shopmesh::mesh_api().catalogue).await.expect("channel");
+    (channel, refusing)
 }
 
 /// A replica that refuses connections (restarting in a rolling update) beside one that serves:
@@ -786,7 +787,8 @@ async fn beside_a_refusing_replica(name: &str, serving: std::net::SocketAddr) ->
 async fn a_refused_connection_is_retried_on_another_endpoint() {
     let script = Arc::new(Script::default());
     let serving = fake_users(&script).await;
-    let mut users = UserServiceClient::new(beside_a_refusing_replica("users", serving.addr).await);
+    let (channel, _refusing) = beside_a_refusing_replica("users", serving.addr).await;
+    let mut users = UserServiceClient::new(channel);
     let mut failed = Vec::new();
     for i in 0..100 {
         if let Err(status) = users.get_user(GetUserRequest { id: format!("u-{i}") }).await {
@@ -805,7 +807,8 @@ async fn a_refused_connection_is_retried_on_another_endpoint() {
 async fn a_call_never_sent_is_retried_whatever_its_method_and_a_sent_one_is_not() {
     let script = Arc::new(Script::default());
     let serving = fake_payments(&script).await;
-    let mut payments = PaymentServiceClient::new(beside_a_refusing_replica("payments", serving.addr).await);
+    let (channel, _refusing) = beside_a_refusing_replica("payments", serving.addr).await;
+    let mut payments = PaymentServiceClient::new(channel);
     let mut failed = Vec::new();
     for _ in 0..50 {
         if let Err(status) = payments.charge(charge("")).await {

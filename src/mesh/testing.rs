@@ -241,6 +241,67 @@ pub fn mesh(config: MeshConfig) -> Mesh {
 /// The address a service's settings name when a test binds its listener itself.
 pub const ANY_PORT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
+/// A loopback port where nothing listens yet, held so that no other socket can take it: a
+/// dependency that is down, at an address it can come back on ([`Refusing::listen`]).
+///
+/// Binding 127.0.0.1:0 and dropping the listener leaves the port free, and a service another
+/// test starts meanwhile may be given it: calls meant to be refused then reach that service (a
+/// test that expects UNAVAILABLE sees INTERNAL). This socket is bound and does not listen, so
+/// connecting is refused at once, and the kernel gives its port to no `127.0.0.1:0` bind: when
+/// it picks a port, a bound socket counts as taken even with `SO_REUSEADDR` on both, which is set
+/// here as on every listener tokio binds, so that [`Refusing::at`] can hold the port again after
+/// a service on it stops.
+#[derive(Debug)]
+pub struct Refusing {
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl Refusing {
+    /// Binds a fresh loopback port without listening on it.
+    ///
+    /// # Panics
+    /// If no socket can be bound.
+    pub fn bind() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(ANY_PORT).expect("bind 127.0.0.1:0");
+        let addr = socket.local_addr().expect("the bound address");
+        Self { socket, addr }
+    }
+
+    /// Holds `addr`, where a service the test stopped was listening, so that connecting there
+    /// keeps being refused. `SO_REUSEADDR` lets it bind beside the stopped service's closing
+    /// connections (accepted on a listener that had it set too, as tokio's have).
+    ///
+    /// # Panics
+    /// If `addr` cannot be bound (something listens there).
+    pub fn at(addr: SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(addr).unwrap_or_else(|e| panic!("hold {addr}: {e}"));
+        Self { socket, addr }
+    }
+
+    /// The address, where connecting is refused until [`Refusing::listen`].
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://` and the address.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts listening on the held port, for a service to come up at the address.
+    ///
+    /// # Panics
+    /// If the socket cannot listen.
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(1024).expect("listen on the held port")
+    }
+}
+
 /// Runs service `S` with `config` on 127.0.0.1:0 and returns once it is SERVING.
 pub async fn spawn_service<S: MeshService>(mesh: &Mesh, config: S::Config) -> Spawned {
     let mesh = mesh.clone();
@@ -344,5 +405,32 @@ mod tests {
             "postgres://u:p@h:5432/t1?sslmode=disable"
         );
         assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+    }
+
+    /// A held port refuses connections, is given to none of 2 000 `127.0.0.1:0` binds while held
+    /// (a dropped listener's port was given to one in 4 of 20 such runs), and serves once listening;
+    /// after that listener closes, [`Refusing::at`] holds the port again.
+    #[tokio::test]
+    async fn a_held_port_refuses_connections_and_no_other_bind_is_given_it() {
+        let held = Refusing::bind();
+        let addr = held.addr();
+        let refused = tokio::net::TcpStream::connect(addr).await.expect_err("nothing listens");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+        let mut others = Vec::new();
+        for _ in 0..2_000 {
+            let other = TcpListener::bind(ANY_PORT).await.expect("bind");
+            assert_ne!(other.local_addr().expect("addr"), addr, "the held port was given away");
+            others.push(other);
+            if others.len() > 500 {
+                others.remove(0);
+            }
+        }
+        let listener = held.listen();
+        let (_client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (server_side, _) = accepted.expect("accepted on the held port");
+        drop((server_side, listener));
+        let again = Refusing::at(addr);
+        let refused = tokio::net::TcpStream::connect(again.addr()).await.expect_err("held again");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
     }
 }
