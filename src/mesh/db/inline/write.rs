@@ -51,6 +51,8 @@ pub(in crate::mesh::db) struct Writer {
     outcomes: [AtomicU64; Outcome::ALL.len()],
     /// Writes handed back to sqlx (busy, or failed here), for tests and debugging.
     handed_back: AtomicU64,
+    /// Tries that found the file locked ([`NotWritten::Busy`]), for tests and debugging.
+    busy: AtomicU64,
 }
 
 /// What one checkpoint did (the `outcome` label of `db_sqlite_checkpoints_total`).
@@ -121,6 +123,7 @@ impl Writer {
             checkpoints: AtomicU64::new(0),
             outcomes: Default::default(),
             handed_back: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
         }
     }
 
@@ -131,13 +134,22 @@ impl Writer {
 
     /// Counts a write handed back to sqlx: `busy` when the file was locked (a writer through
     /// sqlx, a checkpoint), otherwise anything else (see the module docs).
-    fn count_hand_back(&self, busy: bool) {
+    pub(in crate::mesh::db) fn count_hand_back(&self, not: NotWritten) {
         self.handed_back.fetch_add(1, Ordering::Relaxed);
         if let Some(pool) = self.name.get() {
-            let reason = if busy { "busy" } else { "other" };
+            let reason = match not {
+                NotWritten::Busy => "busy",
+                NotWritten::Other => "other",
+            };
             metrics::counter!("db_sqlite_writes_handed_back_total", POOL => *pool, "reason" => reason)
                 .increment(1);
         }
+    }
+
+    /// Writes handed back to sqlx, and tries that found the file locked.
+    #[cfg(test)]
+    pub(in crate::mesh::db) fn handed_back_and_busy(&self) -> (u64, u64) {
+        (self.handed_back.load(Ordering::Relaxed), self.busy.load(Ordering::Relaxed))
     }
 
     /// How many checkpoints ended with `outcome`.
@@ -172,25 +184,49 @@ impl Writer {
 
     /// Runs `sql` (one INSERT, UPDATE or DELETE, with positional parameters `params`) to its
     /// end and commits it; `None` when it was not done here, in which case nothing was written
-    /// (see the module docs).
+    /// (see the module docs), counted as handed back.
     pub(in crate::mesh::db) fn write<T, P: rusqlite::Params>(
         self: &Arc<Self>,
         sql: &str,
         params: P,
         map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Option<Written<T>> {
+        self.try_write(sql, params, map).map_err(|not| self.count_hand_back(not)).ok()
+    }
+
+    /// [`Writer::write`], saying why a write was not done here, and counting nothing: the
+    /// caller may try again ([`NotWritten::Busy`]) before it hands the write to sqlx and
+    /// counts it ([`Writer::count_hand_back`]).
+    pub(in crate::mesh::db) fn try_write<T, P: rusqlite::Params>(
+        self: &Arc<Self>,
+        sql: &str,
+        params: P,
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Written<T>, NotWritten> {
+        let tried = self.attempt(sql, params, map);
+        if let Err(NotWritten::Busy) = tried {
+            self.busy.fetch_add(1, Ordering::Relaxed);
+        }
+        tried
+    }
+
+    fn attempt<T, P: rusqlite::Params>(
+        self: &Arc<Self>,
+        sql: &str,
+        params: P,
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Written<T>, NotWritten> {
         let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             match self.open() {
                 Ok(conn) => *slot = Some(conn),
                 Err(err) => {
                     tracing::debug!(%err, path = %self.path.display(), "no inline SQLite writer; writing through sqlx");
-                    self.count_hand_back(false);
-                    return None;
+                    return Err(NotWritten::Other);
                 }
             }
         }
-        let conn = slot.as_ref()?;
+        let Some(conn) = slot.as_ref() else { return Err(NotWritten::Other) };
         let outcome = run(conn, sql, params, map);
         if !conn.is_autocommit() {
             // Not committed (a statement that began a transaction, or a failure that left one
@@ -200,20 +236,21 @@ impl Writer {
                 *slot = None;
             }
             drop(slot);
-            self.count_hand_back(is_busy(outcome.as_ref().err()));
-            return None;
+            return Err(NotWritten::of(outcome.as_ref().err()));
         }
         let rows_affected = conn.changes();
         drop(slot);
         match outcome {
             Ok(first) => {
                 self.committed();
-                Some(Written { rows_affected, first })
+                Ok(Written { rows_affected, first })
             }
             Err(err) => {
-                tracing::debug!(%err, sql, "inline SQLite write handed to sqlx");
-                self.count_hand_back(is_busy(Some(&err)));
-                None
+                let not = NotWritten::of(Some(&err));
+                if not == NotWritten::Other {
+                    tracing::debug!(%err, sql, "inline SQLite write handed to sqlx");
+                }
+                Err(not)
             }
         }
     }
@@ -270,12 +307,24 @@ impl Writer {
     }
 }
 
-/// Whether `err` is SQLite's "locked": another connection holds what the write needed.
-fn is_busy(err: Option<&rusqlite::Error>) -> bool {
-    matches!(
-        err.and_then(rusqlite::Error::sqlite_error_code),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
+/// Why a write was not done on the calling thread; nothing was written either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::mesh::db) enum NotWritten {
+    /// SQLite's "locked": another connection (a writer through sqlx, a checkpoint) holds what
+    /// the write needed, and trying again once it lets go may succeed.
+    Busy,
+    /// Anything else: no file yet, a statement that does not fit the schema, a constraint.
+    /// sqlx reports it.
+    Other,
+}
+
+impl NotWritten {
+    fn of(err: Option<&rusqlite::Error>) -> Self {
+        match err.and_then(rusqlite::Error::sqlite_error_code) {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => Self::Busy,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// The page size the WAL's length limit is computed with (SQLite's default).
