@@ -539,6 +539,20 @@ mod tests {
         conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("counts")
     }
 
+    /// Takes the file's write lock on `other`, then starts a write of row `a` through `pool`:
+    /// the pool's writer, and the write.
+    fn write_while_locked(
+        pool: &Pool,
+        other: &rusqlite::Connection,
+    ) -> (Arc<inline::Writer>, tokio::task::JoinHandle<Result<u64, sqlx::Error>>) {
+        let writer = Arc::clone(pool.writer.as_ref().expect("a file has a writer"));
+        other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES ('held', 1);").expect("takes the lock");
+        let pool = pool.clone();
+        let write =
+            tokio::spawn(async move { pool.execute(INSERT, &[Param::Text(Some("a")), Param::Int(1)]).await });
+        (writer, write)
+    }
+
     /// Yields until `writer`'s (handed back, busy) counts satisfy `until`.
     async fn until(writer: &inline::Writer, until: impl Fn((u64, u64)) -> bool) {
         while !until(writer.handed_back_and_busy()) {
@@ -552,12 +566,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_write_that_finds_the_file_locked_is_tried_again_here() {
         let (_dir, pool, other) = sqlite_file().await;
-        let writer = Arc::clone(pool.writer.as_ref().expect("a file has a writer"));
-        other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES ('held', 1);").expect("takes the lock");
-        let write = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.execute(INSERT, &[Param::Text(Some("a")), Param::Int(1)]).await }
-        });
+        let (writer, write) = write_while_locked(&pool, &other);
         until(&writer, |(_, busy)| busy >= 1).await;
         other.execute_batch("COMMIT").expect("lets go");
         assert_eq!(write.await.expect("joins").expect("written"), 1);
@@ -573,12 +582,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_write_locked_out_for_long_goes_through_sqlx_and_an_error_at_once() {
         let (_dir, pool, other) = sqlite_file().await;
-        let writer = Arc::clone(pool.writer.as_ref().expect("a file has a writer"));
-        other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES ('held', 1);").expect("takes the lock");
-        let write = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.execute(INSERT, &[Param::Text(Some("a")), Param::Int(1)]).await }
-        });
+        let (writer, write) = write_while_locked(&pool, &other);
         until(&writer, |(handed_back, _)| handed_back >= 1).await;
         assert_eq!(writer.handed_back_and_busy(), (1, BUSY_WAITS.len() as u64 + 1), "every try, then sqlx");
         other.execute_batch("COMMIT").expect("lets go");
