@@ -263,11 +263,7 @@ impl Refusing {
     /// # Panics
     /// If no socket can be bound.
     pub fn bind() -> Self {
-        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
-        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-        socket.bind(ANY_PORT).expect("bind 127.0.0.1:0");
-        let addr = socket.local_addr().expect("the bound address");
-        Self { socket, addr }
+        Self::at(ANY_PORT)
     }
 
     /// Holds `addr`, where a service the test stopped was listening, so that connecting there
@@ -280,6 +276,7 @@ impl Refusing {
         let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
         socket.set_reuseaddr(true).expect("SO_REUSEADDR");
         socket.bind(addr).unwrap_or_else(|e| panic!("hold {addr}: {e}"));
+        let addr = socket.local_addr().expect("the bound address");
         Self { socket, addr }
     }
 
