@@ -144,26 +144,62 @@ impl Pool {
     /// # Errors
     /// sqlx's, from the pooled connection or the statement.
     pub async fn execute(&self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, sqlx::Error> {
-        if let Some(writer) = &self.writer {
-            let mut waits = BUSY_WAITS.iter();
-            while !crate::mesh::request_deadline::expired() {
-                let tried = {
-                    let _span = traced::span("sqlite", sql).entered();
-                    writer.try_write(sql, rusqlite::params_from_iter(params), |_| Ok(()))
-                };
-                match tried {
-                    Ok(written) => return Ok(written.rows_affected),
-                    Err(inline::NotWritten::Busy) if let Some(&wait) = waits.next() => {
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(not) => {
-                        writer.count_hand_back(not);
-                        break;
-                    }
+        let here = self.on_writer(sql, |writer| {
+            writer
+                .try_write(sql, rusqlite::params_from_iter(params), |_| Ok(()))
+                .map(|written| written.rows_affected)
+        });
+        if let Some(rows_affected) = here.await {
+            return Ok(rows_affected);
+        }
+        Ok(bind(sqlx::query(sql), params).execute(&mut acquire(self).await?).await?.rows_affected())
+    }
+
+    /// Runs `work` as one transaction on this thread when the database is a SQLite file
+    /// (`BEGIN IMMEDIATE`, `work`, `COMMIT`, with none of sqlx's thread hops while the file's
+    /// write lock is held): `Some` of its value once committed. `None` when it was not done
+    /// here (PostgreSQL, an in-memory database, the file locked for [`BUSY_WAITS`], an error
+    /// in `work`, the request's deadline passed): nothing of it was written, and the caller
+    /// does the same work through sqlx, which waits, retries or reports as usual. A run that
+    /// finds the file locked is tried again, as [`Pool::execute`]'s write is, so `work` must
+    /// change nothing outside its connection; it gets the span of a statement named `name`.
+    /// As for every write here, only a few rows by key belong in it (`src/mesh/db/inline/mod.rs`).
+    pub async fn transaction_now<T>(
+        &self,
+        name: &'static str,
+        mut work: impl FnMut(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Option<T> {
+        self.on_writer(name, |writer| writer.try_transaction(&mut work)).await
+    }
+
+    /// `attempt` on this SQLite file's writer, tried again after each of [`BUSY_WAITS`] while
+    /// it finds the file locked: its value, or `None` when it was not done (no writer, a lock
+    /// that outlasted the waits, any other failure, the request's deadline passed), counted as
+    /// handed back when it was tried.
+    async fn on_writer<T>(
+        &self,
+        name: &str,
+        mut attempt: impl FnMut(&Arc<inline::Writer>) -> Result<T, inline::NotWritten>,
+    ) -> Option<T> {
+        let writer = self.writer.as_ref()?;
+        let mut waits = BUSY_WAITS.iter();
+        while !crate::mesh::request_deadline::expired() {
+            let tried = {
+                let _span = traced::span("sqlite", name).entered();
+                attempt(writer)
+            };
+            match tried {
+                Ok(value) => return Some(value),
+                Err(inline::NotWritten::Busy) if let Some(&wait) = waits.next() => {
+                    tokio::time::sleep(wait).await;
+                }
+                Err(not) => {
+                    writer.count_hand_back(not);
+                    return None;
                 }
             }
         }
-        Ok(bind(sqlx::query(sql), params).execute(&mut acquire(self).await?).await?.rows_affected())
+        None
     }
 
     /// A write with a `RETURNING` clause committed at once on this thread when the database is
@@ -574,6 +610,49 @@ mod tests {
         let (handed_back, busy) = writer.handed_back_and_busy();
         assert_eq!(handed_back, 0, "tried again here, not handed to sqlx");
         assert!(busy >= 1, "{busy}");
+    }
+
+    /// A transaction on the calling thread commits all of its statements or, when one fails,
+    /// none of them, and is then left to the caller's sqlx path (counted once as handed back);
+    /// one that finds the file locked is tried again here once the lock is let go.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_transaction_here_writes_all_or_nothing_and_waits_out_a_lock() {
+        let (_dir, pool, other) = sqlite_file().await;
+        let writer = Arc::clone(pool.writer.as_ref().expect("a file has a writer"));
+        let both = pool
+            .transaction_now("two rows", |conn| {
+                conn.execute("INSERT INTO t VALUES ('a', 1)", [])?;
+                conn.execute("INSERT INTO t VALUES ('b', 2)", [])
+            })
+            .await;
+        assert_eq!(both, Some(1));
+        assert_eq!(rows(&other), 2);
+
+        let refused = pool
+            .transaction_now("a refused row", |conn| {
+                conn.execute("INSERT INTO t VALUES ('c', 3)", [])?;
+                conn.execute("INSERT INTO t VALUES ('d', -1)", [])
+            })
+            .await;
+        assert_eq!(refused, None, "the CHECK refuses the second row");
+        assert_eq!(rows(&other), 2, "and the first is undone with it");
+        assert_eq!(writer.handed_back_and_busy(), (1, 0));
+
+        other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES ('held', 1);").expect("takes the lock");
+        let later = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.transaction_now("after the lock", |conn| {
+                    conn.execute("INSERT INTO t VALUES ('e', 5)", [])
+                })
+                .await
+            })
+        };
+        until(&writer, |(_, busy)| busy >= 1).await;
+        other.execute_batch("COMMIT").expect("lets go");
+        assert_eq!(later.await.expect("joins"), Some(1));
+        assert_eq!(rows(&other), 4);
+        assert_eq!(writer.handed_back_and_busy().0, 1, "tried again here, not handed back");
     }
 
     /// A lock held longer than [`BUSY_WAITS`] hands the write to sqlx, which waits for it (and

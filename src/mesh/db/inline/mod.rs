@@ -11,7 +11,12 @@
 //!
 //! - [`Readers`] (`read.rs`): read-only connections for point reads ([`crate::mesh::db::Pool::read_row_now`]).
 //! - [`Writer`] (`write.rs`): one connection per file for single-statement writes
-//!   ([`crate::mesh::db::Pool::execute`], [`crate::mesh::db::Pool::write_row_now`]).
+//!   ([`crate::mesh::db::Pool::execute`], [`crate::mesh::db::Pool::write_row_now`]) and for a
+//!   consumer's batch as one short transaction ([`crate::mesh::db::Pool::transaction_now`]:
+//!   `BEGIN IMMEDIATE`, its statements, `COMMIT`, all on the calling thread). Through sqlx the
+//!   order service's fulfilments held the order file's write lock across three thread
+//!   wake-ups (the inbox, the update, COMMIT), and under CreateOrder load about one order write
+//!   in three found the file locked meanwhile.
 //!
 //! The rules that keep this safe:
 //! - **Never waits on a lock.** The busy timeout is zero: if SQLite answers `SQLITE_BUSY` (a
@@ -22,9 +27,9 @@
 //!   failure (no file yet, a schema the statement does not match, a constraint) is handed to
 //!   sqlx at once, which then reports the error as usual.
 //! - **Never repeats a write.** A statement outside a transaction (autocommit) either commits
-//!   whole or, when `sqlite3_step` fails, is rolled back whole: so a write that failed here
-//!   changed nothing and may be run again through sqlx, and one that succeeded is never handed
-//!   back. A statement is stepped to its end before it counts as done (a `RETURNING` statement
+//!   whole or, when `sqlite3_step` fails, is rolled back whole; a transaction that fails
+//!   anywhere before its COMMIT is rolled back whole: so a write that failed here changed
+//!   nothing and may be run again through sqlx, and one that succeeded is never handed back. A statement is stepped to its end before it counts as done (a `RETURNING` statement
 //!   commits on its last step, not its first), and a connection left inside a transaction is
 //!   rolled back, or dropped, before anything else runs on it.
 //! - **No fsync on the runtime's threads.** Only WAL files are written here, with

@@ -146,6 +146,14 @@ impl Writer {
         }
     }
 
+    /// Counts a try that found the file locked (it may be tried again).
+    fn count_busy(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        if let Some(pool) = self.name.get() {
+            metrics::counter!("db_sqlite_writes_busy_total", POOL => *pool).increment(1);
+        }
+    }
+
     /// Writes handed back to sqlx, and tries that found the file locked.
     #[cfg(test)]
     pub(in crate::mesh::db) fn handed_back_and_busy(&self) -> (u64, u64) {
@@ -205,7 +213,7 @@ impl Writer {
     ) -> Result<Written<T>, NotWritten> {
         let tried = self.attempt(sql, params, map);
         if let Err(NotWritten::Busy) = tried {
-            self.busy.fetch_add(1, Ordering::Relaxed);
+            self.count_busy();
         }
         tried
     }
@@ -216,18 +224,64 @@ impl Writer {
         params: P,
         map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Written<T>, NotWritten> {
+        self.on_connection(|conn| {
+            let first = run(conn, sql, params, map)?;
+            Ok(Written { rows_affected: conn.changes(), first })
+        })
+        .inspect_err(|(not, err)| {
+            if *not == NotWritten::Other {
+                tracing::debug!(%err, sql, "inline SQLite write handed to sqlx");
+            }
+        })
+        .map_err(|(not, _)| not)
+    }
+
+    /// Runs `work` in one transaction on this thread (`BEGIN IMMEDIATE`, which takes the write
+    /// lock or answers busy at once, then `work`, then `COMMIT`): its value once committed, or
+    /// why nothing was written (an error in `work` rolls the whole transaction back). Not
+    /// counted anywhere: the caller tries again or hands it over, as for [`Writer::try_write`].
+    pub(in crate::mesh::db) fn try_transaction<T>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, NotWritten> {
+        let tried = self.on_connection(|conn| {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let value = work(conn)?;
+            conn.execute_batch("COMMIT")?;
+            Ok(value)
+        });
+        match tried {
+            Ok(value) => Ok(value),
+            Err((not, err)) => {
+                if not == NotWritten::Busy {
+                    self.count_busy();
+                } else {
+                    tracing::debug!(%err, "inline SQLite transaction handed to sqlx");
+                }
+                Err(not)
+            }
+        }
+    }
+
+    /// `work` on this file's connection (opened on first use), which it leaves committed:
+    /// a transaction `work` leaves open, having failed, is rolled back (and the connection
+    /// dropped if that fails too), so nothing of a failed `work` is written.
+    fn on_connection<T>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, (NotWritten, String)> {
         let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             match self.open() {
                 Ok(conn) => *slot = Some(conn),
                 Err(err) => {
                     tracing::debug!(%err, path = %self.path.display(), "no inline SQLite writer; writing through sqlx");
-                    return Err(NotWritten::Other);
+                    return Err((NotWritten::Other, err.to_string()));
                 }
             }
         }
-        let Some(conn) = slot.as_ref() else { return Err(NotWritten::Other) };
-        let outcome = run(conn, sql, params, map);
+        let Some(conn) = slot.as_ref() else { return Err((NotWritten::Other, String::new())) };
+        let outcome = work(conn);
         if !conn.is_autocommit() {
             // Not committed (a statement that began a transaction, or a failure that left one
             // open): undo it, and keep the connection only if that worked.
@@ -236,22 +290,16 @@ impl Writer {
                 *slot = None;
             }
             drop(slot);
-            return Err(NotWritten::of(outcome.as_ref().err()));
+            let err = outcome.as_ref().err();
+            return Err((NotWritten::of(err), err.map(ToString::to_string).unwrap_or_default()));
         }
-        let rows_affected = conn.changes();
         drop(slot);
         match outcome {
-            Ok(first) => {
+            Ok(value) => {
                 self.committed();
-                Ok(Written { rows_affected, first })
+                Ok(value)
             }
-            Err(err) => {
-                let not = NotWritten::of(Some(&err));
-                if not == NotWritten::Other {
-                    tracing::debug!(%err, sql, "inline SQLite write handed to sqlx");
-                }
-                Err(not)
-            }
+            Err(err) => Err((NotWritten::of(Some(&err)), err.to_string())),
         }
     }
 
