@@ -112,6 +112,36 @@ const SETTLE: &str = "UPDATE orders SET state = $1, payment_id = $2, decline_rea
      cancel_request_id = $5, lease_owner = NULL, lease_until_ms = 0, new_event = $6 \
      WHERE id = $7 AND (state = 'PENDING_PAYMENT') IS TRUE";
 
+/// Of `events` (event id, order id, fulfilment), those whose ids are `fresh` (recorded in the
+/// inbox now): per order, in the order first seen, the fulfilment they leave it; and how many
+/// there were.
+fn fulfilments_left<'a>(
+    events: &'a [(&str, String, Fulfilment)],
+    mut fresh: std::collections::HashSet<String>,
+) -> (Vec<(&'a str, Fulfilment)>, usize) {
+    let mut orders: Vec<(&str, Fulfilment)> = Vec::with_capacity(events.len());
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+    let mut recorded = 0;
+    for (event_id, id, fulfilment) in events {
+        // An id given twice is recorded (and counted) once.
+        if !fresh.remove(*event_id) {
+            continue;
+        }
+        recorded += 1;
+        match seen.entry(id.as_str()) {
+            Entry::Occupied(at) => {
+                let left = &mut orders[*at.get()].1;
+                *left = left.then(*fulfilment);
+            }
+            Entry::Vacant(at) => {
+                at.insert(orders.len());
+                orders.push((id, *fulfilment));
+            }
+        }
+    }
+    (orders, recorded)
+}
+
 /// The update of `orders` orders' fulfilments in one statement, the same on both engines:
 /// parameters `(order id, fulfilment)` in pairs, `$1, $2` for the first order. An order
 /// RELEASED already keeps it (see [`Fulfilment::then`]).
@@ -443,29 +473,29 @@ impl Store {
         &self,
         events: &[(&str, String, Fulfilment)],
     ) -> Result<usize, sqlx::Error> {
-        let mut tx = db::begin(&self.pool).await?;
         let ids: Vec<&str> = events.iter().map(|(event_id, ..)| *event_id).collect();
-        let mut fresh = inbox::first_times(&mut tx, FULFILMENT_CONSUMER, &ids).await?;
-        // Per order, in the order first seen: what the batch leaves it.
-        let mut orders: Vec<(&str, Fulfilment)> = Vec::with_capacity(events.len());
-        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(events.len());
-        let mut recorded = 0;
-        for (event_id, id, fulfilment) in events {
-            if !fresh.remove(*event_id) {
-                continue;
-            }
-            recorded += 1;
-            match seen.entry(id.as_str()) {
-                Entry::Occupied(at) => {
-                    let left = &mut orders[*at.get()].1;
-                    *left = left.then(*fulfilment);
+        // On a SQLite file, on this thread: sqlx's four hops (BEGIN, the inbox, the update,
+        // COMMIT) held the file's write lock across three thread wake-ups, and every CreateOrder
+        // write meanwhile found it locked.
+        let here = self.pool.transaction_now("record fulfilments", |conn| {
+            let fresh = inbox::first_times_now(conn, FULFILMENT_CONSUMER, &ids)?;
+            let (orders, recorded) = fulfilments_left(events, fresh);
+            if !orders.is_empty() {
+                let mut update = conn.prepare(&fulfilments_sql(orders.len()))?;
+                for (i, (id, fulfilment)) in orders.iter().enumerate() {
+                    update.raw_bind_parameter(2 * i + 1, *id)?;
+                    update.raw_bind_parameter(2 * i + 2, fulfilment.as_str())?;
                 }
-                Entry::Vacant(at) => {
-                    at.insert(orders.len());
-                    orders.push((id, *fulfilment));
-                }
+                update.raw_execute()?;
             }
+            Ok(recorded)
+        });
+        if let Some(recorded) = here.await {
+            return Ok(recorded);
         }
+        let mut tx = db::begin(&self.pool).await?;
+        let fresh = inbox::first_times(&mut tx, FULFILMENT_CONSUMER, &ids).await?;
+        let (orders, recorded) = fulfilments_left(events, fresh);
         if !orders.is_empty() {
             let mut query = sqlx::query(AssertSqlSafe(fulfilments_sql(orders.len()))).persistent(false);
             for (id, fulfilment) in &orders {

@@ -46,17 +46,50 @@ where
     if event_ids.is_empty() {
         return Ok(std::collections::HashSet::new());
     }
-    let rows = crate::mesh::db::values(event_ids.len(), 3);
-    let sql = format!(
-        "INSERT INTO inbox (consumer, event_id, received_at_ms) VALUES {rows} \
-         ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
-    );
     let now = ids::now_ms();
     // Its text depends on the batch's size: not kept as a prepared statement (see the relay's
     // `mark`).
-    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).persistent(false);
+    let mut query =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(first_times_sql(event_ids.len()))).persistent(false);
     for id in event_ids {
         query = query.bind(consumer).bind(*id).bind(now);
     }
     Ok(query.fetch_all(executor).await?.into_iter().collect())
+}
+
+/// [`first_times`] inside a transaction on a SQLite connection of the calling thread
+/// ([`crate::mesh::db::Pool::transaction_now`]).
+///
+/// # Errors
+/// SQLite's.
+pub fn first_times_now(
+    conn: &rusqlite::Connection,
+    consumer: &str,
+    event_ids: &[&str],
+) -> rusqlite::Result<std::collections::HashSet<String>> {
+    if event_ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let now = ids::now_ms();
+    let mut statement = conn.prepare(&first_times_sql(event_ids.len()))?;
+    for (i, id) in event_ids.iter().enumerate() {
+        statement.raw_bind_parameter(3 * i + 1, consumer)?;
+        statement.raw_bind_parameter(3 * i + 2, *id)?;
+        statement.raw_bind_parameter(3 * i + 3, now)?;
+    }
+    let mut rows = statement.raw_query();
+    let mut fresh = std::collections::HashSet::with_capacity(event_ids.len());
+    while let Some(row) = rows.next()? {
+        fresh.insert(row.get(0)?);
+    }
+    Ok(fresh)
+}
+
+/// The statement of [`first_times`] for `events` ids.
+fn first_times_sql(events: usize) -> String {
+    let rows = crate::mesh::db::values(events, 3);
+    format!(
+        "INSERT INTO inbox (consumer, event_id, received_at_ms) VALUES {rows} \
+         ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+    )
 }
