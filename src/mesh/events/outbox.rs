@@ -197,7 +197,16 @@ impl Relay {
                 let rows =
                     sqlx::query(sql).bind(BATCH).fetch_all(&mut db::acquire(&self.pool).await?).await?;
                 let (seqs, all) = self.publish(&rows).await?;
-                mark(&mut db::acquire(&self.pool).await?, &seqs).await?;
+                // On the calling thread when it can be (the producer's own writes compete for
+                // the file's lock with this one); through sqlx otherwise.
+                if !seqs.is_empty() {
+                    let here = self.pool.transaction_now("mark published", |conn| {
+                        conn.prepare(&mark_sql(&seqs))?.execute([ids::now_ms()])
+                    });
+                    if here.await.is_none() {
+                        mark(&mut db::acquire(&self.pool).await?, &seqs).await?;
+                    }
+                }
                 Ok((i64::try_from(seqs.len()).unwrap_or(0), all))
             }
         }
@@ -351,11 +360,20 @@ where
     if seqs.is_empty() {
         return Ok(());
     }
-    let list = seqs.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-    // The seqs are integers read from the table, never input. A text made for this batch is
-    // not kept as a prepared statement: it would push the statements used on every order out
-    // of the connection's cache (and cost a round trip to close when evicted).
-    let sql = AssertSqlSafe(format!("UPDATE outbox SET published_at_ms = $1 WHERE seq IN ({list})"));
-    sqlx::query(sql).persistent(false).bind(ids::now_ms()).execute(executor).await?;
+    // A text made for this batch is not kept as a prepared statement: it would push the
+    // statements used on every order out of the connection's cache (and cost a round trip to
+    // close when evicted).
+    sqlx::query(AssertSqlSafe(mark_sql(seqs)))
+        .persistent(false)
+        .bind(ids::now_ms())
+        .execute(executor)
+        .await?;
     Ok(())
+}
+
+/// The update that marks the rows `seqs` published at `$1`. The seqs are integers read from
+/// the table, never input.
+fn mark_sql(seqs: &[i64]) -> String {
+    let list = seqs.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+    format!("UPDATE outbox SET published_at_ms = $1 WHERE seq IN ({list})")
 }
