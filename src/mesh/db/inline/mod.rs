@@ -29,7 +29,8 @@
 //! - **Never repeats a write.** A statement outside a transaction (autocommit) either commits
 //!   whole or, when `sqlite3_step` fails, is rolled back whole; a transaction that fails
 //!   anywhere before its COMMIT is rolled back whole: so a write that failed here changed
-//!   nothing and may be run again through sqlx, and one that succeeded is never handed back. A statement is stepped to its end before it counts as done (a `RETURNING` statement
+//!   nothing and may be run again through sqlx, and one that succeeded is never handed back.
+//!   A statement is stepped to its end before it counts as done (a `RETURNING` statement
 //!   commits on its last step, not its first), and a connection left inside a transaction is
 //!   rolled back, or dropped, before anything else runs on it.
 //! - **No fsync on the runtime's threads.** Only WAL files are written here, with

@@ -202,104 +202,81 @@ impl Writer {
         self.try_write(sql, params, map).map_err(|not| self.count_hand_back(not)).ok()
     }
 
-    /// [`Writer::write`], saying why a write was not done here, and counting nothing: the
-    /// caller may try again ([`NotWritten::Busy`]) before it hands the write to sqlx and
-    /// counts it ([`Writer::count_hand_back`]).
+    /// [`Writer::write`], saying why a write was not done here, and counting nothing but a
+    /// busy try: the caller may try again ([`NotWritten::Busy`]) before it hands the write to
+    /// sqlx and counts it ([`Writer::count_hand_back`]).
     pub(in crate::mesh::db) fn try_write<T, P: rusqlite::Params>(
         self: &Arc<Self>,
         sql: &str,
         params: P,
         map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Written<T>, NotWritten> {
-        let tried = self.attempt(sql, params, map);
-        if let Err(NotWritten::Busy) = tried {
-            self.count_busy();
-        }
-        tried
-    }
-
-    fn attempt<T, P: rusqlite::Params>(
-        self: &Arc<Self>,
-        sql: &str,
-        params: P,
-        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Written<T>, NotWritten> {
-        self.on_connection(|conn| {
+        self.on_connection(sql, |conn| {
             let first = run(conn, sql, params, map)?;
             Ok(Written { rows_affected: conn.changes(), first })
         })
-        .inspect_err(|(not, err)| {
-            if *not == NotWritten::Other {
-                tracing::debug!(%err, sql, "inline SQLite write handed to sqlx");
-            }
-        })
-        .map_err(|(not, _)| not)
     }
 
     /// Runs `work` in one transaction on this thread (`BEGIN IMMEDIATE`, which takes the write
     /// lock or answers busy at once, then `work`, then `COMMIT`): its value once committed, or
-    /// why nothing was written (an error in `work` rolls the whole transaction back). Not
-    /// counted anywhere: the caller tries again or hands it over, as for [`Writer::try_write`].
+    /// why nothing was written (an error in `work` rolls the whole transaction back). Counted as
+    /// [`Writer::try_write`] is.
     pub(in crate::mesh::db) fn try_transaction<T>(
         self: &Arc<Self>,
         work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T, NotWritten> {
-        let tried = self.on_connection(|conn| {
+        self.on_connection("a transaction", |conn| {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let value = work(conn)?;
             conn.execute_batch("COMMIT")?;
             Ok(value)
-        });
-        match tried {
-            Ok(value) => Ok(value),
-            Err((not, err)) => {
-                if not == NotWritten::Busy {
-                    self.count_busy();
-                } else {
-                    tracing::debug!(%err, "inline SQLite transaction handed to sqlx");
-                }
-                Err(not)
-            }
-        }
+        })
     }
 
-    /// `work` on this file's connection (opened on first use), which it leaves committed:
-    /// a transaction `work` leaves open, having failed, is rolled back (and the connection
-    /// dropped if that fails too), so nothing of a failed `work` is written.
+    /// `work` (`what`, for the log) on this file's connection, opened on first use, which it
+    /// leaves committed: a transaction `work` leaves open, having failed, is rolled back (and
+    /// the connection dropped if that fails too), so nothing of a failed `work` is written.
     fn on_connection<T>(
         self: &Arc<Self>,
+        what: &str,
         work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, (NotWritten, String)> {
+    ) -> Result<T, NotWritten> {
         let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             match self.open() {
                 Ok(conn) => *slot = Some(conn),
                 Err(err) => {
                     tracing::debug!(%err, path = %self.path.display(), "no inline SQLite writer; writing through sqlx");
-                    return Err((NotWritten::Other, err.to_string()));
+                    return Err(NotWritten::Other);
                 }
             }
         }
-        let Some(conn) = slot.as_ref() else { return Err((NotWritten::Other, String::new())) };
+        let Some(conn) = slot.as_ref() else { return Err(NotWritten::Other) };
         let outcome = work(conn);
-        if !conn.is_autocommit() {
+        let committed = conn.is_autocommit();
+        if !committed {
             // Not committed (a statement that began a transaction, or a failure that left one
             // open): undo it, and keep the connection only if that worked.
             if let Err(err) = conn.execute_batch("ROLLBACK") {
                 tracing::debug!(%err, "inline SQLite writer dropped after a failed rollback");
                 *slot = None;
             }
-            drop(slot);
-            let err = outcome.as_ref().err();
-            return Err((NotWritten::of(err), err.map(ToString::to_string).unwrap_or_default()));
         }
         drop(slot);
         match outcome {
-            Ok(value) => {
+            Ok(value) if committed => {
                 self.committed();
                 Ok(value)
             }
-            Err(err) => Err((NotWritten::of(Some(&err)), err.to_string())),
+            Ok(_) => Err(NotWritten::Other),
+            Err(err) => {
+                let not = NotWritten::of(Some(&err));
+                match not {
+                    NotWritten::Busy => self.count_busy(),
+                    NotWritten::Other => tracing::debug!(%err, what, "inline SQLite write handed to sqlx"),
+                }
+                Err(not)
+            }
         }
     }
 
