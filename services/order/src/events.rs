@@ -338,6 +338,7 @@ mod tests {
             for _ in 0..relays {
                 tasks.push(tokio::spawn(store.outbox().relay(pool.clone(), broker.clone(), ORDER).run()));
             }
+            let before = pool.sqlite_writes();
             let started = Instant::now();
             loop {
                 let left: i64 =
@@ -356,6 +357,14 @@ mod tests {
             }
             for task in tasks {
                 task.abort();
+            }
+            // On a SQLite file the relay marked its rows on its own thread, never through sqlx
+            // (nothing else writes meanwhile).
+            if let (Some(before), Some(after)) = (before, pool.sqlite_writes()) {
+                assert!(after.committed > before.committed, "{before:?} {after:?}");
+                assert_eq!(after.handed_back, before.handed_back, "{before:?} {after:?}");
+            } else {
+                assert_eq!(backend, testing::Backend::Postgres, "a SQLite file has a writer");
             }
             let seen = recorder.0.lock().expect("lock").clone();
             assert_eq!(seen.len(), 60, "{backend:?}: 40 OrderPaid and 20 OrderCancelled, each once");

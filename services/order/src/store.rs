@@ -722,11 +722,19 @@ mod tests {
                 ("e6", "no-such-order".to_owned(), Allocated),
                 ("e7", o4.clone(), Allocated),
             ];
+            let before = pool.sqlite_writes();
             assert_eq!(store.record_fulfilments(&batch).await.expect("record"), 7, "{backend:?}");
             // Delivered again, with a late allocation of o1 and o4's release: the repeats change nothing.
             let mut again = batch.to_vec();
             again.extend([("e8", o1.clone(), Allocated), ("e9", o4.clone(), Released)]);
             assert_eq!(store.record_fulfilments(&again).await.expect("again"), 2, "{backend:?}");
+            // On a SQLite file both batches were committed on this thread, none left to sqlx.
+            if let (Some(before), Some(after)) = (before, pool.sqlite_writes()) {
+                assert_eq!(after.committed - before.committed, 2, "{before:?} {after:?}");
+                assert_eq!(after.handed_back, before.handed_back, "{before:?} {after:?}");
+            } else {
+                assert_eq!(backend, testing::Backend::Postgres, "a SQLite file has a writer");
+            }
             let left: Vec<Option<Fulfilment>> = {
                 let mut left = Vec::new();
                 for id in [&o1, &o2, &o3, &o4] {

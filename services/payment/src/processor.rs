@@ -107,14 +107,15 @@ impl Ledger {
             now.into(),
         ];
         // On SQLite committed on this thread unless it cannot be (`Pool::write_row_now`).
-        let recorded = match self.pool.write_row_now(RECORD, &params, |row| Ok((row.get(0)?, row.get(1)?))) {
-            Some(recorded) => recorded?,
-            None => db::bind(sqlx::query(RECORD), &params)
-                .fetch_optional(&mut db::acquire(&self.pool).await?)
-                .await?
-                .map(|r| Ok::<_, sqlx::Error>((r.try_get("outcome")?, r.try_get("decline_reason")?)))
-                .transpose()?,
-        };
+        let recorded =
+            match self.pool.write_row_now(RECORD, &params, |row| Ok((row.get(0)?, row.get(1)?))).await {
+                Some(recorded) => recorded?,
+                None => db::bind(sqlx::query(RECORD), &params)
+                    .fetch_optional(&mut db::acquire(&self.pool).await?)
+                    .await?
+                    .map(|r| Ok::<_, sqlx::Error>((r.try_get("outcome")?, r.try_get("decline_reason")?)))
+                    .transpose()?,
+            };
         match recorded {
             Some(recorded) => Ok(recorded),
             // An earlier or concurrent call under the same key recorded first: its entry is

@@ -101,6 +101,18 @@ impl std::ops::Deref for Pool {
     }
 }
 
+/// The counts of a SQLite file's writes on the calling thread ([`Pool::sqlite_writes`]).
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SqliteWrites {
+    /// Writes and transactions committed there.
+    pub committed: u64,
+    /// Writes and transactions not done there, left to sqlx.
+    pub handed_back: u64,
+    /// Tries that found the file locked (each may have been tried again).
+    pub busy: u64,
+}
+
 impl Pool {
     /// The pool, recording its metrics labelled `pool="<name>"` (the service's name).
     #[must_use]
@@ -172,6 +184,15 @@ impl Pool {
         self.on_writer(name, |writer| writer.try_transaction(&mut work)).await
     }
 
+    /// What this pool's writes on the calling thread have come to so far, for tests that prove
+    /// a store's writes take that way: `None` when it has none (PostgreSQL, an in-memory
+    /// database, a file opened read-only).
+    #[cfg(any(test, feature = "testing"))]
+    #[must_use]
+    pub fn sqlite_writes(&self) -> Option<SqliteWrites> {
+        self.writer.as_ref().map(|writer| writer.counts())
+    }
+
     /// `attempt` on this SQLite file's writer, tried again after each of [`BUSY_WAITS`] while
     /// it finds the file locked: its value, or `None` when it was not done (no writer, a lock
     /// that outlasted the waits, any other failure, the request's deadline passed), counted as
@@ -203,32 +224,21 @@ impl Pool {
     }
 
     /// A write with a `RETURNING` clause committed at once on this thread when the database is
-    /// a SQLite file, as [`Pool::execute`] does: `map` of its first row, `None` inside when no
-    /// row was changed. `None` when it was not done here (nothing was written): the caller runs
-    /// the same statement through sqlx, with [`bind`]. A row `map` refuses is an error, though
-    /// the write stands (it is not handed back).
-    pub fn write_row_now<T>(
+    /// a SQLite file, as [`Pool::execute`] does (tried again while the file is locked, for
+    /// [`BUSY_WAITS`]): `map` of its first row, `None` inside when no row was changed. `None`
+    /// when it was not done here (nothing was written): the caller runs the same statement
+    /// through sqlx, with [`bind`]. A row `map` refuses is an error, though the write stands
+    /// (it is not handed back).
+    pub async fn write_row_now<T>(
         &self,
         sql: &'static str,
         params: &[Param<'_>],
-        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+        mut map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Option<Result<Option<T>, sqlx::Error>> {
-        let written = self.write_now(sql, rusqlite::params_from_iter(params), map)?;
+        let written = self
+            .on_writer(sql, |writer| writer.try_write(sql, rusqlite::params_from_iter(params), &mut map))
+            .await?;
         Some(written.first.transpose().map_err(|err| sqlx::Error::Decode(Box::new(err))))
-    }
-
-    fn write_now<T, P: rusqlite::Params>(
-        &self,
-        sql: &'static str,
-        params: P,
-        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Option<inline::Written<T>> {
-        let writer = self.writer.as_ref()?;
-        if crate::mesh::request_deadline::expired() {
-            return None;
-        }
-        let _span = traced::span("sqlite", sql).entered();
-        writer.write(sql, params, map)
     }
 }
 
@@ -589,9 +599,15 @@ mod tests {
         (writer, write)
     }
 
+    /// `writer`'s writes handed back to sqlx, and its tries that found the file locked.
+    fn handed_back_and_busy(writer: &inline::Writer) -> (u64, u64) {
+        let counts = writer.counts();
+        (counts.handed_back, counts.busy)
+    }
+
     /// Yields until `writer`'s (handed back, busy) counts satisfy `until`.
     async fn until(writer: &inline::Writer, until: impl Fn((u64, u64)) -> bool) {
-        while !until(writer.handed_back_and_busy()) {
+        while !until(handed_back_and_busy(writer)) {
             tokio::task::yield_now().await;
         }
     }
@@ -607,9 +623,34 @@ mod tests {
         other.execute_batch("COMMIT").expect("lets go");
         assert_eq!(write.await.expect("joins").expect("written"), 1);
         assert_eq!(rows(&other), 2);
-        let (handed_back, busy) = writer.handed_back_and_busy();
+        let (handed_back, busy) = handed_back_and_busy(&writer);
         assert_eq!(handed_back, 0, "tried again here, not handed to sqlx");
         assert!(busy >= 1, "{busy}");
+    }
+
+    /// A write with a `RETURNING` clause (the processor's ledger) that finds the file locked
+    /// is tried again here too, and answers its row once the lock is let go.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_returning_write_that_finds_the_file_locked_is_tried_again_here() {
+        let (_dir, pool, other) = sqlite_file().await;
+        let writer = Arc::clone(pool.writer.as_ref().expect("a file has a writer"));
+        other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES ('held', 1);").expect("takes the lock");
+        let write = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let params = [Param::Text(Some("a")), Param::Int(4)];
+                let written =
+                    pool.write_row_now("INSERT INTO t VALUES ($1, $2) RETURNING n", &params, |row| {
+                        row.get::<_, i64>(0)
+                    });
+                written.await.map(|row| row.expect("maps"))
+            })
+        };
+        until(&writer, |(_, busy)| busy >= 1).await;
+        other.execute_batch("COMMIT").expect("lets go");
+        assert_eq!(write.await.expect("joins"), Some(Some(4)), "written here once the lock was let go");
+        assert_eq!(handed_back_and_busy(&writer).0, 0);
+        assert_eq!(rows(&other), 2);
     }
 
     /// A transaction on the calling thread commits all of its statements or, when one fails,
@@ -636,7 +677,7 @@ mod tests {
             .await;
         assert_eq!(refused, None, "the CHECK refuses the second row");
         assert_eq!(rows(&other), 2, "and the first is undone with it");
-        assert_eq!(writer.handed_back_and_busy(), (1, 0));
+        assert_eq!(handed_back_and_busy(&writer), (1, 0));
 
         other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES ('held', 1);").expect("takes the lock");
         let later = {
@@ -652,7 +693,7 @@ mod tests {
         other.execute_batch("COMMIT").expect("lets go");
         assert_eq!(later.await.expect("joins"), Some(1));
         assert_eq!(rows(&other), 4);
-        assert_eq!(writer.handed_back_and_busy().0, 1, "tried again here, not handed back");
+        assert_eq!(handed_back_and_busy(&writer).0, 1, "tried again here, not handed back");
     }
 
     /// A lock held longer than [`BUSY_WAITS`] hands the write to sqlx, which waits for it (and
@@ -663,7 +704,7 @@ mod tests {
         let (_dir, pool, other) = sqlite_file().await;
         let (writer, write) = write_while_locked(&pool, &other);
         until(&writer, |(handed_back, _)| handed_back >= 1).await;
-        assert_eq!(writer.handed_back_and_busy(), (1, BUSY_WAITS.len() as u64 + 1), "every try, then sqlx");
+        assert_eq!(handed_back_and_busy(&writer), (1, BUSY_WAITS.len() as u64 + 1), "every try, then sqlx");
         other.execute_batch("COMMIT").expect("lets go");
         assert_eq!(write.await.expect("joins").expect("written through sqlx"), 1);
         assert_eq!(rows(&other), 2);
@@ -673,7 +714,7 @@ mod tests {
             .await
             .expect_err("the CHECK refuses it");
         assert!(err.to_string().contains("CHECK"), "{err}");
-        assert_eq!(writer.handed_back_and_busy(), (2, BUSY_WAITS.len() as u64 + 1), "no try again");
+        assert_eq!(handed_back_and_busy(&writer), (2, BUSY_WAITS.len() as u64 + 1), "no try again");
         assert_eq!(rows(&other), 2);
     }
 }

@@ -21,9 +21,9 @@
 //! The rules that keep this safe:
 //! - **Never waits on a lock.** The busy timeout is zero: if SQLite answers `SQLITE_BUSY` (a
 //!   writer through sqlx holding the write lock, a checkpoint or recovery holding the WAL
-//!   index), the statement fails at once. [`crate::mesh::db::Pool::execute`] tries it again
-//!   after short sleeps of the task, not the thread (`BUSY_WAITS`, 27 ms in all), then hands it
-//!   to sqlx, whose worker thread may wait; `write_row_now` hands it over at once. Any other
+//!   index), the statement fails at once. Every write here is tried again after short sleeps
+//!   of the task, not the thread (`BUSY_WAITS`, 27 ms in all), then handed to sqlx, whose
+//!   worker thread may wait. Any other
 //!   failure (no file yet, a schema the statement does not match, a constraint) is handed to
 //!   sqlx at once, which then reports the error as usual.
 //! - **Never repeats a write.** A statement outside a transaction (autocommit) either commits
@@ -51,7 +51,7 @@ mod read;
 mod write;
 
 pub(in crate::mesh::db) use read::Readers;
-pub(in crate::mesh::db) use write::{CHECKPOINT_EVERY, NotWritten, RESTART_AT_PAGES, Writer, Written};
+pub(in crate::mesh::db) use write::{CHECKPOINT_EVERY, NotWritten, RESTART_AT_PAGES, Writer};
 
 /// Whether `statement`'s parameters are `$1`, `$2` ... in the order they first appear, so that
 /// binding by position (as the stores do) binds by number, as sqlx's SQLite driver does.

@@ -154,10 +154,14 @@ impl Writer {
         }
     }
 
-    /// Writes handed back to sqlx, and tries that found the file locked.
-    #[cfg(test)]
-    pub(in crate::mesh::db) fn handed_back_and_busy(&self) -> (u64, u64) {
-        (self.handed_back.load(Ordering::Relaxed), self.busy.load(Ordering::Relaxed))
+    /// What this writer has done so far.
+    #[cfg(any(test, feature = "testing"))]
+    pub(in crate::mesh::db) fn counts(&self) -> crate::mesh::db::SqliteWrites {
+        crate::mesh::db::SqliteWrites {
+            committed: self.commits.load(Ordering::Relaxed),
+            handed_back: self.handed_back.load(Ordering::Relaxed),
+            busy: self.busy.load(Ordering::Relaxed),
+        }
     }
 
     /// How many checkpoints ended with `outcome`.
@@ -191,20 +195,10 @@ impl Writer {
     }
 
     /// Runs `sql` (one INSERT, UPDATE or DELETE, with positional parameters `params`) to its
-    /// end and commits it; `None` when it was not done here, in which case nothing was written
-    /// (see the module docs), counted as handed back.
-    pub(in crate::mesh::db) fn write<T, P: rusqlite::Params>(
-        self: &Arc<Self>,
-        sql: &str,
-        params: P,
-        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Option<Written<T>> {
-        self.try_write(sql, params, map).map_err(|not| self.count_hand_back(not)).ok()
-    }
-
-    /// [`Writer::write`], saying why a write was not done here, and counting nothing but a
-    /// busy try: the caller may try again ([`NotWritten::Busy`]) before it hands the write to
-    /// sqlx and counts it ([`Writer::count_hand_back`]).
+    /// end and commits it; or says why it was not done here, in which case nothing was written
+    /// (see the module docs). Counts nothing but a busy try: the caller may try again
+    /// ([`NotWritten::Busy`]) before it hands the write to sqlx and counts it
+    /// ([`Writer::count_hand_back`]).
     pub(in crate::mesh::db) fn try_write<T, P: rusqlite::Params>(
         self: &Arc<Self>,
         sql: &str,
@@ -476,13 +470,13 @@ mod tests {
     fn writes_commit_and_count_the_rows_they_changed() {
         let (_dir, path, other) = database();
         let writer = writer(&path);
-        let written = writer.write(INSERT, rusqlite::params!["a", 1], no_row).expect("written here");
+        let written = writer.try_write(INSERT, rusqlite::params!["a", 1], no_row).expect("written here");
         assert_eq!(written.rows_affected, 1);
         assert!(written.first.is_none());
         // Another connection sees the commit.
         assert_eq!(count(&other), 1);
         // A conflict changes nothing, and says so.
-        let again = writer.write(INSERT, rusqlite::params!["a", 5], no_row).expect("written here");
+        let again = writer.try_write(INSERT, rusqlite::params!["a", 5], no_row).expect("written here");
         assert_eq!(again.rows_affected, 0);
         let n: i64 = other.query_row("SELECT n FROM t WHERE id = 'a'", [], |r| r.get(0)).expect("reads");
         assert_eq!(n, 1);
@@ -492,20 +486,21 @@ mod tests {
     fn returning_rows_come_back_with_the_commit() {
         let (_dir, path, other) = database();
         let writer = writer(&path);
-        writer.write(INSERT, rusqlite::params!["a", 1], no_row).expect("written here");
+        writer.try_write(INSERT, rusqlite::params!["a", 1], no_row).expect("written here");
         let written =
-            writer.write(SET, rusqlite::params![7, "a"], |r| r.get::<_, i64>(0)).expect("written here");
+            writer.try_write(SET, rusqlite::params![7, "a"], |r| r.get::<_, i64>(0)).expect("written here");
         assert_eq!(written.rows_affected, 1);
         assert_eq!(written.first.expect("a row").expect("maps"), 7);
         let n: i64 = other.query_row("SELECT n FROM t WHERE id = 'a'", [], |r| r.get(0)).expect("reads");
         assert_eq!(n, 7);
         // No row matched: no row back, nothing changed.
         let none =
-            writer.write(SET, rusqlite::params![8, "zz"], |r| r.get::<_, i64>(0)).expect("written here");
+            writer.try_write(SET, rusqlite::params![8, "zz"], |r| r.get::<_, i64>(0)).expect("written here");
         assert_eq!((none.rows_affected, none.first.is_none()), (0, true));
         // A row that does not map still committed: the error comes back with it.
-        let bad =
-            writer.write(SET, rusqlite::params![9, "a"], |r| r.get::<_, String>(5)).expect("written here");
+        let bad = writer
+            .try_write(SET, rusqlite::params![9, "a"], |r| r.get::<_, String>(5))
+            .expect("written here");
         assert!(bad.first.expect("a row").is_err());
         let n: i64 = other.query_row("SELECT n FROM t WHERE id = 'a'", [], |r| r.get(0)).expect("reads");
         assert_eq!(n, 9);
@@ -515,23 +510,23 @@ mod tests {
     fn a_failed_write_changes_nothing_and_is_handed_back() {
         let (_dir, path, other) = database();
         let writer = writer(&path);
-        writer.write(INSERT, rusqlite::params!["a", 5], no_row).expect("written here");
+        writer.try_write(INSERT, rusqlite::params!["a", 5], no_row).expect("written here");
         // A constraint fails on the second of two rows the statement changes: the first is
         // undone too.
-        writer.write(INSERT, rusqlite::params!["b", 1], no_row).expect("written here");
+        writer.try_write(INSERT, rusqlite::params!["b", 1], no_row).expect("written here");
         let both = "UPDATE t SET n = n - 2 WHERE id IN ('a', 'b') RETURNING n";
-        assert!(writer.write(both, [], |r| r.get::<_, i64>(0)).is_none());
+        assert!(writer.try_write(both, [], |r| r.get::<_, i64>(0)).is_err());
         let values: Vec<i64> = other
             .prepare("SELECT n FROM t ORDER BY id")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .expect("reads");
         assert_eq!(values, [5, 1]);
         // A statement the schema does not match.
-        assert!(writer.write("INSERT INTO nowhere VALUES ($1)", ["x"], no_row).is_none());
+        assert!(writer.try_write("INSERT INTO nowhere VALUES ($1)", ["x"], no_row).is_err());
         // A statement that would leave a transaction open is undone, and the connection is
         // fine afterwards.
-        assert!(writer.write("BEGIN", [], no_row).is_none());
-        let written = writer.write(INSERT, rusqlite::params!["c", 3], no_row).expect("written here");
+        assert!(writer.try_write("BEGIN", [], no_row).is_err());
+        let written = writer.try_write(INSERT, rusqlite::params!["c", 3], no_row).expect("written here");
         assert_eq!(written.rows_affected, 1);
         assert_eq!(count(&other), 3);
     }
@@ -542,13 +537,13 @@ mod tests {
         let writer = writer(&path);
         other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES ('held', 1);").expect("locks");
         let started = std::time::Instant::now();
-        assert!(writer.write(INSERT, rusqlite::params!["a", 1], no_row).is_none());
+        assert!(writer.try_write(INSERT, rusqlite::params!["a", 1], no_row).is_err());
         // rusqlite's own default would wait 5 s for the lock.
         assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
         other.execute_batch("COMMIT;").expect("unlocks");
         // Nothing of the refused write got in; the next one does.
         assert_eq!(count(&other), 1);
-        let written = writer.write(INSERT, rusqlite::params!["a", 1], no_row).expect("written here");
+        let written = writer.try_write(INSERT, rusqlite::params!["a", 1], no_row).expect("written here");
         assert_eq!(written.rows_affected, 1);
     }
 
@@ -556,12 +551,12 @@ mod tests {
     fn only_wal_files_that_exist_are_written_here() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("missing.db");
-        assert!(writer(&missing).write(INSERT, rusqlite::params!["a", 1], no_row).is_none());
+        assert!(writer(&missing).try_write(INSERT, rusqlite::params!["a", 1], no_row).is_err());
         assert!(!missing.exists(), "the writer created the file");
         let path = dir.path().join("journal.db");
         let setup = rusqlite::Connection::open(&path).expect("opens");
         setup.execute_batch("CREATE TABLE t (id TEXT PRIMARY KEY, n INTEGER);").expect("creates");
-        assert!(writer(&path).write(INSERT, rusqlite::params!["a", 1], no_row).is_none());
+        assert!(writer(&path).try_write(INSERT, rusqlite::params!["a", 1], no_row).is_err());
         assert_eq!(count(&setup), 0);
     }
 
@@ -574,12 +569,12 @@ mod tests {
         let writer = Arc::new(Writer::new(path.clone(), 50, 1));
         let before = size(&path);
         for i in 0..49 {
-            writer.write(INSERT, rusqlite::params![format!("k{i}"), i], no_row).expect("written here");
+            writer.try_write(INSERT, rusqlite::params![format!("k{i}"), i], no_row).expect("written here");
         }
         // Everything is still in the WAL: the writer does not checkpoint on its own.
         assert_eq!(size(&path), before);
         assert_eq!(writer.checkpoints.load(Ordering::Relaxed), 0);
-        writer.write(INSERT, rusqlite::params!["k49", 49], no_row).expect("written here");
+        writer.try_write(INSERT, rusqlite::params!["k49", 49], no_row).expect("written here");
         let started = std::time::Instant::now();
         while writer.checkpoints.load(Ordering::Relaxed) == 0 {
             assert!(started.elapsed() < Duration::from_secs(10), "no checkpoint ran");
@@ -589,7 +584,7 @@ mod tests {
         // The next commits write the WAL from its start: it does not grow.
         let wal_size = size(&wal);
         for i in 50..75 {
-            writer.write(INSERT, rusqlite::params![format!("k{i}"), i], no_row).expect("written here");
+            writer.try_write(INSERT, rusqlite::params![format!("k{i}"), i], no_row).expect("written here");
         }
         assert!(size(&wal) <= wal_size, "the WAL grew after a checkpoint");
     }
@@ -621,7 +616,7 @@ mod tests {
         let mut key = 0_u64;
         let mut write = || {
             key += 1;
-            writer.write(INSERT, rusqlite::params![format!("k{key}"), 1], no_row).is_some()
+            writer.try_write(INSERT, rusqlite::params![format!("k{key}"), 1], no_row).is_ok()
         };
         assert!(write());
         // The reader's snapshot: the frames committed after it cannot be copied while it lasts.
