@@ -23,9 +23,8 @@
 //!   writer through sqlx holding the write lock, a checkpoint or recovery holding the WAL
 //!   index), the statement fails at once. Every write here is tried again after short sleeps
 //!   of the task, not the thread (`BUSY_WAITS`, 27 ms in all), then handed to sqlx, whose
-//!   worker thread may wait. Any other
-//!   failure (no file yet, a schema the statement does not match, a constraint) is handed to
-//!   sqlx at once, which then reports the error as usual.
+//!   worker thread may wait. Any other failure (no file yet, a schema the statement does not
+//!   match, a constraint) is handed to sqlx at once, which then reports the error as usual.
 //! - **Never repeats a write.** A statement outside a transaction (autocommit) either commits
 //!   whole or, when `sqlite3_step` fails, is rolled back whole; a transaction that fails
 //!   anywhere before its COMMIT is rolled back whole: so a write that failed here changed

@@ -507,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_changes_nothing_and_is_handed_back() {
+    fn a_failed_write_changes_nothing_and_is_not_done_here() {
         let (_dir, path, other) = database();
         let writer = writer(&path);
         writer.try_write(INSERT, rusqlite::params!["a", 5], no_row).expect("written here");
