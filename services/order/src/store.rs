@@ -798,4 +798,47 @@ mod tests {
         pool.close().await;
         db.drop_database().await;
     }
+
+    /// The reconciler's index holds the pending orders only (migration 0008): twenty thousand
+    /// PAID orders leave it a page or two, where an index of every order's state is as large
+    /// as the primary key; and the reconciler's query, planned generically, reads it.
+    #[tokio::test]
+    async fn the_reconciler_s_index_holds_only_pending_orders() {
+        if !testing::backends().contains(&testing::Backend::Postgres) {
+            return;
+        }
+        let db = testing::database(testing::Backend::Postgres, "order_due_index").await;
+        let pool = db::open(&db.url, &testing::mesh_config(), crate::Order::MIGRATIONS).await.expect("open");
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, currency_code, total_minor, state, create_time_ms, update_time_ms) \
+             SELECT 'o' || g, 'u' || (g % 100), 'EUR', 100, \
+                    CASE WHEN g % 2000 = 0 THEN 'PENDING_PAYMENT' ELSE 'PAID' END, g, g \
+             FROM generate_series(1, 20000) g",
+        )
+        .execute(&*pool)
+        .await
+        .expect("orders");
+        sqlx::query("ANALYZE orders").execute(&*pool).await.expect("analyze");
+        let (due, primary): (i64, i64) =
+            sqlx::query_as("SELECT pg_relation_size('orders_due'), pg_relation_size('orders_pkey')")
+                .fetch_one(&*pool)
+                .await
+                .expect("sizes");
+        assert!(due * 20 < primary, "orders_due is {due} bytes, the primary key {primary}");
+
+        let mut conn = pool.acquire().await.expect("connection");
+        sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.expect("generic");
+        let prepare = format!("PREPARE due (bigint, bigint) AS {}", POSTGRES.due);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await.expect("prepare");
+        let plan: Vec<String> =
+            sqlx::query_scalar("EXPLAIN EXECUTE due (0, 100)").fetch_all(&mut *conn).await.expect("explain");
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index Scan using orders_due"), "{plan}");
+        let due: Vec<(String, i64)> =
+            sqlx::query_as("EXECUTE due (1000000, 100)").fetch_all(&mut *conn).await.expect("due");
+        assert_eq!(due.len(), 10, "the ten pending orders, and no PAID one: {due:?}");
+        drop(conn);
+        pool.close().await;
+        db.drop_database().await;
+    }
 }
