@@ -752,6 +752,25 @@ mod tests {
         }
     }
 
+    /// A new PostgreSQL order database holding 20 000 orders, analyzed: PAID, but every
+    /// `pending_every`-th PENDING_PAYMENT (0: none).
+    async fn twenty_thousand_orders(label: &str, pending_every: i64) -> (testing::TestDb, Pool) {
+        let db = testing::database(testing::Backend::Postgres, label).await;
+        let pool = db::open(&db.url, &testing::mesh_config(), crate::Order::MIGRATIONS).await.expect("open");
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, currency_code, total_minor, state, create_time_ms, update_time_ms) \
+             SELECT 'o' || g, 'u' || (g % 100), 'EUR', 100, \
+                    CASE WHEN $1 > 0 AND g % GREATEST($1, 1) = 0 THEN 'PENDING_PAYMENT' ELSE 'PAID' END, g, g \
+             FROM generate_series(1, 20000) g",
+        )
+        .bind(pending_every)
+        .execute(&*pool)
+        .await
+        .expect("orders");
+        sqlx::query("ANALYZE orders").execute(&*pool).await.expect("analyze");
+        (db, pool)
+    }
+
     /// PostgreSQL's generic plan of the settle (sqlx's statements are prepared) finds the order
     /// by its primary key, not by walking the reconciler's index of pending orders, when
     /// statistics say none is pending (as ANALYZE finds them under load, where an order is
@@ -761,16 +780,7 @@ mod tests {
         if !testing::backends().contains(&testing::Backend::Postgres) {
             return;
         }
-        let db = testing::database(testing::Backend::Postgres, "order_settle_plan").await;
-        let pool = db::open(&db.url, &testing::mesh_config(), crate::Order::MIGRATIONS).await.expect("open");
-        sqlx::query(
-            "INSERT INTO orders (id, user_id, currency_code, total_minor, state, create_time_ms, update_time_ms) \
-             SELECT 'o' || g, 'u' || (g % 100), 'EUR', 100, 'PAID', g, g FROM generate_series(1, 20000) g",
-        )
-        .execute(&*pool)
-        .await
-        .expect("orders");
-        sqlx::query("ANALYZE orders").execute(&*pool).await.expect("analyze");
+        let (db, pool) = twenty_thousand_orders("order_settle_plan", 0).await;
         let mut conn = pool.acquire().await.expect("connection");
         sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.expect("generic");
         let statements = [
@@ -807,18 +817,7 @@ mod tests {
         if !testing::backends().contains(&testing::Backend::Postgres) {
             return;
         }
-        let db = testing::database(testing::Backend::Postgres, "order_due_index").await;
-        let pool = db::open(&db.url, &testing::mesh_config(), crate::Order::MIGRATIONS).await.expect("open");
-        sqlx::query(
-            "INSERT INTO orders (id, user_id, currency_code, total_minor, state, create_time_ms, update_time_ms) \
-             SELECT 'o' || g, 'u' || (g % 100), 'EUR', 100, \
-                    CASE WHEN g % 2000 = 0 THEN 'PENDING_PAYMENT' ELSE 'PAID' END, g, g \
-             FROM generate_series(1, 20000) g",
-        )
-        .execute(&*pool)
-        .await
-        .expect("orders");
-        sqlx::query("ANALYZE orders").execute(&*pool).await.expect("analyze");
+        let (db, pool) = twenty_thousand_orders("order_due_index", 2000).await;
         let (due, primary): (i64, i64) =
             sqlx::query_as("SELECT pg_relation_size('orders_due'), pg_relation_size('orders_pkey')")
                 .fetch_one(&*pool)
