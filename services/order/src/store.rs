@@ -810,8 +810,8 @@ mod tests {
     }
 
     /// The reconciler's index holds the pending orders only (migration 0008): twenty thousand
-    /// PAID orders leave it a page or two, where an index of every order's state is as large
-    /// as the primary key; and the reconciler's query, planned generically, reads it.
+    /// PAID orders leave it a page or two, where the index of every order's state was a fifth
+    /// of the primary key; and the reconciler's query, planned generically, reads it.
     #[tokio::test]
     async fn the_reconciler_s_index_holds_only_pending_orders() {
         if !testing::backends().contains(&testing::Backend::Postgres) {
