@@ -1,6 +1,7 @@
 //! docs/layout.md says what the code is: every module file of `src/`, `services/*/src/` and
 //! `cli/src/` is named in it (by its path, or by its file name), and every `.rs` file it names
-//! exists. A file added, moved or removed without its line in the map fails here.
+//! exists. A file added, moved or removed without its line in the map fails here. And every
+//! service crate that embeds migrations has the build script that keeps them current.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -88,4 +89,26 @@ fn the_layout_names_every_module_file_and_none_that_is_gone() {
     };
     let gone: Vec<&String> = names.iter().filter(|name| !exists(name)).collect();
     assert!(gone.is_empty(), "docs/layout.md names files that are not in the tree: {gone:?}");
+}
+
+/// `sqlx::migrate!` tells the compiler of each migration file it embeds but, on stable Rust,
+/// not of the directory: a service crate without a build script asking Cargo to rerun on
+/// `migrations/` keeps building binaries without a migration added to an already built crate.
+#[test]
+fn every_service_that_embeds_migrations_rebuilds_when_one_is_added() {
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for service in std::fs::read_dir(root().join("services")).expect("services/").flatten() {
+        let lib = std::fs::read_to_string(service.path().join("src/lib.rs")).unwrap_or_default();
+        if !lib.contains("sqlx::migrate!") {
+            continue;
+        }
+        checked += 1;
+        let build = std::fs::read_to_string(service.path().join("build.rs")).unwrap_or_default();
+        if !build.contains("cargo:rerun-if-changed=migrations") {
+            missing.push(service.file_name().to_string_lossy().into_owned());
+        }
+    }
+    assert!(checked >= 6, "found only {checked} services embedding migrations");
+    assert!(missing.is_empty(), "no build.rs rerunning on migrations/ in services/{missing:?}");
 }
