@@ -4,6 +4,7 @@ processes' stop). Standard library only: clients/secure/run_mesh.py uses it too.
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -52,11 +53,36 @@ class Checks:
         return 1 if self.failed else 0
 
 
+# Every port free_port() has handed out in this process.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on now, below the kernel's ephemeral range, and not one
+    handed out before in this process.
+
+    The caller's server binds the port some time later. A port from `bind(("127.0.0.1", 0))`
+    lies in the ephemeral range, which every outgoing connection draws its local port from
+    too (a health check, a client, another step's process): one took such a port in between
+    now and then, and a server failed to start with "Address already in use". Ports below
+    the range are only ever taken by an explicit bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low = max(1024, ephemeral_low - 12000)
+    while True:
+        port = random.randrange(low, ephemeral_low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def stop(procs: list[subprocess.Popen], grace: float = 20) -> None:
