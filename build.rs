@@ -12,6 +12,8 @@ use prost_types::method_options::IdempotencyLevel;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let src = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("src");
+    println!("cargo:rustc-env=SHOPMESH_API_GENERATED={}", relative(&src, &out_dir).display());
     let mut protos = Vec::new();
     find_protos(Path::new("proto"), &mut protos)?;
     protos.sort();
@@ -28,6 +30,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .server_mod_attribute(".", r#"#[cfg(feature = "server")]"#)
         .compile_fds(fds)?;
     Ok(())
+}
+
+/// `to` as seen from `from` (both absolute), or `to` itself when they share no root (another
+/// drive). `include!` takes a relative path from the including file's directory, and the file
+/// names in the generated code's panic locations are then the checkout's relative ones, not
+/// this machine's absolute path.
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (from, to): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    if common == 0 {
+        return to.iter().collect();
+    }
+    let mut path: PathBuf = from[common..].iter().map(|_| "..").collect();
+    path.extend(&to[common..]);
+    path
 }
 
 fn find_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -9,52 +9,62 @@
 
 #![allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
 
+/// `tonic::include_proto!`, by the path `build.rs` gives: relative to this file when there is
+/// one. The generated code's panic locations name the file they are in; by a relative name they
+/// do not depend on where the checkout is, and so neither does the binary (its symbol names
+/// included, which the release build's code layout goes by: `cli/build.rs`).
+macro_rules! include_generated {
+    ($package:literal) => {
+        include!(concat!(env!("SHOPMESH_API_GENERATED"), "/", $package, ".rs"));
+    };
+}
+
 /// Types shared by every service (`shopmesh.common.v1`).
 pub mod common {
     pub mod v1 {
-        tonic::include_proto!("shopmesh.common.v1");
+        include_generated!("shopmesh.common.v1");
     }
 }
 
 /// Accounts (`shopmesh.user.v1`).
 pub mod user {
     pub mod v1 {
-        tonic::include_proto!("shopmesh.user.v1");
+        include_generated!("shopmesh.user.v1");
     }
 }
 
 /// Orders (`shopmesh.order.v1`).
 pub mod order {
     pub mod v1 {
-        tonic::include_proto!("shopmesh.order.v1");
+        include_generated!("shopmesh.order.v1");
     }
 }
 
 /// Charges and refunds (`shopmesh.payment.v1`).
 pub mod payment {
     pub mod v1 {
-        tonic::include_proto!("shopmesh.payment.v1");
+        include_generated!("shopmesh.payment.v1");
     }
 }
 
 /// Products and their prices (`shopmesh.catalog.v1`).
 pub mod catalog {
     pub mod v1 {
-        tonic::include_proto!("shopmesh.catalog.v1");
+        include_generated!("shopmesh.catalog.v1");
     }
 }
 
 /// Stock per SKU and its allocation to orders (`shopmesh.inventory.v1`).
 pub mod inventory {
     pub mod v1 {
-        tonic::include_proto!("shopmesh.inventory.v1");
+        include_generated!("shopmesh.inventory.v1");
     }
 }
 
 /// Messages sent to users about their orders (`shopmesh.notification.v1`).
 pub mod notification {
     pub mod v1 {
-        tonic::include_proto!("shopmesh.notification.v1");
+        include_generated!("shopmesh.notification.v1");
     }
 }
 
@@ -83,7 +93,7 @@ pub struct CallPolicy {
     pub request_id_field: Option<u32>,
 }
 
-include!(concat!(env!("OUT_DIR"), "/call_policy.rs"));
+include!(concat!(env!("SHOPMESH_API_GENERATED"), "/call_policy.rs"));
 
 /// The call policy of a method given its gRPC path (`/package.Service/Method`), or `None` for
 /// a path outside the shopmesh API.
