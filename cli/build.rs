@@ -11,35 +11,62 @@
 //! of it resident at idle. Together they fill about 4 MiB (docs/benchmarks.md, "Idle RSS: the
 //! start's code placed together").
 //!
-//! Only for release builds for x86_64 Linux with Rust's default linker there (rust-lld since
-//! Rust 1.90). Any other target or a linker of one's own (`-C linker`, `*_LINKER`) builds as
-//! before, as does `SHOPMESH_NO_STARTUP_ORDER=1`. Names the binary no longer has are skipped
-//! in silence: an old list costs memory, never a build. Symbol names carry a hash of their
-//! crate's version and dependencies, so after a version bump or a `Cargo.lock` update run
-//! `scripts/startup-order` again (`scripts/bench-peers --only start` says how much of the list
-//! the binary still matches).
+//! Only for release builds for x86_64 Linux, and only when the linker takes the option: the
+//! build script links an empty program with it first, with the same `rustc`, linker and flags
+//! (rust-lld, Rust's default there since 1.90, and mold do; GNU ld, which Rust 1.88 and 1.89 and
+//! some distributions' Rust use, does not). Otherwise, or with `SHOPMESH_NO_STARTUP_ORDER=1`, the
+//! binary builds as before. Names the binary no longer has are skipped in silence: an old list
+//! costs memory, never a build. Symbol names carry a hash of their crate's version and
+//! dependencies, so after a version bump or a `Cargo.lock` update run `scripts/startup-order`
+//! again (`scripts/bench-peers --only start` says how much of the list the binary still matches).
 use std::env;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=startup.order");
     println!("cargo:rerun-if-env-changed=SHOPMESH_NO_STARTUP_ORDER");
-    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     let var = |k: &str| env::var(k).unwrap_or_default();
-    let own_linker = !var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
-        || var("CARGO_ENCODED_RUSTFLAGS").split('\x1f').any(|f| f.contains("linker"));
+    let order = Path::new(&var("CARGO_MANIFEST_DIR")).join("startup.order");
     if var("PROFILE") != "release"
         || var("TARGET") != "x86_64-unknown-linux-gnu"
-        || own_linker
         || !var("SHOPMESH_NO_STARTUP_ORDER").is_empty()
+        || !order.exists()
     {
         return;
     }
-    let order = Path::new(&var("CARGO_MANIFEST_DIR")).join("startup.order");
-    if !order.exists() {
+    let ordering = format!("-Wl,--symbol-ordering-file={}", order.display());
+    if !links_with(&ordering) {
+        println!(
+            "cargo:warning=the linker does not take --symbol-ordering-file: the start's code keeps its default layout (more idle memory, nothing else)"
+        );
         return;
     }
-    println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}", order.display());
+    println!("cargo:rustc-link-arg-bins={ordering}");
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+}
+
+/// Whether an empty program links with `arg`, built as this crate's binary will be.
+fn links_with(arg: &str) -> bool {
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_default());
+    let source = out.join("probe.rs");
+    if std::fs::write(&source, "fn main() {}\n").is_err() {
+        return false;
+    }
+    let mut rustc = Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()));
+    rustc
+        .args(["--crate-type", "bin", "--crate-name", "startup_order_probe", "--target"])
+        .arg(env::var("TARGET").unwrap_or_default())
+        .arg("-o")
+        .arg(out.join("startup_order_probe"))
+        .arg(&source)
+        .arg(format!("-Clink-arg={arg}"))
+        .arg("-Clink-arg=-Wl,--no-warn-symbol-ordering");
+    if let Ok(linker) = env::var("RUSTC_LINKER") {
+        rustc.arg(format!("-Clinker={linker}"));
+    }
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    rustc.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    rustc.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
