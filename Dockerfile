@@ -3,7 +3,12 @@
 #   docker build -t shopmesh:local .
 #   docker run --rm -p 50052:50052 shopmesh:local serve order
 # Build and runtime are both Debian 12, so the glibc the binary links against is the one it runs on.
-ARG RUST_VERSION=1.95
+# The exact release, not the moving `1.95` tag: symbol names carry a hash that changes with the
+# compiler, and `cli/startup.order` (the start's functions placed together, which is most of the
+# idle RSS goal) is recorded by name with this toolchain. A newer patch release would still
+# build, with the list silently unmatched. Change it with `scripts/startup-order` (see
+# docs/layout.md).
+ARG RUST_VERSION=1.95.0
 
 # cargo-chef builds the dependencies from a "recipe" (every Cargo.toml, Cargo.lock, and stub
 # targets for the members, their build.rs and [[bin]]s), so that layer stays cached until a
