@@ -26,6 +26,7 @@ pub mod log_ids;
 pub mod observe;
 
 use std::io::IsTerminal as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use opentelemetry::KeyValue;
@@ -51,6 +52,17 @@ pub const DURATION_BUCKETS: [f64; 20] = [
 
 /// How often the `process_*` metrics are read from the operating system.
 const PROCESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the spans this process makes reach an exporter. Until [`Telemetry::init`] says
+/// otherwise it is `true`: a subscriber installed some other way (a test's) sees every span.
+static SPANS_EXPORTED: AtomicBool = AtomicBool::new(true);
+
+/// Whether the spans this process makes are exported (OTLP configured). A span whose only use
+/// is the exported trace (a statement's: log lines leave it out, and it calls no one) need
+/// not be made when they are not.
+pub fn spans_exported() -> bool {
+    SPANS_EXPORTED.load(Ordering::Relaxed)
+}
 
 /// The process's telemetry; [`Telemetry::shutdown`] flushes what is buffered.
 #[derive(Debug)]
@@ -96,6 +108,7 @@ impl Telemetry {
         );
         let exporting =
             env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        SPANS_EXPORTED.store(exporting, Ordering::Relaxed);
         let mut provider = SdkTracerProvider::builder().with_resource(resource(default_service_name));
         if !exporting && !env_set("OTEL_TRACES_SAMPLER") {
             // Nothing would receive the spans: keep ids (for logs and for callees that do
