@@ -116,9 +116,9 @@ fn statement_span<'q, E: sqlx::Execute<'q, Any>>(
 ///
 /// A statement's span is only ever read in the exported trace: log lines leave it out (a line
 /// logged during a statement carries its call's span, see `telemetry`), and nothing is called
-/// inside it. Made and dropped unexported, it was a third of what reading the user table
-/// added to a GetUser call (its SQL parsed for the name, its attributes copied, the span
-/// entered and closed: about 6 000 of 18 800 instructions, callgrind).
+/// inside it. Made and dropped unexported, it was most of what reading the user table added
+/// to a GetUser call (its SQL parsed for the name, its attributes copied, the span entered and
+/// closed: 10 900 of 18 800 instructions, callgrind; docs/benchmarks.md).
 pub(super) fn span(system: &str, sql: &str) -> tracing::Span {
     span_if(crate::mesh::telemetry::spans_exported(), system, sql)
 }

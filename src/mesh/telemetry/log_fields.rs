@@ -123,8 +123,8 @@ mod tests {
     use super::*;
     use crate::mesh::telemetry::LogLines;
 
-    #[test]
-    fn lines_carry_the_ids_and_method_of_their_span_as_valid_json() {
+    /// The one line `body` logs through the process's JSON log layer, parsed.
+    fn json_line(body: impl FnOnce()) -> serde_json::Value {
         let lines = LogLines::default();
         let writer = lines.clone();
         let layer = tracing_subscriber::fmt::layer()
@@ -135,7 +135,13 @@ mod tests {
             .fmt_fields(LogSpanFields)
             .with_writer(move || writer.clone());
         let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, body);
+        serde_json::from_str(lines.text().trim()).expect("one JSON line")
+    }
+
+    #[test]
+    fn lines_carry_the_ids_and_method_of_their_span_as_valid_json() {
+        let line = json_line(|| {
             let span = tracing::info_span!(
                 "rpc.server",
                 rpc.service = "shopmesh.user.v1.UserService",
@@ -150,8 +156,6 @@ mod tests {
             span.record("rpc.grpc.status_code", 0);
             span.in_scope(|| tracing::info!(user = "a\"b", "inside"));
         });
-        let text = lines.text();
-        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
         let span = &line["span"];
         assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{line}");
         assert_eq!(span["span_id"], "00f067aa0ba902b7", "{line}");
@@ -165,18 +169,8 @@ mod tests {
 
     #[test]
     fn span_values_are_escaped_whether_given_as_text_or_as_debug() {
-        let lines = LogLines::default();
-        let writer = lines.clone();
-        let layer = tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .flatten_event(true)
-            .fmt_fields(LogSpanFields)
-            .with_writer(move || writer.clone());
-        let subscriber = tracing_subscriber::registry().with(layer);
         let (service, method) = ("a\"quoted\" \\ service\n", "Tab\there, \u{1}, é");
-        tracing::subscriber::with_default(subscriber, || {
+        let line = json_line(|| {
             let span = tracing::info_span!(
                 "rpc.server",
                 rpc.service = service,
@@ -186,8 +180,6 @@ mod tests {
             span.record("trace_id", tracing::field::display("x\"y"));
             span.in_scope(|| tracing::info!("inside"));
         });
-        let text = lines.text();
-        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
         let span = &line["span"];
         assert_eq!(span["rpc.service"], service, "{line}");
         assert_eq!(span["rpc.method"], format!("{method:?}"), "Debug values as their Debug text: {line}");
