@@ -596,6 +596,10 @@ async fn one_trace(backend: Backend) {
             "{key}: {order_server:#?}"
         );
     }
+    // Busy and idle time are tracked when spans are exported (they are not otherwise).
+    for key in ["busy_ns", "idle_ns"] {
+        assert!(order_server.attributes.contains_key(key), "{key}: {order_server:#?}");
+    }
     for key in ["service.version", "service.instance.id"] {
         assert!(order_server.resource.contains_key(key), "resource lacks {key}: {:?}", order_server.resource);
     }

@@ -189,6 +189,10 @@ impl Telemetry {
                     // client sends, and the events carry, the span's own context
                     // (`span.context()`), and a new span finds its parent in the span registry.
                     .with_context_activation(false)
+                    // A span's busy and idle time (`busy_ns`, `idle_ns`) take a clock read and
+                    // a write lock on the span's extensions at each enter and exit, every poll
+                    // of every call, and are only ever read in an exported span.
+                    .with_tracked_inactivity(exporting)
                     .with_filter(traced),
             );
         let dispatch = tracing::Dispatch::new(subscriber);
