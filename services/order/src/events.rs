@@ -252,6 +252,31 @@ mod tests {
         test_db.drop_database().await;
     }
 
+    /// The relay's pass commits without waiting for the disk (a lost commit publishes its rows
+    /// again, which the broker and the inboxes drop), and the setting ends with the pass: the
+    /// connection's next transaction, an order's, waits for the disk again.
+    #[tokio::test]
+    async fn only_the_relay_s_pass_commits_without_waiting_for_the_disk() {
+        use shopmesh::mesh::events::outbox;
+        if !testing::backends().contains(&testing::Backend::Postgres) {
+            return;
+        }
+        let test_db = testing::database(testing::Backend::Postgres, "order_outbox_async").await;
+        // One connection: the pass's and the next statement's.
+        let mesh =
+            shopmesh::mesh::config::MeshConfig { db_max_connections: Some(1), ..testing::mesh_config() };
+        let pool = db::open(&test_db.url, &mesh, crate::Order::MIGRATIONS).await.expect("open");
+        let setting = "SELECT current_setting('synchronous_commit')";
+        let (mut tx, rows) = outbox::claim(&pool, 100).await.expect("claim");
+        assert!(rows.is_empty());
+        let inside: String = sqlx::query_scalar(setting).fetch_one(&mut tx).await.expect("setting");
+        tx.commit().await.expect("commit");
+        let after: String = sqlx::query_scalar(setting).fetch_one(&*pool).await.expect("setting");
+        assert_eq!((inside.as_str(), after.as_str()), ("off", "on"));
+        pool.close().await;
+        test_db.drop_database().await;
+    }
+
     /// The housekeeping deletes the rows published before its cutoff and no others, sweeping
     /// on past rows it must keep at the head of the table (one unpublished, one published
     /// late), and on PostgreSQL reads the oldest rows by the primary key, not the whole table.

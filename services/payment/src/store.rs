@@ -29,15 +29,42 @@ struct Clocked {
     claim_refund: &'static str,
 }
 
+/// What makes the PROCESSING insert's transaction commit without waiting for its WAL to reach
+/// the disk (PostgreSQL's `SET LOCAL synchronous_commit = off`, inside the one statement, so
+/// no BEGIN and COMMIT round trips; the setting ends with the transaction).
+///
+/// Safe because nothing is answered on that commit alone. The Charge that wrote the row
+/// answers only after `FINISH`, a synchronous commit on the same server, which flushes the WAL
+/// up to and including this row. A row lost with a crash before that was never answered: the
+/// Charge fails (the server went away, or `FINISH` finds no row: NOT_FOUND), the order stays
+/// PENDING_PAYMENT, and the retry writes the row again and asks the processor under the same
+/// key, which answers what it did the first time (issue 15's keys, not this row, keep a
+/// charge to one). A duplicate that read the row meanwhile answered PROCESSING, "not known".
+/// Each synchronous commit costs a WAL flush; the Charge had two.
+///
+/// SQLite commits in WAL mode with `synchronous = NORMAL` flush at checkpoints, not per
+/// commit, so it needs nothing here.
+macro_rules! async_commit {
+    (sqlite) => {
+        ""
+    };
+    (postgres) => {
+        " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
+    };
+}
+
 macro_rules! clocked {
     ($engine:ident) => {
         Clocked {
             insert: concat!(
                 "INSERT INTO payments (id, request_id, order_id, user_id, amount_minor, currency_code, \
                  state, create_time_ms, update_time_ms, lease_until_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, ",
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, ",
                 shopmesh::db_now_ms!($engine),
-                " + $10) ON CONFLICT (order_id, request_id) DO NOTHING"
+                " + $10",
+                async_commit!($engine),
+                // `WHERE true`: SQLite's parser needs it before an upsert's ON CONFLICT.
+                " WHERE true ON CONFLICT (order_id, request_id) DO NOTHING"
             ),
             claim: concat!(
                 "UPDATE payments SET lease_until_ms = ",
@@ -277,6 +304,52 @@ mod tests {
             currency_code: "EUR".into(),
             request_id: request_id.into(),
         }
+    }
+
+    /// On PostgreSQL the PROCESSING insert commits without waiting for the disk, and only its
+    /// own transaction does: run inside a transaction, the insert leaves `synchronous_commit`
+    /// off in it, and on again for the connection's next transaction (the FINISH that answers
+    /// the Charge must wait for the disk).
+    #[tokio::test]
+    async fn only_the_processing_insert_commits_without_waiting_for_the_disk() {
+        if !testing::backends().contains(&testing::Backend::Postgres) {
+            return;
+        }
+        let db = testing::database(testing::Backend::Postgres, "payment_async_insert").await;
+        let pool =
+            db::open(&db.url, &testing::mesh_config(), crate::Payment::MIGRATIONS).await.expect("open");
+        let mut conn = db::acquire(&pool).await.expect("connection");
+        let setting = "SELECT current_setting('synchronous_commit')";
+        let insert = || {
+            sqlx::query(POSTGRES.insert)
+                .bind("p1")
+                .bind("r1")
+                .bind("o1")
+                .bind("u1")
+                .bind(1250_i64)
+                .bind("EUR")
+                .bind("PROCESSING")
+                .bind(1_i64)
+                .bind(1_i64)
+                .bind(10_000_i64)
+        };
+        sqlx::query("BEGIN").execute(&mut conn).await.expect("begin");
+        assert_eq!(insert().execute(&mut conn).await.expect("insert").rows_affected(), 1);
+        let inside: String = sqlx::query_scalar(setting).fetch_one(&mut conn).await.expect("setting");
+        sqlx::query("COMMIT").execute(&mut conn).await.expect("commit");
+        let after: String = sqlx::query_scalar(setting).fetch_one(&mut conn).await.expect("setting");
+        assert_eq!((inside.as_str(), after.as_str()), ("off", "on"));
+        // On its own, as the store runs it: the connection keeps waiting for the disk after it.
+        assert_eq!(
+            insert().execute(&mut conn).await.expect("insert").rows_affected(),
+            0,
+            "a repeat inserts nothing"
+        );
+        let after: String = sqlx::query_scalar(setting).fetch_one(&mut conn).await.expect("setting");
+        assert_eq!(after, "on");
+        drop(conn);
+        pool.close().await;
+        db.drop_database().await;
     }
 
     /// A payment's insert and finish answer it exactly as stored, whichever way the write went:
