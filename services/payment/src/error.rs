@@ -43,6 +43,14 @@ pub enum Error {
     /// ABORTED: a concurrent change got in the way; retrying the same request is safe.
     #[error("{0}")]
     Conflict(String),
+    /// UNAVAILABLE: the payment's PROCESSING row was gone when its outcome came back, lost with
+    /// the database's last commits (a crash before that commit reached the disk, a failover to
+    /// a standby that was behind, a restore). Retrying the same request writes it again and
+    /// gets the processor's answer under the same key, so it is charged at most once.
+    #[error(
+        "payment {0} was lost by the database before its outcome was stored; retry with the same request_id"
+    )]
+    Lost(String),
     /// UNAVAILABLE: the processor (its ledger) could not be reached; nothing is known to have
     /// been charged, and retrying the same request is safe.
     #[error("payment processor: {0}")]
@@ -75,6 +83,10 @@ impl From<Error> for Status {
                 status::failed_precondition("NOT_REFUNDABLE", &format!("payments/{id}"), err.to_string())
             }
             Error::RefundInFlight(_) => Status::unavailable(err.to_string()),
+            Error::Lost(ref id) => {
+                tracing::warn!(payment_id = %id, "a PROCESSING payment vanished from the database before its outcome was stored");
+                Status::unavailable(err.to_string())
+            }
             Error::Conflict(_) => Status::aborted(err.to_string()),
             Error::Processor(ref cause) => {
                 tracing::warn!(error = %cause, "payment processor unavailable");

@@ -79,7 +79,8 @@ impl Payments {
             Outcome::Declined(reason) => (State::Declined, Some(reason)),
         };
         tracing::debug!(payment_id = %payment.id, order_id = %payment.order_id, state = state.as_str(), "charge decided");
-        self.store.finish(&payment, state, reason).await?.ok_or_else(|| Error::NotFound(payment.id.clone()))
+        // No row to finish: the database lost it (see `Error::Lost`), not a caller's mistake.
+        self.store.finish(&payment, state, reason).await?.ok_or_else(|| Error::Lost(payment.id.clone()))
     }
 
     /// Refunds a SUCCEEDED payment, once at the processor whatever the keys and the races.

@@ -207,6 +207,48 @@ async fn commits_lost_by_payment_do_not_charge_or_refund_twice_at_the_processor(
     }
 }
 
+/// A PROCESSING row lost while its Charge is at the processor (on PostgreSQL that row commits
+/// without waiting for the disk, so a crash can take it) fails that Charge UNAVAILABLE, a
+/// retryable code (the order service keeps the order PENDING_PAYMENT), never NOT_FOUND or
+/// INTERNAL; the retry writes the row again and the processor, asked under the same key,
+/// charges once.
+#[tokio::test]
+async fn a_processing_row_lost_at_the_processor_is_retryable_and_charged_once() {
+    for backend in testing::backends() {
+        let mut t = start_with(backend, Duration::from_millis(600)).await;
+        let order = new_id();
+        let mut owner = t.client.clone();
+        let owned = tokio::spawn({
+            let req = charge(&order, 1_500, "USD", &order);
+            async move { owner.charge(req).await }
+        });
+        let mut seen = Vec::new();
+        for _ in 0..500 {
+            seen = t.payments_of(&order).await;
+            if !seen.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(seen.len(), 1, "{backend:?}: the owner's PROCESSING row");
+        assert_eq!(seen[0].state(), PaymentState::Processing, "{backend:?}");
+        t.lose("DELETE FROM payments WHERE id = $1", &seen[0].id).await;
+        let err = owned.await.expect("task").expect_err("its row was lost");
+        assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
+        assert!(err.message().contains("retry with the same request_id"), "{}", err.message());
+
+        let again = t.client.charge(charge(&order, 1_500, "USD", &order)).await.expect("retry").into_inner();
+        assert_eq!(again.state(), PaymentState::Succeeded, "{backend:?}");
+        assert_eq!(t.payments_of(&order).await.len(), 1, "{backend:?}");
+        assert_eq!(
+            t.at_the_processor("charge", &order).await,
+            1,
+            "{backend:?}: charged twice at the processor"
+        );
+        t.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_reused_request_id_with_other_fields_changes_nothing() {
     for backend in testing::backends() {
