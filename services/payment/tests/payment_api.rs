@@ -89,6 +89,23 @@ impl Running {
         n
     }
 
+    /// The payment of `order_id` once a Charge running beside the caller has written it: its
+    /// one payment, which must still be PROCESSING (waits up to 5 s).
+    async fn processing_payment_of(&mut self, order_id: &str) -> Payment {
+        let mut seen = Vec::new();
+        for _ in 0..1_000 {
+            seen = self.payments_of(order_id).await;
+            if !seen.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(seen.len(), 1, "the owner's PROCESSING row: {seen:?}");
+        let payment = seen.remove(0);
+        assert_eq!(payment.state(), PaymentState::Processing, "{payment:?}");
+        payment
+    }
+
     async fn payments_of(&mut self, order_id: &str) -> Vec<Payment> {
         let req = ListPaymentsRequest { order_id: order_id.into(), page_size: 0, page_token: String::new() };
         self.client.list_payments(req).await.expect("list").into_inner().payments
@@ -148,20 +165,11 @@ async fn one_charge_at_a_time_owns_a_processing_payment() {
             let req = charge(&order, 1_200, "USD", &order);
             async move { owner.charge(req).await.map(tonic::Response::into_inner) }
         });
-        let mut seen = Vec::new();
-        for _ in 0..500 {
-            seen = t.payments_of(&order).await;
-            if !seen.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(seen.len(), 1, "{backend:?}: the owner's PROCESSING row");
-        assert_eq!(seen[0].state(), PaymentState::Processing, "{backend:?}");
+        let seen = t.processing_payment_of(&order).await;
 
         let duplicate = t.client.charge(charge(&order, 1_200, "USD", &order)).await.expect("duplicate");
         let duplicate = duplicate.into_inner();
-        assert_eq!(duplicate.id, seen[0].id, "{backend:?}");
+        assert_eq!(duplicate.id, seen.id, "{backend:?}");
         assert_eq!(
             duplicate.state(),
             PaymentState::Processing,
@@ -222,17 +230,8 @@ async fn a_processing_row_lost_at_the_processor_is_retryable_and_charged_once() 
             let req = charge(&order, 1_500, "USD", &order);
             async move { owner.charge(req).await }
         });
-        let mut seen = Vec::new();
-        for _ in 0..500 {
-            seen = t.payments_of(&order).await;
-            if !seen.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(seen.len(), 1, "{backend:?}: the owner's PROCESSING row");
-        assert_eq!(seen[0].state(), PaymentState::Processing, "{backend:?}");
-        t.lose("DELETE FROM payments WHERE id = $1", &seen[0].id).await;
+        let seen = t.processing_payment_of(&order).await;
+        t.lose("DELETE FROM payments WHERE id = $1", &seen.id).await;
         let err = owned.await.expect("task").expect_err("its row was lost");
         assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
         assert!(err.message().contains("retry with the same request_id"), "{}", err.message());
