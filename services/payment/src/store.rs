@@ -36,10 +36,10 @@ struct Clocked {
 /// Safe because nothing is answered on that commit alone. The Charge that wrote the row
 /// answers only after `FINISH`, a synchronous commit on the same server, which flushes the WAL
 /// up to and including this row. A row lost with a crash before that was never answered: the
-/// Charge fails (the server went away, or `FINISH` finds no row: NOT_FOUND), the order stays
-/// PENDING_PAYMENT, and the retry writes the row again and asks the processor under the same
-/// key, which answers what it did the first time (issue 15's keys, not this row, keep a
-/// charge to one). A duplicate that read the row meanwhile answered PROCESSING, "not known".
+/// Charge fails UNAVAILABLE (the server went away, or `FINISH` finds no row: `Error::Lost`),
+/// the order stays PENDING_PAYMENT, and the retry writes the row again and asks the processor
+/// under the same key, which answers what it did the first time (issue 15's keys, not this
+/// row, keep a charge to one). A duplicate that read the row meanwhile answered PROCESSING, "not known".
 /// Each synchronous commit costs a WAL flush; the Charge had two.
 ///
 /// SQLite commits in WAL mode with `synchronous = NORMAL` flush at checkpoints, not per
