@@ -89,7 +89,13 @@ impl Running {
         n
     }
 
-    /// The payment of `order_id` once a Charge running beside the caller has written it: its
+    /// Sends `req` on a task of its own, so the test can act while that Charge runs.
+    fn charge_beside(&self, req: ChargeRequest) -> tokio::task::JoinHandle<Result<Payment, tonic::Status>> {
+        let mut client = self.client.clone();
+        tokio::spawn(async move { client.charge(req).await.map(tonic::Response::into_inner) })
+    }
+
+    /// The payment of `order_id` once a Charge running beside the test has written it: its
     /// one payment, which must still be PROCESSING (waits up to 5 s).
     async fn processing_payment_of(&mut self, order_id: &str) -> Payment {
         let mut seen = Vec::new();
@@ -160,11 +166,7 @@ async fn one_charge_at_a_time_owns_a_processing_payment() {
         // The owner's processor call takes long enough to be sure to still run below.
         let mut t = start_with(backend, Duration::from_secs(3)).await;
         let order = new_id();
-        let mut owner = t.client.clone();
-        let owned = tokio::spawn({
-            let req = charge(&order, 1_200, "USD", &order);
-            async move { owner.charge(req).await.map(tonic::Response::into_inner) }
-        });
+        let owned = t.charge_beside(charge(&order, 1_200, "USD", &order));
         let seen = t.processing_payment_of(&order).await;
 
         let duplicate = t.client.charge(charge(&order, 1_200, "USD", &order)).await.expect("duplicate");
@@ -225,11 +227,7 @@ async fn a_processing_row_lost_at_the_processor_is_retryable_and_charged_once() 
     for backend in testing::backends() {
         let mut t = start_with(backend, Duration::from_millis(600)).await;
         let order = new_id();
-        let mut owner = t.client.clone();
-        let owned = tokio::spawn({
-            let req = charge(&order, 1_500, "USD", &order);
-            async move { owner.charge(req).await }
-        });
+        let owned = t.charge_beside(charge(&order, 1_500, "USD", &order));
         let seen = t.processing_payment_of(&order).await;
         t.lose("DELETE FROM payments WHERE id = $1", &seen.id).await;
         let err = owned.await.expect("task").expect_err("its row was lost");
